@@ -1,0 +1,454 @@
+/* SPDX-License-Identifier: MIT */
+/**
+ * @file uffd.h
+ * @brief libuffd: Linux userfaultfd made usable.
+ *
+ * Conventions:
+ * - Every function returning `int` returns 0 (or a count) on success and a
+ *   negative errno on failure; it never returns -1 with `errno` set.
+ * - uffd_last_error() holds, per thread, the sentence describing the last
+ *   failure: what failed, on which range, why and what to do.
+ * - Option structs start with `size_t size` set to `sizeof` of the struct
+ *   the caller was compiled with, so that they can grow.
+ * - Unknown flag bits are rejected with -EINVAL.
+ *
+ * Threading: resolving calls (section 2) are thread-safe and may be called
+ * from any thread while a loop runs. A loop is driven either by one thread
+ * calling uffd_loop_run() / uffd_loop_run_once(), or by its own threads
+ * (uffd_loop_start()), not both. A handle may be shared by threads; closing
+ * it while another thread uses it is the caller's bug.
+ */
+#ifndef LIBUFFD_UFFD_H
+#define LIBUFFD_UFFD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <linux/userfaultfd.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Feature bits newer than some system headers (Debian 12 ships 6.1). */
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+
+/** Major, minor and patch version of this header. */
+#define LIBUFFD_VERSION_MAJOR 0
+#define LIBUFFD_VERSION_MINOR 1
+#define LIBUFFD_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------ */
+/* 1. The handle                                                       */
+/* ------------------------------------------------------------------ */
+
+/** An open userfaultfd with its negotiated features. Opaque. */
+struct uffd;
+
+/** Options of uffd_open(). */
+struct uffd_opts {
+	size_t   size;          /**< sizeof(struct uffd_opts) */
+	uint64_t features;      /**< UFFD_FEATURE_* that must be enabled, else -EOPNOTSUPP */
+	uint64_t want_features; /**< UFFD_FEATURE_* enabled where the kernel has them */
+	unsigned flags;         /**< UFFD_OPEN_* */
+};
+
+/** Allow a user-mode-only userfaultfd as the last resort. */
+#define UFFD_OPEN_USER_MODE_ONLY (1u << 0)
+/** Never use /dev/userfaultfd. */
+#define UFFD_OPEN_NO_DEV         (1u << 1)
+
+/**
+ * Harmless features enabled by default (opts == NULL), where the kernel has
+ * them. Never SIGBUS, WP_ASYNC, EXACT_ADDRESS or EVENT_*: those change
+ * behaviour and must be asked for.
+ */
+#define UFFD_FEATURES_DEFAULT                                               \
+	((uint64_t)(UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS | \
+		    UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_MINOR_HUGETLBFS |     \
+		    UFFD_FEATURE_PAGEFAULT_FLAG_WP |                              \
+		    UFFD_FEATURE_WP_HUGETLBFS_SHMEM |                             \
+		    UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_THREAD_ID |        \
+		    UFFD_FEATURE_POISON | UFFD_FEATURE_MOVE))
+
+/**
+ * Open a userfaultfd and enable features.
+ *
+ * The kernel's feature set is probed on a throwaway fd (UFFDIO_API works
+ * once per fd); the real fd, O_NONBLOCK|O_CLOEXEC, is then initialised with
+ * exactly `features | (want_features & available)`, or
+ * `UFFD_FEATURES_DEFAULT & available` when @p opts is NULL. Ways tried in
+ * order: userfaultfd(2); /dev/userfaultfd unless UFFD_OPEN_NO_DEV; with
+ * UFFD_OPEN_USER_MODE_ONLY, userfaultfd(UFFD_USER_MODE_ONLY).
+ *
+ * @param out  receives the handle
+ * @param opts options, or NULL for the defaults
+ * @return 0; -EINVAL for bad arguments; -EOPNOTSUPP when a required feature
+ *         is missing; -EPERM/-EACCES when no way to open a userfaultfd is
+ *         allowed; other -errno from the kernel.
+ */
+int uffd_open(struct uffd **out, const struct uffd_opts *opts);
+
+/** Close the handle and its fd. NULL is fine. */
+void uffd_close(struct uffd *u);
+
+/** The userfaultfd, O_NONBLOCK|O_CLOEXEC. @return the fd, or -EINVAL for NULL. */
+int uffd_fd(const struct uffd *u);
+
+/** The enabled feature set (UFFD_FEATURE_* bits); 0 for NULL. */
+uint64_t uffd_features(const struct uffd *u);
+
+/**
+ * The kernel's available features, probed once on a throwaway fd and cached.
+ * @param available receives the UFFD_FEATURE_* bits the kernel offers
+ * @return 0 or -errno when no userfaultfd can be opened.
+ */
+int uffd_probe(uint64_t *available);
+
+/** The name of one UFFD_FEATURE_* bit ("MINOR_SHMEM"), or NULL if unknown. */
+const char *uffd_feature_name(uint64_t feature);
+
+/**
+ * The sentence describing the last failure of a libuffd call in this
+ * thread; "" when there was none. Valid until the next libuffd call.
+ */
+const char *uffd_last_error(void);
+
+/* ------------------------------------------------------------------ */
+/* 2. Registration and resolution                                      */
+/* ------------------------------------------------------------------ */
+
+/**
+ * Register [addr, addr+len) with modes UFFDIO_REGISTER_MODE_{MISSING,WP,MINOR}.
+ *
+ * A mode the handle's enabled features do not cover (MINOR without
+ * MINOR_SHMEM/MINOR_HUGETLBFS, WP without PAGEFAULT_FLAG_WP, WP on shmem or
+ * hugetlbfs without WP_HUGETLBFS_SHMEM) is refused with -EOPNOTSUPP.
+ * Registering a range again replaces its modes.
+ *
+ * @param ioctls if not NULL, receives the kernel's mask of allowed ioctls,
+ *               bits (1 << _UFFDIO_*)
+ * @return 0; -EINVAL (bad range, mode 0, unknown mode, MINOR on anonymous
+ *         memory, no mapping); -EPERM (mapping not writable); -EBUSY
+ *         (registered with another userfaultfd); -EOPNOTSUPP.
+ */
+int uffd_register(struct uffd *u, void *addr, size_t len, uint64_t modes,
+		  uint64_t *ioctls);
+
+/** Unregister [addr, addr+len); pending faults are woken. @return 0 or -errno. */
+int uffd_unregister(struct uffd *u, void *addr, size_t len);
+
+/** Leave faulting threads asleep; wake them later with uffd_wake(). */
+#define UFFD_DONTWAKE        (1u << 0)
+/** Map the pages write-protected (uffd_continue_range(), uffd_copy()). */
+#define UFFD_MAP_WP          (1u << 1)
+/** Pages already mapped count as done (their waiters are woken). */
+#define UFFD_SKIP_EXISTING   (1u << 2)
+/** uffd_move() only: holes in the source count as moved. */
+#define UFFD_ALLOW_SRC_HOLES (1u << 3)
+
+/**
+ * Map pages already in the page cache (UFFDIO_CONTINUE), resolving MINOR faults.
+ *
+ * Common to the resolving calls: 0 when the whole range is done; `*done`
+ * (if not NULL) is always set to the bytes completed, on error too; the
+ * kernel's partial progress is continued internally; -EAGAIN with no further
+ * progress means a non-cooperative event must be read first; -EEXIST means
+ * a page was already mapped, unless UFFD_SKIP_EXISTING steps over it;
+ * unaligned or empty ranges give -EINVAL without any syscall.
+ *
+ * @param flags UFFD_DONTWAKE, UFFD_MAP_WP, UFFD_SKIP_EXISTING
+ * @return 0; -EFAULT (no page in the page cache: write it through the alias
+ *         view first); -EEXIST; -EAGAIN; -EINVAL; -ENOENT (range unregistered
+ *         or gone).
+ */
+int uffd_continue_range(struct uffd *u, void *addr, size_t len,
+			unsigned flags, size_t *done);
+
+/**
+ * Write-protect (@p protect true) or un-protect and wake (false) a range
+ * registered with UFFDIO_REGISTER_MODE_WP.
+ * @param flags UFFD_DONTWAKE (meaningful when un-protecting)
+ * @return 0; -EINVAL; -ENOENT; -EAGAIN (read pending events first).
+ */
+int uffd_writeprotect(struct uffd *u, void *addr, size_t len, bool protect,
+		      unsigned flags);
+
+/**
+ * Copy @p len bytes from @p src into missing pages at @p dst (UFFDIO_COPY).
+ * @param flags UFFD_DONTWAKE, UFFD_MAP_WP, UFFD_SKIP_EXISTING
+ * @return 0 or -errno as uffd_continue_range(); -EFAULT when @p src cannot be read.
+ */
+int uffd_copy(struct uffd *u, void *dst, const void *src, size_t len,
+	      unsigned flags, size_t *done);
+
+/**
+ * Map zero pages at missing pages (UFFDIO_ZEROPAGE). hugetlbfs has none:
+ * -EINVAL there (copy a zeroed huge page instead).
+ * @param flags UFFD_DONTWAKE, UFFD_SKIP_EXISTING
+ */
+int uffd_zeropage(struct uffd *u, void *addr, size_t len, unsigned flags,
+		  size_t *done);
+
+/**
+ * Move anonymous pages from @p src to @p dst without copying (UFFDIO_MOVE).
+ * Needs UFFD_FEATURE_MOVE; only the process owning the memory may move.
+ * @param flags UFFD_DONTWAKE, UFFD_SKIP_EXISTING, UFFD_ALLOW_SRC_HOLES
+ * @return as uffd_continue_range(); -EBUSY when a source page is shared
+ *         (mark the source MADV_DONTFORK); -ENOENT for a source hole.
+ */
+int uffd_move(struct uffd *u, void *dst, void *src, size_t len,
+	      unsigned flags, size_t *done);
+
+/**
+ * Install poison markers (UFFDIO_POISON): an access raises SIGBUS.
+ * Needs UFFD_FEATURE_POISON.
+ * @param flags UFFD_DONTWAKE, UFFD_SKIP_EXISTING
+ */
+int uffd_poison(struct uffd *u, void *addr, size_t len, unsigned flags,
+		size_t *done);
+
+/** Wake threads waiting on faults in [addr, addr+len). @return 0 or -errno. */
+int uffd_wake(struct uffd *u, void *addr, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* 3. Reading events without the loop                                  */
+/* ------------------------------------------------------------------ */
+
+/** Why a page fault was reported. */
+enum uffd_fault_kind { UFFD_FAULT_MISSING, UFFD_FAULT_MINOR, UFFD_FAULT_WP };
+
+struct uffd_region;
+
+/** A page fault to resolve. */
+struct uffd_fault {
+	struct uffd         *uffd;
+	struct uffd_region  *region;  /**< NULL if the address is in no region */
+	void                *addr;    /**< aligned to the mapping's page size */
+	uint64_t             offset;  /**< into region, when region != NULL */
+	size_t               len;     /**< bytes to resolve: page size; a handler may widen it */
+	enum uffd_fault_kind kind;
+	bool                 write;
+	pid_t                tid;     /**< 0 without UFFD_FEATURE_THREAD_ID */
+};
+
+/** Type of a decoded message. */
+enum uffd_event_type { UFFD_EV_FAULT, UFFD_EV_FORK, UFFD_EV_REMAP,
+		       UFFD_EV_REMOVE, UFFD_EV_UNMAP };
+
+/** One decoded uffd_msg. */
+struct uffd_event {
+	enum uffd_event_type type;
+	__extension__ union {
+		struct uffd_fault fault;
+		struct { int fd; } fork;                 /**< new uffd of the child */
+		struct { void *from, *to; size_t len; } remap;
+		struct { void *start; size_t len; } remove;  /**< REMOVE and UNMAP */
+	};
+};
+
+/**
+ * Read the queued messages in one non-blocking batch and decode them.
+ * A FORK event's fd is the caller's to close (or to wrap with
+ * uffd_open_fd()).
+ * @return the number of events stored (<= max), 0 when none is queued,
+ *         -errno on failure.
+ */
+int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t max);
+
+/**
+ * Wrap an already initialised userfaultfd, such as a FORK event's child fd,
+ * in a handle that owns it. @p features is the set the fd was initialised
+ * with (a fork child inherits its parent's: uffd_features(parent)).
+ * @return 0, or -EINVAL for a negative fd or an fd that is not a userfaultfd.
+ */
+int uffd_open_fd(struct uffd **out, int fd, uint64_t features);
+
+/* ------------------------------------------------------------------ */
+/* 4. memfd regions with an alias view                                 */
+/* ------------------------------------------------------------------ */
+
+/** Options of uffd_region_create(). */
+struct uffd_region_opts {
+	size_t      size;       /**< sizeof(struct uffd_region_opts) */
+	size_t      length;     /**< bytes, multiple of the page size */
+	uint64_t    modes;      /**< UFFDIO_REGISTER_MODE_{MISSING,MINOR,WP} */
+	unsigned    flags;      /**< UFFD_REGION_* */
+	int         fd;         /**< -1: create a memfd; else map this fd */
+	uint64_t    fd_offset;  /**< offset into fd, multiple of the page size */
+	const char *name;       /**< memfd name, NULL for "uffd" */
+};
+/** Back the region with MFD_HUGETLB (default huge page size). */
+#define UFFD_REGION_HUGETLB  (1u << 0)
+/** Map no alias view. */
+#define UFFD_REGION_NO_ALIAS (1u << 1)
+
+/**
+ * Create a region: shared memory mapped as a registered base view and an
+ * unregistered alias view.
+ * @return 0; -EINVAL; -EOPNOTSUPP (mode not allowed by the handle's
+ *         features); -ENOMEM (no huge pages); other -errno.
+ */
+int uffd_region_create(struct uffd *u, const struct uffd_region_opts *o,
+		       struct uffd_region **out);
+/** Unregister, unmap and close what the region created. NULL is fine. */
+void uffd_region_destroy(struct uffd_region *r);
+/** The registered view, or NULL for NULL. */
+void *uffd_region_base(const struct uffd_region *r);
+/** The unregistered view, or NULL (UFFD_REGION_NO_ALIAS, or NULL). */
+void *uffd_region_alias(const struct uffd_region *r);
+/** Length in bytes; 0 for NULL. */
+size_t uffd_region_length(const struct uffd_region *r);
+/** Page size of the backing memory; 0 for NULL. */
+size_t uffd_region_page_size(const struct uffd_region *r);
+/** The backing fd (owned by the region when it created it); -EINVAL for NULL. */
+int uffd_region_fd(const struct uffd_region *r);
+/** The handle the region is registered with; NULL for NULL. */
+struct uffd *uffd_region_uffd(const struct uffd_region *r);
+
+/** uffd_region_populate(): also map the pages into the base view. */
+#define UFFD_POPULATE_MAP (1u << 0)
+/**
+ * Put @p len bytes from @p src into the page cache at offset @p off without
+ * a page fault per page; with UFFD_POPULATE_MAP also map them into the base
+ * view (waking waiters).
+ */
+int uffd_region_populate(struct uffd_region *r, uint64_t off, const void *src,
+			 size_t len, unsigned flags);
+/** uffd_continue_range() on [off, off+len) of the base view. */
+int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t len,
+			 unsigned flags, size_t *done);
+/** uffd_writeprotect() on [off, off+len) of the base view. */
+int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, size_t len,
+			     bool protect, unsigned flags);
+/** Unmap [off, off+len) from the base view, keep contents: the next touch is a MINOR fault. */
+int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len);
+/** Free the pages (punch a hole): the next touch is a MISSING fault. */
+int uffd_region_discard(struct uffd_region *r, uint64_t off, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* 5. The io_uring event loop                                          */
+/* ------------------------------------------------------------------ */
+
+struct uffd_loop;
+
+/** Handler verdict: the loop resolves [addr, addr+len) the default way. */
+#define UFFD_RESOLVE 0
+/** Handler verdict: the handler resolved the fault itself. */
+#define UFFD_HANDLED 1
+/** Handler verdict: resolved later, from any thread, with section 2 calls. */
+#define UFFD_DEFER   2
+
+/** Callbacks of a loop; any may be NULL. */
+struct uffd_handlers {
+	int  (*minor)(void *ctx, struct uffd_fault *f);
+	int  (*wp)(void *ctx, struct uffd_fault *f);
+	int  (*missing)(void *ctx, struct uffd_fault *f);
+	/** Child of a fork: 0 to have the loop watch it with the same
+	 * handlers, 1 to take it over yourself, < 0 to have it closed. */
+	int  (*fork)(void *ctx, struct uffd *child);
+	void (*remap)(void *ctx, void *from, void *to, size_t len);
+	void (*remove)(void *ctx, void *start, size_t len);
+	void (*unmap)(void *ctx, void *start, size_t len);
+};
+
+/** Options of uffd_loop_new(). */
+struct uffd_loop_opts {
+	size_t   size;        /**< sizeof(struct uffd_loop_opts) */
+	unsigned queue_depth; /**< ring entries; 0: default */
+	unsigned batch;       /**< messages per read; 0: default */
+	unsigned spin_us;     /**< poll this long before sleeping; 0: never */
+	unsigned flags;       /**< UFFD_LOOP_* */
+};
+/** A failed fault is poisoned: the faulting thread gets SIGBUS instead of hanging. */
+#define UFFD_LOOP_POISON_ON_ERROR (1u << 0)
+/** Use a poll request plus read(2) instead of io_uring reads of the uffd. */
+#define UFFD_LOOP_FORCE_POLL      (1u << 1)
+
+/** Create a loop. @return 0 or -errno. */
+int  uffd_loop_new(struct uffd_loop **out, const struct uffd_loop_opts *o);
+/** Stop the loop, join its threads and free it. NULL is fine. */
+void uffd_loop_free(struct uffd_loop *l);
+/** Watch @p u with handlers @p h (NULL: default resolution). */
+int  uffd_loop_add(struct uffd_loop *l, struct uffd *u,
+		   const struct uffd_handlers *h, void *ctx);
+/** Handle faults and events inside region @p r with @p h. */
+int  uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
+			  const struct uffd_handlers *h, void *ctx);
+/** Stop watching @p u (and its regions). */
+int  uffd_loop_remove(struct uffd_loop *l, struct uffd *u);
+/** Run until uffd_loop_stop(). @return 0 after stop, -errno on a fatal error. */
+int  uffd_loop_run(struct uffd_loop *l);
+/**
+ * Wait up to @p timeout_ms (-1: forever) for messages and handle what one
+ * wake brings. @return the number of messages handled, or -errno.
+ */
+int  uffd_loop_run_once(struct uffd_loop *l, int timeout_ms);
+/** Run the loop on @p nthreads background threads. */
+int  uffd_loop_start(struct uffd_loop *l, unsigned nthreads);
+/** Ask the loop to stop. Any thread; async-signal-safe. */
+int  uffd_loop_stop(struct uffd_loop *l);
+
+/** Counters of a loop. */
+struct uffd_loop_stats {
+	uint64_t faults_minor, faults_wp, faults_missing; /**< fault messages by kind */
+	uint64_t events;          /**< fork, remap, remove, unmap messages */
+	uint64_t reads;           /**< completed reads of the uffds */
+	uint64_t resolve_ioctls;  /**< resolving ioctls issued */
+	uint64_t deferred;        /**< DEFER verdicts */
+	uint64_t errors;          /**< handlers that failed */
+};
+/** Copy the loop's counters into @p s. */
+void uffd_loop_stats(const struct uffd_loop *l, struct uffd_loop_stats *s);
+
+/* ------------------------------------------------------------------ */
+/* 6. In-thread resolution (SIGBUS mode)                               */
+/* ------------------------------------------------------------------ */
+
+/** Runs in signal context: async-signal-safe code only. Same verdicts as a loop handler. */
+typedef int (*uffd_sigbus_fn)(void *ctx, struct uffd_fault *f);
+/** Resolve faults in @p r inside the faulting thread. Needs UFFD_FEATURE_SIGBUS. */
+int uffd_sigbus_add_region(struct uffd_region *r, uffd_sigbus_fn fn, void *ctx);
+/** Stop resolving faults of @p r in-thread. */
+int uffd_sigbus_remove_region(struct uffd_region *r);
+
+/* ------------------------------------------------------------------ */
+/* 7. Dirty tracking (asynchronous write-protect)                      */
+/* ------------------------------------------------------------------ */
+
+/** A run of written pages. */
+struct uffd_span { void *addr; size_t len; };
+
+/** Write-protect the reported pages again, atomically with the scan. */
+#define UFFD_SCAN_REARM (1u << 0)
+/**
+ * Start tracking writes to [addr, addr+len): needs UFFD_FEATURE_WP_ASYNC and
+ * the range registered with UFFDIO_REGISTER_MODE_WP.
+ */
+int uffd_dirty_start(struct uffd *u, void *addr, size_t len);
+/**
+ * Spans written since the last start/rearm, merged, in address order.
+ * @return the number of spans stored (<= max); *next is where the scan
+ *         stopped: addr + len when the whole range was scanned.
+ */
+int uffd_dirty_scan(struct uffd *u, void *addr, size_t len,
+		    struct uffd_span *spans, size_t max, unsigned flags,
+		    void **next);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LIBUFFD_UFFD_H */

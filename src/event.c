@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/* Reading uffd_msg batches and decoding them into struct uffd_event. */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* Messages read in one call: a read returns every queued one that fits. */
+#define READ_BATCH 64
+
+_Static_assert(sizeof(struct uffd_msg) == 32, "uffd_msg is 32 bytes");
+
+static void decode_fault(struct uffd *u, const struct uffd_msg *m,
+			 struct uffd_fault *f)
+{
+	uint64_t flags = m->arg.pagefault.flags;
+	uintptr_t addr = (uintptr_t)m->arg.pagefault.address;
+	struct rangemap_entry e;
+	size_t ps = u->page_size;
+
+	if (rangemap_find(&u->regions, addr, &e)) {
+		f->region = e.ptr;
+		ps = e.page_size;
+	}
+	f->uffd = u;
+	f->addr = (void *)(addr & ~(uintptr_t)(ps - 1));
+	f->offset = f->region ? (uintptr_t)f->addr - e.start : 0;
+	f->len = ps;
+	f->kind = (flags & UFFD_PAGEFAULT_FLAG_WP) ? UFFD_FAULT_WP
+		: (flags & UFFD_PAGEFAULT_FLAG_MINOR) ? UFFD_FAULT_MINOR
+		: UFFD_FAULT_MISSING;
+	f->write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	f->tid = (u->features & UFFD_FEATURE_THREAD_ID) ? (pid_t)m->arg.pagefault.feat.ptid : 0;
+}
+
+int uffd__decode_msg(struct uffd *u, const void *raw, struct uffd_event *ev)
+{
+	struct uffd_msg m;
+
+	memcpy(&m, raw, sizeof(m));
+	memset(ev, 0, sizeof(*ev));
+	switch (m.event) {
+	case UFFD_EVENT_PAGEFAULT:
+		ev->type = UFFD_EV_FAULT;
+		decode_fault(u, &m, &ev->fault);
+		return 0;
+	case UFFD_EVENT_FORK:
+		ev->type = UFFD_EV_FORK;
+		ev->fork.fd = (int)m.arg.fork.ufd;
+		return ev->fork.fd >= 0 ? 0 : -EINVAL;
+	case UFFD_EVENT_REMAP:
+		ev->type = UFFD_EV_REMAP;
+		ev->remap.from = (void *)(uintptr_t)m.arg.remap.from;
+		ev->remap.to = (void *)(uintptr_t)m.arg.remap.to;
+		ev->remap.len = m.arg.remap.len;
+		return 0;
+	case UFFD_EVENT_REMOVE:
+	case UFFD_EVENT_UNMAP:
+		ev->type = m.event == UFFD_EVENT_REMOVE ? UFFD_EV_REMOVE : UFFD_EV_UNMAP;
+		ev->remove.start = (void *)(uintptr_t)m.arg.remove.start;
+		ev->remove.len = m.arg.remove.end - m.arg.remove.start;
+		return m.arg.remove.end >= m.arg.remove.start ? 0 : -EINVAL;
+	default:
+		return -EINVAL;
+	}
+}
+
+UFFD_EXPORT int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t max)
+{
+	struct uffd_msg msgs[READ_BATCH];
+	size_t want = max < READ_BATCH ? max : READ_BATCH, k = 0;
+	ssize_t n;
+
+	if (!u)
+		return uffd__err(-EINVAL, "uffd_read_events: handle is NULL");
+	if (!ev || !max)
+		return uffd__err(-EINVAL, "uffd_read_events: need room for at least one event");
+	n = read(u->fd, msgs, want * sizeof(msgs[0]));
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	if (n < 0)
+		return uffd__err(-errno, "uffd_read_events: read of fd %d failed: %s (%s)",
+				 u->fd, strerror(errno), uffd__errname(errno));
+	for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+		if (!uffd__decode_msg(u, &msgs[i], &ev[k]))
+			k++;
+	return (int)k;
+}

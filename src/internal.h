@@ -1,0 +1,158 @@
+/* SPDX-License-Identifier: MIT */
+/* Declarations shared by the library's files; never installed. */
+#ifndef LIBUFFD_INTERNAL_H
+#define LIBUFFD_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#include "compat.h"
+#include "uffd.h"
+
+#define UFFD_EXPORT __attribute__((visibility("default")))
+#define UFFD_PRINTF(a, b) __attribute__((format(printf, a, b)))
+
+/* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
+
+struct rangemap_entry {
+	uintptr_t start;
+	uintptr_t end;		/* exclusive */
+	size_t    page_size;
+	void     *ptr;
+};
+
+struct rangemap_table;
+
+/*
+ * Readers (fault paths, the SIGBUS handler) never lock: they announce
+ * themselves in one of two counters and load the current table. Writers
+ * serialise on a mutex, publish a new table and wait for the readers of
+ * the old one to leave before freeing it.
+ */
+struct rangemap {
+	_Atomic(struct rangemap_table *) cur;
+	atomic_uint epoch;
+	atomic_uint readers[2];
+	pthread_mutex_t wlock;
+};
+
+#define RANGEMAP_INIT { .wlock = PTHREAD_MUTEX_INITIALIZER }
+
+void rangemap_destroy(struct rangemap *m);
+/* Copies the entry containing addr into *out; false if none. Signal-safe. */
+bool rangemap_find(struct rangemap *m, uintptr_t addr, struct rangemap_entry *out);
+/* -EEXIST when the range overlaps an entry, -ENOMEM. */
+int rangemap_insert(struct rangemap *m, const struct rangemap_entry *e);
+/* Removes the entry whose ptr is ptr; -ENOENT if none. */
+int rangemap_remove(struct rangemap *m, const void *ptr);
+/* Moves the entry whose ptr is ptr to start at new_start. */
+int rangemap_move(struct rangemap *m, const void *ptr, uintptr_t new_start);
+size_t rangemap_count(struct rangemap *m);
+
+/* ---- the handle ---- */
+
+struct uffd {
+	int fd;
+	uint64_t features;	/* enabled set */
+	size_t page_size;	/* base page size */
+	atomic_int pagemap_fd;	/* /proc/self/pagemap for dirty.c, -1 until used */
+	struct rangemap regions;	/* this handle's regions, by base view */
+};
+
+/* ---- the region (region.c); loop.c and sigbus.c read it ---- */
+
+struct uffd_region {
+	struct uffd *uffd;
+	void *base;		/* registered view; moved by a REMAP event */
+	void *alias;		/* unregistered view, NULL with UFFD_REGION_NO_ALIAS */
+	size_t length;
+	size_t page_size;
+	uint64_t modes;		/* UFFDIO_REGISTER_MODE_* */
+	unsigned flags;		/* UFFD_REGION_* */
+	int fd;
+	bool own_fd;		/* created by the region, closed by destroy */
+	uint64_t fd_offset;
+	/* loop.c: handlers given with uffd_loop_add_region(), if any */
+	struct uffd_loop *loop;
+	struct uffd_handlers loop_handlers;
+	void *loop_ctx;
+	/* sigbus.c: in-thread resolution, if added */
+	uffd_sigbus_fn sigbus_fn;
+	void *sigbus_ctx;
+};
+
+/* ---- error.c: the thread's last-error sentence ---- */
+
+/* Formats the sentence and returns err (a negative errno) for tail calls. */
+int uffd__err(int err, const char *fmt, ...) UFFD_PRINTF(2, 3);
+/* Async-signal-safe: copies a constant string. Returns err. */
+int uffd__err_const(int err, const char *msg);
+/* "EFAULT" for 14 (sign ignored); "E?" when unknown. */
+const char *uffd__errname(int err);
+
+/* ---- uffd.c ---- */
+
+size_t uffd__base_page_size(void);
+/* "MINOR_SHMEM | WP_ASYNC" for the bits of mask, into buf. */
+const char *uffd__feature_list(uint64_t mask, char *buf, size_t size);
+
+/* ---- vma.c: what /proc/self/smaps says about a range (slow paths only) ---- */
+
+/* VMA_SHMEM: any shared file mapping; the kernel refuses non-shmem files. */
+enum vma_kind { VMA_ANON = 1, VMA_SHMEM = 2, VMA_HUGETLB = 4 };
+/* Bitwise OR of the kinds of the mappings covering [addr, addr+len); 0 if none. */
+unsigned uffd__vma_kinds(uintptr_t addr, size_t len);
+/* KernelPageSize of the mapping containing addr; 0 if unmapped. */
+size_t uffd__vma_page_size(uintptr_t addr);
+
+/* ---- ops.c: resolving ioctls ---- */
+
+enum uffd_op {
+	UFFD_OP_CONTINUE,
+	UFFD_OP_COPY,
+	UFFD_OP_ZEROPAGE,
+	UFFD_OP_MOVE,
+	UFFD_OP_POISON,
+};
+
+/*
+ * One ioctl, no error text: async-signal-safe. Returns 0 or -errno and the
+ * kernel's output field (bytes done, or -errno) in *count.
+ */
+int uffd__op_ioctl(int fd, enum uffd_op op, uint64_t dst, uint64_t src,
+		   uint64_t len, uint64_t mode, int64_t *count);
+/* One UFFDIO_WRITEPROTECT, no error text: async-signal-safe. */
+int uffd__wp_ioctl(int fd, uint64_t start, uint64_t len, bool protect,
+		   bool dontwake);
+/*
+ * The whole resolving call behind uffd_copy() and friends: checks, partial
+ * progress, EEXIST skipping, error text. page_size 0 means look it up.
+ */
+int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
+		  uintptr_t src, size_t len, unsigned flags, size_t page_size,
+		  size_t *done);
+/* uffd_writeprotect() with a known page size (0: base page). */
+int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
+		       bool protect, unsigned flags, size_t page_size);
+/* -EINVAL with text unless addr/len are non-empty, aligned and not wrapping. */
+int uffd__check_range(const char *what, uintptr_t addr, size_t len,
+		      size_t page_size);
+
+/* ---- event.c ---- */
+
+/* Decodes one 32-byte uffd_msg; -EINVAL for an unknown or malformed one. */
+int uffd__decode_msg(struct uffd *u, const void *msg, struct uffd_event *ev);
+
+/* ---- options structs (libbpf style) ---- */
+
+/*
+ * Copies a caller's options struct of caller_size bytes into a zeroed
+ * known_size struct. -EINVAL when caller_size is too small to hold the size
+ * field or when bytes beyond what this library knows are not zero.
+ */
+int uffd__opts_copy(void *dst, size_t known_size, const void *src,
+		    size_t caller_size, const char *what);
+
+#endif /* LIBUFFD_INTERNAL_H */

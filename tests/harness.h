@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Shared test harness: Check suites whose test cases meson runs one by one
+ * (CK_RUN_CASE), with skips that reach meson as exit status 77.
+ */
+#ifndef LIBUFFD_TEST_HARNESS_H
+#define LIBUFFD_TEST_HARNESS_H
+
+#include <check.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Record why this test cannot run here, and leave it. */
+#define SKIP_TEST(...)                           \
+	do {                                     \
+		harness_skip(__VA_ARGS__);       \
+		return;                          \
+	} while (0)
+
+void harness_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/*
+ * Runs the suite (the case named by CK_RUN_CASE when set). Exit status:
+ * 0 when every test passed, 77 when no test failed and at least one was
+ * skipped, 1 on any failure.
+ */
+int harness_run(Suite *s);
+
+/* A test case with a timeout, added to s. */
+TCase *harness_tcase(Suite *s, const char *name, double timeout_s);
+/*
+ * `TCase *tc = CASE(name, seconds);` inside a suite builder whose Suite is
+ * `s`. meson reads these lines to run each case as its own test.
+ */
+#define CASE(name, seconds) harness_tcase(s, #name, seconds)
+
+/* Frequently needed facts and helpers. */
+size_t harness_page_size(void);
+bool harness_have_features(uint64_t features);
+/* Pagemap entry of addr in this process (all bits), or 0 on failure. */
+uint64_t harness_pagemap(const void *addr);
+/* Runs fn(arg) in a new thread and returns its handle (pthread_t as an opaque). */
+void *harness_thread_start(void *(*fn)(void *), void *arg);
+void *harness_thread_join(void *thread);
+
+/*
+ * Huge pages: make sure n default-size huge pages are free, raising
+ * vm.nr_hugepages when root; the old value is restored at exit.
+ * Returns the huge page size, or 0 (with the reason in *why) when none can
+ * be had.
+ */
+size_t harness_hugepages(unsigned n, const char **why);
+
+/* Number of open fds of this process. */
+int harness_count_fds(void);
+
+#endif
