@@ -44,6 +44,13 @@ extern "C" {
 #ifndef UFFD_FEATURE_MOVE
 #define UFFD_FEATURE_MOVE (1 << 16)
 #endif
+/* Bit numbers of the ioctls mask uffd_register() reports. */
+#ifndef _UFFDIO_MOVE
+#define _UFFDIO_MOVE (0x05)
+#endif
+#ifndef _UFFDIO_POISON
+#define _UFFDIO_POISON (0x08)
+#endif
 
 /** Major, minor and patch version of this header. */
 #define LIBUFFD_VERSION_MAJOR 0
@@ -263,16 +270,20 @@ struct uffd_event {
  * Read the queued messages in one non-blocking batch and decode them.
  * A FORK event's fd is the caller's to close (or to wrap with
  * uffd_open_fd()).
- * @return the number of events stored (<= max), 0 when none is queued,
- *         -errno on failure.
+ * @return the number of events stored (<= max), 0 when none is queued;
+ *         -EINVAL for a NULL handle or array or max 0; -EIO when the fd
+ *         yields something other than whole messages (not a userfaultfd);
+ *         other -errno of read(2), e.g. -EBADF.
  */
 int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t max);
 
 /**
  * Wrap an already initialised userfaultfd, such as a FORK event's child fd,
  * in a handle that owns it. @p features is the set the fd was initialised
- * with (a fork child inherits its parent's: uffd_features(parent)).
- * @return 0, or -EINVAL for a negative fd or an fd that is not a userfaultfd.
+ * with (a fork child inherits its parent's: uffd_features(parent)). The fd
+ * is made O_NONBLOCK|O_CLOEXEC, like uffd_open()'s.
+ * @return 0; -EINVAL for a negative fd, unknown feature bits or an fd that
+ *         is not a userfaultfd; -EBADF for an fd that is not open.
  */
 int uffd_open_fd(struct uffd **out, int fd, uint64_t features);
 
@@ -297,9 +308,13 @@ struct uffd_region_opts {
 
 /**
  * Create a region: shared memory mapped as a registered base view and an
- * unregistered alias view.
- * @return 0; -EINVAL; -EOPNOTSUPP (mode not allowed by the handle's
- *         features); -ENOMEM (no huge pages); other -errno.
+ * unregistered alias view, with guard pages between them. The memory is a
+ * new memfd (fd -1) or the caller's tmpfs/hugetlbfs file, which the region
+ * never resizes or closes. Offsets and lengths of every region call are
+ * multiples of uffd_region_page_size() (the huge page size on hugetlbfs).
+ * @return 0; -EINVAL; -EBADF/-EACCES (caller's fd closed / not O_RDWR);
+ *         -EOPNOTSUPP (mode not allowed by the handle's features, named in
+ *         uffd_last_error()); -ENOMEM (no huge pages); other -errno.
  */
 int uffd_region_create(struct uffd *u, const struct uffd_region_opts *o,
 		       struct uffd_region **out);
@@ -322,8 +337,12 @@ struct uffd *uffd_region_uffd(const struct uffd_region *r);
 #define UFFD_POPULATE_MAP (1u << 0)
 /**
  * Put @p len bytes from @p src into the page cache at offset @p off without
- * a page fault per page; with UFFD_POPULATE_MAP also map them into the base
- * view (waking waiters).
+ * a page fault per page (pwrite on shmem, MADV_POPULATE_WRITE + copy on
+ * hugetlbfs); with UFFD_POPULATE_MAP also map them into the base view
+ * (CONTINUE on MINOR regions, else MADV_POPULATE_READ/WRITE) and wake
+ * waiters; UFFD_MAP_WP with it maps them write-protected (WP regions).
+ * @return 0; -EINVAL (range outside the region or unaligned, bad flags);
+ *         other -errno.
  */
 int uffd_region_populate(struct uffd_region *r, uint64_t off, const void *src,
 			 size_t len, unsigned flags);
@@ -389,7 +408,12 @@ int  uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 			  const struct uffd_handlers *h, void *ctx);
 /** Stop watching @p u (and its regions). */
 int  uffd_loop_remove(struct uffd_loop *l, struct uffd *u);
-/** Run until uffd_loop_stop(). @return 0 after stop, -errno on a fatal error. */
+/**
+ * Run until uffd_loop_stop(). @return 0 after stop; -errno on a fatal error,
+ * or the error of a failed handler when the loop lacks
+ * UFFD_LOOP_POISON_ON_ERROR (the fault stays pending; uffd_last_error()
+ * names it).
+ */
 int  uffd_loop_run(struct uffd_loop *l);
 /**
  * Wait up to @p timeout_ms (-1: forever) for messages and handle what one
@@ -417,31 +441,85 @@ void uffd_loop_stats(const struct uffd_loop *l, struct uffd_loop_stats *s);
 /* 6. In-thread resolution (SIGBUS mode)                               */
 /* ------------------------------------------------------------------ */
 
-/** Runs in signal context: async-signal-safe code only. Same verdicts as a loop handler. */
+/**
+ * Runs in signal context, in the faulting thread: async-signal-safe code
+ * only, and it must return (never longjmp out). Verdicts: UFFD_RESOLVE
+ * (the library resolves [f->addr, f->addr+f->len): MINOR -> CONTINUE,
+ * WP -> un-protect, MISSING -> zero pages), UFFD_HANDLED (resolved by the
+ * function), UFFD_DEFER (nothing done: the access is retried and faults
+ * again unless another thread resolved the page meanwhile), or -errno (not
+ * resolved: the signal goes on to the previous SIGBUS disposition, by
+ * default killing the process). @p f->write is known on x86 only.
+ */
 typedef int (*uffd_sigbus_fn)(void *ctx, struct uffd_fault *f);
-/** Resolve faults in @p r inside the faulting thread. Needs UFFD_FEATURE_SIGBUS. */
+/**
+ * Resolve faults in @p r inside the faulting thread, from a process-wide
+ * SIGBUS handler installed on first use (the previous disposition is kept
+ * and receives every SIGBUS that is not a fault in an added region).
+ * Needs a handle opened with UFFD_FEATURE_SIGBUS. Not async-signal-safe.
+ * @return 0; -EINVAL (NULL @p r or @p fn); -EOPNOTSUPP (no
+ * UFFD_FEATURE_SIGBUS); -EEXIST (added already); -ENOMEM.
+ */
 int uffd_sigbus_add_region(struct uffd_region *r, uffd_sigbus_fn fn, void *ctx);
-/** Stop resolving faults of @p r in-thread. */
+/**
+ * Stop resolving faults of @p r in-thread; returns once no thread runs its
+ * function any more. Removing the last region restores the previous SIGBUS
+ * disposition. uffd_region_destroy() removes an added region by itself.
+ * @return 0; -EINVAL (NULL); -ENOENT (not added); -ENOMEM.
+ */
 int uffd_sigbus_remove_region(struct uffd_region *r);
 
 /* ------------------------------------------------------------------ */
 /* 7. Dirty tracking (asynchronous write-protect)                      */
 /* ------------------------------------------------------------------ */
 
-/** A run of written pages. */
+/** A run of written pages: [addr, addr + len). */
 struct uffd_span { void *addr; size_t len; };
 
-/** Write-protect the reported pages again, atomically with the scan. */
+/** uffd_dirty_scan(): write-protect the reported pages again, atomically with the scan. */
 #define UFFD_SCAN_REARM (1u << 0)
 /**
- * Start tracking writes to [addr, addr+len): needs UFFD_FEATURE_WP_ASYNC and
- * the range registered with UFFDIO_REGISTER_MODE_WP.
+ * Start tracking writes to [addr, addr+len): write-protect it in
+ * asynchronous mode, where a write is never blocked and sends no message but
+ * only clears the page's protection. Writes from now on are reported by
+ * uffd_dirty_scan(); earlier ones are forgotten (calling it again restarts
+ * tracking). Needs a handle opened with UFFD_FEATURE_WP_ASYNC and the range
+ * registered with UFFDIO_REGISTER_MODE_WP on it. Anonymous, shmem and
+ * hugetlbfs memory; the range aligned to its page size (huge page size).
+ * @return 0; -EINVAL (NULL handle; empty, wrapping or unaligned range);
+ *         -EOPNOTSUPP (no UFFD_FEATURE_WP_ASYNC); -ENOENT (range not
+ *         registered with MODE_WP on this handle); -EAGAIN (a
+ *         non-cooperative event must be read first).
  */
 int uffd_dirty_start(struct uffd *u, void *addr, size_t len);
 /**
- * Spans written since the last start/rearm, merged, in address order.
- * @return the number of spans stored (<= max); *next is where the scan
- *         stopped: addr + len when the whole range was scanned.
+ * The pages of [addr, addr+len) written since uffd_dirty_start() or since
+ * the scan that last re-armed them, as spans merged and in address order
+ * (PAGEMAP_SCAN on /proc/self/pagemap, kept open by the handle). With
+ * UFFD_SCAN_REARM the reported pages are write-protected again in the same
+ * walk: a write racing with the scan is reported now or by the next scan.
+ *
+ * At most @p max spans are stored; when they fill, the walk stops before
+ * the first written page it cannot store (neither reported nor re-armed)
+ * and *next points at it: call again from there. @p max 0 stores and
+ * re-arms nothing and sets *next to the first written page.
+ *
+ * Written means: written since start/rearm; on private anonymous memory
+ * also MADV_DONTNEED (the page now reads zero); before the first start,
+ * every page. Not reported: reads, pages never touched, and on shmem and
+ * hugetlbfs MADV_DONTNEED and hole punching (MADV_REMOVE,
+ * FALLOC_FL_PUNCH_HOLE), which keep the protection although a punched page
+ * reads zero afterwards. A huge page is reported whole.
+ *
+ * @param spans receives the spans; may be NULL when @p max is 0
+ * @param flags 0 or UFFD_SCAN_REARM
+ * @param next  if not NULL, receives where to resume, addr + len when the
+ *              whole range was scanned; untouched on failure
+ * @return the number of spans stored (<= max); -EINVAL (NULL handle; empty,
+ *         wrapping or unaligned range; unknown flags; NULL @p spans with
+ *         @p max > 0); -EOPNOTSUPP (no UFFD_FEATURE_WP_ASYNC); -ENOENT
+ *         (part of the range not registered with MODE_WP on a WP_ASYNC
+ *         handle: nothing is re-armed); other -errno of PAGEMAP_SCAN.
  */
 int uffd_dirty_scan(struct uffd *u, void *addr, size_t len,
 		    struct uffd_span *spans, size_t max, unsigned flags,

@@ -8,7 +8,8 @@
 
 #define ERR_MAX 512
 
-static _Thread_local char last_error[ERR_MAX];
+/* initial-exec: static TLS, so that the SIGBUS path never allocates it lazily. */
+static _Thread_local char last_error[ERR_MAX] __attribute__((tls_model("initial-exec")));
 
 UFFD_EXPORT const char *uffd_last_error(void)
 {

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Reading uffd_msg batches and decoding them into struct uffd_event. */
+#include <dirent.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -11,17 +13,55 @@
 
 _Static_assert(sizeof(struct uffd_msg) == 32, "uffd_msg is 32 bytes");
 
+/* Smallest hugetlb page size of the system ("hugepages-<n>kB"), 0 if none; cached. */
+static size_t min_huge_page_size(void)
+{
+	static atomic_size_t cached = SIZE_MAX;
+	size_t min = atomic_load(&cached), kb;
+	DIR *d;
+	struct dirent *de;
+
+	if (min != SIZE_MAX)
+		return min;
+	min = 0;
+	d = opendir("/sys/kernel/mm/hugepages");
+	while (d && (de = readdir(d)))
+		if (sscanf(de->d_name, "hugepages-%zukB", &kb) == 1 && (!min || kb * 1024 < min))
+			min = kb * 1024;
+	if (d)
+		closedir(d);
+	atomic_store(&cached, min);
+	return min;
+}
+
+/*
+ * Page size of a fault outside any region. The kernel aligns a hugetlb
+ * fault's address to its huge page (unless EXACT_ADDRESS), so only such
+ * addresses need the (slower) look at the mapping.
+ */
+static size_t fault_page_size(struct uffd *u, uintptr_t addr)
+{
+	size_t hmin = min_huge_page_size(), ps;
+
+	if (!hmin || (!(u->features & UFFD_FEATURE_EXACT_ADDRESS) && (addr & (hmin - 1))))
+		return u->page_size;
+	ps = uffd__vma_page_size(addr);
+	return ps > u->page_size ? ps : u->page_size;
+}
+
 static void decode_fault(struct uffd *u, const struct uffd_msg *m,
 			 struct uffd_fault *f)
 {
 	uint64_t flags = m->arg.pagefault.flags;
 	uintptr_t addr = (uintptr_t)m->arg.pagefault.address;
 	struct rangemap_entry e;
-	size_t ps = u->page_size;
+	size_t ps;
 
 	if (rangemap_find(&u->regions, addr, &e)) {
 		f->region = e.ptr;
 		ps = e.page_size;
+	} else {
+		ps = fault_page_size(u, addr);
 	}
 	f->uffd = u;
 	f->addr = (void *)(addr & ~(uintptr_t)(ps - 1));
@@ -82,6 +122,10 @@ UFFD_EXPORT int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t m
 	if (n < 0)
 		return uffd__err(-errno, "uffd_read_events: read of fd %d failed: %s (%s)",
 				 u->fd, strerror(errno), uffd__errname(errno));
+	/* A userfaultfd never returns 0 bytes or a part of a message. */
+	if (n == 0 || n % sizeof(msgs[0]))
+		return uffd__err(-EIO, "uffd_read_events: read of fd %d returned %zd bytes, not whole 32-byte messages; "
+				 "the handle's fd is no longer a userfaultfd (closed and reused?)", u->fd, n);
 	for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
 		if (!uffd__decode_msg(u, &msgs[i], &ev[k]))
 			k++;

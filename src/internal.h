@@ -43,6 +43,14 @@ struct rangemap {
 void rangemap_destroy(struct rangemap *m);
 /* Copies the entry containing addr into *out; false if none. Signal-safe. */
 bool rangemap_find(struct rangemap *m, uintptr_t addr, struct rangemap_entry *out);
+/*
+ * A read-side section spanning a find and the use of what it found: a
+ * writer's insert/remove/move returns only after every section open when
+ * it published has ended, so the object stays valid until
+ * rangemap_read_end(). Signal-safe, nests; never end it with a longjmp.
+ */
+unsigned rangemap_read_begin(struct rangemap *m);
+void rangemap_read_end(struct rangemap *m, unsigned ticket);
 /* -EEXIST when the range overlaps an entry, -ENOMEM. */
 int rangemap_insert(struct rangemap *m, const struct rangemap_entry *e);
 /* Removes the entry whose ptr is ptr; -ENOENT if none. */
@@ -74,6 +82,8 @@ struct uffd_region {
 	int fd;
 	bool own_fd;		/* created by the region, closed by destroy */
 	uint64_t fd_offset;
+	void *resv;		/* PROT_NONE reservation holding both views */
+	size_t resv_len;
 	/* loop.c: handlers given with uffd_loop_add_region(), if any */
 	struct uffd_loop *loop;
 	struct uffd_handlers loop_handlers;
@@ -133,12 +143,26 @@ int uffd__wp_ioctl(int fd, uint64_t start, uint64_t len, bool protect,
 int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		  uintptr_t src, size_t len, unsigned flags, size_t page_size,
 		  size_t *done);
+/* Page size at addr: the region's, else the mapping's, else the base page. */
+size_t uffd__page_size_at(struct uffd *u, uintptr_t addr);
 /* uffd_writeprotect() with a known page size (0: base page). */
 int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 		       bool protect, unsigned flags, size_t page_size);
+/* UFFD_FEATURE_* a VMA_SHMEM or VMA_HUGETLB mapping needs for modes. */
+uint64_t uffd__kind_needs(unsigned kind, uint64_t modes, uint64_t features);
 /* -EINVAL with text unless addr/len are non-empty, aligned and not wrapping. */
 int uffd__check_range(const char *what, uintptr_t addr, size_t len,
 		      size_t page_size);
+
+/* ---- sigbus.c ---- */
+
+/* Drops r from in-thread resolution if it was added; for region destroy. */
+void uffd__sigbus_forget(struct uffd_region *r);
+
+/* ---- loop.c ---- */
+
+/* The region leaves the loop it was added to (uffd_region_destroy calls it). */
+void uffd__loop_forget_region(struct uffd_region *r);
 
 /* ---- event.c ---- */
 

@@ -154,7 +154,14 @@ static int check_resolve(const struct uffd *u, const struct op_info *oi,
 		return 0;
 	if (!src)
 		return uffd__err(-EINVAL, "%s: src is NULL", oi->call);
-	return uffd__check_range(oi->ioctl, src, len, ps);
+	/* MOVE moves whole pages; COPY reads any bytes (the kernel allows an
+	 * unaligned source), so only wrap-around is checked there. */
+	if (oi == &op_info[UFFD_OP_MOVE])
+		return uffd__check_range(oi->ioctl, src, len, ps);
+	if (src + len < src)
+		return uffd__err(-EINVAL, "%s: source 0x%lx+%zu wraps around the address space",
+				 oi->call, (unsigned long)src, len);
+	return 0;
 }
 
 /* ---- error sentences ---- */
@@ -175,7 +182,7 @@ static const char *op_hint(enum uffd_op op, int err, unsigned flags)
 		       "read the events with uffd_read_events and retry from done";
 	case -ENOENT:
 		if (op == UFFD_OP_MOVE && !(flags & UFFD_ALLOW_SRC_HOLES))
-			return "the source has a hole (pass UFFD_ALLOW_SRC_HOLES) or the range is not registered";
+			return "the source has a hole (pass UFFD_ALLOW_SRC_HOLES), or there is no mapping at the source or destination";
 		return "the range is no longer mapped or registered (unmapped, moved or unregistered)";
 	case -EINVAL:
 		if (flags & UFFD_MAP_WP)
@@ -184,6 +191,9 @@ static const char *op_hint(enum uffd_op op, int err, unsigned flags)
 			return "hugetlbfs has no zero page (copy a zeroed huge page), or the range is not registered";
 		if (op == UFFD_OP_MOVE)
 			return "only private anonymous memory of this process, registered with this handle, can be moved";
+		if (op == UFFD_OP_CONTINUE)
+			return "CONTINUE works on shmem or hugetlbfs memory (not anonymous) registered with this handle, "
+			       "aligned to its page size";
 		return "the range is not registered with this handle or not aligned to its huge page size";
 	case -EBUSY:
 		return "a source page is shared with another process; mark the source MADV_DONTFORK";
@@ -218,7 +228,7 @@ static uint64_t op_mode(enum uffd_op op, unsigned flags)
 	return mode;
 }
 
-static size_t page_size_at(struct uffd *u, uintptr_t addr)
+size_t uffd__page_size_at(struct uffd *u, uintptr_t addr)
 {
 	struct rangemap_entry e;
 	size_t ps;
@@ -251,6 +261,17 @@ static void skipped_add(struct uffd *u, struct skipped *s, uintptr_t addr,
 	s->end = addr + len;
 }
 
+/* The kernel has no zero page for hugetlb (EINVAL): say what to do instead. */
+static int refuse_hugetlb_zeropage(struct uffd *u, uintptr_t dst, size_t len)
+{
+	struct rangemap_entry e;
+
+	if (!rangemap_find(&u->regions, dst, &e) || e.page_size <= u->page_size)
+		return 0;
+	return uffd__err(-EINVAL, "UFFDIO_ZEROPAGE 0x%lx+%zu: hugetlbfs has no zero page; copy a zeroed huge page with uffd_copy",
+			 (unsigned long)dst, len);
+}
+
 int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		  uintptr_t src, size_t len, unsigned flags, size_t page_size,
 		  size_t *done)
@@ -265,6 +286,8 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		*done = 0;
 	err = check_resolve(u, oi, dst, src, len, flags,
 			    page_size ? page_size : uffd__base_page_size());
+	if (!err && op == UFFD_OP_ZEROPAGE)
+		err = refuse_hugetlb_zeropage(u, dst, len);
 	if (err)
 		return err;
 	while (off < len) {
@@ -283,7 +306,7 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		if (err != -EEXIST || !(flags & UFFD_SKIP_EXISTING))
 			break;
 		if (!page_size)
-			page_size = page_size_at(u, dst + off);
+			page_size = uffd__page_size_at(u, dst + off);
 		skipped_add(u, &skip, dst + off, page_size, flags);
 		off += page_size;
 		err = 0;
@@ -340,7 +363,7 @@ int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 		return uffd__err(-EOPNOTSUPP, "uffd_writeprotect: the handle was opened without UFFD_FEATURE_PAGEFAULT_FLAG_WP (or WP_ASYNC); open it with that feature");
 	err = uffd__wp_ioctl(u->fd, addr, len, protect, flags & UFFD_DONTWAKE);
 	if (err == -EINVAL || err == -ENOENT)
-		return uffd__err(err, "UFFDIO_WRITEPROTECT 0x%lx+%zu: the range is not registered with UFFDIO_REGISTER_MODE_WP on this handle (%s)",
+		return uffd__err(err, "UFFDIO_WRITEPROTECT 0x%lx+%zu: the range is not registered with UFFDIO_REGISTER_MODE_WP on this handle, or not aligned to its huge page size (%s)",
 				 (unsigned long)addr, len, uffd__errname(err));
 	if (err)
 		return uffd__err(err, "UFFDIO_WRITEPROTECT 0x%lx+%zu: %s (%s)", (unsigned long)addr, len,
@@ -370,7 +393,7 @@ UFFD_EXPORT int uffd_wake(struct uffd *u, void *addr, size_t len)
 /* ---- registration ---- */
 
 /* Features each memory kind needs for modes (WP_ASYNC alone works anywhere). */
-static uint64_t kind_needs(unsigned kind, uint64_t modes, uint64_t features)
+uint64_t uffd__kind_needs(unsigned kind, uint64_t modes, uint64_t features)
 {
 	bool async_wp = (features & UFFD_FEATURE_WP_ASYNC) && modes == UFFDIO_REGISTER_MODE_WP;
 	uint64_t need = 0;
@@ -408,13 +431,13 @@ static int check_mode_features(const struct uffd *u, uintptr_t addr, size_t len,
 	if ((modes & UFFDIO_REGISTER_MODE_WP) &&
 	    !(f & (UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC)))
 		return refuse_modes(addr, len, "MODE_WP", UFFD_FEATURE_PAGEFAULT_FLAG_WP);
-	if (!((kind_needs(VMA_SHMEM, modes, f) | kind_needs(VMA_HUGETLB, modes, f)) & ~f))
+	if (!((uffd__kind_needs(VMA_SHMEM, modes, f) | uffd__kind_needs(VMA_HUGETLB, modes, f)) & ~f))
 		return 0;	/* every memory kind is covered: no need to look */
 	kinds = uffd__vma_kinds(addr, len);
 	if (kinds & VMA_SHMEM)
-		missing |= kind_needs(VMA_SHMEM, modes, f) & ~f;
+		missing |= uffd__kind_needs(VMA_SHMEM, modes, f) & ~f;
 	if (kinds & VMA_HUGETLB)
-		missing |= kind_needs(VMA_HUGETLB, modes, f) & ~f;
+		missing |= uffd__kind_needs(VMA_HUGETLB, modes, f) & ~f;
 	if (missing)
 		return refuse_modes(addr, len, kinds & VMA_HUGETLB ? "hugetlbfs memory" : "shmem memory",
 				    missing);

@@ -68,19 +68,31 @@ static const struct rangemap_entry *search(const struct rangemap_table *t,
 	return NULL;
 }
 
-bool rangemap_find(struct rangemap *m, uintptr_t addr, struct rangemap_entry *out)
+unsigned rangemap_read_begin(struct rangemap *m)
 {
 	unsigned parity = atomic_load(&m->epoch) & 1;
+
+	atomic_fetch_add(&m->readers[parity], 1);
+	return parity;
+}
+
+void rangemap_read_end(struct rangemap *m, unsigned ticket)
+{
+	atomic_fetch_sub(&m->readers[ticket], 1);
+}
+
+bool rangemap_find(struct rangemap *m, uintptr_t addr, struct rangemap_entry *out)
+{
+	unsigned ticket = rangemap_read_begin(m);
 	const struct rangemap_table *t;
 	const struct rangemap_entry *e = NULL;
 
-	atomic_fetch_add(&m->readers[parity], 1);
 	t = atomic_load(&m->cur);
 	if (t)
 		e = search(t, addr);
 	if (e)
 		*out = *e;
-	atomic_fetch_sub(&m->readers[parity], 1);
+	rangemap_read_end(m, ticket);
 	return e != NULL;
 }
 

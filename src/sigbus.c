@@ -1,1 +1,445 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * In-thread resolution (SIGBUS mode). With UFFD_FEATURE_SIGBUS a fault in a
+ * registered range queues no message: the faulting thread gets SIGBUS. One
+ * process-wide handler finds the region of si_addr in a lock-free map,
+ * calls the region's function and resolves the fault with one ioctl, so the
+ * thread goes on without a context switch. Any other SIGBUS goes to the
+ * disposition that was there before ours, as if libuffd were not loaded.
+ *
+ * Everything reachable from the handler is async-signal-safe: no malloc,
+ * no lock, no formatting; errno is saved and restored.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* Regions added, by base view; ptr is the struct uffd_region. */
+static struct rangemap sigbus_map = RANGEMAP_INIT;
+/* Serialises add and remove, and installing and restoring the handler. */
+static pthread_mutex_t sigbus_lock = PTHREAD_MUTEX_INITIALIZER;
+static size_t nregions;		/* under sigbus_lock */
+static bool installed;		/* under sigbus_lock */
+
+/*
+ * The disposition found when ours was installed. Two slots, so that a
+ * handler still chaining to the old one never reads a half-written struct.
+ */
+static struct sigaction prev_sa[2];
+static atomic_uint prev_slot;
+/* The previous handler had SA_RESETHAND and ran once: default from now on. */
+static atomic_bool prev_spent;
+
+/*
+ * Source of MISSING faults on hugetlb, which has no ZEROPAGE: never-touched
+ * private anonymous memory reads as zeros and costs no memory. Grown under
+ * sigbus_lock before a region needing it is published; never unmapped, so
+ * a handler may use whatever it loads.
+ */
+static _Atomic(const void *) zero_src;
+static size_t zero_len;	/* under sigbus_lock */
+
+/* ---- the signal path ---- */
+
+/* Page-fault error code where the signal frame has it (x86): present, write. */
+static void access_info(const void *uc, bool *present, bool *write)
+{
+	*present = *write = false;
+#if defined(REG_ERR) && defined(REG_TRAPNO) && (defined(__x86_64__) || defined(__i386__))
+	const ucontext_t *ctx = uc;
+
+	if (ctx->uc_mcontext.gregs[REG_TRAPNO] == 14) {	/* #PF */
+		*present = ctx->uc_mcontext.gregs[REG_ERR] & 1;
+		*write = ctx->uc_mcontext.gregs[REG_ERR] & 2;
+	}
+#else
+	(void)uc;
+#endif
+}
+
+/* A protection fault on a mapped page can only be write-protect. */
+static enum uffd_fault_kind fault_kind(uint64_t modes, bool present)
+{
+	bool wp = modes & UFFDIO_REGISTER_MODE_WP;
+
+	if (wp && (present || !(modes & (UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING))))
+		return UFFD_FAULT_WP;
+	return (modes & UFFDIO_REGISTER_MODE_MINOR) ? UFFD_FAULT_MINOR : UFFD_FAULT_MISSING;
+}
+
+/* Zero pages for a MISSING fault: ZEROPAGE, or a copy of zeros on hugetlb. */
+static int fill_zero(const struct uffd_region *r, uintptr_t addr, size_t len)
+{
+	const void *src = atomic_load(&zero_src);
+	int64_t count;
+
+	if (r->page_size == r->uffd->page_size)
+		return uffd__op_ioctl(r->uffd->fd, UFFD_OP_ZEROPAGE, addr, 0, len,
+				      UFFDIO_ZEROPAGE_MODE_DONTWAKE, &count);
+	if (!src || len > r->page_size)	/* the source is one huge page */
+		return -EINVAL;
+	return uffd__op_ioctl(r->uffd->fd, UFFD_OP_COPY, addr, (uintptr_t)src, len,
+			      UFFDIO_COPY_MODE_DONTWAKE, &count);
+}
+
+/*
+ * One resolving ioctl. No thread ever sleeps on a SIGBUS-mode uffd, so
+ * nothing needs waking. -EAGAIN (partial progress, or an event pending)
+ * is left to the retried access.
+ */
+static int resolve_once(const struct uffd_region *r, enum uffd_fault_kind kind,
+			uintptr_t addr, size_t len)
+{
+	int64_t count;
+
+	switch (kind) {
+	case UFFD_FAULT_WP:
+		return uffd__wp_ioctl(r->uffd->fd, addr, len, false, true);
+	case UFFD_FAULT_MINOR:
+		return uffd__op_ioctl(r->uffd->fd, UFFD_OP_CONTINUE, addr, 0, len,
+				      UFFDIO_CONTINUE_MODE_DONTWAKE, &count);
+	case UFFD_FAULT_MISSING:
+		break;
+	}
+	return fill_zero(r, addr, len);
+}
+
+/* Resolve the faulting page, telling the kind from the first ioctl's outcome. */
+static int resolve_page(const struct uffd_region *r, enum uffd_fault_kind kind,
+			uintptr_t addr, size_t len)
+{
+	int err = resolve_once(r, kind, addr, len);
+
+	/* Mapped already: a write-protect fault, or another thread was first. */
+	if (err == -EEXIST && kind != UFFD_FAULT_WP)
+		err = (r->modes & UFFDIO_REGISTER_MODE_WP) ? resolve_once(r, UFFD_FAULT_WP, addr, len) : 0;
+	/* MINOR|MISSING region: no page in the page cache means a hole. */
+	else if (err == -EFAULT && kind == UFFD_FAULT_MINOR && (r->modes & UFFDIO_REGISTER_MODE_MISSING))
+		err = resolve_once(r, UFFD_FAULT_MISSING, addr, len);
+	return err == -EAGAIN ? 0 : err;
+}
+
+/*
+ * The range the function asked for, if it covers the faulting page; any
+ * failure there (a page mapped in the middle, ...) falls back to the page
+ * alone, so a widened range can never make the thread fault forever.
+ */
+static int resolve_fault(const struct uffd_region *r, enum uffd_fault_kind kind,
+			 const struct uffd_fault *f, uintptr_t page, size_t ps)
+{
+	uintptr_t start = (uintptr_t)f->addr;
+
+	if ((start != page || f->len != ps) && start <= page && page + ps - start <= f->len &&
+	    !resolve_once(r, kind, start, f->len))
+		return 0;
+	return resolve_page(r, kind, page, ps);
+}
+
+static const char *resolve_error(int err)
+{
+	switch (err) {
+	case -EFAULT:
+		return "SIGBUS in a uffd_sigbus region: resolving failed with EFAULT (no page in the page cache "
+		       "for a MINOR fault: write it through the alias view first; or beyond the end of the file); "
+		       "the signal went to the previous SIGBUS disposition";
+	case -ENOENT:
+		return "SIGBUS in a uffd_sigbus region: resolving failed with ENOENT (the range is no longer "
+		       "mapped or registered); the signal went to the previous SIGBUS disposition";
+	case -EINVAL:
+		return "SIGBUS in a uffd_sigbus region: resolving failed with EINVAL (the range is not registered "
+		       "with the region's handle in that mode); the signal went to the previous SIGBUS disposition";
+	default:
+		return "SIGBUS in a uffd_sigbus region: the resolving ioctl failed; "
+		       "the signal went to the previous SIGBUS disposition";
+	}
+}
+
+/* Call the region's function and act on its verdict; false: not resolved. */
+static bool run_region(struct uffd_region *r, const struct rangemap_entry *e,
+		       const siginfo_t *si, void *uc)
+{
+	uintptr_t page = (uintptr_t)si->si_addr & ~(uintptr_t)(e->page_size - 1);
+	struct uffd_fault f = {
+		.uffd = r->uffd, .region = r, .addr = (void *)page,
+		.offset = page - e->start, .len = e->page_size, .tid = gettid(),
+	};
+	enum uffd_fault_kind kind;
+	bool present;
+	int verdict, err;
+
+	access_info(uc, &present, &f.write);
+	f.kind = kind = fault_kind(r->modes, present);
+	verdict = r->sigbus_fn(r->sigbus_ctx, &f);
+	switch (verdict) {
+	case UFFD_HANDLED:
+	case UFFD_DEFER:	/* retry: the access faults again unless resolved meanwhile */
+		return true;
+	case UFFD_RESOLVE:
+		err = resolve_fault(r, kind, &f, page, e->page_size);
+		if (err)
+			uffd__err_const(err, resolve_error(err));
+		return !err;
+	default:
+		uffd__err_const(-EINVAL, verdict < 0
+			? "SIGBUS in a uffd_sigbus region: the region's function failed (returned -errno); "
+			  "the signal went to the previous SIGBUS disposition"
+			: "SIGBUS in a uffd_sigbus region: the region's function returned an unknown verdict "
+			  "(not UFFD_RESOLVE, UFFD_HANDLED, UFFD_DEFER or -errno); "
+			  "the signal went to the previous SIGBUS disposition");
+		return false;
+	}
+}
+
+/* True when the fault was ours and is resolved (or will be retried). */
+static bool handle_fault(const siginfo_t *si, void *uc)
+{
+	struct rangemap_entry e;
+	unsigned ticket;
+	bool done = false;
+
+	if (si->si_code != BUS_ADRERR)	/* poison, sent signals, ... */
+		return false;
+	/* The section keeps the region alive until its function returned. */
+	ticket = rangemap_read_begin(&sigbus_map);
+	if (rangemap_find(&sigbus_map, (uintptr_t)si->si_addr, &e))
+		done = run_region(e.ptr, &e, si, uc);
+	rangemap_read_end(&sigbus_map, ticket);
+	return done;
+}
+
+/*
+ * The default action as the kernel would take it: back to SIG_DFL, then a
+ * fault is simply retried and faults again, now fatal, with its own
+ * siginfo and registers. A signal that does not come back (sent, or an
+ * action-optional memory error) is queued again with the same siginfo.
+ */
+static void take_default(int sig, siginfo_t *si)
+{
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	sigset_t set;
+
+	sigemptyset(&dfl.sa_mask);
+	sigaction(sig, &dfl, NULL);
+	if (si->si_code > 0 && si->si_code != BUS_MCEERR_AO)
+		return;
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+	if (syscall(SYS_rt_tgsigqueueinfo, getpid(), gettid(), sig, si))
+		raise(sig);
+}
+
+/* Deliver the signal to the previous disposition as the kernel would have. */
+static void chain(int sig, siginfo_t *si, void *uc)
+{
+	const struct sigaction *old = &prev_sa[atomic_load(&prev_slot)];
+	void (*h)(int) = atomic_load(&prev_spent) ? SIG_DFL : old->sa_handler;
+	sigset_t mask, saved;
+
+	/* The kernel ignores a sent SIGBUS under SIG_IGN, never a fault. */
+	if (h == SIG_IGN && si->si_code <= 0)
+		return;
+	if (h == SIG_IGN || h == SIG_DFL) {
+		take_default(sig, si);
+		return;
+	}
+	if (old->sa_flags & SA_RESETHAND)
+		atomic_store(&prev_spent, true);
+	mask = old->sa_mask;
+	if (!(old->sa_flags & SA_NODEFER))
+		sigaddset(&mask, sig);
+	pthread_sigmask(SIG_BLOCK, &mask, &saved);
+	if (old->sa_flags & SA_SIGINFO)
+		old->sa_sigaction(sig, si, uc);
+	else
+		h(sig);
+	pthread_sigmask(SIG_SETMASK, &saved, NULL);
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	int saved_errno = errno;
+
+	if (!handle_fault(si, uc))
+		chain(sig, si, uc);	/* may not return: siglongjmp, or death */
+	errno = saved_errno;
+}
+
+/* ---- installing and restoring, under sigbus_lock ---- */
+
+static bool is_ours(const struct sigaction *sa)
+{
+	return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_sigbus;
+}
+
+static int install(void)
+{
+	struct sigaction sa = { .sa_sigaction = on_sigbus };
+	unsigned slot = !atomic_load(&prev_slot);
+	int err;
+
+	/* Publish the previous disposition before a signal can reach ours. */
+	if (sigaction(SIGBUS, NULL, &prev_sa[slot]))
+		goto fail;
+	if (!is_ours(&prev_sa[slot])) {	/* never chain to ourselves */
+		atomic_store(&prev_spent, false);
+		atomic_store(&prev_slot, slot);
+	}
+	/* Nested faults (the function touching another region) need NODEFER. */
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER |
+		      (prev_sa[slot].sa_flags & SA_RESTART);
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGBUS, &sa, NULL))
+		goto fail;
+	installed = true;
+	return 0;
+fail:
+	err = -errno;
+	return uffd__err(err, "uffd_sigbus_add_region: installing the SIGBUS handler failed (%s)",
+			 uffd__errname(err));
+}
+
+/*
+ * Give SIGBUS back to its previous owner, unless someone installed a
+ * handler over ours since: theirs stays (and may chain to ours, which then
+ * finds no region and passes the signal on).
+ */
+static void restore(void)
+{
+	struct sigaction cur, old = prev_sa[atomic_load(&prev_slot)];
+
+	if (atomic_load(&prev_spent)) {
+		old.sa_handler = SIG_DFL;
+		old.sa_flags &= ~SA_SIGINFO;
+	}
+	if (!sigaction(SIGBUS, NULL, &cur) && is_ours(&cur))
+		sigaction(SIGBUS, &old, NULL);
+	installed = false;
+}
+
+static int grow_zero_source(size_t size)
+{
+	void *p;
+	int err;
+
+	if (zero_len >= size)
+		return 0;
+	p = mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED) {
+		err = -errno;
+		return uffd__err(err, "uffd_sigbus_add_region: mapping %zu bytes of zeros for MISSING faults on hugetlb failed (%s)",
+				 size, uffd__errname(err));
+	}
+	atomic_store(&zero_src, p);
+	zero_len = size;
+	return 0;
+}
+
+/* ---- public calls ---- */
+
+static int check_region(const struct uffd_region *r, const char *call)
+{
+	if (!r)
+		return uffd__err(-EINVAL, "%s: region is NULL", call);
+	return 0;
+}
+
+static bool needs_zero_copy(const struct uffd_region *r)
+{
+	return (r->modes & UFFDIO_REGISTER_MODE_MISSING) && r->page_size != r->uffd->page_size;
+}
+
+/* Under sigbus_lock: publish r with fn, installing the handler if first. */
+static int add_locked(struct uffd_region *r, uffd_sigbus_fn fn, void *ctx)
+{
+	struct rangemap_entry e = {
+		.start = (uintptr_t)r->base, .end = (uintptr_t)r->base + r->length,
+		.page_size = r->page_size, .ptr = r,
+	};
+	int err;
+
+	if (r->sigbus_fn)
+		return uffd__err(-EEXIST, "uffd_sigbus_add_region %p+%zu: the region is added already; remove it first to change its function",
+				 r->base, r->length);
+	if (needs_zero_copy(r) && (err = grow_zero_source(r->page_size)))
+		return err;
+	if (!installed && (err = install()))
+		return err;
+	r->sigbus_fn = fn;	/* before the region becomes visible */
+	r->sigbus_ctx = ctx;
+	err = rangemap_insert(&sigbus_map, &e);
+	if (err) {
+		r->sigbus_fn = NULL;
+		r->sigbus_ctx = NULL;
+		if (!nregions)
+			restore();
+		return uffd__err(err, "uffd_sigbus_add_region %p+%zu: %s", r->base, r->length,
+				 err == -EEXIST ? "the range overlaps a region added already (EEXIST)"
+						: "out of memory (ENOMEM)");
+	}
+	nregions++;
+	return 0;
+}
+
+UFFD_EXPORT int uffd_sigbus_add_region(struct uffd_region *r, uffd_sigbus_fn fn, void *ctx)
+{
+	int err;
+
+	if ((err = check_region(r, "uffd_sigbus_add_region")))
+		return err;
+	if (!fn)
+		return uffd__err(-EINVAL, "uffd_sigbus_add_region %p+%zu: fn is NULL; pass the function that resolves the region's faults",
+				 r->base, r->length);
+	if (!(r->uffd->features & UFFD_FEATURE_SIGBUS))
+		return uffd__err(-EOPNOTSUPP, "uffd_sigbus_add_region %p+%zu: the region's handle was opened without UFFD_FEATURE_SIGBUS, "
+				 "so its faults queue messages instead of raising SIGBUS; open the handle with UFFD_FEATURE_SIGBUS in want_features",
+				 r->base, r->length);
+	pthread_mutex_lock(&sigbus_lock);
+	err = add_locked(r, fn, ctx);
+	pthread_mutex_unlock(&sigbus_lock);
+	return err;
+}
+
+/* Returns once no handler can still be running r's function. */
+static int remove_region(struct uffd_region *r)
+{
+	int err;
+
+	pthread_mutex_lock(&sigbus_lock);
+	err = rangemap_remove(&sigbus_map, r);
+	if (!err) {
+		r->sigbus_fn = NULL;
+		r->sigbus_ctx = NULL;
+		if (!--nregions)
+			restore();
+	}
+	pthread_mutex_unlock(&sigbus_lock);
+	return err;
+}
+
+UFFD_EXPORT int uffd_sigbus_remove_region(struct uffd_region *r)
+{
+	int err;
+
+	if ((err = check_region(r, "uffd_sigbus_remove_region")))
+		return err;
+	err = remove_region(r);
+	if (err == -ENOENT)
+		return uffd__err(err, "uffd_sigbus_remove_region %p+%zu: the region was not added with uffd_sigbus_add_region, or was removed already",
+				 r->base, r->length);
+	if (err)
+		return uffd__err(err, "uffd_sigbus_remove_region %p+%zu: out of memory (%s); the region is still added, retry",
+				 r->base, r->length, uffd__errname(err));
+	return 0;
+}
+
+void uffd__sigbus_forget(struct uffd_region *r)
+{
+	if (r && r->sigbus_fn)
+		remove_region(r);
+}

@@ -89,7 +89,8 @@ static int more_telling(int a, int b)
 
 static int open_raw(unsigned flags)
 {
-	int sys_err, dev_err = 0, fd;
+	int sys_err, dev_err = 0, umo_err = 0, fd;
+	char dev[64], umo[96] = "";
 
 	fd = open_syscall(0);
 	if (fd >= 0)
@@ -105,15 +106,21 @@ static int open_raw(unsigned flags)
 		fd = open_syscall(UFFD_USER_MODE_ONLY);
 		if (fd >= 0)
 			return fd;
+		umo_err = fd;
+		snprintf(umo, sizeof(umo), ", and with UFFD_OPEN_USER_MODE_ONLY userfaultfd(2) failed with %s",
+			 uffd__errname(umo_err));
 	}
-	return uffd__err(more_telling(sys_err, dev_err),
+	if (flags & UFFD_OPEN_NO_DEV)
+		snprintf(dev, sizeof(dev), "was not tried (UFFD_OPEN_NO_DEV)");
+	else
+		snprintf(dev, sizeof(dev), "failed with %s", uffd__errname(dev_err));
+	return uffd__err(more_telling(more_telling(sys_err, dev_err), umo_err),
 		"cannot open a userfaultfd: userfaultfd(2) failed with %s, /dev/userfaultfd %s%s; "
 		"to fix: set the sysctl vm.unprivileged_userfaultfd=1, give the process CAP_SYS_PTRACE, "
-		"give this user read/write access to /dev/userfaultfd, or pass UFFD_OPEN_USER_MODE_ONLY "
-		"to handle faults raised in user mode only",
-		uffd__errname(sys_err),
-		(flags & UFFD_OPEN_NO_DEV) ? "was not tried (UFFD_OPEN_NO_DEV)" : "failed with ",
-		(flags & UFFD_OPEN_NO_DEV) ? "" : uffd__errname(dev_err));
+		"give this user read/write access to /dev/userfaultfd%s",
+		uffd__errname(sys_err), dev, umo,
+		(flags & UFFD_OPEN_USER_MODE_ONLY) ? ""
+		: ", or pass UFFD_OPEN_USER_MODE_ONLY to handle faults raised in user mode only");
 }
 
 /* UFFDIO_API on a fresh fd; *features in: wanted, out: available. */
@@ -140,7 +147,11 @@ UFFD_EXPORT int uffd_probe(uint64_t *available)
 		*available = have & ~(1ull << 63);
 		return 0;
 	}
-	fd = open_raw(UFFD_OPEN_USER_MODE_ONLY);
+	/* User-mode-only needs no privilege and never opens the device; the
+	 * feature set is the same. */
+	fd = open_syscall(UFFD_USER_MODE_ONLY);
+	if (fd < 0)
+		fd = open_raw(0);
 	if (fd < 0)
 		return fd;
 	err = api_handshake(fd, &feats);
@@ -210,6 +221,12 @@ UFFD_EXPORT int uffd_open(struct uffd **out, const struct uffd_opts *opts)
 	if (fd < 0)
 		return fd;
 	err = api_handshake(fd, &(uint64_t){ features });
+	/* EVENT_FORK needs CAP_SYS_PTRACE; a failed handshake leaves the fd
+	 * fresh, so a wanted (not required) EVENT_FORK is dropped and retried. */
+	if (err == -EPERM && (features & ~o.features & UFFD_FEATURE_EVENT_FORK)) {
+		features &= ~(uint64_t)UFFD_FEATURE_EVENT_FORK;
+		err = api_handshake(fd, &(uint64_t){ features });
+	}
 	if (err)
 		err = api_error(err, features);
 	else
@@ -235,6 +252,8 @@ static bool is_userfaultfd(int fd)
 
 UFFD_EXPORT int uffd_open_fd(struct uffd **out, int fd, uint64_t features)
 {
+	int fl;
+
 	if (!out)
 		return uffd__err(-EINVAL, "uffd_open_fd: out is NULL");
 	*out = NULL;
@@ -247,6 +266,11 @@ UFFD_EXPORT int uffd_open_fd(struct uffd **out, int fd, uint64_t features)
 		return uffd__err(-EBADF, "uffd_open_fd: fd %d is not open", fd);
 	if (!is_userfaultfd(fd))
 		return uffd__err(-EINVAL, "uffd_open_fd: fd %d is not a userfaultfd", fd);
+	/* Reads must not block and a blocking uffd polls as an error: same flags as uffd_open. */
+	if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) ||
+	    fcntl(fd, F_SETFD, FD_CLOEXEC))
+		return uffd__err(-errno, "uffd_open_fd: cannot make fd %d O_NONBLOCK|O_CLOEXEC: %s",
+				 fd, strerror(errno));
 	return handle_new(out, fd, features);
 }
 

@@ -107,7 +107,7 @@ void *harness_thread_join(void *thread)
 	return ret;
 }
 
-static long read_long(const char *path)
+long harness_read_long(const char *path)
 {
 	FILE *f = fopen(path, "re");
 	long v = -1;
@@ -186,7 +186,7 @@ size_t harness_hugepages(unsigned n, const char **why)
 		*why = "not enough free huge pages and not root to reserve more (raise vm.nr_hugepages)";
 		return 0;
 	}
-	total = read_long(NR_HUGEPAGES);
+	total = harness_read_long(NR_HUGEPAGES);
 	if (saved_nr_hugepages < 0 && total >= 0) {
 		saved_nr_hugepages = total;
 		saver = getpid();

@@ -55,4 +55,7 @@ size_t harness_hugepages(unsigned n, const char **why);
 /* Number of open fds of this process. */
 int harness_count_fds(void);
 
+/* The number at the start of a file such as a sysctl, or -1. */
+long harness_read_long(const char *path);
+
 #endif

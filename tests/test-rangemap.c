@@ -1,0 +1,400 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rangemap.c (internal): insert, find, remove, move, overlap refusal,
+ * ordering with many entries, and lock-free readers (threads and a signal
+ * handler) racing a writer.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "harness.h"
+
+static struct rangemap_entry ent(uintptr_t start, uintptr_t end, size_t ps, void *ptr)
+{
+	return (struct rangemap_entry){ .start = start, .end = end, .page_size = ps, .ptr = ptr };
+}
+
+static bool finds(struct rangemap *m, uintptr_t addr, const void *ptr)
+{
+	struct rangemap_entry e;
+
+	if (!rangemap_find(m, addr, &e))
+		return ptr == NULL;
+	return e.ptr == ptr && e.start <= addr && addr < e.end;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- single-threaded ---- */
+
+START_TEST(test_insert_find_remove)
+{
+	struct rangemap m = RANGEMAP_INIT;
+	struct rangemap_entry e = ent(0x10000, 0x14000, 4096, &m), got;
+
+	ck_assert(!rangemap_find(&m, 0x10000, &got));
+	ck_assert_uint_eq(rangemap_count(&m), 0);
+	ck_assert_int_eq(rangemap_remove(&m, &m), -ENOENT);
+	ck_assert_int_eq(rangemap_move(&m, &m, 0x20000), -ENOENT);
+
+	ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+	ck_assert_uint_eq(rangemap_count(&m), 1);
+	memset(&got, 0, sizeof(got));
+	ck_assert(rangemap_find(&m, 0x12345, &got));
+	ck_assert_uint_eq(got.start, 0x10000);
+	ck_assert_uint_eq(got.end, 0x14000);
+	ck_assert_uint_eq(got.page_size, 4096);
+	ck_assert_ptr_eq(got.ptr, &m);
+	ck_assert(finds(&m, 0x10000, &m));
+	ck_assert(finds(&m, 0x13fff, &m));
+	ck_assert(finds(&m, 0x14000, NULL));
+	ck_assert(finds(&m, 0xffff, NULL));
+	ck_assert(finds(&m, 0, NULL));
+	ck_assert(finds(&m, UINTPTR_MAX, NULL));
+
+	ck_assert_int_eq(rangemap_remove(&m, &m), 0);
+	ck_assert_uint_eq(rangemap_count(&m), 0);
+	ck_assert(finds(&m, 0x12345, NULL));
+	ck_assert_int_eq(rangemap_remove(&m, &m), -ENOENT);
+	/* Usable again after becoming empty. */
+	ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+	ck_assert(finds(&m, 0x10000, &m));
+	rangemap_destroy(&m);
+}
+END_TEST
+
+START_TEST(test_overlap)
+{
+	struct rangemap m = RANGEMAP_INIT;
+	int a, b, c, x;
+	struct rangemap_entry e = ent(0x10000, 0x20000, 4096, &a);
+	const struct { uintptr_t s, e; } bad[] = {
+		{ 0x10000, 0x20000 },	/* same */
+		{ 0x8000, 0x10001 },	/* over the start */
+		{ 0x1f000, 0x30000 },	/* over the end */
+		{ 0x0, 0x40000 },	/* containing */
+		{ 0x14000, 0x18000 },	/* contained */
+		{ 0x1ffff, 0x20000 },	/* last byte */
+	};
+
+	ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct rangemap_entry o = ent(bad[i].s, bad[i].e, 4096, &x);
+
+		ck_assert_int_eq(rangemap_insert(&m, &o), -EEXIST);
+	}
+	ck_assert_uint_eq(rangemap_count(&m), 1);
+	/* Adjacent on both sides is fine. */
+	e = ent(0x20000, 0x30000, 4096, &b);
+	ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+	e = ent(0x8000, 0x10000, 4096, &c);
+	ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+	ck_assert_uint_eq(rangemap_count(&m), 3);
+	ck_assert(finds(&m, 0xffff, &c));
+	ck_assert(finds(&m, 0x10000, &a));
+	ck_assert(finds(&m, 0x1ffff, &a));
+	ck_assert(finds(&m, 0x20000, &b));
+	ck_assert(finds(&m, 0x30000, NULL));
+	rangemap_destroy(&m);
+}
+END_TEST
+
+START_TEST(test_move)
+{
+	struct rangemap m = RANGEMAP_INIT;
+	int a, b, c;
+	struct rangemap_entry e = ent(0x10000, 0x12000, 2 << 20, &a), got;
+
+	ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+	e = ent(0x20000, 0x21000, 4096, &b);
+	ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+	e = ent(0x30000, 0x38000, 4096, &c);
+	ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+
+	/* a past everything: ordering follows. */
+	ck_assert_int_eq(rangemap_move(&m, &a, 0x40000), 0);
+	ck_assert(finds(&m, 0x10000, NULL));
+	ck_assert(rangemap_find(&m, 0x41fff, &got));
+	ck_assert_ptr_eq(got.ptr, &a);
+	ck_assert_uint_eq(got.start, 0x40000);
+	ck_assert_uint_eq(got.end, 0x42000);
+	ck_assert_uint_eq(got.page_size, 2 << 20);
+	ck_assert(finds(&m, 0x42000, NULL));
+	ck_assert(finds(&m, 0x20000, &b));
+	ck_assert(finds(&m, 0x37fff, &c));
+	/* c before everything, overlapping its own old range is fine. */
+	ck_assert_int_eq(rangemap_move(&m, &c, 0x2c000), 0);
+	ck_assert(finds(&m, 0x2c000, &c));
+	ck_assert(finds(&m, 0x33fff, &c));
+	ck_assert(finds(&m, 0x34000, NULL));
+	ck_assert_int_eq(rangemap_move(&m, &c, 0x1000), 0);
+	ck_assert(finds(&m, 0x1000, &c));
+	ck_assert(finds(&m, 0x8fff, &c));
+	/* Onto another entry: refused, nothing changes. */
+	ck_assert_int_eq(rangemap_move(&m, &b, 0x41000), -EEXIST);
+	ck_assert_int_eq(rangemap_move(&m, &b, 0x8000), -EEXIST);
+	ck_assert(finds(&m, 0x20000, &b));
+	ck_assert(finds(&m, 0x1000, &c));
+	ck_assert(finds(&m, 0x40000, &a));
+	ck_assert_uint_eq(rangemap_count(&m), 3);
+	rangemap_destroy(&m);
+}
+END_TEST
+
+#define MANY 1000
+
+START_TEST(test_many_ordered)
+{
+	struct rangemap m = RANGEMAP_INIT;
+	static char objs[MANY];
+	int order[MANY];
+	unsigned seed = 12345;
+
+	for (int i = 0; i < MANY; i++)
+		order[i] = i;
+	for (int i = MANY - 1; i > 0; i--) {
+		int j = (int)(rand_r(&seed) % (unsigned)(i + 1)), t = order[i];
+
+		order[i] = order[j];
+		order[j] = t;
+	}
+	/* Entry i: [i * 64K, i * 64K + (i % 15 + 1) * 4K), gaps in between. */
+	for (int k = 0; k < MANY; k++) {
+		uintptr_t i = (uintptr_t)order[k];
+		struct rangemap_entry e = ent(i << 16, (i << 16) + ((i % 15) + 1) * 4096, 4096, &objs[i]);
+
+		ck_assert_int_eq(rangemap_insert(&m, &e), 0);
+	}
+	ck_assert_uint_eq(rangemap_count(&m), MANY);
+	for (uintptr_t i = 0; i < MANY; i++) {
+		uintptr_t end = (i << 16) + ((i % 15) + 1) * 4096;
+
+		ck_assert(finds(&m, i << 16, &objs[i]));
+		ck_assert(finds(&m, end - 1, &objs[i]));
+		ck_assert(finds(&m, end, NULL));
+		ck_assert(finds(&m, ((i + 1) << 16) - 1, NULL));
+	}
+	/* Remove the odd ones in shuffled order. */
+	for (int k = 0; k < MANY; k++)
+		if (order[k] % 2)
+			ck_assert_int_eq(rangemap_remove(&m, &objs[order[k]]), 0);
+	ck_assert_uint_eq(rangemap_count(&m), MANY / 2);
+	for (uintptr_t i = 0; i < MANY; i++)
+		ck_assert(finds(&m, (i << 16) + 100, i % 2 ? NULL : &objs[i]));
+	rangemap_destroy(&m);
+}
+END_TEST
+
+/* ---- concurrency ---- */
+
+#define NOBJ 64
+#define NREADERS 3
+
+struct obj {
+	uintptr_t home[2];	/* where it may be: the writer moves it between them */
+	size_t len, page_size;
+};
+
+static struct obj objs[NOBJ];
+static struct rangemap shared = RANGEMAP_INIT;
+static atomic_bool stop;
+
+static void objs_init(void)
+{
+	for (int i = 0; i < NOBJ; i++) {
+		objs[i].home[0] = 0x100000 + (uintptr_t)i * 0x10000;
+		objs[i].home[1] = 0x10000000 + (uintptr_t)i * 0x10000;
+		objs[i].len = 0x1000 * (size_t)(1 + i % 8);
+		objs[i].page_size = (size_t)4096 << (i % 3);
+	}
+}
+
+/* Every result must be exactly the entry that can hold addr, or none. */
+static bool consistent(uintptr_t addr, int i, int side, bool gap,
+		       const struct rangemap_entry *e, bool found)
+{
+	const struct obj *o = &objs[i];
+
+	if (!found)
+		return true;
+	if (gap)
+		return false;
+	return e->ptr == o && e->start == o->home[side] && e->end == e->start + o->len &&
+	       e->page_size == o->page_size && e->start <= addr && addr < e->end;
+}
+
+struct reader {
+	unsigned seed;
+	long hits, misses, bad;
+};
+
+static void *reader_fn(void *arg)
+{
+	struct reader *r = arg;
+
+	while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
+		int i = (int)(rand_r(&r->seed) % NOBJ), side = (int)(rand_r(&r->seed) % 2);
+		bool gap = rand_r(&r->seed) % 4 == 0;
+		uintptr_t off = rand_r(&r->seed) % objs[i].len;
+		uintptr_t addr = objs[i].home[side] + (gap ? objs[i].len + off % 0x8000 : off);
+		struct rangemap_entry e;
+		bool found = rangemap_find(&shared, addr, &e);
+
+		if (!consistent(addr, i, side, gap, &e, found))
+			r->bad++;
+		else if (found)
+			r->hits++;
+		else
+			r->misses++;
+	}
+	return NULL;
+}
+
+/* Inserts, removes and moves objects at random; returns the operations done. */
+static long writer_run(double seconds, unsigned seed)
+{
+	int where[NOBJ];	/* -1: absent, else the home it is at */
+	double end = now_s() + seconds;
+	long ops = 0;
+
+	for (int i = 0; i < NOBJ; i++)
+		where[i] = -1;
+	while (now_s() < end) {
+		int i = (int)(rand_r(&seed) % NOBJ);
+		struct obj *o = &objs[i];
+
+		if (where[i] < 0) {
+			struct rangemap_entry e = ent(o->home[0], o->home[0] + o->len, o->page_size, o);
+
+			ck_assert_int_eq(rangemap_insert(&shared, &e), 0);
+			where[i] = 0;
+		} else if (rand_r(&seed) % 2) {
+			ck_assert_int_eq(rangemap_remove(&shared, o), 0);
+			where[i] = -1;
+		} else {
+			where[i] ^= 1;
+			ck_assert_int_eq(rangemap_move(&shared, o, o->home[where[i]]), 0);
+		}
+		ops++;
+	}
+	for (int i = 0; i < NOBJ; i++)
+		if (where[i] >= 0)
+			ck_assert_int_eq(rangemap_remove(&shared, &objs[i]), 0);
+	return ops;
+}
+
+START_TEST(test_readers_vs_writer)
+{
+	struct reader r[NREADERS];
+	void *th[NREADERS];
+	long ops;
+
+	objs_init();
+	atomic_store(&stop, false);
+	for (int k = 0; k < NREADERS; k++) {
+		r[k] = (struct reader){ .seed = 100u + (unsigned)k };
+		th[k] = harness_thread_start(reader_fn, &r[k]);
+	}
+	ops = writer_run(2.0, 7);
+	atomic_store(&stop, true);
+	for (int k = 0; k < NREADERS; k++) {
+		harness_thread_join(th[k]);
+		ck_assert_int_eq(r[k].bad, 0);
+		ck_assert_int_gt(r[k].hits, 0);
+		ck_assert_int_gt(r[k].misses, 0);
+	}
+	ck_assert_int_gt(ops, 100);
+	ck_assert_uint_eq(rangemap_count(&shared), 0);
+	rangemap_destroy(&shared);
+}
+END_TEST
+
+/* A reader in a signal handler that interrupts the writer itself, anywhere. */
+static int anchor;
+static volatile sig_atomic_t sig_finds, sig_bad;
+
+static void on_usr1(int sig)
+{
+	struct rangemap_entry e;
+
+	(void)sig;
+	if (!rangemap_find(&shared, 0x1000, &e) || e.ptr != &anchor)
+		sig_bad++;
+	if (rangemap_find(&shared, 0x3000, &e))
+		sig_bad++;
+	sig_finds++;
+}
+
+struct kicker {
+	pthread_t target;
+};
+
+static void *kicker_fn(void *arg)
+{
+	struct kicker *k = arg;
+	struct timespec ts = { 0, 20000 };
+
+	while (!atomic_load(&stop)) {
+		pthread_kill(k->target, SIGUSR1);
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+START_TEST(test_signal_reader)
+{
+	struct sigaction sa = { .sa_handler = on_usr1, .sa_flags = SA_RESTART };
+	struct rangemap_entry e = ent(0x1000, 0x2000, 4096, &anchor);
+	struct kicker k = { .target = pthread_self() };
+	void *th;
+	long ops;
+
+	objs_init();
+	ck_assert_int_eq(rangemap_insert(&shared, &e), 0);
+	ck_assert_int_eq(sigaction(SIGUSR1, &sa, NULL), 0);
+	atomic_store(&stop, false);
+	th = harness_thread_start(kicker_fn, &k);
+	ops = writer_run(1.0, 3);
+	atomic_store(&stop, true);
+	harness_thread_join(th);
+	signal(SIGUSR1, SIG_IGN);
+	ck_assert_int_gt(ops, 100);
+	ck_assert_int_gt(sig_finds, 100);
+	ck_assert_int_eq(sig_bad, 0);
+	ck_assert_uint_eq(rangemap_count(&shared), 1);
+	rangemap_destroy(&shared);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+	Suite *s = suite_create("rangemap");
+	TCase *tc = CASE(basic, 10);
+
+	tcase_add_test(tc, test_insert_find_remove);
+	tcase_add_test(tc, test_overlap);
+	tcase_add_test(tc, test_move);
+	tcase_add_test(tc, test_many_ordered);
+	tc = CASE(concurrent, 30);
+	tcase_add_test(tc, test_readers_vs_writer);
+	tcase_add_test(tc, test_signal_reader);
+	return s;
+}
+
+int main(void)
+{
+	return harness_run(make_suite());
+}
