@@ -44,7 +44,7 @@ case "$1" in
 demo)
 	install_missing
 	build
-	exec "$BUILD/examples/continue_range"
+	exec examples/demo.sh "$BUILD"
 	;;
 test)
 	install_missing

@@ -121,6 +121,7 @@ int base_writeprotect(int fd, void *addr, size_t len, bool protect);
 
 /* The metrics: 0, or -1 after an error that was reported. */
 int metric_floor(const struct bench_opts *o);
+int metric_floor_signal(const struct bench_opts *o);
 int metric_minor_rt_1t(const struct bench_opts *o);
 int metric_minor_rt_1t_spin(const struct bench_opts *o);
 int metric_minor_sigbus(const struct bench_opts *o);

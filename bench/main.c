@@ -26,6 +26,7 @@ static const struct {
 	int (*fn)(const struct bench_opts *o);
 } metrics[] = {
 	{ "floor_minor", metric_floor },
+	{ "floor_signal", metric_floor_signal },
 	{ "minor_rt_1t", metric_minor_rt_1t },
 	{ "minor_rt_1t_spin", metric_minor_rt_1t_spin },
 	{ "minor_sigbus", metric_minor_sigbus },

@@ -6,9 +6,11 @@
  * unmaps the pages from the registered view (the page cache keeps them) and
  * touches every page again; every page is then checked word by word.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -218,6 +220,22 @@ fail:
 
 /* ---- one MINOR metric: libuffd side as configured against the baseline ---- */
 
+/* What the loop did, for the table: how much one read and one ioctl served. */
+static const char *loop_note(struct lib_minor *m, const char *note, char *buf, size_t size)
+{
+	struct uffd_loop_stats st;
+
+	if (!m->l)
+		return note;
+	uffd_loop_stats(m->l, &st);
+	if (!st.reads || !st.resolve_ioctls)
+		return note;
+	snprintf(buf, size, "%s%sloop: %.2f faults/read, %.2f faults/ioctl", note ? note : "",
+		 note ? "; " : "", (double)st.faults_minor / (double)st.reads,
+		 (double)st.faults_minor / (double)st.resolve_ioctls);
+	return buf;
+}
+
 struct minor_cfg {
 	const char *metric;
 	double target;
@@ -240,6 +258,7 @@ static int minor_metric(const struct bench_opts *o, const struct minor_cfg *c)
 	struct base_minor bm = { .t = t, .fd = -1 };
 	struct lat ll = { 0 }, bl = { 0 };
 	struct row row = { c->metric, 0, 0, c->unit, c->target, false, NULL, NULL, c->note };
+	char note[160];
 	int err = -1;
 
 	if (lib_open(o, &m, c->lo, c->loop_threads, c->h))
@@ -253,6 +272,7 @@ static int minor_metric(const struct bench_opts *o, const struct minor_cfg *c)
 	}
 	row.lib *= c->scale;
 	row.base *= c->scale;
+	row.note = loop_note(&m, c->note, note, sizeof(note));
 	if (c->latencies) {
 		row.lib_lat = &ll;
 		row.base_lat = &bl;
@@ -367,5 +387,52 @@ out:
 	if (fd >= 0)
 		close(fd);
 	lat_free(&l);
+	return err;
+}
+
+/* ---- the cost of a signal: the part of SIGBUS mode no library can avoid ---- */
+
+static volatile sig_atomic_t signals_seen;
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	signals_seen++;
+}
+
+/* A signal sent to this thread, its handler, sigreturn: us per signal. */
+static double signal_rep(void *ctx, unsigned rep, struct lat *lat)
+{
+	size_t n = *(size_t *)ctx;
+	pid_t pid = getpid(), tid = gettid();
+	sig_atomic_t before = signals_seen;
+	double t0 = now_us();
+
+	(void)rep;
+	(void)lat;
+	for (size_t i = 0; i < n; i++)
+		syscall(SYS_tgkill, pid, tid, SIGUSR1);
+	t0 = (now_us() - t0) / (double)n;
+	if ((size_t)(signals_seen - before) != n)
+		bench_fail("floor_signal", "%zu signals sent, %d handled", n, (int)(signals_seen - before));
+	return t0;
+}
+
+int metric_floor_signal(const struct bench_opts *o)
+{
+	struct sigaction sa = { .sa_handler = on_usr1 }, old;
+	struct row row = { "floor_signal", 0, __builtin_nan(""), "us/signal", 0, true, NULL, NULL,
+			   "signal to self + empty handler + sigreturn" };
+	size_t n = o->pages;
+	int err = 0;
+
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGUSR1, &sa, &old))
+		return -1;
+	if (bench_single(o, &n, signal_rep, &row.lib, NULL))
+		err = -1;
+	else
+		bench_row(o, &row);
+	sigaction(SIGUSR1, &old, NULL);
 	return err;
 }

@@ -3,7 +3,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <uffd.h>
 
@@ -96,6 +99,44 @@ unsigned long ex_count(const char *prog, const char *name, const char *val,
 		exit(2);
 	}
 	return v;
+}
+
+int ex_send_all(int fd, struct iovec *iov, int n)
+{
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+
+	while (m.msg_iovlen) {
+		ssize_t k = sendmsg(fd, &m, MSG_NOSIGNAL);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k ? -errno : -EIO;
+		while (m.msg_iovlen && (size_t)k >= m.msg_iov->iov_len) {
+			k -= (ssize_t)m.msg_iov->iov_len;
+			m.msg_iov++;
+			m.msg_iovlen--;
+		}
+		if (m.msg_iovlen) {
+			m.msg_iov->iov_base = (char *)m.msg_iov->iov_base + k;
+			m.msg_iov->iov_len -= (size_t)k;
+		}
+	}
+	return 0;
+}
+
+int ex_recv_all(int fd, void *buf, size_t len)
+{
+	for (size_t got = 0; got < len;) {
+		ssize_t k = read(fd, (char *)buf + got, len - got);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k ? -errno : -ECONNRESET;
+		got += (size_t)k;
+	}
+	return 0;
 }
 
 int ex_fail(const char *prog, const char *what, int err)

@@ -55,6 +55,14 @@ const char *ex_opt(int argc, char **argv, int *i, const char *name);
 unsigned long ex_count(const char *prog, const char *name, const char *val,
 		       unsigned long min, unsigned long max);
 
+/*
+ * Send all of iov (modified) on a socket, or read exactly len bytes from
+ * fd: 0, -ECONNRESET when the peer closed first, or -errno.
+ */
+struct iovec;
+int ex_send_all(int fd, struct iovec *iov, int n);
+int ex_recv_all(int fd, void *buf, size_t len);
+
 /* Print "prog: what: strerror (libuffd's last error)" and return 1. */
 int ex_fail(const char *prog, const char *what, int err);
 

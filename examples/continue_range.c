@@ -171,9 +171,9 @@ static int run(struct app *a, unsigned nreaders)
 	bool ok = !wrong && !bad && done == a->pages * a->ps;
 
 	if (a->summary) {
-		printf("SUMMARY\tcontinue_range\t%zu MiB: %zu pages on demand (%u readers), %zu in one bulk call"
-		       "\t%.2f us per fault, %.3f us per page in bulk\t%s\n",
-		       a->pages * a->ps >> 20, a->mapped_on_demand, nreaders, bulk,
+		printf("SUMMARY\tcontinue_range\t%zu MiB: %zu pages on demand, %zu in one bulk call"
+		       "\t%.1f us per fault, %.2f us per page in bulk\t%s\n",
+		       a->pages * a->ps >> 20, a->mapped_on_demand, bulk,
 		       faults ? a->fault_ns / 1e3 / faults : 0.0, bulk ? t_bulk / 1e3 / bulk : 0.0,
 		       ok ? "yes" : "no");
 		return !ok;

@@ -60,41 +60,12 @@ static int send_pages(struct mig *m, uint64_t p, uint64_t n)
 	while (n) {
 		uint64_t k = n < FRAME_PAGES ? n : FRAME_PAGES, hdr[2] = { p, k };
 		struct iovec iov[2] = { { hdr, sizeof(hdr) }, { m->src + p * m->ps, k * m->ps } };
-		struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+		int err = ex_send_all(m->link[0], iov, 2);
 
-		while (msg.msg_iovlen) {
-			ssize_t w = sendmsg(m->link[0], &msg, MSG_NOSIGNAL);
-
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0)
-				return -errno;
-			while (msg.msg_iovlen && (size_t)w >= msg.msg_iov->iov_len) {
-				w -= (ssize_t)msg.msg_iov->iov_len;
-				msg.msg_iov++;
-				msg.msg_iovlen--;
-			}
-			if (msg.msg_iovlen) {
-				msg.msg_iov->iov_base = (char *)msg.msg_iov->iov_base + w;
-				msg.msg_iov->iov_len -= (size_t)w;
-			}
-		}
+		if (err)
+			return err;
 		p += k;
 		n -= k;
-	}
-	return 0;
-}
-
-static int recv_all(int fd, void *buf, size_t len)
-{
-	for (size_t got = 0; got < len;) {
-		ssize_t k = read(fd, (char *)buf + got, len - got);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k ? -errno : -ECONNRESET;
-		got += (size_t)k;
 	}
 	return 0;
 }
@@ -105,9 +76,9 @@ static void *receiver(void *arg)
 	struct mig *m = arg;
 	uint64_t hdr[2];
 
-	while (!recv_all(m->link[1], hdr, sizeof(hdr))) {
+	while (!ex_recv_all(m->link[1], hdr, sizeof(hdr))) {
 		if (hdr[0] >= m->pages || !hdr[1] || hdr[1] > m->pages - hdr[0] ||
-		    recv_all(m->link[1], m->dst + hdr[0] * m->ps, hdr[1] * m->ps))
+		    ex_recv_all(m->link[1], m->dst + hdr[0] * m->ps, hdr[1] * m->ps))
 			return (void *)1;
 	}
 	return NULL;
@@ -285,9 +256,9 @@ int main(int argc, char **argv)
 	if (summary) {
 		char what[160], fig[600];
 
-		snprintf(what, sizeof(what), "%zu MiB precopy under %u writers: %u rounds + stop-and-copy",
+		snprintf(what, sizeof(what), "%zu MiB precopy, %u writers: %u rounds + stop-and-copy",
 			 mib, nw, rounds);
-		snprintf(fig, sizeof(fig), "pages/round %s, final %llu", rlist, (unsigned long long)final);
+		snprintf(fig, sizeof(fig), "pages %s, final %llu", rlist, (unsigned long long)final);
 		ex_summary(PROG, ok, what, fig);
 	} else {
 		printf("memory            %zu MiB, %llu pages, hot set %llu pages, %u writer threads\n",

@@ -51,7 +51,7 @@
 #include "common.h"
 
 #define PROG "postcopy"
-#define CHUNK 32		/* pages per streamed frame */
+#define CHUNK 16		/* pages per streamed frame */
 #define MAP_BATCH 256		/* streamed pages mapped per uffd_region_continue */
 #define FAULT_AROUND 64		/* pages a MINOR fault may map at once */
 #define MAX_GUESTS 64
@@ -72,57 +72,18 @@ struct frame {
 	uint64_t type, a, b, c;
 };
 
-static int send_iov(int fd, struct iovec *iov, int n)
-{
-	struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)n };
-
-	while (m.msg_iovlen) {
-		ssize_t k = sendmsg(fd, &m, MSG_NOSIGNAL);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return -errno;
-		while (m.msg_iovlen && (size_t)k >= m.msg_iov->iov_len) {
-			k -= (ssize_t)m.msg_iov->iov_len;
-			m.msg_iov++;
-			m.msg_iovlen--;
-		}
-		if (m.msg_iovlen) {
-			m.msg_iov->iov_base = (char *)m.msg_iov->iov_base + k;
-			m.msg_iov->iov_len -= (size_t)k;
-		}
-	}
-	return 0;
-}
-
 static int send_frame(int fd, enum frame_type t, uint64_t a, uint64_t b, uint64_t c,
 		      const void *data, size_t len)
 {
 	struct frame f = { htole64(t), htole64(a), htole64(b), htole64(c) };
 	struct iovec iov[2] = { { &f, sizeof(f) }, { (void *)data, len } };
 
-	return send_iov(fd, iov, len ? 2 : 1);
-}
-
-/* 0, or -ECONNRESET at end of stream, or -errno. */
-static int recv_all(int fd, void *buf, size_t len)
-{
-	for (size_t got = 0; got < len;) {
-		ssize_t k = recv(fd, (char *)buf + got, len - got, 0);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k ? -errno : -ECONNRESET;
-		got += (size_t)k;
-	}
-	return 0;
+	return ex_send_all(fd, iov, len ? 2 : 1);
 }
 
 static int recv_frame(int fd, struct frame *f)
 {
-	int err = recv_all(fd, f, sizeof(*f));
+	int err = ex_recv_all(fd, f, sizeof(*f));
 
 	f->type = le64toh(f->type);
 	f->a = le64toh(f->a);
@@ -134,7 +95,7 @@ static int recv_frame(int fd, struct frame *f)
 /* Small buffers keep an urgent page from queueing behind megabytes of stream. */
 static void tune_socket(int fd)
 {
-	int one = 1, buf = 4 * CHUNK * 4096;
+	int one = 1, buf = 2 * CHUNK * 4096;
 
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
@@ -290,7 +251,7 @@ struct dest {
 	bool finished;			/* under lock: all arrived and mapped, or failed */
 	int recv_err;			/* under lock */
 	atomic_bool done;
-	atomic_ulong by_origin[3], dropped, fault_around, handler_errors;
+	atomic_ulong by_origin[3], dropped, fault_around;
 	atomic_ulong bad_reads;
 };
 
@@ -331,16 +292,22 @@ static int on_fault(void *ctx, struct uffd_fault *f)
 {
 	struct dest *d = ctx;
 	uint64_t p = f->offset / d->ps, n = 1;
+	bool missing = f->kind == UFFD_FAULT_MISSING;
 	int err;
 
 	if (atomic_load(&d->state[p]) != CACHED) {
-		/* Ask first, or again, urgently, if it was only prefetched. */
-		if (f->kind == UFFD_FAULT_MISSING &&
-		    (claim(d, p, ABSENT, REQUESTED) || claim(d, p, PREFETCHING, REQUESTED))) {
+		/*
+		 * Mark it wanted, so that the receiver maps it as soon as it is
+		 * placed. A MISSING page is asked for, urgently even if it was
+		 * prefetched; a MINOR one is in the page cache, arriving now.
+		 */
+		if ((claim(d, p, ABSENT, REQUESTED) || (missing && claim(d, p, PREFETCHING, REQUESTED))) &&
+		    missing) {
 			request(d, p, 1, PRIO_URGENT);
 			prefetch(d, p);
 		}
-		return UFFD_DEFER;	/* the receiver maps it, which wakes the guest */
+		if (atomic_load(&d->state[p]) != CACHED)
+			return UFFD_DEFER;	/* the receiver maps it, which wakes the guest */
 	}
 	if (f->kind == UFFD_FAULT_MINOR) {
 		/* In the page cache, not mapped yet: map its arrived neighbours too. */
@@ -352,9 +319,7 @@ static int on_fault(void *ctx, struct uffd_fault *f)
 	}
 	/* A MISSING fault read after its page arrived: map it, wake the guest. */
 	err = uffd_region_continue(d->r, f->offset, d->ps, UFFD_SKIP_EXISTING, NULL);
-	if (err)
-		atomic_fetch_add(&d->handler_errors, 1);
-	return err ? err : UFFD_HANDLED;
+	return err ? err : UFFD_HANDLED;	/* a failure poisons the page: see dest_setup() */
 }
 
 /*
@@ -373,14 +338,14 @@ static int place(struct dest *d, uint64_t p, uint64_t n, const char *data, enum 
 		int err;
 
 		while (j < n && atomic_load(&d->state[p + j]) != CACHED)
-			*waited |= atomic_load(&d->state[p + j++]) != ABSENT;
+			j++;
 		if (j > i) {
 			err = uffd_region_populate(d->r, (p + i) * d->ps, data + i * d->ps,
 						   (j - i) * d->ps, flags);
 			if (err)
 				return err;
-			for (uint64_t k = i; k < j; k++)
-				atomic_store(&d->state[p + k], CACHED);
+			for (uint64_t k = i; k < j; k++)	/* a fault handler may have marked it meanwhile */
+				*waited |= atomic_exchange(&d->state[p + k], CACHED) != ABSENT;
 			atomic_fetch_add(&d->by_origin[o], j - i);
 			pthread_mutex_lock(&d->lock);
 			d->arrived += j - i;
@@ -422,7 +387,7 @@ static int receive(struct dest *d, char *buf)
 		if (f.type != F_PAGES || f.c > O_STREAM || !f.b || f.b > CHUNK ||
 		    f.a >= d->pages || f.b > d->pages - f.a)
 			return -EPROTO;
-		if ((err = recv_all(d->sock, buf, f.b * d->ps)) ||
+		if ((err = ex_recv_all(d->sock, buf, f.b * d->ps)) ||
 		    (err = place(d, f.a, f.b, buf, (enum origin)f.c, &waited)))
 			return err;
 		if (f.c == O_STREAM) {
@@ -526,6 +491,8 @@ static int dest_setup(struct dest *d)
 		.modes = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR,
 	};
 	struct uffd_handlers h = { .missing = on_fault, .minor = on_fault };
+	/* A fault the handler cannot serve kills the guest (SIGBUS) rather than hanging it. */
+	struct uffd_loop_opts lo = { .size = sizeof(lo), .flags = UFFD_LOOP_POISON_ON_ERROR };
 	int err;
 
 	d->state = calloc(d->pages, sizeof(*d->state));
@@ -541,7 +508,7 @@ static int dest_setup(struct dest *d)
 		return ex_fail(PROG, "uffd_region_create", err);
 	if (uffd_region_page_size(d->r) != d->ps)
 		return ex_fail(PROG, "the source's page size differs from ours", -EINVAL);
-	if ((err = uffd_loop_new(&d->loop, NULL)) ||
+	if ((err = uffd_loop_new(&d->loop, &lo)) ||
 	    (err = uffd_loop_add_region(d->loop, d->r, &h, d)) ||
 	    (err = uffd_loop_start(d->loop, 1)))
 		return ex_fail(PROG, "starting the fault loop", err);
@@ -561,9 +528,9 @@ static void dest_report(struct dest *d, const struct dest_opts *o, struct ex_lat
 
 	uffd_loop_stats(d->loop, &st);
 	if (o->summary) {
-		snprintf(what, sizeof(what), "%llu MiB over TCP loopback: %lu pages on demand, %lu prefetched, %lu streamed",
+		snprintf(what, sizeof(what), "%llu MiB over TCP, pages: %lu demand, %lu prefetch, %lu stream",
 			 (unsigned long long)(d->pages * d->ps >> 20), demand, pre, stream);
-		snprintf(fig, sizeof(fig), "fault p50 %.0f us p99 %.0f us, %.0f ms total",
+		snprintf(fig, sizeof(fig), "fault p50 %.0f us p99 %.0f us, %.0f ms",
 			 p50, p99, ns / 1e6);
 		ex_summary("postcopy", ok, what, fig);
 		return;

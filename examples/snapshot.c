@@ -174,6 +174,8 @@ static int setup(struct snap *s, size_t mib)
 	struct uffd_region_opts ro = { .size = sizeof(ro), .length = mib << 20, .fd = -1,
 				       .modes = UFFDIO_REGISTER_MODE_WP, .name = "vm-ram" };
 	struct uffd_handlers h = { .wp = on_wp };
+	/* A page that cannot be saved kills the writer (SIGBUS) rather than hanging it. */
+	struct uffd_loop_opts lo = { .size = sizeof(lo), .flags = UFFD_LOOP_POISON_ON_ERROR };
 	uint64_t *page;
 	int err;
 
@@ -198,7 +200,7 @@ static int setup(struct snap *s, size_t mib)
 	free(page);
 	if (err)
 		return ex_fail(PROG, "uffd_region_populate", err);
-	if ((err = uffd_loop_new(&s->loop, NULL)) ||
+	if ((err = uffd_loop_new(&s->loop, &lo)) ||
 	    (err = uffd_loop_add_region(s->loop, s->r, &h, s)) ||
 	    (err = uffd_loop_start(s->loop, 1)))
 		return ex_fail(PROG, "starting the loop", err);
@@ -311,9 +313,9 @@ int main(int argc, char **argv)
 	if (summary) {
 		char what[160], fig[96];
 
-		snprintf(what, sizeof(what), "%zu MiB saved under %u writers: %lu pages by the saver, %lu on write faults",
-			 mib, nw, atomic_load(&s.by_saver), atomic_load(&s.by_fault));
-		snprintf(fig, sizeof(fig), "writer pause p50 %.0f us p99 %.0f us, %.0f ms",
+		snprintf(what, sizeof(what), "%zu MiB saved live: %lu pages by saver, %lu on write",
+			 mib, atomic_load(&s.by_saver), atomic_load(&s.by_fault));
+		snprintf(fig, sizeof(fig), "write pause p50 %.0f us p99 %.0f us, %.0f ms",
 			 ex_lat_pct_us(&lat, 50), ex_lat_pct_us(&lat, 99), ns / 1e6);
 		ex_summary(PROG, ok, what, fig);
 	} else {

@@ -106,6 +106,18 @@ struct uffd_loop {
 	size_t zero_len;
 };
 
+/* loop-ring.c */
+/* Whether io_uring reads a uffd without a worker thread (probed once). */
+bool loop__nowait_reads(void);
+int loop__runner_new(struct uffd_loop *l, struct loop_runner **out);
+void loop__runner_free(struct loop_runner *rn);
+bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w);
+/* One wake: wait up to timeout_ms, handle what came, resolve, retry. 0 or fatal -errno. */
+int loop__step(struct loop_runner *rn, int timeout_ms);
+/* Finishes queued work and lets go of every watch. */
+void loop__drain(struct loop_runner *rn);
+long long loop__now_us(void);
+
 /* loop.c */
 /* h NULL: watched for a region only, no uffd handlers (yet). */
 int loop__watch_add(struct uffd_loop *l, struct uffd *u,

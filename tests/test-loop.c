@@ -42,9 +42,9 @@ static struct uffd *open_uffd(uint64_t features)
 	return u;
 }
 
-static struct uffd_loop *new_loop(unsigned flags, unsigned batch)
+static struct uffd_loop *new_loop(unsigned flags, unsigned spin_us)
 {
-	struct uffd_loop_opts o = { .size = sizeof(o), .flags = flags, .batch = batch };
+	struct uffd_loop_opts o = { .size = sizeof(o), .flags = flags, .spin_us = spin_us };
 	struct uffd_loop *l = NULL;
 
 	ck_assert_msg(uffd_loop_new(&l, &o) == 0, "uffd_loop_new: %s", uffd_last_error());
@@ -231,14 +231,15 @@ static int fill_minor(void *c, struct uffd_fault *f)
 	return UFFD_RESOLVE;
 }
 
-static void run_minor(size_t len, unsigned loop_threads, unsigned touchers, bool split)
+static void run_minor(size_t len, unsigned loop_threads, unsigned touchers, bool split,
+		      unsigned spin_us)
 {
 	struct uffd *u = open_uffd(UFFD_FEATURE_MINOR_SHMEM);
 	struct uffd_region *r = new_region(u, len, UFFDIO_REGISTER_MODE_MINOR);
 	size_t npages = len / ps;
 	struct fill_ctx x = { .alias = uffd_region_alias(r), .salt = 0xabcdef };
 	struct uffd_handlers h = { .minor = fill_minor };
-	struct uffd_loop *l = new_loop(0, 0);
+	struct uffd_loop *l = new_loop(0, spin_us);
 	struct uffd_loop_stats s;
 	char *base = uffd_region_base(r);
 
@@ -268,14 +269,14 @@ static void run_minor(size_t len, unsigned loop_threads, unsigned touchers, bool
 
 START_TEST(test_minor)
 {
-	run_minor(64ul << 20, 1, 4, true);
+	run_minor(64ul << 20, 1, 4, true, 0);
 }
 END_TEST
 
 START_TEST(test_threads)
 {
-	/* 3 loop threads, 8 faulting threads on every page of the same region. */
-	run_minor(16ul << 20, 3, 8, false);
+	/* 3 loop threads (spinning before they sleep), 8 faulting threads on every page. */
+	run_minor(16ul << 20, 3, 8, false, 20);
 }
 END_TEST
 
@@ -420,6 +421,39 @@ START_TEST(test_missing)
 	munmap(b, len);
 	uffd_close(u);
 	uffd_close(u2);
+}
+END_TEST
+
+/* hugetlb has no zero page: the default copies a zeroed huge page. */
+START_TEST(test_hugetlb_missing)
+{
+	const char *why = NULL;
+	size_t hps = harness_hugepages(4, &why), len = 4 * hps;
+	struct uffd *u;
+	struct uffd_region_opts o = { .size = sizeof(o), .length = len, .fd = -1,
+				      .modes = UFFDIO_REGISTER_MODE_MISSING, .flags = UFFD_REGION_HUGETLB };
+	struct uffd_region *r = NULL;
+	struct uffd_loop *l;
+	char *zero, *base;
+
+	if (!hps)
+		SKIP_TEST("%s", why);
+	u = open_uffd(UFFD_FEATURE_MISSING_HUGETLBFS);
+	ck_assert_msg(uffd_region_create(u, &o, &r) == 0, "%s", uffd_last_error());
+	l = new_loop(0, 0);
+	ck_assert_int_eq(uffd_loop_add_region(l, r, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	base = uffd_region_base(r);
+	for (size_t i = 0; i < len; i += hps / 2)
+		base[i + 7] = 1;	/* faults, then writes */
+	zero = calloc(1, hps);
+	ck_assert_int_eq(memcmp(base + hps / 2 + 8, zero, hps / 2 - 8), 0);
+	ck_assert_uint_eq(stats(l).faults_missing, 4);
+	ck_assert_uint_eq(stats(l).errors, 0);
+	free(zero);
+	uffd_loop_free(l);
+	uffd_region_destroy(r);
+	uffd_close(u);
 }
 END_TEST
 
@@ -856,6 +890,17 @@ START_TEST(test_stop)
 	ck_assert_int_ge((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000, 40);
 	ck_assert_int_eq(uffd_loop_run_once(l, 0), 0);
 	ck_assert_int_eq(uffd_loop_run_once(l, -2), -EINVAL);
+	/* run_once returns the number of messages it handled. */
+	{
+		struct toucher t = { a + 15 * ps, (size_t[]){ 0 }, 1, false };
+		int n = 0;
+
+		th = harness_thread_start(touch_pages, &t);
+		for (int i = 0; i < 100 && n == 0; i++)
+			n = uffd_loop_run_once(l, 100);
+		ck_assert_int_eq(n, 1);
+		harness_thread_join(th);
+	}
 	/* Stop from another thread while run() sleeps in the main thread. */
 	th = harness_thread_start(stop_later, l);
 	ck_assert_int_eq(uffd_loop_run(l), 0);
@@ -869,14 +914,13 @@ START_TEST(test_stop)
 	ck_assert_int_eq(uffd_loop_run(l), -EBUSY);
 	ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
 	ck_assert_ptr_eq(harness_thread_join(th), (void *)0);
-	ck_assert_uint_eq(stats(l).faults_missing, 16);
+	ck_assert_uint_eq(stats(l).faults_missing, 16);	/* page 15 was served by run_once */
 	/* Background threads: stop, start again, free joins them. */
 	ck_assert_int_eq(uffd_loop_start(l, 2), 0);
 	ck_assert_int_eq(uffd_loop_start(l, 2), -EBUSY);
 	ck_assert_int_eq(uffd_loop_run_once(l, 0), -EBUSY);
 	ck_assert_int_eq(uffd_loop_stop(l), 0);
-	for (int i = 0; i < 200 && uffd_loop_start(l, 1) == -EBUSY; i++)
-		usleep(5000);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);	/* waits for the stopped ones */
 	ck_assert_int_eq(uffd_loop_remove(l, u), 0);
 	ck_assert_int_eq(uffd_loop_remove(l, u), -ENOENT);
 	uffd_loop_free(l);
@@ -1016,6 +1060,14 @@ START_TEST(test_args)
 	ck_assert_int_eq(uffd_loop_add(lp, nopoison, NULL, NULL), -EOPNOTSUPP);
 	uffd_loop_free(lp);
 	uffd_close(nopoison);
+	/* A region destroyed while added leaves the loop. */
+	{
+		struct uffd_region *r = new_region(u, 4 * ps, UFFDIO_REGISTER_MODE_MINOR);
+
+		ck_assert_int_eq(uffd_loop_add_region(l, r, NULL, NULL), 0);
+		ck_assert_int_eq(uffd_loop_add_region(l, r, NULL, NULL), -EEXIST);
+		uffd_region_destroy(r);
+	}
 	uffd_loop_stats(NULL, &s);
 	ck_assert_uint_eq(s.faults_missing, 0);
 	uffd_loop_stats(l, NULL);
@@ -1043,6 +1095,9 @@ static Suite *make_suite(void)
 	tc = CASE(missing, 30);
 	tcase_add_checked_fixture(tc, setup, NULL);
 	tcase_add_test(tc, test_missing);
+	tc = CASE(hugetlb_missing, 30);
+	tcase_add_checked_fixture(tc, setup, NULL);
+	tcase_add_test(tc, test_hugetlb_missing);
 	tc = CASE(defer, 30);
 	tcase_add_checked_fixture(tc, setup, NULL);
 	tcase_add_test(tc, test_defer);

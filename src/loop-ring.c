@@ -1,0 +1,436 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The loop's rings: per runner, a request in flight for every watched uffd
+ * (an io_uring read, or a poll request plus read(2) where io_uring would
+ * need a worker thread), an eventfd read for stops and watch-set changes,
+ * and the wait that spins (spin_us), then sleeps.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "loop-internal.h"
+
+#define TAG_EFD    1ull		/* user_data of the eventfd read */
+#define TAG_CANCEL 2ull		/* user_data of cancel requests */
+#define BACKOFF_MAX_US 2000
+
+/* ---- can io_uring read a uffd without a worker thread? ---- */
+
+static bool kernel_at_least(int major, int minor)
+{
+	struct utsname u;
+	int ma = 0, mi = 0;
+
+	if (uname(&u) || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+		return false;
+	return ma > major || (ma == major && mi >= minor);
+}
+
+/* An io-wq worker created for this thread ("iou-wrk-<tid>")? */
+static bool have_worker(void)
+{
+	char want[32], path[300], comm[32];
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	bool found = false;
+
+	if (!d)
+		return false;
+	snprintf(want, sizeof(want), "iou-wrk-%d", gettid());
+	while (!found && (e = readdir(d))) {
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+		f = fopen(path, "re");
+		if (f && fgets(comm, sizeof(comm), f))
+			found = strncmp(comm, want, strlen(want)) == 0;
+		if (f)
+			fclose(f);
+	}
+	closedir(d);
+	return found;
+}
+
+/*
+ * Linux 6.10 made uffd reads non-blocking for io_uring (read_iter and
+ * FMODE_NOWAIT). Before that a read either completes at once with -EAGAIN
+ * or sits in an io-wq worker. Probe: a read on an idle throwaway uffd must
+ * stay pending without a worker; uname is the fallback.
+ */
+static bool probe_nowait(void)
+{
+	static struct uffd_msg sink;	/* outlives the ring's teardown */
+	struct uffd_opts o = { .size = sizeof(o) };
+	struct __kernel_timespec ts = { .tv_nsec = 2000000 };
+	struct io_uring_cqe *cqe;
+	struct io_uring ring;
+	struct uffd *u;
+	bool ok;
+
+	if (uffd_open(&u, &o))
+		return kernel_at_least(6, 10);
+	if (io_uring_queue_init(2, &ring, 0)) {
+		uffd_close(u);
+		return kernel_at_least(6, 10);
+	}
+	io_uring_prep_read(io_uring_get_sqe(&ring), u->fd, &sink, sizeof(sink), 0);
+	ok = io_uring_submit(&ring) == 1 &&
+	     io_uring_wait_cqe_timeout(&ring, &cqe, &ts) == -ETIME && !have_worker();
+	io_uring_queue_exit(&ring);
+	uffd_close(u);
+	return ok;
+}
+
+bool loop__nowait_reads(void)
+{
+	static atomic_int state;	/* 0: not probed, 1: yes, 2: no */
+	int s = atomic_load(&state);
+
+	if (!s) {
+		s = probe_nowait() ? 1 : 2;
+		atomic_store(&state, s);
+	}
+	return s == 1;
+}
+
+/* ---- runners ---- */
+
+static void wake(struct loop_runner *rn)
+{
+	uint64_t one = 1;
+
+	if (write(rn->efd, &one, sizeof(one)) < 0) {
+		/* the counter is full: the runner is awake anyway */
+	}
+}
+
+void loop__wake_runners(struct uffd_loop *l)
+{
+	for (struct loop_runner *rn = atomic_load(&l->runners); rn; rn = atomic_load(&rn->next))
+		wake(rn);
+}
+
+int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
+{
+	struct loop_runner *rn = calloc(1, sizeof(*rn)), *head;
+	int err;
+
+	if (!rn)
+		return uffd__err(-ENOMEM, "uffd loop: out of memory");
+	rn->l = l;
+	rn->gen = ~0u;
+	rn->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (rn->efd < 0) {
+		err = -errno;
+		free(rn);
+		return uffd__err(err, "uffd loop: eventfd failed: %s", strerror(-err));
+	}
+	err = io_uring_queue_init(l->o.queue_depth, &rn->ring, 0);
+	if (err) {
+		close(rn->efd);
+		free(rn);
+		return uffd__err(err, "uffd loop: io_uring_setup with %u entries failed: %s; "
+				 "io_uring may be disabled (sysctl kernel.io_uring_disabled) or "
+				 "RLIMIT_MEMLOCK too low", l->o.queue_depth, strerror(-err));
+	}
+	pthread_mutex_init(&rn->drive, NULL);
+	/* Push-only: uffd_loop_stop() walks the list from signal handlers. */
+	head = atomic_load(&l->runners);
+	do
+		atomic_store(&rn->next, head);
+	while (!atomic_compare_exchange_weak(&l->runners, &head, rn));
+	*out = rn;
+	return 0;
+}
+
+void loop__runner_free(struct loop_runner *rn)
+{
+	io_uring_queue_exit(&rn->ring);
+	close(rn->efd);
+	loop__vec_free(&rn->res);
+	loop__vec_free(&rn->retry);
+	pthread_mutex_destroy(&rn->drive);
+	free(rn);
+}
+
+static struct io_uring_sqe *get_sqe(struct loop_runner *rn)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&rn->ring);
+
+	if (!sqe) {		/* full: make room; the caller retries next wake if still none */
+		io_uring_submit(&rn->ring);
+		sqe = io_uring_get_sqe(&rn->ring);
+	}
+	return sqe;
+}
+
+/* ---- slots: a watch's request in a runner's ring ---- */
+
+bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w)
+{
+	for (struct loop_slot *s = rn->slots; s; s = s->next)
+		if (s->w == w)
+			return true;
+	return false;
+}
+
+/* With l->lock held. */
+static void slot_release_locked(struct loop_runner *rn, struct loop_slot *s)
+{
+	struct loop_slot **p = &rn->slots;
+
+	while (*p != s)
+		p = &(*p)->next;
+	*p = s->next;
+	if (!--s->w->holders && s->w->removed)
+		pthread_cond_broadcast(&rn->l->cond);
+	free(s->buf);
+	free(s);
+}
+
+static void slot_release(struct loop_runner *rn, struct loop_slot *s)
+{
+	pthread_mutex_lock(&rn->l->lock);
+	slot_release_locked(rn, s);
+	pthread_mutex_unlock(&rn->l->lock);
+}
+
+static void slot_new_locked(struct loop_runner *rn, struct loop_watch *w)
+{
+	struct loop_slot *s = calloc(1, sizeof(*s));
+
+	if (s)
+		s->buf = malloc(rn->l->o.batch * sizeof(struct uffd_msg));
+	if (!s || !s->buf) {
+		free(s);
+		rn->gen = ~0u;	/* out of memory: try again next wake */
+		return;
+	}
+	s->w = w;
+	w->holders++;
+	s->next = rn->slots;
+	rn->slots = s;
+}
+
+static void slot_arm(struct loop_runner *rn, struct loop_slot *s)
+{
+	struct io_uring_sqe *sqe = get_sqe(rn);
+	int fd = s->w->u->fd;
+
+	if (!sqe)
+		return;
+	if (s->dying) {
+		io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)s, 0);
+		io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+		s->cancelled = true;
+		return;
+	}
+	if (rn->l->poll_mode)
+		io_uring_prep_poll_add(sqe, fd, POLLIN);
+	else
+		io_uring_prep_read(sqe, fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg), 0);
+	io_uring_sqe_set_data(sqe, s);
+	s->busy = true;
+}
+
+/* Bytes of messages a completed request brought, or -errno for a broken uffd. */
+static ssize_t slot_bytes(struct loop_runner *rn, struct loop_slot *s, int res)
+{
+	ssize_t n;
+
+	if (res == -ECANCELED || res == -EAGAIN || res == -EINTR)
+		return 0;
+	if (res < 0 || !rn->l->poll_mode)
+		return res;
+	if (res & (POLLERR | POLLNVAL))
+		return -EBADF;
+	n = read(s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg));
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;	/* another runner took them */
+	return n < 0 ? -errno : n;
+}
+
+static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
+{
+	ssize_t n = slot_bytes(rn, s, res);
+
+	s->busy = false;
+	if (n > 0) {
+		atomic_fetch_add_explicit(&rn->c.reads, 1, memory_order_relaxed);
+		loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
+	} else if (n < 0) {
+		loop__fail(rn, (int)n, "uffd loop: reading userfaultfd %d failed: %s (%s); "
+			   "the loop stops watching it", s->w->u->fd, strerror((int)-n),
+			   uffd__errname((int)n));
+		pthread_mutex_lock(&rn->l->lock);
+		s->w->broken = true;
+		pthread_mutex_unlock(&rn->l->lock);
+		s->dying = true;
+	}
+	if (s->dying)
+		slot_release(rn, s);
+}
+
+/* Brings the slots in line with l->watches. */
+static void runner_sync(struct loop_runner *rn)
+{
+	struct uffd_loop *l = rn->l;
+	struct loop_slot *s, *next;
+
+	if (atomic_load(&l->gen) == rn->gen)
+		return;
+	pthread_mutex_lock(&l->lock);
+	rn->gen = atomic_load(&l->gen);
+	for (s = rn->slots; s; s = next) {
+		next = s->next;
+		if (!s->w->removed || s->dying)
+			continue;
+		s->dying = true;
+		if (!s->busy)
+			slot_release_locked(rn, s);
+	}
+	for (struct loop_watch *w = l->watches; w; w = w->next)
+		if (!w->broken && !loop__has_slot(rn, w))
+			slot_new_locked(rn, w);
+	pthread_mutex_unlock(&l->lock);
+}
+
+/* Requests for idle slots, cancels for dying ones, the eventfd read. */
+static void runner_arm(struct loop_runner *rn)
+{
+	for (struct loop_slot *s = rn->slots; s; s = s->next)
+		if (s->dying ? s->busy && !s->cancelled : !s->busy)
+			slot_arm(rn, s);
+	if (!rn->efd_busy) {
+		struct io_uring_sqe *sqe = get_sqe(rn);
+
+		if (sqe) {
+			io_uring_prep_read(sqe, rn->efd, &rn->efd_buf, sizeof(rn->efd_buf), 0);
+			io_uring_sqe_set_data64(sqe, TAG_EFD);
+			rn->efd_busy = true;
+		}
+	}
+}
+
+static void runner_reap(struct loop_runner *rn)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, seen = 0;
+
+	io_uring_for_each_cqe(&rn->ring, head, cqe) {
+		uint64_t tag = cqe->user_data;
+
+		seen++;
+		if (tag == TAG_EFD)
+			rn->efd_busy = false;
+		else if (tag != TAG_CANCEL)
+			slot_done(rn, (struct loop_slot *)(uintptr_t)tag, cqe->res);
+	}
+	io_uring_cq_advance(&rn->ring, seen);
+}
+
+long long loop__now_us(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec * 1000000ll + t.tv_nsec / 1000;
+}
+
+/* Submits, then spins (spin_us) and sleeps up to timeout_ms; 0 when a completion waits. */
+static int runner_wait(struct loop_runner *rn, int timeout_ms)
+{
+	struct io_uring *ring = &rn->ring;
+	long long wait_us = timeout_ms < 0 ? -1 : timeout_ms * 1000ll;
+	struct io_uring_cqe *cqe;
+	struct __kernel_timespec ts;
+	int err;
+
+	if (rn->retry.n) {	/* -EAGAIN can outlive its event: back off briefly */
+		rn->backoff_us = rn->backoff_us ? rn->backoff_us * 2 : 50;
+		if (rn->backoff_us > BACKOFF_MAX_US)
+			rn->backoff_us = BACKOFF_MAX_US;
+		if (wait_us < 0 || wait_us > rn->backoff_us)
+			wait_us = rn->backoff_us;
+	}
+	if (io_uring_cq_ready(ring) || !wait_us || rn->l->o.spin_us) {
+		err = io_uring_submit(ring);
+		if (err < 0 && err != -EINTR && err != -EAGAIN && err != -EBUSY)
+			return err;
+		if (io_uring_cq_ready(ring))
+			return 0;
+	}
+	if (rn->l->o.spin_us && wait_us) {
+		long long end = loop__now_us() + rn->l->o.spin_us;
+
+		/*
+		 * Completions may wait as task work: entering the kernel
+		 * without blocking runs it.
+		 */
+		while (loop__now_us() < end) {
+			if (!io_uring_peek_cqe(ring, &cqe))
+				return 0;
+			io_uring_get_events(ring);
+		}
+	}
+	if (!wait_us)
+		return -ETIME;
+	/* One syscall submits and sleeps. */
+	if (wait_us < 0) {
+		err = io_uring_submit_and_wait(ring, 1);
+	} else {
+		ts.tv_sec = wait_us / 1000000;
+		ts.tv_nsec = (wait_us % 1000000) * 1000;
+		err = io_uring_submit_and_wait_timeout(ring, &cqe, 1, &ts, NULL);
+	}
+	return err < 0 ? err : 0;
+}
+
+/* One wake: wait, handle what came, resolve, retry. 0 or a fatal -errno. */
+int loop__step(struct loop_runner *rn, int timeout_ms)
+{
+	int err;
+
+	runner_sync(rn);
+	runner_arm(rn);
+	err = runner_wait(rn, timeout_ms);
+	if (err && err != -ETIME && err != -EINTR)
+		return uffd__err(err, "uffd loop: waiting on the io_uring failed: %s", strerror(-err));
+	runner_reap(rn);
+	loop__resolve(rn);
+	loop__retry(rn);
+	if (!rn->retry.n)
+		rn->backoff_us = 0;
+	return 0;
+}
+
+/* Finishes queued work and lets go of every watch (the runner stops). */
+void loop__drain(struct loop_runner *rn)
+{
+	while (rn->retry.n && loop__step(rn, 10) == 0)
+		;
+	pthread_mutex_lock(&rn->l->lock);
+	for (struct loop_slot *s = rn->slots, *next; s; s = next) {
+		next = s->next;
+		s->dying = true;
+		if (!s->busy)
+			slot_release_locked(rn, s);
+	}
+	rn->gen = ~0u;		/* resync when driven again */
+	pthread_mutex_unlock(&rn->l->lock);
+	for (int i = 0; rn->slots && i < 1000; i++) {	/* bounded if the ring fails */
+		runner_arm(rn);
+		if (runner_wait(rn, 100) == 0)
+			runner_reap(rn);
+		loop__resolve(rn);
+	}
+}

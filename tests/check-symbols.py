@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""The shared library exports exactly the functions uffd.h declares, each
+listed in libuffd.map and versioned LIBUFFD_0.1.
+
+usage: check-symbols.py uffd.h libuffd.map libuffd.so"""
+import re
+import subprocess
+import sys
+
+VERSION = "LIBUFFD_0.1"
+
+
+def header_functions(path):
+    text = open(path).read()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", " ", text)
+    text = text.replace("\\\n", " ")  # macro continuation lines
+    text = re.sub(r"^\s*#[^\n]*", " ", text, flags=re.M)
+    # A prototype: a declaration statement ending in `name(...);` at file scope.
+    names = set()
+    for stmt in text.split(";"):
+        stmt = " ".join(stmt.split())
+        stmt = re.split(r"[{}]", stmt)[-1].strip()
+        m = re.match(r"^(?:extern\s+)?[A-Za-z_][\w\s\*]*?\b(uffd_\w+)\s*\(", stmt)
+        if m and not stmt.startswith("typedef"):
+            names.add(m.group(1))
+    return names
+
+
+def map_symbols(path):
+    text = re.sub(r"/\*.*?\*/|#[^\n]*", " ", open(path).read(), flags=re.S)
+    m = re.search(VERSION.replace(".", r"\.") + r"\s*\{\s*global:(.*?)local:", text, re.S)
+    if not m:
+        sys.exit(f"{path}: no {VERSION} node with global:/local:")
+    return {s.strip() for s in m.group(1).split(";") if s.strip()}
+
+
+def exported(lib):
+    out = subprocess.run(["readelf", "--dyn-syms", "--wide", lib], check=True,
+                         capture_output=True, text=True).stdout
+    syms = {}
+    for line in out.splitlines():
+        f = line.split()
+        # Num: Value Size Type Bind Vis Ndx Name
+        if len(f) >= 8 and f[0].endswith(":") and f[6] != "UND" and f[4] in ("GLOBAL", "WEAK"):
+            name, _, ver = f[7].partition("@")
+            if f[3] == "OBJECT" and name == VERSION:
+                continue
+            syms[name] = ver.lstrip("@")
+    return syms
+
+
+def main():
+    header, mapfile, lib = sys.argv[1:4]
+    decl, listed, exp = header_functions(header), map_symbols(mapfile), exported(lib)
+    problems = []
+    for n in sorted(decl - listed):
+        problems.append(f"{n}: declared in uffd.h but not in libuffd.map")
+    for n in sorted(listed - decl):
+        problems.append(f"{n}: in libuffd.map but not declared in uffd.h")
+    for n in sorted(listed - set(exp)):
+        problems.append(f"{n}: in libuffd.map but not exported by {lib}")
+    for n in sorted(set(exp) - listed - {VERSION}):
+        problems.append(f"{n}: exported by the library but not in libuffd.map")
+    for n, v in sorted(exp.items()):
+        if n != VERSION and v != VERSION:
+            problems.append(f"{n}: exported with version '{v}', want {VERSION}")
+    for p in problems:
+        print(p)
+    if problems or not decl:
+        print(f"FAIL: {len(problems)} problem(s); {len(decl)} functions declared")
+        return 1
+    print(f"{len(decl)} functions: declared, listed and exported as {VERSION}")
+    return 0
+
+
+sys.exit(main())
