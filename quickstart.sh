@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(gcc libc6-dev pkg-config meson ninja-build liburing-dev check python3)
+PACKAGES=(gcc g++ libc6-dev pkg-config meson ninja-build liburing-dev check python3)
 BUILD=build
 
 usage() {

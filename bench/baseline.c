@@ -176,7 +176,10 @@ struct base_uffd *base_start(const char *metric, void *addr, size_t len,
 		goto fail;
 	if ((b->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0)
 		goto fail;
-	if ((err = pthread_create(&b->thread, NULL, handler, b))) {
+	place(true);
+	err = pthread_create(&b->thread, NULL, handler, b);
+	place(false);
+	if (err) {
 		errno = err;
 		goto fail;
 	}

@@ -24,6 +24,7 @@ struct bench_opts {
 	unsigned spin_us;	/* spin of minor_rt_1t_spin (2) and minor_mt (4) */
 	const char *only;	/* comma-separated metric names, NULL: all */
 	bool json;
+	const char *placement;	/* of the threads: split, same or free */
 	char side;		/* 'l' or 'b': run that side only (profiling); 0: both */
 };
 
@@ -97,6 +98,10 @@ bool check_written(const char *metric, const char *base, size_t n, uint64_t seed
 		   uint64_t marker);
 /* Runs fn(arg, i) on n threads released together; wall time in us. */
 double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg);
+/* --placement: "split" (default), "same" or "free"; -1 for another name. */
+int place_set(const char *name);
+/* Moves the calling thread to the handlers' CPUs (true) or the faulters'. */
+void place(bool handler);
 /* Re-arms the watchdog: the run dies after seconds with the metric named. */
 void watchdog(const char *metric, unsigned seconds);
 

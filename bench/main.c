@@ -6,7 +6,7 @@
  *
  * usage: uffd-bench [--pages N] [--reps N] [--bulk-mib N] [--around-mib N]
  *                   [--spin-us N] [--only METRIC[,METRIC...]] [--json]
- *                   [--side libuffd|baseline]
+ *                   [--placement split|same|free] [--side libuffd|baseline]
  * Exit status: 0; 1 when a metric could not run or a page read wrong.
  */
 #include <getopt.h>
@@ -204,12 +204,14 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: uffd-bench [--pages N] [--reps N] [--bulk-mib N] [--around-mib N]\n"
 		"                  [--spin-us N] [--only METRIC[,METRIC...]] [--json]\n"
-		"                  [--side libuffd|baseline]\n"
+		"                  [--placement split|same|free] [--side libuffd|baseline]\n"
 		"  --pages N       pages per fault metric and populate (default 16384)\n"
 		"  --reps N        repetitions per side, median reported (default 5)\n"
 		"  --bulk-mib N    continue_bulk and dirty_scan range (default 1024)\n"
 		"  --around-mib N  fault_around range (default 256)\n"
 		"  --spin-us N     spin_us of minor_rt_1t_spin and minor_mt (default 50)\n"
+		"  --placement P   split (default): handler threads on the last CPU, faulting\n"
+		"                  threads on the others; same: all on CPU 0; free: unpinned\n"
 		"  --side S        run one side only, for profiling (no ratio)\n"
 		"metrics:");
 	for (size_t i = 0; i < NMETRICS; i++)
@@ -268,6 +270,7 @@ static int parse(int argc, char **argv, struct bench_opts *o)
 		{ "only", required_argument, NULL, 'o' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "side", required_argument, NULL, 'S' },
+		{ "placement", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
 	};
@@ -285,6 +288,7 @@ static int parse(int argc, char **argv, struct bench_opts *o)
 		case 's': ok = parse_size(optarg, 0, 1000000, &v); o->spin_us = (unsigned)v; break;
 		case 'o': ok = known(optarg); o->only = optarg; break;
 		case 'j': o->json = true; break;
+		case 'P': ok = place_set(optarg) == 0; o->placement = optarg; break;
 		case 'S':
 			ok = !strcmp(optarg, "libuffd") || !strcmp(optarg, "baseline");
 			o->side = optarg[0];
@@ -309,11 +313,12 @@ static int parse(int argc, char **argv, struct bench_opts *o)
 int main(int argc, char **argv)
 {
 	struct bench_opts o = { .pages = 16384, .reps = 5, .bulk_mib = 1024, .around_mib = 256,
-				.spin_us = 50 };
+				.spin_us = 50, .placement = "split" };
 	double t0 = now_us();
 
 	if (parse(argc, argv, &o))
 		return 2;
+	place(false);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (!o.json)
 		printf("%-22s%10s%10s  %-9s%10s  %-7s %-4s  %-15s  %-15s\n", "metric", "libuffd",
@@ -327,8 +332,8 @@ int main(int argc, char **argv)
 	}
 	alarm(0);
 	if (!o.json)
-		printf("# %u repetitions per side, median; %zu pages per fault metric; %.1f s\n",
-		       o.reps, o.pages, (now_us() - t0) / 1e6);
+		printf("# %u repetitions per side, median; %zu pages per fault metric; placement %s; %.1f s\n",
+		       o.reps, o.pages, o.placement, (now_us() - t0) / 1e6);
 	if (bench_failures)
 		fprintf(stderr, "uffd-bench: %u wrong result(s): the figures above are not valid\n",
 			bench_failures);

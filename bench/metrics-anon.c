@@ -103,11 +103,15 @@ static int lib_open(const struct bench_opts *o, struct anon_side *s)
 	uint64_t mode = s->wp ? UFFDIO_REGISTER_MODE_WP : UFFDIO_REGISTER_MODE_MISSING;
 	int err;
 
-	if ((err = uffd_open(&s->u, NULL)) ||
-	    (err = uffd_register(s->u, s->mem, s->pages * PAGE, mode, NULL)) ||
-	    (err = uffd_loop_new(&s->l, &lo)) ||
-	    (err = uffd_loop_add(s->l, s->u, s->wp ? NULL : &copy_h, s)) ||
-	    (err = uffd_loop_start(s->l, 1))) {
+	if (!(err = uffd_open(&s->u, NULL)) &&
+	    !(err = uffd_register(s->u, s->mem, s->pages * PAGE, mode, NULL)) &&
+	    !(err = uffd_loop_new(&s->l, &lo)) &&
+	    !(err = uffd_loop_add(s->l, s->u, s->wp ? NULL : &copy_h, s))) {
+		place(true);
+		err = uffd_loop_start(s->l, 1);
+		place(false);
+	}
+	if (err) {
 		bench_error(o, s->metric, "libuffd set-up failed (%d)", err);
 		return -1;
 	}

@@ -160,8 +160,11 @@ static int lib_open(const struct bench_opts *o, struct lib_minor *m,
 	if (!lo)
 		err = uffd_sigbus_add_region(m->r, sigbus_resolve, m);
 	else if (!(err = uffd_loop_new(&m->l, lo)) &&
-		 !(err = uffd_loop_add_region(m->l, m->r, h, m)))
+		 !(err = uffd_loop_add_region(m->l, m->r, h, m))) {
+		place(true);
 		err = uffd_loop_start(m->l, nthreads);
+		place(false);
+	}
 	if (err)
 		goto fail;
 	return 0;

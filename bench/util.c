@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -286,6 +287,42 @@ double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg)
 	t0 = now_us() - t0;
 	pthread_barrier_destroy(&t.go);
 	return t0;
+}
+
+/* ---- placement: which CPUs the faulting and the handling threads use ---- */
+
+static char placement = 's';
+
+int place_set(const char *name)
+{
+	if (strcmp(name, "split") && strcmp(name, "same") && strcmp(name, "free"))
+		return -1;
+	placement = name[1] == 'p' ? 's' : name[1] == 'a' ? 'a' : 'f';
+	return 0;
+}
+
+/*
+ * Threads inherit the creator's affinity: the main thread takes the
+ * handler's CPUs while it starts a handler thread, the faulters' otherwise.
+ * split: handlers on the last CPU, faulting threads on the others; same:
+ * everything on CPU 0; free: the scheduler decides.
+ */
+void place(bool handler)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	cpu_set_t set;
+
+	if (placement == 'f' || n < 2)
+		return;
+	CPU_ZERO(&set);
+	if (placement == 'a')
+		CPU_SET(0, &set);
+	else if (handler)
+		CPU_SET(n - 1, &set);
+	else
+		for (long i = 0; i < n - 1; i++)
+			CPU_SET(i, &set);
+	sched_setaffinity(0, sizeof(set), &set);
 }
 
 /* ---- watchdog: a fault nobody resolves would hang the run ---- */

@@ -396,7 +396,11 @@ struct uffd_loop_opts {
 /** Use a poll request plus read(2) instead of io_uring reads of the uffd. */
 #define UFFD_LOOP_FORCE_POLL      (1u << 1)
 
-/** Create a loop. @return 0 or -errno. */
+/**
+ * Create a loop. When io_uring is refused or absent (EPERM, EACCES, ENOMEM,
+ * ENOSYS from io_uring_setup) the loop uses poll(2) and read(2) instead;
+ * it then returns 0 and uffd_last_error() says so. @return 0 or -errno.
+ */
 int  uffd_loop_new(struct uffd_loop **out, const struct uffd_loop_opts *o);
 /** Stop the loop, join its threads and free it. NULL is fine. */
 void uffd_loop_free(struct uffd_loop *l);

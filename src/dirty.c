@@ -205,7 +205,7 @@ static int scan_walk(int fd, uint64_t pm_flags, uintptr_t start, uintptr_t end,
 		     struct uffd_span *spans, size_t max, uintptr_t *next)
 {
 	struct page_region vec[SCAN_BATCH];
-	uintptr_t cur = start, walk_end;
+	uintptr_t cur = start, walk_end = start;
 	size_t n = 0;
 	long got;
 

@@ -89,6 +89,7 @@ struct loop_runner {
 struct uffd_loop {
 	struct uffd_loop_opts o;
 	bool poll_mode;		/* poll request + read(2) */
+	bool plain;		/* io_uring refused: poll(2) + read(2), no rings */
 	pthread_mutex_t lock;	/* watches, regions, threads */
 	pthread_cond_t cond;	/* a watch's holders dropped to 0 */
 	struct loop_watch *watches;

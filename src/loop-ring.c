@@ -119,6 +119,27 @@ void loop__wake_runners(struct uffd_loop *l)
 		wake(rn);
 }
 
+/* io_uring_setup failures that mean "not allowed or not available here". */
+static bool refused(int err)
+{
+	return err == -EPERM || err == -EACCES || err == -ENOMEM || err == -ENOSYS;
+}
+
+/*
+ * COOP_TASKRUN: a completion's task work (a uffd read finishing) waits for
+ * the thread's next kernel entry instead of an IPI into a running thread;
+ * a sleeping thread is still woken. On a virtual machine that IPI costs
+ * tens of microseconds per fault. TASKRUN_FLAG lets the spin loop see
+ * pending work in the ring's flags without a system call. Linux 5.19+.
+ */
+static int ring_init(struct io_uring *ring, unsigned depth)
+{
+	int err = io_uring_queue_init(depth, ring, IORING_SETUP_COOP_TASKRUN |
+						   IORING_SETUP_TASKRUN_FLAG);
+
+	return err == -EINVAL ? io_uring_queue_init(depth, ring, 0) : err;
+}
+
 int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 {
 	struct loop_runner *rn = calloc(1, sizeof(*rn)), *head;
@@ -132,15 +153,27 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 	if (rn->efd < 0) {
 		err = -errno;
 		free(rn);
-		return uffd__err(err, "uffd loop: eventfd failed: %s", strerror(-err));
+		return uffd__err(err, "uffd loop: eventfd failed: %s (%s)", strerror(-err), uffd__errname(err));
 	}
-	err = io_uring_queue_init(l->o.queue_depth, &rn->ring, 0);
-	if (err) {
+	err = l->plain ? 0 : ring_init(&rn->ring, l->o.queue_depth);
+	if (err && !l->caller && refused(err)) {
+		/* The loop's first ring: the whole loop does without io_uring. */
+		l->plain = l->poll_mode = true;
+		uffd__err(err, "uffd_loop_new: io_uring_setup with %u entries failed: %s (%s); io_uring "
+			  "may be disabled (sysctl kernel.io_uring_disabled, seccomp) or RLIMIT_MEMLOCK "
+			  "too low; the loop falls back to poll(2) and read(2), which works but costs "
+			  "more system calls per fault", l->o.queue_depth, strerror(-err),
+			  uffd__errname(err));
+		err = 0;
+	} else if (err) {
 		close(rn->efd);
 		free(rn);
-		return uffd__err(err, "uffd loop: io_uring_setup with %u entries failed: %s; "
-				 "io_uring may be disabled (sysctl kernel.io_uring_disabled) or "
-				 "RLIMIT_MEMLOCK too low", l->o.queue_depth, strerror(-err));
+		return uffd__err(err, "uffd loop: io_uring_setup with %u entries failed: %s (%s); %s",
+				 l->o.queue_depth, strerror(-err), uffd__errname(err),
+				 err == -EMFILE || err == -ENFILE
+				 ? "too many open files: close descriptors or raise RLIMIT_NOFILE"
+				 : "io_uring may be disabled (sysctl kernel.io_uring_disabled) or "
+				   "RLIMIT_MEMLOCK too low");
 	}
 	pthread_mutex_init(&rn->drive, NULL);
 	/* Push-only: uffd_loop_stop() walks the list from signal handlers. */
@@ -154,7 +187,8 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 
 void loop__runner_free(struct loop_runner *rn)
 {
-	io_uring_queue_exit(&rn->ring);
+	if (!rn->l->plain)
+		io_uring_queue_exit(&rn->ring);
 	close(rn->efd);
 	loop__vec_free(&rn->res);
 	loop__vec_free(&rn->retry);
@@ -209,7 +243,8 @@ static void slot_new_locked(struct loop_runner *rn, struct loop_watch *w)
 	struct loop_slot *s = calloc(1, sizeof(*s));
 
 	if (s)
-		s->buf = malloc(rn->l->o.batch * sizeof(struct uffd_msg));
+		/* Zeroed: valgrind cannot see io_uring's writes into it. */
+		s->buf = calloc(rn->l->o.batch, sizeof(struct uffd_msg));
 	if (!s || !s->buf) {
 		free(s);
 		rn->gen = ~0u;	/* out of memory: try again next wake */
@@ -269,8 +304,9 @@ static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 		loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
 	} else if (n < 0) {
 		loop__fail(rn, (int)n, "uffd loop: reading userfaultfd %d failed: %s (%s); "
-			   "the loop stops watching it", s->w->u->fd, strerror((int)-n),
-			   uffd__errname((int)n));
+			   "the loop stops watching it%s", s->w->u->fd, strerror((int)-n),
+			   uffd__errname((int)n), n == -EBADF ? " (closed while watched? call "
+			   "uffd_loop_remove() before uffd_close())" : "");
 		pthread_mutex_lock(&rn->l->lock);
 		s->w->broken = true;
 		pthread_mutex_unlock(&rn->l->lock);
@@ -346,14 +382,10 @@ long long loop__now_us(void)
 	return t.tv_sec * 1000000ll + t.tv_nsec / 1000;
 }
 
-/* Submits, then spins (spin_us) and sleeps up to timeout_ms; 0 when a completion waits. */
-static int runner_wait(struct loop_runner *rn, int timeout_ms)
+/* Microseconds to sleep: timeout_ms, shortened while retries wait. */
+static long long wait_budget_us(struct loop_runner *rn, int timeout_ms)
 {
-	struct io_uring *ring = &rn->ring;
 	long long wait_us = timeout_ms < 0 ? -1 : timeout_ms * 1000ll;
-	struct io_uring_cqe *cqe;
-	struct __kernel_timespec ts;
-	int err;
 
 	if (rn->retry.n) {	/* -EAGAIN can outlive its event: back off briefly */
 		rn->backoff_us = rn->backoff_us ? rn->backoff_us * 2 : 50;
@@ -362,6 +394,18 @@ static int runner_wait(struct loop_runner *rn, int timeout_ms)
 		if (wait_us < 0 || wait_us > rn->backoff_us)
 			wait_us = rn->backoff_us;
 	}
+	return wait_us;
+}
+
+/* Submits, then spins (spin_us) and sleeps up to timeout_ms; 0 when a completion waits. */
+static int runner_wait(struct loop_runner *rn, int timeout_ms)
+{
+	struct io_uring *ring = &rn->ring;
+	long long wait_us = wait_budget_us(rn, timeout_ms);
+	struct io_uring_cqe *cqe;
+	struct __kernel_timespec ts;
+	int err;
+
 	if (io_uring_cq_ready(ring) || !wait_us || rn->l->o.spin_us) {
 		err = io_uring_submit(ring);
 		if (err < 0 && err != -EINTR && err != -EAGAIN && err != -EBUSY)
@@ -374,12 +418,15 @@ static int runner_wait(struct loop_runner *rn, int timeout_ms)
 
 		/*
 		 * Completions may wait as task work: entering the kernel
-		 * without blocking runs it.
+		 * without blocking runs it, only when the ring says some is
+		 * pending (or cannot say: a ring without TASKRUN_FLAG).
 		 */
 		while (loop__now_us() < end) {
 			if (!io_uring_peek_cqe(ring, &cqe))
 				return 0;
-			io_uring_get_events(ring);
+			if (!(ring->flags & IORING_SETUP_TASKRUN_FLAG) ||
+			    (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN))
+				io_uring_get_events(ring);
 		}
 	}
 	if (!wait_us)
@@ -395,11 +442,61 @@ static int runner_wait(struct loop_runner *rn, int timeout_ms)
 	return err < 0 ? err : 0;
 }
 
+/* ---- without io_uring: poll(2) on the eventfd and the uffds, then read(2) ---- */
+
+static int plain_wait(struct loop_runner *rn, int timeout_ms)
+{
+	long long wait_us = wait_budget_us(rn, timeout_ms);
+	struct loop_slot *s;
+	struct pollfd *fds;
+	size_t n = 1, i;
+	int ready;
+
+	for (s = rn->slots; s; s = s->next)
+		n++;
+	fds = calloc(n, sizeof(*fds));
+	if (!fds)
+		return -ENOMEM;
+	fds[0] = (struct pollfd){ .fd = rn->efd, .events = POLLIN };
+	for (s = rn->slots, i = 1; s; s = s->next, i++)
+		fds[i] = (struct pollfd){ .fd = s->w->u->fd, .events = POLLIN };
+	ready = poll(fds, n, wait_us < 0 ? -1 : (int)((wait_us + 999) / 1000));
+	if (ready < 0) {
+		ready = errno == EINTR ? 0 : -errno;
+	} else if (ready > 0) {
+		if (fds[0].revents && read(rn->efd, &rn->efd_buf, sizeof(rn->efd_buf)) < 0) {
+			/* EAGAIN: another runner emptied it */
+		}
+		/* slot_done() may release s: walk with next saved, in fds order. */
+		for (s = rn->slots, i = 1; s && i < n; i++) {
+			struct loop_slot *next = s->next;
+
+			if (fds[i].revents)
+				slot_done(rn, s, fds[i].revents);
+			s = next;
+		}
+		ready = 0;
+	}
+	free(fds);
+	return ready;
+}
+
 /* One wake: wait, handle what came, resolve, retry. 0 or a fatal -errno. */
 int loop__step(struct loop_runner *rn, int timeout_ms)
 {
 	int err;
 
+	if (rn->l->plain) {
+		runner_sync(rn);
+		err = plain_wait(rn, timeout_ms);
+		if (err)
+			return uffd__err(err, "uffd loop: poll failed: %s", strerror(-err));
+		loop__resolve(rn);
+		loop__retry(rn);
+		if (!rn->retry.n)
+			rn->backoff_us = 0;
+		return 0;
+	}
 	runner_sync(rn);
 	runner_arm(rn);
 	err = runner_wait(rn, timeout_ms);
@@ -427,7 +524,7 @@ void loop__drain(struct loop_runner *rn)
 	}
 	rn->gen = ~0u;		/* resync when driven again */
 	pthread_mutex_unlock(&rn->l->lock);
-	for (int i = 0; rn->slots && i < 1000; i++) {	/* bounded if the ring fails */
+	for (int i = 0; rn->slots && !rn->l->plain && i < 1000; i++) {	/* bounded if the ring fails */
 		runner_arm(rn);
 		if (runner_wait(rn, 100) == 0)
 			runner_reap(rn);

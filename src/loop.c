@@ -55,9 +55,9 @@ static int check_opts(struct uffd_loop_opts *o)
 	return 0;
 }
 
-static bool env_force_poll(void)
+static bool env_is_1(const char *name)
 {
-	const char *v = getenv("LIBUFFD_LOOP_FORCE_POLL");
+	const char *v = getenv(name);
 
 	return v && strcmp(v, "1") == 0;
 }
@@ -77,7 +77,10 @@ UFFD_EXPORT int uffd_loop_new(struct uffd_loop **out, const struct uffd_loop_opt
 	if ((opts && (err = uffd__opts_copy(&l->o, sizeof(l->o), opts, opts->size, "uffd_loop_opts"))) ||
 	    (err = check_opts(&l->o)))
 		goto fail;
-	l->poll_mode = (l->o.flags & UFFD_LOOP_FORCE_POLL) || env_force_poll() || !loop__nowait_reads();
+	/* LIBUFFD_LOOP_NO_URING: the fallback without io_uring, on purpose (tests, valgrind). */
+	l->plain = env_is_1("LIBUFFD_LOOP_NO_URING");
+	l->poll_mode = l->plain || (l->o.flags & UFFD_LOOP_FORCE_POLL) ||
+		       env_is_1("LIBUFFD_LOOP_FORCE_POLL") || !loop__nowait_reads();
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->cond, NULL);
 	l->zero = mmap(NULL, ZERO_LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

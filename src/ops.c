@@ -199,6 +199,9 @@ static const char *op_hint(enum uffd_op op, int err, unsigned flags)
 		return "a source page is shared with another process; mark the source MADV_DONTFORK";
 	case -ESRCH:
 		return "the process owning the memory has exited";
+	case -EBADF:
+		return "the handle's fd is closed; close a handle only with uffd_close(), after "
+		       "uffd_loop_remove() if a loop watches it";
 	case -EIO:
 		return "the page is hardware-poisoned";
 	case -ENOMEM:

@@ -38,11 +38,13 @@ static atomic_bool prev_spent;
 /*
  * Source of MISSING faults on hugetlb, which has no ZEROPAGE: never-touched
  * private anonymous memory reads as zeros and costs no memory. Grown under
- * sigbus_lock before a region needing it is published; never unmapped, so
- * a handler may use whatever it loads.
+ * sigbus_lock before a region needing it is published. Handlers load it in
+ * a rangemap read section, so it (and the smaller ones it replaced) is
+ * unmapped only when the last region has left and the sections are over.
  */
 static _Atomic(const void *) zero_src;
 static size_t zero_len;	/* under sigbus_lock */
+static struct { void *p; size_t len; } zero_old[4];	/* replaced sources */
 
 /* ---- the signal path ---- */
 
@@ -335,9 +337,30 @@ static int grow_zero_source(size_t size)
 		return uffd__err(err, "uffd_sigbus_add_region: mapping %zu bytes of zeros for MISSING faults on hugetlb failed (%s)",
 				 size, uffd__errname(err));
 	}
+	for (size_t i = 0; zero_len && i < sizeof(zero_old) / sizeof(zero_old[0]); i++)
+		if (!zero_old[i].p) {	/* a handler may still read it: unmapped later */
+			zero_old[i].p = (void *)atomic_load(&zero_src);
+			zero_old[i].len = zero_len;
+			break;
+		}
 	atomic_store(&zero_src, p);
 	zero_len = size;
 	return 0;
+}
+
+/* Under sigbus_lock, no region left: no handler can be reading a source. */
+static void drop_zero_sources(void)
+{
+	void *p = (void *)atomic_exchange(&zero_src, NULL);
+
+	if (p)
+		munmap(p, zero_len);
+	zero_len = 0;
+	for (size_t i = 0; i < sizeof(zero_old) / sizeof(zero_old[0]); i++)
+		if (zero_old[i].p) {
+			munmap(zero_old[i].p, zero_old[i].len);
+			zero_old[i].p = NULL;
+		}
 }
 
 /* ---- public calls ---- */
@@ -376,8 +399,10 @@ static int add_locked(struct uffd_region *r, uffd_sigbus_fn fn, void *ctx)
 	if (err) {
 		r->sigbus_fn = NULL;
 		r->sigbus_ctx = NULL;
-		if (!nregions)
+		if (!nregions) {
 			restore();
+			drop_zero_sources();
+		}
 		return uffd__err(err, "uffd_sigbus_add_region %p+%zu: %s", r->base, r->length,
 				 err == -EEXIST ? "the range overlaps a region added already (EEXIST)"
 						: "out of memory (ENOMEM)");
@@ -415,8 +440,10 @@ static int remove_region(struct uffd_region *r)
 	if (!err) {
 		r->sigbus_fn = NULL;
 		r->sigbus_ctx = NULL;
-		if (!--nregions)
+		if (!--nregions) {
 			restore();
+			drop_zero_sources();
+		}
 	}
 	pthread_mutex_unlock(&sigbus_lock);
 	return err;

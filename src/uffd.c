@@ -110,6 +110,13 @@ static int open_raw(unsigned flags)
 		snprintf(umo, sizeof(umo), ", and with UFFD_OPEN_USER_MODE_ONLY userfaultfd(2) failed with %s",
 			 uffd__errname(umo_err));
 	}
+	if (sys_err == -ENOSYS && (dev_err == -EMFILE || dev_err == -ENFILE))
+		sys_err = dev_err;	/* the way that exists ran out of descriptors */
+	if (sys_err == -EMFILE || sys_err == -ENFILE)	/* no permission advice for that */
+		return uffd__err(sys_err, "cannot open a userfaultfd: %s (%s): the %s; close descriptors "
+				 "or raise the limit (ulimit -n)", strerror(-sys_err), uffd__errname(sys_err),
+				 sys_err == -EMFILE ? "process has as many open files as RLIMIT_NOFILE allows"
+						    : "system-wide limit of open files (fs.file-max) is reached");
 	if (flags & UFFD_OPEN_NO_DEV)
 		snprintf(dev, sizeof(dev), "was not tried (UFFD_OPEN_NO_DEV)");
 	else

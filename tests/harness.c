@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -33,11 +34,165 @@ void harness_skip(const char *fmt, ...)
 	fprintf(stderr, "SKIP: %s\n", skips->reason);
 }
 
+/* ---- fd and mapping accounting around every test (a checked fixture) ---- */
+
+static struct {
+	int fds;
+	int maps;
+	bool maps_on;
+	char *maps_text;
+} acct_state;
+
+static char *read_maps(int *lines)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	char *text = NULL;
+	size_t size = 0;
+	char line[512];
+	FILE *out;
+
+	*lines = 0;
+	if (!f)
+		return NULL;
+	out = open_memstream(&text, &size);
+	while (out && fgets(line, sizeof(line), f)) {
+		/* Heap growth in a forked test process adds a [heap] VMA. */
+		if (strstr(line, " [heap]"))
+			continue;
+		(*lines)++;
+		fputs(line, out);
+	}
+	if (out)
+		fclose(out);
+	fclose(f);
+	return text;
+}
+
+/*
+ * Mapping counts are exact only when nothing maps memory behind the test's
+ * back: sanitizer runtimes and valgrind do (shadow memory, allocator
+ * regions, translated code), so only fds are counted there; glibc keeps joined threads' stacks and per-thread malloc
+ * arenas unless told not to (tests/meson.build sets GLIBC_TUNABLES).
+ */
+static bool maps_accountable(void)
+{
+	const char *t = getenv("GLIBC_TUNABLES");
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+	return false;
+#endif
+	return !harness_valgrind() && t &&
+	       strstr(t, "glibc.pthread.stack_cache_size=0") &&
+	       strstr(t, "glibc.malloc.arena_max=1");
+}
+
+static void *warm_thread(void *arg)
+{
+	return arg;
+}
+
+/* What libc allocates once per process on first use, before counting. */
+static void warm_up(void)
+{
+	static bool done;
+	pthread_t t;
+	char *p;
+
+	if (done)
+		return;
+	done = true;
+	if (!pthread_create(&t, NULL, warm_thread, NULL))
+		pthread_join(t, NULL);
+	p = malloc(1 << 20);	/* an mmap()ed chunk: sets the dynamic threshold */
+	free(p);
+	free(read_maps(&(int){ 0 }));
+	harness_count_fds();
+	uffd_probe(NULL);
+}
+
+static void acct_setup(void)
+{
+	warm_up();
+	acct_state.maps_on = maps_accountable();
+	acct_state.fds = harness_count_fds();
+	if (acct_state.maps_on)
+		acct_state.maps_text = read_maps(&acct_state.maps);
+}
+
+static void report_new_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	char path[300], target[256];
+	ssize_t n;
+
+	while (d && (e = readdir(d))) {
+		if (e->d_name[0] == '.' || atoi(e->d_name) == dirfd(d))
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		n = readlink(path, target, sizeof(target) - 1);
+		target[n < 0 ? 0 : n] = 0;
+		fprintf(stderr, "  fd %s -> %s\n", e->d_name, target);
+	}
+	if (d)
+		closedir(d);
+}
+
+/* Lines of a that b lacks, with a label. */
+static void report_maps_diff(const char *label, const char *a, const char *b)
+{
+	const char *line = a, *nl;
+	int shown = 0;
+
+	for (; line && *line && shown < 10; line = nl + 1) {
+		char buf[512];
+		size_t len;
+
+		nl = strchr(line, '\n');
+		if (!nl)
+			break;
+		len = (size_t)(nl - line + 1) < sizeof(buf) ? (size_t)(nl - line + 1) : sizeof(buf) - 1;
+		memcpy(buf, line, len);
+		buf[len] = 0;
+		if (!b || !strstr(b, buf)) {
+			fprintf(stderr, "  %s: %s", label, buf);
+			shown++;
+		}
+	}
+}
+
+static void acct_teardown(void)
+{
+	int fds = harness_count_fds(), maps = 0;
+	char *text = acct_state.maps_on ? read_maps(&maps) : NULL;
+	bool fd_leak = fds != acct_state.fds, map_leak = acct_state.maps_on && maps != acct_state.maps;
+
+	if (fd_leak) {
+		fprintf(stderr, "harness: case %s: %d open fds before the test, %d after; now open:\n",
+			tcase_name(), acct_state.fds, fds);
+		report_new_fds();
+	}
+	if (map_leak) {
+		fprintf(stderr, "harness: case %s: %d mappings before the test, %d after\n",
+			tcase_name(), acct_state.maps, maps);
+		report_maps_diff("now", text, acct_state.maps_text);
+		report_maps_diff("was", acct_state.maps_text, text);
+	}
+	free(text);
+	free(acct_state.maps_text);
+	acct_state.maps_text = NULL;
+	ck_assert_msg(!fd_leak, "case %s leaks fds: %d open before the test, %d after",
+		      tcase_name(), acct_state.fds, fds);
+	ck_assert_msg(!map_leak, "case %s leaks mappings: %d before the test, %d after",
+		      tcase_name(), acct_state.maps, maps);
+}
+
 TCase *harness_tcase(Suite *s, const char *name, double timeout_s)
 {
 	TCase *tc = tcase_create(name);
 
 	tcase_set_timeout(tc, timeout_s);
+	tcase_add_checked_fixture(tc, acct_setup, acct_teardown);
 	suite_add_tcase(s, tc);
 	return tc;
 }
@@ -46,6 +201,8 @@ int harness_run(Suite *s)
 {
 	SRunner *sr = srunner_create(s);
 	int failed;
+
+	harness_valgrind();
 
 	skips = mmap(NULL, sizeof(*skips), PROT_READ | PROT_WRITE,
 		     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -61,6 +218,50 @@ int harness_run(Suite *s)
 		return 77;
 	}
 	return 0;
+}
+
+bool harness_valgrind(void)
+{
+	static int on = -1;	/* set in harness_run(), before any thread */
+
+	if (on < 0)
+		on = getenv("HARNESS_VALGRIND") != NULL;
+	return on;
+}
+
+/* Copies len bytes through a pipe: the kernel touches both ends. */
+static void pipe_copy(volatile void *dst, const volatile void *src, size_t len)
+{
+	int p[2];
+	ssize_t n;
+
+	ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+	n = write(p[1], (const void *)src, len);
+	ck_assert_msg(n == (ssize_t)len, "harness: write from %p failed: %s", (const void *)src,
+		      n < 0 ? strerror(errno) : "short");
+	n = read(p[0], (void *)dst, len);
+	ck_assert_msg(n == (ssize_t)len, "harness: read into %p failed: %s", (void *)dst,
+		      n < 0 ? strerror(errno) : "short");
+	close(p[0]);
+	close(p[1]);
+}
+
+unsigned char harness_load8(const volatile void *p)
+{
+	unsigned char v;
+
+	if (!harness_valgrind())
+		return *(const volatile unsigned char *)p;
+	pipe_copy(&v, p, 1);
+	return v;
+}
+
+void harness_store8(volatile void *p, unsigned char v)
+{
+	if (!harness_valgrind())
+		*(volatile unsigned char *)p = v;
+	else
+		pipe_copy(p, &v, 1);
 }
 
 size_t harness_page_size(void)

@@ -52,6 +52,26 @@ void *harness_thread_join(void *thread);
  */
 size_t harness_hugepages(unsigned n, const char **why);
 
+/*
+ * Under valgrind (HARNESS_VALGRIND set by `meson test --setup valgrind`).
+ * Valgrind runs one thread at a time and a thread blocked in a userfault
+ * (a plain load or store) never gives that turn back, so no other thread
+ * could resolve its fault. The harness_load8/store8/copy helpers therefore
+ * access memory through a pipe there: the kernel takes the fault inside
+ * write(2)/read(2), while valgrind lets the other threads run. Elsewhere
+ * they are plain accesses. Not for SIGBUS-mode memory (a kernel access gets
+ * EFAULT there, not SIGBUS).
+ */
+bool harness_valgrind(void);
+unsigned char harness_load8(const volatile void *p);
+void harness_store8(volatile void *p, unsigned char v);
+/* Skips the test under valgrind, with the reason. */
+#define SKIP_UNDER_VALGRIND(why)                                        \
+	do {                                                            \
+		if (harness_valgrind())                                 \
+			SKIP_TEST("cannot run under valgrind: %s", why); \
+	} while (0)
+
 /* Number of open fds of this process. */
 int harness_count_fds(void);
 

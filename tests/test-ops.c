@@ -146,9 +146,9 @@ static void *touch_fn(void *arg)
 	struct toucher *t = arg;
 
 	if (t->write)
-		*t->addr = t->value;
+		harness_store8(t->addr, (unsigned char)t->value);
 	else
-		t->value = *t->addr;
+		t->value = (char)harness_load8(t->addr);
 	atomic_store(&t->finished, true);
 	return NULL;
 }

@@ -238,9 +238,9 @@ static void *toucher_main(void *arg)
 
 	for (size_t off = 0; off < t->len; off += step) {
 		if (t->write)
-			t->p[off] = t->val;
+			harness_store8(&t->p[off], t->val);
 		else
-			t->sum += t->p[off];
+			t->sum += harness_load8(&t->p[off]);
 	}
 	return NULL;
 }

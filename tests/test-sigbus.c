@@ -443,6 +443,7 @@ START_TEST(test_foreign_to_previous)
 	ck_assert_ptr_eq(cur.sa_sigaction, catch_sigbus);
 	ck_assert_int_eq(cur.sa_flags & (SA_SIGINFO | SA_ONSTACK | SA_NODEFER), SA_SIGINFO);
 	ck_assert(touch_caught(eof));
+	munmap(eof - t.ps, 2 * t.ps);
 	uffd_region_destroy(bad);
 	uffd_region_destroy(r);
 	uffd_close(u);
