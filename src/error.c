@@ -50,7 +50,9 @@ int uffd__opts_copy(void *dst, size_t known_size, const void *src,
 	size_t i;
 
 	memset(dst, 0, known_size);
-	if (caller_size < sizeof(size_t))
+	/* Every options struct is a multiple of 8 bytes (it holds 64-bit
+	 * fields), in every version: another size would cut a field in two. */
+	if (caller_size < sizeof(size_t) || caller_size % 8)
 		return uffd__err(-EINVAL, "%s: size is %zu; set it to sizeof(struct %s)",
 				 what, caller_size, what);
 	for (i = known_size; i < caller_size; i++, tail++)

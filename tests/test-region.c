@@ -5,6 +5,7 @@
  * the memory is touched from another thread.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdatomic.h>
@@ -724,6 +725,10 @@ static void bad_opts(struct uffd *u)
 	ASSERT_ERR(uffd_region_create(u, &o, NULL), -EINVAL, "out is NULL");
 	o.size = 2;
 	ASSERT_ERR(create(u, &o), -EINVAL, "sizeof");
+	o.name = "cut";	/* a size that cuts the name pointer in two */
+	o.size = offsetof(struct uffd_region_opts, name) + 4;
+	ASSERT_ERR(create(u, &o), -EINVAL, "sizeof");
+	o.name = NULL;
 	o.size = sizeof(o);
 	o.modes = 0;
 	ASSERT_ERR(create(u, &o), -EINVAL, "modes");

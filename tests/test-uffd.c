@@ -2,6 +2,7 @@
 /* uffd.c: opening, the feature handshake, fallbacks, last-error text. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -131,6 +132,9 @@ START_TEST(test_open_bad_opts)
 	big.future = 0;	/* a newer caller's zeroed tail is fine */
 	ck_assert_int_eq(uffd_open(&u, &big.o), 0);
 	uffd_close(u);
+	ck_assert_int_eq(uffd_open(&u, &small), -EINVAL);
+	/* A size that cuts a field in two (here the flags) is refused. */
+	small.size = offsetof(struct uffd_opts, flags) + 2;
 	ck_assert_int_eq(uffd_open(&u, &small), -EINVAL);
 	ck_assert_int_eq(uffd_open(&u, &flags), -EINVAL);
 	ck_assert_int_eq(uffd_fd(NULL), -EINVAL);
