@@ -1083,59 +1083,44 @@ START_TEST(test_args)
 }
 END_TEST
 
+/* A case of this suite: every one needs setup, some the forced poll path. */
+static TCase *loop_case(TCase *tc, bool poll)
+{
+	tcase_add_checked_fixture(tc, setup, NULL);
+	if (poll)
+		tcase_add_checked_fixture(tc, force_poll, NULL);
+	return tc;
+}
+
+static void add_event_tests(TCase *tc)
+{
+	tcase_add_test(tc, test_fork_adopt);
+	tcase_add_test(tc, test_fork_close);
+	tcase_add_test(tc, test_remap);
+	tcase_add_test(tc, test_remove_dontneed);
+	tcase_add_test(tc, test_remove_shmem);
+	tcase_add_test(tc, test_unmap);
+}
+
 static Suite *make_suite(void)
 {
 	Suite *s = suite_create("loop");
-	TCase *tc = CASE(minor, 60);
+	TCase *tc;
 
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_minor);
-	tc = CASE(minor_poll, 60);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_checked_fixture(tc, force_poll, NULL);
-	tcase_add_test(tc, test_minor);
-	tc = CASE(minor_wp, 30);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_minor_wp);
-	tc = CASE(missing, 30);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_missing);
-	tc = CASE(hugetlb_missing, 30);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_hugetlb_missing);
-	tc = CASE(defer, 30);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_defer);
-	tc = CASE(events, 40);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_fork_adopt);
-	tcase_add_test(tc, test_fork_close);
-	tcase_add_test(tc, test_remap);
-	tcase_add_test(tc, test_remove_dontneed);
-	tcase_add_test(tc, test_remove_shmem);
-	tcase_add_test(tc, test_unmap);
-	tc = CASE(events_poll, 40);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_checked_fixture(tc, force_poll, NULL);
-	tcase_add_test(tc, test_fork_adopt);
-	tcase_add_test(tc, test_fork_close);
-	tcase_add_test(tc, test_remap);
-	tcase_add_test(tc, test_remove_dontneed);
-	tcase_add_test(tc, test_remove_shmem);
-	tcase_add_test(tc, test_unmap);
-	tc = CASE(threads, 60);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_threads);
-	tc = CASE(stop, 30);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_stop);
-	tc = CASE(failures, 30);
-	tcase_add_checked_fixture(tc, setup, NULL);
+	tcase_add_test(loop_case(CASE(minor, 60), false), test_minor);
+	tcase_add_test(loop_case(CASE(minor_poll, 60), true), test_minor);
+	tcase_add_test(loop_case(CASE(minor_wp, 30), false), test_minor_wp);
+	tcase_add_test(loop_case(CASE(missing, 30), false), test_missing);
+	tcase_add_test(loop_case(CASE(hugetlb_missing, 30), false), test_hugetlb_missing);
+	tcase_add_test(loop_case(CASE(defer, 30), false), test_defer);
+	add_event_tests(loop_case(CASE(events, 40), false));
+	add_event_tests(loop_case(CASE(events_poll, 40), true));
+	tcase_add_test(loop_case(CASE(threads, 60), false), test_threads);
+	tcase_add_test(loop_case(CASE(stop, 30), false), test_stop);
+	tc = loop_case(CASE(failures, 30), false);
 	tcase_add_test(tc, test_poison);
 	tcase_add_test(tc, test_handler_error);
-	tc = CASE(args, 20);
-	tcase_add_checked_fixture(tc, setup, NULL);
-	tcase_add_test(tc, test_args);
+	tcase_add_test(loop_case(CASE(args, 20), false), test_args);
 	return s;
 }
 
