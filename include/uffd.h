@@ -369,6 +369,20 @@ struct uffd_loop;
 #define UFFD_HANDLED 1
 /** Handler verdict: resolved later, from any thread, with section 2 calls. */
 #define UFFD_DEFER   2
+/**
+ * Handler verdict: call the handler again once the pending non-cooperative
+ * events are read (what a resolving call's -EAGAIN asks for; a handler
+ * returning -EAGAIN means the same). Retries back off; after about 5 s the
+ * fault fails as a failed handler does (error hook, poison).
+ */
+#define UFFD_RETRY   3
+/**
+ * Handler verdict: like UFFD_RESOLVE, but the page is mapped
+ * write-protected (MINOR: CONTINUE with UFFD_MAP_WP; MISSING: a zero page
+ * copied write-protected). The range must be registered with
+ * UFFDIO_REGISTER_MODE_WP.
+ */
+#define UFFD_RESOLVE_WP 4
 
 /** Callbacks of a loop; any may be NULL. */
 struct uffd_handlers {
@@ -390,6 +404,15 @@ struct uffd_loop_opts {
 	unsigned batch;       /**< messages per read; 0: default */
 	unsigned spin_us;     /**< poll this long before sleeping; 0: never */
 	unsigned flags;       /**< UFFD_LOOP_* */
+	/**
+	 * Called on a loop thread for every failed handler, failed resolution
+	 * and broken watch: @p f is the fault (NULL for a watch), @p err the
+	 * -errno, @p sentence what happened and what to do. The same rules as
+	 * handlers apply (no uffd_loop_remove() of its own loop). Since 0.2.
+	 */
+	void   (*on_error)(void *ctx, const struct uffd_fault *f, int err,
+			   const char *sentence);
+	void    *error_ctx;   /**< ctx of on_error */
 };
 /** A failed fault is poisoned: the faulting thread gets SIGBUS instead of hanging. */
 #define UFFD_LOOP_POISON_ON_ERROR (1u << 0)
@@ -440,6 +463,28 @@ struct uffd_loop_stats {
 };
 /** Copy the loop's counters into @p s. */
 void uffd_loop_stats(const struct uffd_loop *l, struct uffd_loop_stats *s);
+
+/** Counters of a loop, versioned by size (since 0.2). */
+struct uffd_loop_counters {
+	size_t   size;            /**< sizeof(struct uffd_loop_counters) */
+	uint64_t faults_minor, faults_wp, faults_missing; /**< fault messages by kind */
+	uint64_t events;          /**< fork, remap, remove, unmap messages */
+	uint64_t reads;           /**< completed reads of the uffds */
+	uint64_t resolve_ioctls;  /**< resolving ioctls issued */
+	uint64_t deferred;        /**< DEFER verdicts */
+	uint64_t errors;          /**< real failures: handlers, resolutions, watches */
+	uint64_t owner_gone;      /**< resolutions refused with ESRCH: the owner exited */
+	uint64_t poisoned;        /**< pages poisoned because their own resolution failed */
+	uint64_t retried;         /**< UFFD_RETRY verdicts and -EAGAIN resolutions queued */
+	uint64_t gated;           /**< messages queued while a fork() was in progress */
+	uint64_t children_adopted; /**< fork children watched by the loop */
+	uint64_t children_reaped; /**< of those, closed after their process exited */
+};
+/**
+ * Copy the loop's counters into @p c (set c->size first).
+ * @return 0, or -EINVAL for a NULL argument or a size this library cannot fill.
+ */
+int  uffd_loop_counters(const struct uffd_loop *l, struct uffd_loop_counters *c);
 
 /* ------------------------------------------------------------------ */
 /* 6. In-thread resolution (SIGBUS mode)                               */

@@ -88,6 +88,9 @@ struct uffd_region {
 	struct uffd_loop *loop;
 	struct uffd_handlers loop_handlers;
 	void *loop_ctx;
+	/* loop-dispatch.c: handlers running for it; destroy waits for them */
+	unsigned pins;
+	bool doomed;		/* destroyed by its own handler: freed at the last unpin */
 	/* sigbus.c: in-thread resolution, if added */
 	uffd_sigbus_fn sigbus_fn;
 	void *sigbus_ctx;
@@ -159,10 +162,29 @@ int uffd__check_range(const char *what, uintptr_t addr, size_t len,
 /* Drops r from in-thread resolution if it was added; for region destroy. */
 void uffd__sigbus_forget(struct uffd_region *r);
 
+/* ---- forkgate.c: user code and allocation on loop threads vs fork() ---- */
+
+/* Installs the pthread_atfork() hooks, once per process. */
+void uffd__gate_init(void);
+/*
+ * Opens a section in which a loop thread may run user code or allocate;
+ * false while a fork() is in progress (queue the work instead). Nests.
+ */
+bool uffd__gate_enter(void);
+void uffd__gate_leave(void);
+bool uffd__gate_closed(void);
+
 /* ---- loop.c ---- */
 
 /* The region leaves the loop it was added to (uffd_region_destroy calls it). */
 void uffd__loop_forget_region(struct uffd_region *r);
+/*
+ * loop-dispatch.c: after r left the region map, waits until no handler of
+ * r runs on another thread. True when this thread runs one (a handler
+ * destroys its own region): the caller releases everything but the struct,
+ * which the loop frees when the handler returns.
+ */
+bool uffd__loop_unpin_wait(struct uffd_region *r);
 
 /* ---- event.c ---- */
 

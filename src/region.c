@@ -261,11 +261,17 @@ static void views_unmap(const struct uffd_region *r)
 	munmap(r->base, r->length);
 }
 
-static void region_free(struct uffd_region *r)
+/* Everything but the struct itself. */
+static void region_release(struct uffd_region *r)
 {
 	views_unmap(r);
 	if (r->own_fd)
 		close(r->fd);
+}
+
+static void region_free(struct uffd_region *r)
+{
+	region_release(r);
 	free(r);
 }
 
@@ -309,6 +315,7 @@ fail:
 UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 {
 	struct uffdio_range range;
+	bool own;
 
 	if (!r)
 		return;
@@ -316,6 +323,7 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 	uffd__sigbus_forget(r);
 	uffd__loop_forget_region(r);
 	rangemap_remove(&r->uffd->regions, r);
+	own = uffd__loop_unpin_wait(r);	/* no loop handler of r runs elsewhere */
 	/*
 	 * Unregister before unmapping: munmap of a registered range would wait
 	 * for its UNMAP event to be read. Then wake the threads still waiting
@@ -324,7 +332,10 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 	range = (struct uffdio_range){ .start = (uintptr_t)r->base, .len = r->length };
 	ioctl(r->uffd->fd, UFFDIO_UNREGISTER, &range);
 	ioctl(r->uffd->fd, UFFDIO_WAKE, &range);
-	region_free(r);
+	if (own)
+		region_release(r);	/* its handler is running: the loop frees r after it */
+	else
+		region_free(r);
 }
 
 /* ---- accessors ---- */
