@@ -214,8 +214,13 @@ int loop__watch_add(struct uffd_loop *l, struct uffd *u,
 		}
 	}
 	if (!err && nw) {
-		pthread_mutex_lock(&l->lock);
 		w = nw;
+		if (h) {	/* before any runner can see it: its first fault needs them */
+			w->h = *h;
+			w->ctx = ctx;
+			atomic_store(&w->has_handlers, true);
+		}
+		pthread_mutex_lock(&l->lock);
 		w->u = u;
 		w->owned = owned;
 		w->next = l->watches;
@@ -227,7 +232,7 @@ int loop__watch_add(struct uffd_loop *l, struct uffd *u,
 		if (owned)
 			atomic_fetch_add(&l->nowned, 1);
 	}
-	if (!err && h) {	/* publish the handlers after they are written */
+	if (!err && h && !nw) {	/* publish the handlers after they are written */
 		w->h = *h;
 		w->ctx = ctx;
 		atomic_store_explicit(&w->has_handlers, true, memory_order_release);
@@ -354,27 +359,51 @@ static void slot_bury(struct uffd_loop *l, struct loop_slot *s)
 	l->dead_slots = s;
 }
 
-/* With rn->drive held (nobody drives rn): its idle slots of w go, busy ones are stepped out. */
-static void settle(struct loop_runner *rn, struct loop_watch *w)
+/* With rn->drive held (nobody drives rn): its slots of w with no request in flight go. */
+static bool bury_idle(struct loop_runner *rn, struct loop_watch *w)
 {
+	struct loop_slot **lists[] = { &rn->incoming, &rn->slots };
 	struct uffd_loop *l = rn->l;
+	bool busy = false;
 
 	pthread_mutex_lock(&l->lock);
-	for (struct loop_slot **p = &rn->incoming; *p;) {
-		struct loop_slot *s = *p;
+	for (int i = 0; i < 2; i++)
+		for (struct loop_slot **p = lists[i]; *p;) {
+			struct loop_slot *s = *p;
 
-		if (s->w == w) {
+			if (s->w != w || s->busy) {
+				busy |= s->w == w;
+				p = &s->next;
+				continue;
+			}
 			*p = s->next;
 			slot_bury(l, s);
-		} else {
-			p = &s->next;
 		}
-	}
 	pthread_mutex_unlock(&l->lock);
-	tl_runner = rn;
-	while (loop__has_slot(rn, w))
-		loop__step(rn, 10);	/* its sync lets go of w; a busy slot after the cancel */
-	tl_runner = NULL;
+	return busy;
+}
+
+/*
+ * Lets go of w in every runner that no thread drives (the others do it
+ * themselves). may_step: an API call may drive a ring with reads in flight
+ * to cancel them; a loop thread leaves those for later.
+ */
+static void release_undriven(struct uffd_loop *l, struct loop_watch *w, bool may_step)
+{
+	for (struct loop_runner *rn = atomic_load(&l->runners); rn; rn = atomic_load(&rn->next)) {
+		if (pthread_mutex_trylock(&rn->drive))
+			continue;
+		if (bury_idle(rn, w) && may_step) {
+			/* Reads in flight (a ring left armed by uffd_loop_run_once): cancel them. */
+			struct loop_runner *was = tl_runner;
+
+			tl_runner = rn;
+			while (loop__has_slot(rn, w))
+				loop__step(rn, 10);
+			tl_runner = was;
+		}
+		pthread_mutex_unlock(&rn->drive);
+	}
 }
 
 /* Waits until no runner holds w: driven ones let go by themselves, the others are settled here. */
@@ -385,11 +414,7 @@ static void wait_released(struct uffd_loop *l, struct loop_watch *w)
 		struct timespec t;
 
 		pthread_mutex_unlock(&l->lock);
-		for (struct loop_runner *rn = atomic_load(&l->runners); rn; rn = atomic_load(&rn->next))
-			if (!pthread_mutex_trylock(&rn->drive)) {
-				settle(rn, w);
-				pthread_mutex_unlock(&rn->drive);
-			}
+		release_undriven(l, w, true);
 		pthread_mutex_lock(&l->lock);
 		clock_gettime(CLOCK_REALTIME, &t);
 		t.tv_nsec += 10000000;
@@ -516,7 +541,8 @@ void loop__reap(struct loop_runner *rn, bool force)
 {
 	struct uffd_loop *l = rn->l;
 	long long now = loop__now_us(), due = atomic_load(&l->next_reap);
-	bool any = false;
+	struct loop_watch *reaped[16];
+	size_t n = 0;
 
 	if (!atomic_load(&l->nowned) || (!force && (now < due ||
 	    !atomic_compare_exchange_strong(&l->next_reap, &due, now + REAP_EVERY_US))))
@@ -524,21 +550,23 @@ void loop__reap(struct loop_runner *rn, bool force)
 	if (pthread_mutex_trylock(&l->api))
 		return;		/* an API call is changing the set: next time */
 	pthread_mutex_lock(&l->lock);
-	for (struct loop_watch *w = l->watches, *next; w; w = next) {
+	for (struct loop_watch *w = l->watches, *next; w && n < 16; w = next) {
 		next = w->next;
 		if (!w->owned || !child_exited(w->u))
 			continue;
 		watch_unlink(l, w);
 		w->next = l->zombies;
 		l->zombies = w;
+		reaped[n++] = w;
 		atomic_fetch_sub(&l->nowned, 1);
 		atomic_fetch_add_explicit(&rn->c.reaped, 1, memory_order_relaxed);
-		any = true;
 	}
 	pthread_mutex_unlock(&l->lock);
+	for (size_t i = 0; i < n; i++)
+		release_undriven(l, reaped[i], false);
 	loop__collect(l);
 	pthread_mutex_unlock(&l->api);
-	if (any)
+	if (n)
 		loop__wake_runners(l);
 }
 
