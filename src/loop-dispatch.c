@@ -418,6 +418,9 @@ static void handle_fault(struct loop_runner *rn, struct loop_watch *w, const str
 	case -EAGAIN:
 		refault(rn, w, m, &orig, prev);
 		break;
+	case -ENOENT:	/* the range is gone (unregistered, unmapped): let the thread fault again */
+		uffd_wake(w->u, orig.addr, orig.len);
+		break;
 	default:
 		handler_failed(rn, w, &orig, v < 0 ? v : -EINVAL,
 			       v < 0 ? "the handler failed" : "the handler returned an unknown verdict");

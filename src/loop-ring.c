@@ -303,14 +303,21 @@ static ssize_t slot_bytes(struct loop_runner *rn, struct loop_slot *s, int res)
 
 	if (res == -ECANCELED || res == -EAGAIN || res == -EINTR)
 		return 0;
-	if (res < 0 || !rn->l->poll_mode)
+	if (res < 0)
 		return res;
-	if (res & (POLLERR | POLLNVAL))
+	if (!rn->l->poll_mode) {
+		n = res;
+	} else if (res & (POLLERR | POLLNVAL)) {
 		return -EBADF;
-	n = read(s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg));
-	if (n < 0 && (errno == EAGAIN || errno == EINTR))
-		return 0;	/* another runner took them */
-	return n < 0 ? -errno : n;
+	} else {
+		n = read(s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg));
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return 0;	/* another runner took them */
+		if (n < 0)
+			return -errno;
+	}
+	/* A userfaultfd never reads 0 bytes or a part of a message: not a uffd (any more). */
+	return n == 0 || n % sizeof(struct uffd_msg) ? -EIO : n;
 }
 
 /*
@@ -346,8 +353,8 @@ static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 	} else if (n < 0) {
 		loop__fail(rn, (int)n, "uffd loop: reading userfaultfd %d failed: %s; "
 			   "the loop stops watching it%s", s->w->u->fd, uffd__errname((int)n),
-			   n == -EBADF ? " (closed while watched? call uffd_loop_remove() before "
-			   "uffd_close())" : "");
+			   n == -EBADF || n == -EIO ? " (closed or replaced while watched? call "
+			   "uffd_loop_remove() before uffd_close())" : "");
 		pthread_mutex_lock(&rn->l->lock);
 		s->w->broken = true;
 		pthread_mutex_unlock(&rn->l->lock);
