@@ -430,6 +430,40 @@ void uffd_loop_free(struct uffd_loop *l);
 /** Watch @p u with handlers @p h (NULL: default resolution). */
 int  uffd_loop_add(struct uffd_loop *l, struct uffd *u,
 		   const struct uffd_handlers *h, void *ctx);
+/** Options of a watch, versioned by size (since 0.2). */
+struct uffd_watch_opts {
+	size_t   size;        /**< sizeof(struct uffd_watch_opts) */
+	/**
+	 * Every non-fault event (fork, remap, remove, unmap) with the handle
+	 * it came from -- the watched one, or an adopted fork child's -- before
+	 * the per-kind callbacks of struct uffd_handlers.
+	 */
+	void   (*event)(void *ctx, struct uffd *u, const struct uffd_event *ev);
+	/**
+	 * With UFFD_WATCH_OWNER: an fd that becomes readable when the process
+	 * owning the memory is gone -- its pidfd, or the control socket (EOF).
+	 * The loop polls it; it stays the caller's.
+	 */
+	int      owner_fd;
+	unsigned flags;       /**< UFFD_WATCH_* */
+	/**
+	 * Called once on a loop thread when owner_fd becomes readable, after
+	 * the loop stopped reading @p u and let go of its regions.
+	 */
+	void   (*owner_exit)(void *ctx, struct uffd *u);
+};
+/** owner_fd is set: watch it. */
+#define UFFD_WATCH_OWNER     (1u << 0)
+/** When the owner is gone, uffd_loop_run() returns 0 (as after uffd_loop_stop()). */
+#define UFFD_WATCH_STOP_LOOP (1u << 1)
+
+/**
+ * uffd_loop_add() with options: events that name their uffd, and the
+ * owner's exit. @p o NULL: the same as uffd_loop_add().
+ */
+int  uffd_loop_add_opts(struct uffd_loop *l, struct uffd *u,
+			const struct uffd_handlers *h, void *ctx,
+			const struct uffd_watch_opts *o);
 /** Handle faults and events inside region @p r with @p h. */
 int  uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 			  const struct uffd_handlers *h, void *ctx);

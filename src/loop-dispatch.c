@@ -489,7 +489,9 @@ static void adopt(struct loop_runner *rn, struct loop_watch *w, int fd)
 	if (v == 1)
 		return;		/* the handler owns it */
 	if (v == 0) {
-		err = loop__watch_add(rn->l, child, &w->h, w->ctx, true);
+		struct uffd_watch_opts wo = { .size = sizeof(wo), .event = w->wo.event, .owner_fd = -1 };
+
+		err = loop__watch_add(rn->l, child, &w->h, w->ctx, &wo, true);
 		if (!err) {
 			COUNT(rn, adopted);
 			return;
@@ -531,6 +533,8 @@ static void handle_event(struct loop_runner *rn, struct loop_watch *w,
 	struct rangemap_entry e;
 
 	COUNT(rn, events);
+	if (w->wo.event)	/* first, with the handle it came from */
+		w->wo.event(w->ctx, w->u, ev);
 	switch (ev->type) {
 	case UFFD_EV_FORK:
 		adopt(rn, w, ev->fork.fd);

@@ -28,6 +28,9 @@ struct loop_watch {
 	struct uffd_handlers h;
 	void *ctx;
 	atomic_bool has_handlers; /* set once, after h and ctx: uffd_loop_add() */
+	struct uffd_watch_opts wo;	/* event callback, owner fd (uffd_loop_add_opts) */
+	atomic_bool owner_fired;	/* owner_fd became readable: one runner claims it */
+	bool exited;		/* the owner's exit is handled: unlinked, callback run */
 	bool owned;		/* an adopted fork child: closed with the watch */
 	bool removed;		/* runners let go of it; freed at holders == 0 */
 	bool broken;		/* its read failed for good: no runner reads it again */
@@ -40,8 +43,10 @@ struct loop_slot {
 	struct loop_watch *w;
 	struct uffd_msg *buf;	/* batch messages */
 	bool busy;		/* a request is in flight */
+	bool owner_busy;	/* the poll of the watch's owner_fd is in flight */
 	bool dying;		/* let go of on its next completion */
 	bool cancelled;		/* the cancel request is submitted */
+	bool owner_cancelled;
 	long long pause_until;	/* EMFILE on a FORK read: re-arm after this (µs) */
 	unsigned pause_us;
 	struct loop_slot *next;
@@ -122,7 +127,8 @@ struct loop_runner {
 	atomic_bool active;	/* a thread drives it */
 	struct loop_slot *slots;
 	struct loop_slot *incoming;	/* new slots, under l->lock */
-	struct pollfd *pfd;	/* without io_uring: LOOP_MAX_WATCHES + 1 */
+	struct pollfd *pfd;	/* without io_uring: 2 * LOOP_MAX_WATCHES + 1 */
+	uintptr_t *pfd_tag;	/* the slot of each pfd entry, | 1 for an owner fd */
 	struct loop_vec res;	/* RESOLVE verdicts of this wake */
 	struct loop_vec retry;	/* -EAGAIN with no progress: after the events */
 	struct loop_fpage *fpages;	/* the pages faulted on, this wake */
@@ -132,6 +138,7 @@ struct loop_runner {
 	struct loop_errrep errq[LOOP_ERRQ];
 	unsigned nerrq;
 	bool want_reap;		/* a read hit EMFILE: look for exited children */
+	bool owner_pending;	/* an owner_fd fired: handle the exit */
 	unsigned backoff_us;
 	int fail;		/* first unreported failure, -errno */
 	unsigned handled;	/* messages handled since the caller reset it */
@@ -182,9 +189,12 @@ void loop__drain(struct loop_runner *rn);
 long long loop__now_us(void);
 
 /* loop.c */
-/* h NULL: watched for a region only, no uffd handlers (yet). */
+/* h NULL: watched for a region only, no uffd handlers (yet). wo may be NULL. */
 int loop__watch_add(struct uffd_loop *l, struct uffd *u,
-		    const struct uffd_handlers *h, void *ctx, bool owned);
+		    const struct uffd_handlers *h, void *ctx,
+		    const struct uffd_watch_opts *wo, bool owned);
+/* On a loop thread, in a gate section: watches whose owner is gone leave. */
+void loop__owner_exits(struct loop_runner *rn);
 void loop__wake_runners(struct uffd_loop *l);
 /* Frees slots and zombie watches that runners let go of (l->api held). */
 void loop__collect(struct uffd_loop *l);

@@ -182,8 +182,10 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 				 : "io_uring may be disabled (sysctl kernel.io_uring_disabled) or "
 				   "RLIMIT_MEMLOCK too low");
 	}
-	/* poll(2) fallback: one entry per possible watch, never reallocated. */
-	if (l->plain && !(rn->pfd = calloc(LOOP_MAX_WATCHES + 1, sizeof(*rn->pfd)))) {
+	/* poll(2) fallback: entries for every possible watch and owner, never reallocated. */
+	if (l->plain && (!(rn->pfd = calloc(2 * LOOP_MAX_WATCHES + 1, sizeof(*rn->pfd))) ||
+			 !(rn->pfd_tag = calloc(2 * LOOP_MAX_WATCHES + 1, sizeof(*rn->pfd_tag))))) {
+		free(rn->pfd);
 		loop__dispatch_free(rn);
 		close(rn->efd);
 		free(rn);
@@ -219,6 +221,7 @@ void loop__runner_free(struct loop_runner *rn)
 	slot_list_free(rn->incoming);
 	loop__dispatch_free(rn);
 	free(rn->pfd);
+	free(rn->pfd_tag);
 	pthread_mutex_destroy(&rn->drive);
 	free(rn);
 }
@@ -272,28 +275,77 @@ static bool slot_ready(const struct loop_slot *s, long long now)
 	return !s->pause_until || now >= s->pause_until;
 }
 
-/* A read (or poll) for s, or a cancel of its request; false when no entry was free. */
-static bool slot_arm(struct loop_runner *rn, struct loop_slot *s, bool cancel)
+#define OWNER_TAG 1ull	/* slot | OWNER_TAG: the poll of the watch's owner_fd */
+
+static bool has_owner(const struct loop_slot *s)
+{
+	return s->w->wo.flags & UFFD_WATCH_OWNER;
+}
+
+/* No request of s in flight: it may be let go of. */
+static bool slot_idle(const struct loop_slot *s)
+{
+	return !s->busy && !s->owner_busy;
+}
+
+static bool prep_cancel(struct loop_runner *rn, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(rn);
-	int fd = s->w->u->fd;
 
 	if (!sqe)
 		return false;
-	if (cancel) {
-		io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)s, 0);
-		io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+	io_uring_prep_cancel64(sqe, tag, 0);
+	io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+	return true;
+}
+
+/* Cancels what s has in flight; false when no entry was free. */
+static bool slot_cancel(struct loop_runner *rn, struct loop_slot *s)
+{
+	if (s->busy && !s->cancelled) {
+		if (!prep_cancel(rn, (uint64_t)(uintptr_t)s))
+			return false;
 		s->cancelled = true;
-		return true;
 	}
+	if (s->owner_busy && !s->owner_cancelled) {
+		if (!prep_cancel(rn, (uint64_t)(uintptr_t)s | OWNER_TAG))
+			return false;
+		s->owner_cancelled = true;
+	}
+	return true;
+}
+
+/* A read (or poll) for s, and a poll of its owner_fd; false when no entry was free. */
+static bool slot_arm(struct loop_runner *rn, struct loop_slot *s, long long now)
+{
+	struct io_uring_sqe *sqe;
+
+	if (has_owner(s) && !s->owner_busy && !atomic_load(&s->w->owner_fired)) {
+		if (!(sqe = get_sqe(rn)))
+			return false;
+		io_uring_prep_poll_add(sqe, s->w->wo.owner_fd, POLLIN);
+		io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)s | OWNER_TAG);
+		s->owner_busy = true;
+	}
+	if (s->busy || !slot_ready(s, now))
+		return true;
+	if (!(sqe = get_sqe(rn)))
+		return false;
 	if (rn->l->poll_mode)
-		io_uring_prep_poll_add(sqe, fd, POLLIN);
+		io_uring_prep_poll_add(sqe, s->w->u->fd, POLLIN);
 	else
-		io_uring_prep_read(sqe, fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg), 0);
+		io_uring_prep_read(sqe, s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg), 0);
 	io_uring_sqe_set_data(sqe, s);
 	s->busy = true;
 	s->pause_until = 0;
 	return true;
+}
+
+/* The owner_fd of s is readable: its owner is gone. One runner claims it. */
+static void owner_fired(struct loop_runner *rn, struct loop_slot *s, int res)
+{
+	if (res > 0 && !s->dying && !atomic_exchange(&s->w->owner_fired, true))
+		rn->owner_pending = true;
 }
 
 /* Bytes of messages a completed request brought, or -errno for a broken uffd. */
@@ -360,7 +412,16 @@ static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 		pthread_mutex_unlock(&rn->l->lock);
 		s->dying = true;
 	}
-	if (s->dying)
+	if (s->dying && slot_idle(s))
+		slot_release(rn, s);
+}
+
+static void owner_done(struct loop_runner *rn, struct loop_slot *s, int res)
+{
+	s->owner_busy = false;
+	s->owner_cancelled = false;
+	owner_fired(rn, s, res);
+	if (s->dying && slot_idle(s))
 		slot_release(rn, s);
 }
 
@@ -386,7 +447,7 @@ static void runner_sync(struct loop_runner *rn)
 			continue;
 		loop__forget_watch(rn, s->w);
 		s->dying = true;
-		if (!s->busy)
+		if (slot_idle(s))
 			slot_release_locked(rn, s);
 	}
 	pthread_mutex_unlock(&l->lock);
@@ -401,14 +462,8 @@ static bool runner_arm(struct loop_runner *rn, bool draining)
 	long long now = loop__now_us();
 	bool all = true;
 
-	for (struct loop_slot *s = rn->slots; s; s = s->next) {
-		if (s->dying || draining) {
-			if (s->busy && !s->cancelled)
-				all &= slot_arm(rn, s, true);
-		} else if (!s->busy && slot_ready(s, now)) {
-			all &= slot_arm(rn, s, false);
-		}
-	}
+	for (struct loop_slot *s = rn->slots; s; s = s->next)
+		all &= s->dying || draining ? slot_cancel(rn, s) : slot_arm(rn, s, now);
 	if (!rn->efd_busy) {
 		struct io_uring_sqe *sqe = get_sqe(rn);
 
@@ -441,6 +496,8 @@ static void runner_reap(struct loop_runner *rn)
 		seen++;
 		if (tag == TAG_EFD)
 			rn->efd_busy = false;
+		else if (tag & OWNER_TAG)
+			owner_done(rn, (struct loop_slot *)(uintptr_t)(tag & ~OWNER_TAG), cqe->res);
 		else if (tag != TAG_CANCEL)
 			slot_done(rn, (struct loop_slot *)(uintptr_t)tag, cqe->res);
 	}
@@ -525,25 +582,29 @@ static int runner_wait(struct loop_runner *rn, int timeout_ms)
 
 /* ---- without io_uring: poll(2) on the eventfd and the uffds, then read(2) ---- */
 
-/* Fills rn->pfd (allocated for every possible watch); returns the count. */
+/* Fills rn->pfd (allocated for every possible watch and owner); returns the count. */
 static size_t plain_fill(struct loop_runner *rn)
 {
 	long long now = loop__now_us();
 	size_t n = 1;
 
 	rn->pfd[0] = (struct pollfd){ .fd = rn->efd, .events = POLLIN };
-	for (struct loop_slot *s = rn->slots; s; s = s->next, n++)
+	for (struct loop_slot *s = rn->slots; s; s = s->next) {
 		/* A negative fd is skipped by poll(2): a paused slot. */
-		rn->pfd[n] = (struct pollfd){ .fd = slot_ready(s, now) ? s->w->u->fd : -1,
-					      .events = POLLIN };
+		rn->pfd[n] = (struct pollfd){ .fd = slot_ready(s, now) ? s->w->u->fd : -1, .events = POLLIN };
+		rn->pfd_tag[n++] = (uintptr_t)s;
+		if (has_owner(s) && !atomic_load(&s->w->owner_fired)) {
+			rn->pfd[n] = (struct pollfd){ .fd = s->w->wo.owner_fd, .events = POLLIN };
+			rn->pfd_tag[n++] = (uintptr_t)s | OWNER_TAG;
+		}
+	}
 	return n;
 }
 
 static int plain_wait(struct loop_runner *rn, int timeout_ms)
 {
 	long long wait_us = wait_budget_us(rn, timeout_ms);
-	size_t n = plain_fill(rn), i;
-	struct loop_slot *s;
+	size_t n = plain_fill(rn);
 	int ready;
 
 	publish(rn);
@@ -555,13 +616,16 @@ static int plain_wait(struct loop_runner *rn, int timeout_ms)
 	if (rn->pfd[0].revents && read(rn->efd, &rn->efd_buf, sizeof(rn->efd_buf)) < 0) {
 		/* EAGAIN: another runner emptied it */
 	}
-	/* slot_done() may release s: walk with next saved, in pfd order. */
-	for (s = rn->slots, i = 1; s && i < n; i++) {
-		struct loop_slot *next = s->next;
+	/* An owner entry follows its slot's: handle it first, slot_done() may release the slot. */
+	for (size_t i = n; --i > 0;) {
+		struct loop_slot *s = (struct loop_slot *)(rn->pfd_tag[i] & ~(uintptr_t)OWNER_TAG);
 
-		if (rn->pfd[i].revents)
+		if (!rn->pfd[i].revents)
+			continue;
+		if (rn->pfd_tag[i] & OWNER_TAG)
+			owner_fired(rn, s, rn->pfd[i].revents);
+		else
 			slot_done(rn, s, rn->pfd[i].revents);
-		s = next;
 	}
 	return 0;
 }
@@ -571,11 +635,15 @@ static void housekeeping(struct loop_runner *rn)
 {
 	struct uffd_loop *l = rn->l;
 
-	if (!rn->nerrq && !rn->want_reap && !atomic_load(&l->nowned) &&
+	if (!rn->nerrq && !rn->want_reap && !rn->owner_pending && !atomic_load(&l->nowned) &&
 	    !l->dead_slots && !l->zombies)
 		return;
 	if (!uffd__gate_enter())
 		return;
+	if (rn->owner_pending) {
+		rn->owner_pending = false;
+		loop__owner_exits(rn);
+	}
 	loop__flush_errors(rn);
 	loop__reap(rn, rn->want_reap);
 	rn->want_reap = false;
@@ -634,7 +702,7 @@ void loop__drain(struct loop_runner *rn)
 		bool busy = false;
 
 		for (struct loop_slot *s = rn->slots; s; s = s->next)
-			busy |= s->busy;
+			busy |= !slot_idle(s);
 		if (!busy)
 			break;
 		runner_arm(rn, true);

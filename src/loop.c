@@ -189,7 +189,8 @@ static int watch_limit(struct uffd_loop *l, const struct uffd *u)
 }
 
 int loop__watch_add(struct uffd_loop *l, struct uffd *u,
-		    const struct uffd_handlers *h, void *ctx, bool owned)
+		    const struct uffd_handlers *h, void *ctx,
+		    const struct uffd_watch_opts *wo, bool owned)
 {
 	struct loop_watch *w, *nw = NULL;
 	struct loop_slot **slots = NULL;
@@ -215,6 +216,8 @@ int loop__watch_add(struct uffd_loop *l, struct uffd *u,
 	}
 	if (!err && nw) {
 		w = nw;
+		if (wo)
+			w->wo = *wo;
 		if (h) {	/* before any runner can see it: its first fault needs them */
 			w->h = *h;
 			w->ctx = ctx;
@@ -260,17 +263,43 @@ static int check_uffd(const char *call, struct uffd_loop *l, const struct uffd *
 	return 0;
 }
 
-UFFD_EXPORT int uffd_loop_add(struct uffd_loop *l, struct uffd *u,
-			      const struct uffd_handlers *h, void *ctx)
+#define WATCH_FLAGS (UFFD_WATCH_OWNER | UFFD_WATCH_STOP_LOOP)
+
+static int check_watch_opts(const struct uffd_watch_opts *o)
+{
+	const char *c = "uffd_loop_add_opts";
+
+	if (o->flags & ~WATCH_FLAGS)
+		return uffd__err(-EINVAL, "%s: unknown flags 0x%x", c, o->flags & ~WATCH_FLAGS);
+	if (!(o->flags & UFFD_WATCH_OWNER) && (o->owner_exit || (o->flags & UFFD_WATCH_STOP_LOOP)))
+		return uffd__err(-EINVAL, "%s: owner_exit or UFFD_WATCH_STOP_LOOP need UFFD_WATCH_OWNER "
+				 "and an owner_fd (a pidfd or the control socket)", c);
+	if ((o->flags & UFFD_WATCH_OWNER) && (o->owner_fd < 0 || fcntl(o->owner_fd, F_GETFD) < 0))
+		return uffd__err(-EBADF, "%s: owner_fd %d is not an open file descriptor", c, o->owner_fd);
+	return 0;
+}
+
+UFFD_EXPORT int uffd_loop_add_opts(struct uffd_loop *l, struct uffd *u,
+				   const struct uffd_handlers *h, void *ctx,
+				   const struct uffd_watch_opts *opts)
 {
 	static const struct uffd_handlers none;
+	struct uffd_watch_opts o = { .size = sizeof(o), .owner_fd = -1 };
 	int err = check_uffd("uffd_loop_add", l, u);
 
+	if (!err && opts && !(err = uffd__opts_copy(&o, sizeof(o), opts, opts->size, "uffd_watch_opts")))
+		err = check_watch_opts(&o);
 	if (!err)
-		err = loop__watch_add(l, u, h ? h : &none, ctx, false);
+		err = loop__watch_add(l, u, h ? h : &none, ctx, opts ? &o : NULL, false);
 	if (!err)
 		wait_ready(l);
 	return err;
+}
+
+UFFD_EXPORT int uffd_loop_add(struct uffd_loop *l, struct uffd *u,
+			      const struct uffd_handlers *h, void *ctx)
+{
+	return uffd_loop_add_opts(l, u, h, ctx, NULL);
 }
 
 /* With l->api: l->regions is the API side's alone. */
@@ -311,7 +340,7 @@ UFFD_EXPORT int uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 		__atomic_store_n(&r->loop, l, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock(&l->api);
-	if (!err && (err = loop__watch_add(l, r->uffd, NULL, NULL, false))) {
+	if (!err && (err = loop__watch_add(l, r->uffd, NULL, NULL, NULL, false))) {
 		uffd__loop_forget_region(r);
 		return err;
 	}
@@ -371,7 +400,7 @@ static bool bury_idle(struct loop_runner *rn, struct loop_watch *w)
 		for (struct loop_slot **p = lists[i]; *p;) {
 			struct loop_slot *s = *p;
 
-			if (s->w != w || s->busy) {
+			if (s->w != w || s->busy || s->owner_busy) {
 				busy |= s->w == w;
 				p = &s->next;
 				continue;
@@ -471,6 +500,19 @@ void loop__collect(struct uffd_loop *l)
 	}
 }
 
+/* With l->lock: the zombie of u whose owner exited, unlinked from the zombies; NULL if none. */
+static struct loop_watch *zombie_take(struct uffd_loop *l, const struct uffd *u)
+{
+	for (struct loop_watch **p = &l->zombies; *p; p = &(*p)->next)
+		if ((*p)->u == u && !(*p)->owned) {
+			struct loop_watch *w = *p;
+
+			*p = w->next;
+			return w;
+		}
+	return NULL;
+}
+
 /* With l->lock: w leaves the watch set (its slots are let go of by the runners). */
 static void watch_unlink(struct uffd_loop *l, struct loop_watch *w)
 {
@@ -498,6 +540,8 @@ UFFD_EXPORT int uffd_loop_remove(struct uffd_loop *l, struct uffd *u)
 	w = find_watch(l, u);
 	if (w)
 		watch_unlink(l, w);
+	else	/* its owner exited: the loop let go of it already, or is doing so */
+		w = zombie_take(l, u);
 	pthread_mutex_unlock(&l->lock);
 	if (w)
 		regions_drop(l, u);
@@ -568,6 +612,48 @@ void loop__reap(struct loop_runner *rn, bool force)
 	pthread_mutex_unlock(&l->api);
 	if (n)
 		loop__wake_runners(l);
+}
+
+/* ---- owners that exited ---- */
+
+/*
+ * On a loop thread, inside a gate section: the watches whose owner_fd
+ * fired leave the loop (their regions too), then hear of it. They wait
+ * among the zombies for uffd_loop_remove(), which the application still
+ * calls before uffd_close().
+ */
+void loop__owner_exits(struct loop_runner *rn)
+{
+	struct uffd_loop *l = rn->l;
+	struct loop_watch *gone[16];
+	size_t n = 0;
+	bool stop = false;
+
+	pthread_mutex_lock(&l->api);
+	pthread_mutex_lock(&l->lock);
+	for (struct loop_watch *w = l->watches, *next; w && n < 16; w = next) {
+		next = w->next;
+		if (!atomic_load(&w->owner_fired) || w->exited)
+			continue;
+		w->exited = true;
+		watch_unlink(l, w);
+		w->next = l->zombies;
+		l->zombies = w;
+		gone[n++] = w;
+		stop |= w->wo.flags & UFFD_WATCH_STOP_LOOP;
+	}
+	pthread_mutex_unlock(&l->lock);
+	for (size_t i = 0; i < n; i++) {
+		regions_drop(l, gone[i]->u);
+		release_undriven(l, gone[i], false);
+	}
+	pthread_mutex_unlock(&l->api);
+	loop__wake_runners(l);	/* the others let go of their slots */
+	for (size_t i = 0; i < n; i++)
+		if (gone[i]->wo.owner_exit)
+			gone[i]->wo.owner_exit(gone[i]->ctx, gone[i]->u);
+	if (stop)
+		uffd_loop_stop(l);
 }
 
 /* ---- driving ---- */
