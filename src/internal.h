@@ -14,6 +14,72 @@
 #define UFFD_EXPORT __attribute__((visibility("default")))
 #define UFFD_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
+/*
+ * The library's calls to its exported functions reach its own code, even
+ * when the application defines a function of the same name (QEMU and CRIU
+ * have their own uffd_open and uffd_read_events). UFFD_OWN(fn) makes every
+ * call to uffd_<fn> inside the library a call to the internal symbol
+ * uffd__own_<fn>, and the definition is emitted under that name; the
+ * defining file then writes UFFD_EXPORT_OWN(fn) after it, which exports
+ * uffd_<fn> as an alias. The shared library makes the uffd__own_ names
+ * local (libuffd.map); the static archive keeps only the libuffd.map names
+ * global, and weak, so that an application's definition takes their place
+ * for the application's calls alone (static-archive.sh).
+ */
+#define UFFD_OWN(fn) extern __typeof(uffd_##fn) uffd_##fn __asm__("uffd__own_" #fn)
+#define UFFD_EXPORT_OWN(fn)                                                  \
+	extern __typeof(uffd_##fn) uffd__export_##fn __asm__("uffd_" #fn)   \
+		__attribute__((alias("uffd__own_" #fn), visibility("default")))
+
+/* Every exported function. */
+UFFD_OWN(open);
+UFFD_OWN(open_fd);
+UFFD_OWN(close);
+UFFD_OWN(fd);
+UFFD_OWN(features);
+UFFD_OWN(probe);
+UFFD_OWN(feature_name);
+UFFD_OWN(last_error);
+UFFD_OWN(register);
+UFFD_OWN(unregister);
+UFFD_OWN(continue_range);
+UFFD_OWN(writeprotect);
+UFFD_OWN(copy);
+UFFD_OWN(zeropage);
+UFFD_OWN(move);
+UFFD_OWN(poison);
+UFFD_OWN(wake);
+UFFD_OWN(read_events);
+UFFD_OWN(region_create);
+UFFD_OWN(region_destroy);
+UFFD_OWN(region_base);
+UFFD_OWN(region_alias);
+UFFD_OWN(region_length);
+UFFD_OWN(region_page_size);
+UFFD_OWN(region_fd);
+UFFD_OWN(region_uffd);
+UFFD_OWN(region_populate);
+UFFD_OWN(region_continue);
+UFFD_OWN(region_writeprotect);
+UFFD_OWN(region_zap);
+UFFD_OWN(region_discard);
+UFFD_OWN(sigbus_add_region);
+UFFD_OWN(sigbus_remove_region);
+UFFD_OWN(dirty_start);
+UFFD_OWN(dirty_scan);
+UFFD_OWN(loop_new);
+UFFD_OWN(loop_add_opts);
+UFFD_OWN(loop_add);
+UFFD_OWN(loop_add_region);
+UFFD_OWN(loop_remove);
+UFFD_OWN(loop_run);
+UFFD_OWN(loop_run_once);
+UFFD_OWN(loop_start);
+UFFD_OWN(loop_stop);
+UFFD_OWN(loop_stats);
+UFFD_OWN(loop_counters);
+UFFD_OWN(loop_free);
+
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 
 struct rangemap_entry {

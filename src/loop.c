@@ -111,6 +111,7 @@ fail:
 	free(l);
 	return err;
 }
+UFFD_EXPORT_OWN(loop_new);
 
 static struct loop_watch *find_watch(struct uffd_loop *l, const struct uffd *u)
 {
@@ -295,12 +296,14 @@ UFFD_EXPORT int uffd_loop_add_opts(struct uffd_loop *l, struct uffd *u,
 		wait_ready(l);
 	return err;
 }
+UFFD_EXPORT_OWN(loop_add_opts);
 
 UFFD_EXPORT int uffd_loop_add(struct uffd_loop *l, struct uffd *u,
 			      const struct uffd_handlers *h, void *ctx)
 {
 	return uffd_loop_add_opts(l, u, h, ctx, NULL);
 }
+UFFD_EXPORT_OWN(loop_add);
 
 /* With l->api: l->regions is the API side's alone. */
 static int regions_push(struct uffd_loop *l, struct uffd_region *r)
@@ -348,6 +351,7 @@ UFFD_EXPORT int uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 		wait_ready(l);
 	return err;
 }
+UFFD_EXPORT_OWN(loop_add_region);
 
 void uffd__loop_forget_region(struct uffd_region *r)
 {
@@ -558,6 +562,7 @@ UFFD_EXPORT int uffd_loop_remove(struct uffd_loop *l, struct uffd *u)
 	watch_free(w);
 	return 0;
 }
+UFFD_EXPORT_OWN(loop_remove);
 
 /* ---- fork children that exited ---- */
 
@@ -708,6 +713,7 @@ UFFD_EXPORT int uffd_loop_run(struct uffd_loop *l)
 	drive_end(l);
 	return err;
 }
+UFFD_EXPORT_OWN(loop_run);
 
 UFFD_EXPORT int uffd_loop_run_once(struct uffd_loop *l, int timeout_ms)
 {
@@ -739,6 +745,7 @@ UFFD_EXPORT int uffd_loop_run_once(struct uffd_loop *l, int timeout_ms)
 	drive_end(l);
 	return err ? err : (int)rn->handled;
 }
+UFFD_EXPORT_OWN(loop_run_once);
 
 static void *thread_main(void *arg)
 {
@@ -879,6 +886,7 @@ UFFD_EXPORT int uffd_loop_start(struct uffd_loop *l, unsigned nthreads)
 		wait_ready(l);
 	return err;
 }
+UFFD_EXPORT_OWN(loop_start);
 
 UFFD_EXPORT int uffd_loop_stop(struct uffd_loop *l)
 {
@@ -888,6 +896,7 @@ UFFD_EXPORT int uffd_loop_stop(struct uffd_loop *l)
 	loop__wake_runners(l);
 	return 0;
 }
+UFFD_EXPORT_OWN(loop_stop);
 
 /* Sums a counter over the runners. */
 #define SUM(l, field) ({                                                             \
@@ -913,6 +922,7 @@ UFFD_EXPORT void uffd_loop_stats(const struct uffd_loop *l, struct uffd_loop_sta
 	s->deferred = SUM(l, deferred);
 	s->errors = SUM(l, errors);
 }
+UFFD_EXPORT_OWN(loop_stats);
 
 UFFD_EXPORT int uffd_loop_counters(const struct uffd_loop *l, struct uffd_loop_counters *c)
 {
@@ -947,6 +957,7 @@ UFFD_EXPORT int uffd_loop_counters(const struct uffd_loop *l, struct uffd_loop_c
 	c->size = size < sizeof(all) ? size : sizeof(all);
 	return 0;
 }
+UFFD_EXPORT_OWN(loop_counters);
 
 UFFD_EXPORT void uffd_loop_free(struct uffd_loop *l)
 {
@@ -986,3 +997,4 @@ UFFD_EXPORT void uffd_loop_free(struct uffd_loop *l)
 	pthread_mutex_destroy(&l->api);
 	free(l);
 }
+UFFD_EXPORT_OWN(loop_free);

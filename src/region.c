@@ -311,6 +311,7 @@ fail:
 	region_free(r);
 	return err;
 }
+UFFD_EXPORT_OWN(region_create);
 
 UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 {
@@ -337,6 +338,7 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 	else
 		region_free(r);
 }
+UFFD_EXPORT_OWN(region_destroy);
 
 /* ---- accessors ---- */
 
@@ -350,31 +352,37 @@ UFFD_EXPORT void *uffd_region_base(const struct uffd_region *r)
 {
 	return r ? base_of(r) : NULL;
 }
+UFFD_EXPORT_OWN(region_base);
 
 UFFD_EXPORT void *uffd_region_alias(const struct uffd_region *r)
 {
 	return r ? r->alias : NULL;
 }
+UFFD_EXPORT_OWN(region_alias);
 
 UFFD_EXPORT size_t uffd_region_length(const struct uffd_region *r)
 {
 	return r ? r->length : 0;
 }
+UFFD_EXPORT_OWN(region_length);
 
 UFFD_EXPORT size_t uffd_region_page_size(const struct uffd_region *r)
 {
 	return r ? r->page_size : 0;
 }
+UFFD_EXPORT_OWN(region_page_size);
 
 UFFD_EXPORT int uffd_region_fd(const struct uffd_region *r)
 {
 	return r ? r->fd : uffd__err(-EINVAL, "uffd_region_fd: region is NULL");
 }
+UFFD_EXPORT_OWN(region_fd);
 
 UFFD_EXPORT struct uffd *uffd_region_uffd(const struct uffd_region *r)
 {
 	return r ? r->uffd : NULL;
 }
+UFFD_EXPORT_OWN(region_uffd);
 
 /* ---- operations on [off, off+len) ---- */
 
@@ -504,6 +512,7 @@ UFFD_EXPORT int uffd_region_populate(struct uffd_region *r, uint64_t off, const 
 		err = map_base(r, off, len, flags);
 	return err;
 }
+UFFD_EXPORT_OWN(region_populate);
 
 UFFD_EXPORT int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t len,
 				     unsigned flags, size_t *done)
@@ -517,6 +526,7 @@ UFFD_EXPORT int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t
 	return uffd__resolve(r->uffd, UFFD_OP_CONTINUE, base_at(r, off), 0, len, flags,
 			     r->page_size, done);
 }
+UFFD_EXPORT_OWN(region_continue);
 
 UFFD_EXPORT int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, size_t len,
 					 bool protect, unsigned flags)
@@ -527,6 +537,7 @@ UFFD_EXPORT int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, si
 		return err;
 	return uffd__writeprotect(r->uffd, base_at(r, off), len, protect, flags, r->page_size);
 }
+UFFD_EXPORT_OWN(region_writeprotect);
 
 UFFD_EXPORT int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len)
 {
@@ -540,6 +551,7 @@ UFFD_EXPORT int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len)
 				 (unsigned long long)off, len, strerror(errno));
 	return 0;
 }
+UFFD_EXPORT_OWN(region_zap);
 
 UFFD_EXPORT int uffd_region_discard(struct uffd_region *r, uint64_t off, size_t len)
 {
@@ -554,3 +566,4 @@ UFFD_EXPORT int uffd_region_discard(struct uffd_region *r, uint64_t off, size_t 
 				 errno == EPERM ? " (the file is sealed against writes?)" : "");
 	return 0;
 }
+UFFD_EXPORT_OWN(region_discard);

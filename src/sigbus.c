@@ -429,6 +429,7 @@ UFFD_EXPORT int uffd_sigbus_add_region(struct uffd_region *r, uffd_sigbus_fn fn,
 	pthread_mutex_unlock(&sigbus_lock);
 	return err;
 }
+UFFD_EXPORT_OWN(sigbus_add_region);
 
 /* Returns once no handler can still be running r's function. */
 static int remove_region(struct uffd_region *r)
@@ -464,6 +465,7 @@ UFFD_EXPORT int uffd_sigbus_remove_region(struct uffd_region *r)
 				 r->base, r->length, uffd__errname(err));
 	return 0;
 }
+UFFD_EXPORT_OWN(sigbus_remove_region);
 
 void uffd__sigbus_forget(struct uffd_region *r)
 {

@@ -72,6 +72,12 @@ void harness_store8(volatile void *p, unsigned char v);
 			SKIP_TEST("cannot run under valgrind: %s", why); \
 	} while (0)
 
+/*
+ * Seconds on the monotonic clock, for deadlines: a test that needs enough
+ * concurrent work runs until it has it, not for a fixed time or count.
+ */
+double harness_now(void);
+
 /* Number of open fds of this process. */
 int harness_count_fds(void);
 
