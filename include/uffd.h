@@ -379,8 +379,9 @@ struct uffd_loop;
 /**
  * Handler verdict: like UFFD_RESOLVE, but the page is mapped
  * write-protected (MINOR: CONTINUE with UFFD_MAP_WP; MISSING: a zero page
- * copied write-protected). The range must be registered with
- * UFFDIO_REGISTER_MODE_WP.
+ * copied write-protected; a WP fault is un-protected as with UFFD_RESOLVE).
+ * The range must be registered with UFFDIO_REGISTER_MODE_WP, else the
+ * resolution fails with -EINVAL.
  */
 #define UFFD_RESOLVE_WP 4
 
@@ -406,9 +407,13 @@ struct uffd_loop_opts {
 	unsigned flags;       /**< UFFD_LOOP_* */
 	/**
 	 * Called on a loop thread for every failed handler, failed resolution
-	 * and broken watch: @p f is the fault (NULL for a watch), @p err the
-	 * -errno, @p sentence what happened and what to do. The same rules as
-	 * handlers apply (no uffd_loop_remove() of its own loop). Since 0.2.
+	 * and broken watch: @p f is the fault (NULL for a watch; for a failed
+	 * resolution only uffd, addr and len are set), valid only during the
+	 * call; @p err the -errno, @p sentence what happened and what to do.
+	 * Runs in a fork-gate section, as handlers do (it may allocate), and
+	 * the same rules apply (no uffd_loop_remove() of its own loop); while
+	 * a fork() is in progress up to 32 reports per loop thread wait for
+	 * it. Since 0.2.
 	 */
 	void   (*on_error)(void *ctx, const struct uffd_fault *f, int err,
 			   const char *sentence);
@@ -493,7 +498,7 @@ struct uffd_loop_stats {
 	uint64_t reads;           /**< completed reads of the uffds */
 	uint64_t resolve_ioctls;  /**< resolving ioctls issued */
 	uint64_t deferred;        /**< DEFER verdicts */
-	uint64_t errors;          /**< handlers that failed */
+	uint64_t errors;          /**< failed handlers, resolutions, reads (not ESRCH) */
 };
 /** Copy the loop's counters into @p s. */
 void uffd_loop_stats(const struct uffd_loop *l, struct uffd_loop_stats *s);
@@ -508,7 +513,7 @@ struct uffd_loop_counters {
 	uint64_t deferred;        /**< DEFER verdicts */
 	uint64_t errors;          /**< real failures: handlers, resolutions, watches */
 	uint64_t owner_gone;      /**< resolutions refused with ESRCH: the owner exited */
-	uint64_t poisoned;        /**< pages poisoned because their own resolution failed */
+	uint64_t poisoned;        /**< pages poisoned because their handler or own resolution failed */
 	uint64_t retried;         /**< UFFD_RETRY verdicts and -EAGAIN resolutions queued */
 	uint64_t gated;           /**< messages queued while a fork() was in progress */
 	uint64_t children_adopted; /**< fork children watched by the loop */

@@ -117,6 +117,8 @@ bool rangemap_find(struct rangemap *m, uintptr_t addr, struct rangemap_entry *ou
  */
 unsigned rangemap_read_begin(struct rangemap *m);
 void rangemap_read_end(struct rangemap *m, unsigned ticket);
+/* Copies the first entry ending after addr (holding it, or above); false if none. Signal-safe. */
+bool rangemap_next(struct rangemap *m, uintptr_t addr, struct rangemap_entry *out);
 /* -EEXIST when the range overlaps an entry, -ENOMEM. */
 int rangemap_insert(struct rangemap *m, const struct rangemap_entry *e);
 /* Removes the entry whose ptr is ptr; -ENOENT if none. */

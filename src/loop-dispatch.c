@@ -27,6 +27,7 @@
 #define PM_UFFD_WP (1ull << 57)	/* pagemap: the PTE is uffd-write-protected */
 #define RETRY_LIMIT_US 5000000ll	/* -EAGAIN and UFFD_RETRY: fail after 5 s */
 #define REFAULT_BACKOFF_MAX_US 2000
+#define GATE_EVENT_ROOM 256	/* entries of rn->gated kept for events */
 
 #define COUNT(rn, field) atomic_fetch_add_explicit(&(rn)->c.field, 1, memory_order_relaxed)
 
@@ -148,7 +149,7 @@ void loop__flush_errors(struct loop_runner *rn)
 static void report(struct loop_runner *rn, const struct uffd_fault *f, int err,
 		   const char *fmt, va_list ap)
 {
-	char msg[256];
+	char msg[512];
 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	uffd__err(err, "%s", msg);
@@ -353,7 +354,6 @@ static void handler_failed(struct loop_runner *rn, struct loop_watch *w,
 		fault_fail(rn, f, err, "uffd loop: %s for the %s fault at %p (%zu bytes): %s; "
 			   "the page is poisoned (UFFD_LOOP_POISON_ON_ERROR): the faulting thread gets SIGBUS",
 			   why, kind_names[f->kind], f->addr, f->len, uffd__errname(err));
-		COUNT(rn, poisoned);
 		push(rn, &r);
 		return;
 	}
@@ -502,35 +502,56 @@ static void adopt(struct loop_runner *rn, struct loop_watch *w, int fd)
 	uffd_close(child);
 }
 
-static void remap(struct loop_runner *rn, struct loop_watch *w, const struct uffd_event *ev)
+static void remap(struct loop_runner *rn, struct loop_watch *w, const struct uffd_event *ev,
+		  struct uffd_region *r, const struct rangemap_entry *e)
 {
 	uintptr_t from = (uintptr_t)ev->remap.from, to = (uintptr_t)ev->remap.to;
-	struct rangemap_entry e;
-	struct uffd_region *r = region_of(w->u, from, ev->remap.len, &e);
 
 	/* Only a whole region moves: a part of one has no bookkeeping of its own. */
-	if (r && e.start == from && e.end - e.start == ev->remap.len &&
+	if (r && e->start == from && e->end - e->start == ev->remap.len &&
 	    !rangemap_move(&w->u->regions, r, to))
 		__atomic_store_n(&r->base, (void *)to, __ATOMIC_RELEASE);
 	dispatch_event(rn, w, r, EV_REMAP, ev);
 }
 
-/* Drops queued resolutions of w inside [start, end): that memory is gone. */
-static void forget(struct loop_vec *v, struct loop_watch *w, uintptr_t start, uintptr_t end)
+/* Every queued resolution of w goes (the watch leaves the loop). */
+static void drop_watch(struct loop_vec *v, struct loop_watch *w)
 {
 	size_t k = 0;
 
 	for (size_t i = 0; i < v->n; i++)
-		if (v->v[i].w != w || v->v[i].end <= start || v->v[i].addr >= end)
+		if (v->v[i].w != w)
 			v->v[k++] = v->v[i];
 	v->n = k;
 }
 
+/*
+ * Queued resolutions of w inside [start, end) go: that memory was given
+ * back or unmapped, and what was to be mapped there is stale. Their
+ * threads are woken to fault again (or to find the mapping gone).
+ */
+static void forget(struct loop_vec *v, struct loop_watch *w, uintptr_t start, uintptr_t end)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < v->n; i++) {
+		struct loop_res *r = &v->v[i];
+
+		if (r->w != w || r->end <= start || r->addr >= end) {
+			v->v[k++] = *r;
+			continue;
+		}
+		uffd_wake(w->u, (void *)r->addr, r->end - r->addr);
+	}
+	v->n = k;
+}
+
+/* r: the region holding the event's range, pinned by the caller, or NULL. */
 static void handle_event(struct loop_runner *rn, struct loop_watch *w,
-			 const struct uffd_event *ev)
+			 const struct uffd_event *ev, struct uffd_region *r,
+			 const struct rangemap_entry *e)
 {
 	uintptr_t start = (uintptr_t)ev->remove.start;
-	struct rangemap_entry e;
 
 	COUNT(rn, events);
 	if (w->wo.event)	/* first, with the handle it came from */
@@ -540,15 +561,13 @@ static void handle_event(struct loop_runner *rn, struct loop_watch *w,
 		adopt(rn, w, ev->fork.fd);
 		break;
 	case UFFD_EV_REMAP:
-		remap(rn, w, ev);
+		remap(rn, w, ev, r, e);
 		break;
 	case UFFD_EV_REMOVE:
-		dispatch_event(rn, w, region_of(w->u, start, ev->remove.len, &e), EV_REMOVE, ev);
-		break;
 	case UFFD_EV_UNMAP:
-		dispatch_event(rn, w, region_of(w->u, start, ev->remove.len, &e), EV_UNMAP, ev);
 		forget(&rn->res, w, start, start + ev->remove.len);
 		forget(&rn->retry, w, start, start + ev->remove.len);
+		dispatch_event(rn, w, r, ev->type == UFFD_EV_REMOVE ? EV_REMOVE : EV_UNMAP, ev);
 		break;
 	case UFFD_EV_FAULT:
 		break;
@@ -588,13 +607,20 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 {
 	struct uffd_event ev;
 	struct uffd_region *r = NULL;
+	struct rangemap_entry e = { 0 };
 	unsigned t;
 	int err;
 
-	/* The region found stays alive (pinned) until its handler returns. */
+	/* The region found stays alive (pinned) until its handler or callback returns. */
 	t = rangemap_read_begin(&w->u->regions);
 	err = uffd__decode_msg(w->u, m, &ev);
-	if (!err && ev.type == UFFD_EV_FAULT && (r = ev.fault.region))
+	if (!err && ev.type == UFFD_EV_FAULT)
+		r = ev.fault.region;
+	else if (!err && ev.type == UFFD_EV_REMAP)
+		r = region_of(w->u, (uintptr_t)ev.remap.from, ev.remap.len, &e);
+	else if (!err && ev.type != UFFD_EV_FORK)
+		r = region_of(w->u, (uintptr_t)ev.remove.start, ev.remove.len, &e);
+	if (r)
 		pin(r);
 	rangemap_read_end(&w->u->regions, t);
 	if (err) {
@@ -608,7 +634,7 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	if (ev.type == UFFD_EV_FAULT)
 		handle_fault(rn, w, m, &ev.fault, prev);
 	else
-		handle_event(rn, w, &ev);
+		handle_event(rn, w, &ev, r, &e);
 	if (r)
 		unpin(r);
 }
@@ -619,7 +645,9 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 	struct loop_qmsg q = { .w = w, .m = *m };
 
 	COUNT(rn, queued);
-	if (q_push(&rn->gated, &q))
+	/* Faults leave room for events, which cannot be read again. */
+	if ((m->event != UFFD_EVENT_PAGEFAULT || rn->gated.n + GATE_EVENT_ROOM < rn->gated.cap) &&
+	    q_push(&rn->gated, &q))
 		return;
 	if (m->event == UFFD_EVENT_PAGEFAULT) {	/* full: the thread faults again later */
 		uffd_wake(w->u, (void *)(uintptr_t)(m->arg.pagefault.address & ~(uint64_t)(w->u->page_size - 1)),
@@ -676,6 +704,16 @@ bool loop__run_queued(struct loop_runner *rn)
 void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w)
 {
 	struct loop_msgq *qs[] = { &rn->gated, &rn->refault };
+	size_t kept = 0;
+
+	if (w && rn->res.v) {	/* its resolutions too: the handle may be closed next */
+		drop_watch(&rn->res, w);
+		drop_watch(&rn->retry, w);
+		for (size_t i = 0; i < rn->nfpages; i++)
+			if (rn->fpages[i].w != w)
+				rn->fpages[kept++] = rn->fpages[i];
+		rn->nfpages = kept;
+	}
 
 	for (size_t k = 0; k < 2; k++) {
 		struct loop_msgq *q = qs[k];
@@ -802,8 +840,10 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 		return uffd__resolve(u, UFFD_OP_ZEROPAGE, r->addr, 0, len, UFFD_SKIP_EXISTING,
 				     r->ps, done);
 	case LOOP_POISON:
-		return uffd__resolve(u, UFFD_OP_POISON, r->addr, 0, len, UFFD_SKIP_EXISTING,
-				     r->ps, done);
+		err = uffd__resolve(u, UFFD_OP_POISON, r->addr, 0, len, UFFD_SKIP_EXISTING,
+				    r->ps, done);
+		atomic_fetch_add_explicit(&rn->c.poisoned, *done / r->ps, memory_order_relaxed);
+		return err;
 	case LOOP_COPY_ZERO:
 	case LOOP_COPY_ZERO_WP:
 		return copy_zero(rn, u, r, r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : 0, done);
@@ -828,10 +868,8 @@ static void fail_page(struct loop_runner *rn, const struct loop_res *r, uintptr_
 		fault_fail(rn, &f, err, "uffd loop: resolving the fault at 0x%lx failed (%s): %s; the page "
 			   "is poisoned (UFFD_LOOP_POISON_ON_ERROR)", (unsigned long)a,
 			   uffd__errname(err), uffd_last_error());
-		if (!exec(rn, &one, &done)) {
-			COUNT(rn, poisoned);
+		if (!exec(rn, &one, &done))
 			return;
-		}
 		err = -EIO;
 	}
 	fault_fail(rn, &f, err, "uffd loop: resolving the fault at 0x%lx failed: %s; the faulting "

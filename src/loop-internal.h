@@ -112,7 +112,7 @@ struct loop_errrep {
 	int err;
 	bool has_fault;
 	struct uffd_fault f;
-	char text[256];
+	char text[512];
 };
 
 /* A thread's view of the loop: one ring with a request per watch. */

@@ -408,7 +408,10 @@ static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 			   n == -EBADF || n == -EIO ? " (closed or replaced while watched? call "
 			   "uffd_loop_remove() before uffd_close())" : "");
 		pthread_mutex_lock(&rn->l->lock);
-		s->w->broken = true;
+		if (!s->w->broken) {	/* the other runners let go of it too */
+			s->w->broken = true;
+			atomic_fetch_add(&rn->l->gen, 1);
+		}
 		pthread_mutex_unlock(&rn->l->lock);
 		s->dying = true;
 	}

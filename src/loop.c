@@ -123,16 +123,20 @@ static struct loop_watch *find_watch(struct uffd_loop *l, const struct uffd *u)
 
 /*
  * Waits until every runner that a thread drives has armed its reads for
- * the current watch set. A handler's own runner arms after it returns.
+ * the current watch set. Not from a handler: its own runner arms after it
+ * returns, and another runner may be in a handler waiting for this one.
  */
 static void wait_ready(struct uffd_loop *l)
 {
 	unsigned target = atomic_load(&l->gen);
 
+	if (tl_runner)
+		return;
+
 	for (struct loop_runner *rn = atomic_load(&l->runners); rn; rn = atomic_load(&rn->next)) {
 		struct timespec nap = { .tv_nsec = 10000 };
 
-		while (rn != tl_runner && atomic_load(&rn->active) &&
+		while (atomic_load(&rn->active) &&
 		       (int)(atomic_load(&rn->armed_gen) - target) < 0) {
 			nanosleep(&nap, NULL);
 			if (nap.tv_nsec < 1000000)
@@ -738,7 +742,7 @@ UFFD_EXPORT int uffd_loop_run_once(struct uffd_loop *l, int timeout_ms)
 	}
 	/* Retries of this wake are finished here, after the events they wait for. */
 	while (!err && (rn->retry.n || rn->refault.n || rn->gated.n) && !atomic_load(&l->stop))
-		err = loop__step(rn, 0);
+		err = loop__step(rn, 10);	/* sleeps the back-off, no spinning */
 	if (!err && rn->fail)
 		err = rn->fail;
 	rn->fail = 0;

@@ -160,6 +160,9 @@ START_TEST(test_poison_exact)
 	ck_assert_int_eq(uffd_loop_add_region(l, r, &h, NULL), 0);
 	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
 	ck_assert_int_eq(touch_in_thread(base), 0x5a);	/* its own page maps */
+	/* The loop tries pages 1, 2 and 3 after the thread was woken: let it finish. */
+	for (int i = 0; i < 20000 && counters(l).resolve_ioctls < 3; i++)
+		usleep(100);
 	/* The neighbours get contents back (through the alias) and then faults of their own. */
 	memset(alias + ps, 0x6b, 3 * ps);
 	for (int i = 1; i < 4; i++)
