@@ -320,15 +320,23 @@ int uffd_region_create(struct uffd *u, const struct uffd_region_opts *o,
 		       struct uffd_region **out);
 /** Unregister, unmap and close what the region created. NULL is fine. */
 void uffd_region_destroy(struct uffd_region *r);
-/** The registered view, or NULL for NULL. */
+/**
+ * The registered view, or NULL for NULL. For a foreign region
+ * (uffd_region_create_foreign()): the owner's address, in the owner's
+ * address space, for the resolving calls only.
+ */
 void *uffd_region_base(const struct uffd_region *r);
-/** The unregistered view, or NULL (UFFD_REGION_NO_ALIAS, or NULL). */
+/** The unregistered view, or NULL (UFFD_REGION_NO_ALIAS, a foreign region without fd, or NULL). */
 void *uffd_region_alias(const struct uffd_region *r);
 /** Length in bytes; 0 for NULL. */
 size_t uffd_region_length(const struct uffd_region *r);
 /** Page size of the backing memory; 0 for NULL. */
 size_t uffd_region_page_size(const struct uffd_region *r);
-/** The backing fd (owned by the region when it created it); -EINVAL for NULL. */
+/**
+ * The backing fd (owned by the region when it created it, or its duplicate
+ * of a foreign region's fd); -EINVAL for NULL; -EBADF for a foreign region
+ * without fd.
+ */
 int uffd_region_fd(const struct uffd_region *r);
 /** The handle the region is registered with; NULL for NULL. */
 struct uffd *uffd_region_uffd(const struct uffd_region *r);
@@ -341,7 +349,10 @@ struct uffd *uffd_region_uffd(const struct uffd_region *r);
  * hugetlbfs); with UFFD_POPULATE_MAP also map them into the base view
  * (CONTINUE on MINOR regions, else MADV_POPULATE_READ/WRITE) and wake
  * waiters; UFFD_MAP_WP with it maps them write-protected (WP regions).
+ * A foreign region without fd has no page cache here: the pages are copied
+ * into the owner's missing pages (UFFDIO_COPY, which maps them).
  * @return 0; -EINVAL (range outside the region or unaligned, bad flags);
+ *         -EEXIST (foreign region without fd: a page is already mapped);
  *         other -errno.
  */
 int uffd_region_populate(struct uffd_region *r, uint64_t off, const void *src,
@@ -352,9 +363,15 @@ int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t len,
 /** uffd_writeprotect() on [off, off+len) of the base view. */
 int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, size_t len,
 			     bool protect, unsigned flags);
-/** Unmap [off, off+len) from the base view, keep contents: the next touch is a MINOR fault. */
+/**
+ * Unmap [off, off+len) from the base view, keep contents: the next touch is
+ * a MINOR fault. -EOPNOTSUPP for a foreign region (only its owner can).
+ */
 int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len);
-/** Free the pages (punch a hole): the next touch is a MISSING fault. */
+/**
+ * Free the pages (punch a hole): the next touch is a MISSING fault.
+ * -EOPNOTSUPP for a foreign region declared without fd.
+ */
 int uffd_region_discard(struct uffd_region *r, uint64_t off, size_t len);
 
 /* ------------------------------------------------------------------ */
