@@ -137,10 +137,11 @@ void uffd__region_clear_removed(struct uffd_region *r, uint64_t off, uint64_t le
 /* Clears the bit of the page containing off and says whether it was set. */
 bool uffd__region_take_removed(struct uffd_region *r, uint64_t off);
 /*
- * Bytes from the page containing off (at most up to off + len) whose
- * pages all share that page's state, stored in *removed: fault-around
- * splits a range into runs copied from the source and runs of zeros.
- * 0 when off is outside the region or len is 0.
+ * The run of pages sharing the state of the page containing off, from
+ * that page through at most the one containing off + len - 1: its length
+ * in bytes, its state in *removed. Fault-around splits a range into runs
+ * copied from the source and runs of zeros. 0 when off is outside the
+ * region or len is 0.
  */
 uint64_t uffd__region_removed_run(const struct uffd_region *r, uint64_t off,
 				  uint64_t len, bool *removed);

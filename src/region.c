@@ -48,10 +48,10 @@ static const char *creator(const struct uffd_region *r)
 	return r->foreign ? "uffd_region_create_foreign" : "uffd_region_create";
 }
 
-/* fd 0 is most likely a zeroed uffd_region_opts, not the caller's intent. */
+/* fd 0 is most likely a zeroed options struct, not the caller's intent. */
 static const char *fd0_hint(int fd)
 {
-	return fd ? "" : " (fd 0 is what a zeroed uffd_region_opts holds: set fd to -1 for a new memfd)";
+	return fd ? "" : " (fd 0 is what a zeroed options struct holds: set fd to -1 for no file of yours)";
 }
 
 /* "MISSING|MINOR" for a mode set. */

@@ -1075,6 +1075,55 @@ START_TEST(test_foreign_memfd)
 }
 END_TEST
 
+static void *store_thread(void *p)
+{
+	harness_store8(p, 0x5a);
+	return NULL;
+}
+
+/*
+ * populate(MAP | MAP_WP) on a foreign shmem region registered MISSING|WP:
+ * no mapping can be made in the owner, but the write-protection holds
+ * (markers on the unmapped entries): the owner reads the contents with no
+ * fault and its first write is a WP fault.
+ */
+START_TEST(test_foreign_memfd_wp)
+{
+	size_t ps = harness_page_size(), len = NPAGES * ps;
+	unsigned char *src = pattern_buf(len);
+	int memfd = memfd_of(len, false);
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	uint64_t modes = MISSING | UFFDIO_REGISTER_MODE_WP;
+	struct uffd_foreign_opts o = { .size = sizeof(o), .owner_addr = (uintptr_t)mem, .length = len,
+				       .modes = modes, .fd = memfd };
+	struct uffd_region *r;
+	struct uffd_fault f;
+	struct uffd *u;
+	void *t;
+
+	if (!harness_have_features(UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+		SKIP_TEST("the kernel lacks write-protection on shmem");
+	ASSERT_OK(uffd_open(&u, NULL));
+	ASSERT_OK(uffd_register(u, mem, len, modes, NULL));
+	ASSERT_OK(uffd_region_create_foreign(u, &o, &r));
+	ASSERT_OK(uffd_region_populate(r, 2 * ps, src + 2 * ps, ps, UFFD_POPULATE_MAP | UFFD_MAP_WP));
+	ck_assert_uint_eq(harness_load8(mem + 2 * ps + 1), pattern(2 * ps + 1));
+	t = harness_thread_start(store_thread, mem + 2 * ps + 1);
+	f = next_fault(u);
+	ck_assert_ptr_eq(f.region, r);
+	ck_assert_int_eq(f.kind, UFFD_FAULT_WP);
+	ck_assert_uint_eq(f.offset, 2 * ps);
+	ASSERT_OK(uffd_region_writeprotect(r, f.offset, f.len, false, 0));
+	harness_thread_join(t);
+	ck_assert_uint_eq(harness_load8(mem + 2 * ps + 1), 0x5a);
+	uffd_region_destroy(r);
+	uffd_close(u);
+	munmap(mem, len);
+	close(memfd);
+	free(src);
+}
+END_TEST
+
 /* A local hugetlb region and a foreign region of base pages share a handle. */
 START_TEST(test_foreign_mixed)
 {
@@ -1264,6 +1313,8 @@ static Suite *handoff_suite(void)
 	tcase_add_test(tc, test_foreign_anon);
 	tc = CASE(foreign_memfd, 10);
 	tcase_add_test(tc, test_foreign_memfd);
+	tc = CASE(foreign_memfd_wp, 10);
+	tcase_add_test(tc, test_foreign_memfd_wp);
 	tc = CASE(foreign_mixed, 20);
 	tcase_add_test(tc, test_foreign_mixed);
 	tc = CASE(foreign_args, 10);
