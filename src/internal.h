@@ -79,6 +79,11 @@ UFFD_OWN(loop_stop);
 UFFD_OWN(loop_stats);
 UFFD_OWN(loop_counters);
 UFFD_OWN(loop_free);
+UFFD_OWN(handoff_send);
+UFFD_OWN(handoff_recv);
+UFFD_OWN(handoff_free);
+UFFD_OWN(region_set_source);
+UFFD_OWN(region_create_foreign);
 
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 
@@ -162,7 +167,62 @@ struct uffd_region {
 	/* sigbus.c: in-thread resolution, if added */
 	uffd_sigbus_fn sigbus_fn;
 	void *sigbus_ctx;
+	/*
+	 * Foreign region (uffd_region_create_foreign): base is the owner's
+	 * address, in another address space, never touched nor registered
+	 * here; alias (may be NULL) maps the region's dup of the owner's fd.
+	 */
+	bool foreign;
+	/* pagestate.c: the page source and the pages the owner gave back */
+	const void *src;	/* read it with uffd__region_source() */
+	size_t src_len;
+	atomic_ulong *removed;	/* a bit per page; NULL until a source is set */
 };
+
+/* ---- region.c ---- */
+
+/*
+ * The checks of a foreign region's declaration that need no syscall
+ * (page size, alignment, modes, flags, wrap-around), in the words of
+ * `what` ("uffd_region_create_foreign", "uffd_handoff_recv: region 3").
+ * A page size of 0 stands for the base page. -EINVAL with text.
+ */
+int uffd__foreign_check(const struct uffd_foreign_opts *o, const char *what);
+
+/* ---- pagestate.c: a region's page source and removed pages ---- */
+
+/*
+ * The source set with uffd_region_set_source() (covering the whole
+ * region: page at offset off is at src + off), or NULL. Lock-free and
+ * async-signal-safe.
+ */
+const void *uffd__region_source(const struct uffd_region *r);
+/*
+ * The per-page "removed" bits: the owner gave the pages back (a REMOVE
+ * event: balloon, MADV_DONTNEED, MADV_REMOVE), so their next MISSING
+ * fault must get zero pages, not the source's old contents. The bitmap
+ * exists once a source was set (without one a MISSING fault gets zeros
+ * anyway) and lives until the region is destroyed. All four calls are
+ * lock-free (atomic words) and async-signal-safe, for any thread; they
+ * do nothing (or report "not removed") without a bitmap. Offsets are
+ * into the region; ranges are clamped to it; a page partly covered by
+ * [off, off+len) counts as covered.
+ */
+void uffd__region_mark_removed(struct uffd_region *r, uint64_t off, uint64_t len);
+void uffd__region_clear_removed(struct uffd_region *r, uint64_t off, uint64_t len);
+/* Clears the bit of the page containing off and says whether it was set. */
+bool uffd__region_take_removed(struct uffd_region *r, uint64_t off);
+/*
+ * The run of pages sharing the state of the page containing off, from
+ * that page through at most the one containing off + len - 1: its length
+ * in bytes, its state in *removed. Fault-around splits a range into runs
+ * copied from the source and runs of zeros. 0 when off is outside the
+ * region or len is 0.
+ */
+uint64_t uffd__region_removed_run(const struct uffd_region *r, uint64_t off,
+				  uint64_t len, bool *removed);
+/* Frees the bitmap; for region destroy. */
+void uffd__region_pagestate_free(struct uffd_region *r);
 
 /* ---- error.c: the thread's last-error sentence ---- */
 
