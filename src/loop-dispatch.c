@@ -267,11 +267,49 @@ static void push_minor_wp(struct loop_runner *rn, struct loop_res *r, bool local
 	push(rn, &run);
 }
 
+/* A zero page: ZEROPAGE, or a copy of zeros where that cannot be (hugetlb, WP). */
+static enum loop_op zero_op(const struct loop_watch *w, size_t ps, bool wp)
+{
+	return wp ? LOOP_COPY_ZERO_WP : ps > w->u->page_size ? LOOP_COPY_ZERO : LOOP_ZEROPAGE;
+}
+
+/*
+ * A MISSING fault in a region with a page source: runs of pages copied
+ * from the source, and zero pages for those the owner gave back (REMOVE)
+ * since they were last served.
+ */
+static void push_source(struct loop_runner *rn, const struct loop_res *r,
+			struct uffd_region *reg, const unsigned char *src, bool wp)
+{
+	uint64_t off = r->addr - (uintptr_t)uffd_region_base(reg), end = off + (r->end - r->addr);
+
+	while (off < end) {
+		bool removed;
+		uint64_t n = uffd__region_removed_run(reg, off, end - off, &removed);
+		struct loop_res run = *r;
+
+		if (!n)
+			break;
+		run.addr = (uintptr_t)uffd_region_base(reg) + off;
+		run.end = run.addr + n;
+		if (removed) {
+			uffd__region_clear_removed(reg, off, n);
+			run.op = zero_op(r->w, r->ps, wp);
+		} else {
+			run.op = wp ? LOOP_COPY_SRC_WP : LOOP_COPY_SRC;
+			run.src = (uintptr_t)src + off;
+		}
+		push(rn, &run);
+		off += n;
+	}
+}
+
 static void push_default(struct loop_runner *rn, struct loop_watch *w,
 			 const struct uffd_fault *f, size_t ps, bool want_wp)
 {
-	struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len, ps, 0, 0 };
+	struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len, ps, 0, 0, 0 };
 	bool region_wp = f->region && (f->region->modes & UFFDIO_REGISTER_MODE_WP);
+	const unsigned char *src = f->region ? uffd__region_source(f->region) : NULL;
 
 	switch (f->kind) {
 	case UFFD_FAULT_MINOR:
@@ -280,7 +318,7 @@ static void push_default(struct loop_runner *rn, struct loop_watch *w,
 			break;
 		}
 		if (region_wp) {
-			push_minor_wp(rn, &r, true);
+			push_minor_wp(rn, &r, !f->region->foreign);
 			return;
 		}
 		r.op = LOOP_CONTINUE;
@@ -289,11 +327,12 @@ static void push_default(struct loop_runner *rn, struct loop_watch *w,
 		r.op = LOOP_UNPROTECT;
 		break;
 	case UFFD_FAULT_MISSING:
+		if (src) {
+			push_source(rn, &r, f->region, src, want_wp || region_wp);
+			return;
+		}
 		/* ZEROPAGE cannot keep a write-protection: copy a zero page with MODE_WP. */
-		if (want_wp || region_wp)
-			r.op = LOOP_COPY_ZERO_WP;
-		else
-			r.op = ps > w->u->page_size ? LOOP_COPY_ZERO : LOOP_ZEROPAGE;
+		r.op = zero_op(w, ps, want_wp || region_wp);
 		break;
 	}
 	push(rn, &r);
@@ -349,7 +388,7 @@ static void handler_failed(struct loop_runner *rn, struct loop_watch *w,
 {
 	if (poison_on_error(rn)) {
 		struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len,
-				      f->len, LOOP_POISON, 0 };
+				      f->len, LOOP_POISON, 0, 0 };
 
 		fault_fail(rn, f, err, "uffd loop: %s for the %s fault at %p (%zu bytes): %s; "
 			   "the page is poisoned (UFFD_LOOP_POISON_ON_ERROR): the faulting thread gets SIGBUS",
@@ -546,6 +585,25 @@ static void forget(struct loop_vec *v, struct loop_watch *w, uintptr_t start, ui
 	v->n = k;
 }
 
+/*
+ * The owner gave [start, end) back (balloon, MADV_DONTNEED): in every
+ * region with a page source, those pages get zero pages on their next
+ * fault, not the source's old contents.
+ */
+static void mark_removed(struct uffd *u, uintptr_t start, uintptr_t end)
+{
+	struct rangemap_entry e;
+	unsigned t = rangemap_read_begin(&u->regions);
+
+	for (uintptr_t a = start; a < end && rangemap_next(&u->regions, a, &e) && e.start < end; a = e.end) {
+		struct uffd_region *r = e.ptr;
+		uintptr_t s = a > e.start ? a : e.start, x = end < e.end ? end : e.end;
+
+		uffd__region_mark_removed(r, s - e.start, x - s);
+	}
+	rangemap_read_end(&u->regions, t);
+}
+
 /* r: the region holding the event's range, pinned by the caller, or NULL. */
 static void handle_event(struct loop_runner *rn, struct loop_watch *w,
 			 const struct uffd_event *ev, struct uffd_region *r,
@@ -564,6 +622,8 @@ static void handle_event(struct loop_runner *rn, struct loop_watch *w,
 		remap(rn, w, ev, r, e);
 		break;
 	case UFFD_EV_REMOVE:
+		mark_removed(w->u, start, start + ev->remove.len);
+		/* fall through */
 	case UFFD_EV_UNMAP:
 		forget(&rn->res, w, start, start + ev->remove.len);
 		forget(&rn->retry, w, start, start + ev->remove.len);
@@ -787,7 +847,7 @@ static void merge(struct loop_vec *v)
 		struct loop_res *cur = &v->v[k], *nx = &v->v[i];
 
 		if (nx->w == cur->w && nx->op == cur->op && nx->ps == cur->ps &&
-		    nx->addr <= cur->end) {
+		    nx->addr <= cur->end && nx->src - nx->addr == cur->src - cur->addr) {
 			if (nx->end > cur->end)
 				cur->end = nx->end;
 			if (nx->since && (!cur->since || nx->since < cur->since))
@@ -847,6 +907,11 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 	case LOOP_COPY_ZERO:
 	case LOOP_COPY_ZERO_WP:
 		return copy_zero(rn, u, r, r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : 0, done);
+	case LOOP_COPY_SRC:
+	case LOOP_COPY_SRC_WP:
+		return uffd__resolve(u, UFFD_OP_COPY, r->addr, r->src, len,
+				     UFFD_SKIP_EXISTING | (r->op == LOOP_COPY_SRC_WP ? UFFD_MAP_WP : 0),
+				     r->ps, done);
 	case LOOP_UNPROTECT:
 		break;
 	}
@@ -860,7 +925,7 @@ static void fail_page(struct loop_runner *rn, const struct loop_res *r, uintptr_
 {
 	struct uffd_fault f = { .uffd = r->w->u, .addr = (void *)a, .len = r->ps };
 	size_t done = 0;
-	struct loop_res one = { r->w, a, a + r->ps, r->ps, LOOP_POISON, 0 };
+	struct loop_res one = { r->w, a, a + r->ps, r->ps, LOOP_POISON, 0, 0 };
 
 	if (r->op != LOOP_POISON && !is_fault_page(rn, r->w, a))
 		return;		/* a neighbour added for fault-around: it faults on its own */
@@ -886,7 +951,8 @@ static void retry_later(struct loop_runner *rn, const struct loop_res *r, uintpt
 	long long now = loop__now_us(), since = r->since ? r->since : now;
 
 	for (uintptr_t a = from; a < r->end; a += r->ps) {
-		struct loop_res page = { r->w, a, a + r->ps, r->ps, r->op, since };
+		struct loop_res page = { r->w, a, a + r->ps, r->ps, r->op, since,
+					 r->src ? r->src + (a - r->addr) : 0 };
 
 		if (!is_fault_page(rn, r->w, a))
 			continue;
@@ -917,6 +983,8 @@ static void resolve_run(struct loop_runner *rn, const struct loop_res *r)
 		int err;
 
 		cur.addr = a;
+		if (r->src)
+			cur.src = r->src + (a - r->addr);
 		err = exec(rn, &cur, &done);
 		if (!err)
 			return;

@@ -67,6 +67,8 @@ enum loop_op {
 	LOOP_ZEROPAGE,
 	LOOP_COPY_ZERO,		/* hugetlb has no zero page */
 	LOOP_COPY_ZERO_WP,	/* MISSING|WP: a zero page that keeps the protection */
+	LOOP_COPY_SRC,		/* MISSING in a region with a page source: copy from it */
+	LOOP_COPY_SRC_WP,
 	LOOP_POISON,
 };
 
@@ -77,6 +79,7 @@ struct loop_res {
 	size_t ps;
 	enum loop_op op;
 	long long since;	/* retries: first attempt (µs) */
+	uintptr_t src;		/* LOOP_COPY_SRC*: the source of addr */
 };
 
 /* Fixed capacity, allocated with the runner: a full vector is flushed. */

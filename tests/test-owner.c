@@ -256,6 +256,92 @@ START_TEST(test_owner_exit_poll)
 }
 END_TEST
 
+/* ---- a page source, and pages given back ---- */
+
+#define SRC_PAGES 64
+
+static unsigned char src_byte(size_t i)
+{
+	return (unsigned char)(0xa0 + i % 50);
+}
+
+/*
+ * The owner (libuffd on its side too): MISSING memory with REMOVE events,
+ * handed over with uffd_handoff_send(). It reads every page (the source's
+ * contents), gives pages 8..15 back as a balloon would, then reads them
+ * (zeros now, not the old contents) and the rest again.
+ */
+static void source_owner(int sock)
+{
+	struct uffd_opts o = { .size = sizeof(o), .features = UFFD_FEATURE_EVENT_REMOVE };
+	unsigned char *mem = mmap(NULL, SRC_PAGES * ps, PROT_READ | PROT_WRITE,
+				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct uffd *u;
+	struct uffd_handoff_region row = { .owner_addr = (uintptr_t)mem, .length = SRC_PAGES * ps,
+					   .modes = UFFDIO_REGISTER_MODE_MISSING, .fd = -1 };
+
+	if (mem == MAP_FAILED || uffd_open(&u, &o) ||
+	    uffd_register(u, mem, SRC_PAGES * ps, UFFDIO_REGISTER_MODE_MISSING, NULL) ||
+	    uffd_handoff_send(sock, u, &row, 1))
+		_exit(20);
+	for (size_t i = 0; i < SRC_PAGES; i++)
+		if (mem[i * ps + i] != src_byte(i))
+			_exit(21);
+	if (madvise(mem + 8 * ps, 8 * ps, MADV_DONTNEED))
+		_exit(22);
+	for (size_t i = 0; i < SRC_PAGES; i++)
+		if (mem[i * ps + i] != (i >= 8 && i < 16 ? 0 : src_byte(i)))
+			_exit(23);
+	_exit(0);
+}
+
+START_TEST(test_source_removed)
+{
+	int pair[2], st, fds_before = harness_count_fds();
+	struct uffd_handoff *h = NULL;
+	struct uffd_loop *l;
+	struct uffd_loop_counters c = { .size = sizeof(c) };
+	struct uffd_watch_opts wo = { .size = sizeof(wo), .flags = UFFD_WATCH_OWNER | UFFD_WATCH_STOP_LOOP };
+	unsigned char *src;
+	pid_t pid;
+
+	SKIP_UNDER_VALGRIND("the owner's faults are served across processes while valgrind serialises threads");
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		close(pair[0]);
+		source_owner(pair[1]);
+	}
+	close(pair[1]);
+	ck_assert_msg(uffd_handoff_recv(pair[0], NULL, &h) == 0, "recv: %s", uffd_last_error());
+	ck_assert_uint_eq(h->nregions, 1);
+	src = malloc(SRC_PAGES * ps);
+	for (size_t i = 0; i < SRC_PAGES; i++)
+		memset(src + i * ps, src_byte(i), ps);
+	ck_assert_int_eq(uffd_region_set_source(h->regions[0], src, SRC_PAGES * ps), 0);
+	ck_assert_int_eq(uffd_loop_new(&l, NULL), 0);
+	/* A socketpair's peer credentials are its creator's (this process): watch the child's pid. */
+	wo.owner_fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	ck_assert_int_ge(wo.owner_fd, 0);
+	ck_assert_int_eq(uffd_loop_add_opts(l, h->uffd, NULL, NULL, &wo), 0);
+	ck_assert_int_eq(uffd_loop_add_region(l, h->regions[0], NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_run(l), 0);	/* until the owner exits */
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "owner status 0x%x", st);
+	ck_assert_int_eq(uffd_loop_counters(l, &c), 0);
+	ck_assert_uint_eq(c.faults_missing, SRC_PAGES + 8);	/* each page once, the balloon's twice */
+	ck_assert_uint_eq(c.errors, 0);
+	ck_assert_int_eq(uffd_loop_remove(l, h->uffd), 0);
+	uffd_loop_free(l);
+	uffd_handoff_free(h);
+	free(src);
+	close(wo.owner_fd);
+	close(pair[0]);
+	ck_assert_int_eq(harness_count_fds(), fds_before);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
 	Suite *s = suite_create("owner");
@@ -265,6 +351,9 @@ static Suite *make_suite(void)
 	tcase_add_checked_fixture(tc, setup, NULL);
 	tcase_add_test(tc, test_owner_exit_uring);
 	tcase_add_test(tc, test_owner_exit_poll);
+	tc = CASE(source_removed, 30);
+	tcase_add_checked_fixture(tc, setup, NULL);
+	tcase_add_test(tc, test_source_removed);
 	return s;
 }
 
