@@ -642,10 +642,12 @@ static void pin(struct uffd_region *r)
 
 static void unpin(struct uffd_region *r)
 {
+	/* Destroyed by its own handler (this thread): the struct was left for us to free. */
+	bool doomed = __atomic_load_n(&r->doomed, __ATOMIC_ACQUIRE);
+
 	tl_pinned = NULL;
-	/* Destroyed by its own handler: the struct was left for us to free. */
-	if (!__atomic_sub_fetch(&r->pins, 1, __ATOMIC_ACQ_REL) &&
-	    __atomic_load_n(&r->doomed, __ATOMIC_ACQUIRE))
+	/* Otherwise a destroy on another thread may free r as soon as pins drops: no touching after. */
+	if (!__atomic_sub_fetch(&r->pins, 1, __ATOMIC_ACQ_REL) && doomed)
 		free(r);
 }
 

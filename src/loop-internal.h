@@ -163,6 +163,7 @@ struct uffd_loop {
 	unsigned nwatches;
 	struct loop_watch *zombies;	/* removed by the loop, freed at holders == 0 */
 	struct loop_slot *dead_slots;	/* let go of by runners, freed by collect */
+	atomic_uint garbage;	/* dead slots and zombies added since the last collect */
 	struct uffd_region **regions;	/* added with uffd_loop_add_region */
 	size_t nregions, regions_cap;
 	atomic_uint gen;	/* bumped on every watch-set change */

@@ -260,6 +260,7 @@ static void slot_release_locked(struct loop_runner *rn, struct loop_slot *s)
 		pthread_cond_broadcast(&l->cond);
 	s->next = l->dead_slots;
 	l->dead_slots = s;
+	atomic_fetch_add(&l->garbage, 1);
 }
 
 static void slot_release(struct loop_runner *rn, struct loop_slot *s)
@@ -434,7 +435,8 @@ static void runner_sync(struct loop_runner *rn)
 	struct uffd_loop *l = rn->l;
 	struct loop_slot *s, *next;
 
-	if (atomic_load(&l->gen) == rn->gen && !rn->incoming)
+	/* Slots come with a gen bump (a new runner starts at ~0): gen alone says when to look. */
+	if (atomic_load(&l->gen) == rn->gen)
 		return;
 	pthread_mutex_lock(&l->lock);
 	rn->gen = atomic_load(&l->gen);
@@ -639,7 +641,7 @@ static void housekeeping(struct loop_runner *rn)
 	struct uffd_loop *l = rn->l;
 
 	if (!rn->nerrq && !rn->want_reap && !rn->owner_pending && !atomic_load(&l->nowned) &&
-	    !l->dead_slots && !l->zombies)
+	    !atomic_load(&l->garbage))
 		return;
 	if (!uffd__gate_enter())
 		return;
@@ -650,7 +652,7 @@ static void housekeeping(struct loop_runner *rn)
 	loop__flush_errors(rn);
 	loop__reap(rn, rn->want_reap);
 	rn->want_reap = false;
-	if ((l->dead_slots || l->zombies) && !pthread_mutex_trylock(&l->api)) {
+	if (atomic_load(&l->garbage) && !pthread_mutex_trylock(&l->api)) {
 		loop__collect(l);
 		pthread_mutex_unlock(&l->api);
 	}

@@ -394,6 +394,7 @@ static void slot_bury(struct uffd_loop *l, struct loop_slot *s)
 		pthread_cond_broadcast(&l->cond);
 	s->next = l->dead_slots;
 	l->dead_slots = s;
+	atomic_fetch_add(&l->garbage, 1);
 }
 
 /* With rn->drive held (nobody drives rn): its slots of w with no request in flight go. */
@@ -481,6 +482,7 @@ void loop__collect(struct uffd_loop *l)
 	pthread_mutex_lock(&l->lock);
 	dead = l->dead_slots;
 	l->dead_slots = NULL;
+	atomic_store(&l->garbage, 0);
 	for (struct loop_watch **p = &l->zombies; *p;) {
 		struct loop_watch *w = *p;
 
@@ -610,6 +612,7 @@ void loop__reap(struct loop_runner *rn, bool force)
 		watch_unlink(l, w);
 		w->next = l->zombies;
 		l->zombies = w;
+		atomic_fetch_add(&l->garbage, 1);
 		reaped[n++] = w;
 		atomic_fetch_sub(&l->nowned, 1);
 		atomic_fetch_add_explicit(&rn->c.reaped, 1, memory_order_relaxed);
@@ -648,6 +651,7 @@ void loop__owner_exits(struct loop_runner *rn)
 		watch_unlink(l, w);
 		w->next = l->zombies;
 		l->zombies = w;
+		atomic_fetch_add(&l->garbage, 1);
 		gone[n++] = w;
 		stop |= w->wo.flags & UFFD_WATCH_STOP_LOOP;
 	}
