@@ -131,6 +131,19 @@ int rangemap_remove(struct rangemap *m, const void *ptr);
 /* Moves the entry whose ptr is ptr to start at new_start. */
 int rangemap_move(struct rangemap *m, const void *ptr, uintptr_t new_start);
 size_t rangemap_count(struct rangemap *m);
+/*
+ * Cuts [start, end) out of every entry (an entry straddling start or end
+ * keeps its outer part) and adds the n entries of add, sorted and inside
+ * [start, end), in one published table. Allocates nothing when there is
+ * nothing to change. 0 or -ENOMEM (then nothing changed).
+ */
+int rangemap_replace(struct rangemap *m, uintptr_t start, uintptr_t end,
+		     const struct rangemap_entry *add, size_t n);
+/*
+ * What lies in [from, from+len) moves to [to, to+len), replacing what was
+ * there (a mremap). Allocates nothing when neither range holds an entry.
+ */
+int rangemap_shift(struct rangemap *m, uintptr_t from, uintptr_t to, size_t len);
 
 /* ---- the handle ---- */
 

@@ -230,6 +230,96 @@ bool rangemap_next(struct rangemap *m, uintptr_t addr, struct rangemap_entry *ou
 	return found;
 }
 
+/*
+ * New table: old with [start, end) cut out, plus the n sorted entries of
+ * add, which lie inside [start, end). An entry straddling start or end
+ * keeps its outer parts: at most one more entry than old had.
+ */
+static struct rangemap_table *carve(const struct rangemap_table *old, uintptr_t start,
+				    uintptr_t end, const struct rangemap_entry *add, size_t n)
+{
+	size_t oldn = old ? old->n : 0;
+	struct rangemap_table *t = table_new(oldn + 1 + n);
+
+	if (!t)
+		return NULL;
+	t->n = 0;
+	for (size_t i = 0; i < oldn && old->e[i].start < start; i++) {
+		t->e[t->n] = old->e[i];
+		if (t->e[t->n].end > start)
+			t->e[t->n].end = start;
+		t->n++;
+	}
+	for (size_t k = 0; k < n; k++)
+		t->e[t->n++] = add[k];
+	for (size_t i = 0; i < oldn; i++) {
+		if (old->e[i].end <= end)
+			continue;
+		t->e[t->n] = old->e[i];
+		if (t->e[t->n].start < end)
+			t->e[t->n].start = end;
+		t->n++;
+	}
+	return t;
+}
+
+int rangemap_replace(struct rangemap *m, uintptr_t start, uintptr_t end,
+		     const struct rangemap_entry *add, size_t n)
+{
+	struct rangemap_table *old, *t;
+	int err = 0;
+
+	pthread_mutex_lock(&m->wlock);
+	old = atomic_load(&m->cur);
+	if (!n && !overlaps(old, SIZE_MAX, start, end))
+		goto out;	/* nothing to change: no allocation */
+	t = carve(old, start, end, add, n);
+	if (t)
+		publish(m, t);
+	else
+		err = -ENOMEM;
+out:
+	pthread_mutex_unlock(&m->wlock);
+	return err;
+}
+
+int rangemap_shift(struct rangemap *m, uintptr_t from, uintptr_t to, size_t len)
+{
+	struct rangemap_table *old, *moved = NULL, *rest = NULL, *t = NULL;
+	int err = -ENOMEM;
+
+	pthread_mutex_lock(&m->wlock);
+	old = atomic_load(&m->cur);
+	if (!overlaps(old, SIZE_MAX, from, from + len) && !overlaps(old, SIZE_MAX, to, to + len)) {
+		err = 0;
+		goto out;
+	}
+	/* The parts inside [from, from+len), at their new place. */
+	moved = table_new(old->n);
+	if (!moved)
+		goto out;
+	moved->n = 0;
+	for (size_t i = 0; i < old->n; i++) {
+		struct rangemap_entry e = old->e[i];
+
+		if (e.end <= from || e.start >= from + len)
+			continue;
+		e.start = (e.start > from ? e.start : from) - from + to;
+		e.end = (e.end < from + len ? e.end : from + len) - from + to;
+		moved->e[moved->n++] = e;
+	}
+	rest = carve(old, from, from + len, NULL, 0);
+	if (rest && (t = carve(rest, to, to + len, moved->e, moved->n))) {
+		publish(m, t);
+		err = 0;
+	}
+out:
+	pthread_mutex_unlock(&m->wlock);
+	free(moved);
+	free(rest);
+	return err;
+}
+
 void rangemap_destroy(struct rangemap *m)
 {
 	free(atomic_exchange(&m->cur, NULL));

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -147,6 +148,54 @@ START_TEST(test_move)
 END_TEST
 
 #define MANY 1000
+
+/* The entries of m, in order, as "start-end:ps " triples (hex, ps in KiB). */
+static const char *dump(struct rangemap *m, uintptr_t lo, uintptr_t hi, char *buf, size_t size)
+{
+	struct rangemap_entry e;
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (uintptr_t a = lo; a < hi; a = e.end) {
+		if (!rangemap_find(m, a, &e)) {
+			e.end = a + 0x1000;
+			continue;
+		}
+		used += (size_t)snprintf(buf + used, size - used, "%lx-%lx:%zu ", (unsigned long)e.start,
+					 (unsigned long)e.end, e.page_size / 1024);
+	}
+	return buf;
+}
+
+START_TEST(test_replace_shift)
+{
+	struct rangemap m = RANGEMAP_INIT;
+	struct rangemap_entry add[2] = { ent(0x14000, 0x16000, 8192, NULL), ent(0x18000, 0x1a000, 8192, NULL) };
+	char buf[256];
+
+	/* Replacing nothing with nothing allocates and changes nothing. */
+	ck_assert_int_eq(rangemap_replace(&m, 0x10000, 0x20000, NULL, 0), 0);
+	ck_assert_uint_eq(rangemap_count(&m), 0);
+	ck_assert_int_eq(rangemap_insert(&m, &(struct rangemap_entry){ 0x10000, 0x20000, 2048 * 1024, NULL }), 0);
+	/* Cut out of the middle of one entry, with two new ones inside. */
+	ck_assert_int_eq(rangemap_replace(&m, 0x12000, 0x1c000, add, 2), 0);
+	ck_assert_str_eq(dump(&m, 0x8000, 0x30000, buf, sizeof(buf)),
+			 "10000-12000:2048 14000-16000:8 18000-1a000:8 1c000-20000:2048 ");
+	/* Straddling two entries' ends. */
+	ck_assert_int_eq(rangemap_replace(&m, 0x11000, 0x15000, NULL, 0), 0);
+	ck_assert_str_eq(dump(&m, 0x8000, 0x30000, buf, sizeof(buf)),
+			 "10000-11000:2048 15000-16000:8 18000-1a000:8 1c000-20000:2048 ");
+	/* A move: what lies in [0x14000, 0x1a000) goes to 0x40000, replacing what was there. */
+	ck_assert_int_eq(rangemap_insert(&m, &(struct rangemap_entry){ 0x42000, 0x44000, 4096, NULL }), 0);
+	ck_assert_int_eq(rangemap_shift(&m, 0x14000, 0x40000, 0x6000), 0);
+	ck_assert_str_eq(dump(&m, 0x8000, 0x50000, buf, sizeof(buf)),
+			 "10000-11000:2048 1c000-20000:2048 41000-42000:8 44000-46000:8 ");
+	/* A move where nothing is recorded changes nothing. */
+	ck_assert_int_eq(rangemap_shift(&m, 0x60000, 0x70000, 0x1000), 0);
+	ck_assert_uint_eq(rangemap_count(&m), 4);
+	rangemap_destroy(&m);
+}
+END_TEST
 
 START_TEST(test_many_ordered)
 {
@@ -404,6 +453,7 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_overlap);
 	tcase_add_test(tc, test_move);
 	tcase_add_test(tc, test_many_ordered);
+	tcase_add_test(tc, test_replace_shift);
 	tc = CASE(concurrent, 30);
 	tcase_add_test(tc, test_readers_vs_writer);
 	tcase_add_test(tc, test_signal_reader);
