@@ -239,8 +239,14 @@ void uffd__region_pagestate_free(struct uffd_region *r);
 
 /* ---- error.c: the thread's last-error sentence ---- */
 
-/* Formats the sentence and returns err (a negative errno) for tail calls. */
+/*
+ * Formats the sentence and returns err (a negative errno) for tail calls.
+ * Async-signal-safe: it formats with uffd__vformat(), so the format may use
+ * only %s %d %u %x %p %c %%, with l, ll or z.
+ */
 int uffd__err(int err, const char *fmt, ...) UFFD_PRINTF(2, 3);
+/* vsnprintf() for that subset, async-signal-safe; the length it wanted. */
+size_t uffd__vformat(char *buf, size_t size, const char *fmt, va_list ap);
 /* Async-signal-safe: copies a constant string. Returns err. */
 int uffd__err_const(int err, const char *msg);
 /* "EFAULT" for 14 (sign ignored); "E?" when unknown. */
