@@ -35,11 +35,13 @@ static size_t min_huge_page_size(void)
 }
 
 /*
- * Page size of a fault outside any region. The kernel aligns a hugetlb
- * fault's address to its huge page (unless EXACT_ADDRESS), so only such
- * addresses need the (slower) look at the mapping.
+ * Page size of a fault outside every region and recorded range, on a
+ * handle made by uffd_open_fd() (whose ranges were registered elsewhere),
+ * or in a range registered when /proc could not be read. The kernel aligns a hugetlb fault's address to its huge page (unless
+ * EXACT_ADDRESS), so only such addresses need the (slower) look at the
+ * mapping.
  */
-static size_t fault_page_size(struct uffd *u, uintptr_t addr)
+static size_t lookup_page_size(struct uffd *u, uintptr_t addr)
 {
 	size_t hmin = min_huge_page_size(), ps;
 
@@ -57,11 +59,14 @@ static void decode_fault(struct uffd *u, const struct uffd_msg *m,
 	struct rangemap_entry e;
 	size_t ps;
 
+	/* Regions, then the ranges uffd_register() recorded: no system call. */
 	if (rangemap_find(&u->regions, addr, &e)) {
 		f->region = e.ptr;
 		ps = e.page_size;
+	} else if (rangemap_find(&u->ranges, addr, &e)) {
+		ps = e.page_size ? e.page_size : lookup_page_size(u, addr);
 	} else {
-		ps = fault_page_size(u, addr);
+		ps = u->ranges_unknown ? lookup_page_size(u, addr) : u->page_size;
 	}
 	f->uffd = u;
 	f->addr = (void *)(addr & ~(uintptr_t)(ps - 1));
@@ -94,6 +99,8 @@ int uffd__decode_msg(struct uffd *u, const void *raw, struct uffd_event *ev)
 		ev->remap.from = (void *)(uintptr_t)m.arg.remap.from;
 		ev->remap.to = (void *)(uintptr_t)m.arg.remap.to;
 		ev->remap.len = m.arg.remap.len;
+		/* The registration moved with the mapping: so do its page sizes. */
+		uffd__ranges_moved(u, m.arg.remap.from, m.arg.remap.to, m.arg.remap.len);
 		return 0;
 	case UFFD_EVENT_REMOVE:
 	case UFFD_EVENT_UNMAP:

@@ -153,6 +153,19 @@ struct uffd {
 	size_t page_size;	/* base page size */
 	atomic_int pagemap_fd;	/* /proc/self/pagemap for dirty.c, -1 until used */
 	struct rangemap regions;	/* this handle's regions, by base view */
+	/*
+	 * Page sizes of the ranges uffd_register() registered, read when a
+	 * fault is decoded instead of asking the kernel per fault. Only
+	 * ranges of pages larger than the base page are kept (ptr NULL), and
+	 * ranges registered when /proc could not be read (page_size 0: looked
+	 * up per fault); a REMAP event moves them. An entry may outlive its mapping (munmap,
+	 * a region's own unregistering): harmless, since a fault there needs
+	 * a new registration, which replaces it.
+	 */
+	struct rangemap ranges;
+	/* Made by uffd_open_fd(): its ranges were registered elsewhere, so
+	 * what the table lacks is looked up in /proc/self per fault. */
+	bool ranges_unknown;
 };
 
 /* ---- the region (region.c); loop.c and sigbus.c read it ---- */
@@ -266,6 +279,13 @@ enum vma_kind { VMA_ANON = 1, VMA_SHMEM = 2, VMA_HUGETLB = 4 };
 unsigned uffd__vma_kinds(uintptr_t addr, size_t len);
 /* KernelPageSize of the mapping containing addr; 0 if unmapped. */
 size_t uffd__vma_page_size(uintptr_t addr);
+/*
+ * The parts of [addr, addr+len) mapped with pages larger than the base
+ * page, in address order, as entries (ptr NULL) in *out, to free(); *n of
+ * them. One PROCMAP_QUERY per mapping (Linux 6.11), else one smaps parse.
+ * 0 or -errno (then *out is NULL).
+ */
+int uffd__vma_huge_runs(uintptr_t addr, size_t len, struct rangemap_entry **out, size_t *n);
 
 /* ---- ops.c: resolving ioctls ---- */
 
@@ -293,8 +313,15 @@ int uffd__wp_ioctl(int fd, uint64_t start, uint64_t len, bool protect,
 int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		  uintptr_t src, size_t len, unsigned flags, size_t page_size,
 		  size_t *done);
-/* Page size at addr: the region's, else the mapping's, else the base page. */
+/*
+ * Page size at addr: the region's, else the registered range's, else the
+ * base page. Async-signal-safe, but for what the table does not know (a
+ * handle made by uffd_open_fd(), a range registered while /proc could not
+ * be read): the mapping's, looked up in /proc/self.
+ */
 size_t uffd__page_size_at(struct uffd *u, uintptr_t addr);
+/* A REMAP event: the registered ranges' page sizes move along. */
+void uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len);
 /* uffd_writeprotect() with a known page size (0: base page). */
 int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 		       bool protect, unsigned flags, size_t page_size);

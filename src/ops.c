@@ -5,6 +5,7 @@
  * and an error sentence that says what to do.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -234,11 +235,17 @@ static uint64_t op_mode(enum uffd_op op, unsigned flags)
 size_t uffd__page_size_at(struct uffd *u, uintptr_t addr)
 {
 	struct rangemap_entry e;
+	bool found;
 	size_t ps;
 
 	if (rangemap_find(&u->regions, addr, &e))
 		return e.page_size;
-	ps = uffd__vma_page_size(addr);
+	found = rangemap_find(&u->ranges, addr, &e);
+	if (found && e.page_size)
+		return e.page_size;
+	if (!found && !u->ranges_unknown)
+		return u->page_size;
+	ps = uffd__vma_page_size(addr);	/* not recorded: look at the mapping */
 	return ps ? ps : u->page_size;
 }
 
@@ -469,12 +476,8 @@ static const char *register_hint(int err)
 	}
 }
 
-UFFD_EXPORT int uffd_register(struct uffd *u, void *addr, size_t len,
-			      uint64_t modes, uint64_t *ioctls)
+static int check_register(const struct uffd *u, void *addr, size_t len, uint64_t modes)
 {
-	struct uffdio_register reg = {
-		.range = { .start = (uintptr_t)addr, .len = len }, .mode = modes,
-	};
 	int err;
 
 	if ((err = check_handle(u, "uffd_register")) ||
@@ -483,8 +486,17 @@ UFFD_EXPORT int uffd_register(struct uffd *u, void *addr, size_t len,
 	if (!modes || (modes & ~(uint64_t)MODES_ALL))
 		return uffd__err(-EINVAL, "UFFDIO_REGISTER %p+%zu: modes 0x%llx must be a non-empty mix of UFFDIO_REGISTER_MODE_MISSING, _WP and _MINOR",
 				 addr, len, (unsigned long long)modes);
-	if ((err = check_mode_features(u, (uintptr_t)addr, len, modes)))
-		return err;
+	return check_mode_features(u, (uintptr_t)addr, len, modes);
+}
+
+static int register_ioctl(struct uffd *u, void *addr, size_t len, uint64_t modes,
+			  uint64_t *ioctls)
+{
+	struct uffdio_register reg = {
+		.range = { .start = (uintptr_t)addr, .len = len }, .mode = modes,
+	};
+	int err;
+
 	if (ioctl(u->fd, UFFDIO_REGISTER, &reg)) {
 		err = -errno;
 		return uffd__err(err, "UFFDIO_REGISTER %p+%zu modes 0x%llx: %s (%s)", addr, len,
@@ -493,6 +505,36 @@ UFFD_EXPORT int uffd_register(struct uffd *u, void *addr, size_t len,
 	if (ioctls)
 		*ioctls = reg.ioctls;
 	return 0;
+}
+
+/*
+ * The page sizes are read once here, before the kernel call so that a
+ * failure changes nothing, and recorded after it: faults are then decoded
+ * from the table, with no look at /proc per fault.
+ */
+UFFD_EXPORT int uffd_register(struct uffd *u, void *addr, size_t len,
+			      uint64_t modes, uint64_t *ioctls)
+{
+	struct rangemap_entry *runs = NULL, unknown;
+	uintptr_t a = (uintptr_t)addr;
+	size_t nruns = 0;
+	int err;
+
+	if ((err = check_register(u, addr, len, modes)))
+		return err;
+	if (uffd__vma_huge_runs(a, len, &runs, &nruns)) {
+		/* No descriptor to spare (EMFILE): unknown, looked up per fault. */
+		unknown = (struct rangemap_entry){ .start = a, .end = a + len };
+		nruns = 1;
+	}
+	err = register_ioctl(u, addr, len, modes, ioctls);
+	if (!err && rangemap_replace(&u->ranges, a, a + len, runs ? runs : &unknown, nruns)) {
+		range_ioctl(u->fd, UFFDIO_UNREGISTER, a, len);
+		err = uffd__err(-ENOMEM, "UFFDIO_REGISTER %p+%zu: out of memory recording the range's page sizes; "
+				"the range is left unregistered (ENOMEM)", addr, len);
+	}
+	free(runs);
+	return err;
 }
 UFFD_EXPORT_OWN(register);
 
@@ -508,6 +550,28 @@ UFFD_EXPORT int uffd_unregister(struct uffd *u, void *addr, size_t len)
 		return uffd__err(err, "UFFDIO_UNREGISTER %p+%zu: %s (%s)", addr, len,
 				 err == -EINVAL ? "no mapping there, or it is registered with another userfaultfd"
 						: strerror(-err), uffd__errname(err));
+	/* Out of memory leaves a stale entry, which a new registration replaces. */
+	rangemap_replace(&u->ranges, (uintptr_t)addr, (uintptr_t)addr + len, NULL, 0);
 	return 0;
 }
 UFFD_EXPORT_OWN(unregister);
+
+/* Whether an entry of m overlaps [start, end); lock-free. */
+static bool holds(struct rangemap *m, uintptr_t start, uintptr_t end)
+{
+	struct rangemap_entry e;
+
+	return rangemap_next(m, start, &e) && e.start < end;
+}
+
+/*
+ * Allocates only when a recorded range is involved (a hugetlb mapping
+ * moved), so the common REMAP costs a lock-free look.
+ */
+void uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len)
+{
+	if (!len || from + len < from || to + len < to)	/* a malformed message */
+		return;
+	if (holds(&u->ranges, from, from + len) || holds(&u->ranges, to, to + len))
+		rangemap_shift(&u->ranges, from, to, len);
+}

@@ -202,6 +202,7 @@ static int handle_new(struct uffd **out, int fd, uint64_t features)
 	u->page_size = uffd__base_page_size();
 	atomic_init(&u->pagemap_fd, -1);
 	u->regions = (struct rangemap)RANGEMAP_INIT;
+	u->ranges = (struct rangemap)RANGEMAP_INIT;
 	*out = u;
 	return 0;
 }
@@ -281,7 +282,10 @@ UFFD_EXPORT int uffd_open_fd(struct uffd **out, int fd, uint64_t features)
 	    fcntl(fd, F_SETFD, FD_CLOEXEC))
 		return uffd__err(-errno, "uffd_open_fd: cannot make fd %d O_NONBLOCK|O_CLOEXEC: %s",
 				 fd, strerror(errno));
-	return handle_new(out, fd, features);
+	if (handle_new(out, fd, features))
+		return -ENOMEM;
+	(*out)->ranges_unknown = true;
+	return 0;
 }
 UFFD_EXPORT_OWN(open_fd);
 
@@ -295,6 +299,7 @@ UFFD_EXPORT void uffd_close(struct uffd *u)
 	if (pm >= 0)
 		close(pm);
 	rangemap_destroy(&u->regions);
+	rangemap_destroy(&u->ranges);
 	close(u->fd);
 	free(u);
 }

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * What kind of memory backs a range, from /proc/self/smaps. Only slow
- * paths ask: registration with an incomplete feature set, and stepping over
- * an existing page of unknown size. The page size of one mapping comes
- * from PROCMAP_QUERY where the kernel has it, cheap enough for dirty scans.
+ * paths ask: registration (the page sizes of the range, and the kinds when
+ * the feature set is incomplete), and handles whose ranges were registered
+ * elsewhere. Page sizes come from PROCMAP_QUERY where the kernel has it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +13,10 @@
 #include <unistd.h>
 
 #include "internal.h"
+
+#ifndef PROCMAP_QUERY_COVERING_OR_NEXT_VMA
+#define PROCMAP_QUERY_COVERING_OR_NEXT_VMA 0x10
+#endif
 
 struct vma {
 	uintptr_t start, end;
@@ -35,10 +39,11 @@ static bool parse_header(const char *line, struct vma *v)
 
 /*
  * Calls fn for every mapping overlapping [addr, addr+len), once its
- * KernelPageSize is known. fn returns false to stop.
+ * KernelPageSize is known. fn returns false to stop. 0, or -errno when
+ * smaps cannot be opened.
  */
-static void for_each_vma(uintptr_t addr, size_t len,
-			 bool (*fn)(const struct vma *v, void *arg), void *arg)
+static int for_each_vma(uintptr_t addr, size_t len,
+			bool (*fn)(const struct vma *v, void *arg), void *arg)
 {
 	FILE *f = fopen("/proc/self/smaps", "re");
 	char *line = NULL;
@@ -48,7 +53,7 @@ static void for_each_vma(uintptr_t addr, size_t len,
 	unsigned long kb;
 
 	if (!f)
-		return;
+		return -errno;
 	while (getline(&line, &cap, f) > 0) {
 		if (!have) {
 			if (!parse_header(line, &v))
@@ -67,6 +72,7 @@ static void for_each_vma(uintptr_t addr, size_t len,
 	}
 	free(line);
 	fclose(f);
+	return 0;
 }
 
 static bool add_kind(const struct vma *v, void *arg)
@@ -124,4 +130,80 @@ size_t uffd__vma_page_size(uintptr_t addr)
 		return ps;
 	for_each_vma(addr, 1, take_page_size, &ps);	/* kernel before 6.11 */
 	return ps;
+}
+
+/* ---- the huge-page runs of a range, for the handle's table ---- */
+
+struct runs {
+	uintptr_t start, end;	/* the range asked about */
+	struct rangemap_entry *e;
+	size_t n, cap;
+	int err;
+};
+
+/* Records [start, end) clipped to the range if its pages are huge. */
+static void run_add(struct runs *r, uintptr_t start, uintptr_t end, size_t ps)
+{
+	struct rangemap_entry *ne;
+
+	start = start > r->start ? start : r->start;
+	end = end < r->end ? end : r->end;
+	if (r->err || ps <= uffd__base_page_size() || start >= end)
+		return;
+	if (r->n == r->cap) {
+		ne = realloc(r->e, (r->cap ? 2 * r->cap : 4) * sizeof(*ne));
+		if (!ne) {
+			r->err = -ENOMEM;
+			return;
+		}
+		r->e = ne;
+		r->cap = r->cap ? 2 * r->cap : 4;
+	}
+	r->e[r->n++] = (struct rangemap_entry){ .start = start, .end = end, .page_size = ps };
+}
+
+static bool run_of_vma(const struct vma *v, void *arg)
+{
+	run_add(arg, v->start, v->end, v->kernel_page_size);
+	return true;
+}
+
+/* PROCMAP_QUERY for each mapping in the range: 0, or -errno of the first query. */
+static int query_runs(struct runs *r)
+{
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC), err = 0;
+
+	if (fd < 0)
+		return -errno;
+	for (uintptr_t a = r->start; a < r->end && !r->err;) {
+		struct procmap_query q = { .size = sizeof(q), .query_addr = a,
+					   .query_flags = PROCMAP_QUERY_COVERING_OR_NEXT_VMA };
+
+		if (ioctl(fd, PROCMAP_QUERY, &q)) {
+			err = errno == ENOENT ? 0 : -errno;	/* ENOENT: no mapping from a on */
+			break;
+		}
+		run_add(r, q.vma_start, q.vma_end, q.vma_page_size);
+		a = q.vma_end;
+	}
+	close(fd);
+	return err;
+}
+
+int uffd__vma_huge_runs(uintptr_t addr, size_t len, struct rangemap_entry **out, size_t *n)
+{
+	struct runs r = { .start = addr, .end = addr + len };
+	int err = query_runs(&r);
+
+	if (err && !r.n && !r.err)	/* kernel before 6.11 */
+		err = for_each_vma(addr, len, run_of_vma, &r);
+	err = err ? err : r.err;
+	if (err) {
+		free(r.e);
+		r.e = NULL;
+		r.n = 0;
+	}
+	*out = r.e;
+	*n = r.n;
+	return err;
 }

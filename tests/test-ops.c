@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1162,6 +1164,145 @@ START_TEST(test_hugetlb_register)
 }
 END_TEST
 
+/*
+ * Faults on hugetlb ranges registered with uffd_register() (as QEMU
+ * registers its RAM) are decoded without looking at /proc: the handle
+ * recorded the page sizes at registration. Proven by decoding with no
+ * file descriptor left to open (a look at /proc/self/maps or smaps would
+ * fail, and the fault would come out as a base page).
+ */
+struct no_fds {
+	struct rlimit old;
+	int fd[256], n;
+};
+
+static void fds_exhaust(struct no_fds *x)
+{
+	struct rlimit low;
+	int fd;
+
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &x->old), 0);
+	low = x->old;
+	if (low.rlim_cur > 256)
+		low.rlim_cur = 256;
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+	for (x->n = 0; x->n < 256 && (fd = dup(0)) >= 0; x->n++)
+		x->fd[x->n] = fd;
+	ck_assert_int_eq(errno, EMFILE);
+	ck_assert_int_eq(open("/proc/self/maps", O_RDONLY | O_CLOEXEC), -1);
+}
+
+static void fds_restore(struct no_fds *x)
+{
+	while (x->n)
+		close(x->fd[--x->n]);
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &x->old), 0);
+}
+
+/* Each huge page of [base, base+n*hps) faulted at offset in, decoded, resolved. */
+static void fault_huge_pages(struct uffd *u, char *base, size_t n, size_t hps, size_t in,
+			     const char *src)
+{
+	struct no_fds x;
+
+	fds_exhaust(&x);
+	for (size_t i = 0; i < n; i++) {
+		char *page = base + i * hps;
+		struct uffd_event ev;
+		struct toucher th;
+
+		touch_start(&th, page + in, false, 0);
+		read_one(u, &ev);
+		ck_assert_int_eq(ev.type, UFFD_EV_FAULT);
+		ck_assert_ptr_eq(ev.fault.addr, page);
+		ck_assert_msg(ev.fault.len == hps, "fault %zu decoded as %zu bytes, not the huge page of %zu",
+			      i, ev.fault.len, hps);
+		ck_assert_int_eq(uffd_copy(u, ev.fault.addr, src, ev.fault.len, 0, NULL), 0);
+		harness_thread_join(th.thread);
+		ck_assert_int_eq(th.value, src[in]);
+	}
+	fds_restore(&x);
+}
+
+START_TEST(test_hugetlb_no_lookup)
+{
+	size_t hps = hugepages_or_skip(8);
+	char *src;
+	struct uffd *u;
+	struct twin t;
+
+	if (!hps)
+		return;
+	SKIP_UNDER_VALGRIND("valgrind needs file descriptors of its own");
+	src = map_anon(hps);
+	memset(src, 'q', hps);
+	for (int exact = 0; exact < 2; exact++) {
+		u = open_features(UFFD_FEATURE_MISSING_HUGETLBFS | (exact ? UFFD_FEATURE_EXACT_ADDRESS : 0));
+		twin_new(&t, 4 * hps, MFD_HUGETLB);
+		ck_assert_int_eq(uffd_register(u, t.base, t.len, MISSING, NULL), 0);
+		fault_huge_pages(u, t.base, 4, hps, exact ? 5 * ps + 3 : 0, src);
+		ck_assert_int_eq(uffd_unregister(u, t.base, t.len), 0);
+		twin_free(&t);
+		uffd_close(u);
+	}
+	munmap(src, hps);
+}
+END_TEST
+
+struct remapper {
+	void *from, *to;
+	size_t len;
+	void *ret;
+};
+
+static void *remap_fn(void *arg)
+{
+	struct remapper *m = arg;
+
+	m->ret = mremap(m->from, m->len, m->len, MREMAP_MAYMOVE | MREMAP_FIXED, m->to);
+	return NULL;
+}
+
+/* A REMAP event moves the recorded page sizes along with the registration. */
+START_TEST(test_hugetlb_remap_no_lookup)
+{
+	size_t hps = hugepages_or_skip(2);
+	struct remapper m;
+	struct uffd_event ev;
+	char *src, *area;
+	struct uffd *u;
+	struct twin t;
+	void *th;
+
+	if (!hps)
+		return;
+	SKIP_UNDER_VALGRIND("valgrind needs file descriptors of its own");
+	if (!harness_have_features(UFFD_FEATURE_EVENT_REMAP))
+		SKIP_TEST("the kernel lacks UFFD_FEATURE_EVENT_REMAP");
+	src = map_anon(hps);
+	memset(src, 'r', hps);
+	u = open_features(UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_EVENT_REMAP);
+	twin_new(&t, 2 * hps, MFD_HUGETLB);
+	ck_assert_int_eq(uffd_register(u, t.base, t.len, MISSING, NULL), 0);
+	area = mmap(NULL, 3 * hps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ck_assert_ptr_ne(area, MAP_FAILED);
+	m = (struct remapper){ .from = t.base, .len = t.len,
+			       .to = (void *)(((uintptr_t)area + hps - 1) & ~(uintptr_t)(hps - 1)) };
+	th = harness_thread_start(remap_fn, &m);
+	read_one(u, &ev);	/* the mremap waits until this is read */
+	harness_thread_join(th);
+	ck_assert_ptr_eq(m.ret, m.to);
+	ck_assert_int_eq(ev.type, UFFD_EV_REMAP);
+	ck_assert_ptr_eq(ev.remap.to, m.to);
+	fault_huge_pages(u, m.to, 2, hps, 3 * ps, src);
+	munmap(area, 3 * hps);
+	munmap(t.alias, t.len);
+	close(t.fd);
+	munmap(src, hps);
+	uffd_close(u);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
 	Suite *s = suite_create("ops");
@@ -1204,6 +1345,9 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_hugetlb_zeropage_copy);
 	tcase_add_test(tc, test_hugetlb_continue);
 	tcase_add_test(tc, test_hugetlb_exact_address);
+	tc = CASE(hugetlb_no_lookup, 30);
+	tcase_add_test(tc, test_hugetlb_no_lookup);
+	tcase_add_test(tc, test_hugetlb_remap_no_lookup);
 	return s;
 }
 
