@@ -154,7 +154,7 @@ const char *uffd_last_error(void);
 int uffd_register(struct uffd *u, void *addr, size_t len, uint64_t modes,
 		  uint64_t *ioctls);
 
-/** Unregister [addr, addr+len); pending faults are woken. @return 0 or -errno. */
+/** Unregister [addr, addr+len); pending faults (of every kind) are woken. @return 0 or -errno. */
 int uffd_unregister(struct uffd *u, void *addr, size_t len);
 
 /** Leave faulting threads asleep; wake them later with uffd_wake(). */
@@ -172,9 +172,14 @@ int uffd_unregister(struct uffd *u, void *addr, size_t len);
  * Common to the resolving calls: 0 when the whole range is done; `*done`
  * (if not NULL) is always set to the bytes completed, on error too; the
  * kernel's partial progress is continued internally; -EAGAIN with no further
- * progress means a non-cooperative event must be read first; -EEXIST means
- * a page was already mapped, unless UFFD_SKIP_EXISTING steps over it;
- * unaligned or empty ranges give -EINVAL without any syscall.
+ * progress means a non-cooperative event must be read first (a loop handler
+ * returns UFFD_RETRY; without a loop, read the events with
+ * uffd_read_events() and retry from `*done`); -EEXIST means a page was
+ * already mapped, unless UFFD_SKIP_EXISTING steps over it; -ENOENT (the
+ * range is gone) first wakes the threads waiting on the rest of the range,
+ * whatever the flags; unaligned or empty ranges give -EINVAL without any
+ * syscall. Thread-safe and async-signal-safe (a SIGBUS handler may call
+ * them; the man pages name the one exception).
  *
  * @param flags UFFD_DONTWAKE, UFFD_MAP_WP, UFFD_SKIP_EXISTING
  * @return 0; -EFAULT (no page in the page cache: write it through the alias
@@ -186,9 +191,11 @@ int uffd_continue_range(struct uffd *u, void *addr, size_t len,
 
 /**
  * Write-protect (@p protect true) or un-protect and wake (false) a range
- * registered with UFFDIO_REGISTER_MODE_WP.
+ * registered with UFFDIO_REGISTER_MODE_WP. Async-signal-safe.
  * @param flags UFFD_DONTWAKE (meaningful when un-protecting)
- * @return 0; -EINVAL; -ENOENT; -EAGAIN (read pending events first).
+ * @return 0; -EINVAL; -ENOENT (the range's waiting threads are woken);
+ *         -EAGAIN (return UFFD_RETRY from a loop handler; without a loop,
+ *         read pending events first).
  */
 int uffd_writeprotect(struct uffd *u, void *addr, size_t len, bool protect,
 		      unsigned flags);
@@ -227,7 +234,7 @@ int uffd_move(struct uffd *u, void *dst, void *src, size_t len,
 int uffd_poison(struct uffd *u, void *addr, size_t len, unsigned flags,
 		size_t *done);
 
-/** Wake threads waiting on faults in [addr, addr+len). @return 0 or -errno. */
+/** Wake threads waiting on faults in [addr, addr+len). Async-signal-safe. @return 0 or -errno. */
 int uffd_wake(struct uffd *u, void *addr, size_t len);
 
 /* ------------------------------------------------------------------ */
@@ -357,10 +364,10 @@ struct uffd *uffd_region_uffd(const struct uffd_region *r);
  */
 int uffd_region_populate(struct uffd_region *r, uint64_t off, const void *src,
 			 size_t len, unsigned flags);
-/** uffd_continue_range() on [off, off+len) of the base view. */
+/** uffd_continue_range() on [off, off+len) of the base view. Async-signal-safe. */
 int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t len,
 			 unsigned flags, size_t *done);
-/** uffd_writeprotect() on [off, off+len) of the base view. */
+/** uffd_writeprotect() on [off, off+len) of the base view. Async-signal-safe. */
 int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, size_t len,
 			     bool protect, unsigned flags);
 /**

@@ -87,7 +87,8 @@ UFFD_EXPORT int uffd_dirty_start(struct uffd *u, void *addr, size_t len)
 		return not_registered(call, a, len, err);
 	if (err == -EAGAIN)
 		return uffd__err(err, "%s 0x%lx+%zu: a non-cooperative event (fork, mremap, madvise, munmap) must be "
-				 "read first; read the events with uffd_read_events and retry (EAGAIN)",
+				 "read first: inside a loop handler or a SIGBUS-mode function, return UFFD_RETRY; "
+				 "without a loop, read the pending events (uffd_read_events) and retry (EAGAIN)",
 				 call, (unsigned long)a, len);
 	if (err == -EINVAL)
 		return uffd__err(err, "%s 0x%lx+%zu: the kernel refused the range: part of it is not registered with "

@@ -167,6 +167,19 @@ static int check_resolve(const struct uffd *u, const struct op_info *oi,
 
 /* ---- error sentences ---- */
 
+/* strerror() is not async-signal-safe (locale); the untranslated text is. */
+static const char *errtext(int err)
+{
+	const char *text = strerrordesc_np(-err);
+
+	return text ? text : "unknown error";
+}
+
+/* Any thread, any setting: what to do about -EAGAIN. */
+#define EAGAIN_HINT "a non-cooperative event (fork, mremap, madvise, munmap) must be read first: " \
+	"inside a loop handler or a SIGBUS-mode function, return UFFD_RETRY; without a loop, " \
+	"read the pending events (uffd_read_events) and retry"
+
 static const char *op_hint(enum uffd_op op, int err, unsigned flags)
 {
 	switch (err) {
@@ -179,12 +192,13 @@ static const char *op_hint(enum uffd_op op, int err, unsigned flags)
 	case -EEXIST:
 		return "a page is already mapped; pass UFFD_SKIP_EXISTING to step over mapped pages";
 	case -EAGAIN:
-		return "a non-cooperative event (fork, mremap, madvise, munmap) must be read first; "
-		       "read the events with uffd_read_events and retry from done";
+		return EAGAIN_HINT " from *done";
 	case -ENOENT:
 		if (op == UFFD_OP_MOVE && !(flags & UFFD_ALLOW_SRC_HOLES))
-			return "the source has a hole (pass UFFD_ALLOW_SRC_HOLES), or there is no mapping at the source or destination";
-		return "the range is no longer mapped or registered (unmapped, moved or unregistered)";
+			return "the source has a hole (pass UFFD_ALLOW_SRC_HOLES), or there is no mapping at the source or "
+			       "destination; the threads waiting on the rest of the range were woken";
+		return "the range is no longer mapped or registered (unmapped, moved or unregistered); "
+		       "the threads waiting on the rest of the range were woken and fault again";
 	case -EINVAL:
 		if (flags & UFFD_MAP_WP)
 			return "UFFD_MAP_WP needs the range registered with UFFDIO_REGISTER_MODE_WP";
@@ -208,7 +222,7 @@ static const char *op_hint(enum uffd_op op, int err, unsigned flags)
 	case -ENOMEM:
 		return "out of memory";
 	default:
-		return strerror(-err);
+		return errtext(err);
 	}
 }
 
@@ -247,6 +261,17 @@ size_t uffd__page_size_at(struct uffd *u, uintptr_t addr)
 		return u->page_size;
 	ps = uffd__vma_page_size(addr);	/* not recorded: look at the mapping */
 	return ps ? ps : u->page_size;
+}
+
+/*
+ * The range is gone (-ENOENT: unmapped, moved or unregistered while its
+ * faults waited): wake the threads still asleep on it, whatever the
+ * flags, so that they fault again outside the registration instead of
+ * sleeping until the process exits. No thread sleeps there: a no-op.
+ */
+static void wake_gone(struct uffd *u, uintptr_t addr, size_t len)
+{
+	range_ioctl(u->fd, UFFDIO_WAKE, addr, len);
 }
 
 /* Pages stepped over with UFFD_SKIP_EXISTING, woken once per run. */
@@ -322,6 +347,8 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		err = 0;
 	}
 	skipped_flush(u, &skip, flags);
+	if (err == -ENOENT)
+		wake_gone(u, dst + off, len - off);
 	if (done)
 		*done = off;
 	return err ? op_error(oi, op, err, dst + off, len - off, flags) : 0;
@@ -377,12 +404,16 @@ int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 	if (!(u->features & (UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC)))
 		return uffd__err(-EOPNOTSUPP, "uffd_writeprotect: the handle was opened without UFFD_FEATURE_PAGEFAULT_FLAG_WP (or WP_ASYNC); open it with that feature");
 	err = uffd__wp_ioctl(u->fd, addr, len, protect, flags & UFFD_DONTWAKE);
+	if (err == -ENOENT)
+		wake_gone(u, addr, len);
 	if (err == -EINVAL || err == -ENOENT)
-		return uffd__err(err, "UFFDIO_WRITEPROTECT 0x%lx+%zu: the range is not registered with UFFDIO_REGISTER_MODE_WP on this handle, or not aligned to its huge page size (%s)",
-				 (unsigned long)addr, len, uffd__errname(err));
+		return uffd__err(err, "UFFDIO_WRITEPROTECT 0x%lx+%zu: the range is not registered with UFFDIO_REGISTER_MODE_WP on this handle, or not aligned to its huge page size (%s)%s",
+				 (unsigned long)addr, len, uffd__errname(err),
+				 err == -ENOENT ? "; the threads waiting on it were woken" : "");
 	if (err)
 		return uffd__err(err, "UFFDIO_WRITEPROTECT 0x%lx+%zu: %s (%s)", (unsigned long)addr, len,
-				 op_hint(UFFD_OP_POISON, err, 0), uffd__errname(err));
+				 err == -EAGAIN ? EAGAIN_HINT : op_hint(UFFD_OP_POISON, err, 0),
+				 uffd__errname(err));
 	return 0;
 }
 
@@ -402,7 +433,8 @@ UFFD_EXPORT int uffd_wake(struct uffd *u, void *addr, size_t len)
 		return err;
 	err = range_ioctl(u->fd, UFFDIO_WAKE, (uintptr_t)addr, len);
 	if (err)
-		return uffd__err(err, "UFFDIO_WAKE %p+%zu: %s", addr, len, strerror(-err));
+		return uffd__err(err, "UFFDIO_WAKE %p+%zu: %s (%s)", addr, len, errtext(err),
+				 uffd__errname(err));
 	return 0;
 }
 UFFD_EXPORT_OWN(wake);
@@ -550,6 +582,8 @@ UFFD_EXPORT int uffd_unregister(struct uffd *u, void *addr, size_t len)
 		return uffd__err(err, "UFFDIO_UNREGISTER %p+%zu: %s (%s)", addr, len,
 				 err == -EINVAL ? "no mapping there, or it is registered with another userfaultfd"
 						: strerror(-err), uffd__errname(err));
+	/* The kernel wakes the waiters of MISSING faults only. */
+	wake_gone(u, (uintptr_t)addr, len);
 	/* Out of memory leaves a stale entry, which a new registration replaces. */
 	rangemap_replace(&u->ranges, (uintptr_t)addr, (uintptr_t)addr + len, NULL, 0);
 	return 0;

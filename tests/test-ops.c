@@ -898,6 +898,91 @@ START_TEST(test_wp_errors)
 }
 END_TEST
 
+/* ---- -ENOENT wakes: a range gone while its fault waits ---- */
+
+enum gone_call { GONE_CONTINUE, GONE_COPY, GONE_COPY_DONTWAKE, GONE_ZEROPAGE, GONE_POISON,
+		 GONE_WRITEPROTECT, GONE_REGION_CONTINUE, GONE_CALLS };
+
+static int call_gone(enum gone_call c, struct uffd *u, struct uffd_region *r, char *a,
+		     const char *src, size_t *done)
+{
+	switch (c) {
+	case GONE_CONTINUE:
+		return uffd_continue_range(u, a, ps, 0, done);
+	case GONE_COPY:
+		return uffd_copy(u, a, src, ps, 0, done);
+	case GONE_COPY_DONTWAKE:
+		return uffd_copy(u, a, src, ps, UFFD_DONTWAKE, done);
+	case GONE_ZEROPAGE:
+		return uffd_zeropage(u, a, ps, 0, done);
+	case GONE_POISON:
+		return uffd_poison(u, a, ps, 0, done);
+	case GONE_WRITEPROTECT:
+		*done = 0;
+		return uffd_writeprotect(u, a, ps, false, 0);
+	case GONE_REGION_CONTINUE:
+	case GONE_CALLS:
+		break;
+	}
+	return uffd_region_continue(r, (uint64_t)(a - (char *)uffd_region_base(r)), ps, 0, done);
+}
+
+static bool finished_within(struct toucher *th, long ms)
+{
+	for (long i = 0; i < ms / 10 && !atomic_load(&th->finished); i++)
+		sleep_ms(10);
+	return atomic_load(&th->finished);
+}
+
+/*
+ * A thread sleeps on a MINOR fault; the range is unregistered behind the
+ * handler's back (by a raw UFFDIO_UNREGISTER: for MINOR faults the kernel
+ * wakes nobody); the handler's resolving call then fails with -ENOENT and
+ * must wake the thread, which faults again, now outside any registration,
+ * and reads the page. uffd_unregister() itself wakes such a thread.
+ */
+START_TEST(test_enoent_wakes)
+{
+	struct uffd_region_opts ro = { .size = sizeof(ro), .length = 2 * ps, .modes = MINOR, .fd = -1 };
+	struct uffd *u = open_default();
+	char *src = map_anon(ps);
+
+	memset(src, 's', ps);
+	for (enum gone_call c = 0; c <= GONE_CALLS; c++) {
+		struct uffd_region *r = NULL;
+		struct uffd_event ev;
+		struct toucher th;
+		size_t done = 77;
+		char *a;
+
+		ck_assert_int_eq(uffd_region_create(u, &ro, &r), 0);
+		a = (char *)uffd_region_base(r) + ps;
+		((char *)uffd_region_alias(r))[ps] = 'g';
+		touch_start(&th, a, false, 0);
+		read_one(u, &ev);
+		ck_assert_ptr_eq(ev.fault.addr, a);
+		if (c == GONE_CALLS) {
+			ck_assert_int_eq(uffd_unregister(u, uffd_region_base(r), 2 * ps), 0);
+			ck_assert_msg(finished_within(&th, 2000), "uffd_unregister left a MINOR fault asleep");
+		} else {
+			struct uffdio_range range = { (uintptr_t)uffd_region_base(r), 2 * ps };
+
+			ck_assert_int_eq(ioctl(uffd_fd(u), UFFDIO_UNREGISTER, &range), 0);
+			ck_assert_msg(!finished_within(&th, 100), "call %d: the kernel woke the thread itself", c);
+			ck_assert_int_eq(call_gone(c, u, r, a, src, &done), -ENOENT);
+			ck_assert_uint_eq(done, 0);
+			ck_assert_msg(finished_within(&th, 2000), "call %d: -ENOENT left the faulting thread asleep", c);
+			assert_error_mentions("woken");
+		}
+		harness_thread_join(th.thread);
+		ck_assert_int_eq(th.value, 'g');
+		uffd_region_destroy(r);
+	}
+	munmap(src, ps);
+	uffd_close(u);
+}
+END_TEST
+
 /* ---- mmap_changing ---- */
 
 struct remover {
@@ -976,13 +1061,18 @@ START_TEST(test_mmap_changing)
 		ck_assert_str_ne(uffd_last_error(), "");         \
 	} while (0)
 	EXPECT_EAGAIN(uffd_copy(u, t.base, src, ps, 0, &done));
+	/* What to do, inside a handler and without a loop. */
+	assert_error_mentions("UFFD_RETRY");
 	assert_error_mentions("uffd_read_events");
+	assert_error_mentions("*done");
 	EXPECT_EAGAIN(uffd_copy(u, t.base, src, ps, UFFD_SKIP_EXISTING, &done));
 	EXPECT_EAGAIN(uffd_zeropage(u, t.base, ps, 0, &done));
 	EXPECT_EAGAIN(uffd_move(u, adst, src, ps, UFFD_ALLOW_SRC_HOLES, &done));
 	EXPECT_EAGAIN(uffd_poison(u, t.base, ps, 0, &done));
 	EXPECT_EAGAIN(uffd_continue_range(u, t.base + ps, ps, 0, &done));
 	ck_assert_int_eq(uffd_writeprotect(u, t.base, ps, true, 0), -EAGAIN);
+	assert_error_mentions("UFFD_RETRY");
+	assert_error_mentions("uffd_read_events");
 #undef EXPECT_EAGAIN
 	/* Untouched. */
 	ck_assert(!present(t.base));
@@ -1338,6 +1428,8 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_wp_fault);
 	tcase_add_test(tc, test_wp_copy_map_wp);
 	tcase_add_test(tc, test_wp_errors);
+	tc = CASE(enoent_wakes, 30);
+	tcase_add_test(tc, test_enoent_wakes);
 	tc = CASE(mmap_changing, 30);
 	tcase_add_test(tc, test_mmap_changing);
 	tc = CASE(hugetlb, 30);
