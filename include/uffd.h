@@ -557,11 +557,15 @@ int  uffd_loop_counters(const struct uffd_loop *l, struct uffd_loop_counters *c)
  * Runs in signal context, in the faulting thread: async-signal-safe code
  * only, and it must return (never longjmp out). Verdicts: UFFD_RESOLVE
  * (the library resolves [f->addr, f->addr+f->len): MINOR -> CONTINUE,
- * WP -> un-protect, MISSING -> zero pages), UFFD_HANDLED (resolved by the
- * function), UFFD_DEFER (nothing done: the access is retried and faults
- * again unless another thread resolved the page meanwhile), or -errno (not
- * resolved: the signal goes on to the previous SIGBUS disposition, by
- * default killing the process). @p f->write is known on x86 only.
+ * WP -> un-protect, MISSING -> zero pages; on a region registered with
+ * UFFDIO_REGISTER_MODE_WP the page is mapped write-protected, so its first
+ * write raises a WP fault; a page found mapped already is left as it is),
+ * UFFD_HANDLED (resolved by the function, e.g. with the resolving calls of
+ * section 2, which are async-signal-safe), UFFD_DEFER and UFFD_RETRY
+ * (nothing done: the access is retried and faults again unless another
+ * thread resolved the page meanwhile), or -errno (not resolved: the signal
+ * goes on to the previous SIGBUS disposition, by default killing the
+ * process). @p f->write is known on x86 only.
  */
 typedef int (*uffd_sigbus_fn)(void *ctx, struct uffd_fault *f);
 /**

@@ -36,7 +36,8 @@ static atomic_uint prev_slot;
 static atomic_bool prev_spent;
 
 /*
- * Source of MISSING faults on hugetlb, which has no ZEROPAGE: never-touched
+ * Source of MISSING faults on hugetlb, which has no ZEROPAGE, and on WP
+ * regions, where ZEROPAGE would drop the protection: never-touched
  * private anonymous memory reads as zeros and costs no memory. Grown under
  * sigbus_lock before a region needing it is published. Handlers load it in
  * a rangemap read section, so it (and the smaller ones it replaced) is
@@ -48,45 +49,100 @@ static struct { void *p; size_t len; } zero_old[4];	/* replaced sources */
 
 /* ---- the signal path ---- */
 
-/* Page-fault error code where the signal frame has it (x86): present, write. */
-static void access_info(const void *uc, bool *present, bool *write)
+/* What the signal frame tells about the faulting access. */
+struct access {
+	bool known;	/* present and write come from the frame (x86) */
+	bool present;	/* the page is mapped: a protection fault */
+	bool write;
+};
+
+/*
+ * Where the frame does not tell (not x86): the page that this thread's
+ * last fault found mapped already. A fault again at that page, with
+ * nothing resolved in between, is a fault on a mapped page, so a
+ * write-protect fault. initial-exec: no lazy allocation in a handler.
+ */
+static _Thread_local uintptr_t found_mapped __attribute__((tls_model("initial-exec")));
+
+/* The page-fault error code where the frame has it (x86): present, write. */
+static struct access access_info(const void *uc, uintptr_t page)
 {
-	*present = *write = false;
+	struct access a = { .present = found_mapped == page };
+
+	found_mapped = 0;
 #if defined(REG_ERR) && defined(REG_TRAPNO) && (defined(__x86_64__) || defined(__i386__))
 	const ucontext_t *ctx = uc;
 
 	if (ctx->uc_mcontext.gregs[REG_TRAPNO] == 14) {	/* #PF */
-		*present = ctx->uc_mcontext.gregs[REG_ERR] & 1;
-		*write = ctx->uc_mcontext.gregs[REG_ERR] & 2;
+		a.known = true;
+		a.present = ctx->uc_mcontext.gregs[REG_ERR] & 1;
+		a.write = ctx->uc_mcontext.gregs[REG_ERR] & 2;
 	}
 #else
 	(void)uc;
 #endif
+	return a;
 }
 
 /* A protection fault on a mapped page can only be write-protect. */
-static enum uffd_fault_kind fault_kind(uint64_t modes, bool present)
+static enum uffd_fault_kind fault_kind(uint64_t modes, const struct access *a)
 {
 	bool wp = modes & UFFDIO_REGISTER_MODE_WP;
 
-	if (wp && (present || !(modes & (UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING))))
+	if (wp && (a->present || !(modes & (UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_MISSING))))
 		return UFFD_FAULT_WP;
 	return (modes & UFFDIO_REGISTER_MODE_MINOR) ? UFFD_FAULT_MINOR : UFFD_FAULT_MISSING;
 }
 
-/* Zero pages for a MISSING fault: ZEROPAGE, or a copy of zeros on hugetlb. */
+/*
+ * On a region registered for write-protection every page SIGBUS mode maps
+ * is mapped write-protected (CONTINUE or COPY with MODE_WP). Whether the
+ * missing page carried a write-protect marker cannot be known atomically
+ * with mapping it: a marker read first could be installed by a
+ * UFFDIO_WRITEPROTECT just after, and the mapping would then drop it. A
+ * protection too many costs one write-protect fault, which UFFD_RESOLVE
+ * lifts; one too few lets a write through unseen (a snapshot misses it).
+ */
+static bool maps_wp(const struct uffd_region *r)
+{
+	return r->modes & UFFDIO_REGISTER_MODE_WP;
+}
+
+/* MINOR: CONTINUE, write-protected on a WP region. */
+static int fill_minor(const struct uffd_region *r, uintptr_t addr, size_t len)
+{
+	int fd = r->uffd->fd;
+	int64_t count;
+	int err;
+
+	if (!maps_wp(r))
+		return uffd__op_ioctl(fd, UFFD_OP_CONTINUE, addr, 0, len,
+				      UFFDIO_CONTINUE_MODE_DONTWAKE, &count);
+	err = uffd__op_ioctl(fd, UFFD_OP_CONTINUE, addr, 0, len,
+			     UFFDIO_CONTINUE_MODE_DONTWAKE | UFFDIO_CONTINUE_MODE_WP, &count);
+	if (err != -EINVAL)
+		return err;
+	/* Before Linux 6.4 CONTINUE has no MODE_WP: map, then protect. */
+	err = uffd__op_ioctl(fd, UFFD_OP_CONTINUE, addr, 0, len, UFFDIO_CONTINUE_MODE_DONTWAKE, &count);
+	return err ? err : uffd__wp_ioctl(fd, addr, len, true, true);
+}
+
+/*
+ * MISSING: ZEROPAGE, which has no MODE_WP; so on a WP region, and on
+ * hugetlb (no zero page), a copy of never-touched zeros.
+ */
 static int fill_zero(const struct uffd_region *r, uintptr_t addr, size_t len)
 {
 	const void *src = atomic_load(&zero_src);
+	uint64_t mode = UFFDIO_COPY_MODE_DONTWAKE | (maps_wp(r) ? UFFDIO_COPY_MODE_WP : 0);
 	int64_t count;
 
-	if (r->page_size == r->uffd->page_size)
+	if (!maps_wp(r) && r->page_size == r->uffd->page_size)
 		return uffd__op_ioctl(r->uffd->fd, UFFD_OP_ZEROPAGE, addr, 0, len,
 				      UFFDIO_ZEROPAGE_MODE_DONTWAKE, &count);
-	if (!src || len > r->page_size)	/* the source is one huge page */
+	if (!src || len > r->page_size)	/* the source is one page of the region */
 		return -EINVAL;
-	return uffd__op_ioctl(r->uffd->fd, UFFD_OP_COPY, addr, (uintptr_t)src, len,
-			      UFFDIO_COPY_MODE_DONTWAKE, &count);
+	return uffd__op_ioctl(r->uffd->fd, UFFD_OP_COPY, addr, (uintptr_t)src, len, mode, &count);
 }
 
 /*
@@ -97,32 +153,37 @@ static int fill_zero(const struct uffd_region *r, uintptr_t addr, size_t len)
 static int resolve_once(const struct uffd_region *r, enum uffd_fault_kind kind,
 			uintptr_t addr, size_t len)
 {
-	int64_t count;
-
 	switch (kind) {
 	case UFFD_FAULT_WP:
 		return uffd__wp_ioctl(r->uffd->fd, addr, len, false, true);
 	case UFFD_FAULT_MINOR:
-		return uffd__op_ioctl(r->uffd->fd, UFFD_OP_CONTINUE, addr, 0, len,
-				      UFFDIO_CONTINUE_MODE_DONTWAKE, &count);
+		return fill_minor(r, addr, len);
 	case UFFD_FAULT_MISSING:
 		break;
 	}
 	return fill_zero(r, addr, len);
 }
 
-/* Resolve the faulting page, telling the kind from the first ioctl's outcome. */
+/*
+ * Resolve the faulting page. Mapped already (EEXIST): another thread was
+ * first. The retried access then succeeds, or, a write to a page mapped
+ * write-protected, comes back as a fault on a mapped page, which is a WP
+ * fault. The protection is never lifted here: on EEXIST the fault is not
+ * known to be a write-protect fault of this access.
+ */
 static int resolve_page(const struct uffd_region *r, enum uffd_fault_kind kind,
-			uintptr_t addr, size_t len)
+			const struct access *a, uintptr_t addr, size_t len)
 {
 	int err = resolve_once(r, kind, addr, len);
 
-	/* Mapped already: a write-protect fault, or another thread was first. */
-	if (err == -EEXIST && kind != UFFD_FAULT_WP)
-		err = (r->modes & UFFDIO_REGISTER_MODE_WP) ? resolve_once(r, UFFD_FAULT_WP, addr, len) : 0;
-	/* MINOR|MISSING region: no page in the page cache means a hole. */
-	else if (err == -EFAULT && kind == UFFD_FAULT_MINOR && (r->modes & UFFDIO_REGISTER_MODE_MISSING))
+	if (err == -EEXIST && kind != UFFD_FAULT_WP) {
+		if (!a->known)
+			found_mapped = addr;
+		err = 0;
+	} else if (err == -EFAULT && kind == UFFD_FAULT_MINOR && (r->modes & UFFDIO_REGISTER_MODE_MISSING)) {
+		/* MINOR|MISSING region: no page in the page cache means a hole. */
 		err = resolve_once(r, UFFD_FAULT_MISSING, addr, len);
+	}
 	return err == -EAGAIN ? 0 : err;
 }
 
@@ -132,14 +193,15 @@ static int resolve_page(const struct uffd_region *r, enum uffd_fault_kind kind,
  * alone, so a widened range can never make the thread fault forever.
  */
 static int resolve_fault(const struct uffd_region *r, enum uffd_fault_kind kind,
-			 const struct uffd_fault *f, uintptr_t page, size_t ps)
+			 const struct access *a, const struct uffd_fault *f,
+			 uintptr_t page, size_t ps)
 {
 	uintptr_t start = (uintptr_t)f->addr;
 
 	if ((start != page || f->len != ps) && start <= page && page + ps - start <= f->len &&
 	    !resolve_once(r, kind, start, f->len))
 		return 0;
-	return resolve_page(r, kind, page, ps);
+	return resolve_page(r, kind, a, page, ps);
 }
 
 static const char *resolve_error(int err)
@@ -170,19 +232,20 @@ static bool run_region(struct uffd_region *r, const struct rangemap_entry *e,
 		.uffd = r->uffd, .region = r, .addr = (void *)page,
 		.offset = page - e->start, .len = e->page_size, .tid = gettid(),
 	};
+	struct access a = access_info(uc, page);
 	enum uffd_fault_kind kind;
-	bool present;
 	int verdict, err;
 
-	access_info(uc, &present, &f.write);
-	f.kind = kind = fault_kind(r->modes, present);
+	f.write = a.write;
+	f.kind = kind = fault_kind(r->modes, &a);
 	verdict = r->sigbus_fn(r->sigbus_ctx, &f);
 	switch (verdict) {
 	case UFFD_HANDLED:
 	case UFFD_DEFER:	/* retry: the access faults again unless resolved meanwhile */
+	case UFFD_RETRY:	/* the same: events are read by whoever reads the handle */
 		return true;
 	case UFFD_RESOLVE:
-		err = resolve_fault(r, kind, &f, page, e->page_size);
+		err = resolve_fault(r, kind, &a, &f, page, e->page_size);
 		if (err)
 			uffd__err_const(err, resolve_error(err));
 		return !err;
@@ -191,7 +254,7 @@ static bool run_region(struct uffd_region *r, const struct rangemap_entry *e,
 			? "SIGBUS in a uffd_sigbus region: the region's function failed (returned -errno); "
 			  "the signal went to the previous SIGBUS disposition"
 			: "SIGBUS in a uffd_sigbus region: the region's function returned an unknown verdict "
-			  "(not UFFD_RESOLVE, UFFD_HANDLED, UFFD_DEFER or -errno); "
+			  "(not UFFD_RESOLVE, UFFD_HANDLED, UFFD_DEFER, UFFD_RETRY or -errno); "
 			  "the signal went to the previous SIGBUS disposition");
 		return false;
 	}
@@ -334,7 +397,7 @@ static int grow_zero_source(size_t size)
 	p = mmap(NULL, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED) {
 		err = -errno;
-		return uffd__err(err, "uffd_sigbus_add_region: mapping %zu bytes of zeros for MISSING faults on hugetlb failed (%s)",
+		return uffd__err(err, "uffd_sigbus_add_region: mapping %zu bytes of zeros for MISSING faults failed (%s)",
 				 size, uffd__errname(err));
 	}
 	for (size_t i = 0; zero_len && i < sizeof(zero_old) / sizeof(zero_old[0]); i++)
@@ -374,7 +437,8 @@ static int check_region(const struct uffd_region *r, const char *call)
 
 static bool needs_zero_copy(const struct uffd_region *r)
 {
-	return (r->modes & UFFDIO_REGISTER_MODE_MISSING) && r->page_size != r->uffd->page_size;
+	return (r->modes & UFFDIO_REGISTER_MODE_MISSING) &&
+	       (r->page_size != r->uffd->page_size || maps_wp(r));
 }
 
 /* Under sigbus_lock: publish r with fn, installing the handler if first. */

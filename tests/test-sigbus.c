@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -116,6 +117,7 @@ static void assert_no_messages(struct uffd *u)
 struct reader {
 	const unsigned char *base;
 	size_t len, ps, start;	/* first page this thread touches */
+	bool zeros;		/* expect zeros, not the pattern */
 	size_t wrong;
 };
 
@@ -129,16 +131,33 @@ static void *read_all(void *arg)
 		size_t page = (rd->start + k) % n;
 
 		for (size_t i = page * rd->ps; i < (page + 1) * rd->ps; i++)
-			rd->wrong += rd->base[i] != pattern(i);
+			rd->wrong += rd->base[i] != (rd->zeros ? 0 : pattern(i));
 	}
 	return NULL;
+}
+
+/* NTHREADS threads read all of r, each from its own start; bytes wrong. */
+static size_t read_threads(struct uffd_region *r, bool zeros)
+{
+	size_t len = uffd_region_length(r), ps = uffd_region_page_size(r), wrong = 0;
+	struct reader rd[NTHREADS];
+	void *th[NTHREADS];
+
+	for (int i = 0; i < NTHREADS; i++) {
+		rd[i] = (struct reader){ .base = uffd_region_base(r), .len = len, .ps = ps,
+					 .start = i * (len / ps) / NTHREADS, .zeros = zeros };
+		th[i] = harness_thread_start(read_all, &rd[i]);
+	}
+	for (int i = 0; i < NTHREADS; i++) {
+		harness_thread_join(th[i]);
+		wrong += rd[i].wrong;
+	}
+	return wrong;
 }
 
 START_TEST(test_minor_threads)
 {
 	struct uffd *u = open_sigbus();
-	struct reader rd[NTHREADS];
-	void *th[NTHREADS];
 	struct uffd_region *r;
 	struct tally t;
 	size_t npages = 1024;
@@ -149,15 +168,7 @@ START_TEST(test_minor_threads)
 	tally_init(&t, u, r);
 	add(r, count_fault, &t);
 	/* No loop and no reader of the uffd: every fault resolves in-thread. */
-	for (int i = 0; i < NTHREADS; i++) {
-		rd[i] = (struct reader){ .base = uffd_region_base(r), .len = npages * t.ps,
-					 .ps = t.ps, .start = i * npages / NTHREADS };
-		th[i] = harness_thread_start(read_all, &rd[i]);
-	}
-	for (int i = 0; i < NTHREADS; i++) {
-		harness_thread_join(th[i]);
-		ck_assert_uint_eq(rd[i].wrong, 0);
-	}
+	ck_assert_uint_eq(read_threads(r, false), 0);
 	/* Each page faulted at least once, at most once per thread. */
 	ck_assert_uint_ge(atomic_load(&t.faults), npages);
 	ck_assert_uint_le(atomic_load(&t.faults), NTHREADS * npages);
@@ -225,7 +236,9 @@ START_TEST(test_wp_writers)
 	ck_assert_uint_ge(faults, npages);
 	ck_assert_uint_eq(atomic_load(&t.bad), 0);
 	for (size_t p = 0; p < npages; p++) {
-		unsigned kind = p % 2 ? UFFD_FAULT_MINOR : UFFD_FAULT_WP;
+		/* Odd pages: mapped write-protected by the MINOR fault (the region
+		 * has MODE_WP), so the write then raises a WP fault too. */
+		unsigned kind = p % 2 ? 1u << UFFD_FAULT_MINOR | 1u << UFFD_FAULT_WP : 1u << UFFD_FAULT_WP;
 
 		for (size_t i = p * t.ps; i < (p + 1) * t.ps; i++) {
 			size_t in = i % t.ps;
@@ -235,7 +248,7 @@ START_TEST(test_wp_writers)
 		}
 #if defined(__x86_64__) || defined(__i386__)
 		/* The page-fault error code tells WP from MINOR before resolving. */
-		ck_assert_uint_eq(t.seen[p], (1u << kind) | WRITE_SEEN);
+		ck_assert_uint_eq(t.seen[p], kind | WRITE_SEEN);
 #else
 		ck_assert_uint_ne(t.seen[p], 0);
 		(void)kind;
@@ -252,6 +265,161 @@ START_TEST(test_wp_writers)
 	uffd_region_destroy(r);
 	uffd_close(u);
 	free(t.seen);
+}
+END_TEST
+
+/* ---- write-protection kept by in-thread resolution ---- */
+
+/* Pages of r whose pagemap entry says uffd-write-protected (bit 57). */
+static size_t count_protected(struct uffd_region *r)
+{
+	const unsigned char *base = uffd_region_base(r);
+	size_t ps = uffd_region_page_size(r), n = 0;
+
+	for (size_t off = 0; off < uffd_region_length(r); off += ps)
+		n += harness_pagemap(base + off) >> 57 & 1;
+	return n;
+}
+
+static bool have_wp(void)
+{
+	return harness_have_features(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
+}
+
+/*
+ * A live snapshot's view: every page of a MINOR|WP or MISSING|WP region is
+ * write-protected while not mapped (a marker), NTHREADS readers fault the
+ * pages in through SIGBUS mode (racing each other: EEXIST paths too), and
+ * every page must stay protected, so that its first write raises a WP
+ * fault.
+ */
+static void protection_kept(struct uffd *u, uint64_t modes, unsigned flags, size_t ps,
+			    size_t npages)
+{
+	struct uffd_region *r = new_region(u, npages * ps, modes, flags);
+	bool minor = modes & UFFDIO_REGISTER_MODE_MINOR;
+	unsigned char *base = uffd_region_base(r), *alias = uffd_region_alias(r);
+	size_t len = uffd_region_length(r), kept;
+	struct tally t;
+
+	for (size_t i = 0; minor && i < len; i++)
+		alias[i] = pattern(i);
+	ck_assert_int_eq(uffd_region_writeprotect(r, 0, len, true, 0), 0);
+	ck_assert_uint_eq(count_protected(r), npages);	/* markers on unmapped pages */
+	tally_init(&t, u, r);
+	add(r, count_fault, &t);
+	ck_assert_uint_eq(read_threads(r, !minor), 0);
+	kept = count_protected(r);
+	ck_assert_msg(kept == npages, "write-protection kept on %zu of %zu pages resolved in-thread",
+		      kept, npages);
+	for (size_t p = 0; p < npages; p++) {
+		ck_assert_uint_eq(t.seen[p] & (1u << UFFD_FAULT_WP), 0);	/* reads only so far */
+		base[p * t.ps + 7] = 0xee;
+		ck_assert_msg(t.seen[p] & (1u << UFFD_FAULT_WP), "page %zu: the write raised no WP fault", p);
+		ck_assert_uint_eq(alias[p * t.ps + 7], 0xee);
+	}
+	ck_assert_uint_eq(count_protected(r), 0);	/* UFFD_RESOLVE lifted it */
+	ck_assert_uint_eq(atomic_load(&t.bad), 0);
+	assert_no_messages(u);
+	uffd_region_destroy(r);
+	free(t.seen);
+}
+
+START_TEST(test_wp_kept)
+{
+	struct uffd *u = open_sigbus();
+
+	if (!u || !have_wp())
+		SKIP_TEST("the kernel lacks UFFD_FEATURE_SIGBUS, MINOR_SHMEM or WP_HUGETLBFS_SHMEM");
+	protection_kept(u, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP, 0, harness_page_size(), 512);
+	protection_kept(u, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, 0, harness_page_size(), 512);
+	uffd_close(u);
+}
+END_TEST
+
+START_TEST(test_hugetlb_wp_kept)
+{
+	const char *why = NULL;
+	size_t hps = harness_hugepages(8, &why);
+	struct uffd *u;
+
+	if (!hps)
+		SKIP_TEST("no huge pages: %s", why);
+	if (!harness_have_features(UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_MINOR_HUGETLBFS) || !have_wp())
+		SKIP_TEST("the kernel lacks MISSING_HUGETLBFS, MINOR_HUGETLBFS or WP_HUGETLBFS_SHMEM");
+	u = open_sigbus();
+	if (!u)
+		SKIP_TEST("the kernel lacks UFFD_FEATURE_SIGBUS");
+	protection_kept(u, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP, UFFD_REGION_HUGETLB, hps, 4);
+	protection_kept(u, UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, UFFD_REGION_HUGETLB, hps, 4);
+	uffd_close(u);
+}
+END_TEST
+
+/*
+ * Another thread maps the page write-protected while this one's read
+ * fault is in flight; here the region's function does it, from the
+ * handler (the resolving calls are async-signal-safe), before returning
+ * UFFD_RESOLVE. The library's CONTINUE then finds the page mapped
+ * (EEXIST): a read must leave the protection alone.
+ */
+struct premap {
+	struct uffd_region *r;
+	atomic_uint calls, wp;
+	int err, bad_err;
+	char bad_text[256];	/* the sentence of a failing call, made in the handler */
+};
+
+static int premap_fault(void *ctx, struct uffd_fault *f)
+{
+	struct premap *m = ctx;
+	const char *text;
+	size_t i;
+
+	atomic_fetch_add(&m->calls, 1);
+	if (f->kind == UFFD_FAULT_WP) {
+		atomic_fetch_add(&m->wp, 1);
+		return UFFD_RESOLVE;
+	}
+	m->bad_err = uffd_region_continue(m->r, f->offset + 1, f->len, 0, NULL);
+	for (i = 0, text = uffd_last_error(); text[i] && i + 1 < sizeof(m->bad_text); i++)
+		m->bad_text[i] = text[i];
+	m->bad_text[i] = '\0';
+	m->err = uffd_region_continue(m->r, f->offset, f->len, UFFD_MAP_WP | UFFD_SKIP_EXISTING, NULL);
+	return UFFD_RESOLVE;
+}
+
+START_TEST(test_eexist_read_keeps_wp)
+{
+	struct uffd *u = open_sigbus();
+	struct premap m = { 0 };
+	size_t ps = harness_page_size();
+	volatile unsigned char *base;
+	char want[128];
+
+	if (!u || !have_wp())
+		SKIP_TEST("the kernel lacks UFFD_FEATURE_SIGBUS, MINOR_SHMEM or WP_HUGETLBFS_SHMEM");
+	m.r = filled_region(u, 4, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP);
+	base = uffd_region_base(m.r);
+	add(m.r, premap_fault, &m);
+	ck_assert_uint_eq(base[ps + 9], pattern(ps + 9));	/* read fault */
+	ck_assert_int_eq(m.err, 0);
+	ck_assert_uint_eq(atomic_load(&m.calls), 1);
+	ck_assert_msg(harness_pagemap((const void *)(base + ps)) >> 57 & 1,
+		      "a read whose CONTINUE found the page mapped lifted its write-protection");
+	/* The protection is real: the write raises a WP fault. */
+	base[ps + 9] = 0x42;
+	ck_assert_uint_eq(atomic_load(&m.wp), 1);
+	ck_assert_uint_eq(atomic_load(&m.calls), 2);
+	ck_assert_uint_eq(base[ps + 9], 0x42);
+	/* A sentence made inside the handler is whole. */
+	ck_assert_int_eq(m.bad_err, -EINVAL);
+	snprintf(want, sizeof(want), "uffd_region_continue offset 0x%zx+%zu: offset and length must be multiples of the region's page size %zu",
+		 ps + 1, ps, ps);
+	ck_assert_str_eq(m.bad_text, want);
+	assert_no_messages(u);
+	uffd_region_destroy(m.r);
+	uffd_close(u);
 }
 END_TEST
 
@@ -762,6 +930,11 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_minor_threads);
 	tc = CASE(wp_writers, 30);
 	tcase_add_test(tc, test_wp_writers);
+	tc = CASE(wp_kept, 30);
+	tcase_add_test(tc, test_wp_kept);
+	tcase_add_test(tc, test_eexist_read_keeps_wp);
+	tc = CASE(hugetlb_wp_kept, 30);
+	tcase_add_test(tc, test_hugetlb_wp_kept);
 	tc = CASE(remove_while_faulting, 40);
 	tcase_add_test(tc, test_remove_while_faulting);
 	tc = CASE(foreign, 30);
