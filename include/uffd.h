@@ -617,7 +617,9 @@ int uffd_dirty_start(struct uffd *u, void *addr, size_t len);
  *
  * At most @p max spans are stored; when they fill, the walk stops before
  * the first written page it cannot store (neither reported nor re-armed)
- * and *next points at it: call again from there. @p max 0 stores and
+ * and *next points at it: call again from there. A PAGEMAP_SCAN that
+ * fails part-way still has the pages it re-armed reported, with *next
+ * after them; the error comes with the next call. @p max 0 stores and
  * re-arms nothing and sets *next to the first written page.
  *
  * Written means: written since start/rearm; on private anonymous memory

@@ -123,7 +123,25 @@ static int pagemap_fd(struct uffd *u)
 	return fd;
 }
 
-/* One PAGEMAP_SCAN for written pages; regions stored or -errno. */
+#ifdef LIBUFFD_TEST_HOOKS
+long (*uffd__test_pagemap_scan)(int fd, struct pm_scan_arg *arg);
+#endif
+
+static long scan_ioctl(int fd, struct pm_scan_arg *a)
+{
+#ifdef LIBUFFD_TEST_HOOKS
+	if (uffd__test_pagemap_scan)
+		return uffd__test_pagemap_scan(fd, a);
+#endif
+	return ioctl(fd, PAGEMAP_SCAN, a);
+}
+
+/*
+ * One PAGEMAP_SCAN for written pages; regions stored or -errno. A walk
+ * that fails part-way (a mapping changed under it, a fatal signal) has
+ * stored, and with WP_MATCHING re-armed, the regions it found before:
+ * vec is zeroed first so that they can be counted.
+ */
 static long pm_scan(int fd, uint64_t flags, uintptr_t start, uintptr_t end,
 		    struct page_region *vec, size_t vec_len, uintptr_t *walk_end)
 {
@@ -135,7 +153,7 @@ static long pm_scan(int fd, uint64_t flags, uintptr_t start, uintptr_t end,
 	long n;
 
 	memset(vec, 0, vec_len * sizeof(*vec));	/* valgrind does not know what the kernel writes */
-	n = ioctl(fd, PAGEMAP_SCAN, &a);
+	n = scan_ioctl(fd, &a);
 	if (n < 0)
 		return -errno;
 	/* walk_end == end: all walked; else the first region not stored. */
@@ -197,11 +215,24 @@ static int scan_probe(int fd, uintptr_t start, uintptr_t end, uintptr_t *next)
 	return 0;
 }
 
+/* The regions a failed walk stored (the rest of vec is still zero). */
+static long stored_before_failure(const struct page_region *vec, size_t len)
+{
+	size_t n = 0;
+
+	while (n < len && vec[n].end > vec[n].start)
+		n++;
+	return (long)n;
+}
+
 /*
  * Never asks for more regions than spans has room left: each region takes
  * at most one span, so whatever the kernel reports (and, with REARM,
  * protects again) is stored; the walk stops at the first region it could
- * not store, which is where the caller resumes.
+ * not store, which is where the caller resumes. A walk that fails after
+ * re-arming pages still reports them, and stops after them: the error
+ * comes with the next call, from there. Reported now or never, since their
+ * protection is back and no later scan would see them written.
  */
 static int scan_walk(int fd, uint64_t pm_flags, uintptr_t start, uintptr_t end,
 		     struct uffd_span *spans, size_t max, uintptr_t *next)
@@ -210,24 +241,28 @@ static int scan_walk(int fd, uint64_t pm_flags, uintptr_t start, uintptr_t end,
 	uintptr_t cur = start, walk_end = start;
 	size_t n = 0;
 	long got;
+	int err = 0;
 
-	while (cur < end && n < max) {
+	while (cur < end && n < max && !err) {
 		size_t room = max - n < SCAN_BATCH ? max - n : SCAN_BATCH;
 
 		got = pm_scan(fd, pm_flags, cur, end, vec, room, &walk_end);
-		if (got < 0 && n)	/* keep what was reported (and re-armed) */
-			break;
-		if (got < 0)
-			return scan_error(start, end - start, (int)got);
+		if (got < 0) {
+			err = (int)got;
+			got = stored_before_failure(vec, room);
+			walk_end = got ? vec[got - 1].end : cur;
+		}
 		for (long i = 0; i < got; i++)
 			n = span_add(spans, n, &vec[i]);
-		if (walk_end <= cur && !n)	/* no progress: a huge page cut by the range */
+		if (walk_end <= cur && !n && !err)	/* no progress: a huge page cut by the range */
 			return uffd__err(-EINVAL, "uffd_dirty_scan: the walk stopped at 0x%lx inside a huge page; "
 					 "align the range to the huge page size", (unsigned long)cur);
 		if (walk_end <= cur)
 			break;
 		cur = walk_end;
 	}
+	if (err && !n)
+		return scan_error(start, end - start, err);
 	*next = cur;
 	return (int)n;
 }

@@ -331,6 +331,14 @@ uint64_t uffd__kind_needs(unsigned kind, uint64_t modes, uint64_t features);
 int uffd__check_range(const char *what, uintptr_t addr, size_t len,
 		      size_t page_size);
 
+/* ---- dirty.c ---- */
+
+#ifdef LIBUFFD_TEST_HOOKS
+/* White-box tests only: replaces the PAGEMAP_SCAN ioctl of uffd_dirty_scan(). */
+struct pm_scan_arg;
+extern long (*uffd__test_pagemap_scan)(int fd, struct pm_scan_arg *arg);
+#endif
+
 /* ---- sigbus.c ---- */
 
 /* Drops r from in-thread resolution if it was added; for region destroy. */
