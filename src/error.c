@@ -23,12 +23,21 @@ UFFD_EXPORT_OWN(last_error);
  * vsnprintf() is not async-signal-safe (it may take locks, allocate, read
  * the locale), and the resolving calls write their sentence from SIGBUS
  * handlers too. This knows what the library's sentences use: %s %d %u %x
- * %p %c %% with the length modifiers l, ll and z. At anything else it
- * stops, rather than guess which argument comes next.
+ * %p %c %%, with the flags - and 0, a width, and the length modifiers l,
+ * ll and z. At anything else (a precision, a * width) it stops, rather
+ * than guess which argument comes next.
  */
 struct out {
 	char *buf;
 	size_t size, len;
+};
+
+enum length { L_INT, L_LONG, L_LLONG, L_SIZE };
+
+struct spec {
+	bool left, zero;	/* flags - and 0 */
+	size_t width;
+	enum length len;
 };
 
 static void put(struct out *o, char c)
@@ -38,72 +47,105 @@ static void put(struct out *o, char c)
 	o->len++;
 }
 
-static void put_str(struct out *o, const char *s)
+static void put_n(struct out *o, char c, size_t n)
 {
-	for (s = s ? s : "(null)"; *s; s++)
-		put(o, *s);
+	while (n--)
+		put(o, c);
 }
 
-static void put_num(struct out *o, unsigned long long v, unsigned base, bool neg)
+/* sign then body, padded to the width: zeros between them with the 0 flag. */
+static void put_field(struct out *o, const struct spec *sp, const char *sign,
+		      const char *body, size_t len)
+{
+	size_t slen = strlen(sign), fill = sp->width > slen + len ? sp->width - slen - len : 0;
+
+	if (!sp->left && !sp->zero)
+		put_n(o, ' ', fill);
+	while (*sign)
+		put(o, *sign++);
+	if (!sp->left && sp->zero)
+		put_n(o, '0', fill);
+	while (len--)
+		put(o, *body++);
+	if (sp->left)
+		put_n(o, ' ', fill);
+}
+
+static void put_num(struct out *o, const struct spec *sp, const char *sign,
+		    unsigned long long v, unsigned base)
 {
 	char digits[24];
-	int n = 0;
+	size_t n = sizeof(digits);
 
 	do
-		digits[n++] = "0123456789abcdef"[v % base];
+		digits[--n] = "0123456789abcdef"[v % base];
 	while ((v /= base));
-	if (neg)
-		put(o, '-');
-	while (n)
-		put(o, digits[--n]);
+	put_field(o, sp, sign, digits + n, sizeof(digits) - n);
 }
 
-enum width { W_INT, W_LONG, W_LLONG, W_SIZE };
-
-static void put_signed(struct out *o, enum width w, va_list *ap)
+static void put_signed(struct out *o, const struct spec *sp, va_list *ap)
 {
-	long long v = w == W_INT ? va_arg(*ap, int) : w == W_LONG ? va_arg(*ap, long)
-		    : w == W_LLONG ? va_arg(*ap, long long) : va_arg(*ap, ssize_t);
+	long long v = sp->len == L_INT ? va_arg(*ap, int) : sp->len == L_LONG ? va_arg(*ap, long)
+		    : sp->len == L_LLONG ? va_arg(*ap, long long) : va_arg(*ap, ssize_t);
 
-	put_num(o, v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v, 10, v < 0);
+	put_num(o, sp, v < 0 ? "-" : "", v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v, 10);
 }
 
-static void put_unsigned(struct out *o, enum width w, unsigned base, va_list *ap)
+static void put_unsigned(struct out *o, const struct spec *sp, unsigned base, va_list *ap)
 {
-	unsigned long long v = w == W_INT ? va_arg(*ap, unsigned) : w == W_LONG ? va_arg(*ap, unsigned long)
-			     : w == W_LLONG ? va_arg(*ap, unsigned long long) : va_arg(*ap, size_t);
+	unsigned long long v = sp->len == L_INT ? va_arg(*ap, unsigned)
+			     : sp->len == L_LONG ? va_arg(*ap, unsigned long)
+			     : sp->len == L_LLONG ? va_arg(*ap, unsigned long long) : va_arg(*ap, size_t);
 
-	put_num(o, v, base, false);
+	put_num(o, sp, "", v, base);
+}
+
+/* Flags, width and length of a conversion; returns its letter's place. */
+static const char *parse_spec(const char *p, struct spec *sp)
+{
+	*sp = (struct spec){ .len = L_INT };
+	for (; *p == '-' || *p == '0'; p++)
+		*(*p == '-' ? &sp->left : &sp->zero) = true;
+	for (; *p >= '0' && *p <= '9' && sp->width < 4096; p++)
+		sp->width = sp->width * 10 + (size_t)(*p - '0');
+	if (*p == 'z' || *p == 'l')
+		sp->len = *p++ == 'z' ? L_SIZE : L_LONG;
+	if (sp->len == L_LONG && *p == 'l') {
+		sp->len = L_LLONG;
+		p++;
+	}
+	return p;
 }
 
 /* One conversion after its '%'; returns what follows it, NULL to stop. */
 static const char *convert(struct out *o, const char *p, va_list *ap)
 {
-	enum width w = W_INT;
+	struct spec sp;
+	const char *s;
+	char c;
 
-	if (*p == 'z' || *p == 'l')
-		w = *p++ == 'z' ? W_SIZE : W_LONG;
-	if (w == W_LONG && *p == 'l') {
-		w = W_LLONG;
-		p++;
-	}
+	p = parse_spec(p, &sp);
 	switch (*p) {
 	case 's':
-		put_str(o, va_arg(*ap, const char *));
+		s = va_arg(*ap, const char *);
+		s = s ? s : "(null)";
+		sp.zero = false;
+		put_field(o, &sp, "", s, strlen(s));
 		break;
 	case 'd':
-		put_signed(o, w, ap);
+		put_signed(o, &sp, ap);
 		break;
 	case 'u':
 	case 'x':
-		put_unsigned(o, w, *p == 'x' ? 16 : 10, ap);
+		put_unsigned(o, &sp, *p == 'x' ? 16 : 10, ap);
 		break;
 	case 'p':
-		put_str(o, "0x");
-		put_num(o, (uintptr_t)va_arg(*ap, void *), 16, false);
+		put_num(o, &sp, "0x", (uintptr_t)va_arg(*ap, void *), 16);
 		break;
 	case 'c':
-		put(o, (char)va_arg(*ap, int));
+		c = (char)va_arg(*ap, int);
+		sp.zero = false;
+		put_field(o, &sp, "", &c, 1);
 		break;
 	case '%':
 		put(o, '%');

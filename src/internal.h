@@ -255,7 +255,8 @@ void uffd__region_pagestate_free(struct uffd_region *r);
 /*
  * Formats the sentence and returns err (a negative errno) for tail calls.
  * Async-signal-safe: it formats with uffd__vformat(), so the format may use
- * only %s %d %u %x %p %c %%, with l, ll or z.
+ * only %s %d %u %x %p %c %%, with the flags - and 0, a width, and l, ll or
+ * z (no precision, no * width: the sentence would stop there).
  */
 int uffd__err(int err, const char *fmt, ...) UFFD_PRINTF(2, 3);
 /* vsnprintf() for that subset, async-signal-safe; the length it wanted. */

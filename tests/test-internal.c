@@ -174,6 +174,10 @@ START_TEST(test_format)
 	expect_format("UFFDIO_COPY %p+%zu: %s (%s)", p, (size_t)4096, "the range is gone", "ENOENT");
 	expect_format("100%% %c%c", 'o', 'k');
 	expect_format("%s", "");
+	expect_format("0x%08x, not 0x%08x", 0x48464655u, 0xabcu);
+	expect_format("[%5d] [%-5d] [%05d] [%3d]", -42, 42, -42, 123456);
+	expect_format("[%6s] [%-6s] [%2s] [%3c]", "ab", "ab", "abcdef", 'z');
+	expect_format("[%016llx] [%-8zu]", 0xfeedull, (size_t)77);
 }
 END_TEST
 
@@ -181,8 +185,10 @@ START_TEST(test_format_stops_at_unknown)
 {
 	char got[64];
 
-	/* Width and precision are not supported: stop instead of misreading arguments. */
-	ck_assert_int_eq(uffd__err(-EINVAL, "before %5d after", 3), -EINVAL);
+	/* A precision or a * width is not supported: stop instead of misreading arguments. */
+	ck_assert_int_eq(uffd__err(-EINVAL, "before %.3s after", "abcdef"), -EINVAL);
+	ck_assert_str_eq(uffd_last_error(), "before ");
+	uffd__err(-EINVAL, "before %*d after", 4, 3);
 	ck_assert_str_eq(uffd_last_error(), "before ");
 	uffd__err(-EINVAL, "%s", "x");
 	snprintf(got, sizeof(got), "%s", uffd_last_error());
