@@ -13,7 +13,7 @@
  * - Unknown flag bits are rejected with -EINVAL.
  *
  * Threading: resolving calls (section 2) are thread-safe and may be called
- * from any thread while a loop runs. A loop is driven either by one thread
+ * from any thread while a loop runs; they are async-signal-safe too. A loop is driven either by one thread
  * calling uffd_loop_run() / uffd_loop_run_once(), or by its own threads
  * (uffd_loop_start()), not both. A handle may be shared by threads; closing
  * it while another thread uses it is the caller's bug.
