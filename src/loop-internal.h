@@ -186,6 +186,8 @@ bool loop__nowait_reads(void);
 int loop__runner_new(struct uffd_loop *l, struct loop_runner **out);
 void loop__runner_free(struct loop_runner *rn);
 bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w);
+/* With l->lock: s, unlinked by the caller, goes to l->dead_slots for loop__collect(). */
+void loop__slot_bury(struct uffd_loop *l, struct loop_slot *s);
 /* One wake: wait up to timeout_ms, handle what came, resolve, retry. 0 or fatal -errno. */
 int loop__step(struct loop_runner *rn, int timeout_ms);
 /* Finishes queued work and cancels every request; slots stay for later. */

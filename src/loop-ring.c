@@ -247,20 +247,24 @@ bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w)
 	return false;
 }
 
-/* With l->lock held: unlinks s and leaves it to loop__collect(). */
-static void slot_release_locked(struct loop_runner *rn, struct loop_slot *s)
+void loop__slot_bury(struct uffd_loop *l, struct loop_slot *s)
 {
-	struct uffd_loop *l = rn->l;
-	struct loop_slot **p = &rn->slots;
-
-	while (*p != s)
-		p = &(*p)->next;
-	*p = s->next;
 	if (!--s->w->holders)
 		pthread_cond_broadcast(&l->cond);
 	s->next = l->dead_slots;
 	l->dead_slots = s;
 	atomic_fetch_add(&l->garbage, 1);
+}
+
+/* With l->lock held: unlinks s and leaves it to loop__collect(). */
+static void slot_release_locked(struct loop_runner *rn, struct loop_slot *s)
+{
+	struct loop_slot **p = &rn->slots;
+
+	while (*p != s)
+		p = &(*p)->next;
+	*p = s->next;
+	loop__slot_bury(rn->l, s);
 }
 
 static void slot_release(struct loop_runner *rn, struct loop_slot *s)

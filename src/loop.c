@@ -387,16 +387,6 @@ static void regions_drop(struct uffd_loop *l, const struct uffd *u)
 	l->nregions = k;
 }
 
-/* With l->lock: rn lets go of s (unlinked by the caller); freed by loop__collect(). */
-static void slot_bury(struct uffd_loop *l, struct loop_slot *s)
-{
-	if (!--s->w->holders)
-		pthread_cond_broadcast(&l->cond);
-	s->next = l->dead_slots;
-	l->dead_slots = s;
-	atomic_fetch_add(&l->garbage, 1);
-}
-
 /* With rn->drive held (nobody drives rn): its slots of w with no request in flight go. */
 static bool bury_idle(struct loop_runner *rn, struct loop_watch *w)
 {
@@ -415,7 +405,7 @@ static bool bury_idle(struct loop_runner *rn, struct loop_watch *w)
 				continue;
 			}
 			*p = s->next;
-			slot_bury(l, s);
+			loop__slot_bury(l, s);
 		}
 	pthread_mutex_unlock(&l->lock);
 	return busy;
