@@ -121,7 +121,28 @@ struct served {
 	struct uffd *owner_u;
 	atomic_int faults, stuck, owner_exits, events_owner, events_other, forks;
 	atomic_llong stuck_at, killed_at;
+	pid_t pid;
 };
+
+/* Until the owner's memory is gone: its pid no longer answers signals (zombie or reaped). */
+static void kill_and_wait_gone(struct served *sv)
+{
+	char path[64], st[256];
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", sv->pid);
+	for (int i = 0; i < 20000; i++) {
+		FILE *f = fopen(path, "re");
+		char *p = NULL;
+
+		if (f && fgets(st, sizeof(st), f))
+			p = strrchr(st, ')');
+		if (f)
+			fclose(f);
+		if (!p || p[2] == 'Z' || p[2] == 'X')
+			return;
+		usleep(100);
+	}
+}
 
 static int serve(void *ctx, struct uffd_fault *f)
 {
@@ -130,10 +151,13 @@ static int serve(void *ctx, struct uffd_fault *f)
 	int err;
 
 	atomic_fetch_add(&sv->faults, 1);
-	if (idx == STUCK) {
+	if (idx == STUCK) {	/* in flight when the owner dies: its resolution meets ESRCH */
 		atomic_store(&sv->stuck_at, now_us());
 		atomic_store(&sv->stuck, 1);
-		return UFFD_DEFER;	/* in flight when the owner dies */
+		while (!atomic_load(&sv->killed_at))
+			usleep(100);
+		kill_and_wait_gone(sv);
+		return UFFD_RESOLVE;
 	}
 	err = uffd_copy(f->uffd, f->addr, sv->src + idx * ps, ps, UFFD_SKIP_EXISTING, NULL);
 	return err == -EAGAIN ? UFFD_RETRY : err ? err : UFFD_HANDLED;
@@ -203,6 +227,7 @@ static void owner_case(bool poll)
 		owner(sv_pair[1]);
 	}
 	close(sv_pair[1]);
+	sv.pid = pid;
 	fd = recv_fd(sv_pair[0], &sv.base);
 	ck_assert_int_ge(fd, 0);
 	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -234,6 +259,7 @@ static void owner_case(bool poll)
 	ck_assert_int_eq(atomic_load(&sv.events_other), 1);	/* its child's, named by the child's uffd */
 	ck_assert_int_ge(atomic_load(&sv.faults), STUCK + 2);
 	ck_assert_uint_eq(c.errors, 0);
+	ck_assert_uint_eq(c.owner_gone, 1);	/* the stuck fault's resolution, not an error */
 	ck_assert_int_eq(uffd_loop_remove(l, sv.owner_u), 0);	/* still required before closing */
 	uffd_loop_free(l);
 	uffd_close(sv.owner_u);
