@@ -171,8 +171,6 @@ static int serve_loop(struct hand *hd, int pidfd)
 		}
 	}
 }
-/* ---- serving by hand: end ---- */
-
 int serve_baseline(struct uffd_handoff *h, const unsigned char *snap, struct ho_served *s)
 {
 	struct hand hd = { .uffd = uffd_fd(h->uffd), .n = h->nregions, .s = s };
@@ -203,3 +201,4 @@ int serve_baseline(struct uffd_handoff *h, const unsigned char *snap, struct ho_
 	free(hd.zeros);
 	return err ? 1 : 0;
 }
+/* ---- serving by hand: end ---- */

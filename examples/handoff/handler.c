@@ -50,13 +50,13 @@ struct served_region {
 	struct uffd_region *r;
 	const unsigned char *src;	/* its part of the snapshot */
 	unsigned char *state;		/* memfd/MINOR: enum page_state per page */
-	uint64_t *owner_gone;
+	struct lib *l;
 };
 
 struct lib {
 	struct served_region *g;
 	size_t n;
-	uint64_t exit_wall_us, owner_gone;
+	uint64_t exit_wall_us, owner_gone, continues;
 };
 
 /* The aligned window of AROUND bytes (at least a page) holding the fault, inside its region. */
@@ -105,10 +105,12 @@ static int fill_around(void *ctx, struct uffd_fault *f)
 		if (e > o && !(err = uffd_region_populate(g->r, o, g->src + o, e - o, 0)))
 			memset(g->state + o / ps, FILLED, (e - o) / ps);
 	}
-	if (!err)
+	if (!err) {
 		err = uffd_region_continue(g->r, a, b - a, UFFD_SKIP_EXISTING, NULL);
+		g->l->continues++;
+	}
 	if (err == -ESRCH)	/* the vmm is gone: nothing left to serve */
-		++*g->owner_gone;
+		g->l->owner_gone++;
 	return err == -EAGAIN ? UFFD_RETRY : err && err != -ESRCH ? err : UFFD_HANDLED;
 }
 
@@ -147,7 +149,7 @@ static int prepare(struct lib *l, struct uffd_handoff *h, const unsigned char *s
 		struct served_region *g = &l->g[i];
 		size_t len = uffd_region_length(h->regions[i]);
 
-		*g = (struct served_region){ h->regions[i], snap + off, NULL, &l->owner_gone };
+		*g = (struct served_region){ h->regions[i], snap + off, NULL, l };
 		off += len;
 		if (minor && !(g->state = calloc(len / uffd_region_page_size(g->r), 1)))
 			return -ENOMEM;
@@ -188,7 +190,7 @@ int serve_libuffd(struct uffd_handoff *h, const unsigned char *snap, struct ho_s
 		ex_fail(PROG, "serving the vmm", err);
 	if (loop && !uffd_loop_counters(loop, &c)) {
 		*s = (struct ho_served){ c.faults_missing + c.faults_minor, c.faults_minor,
-					 c.resolve_ioctls, c.errors, c.owner_gone + l.owner_gone,
+					 c.resolve_ioctls + l.continues, c.errors, c.owner_gone + l.owner_gone,
 					 l.exit_wall_us };
 		uffd_loop_remove(loop, h->uffd);
 	}

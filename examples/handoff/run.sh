@@ -36,7 +36,7 @@ kv() { sed -n "s/^$2 .* $3=\([^ ]*\).*/\1/p; s/^$2 $3=\([^ ]*\).*/\1/p" "$1" | t
 # run LABEL lib|base VMM_FLAGS HANDLER_FLAGS [kill]: one vmm and one handler;
 # sets the globals below and prints the run's line.
 run() {
-	local label=$1 who=$2 vflags=$3 hflags=$4 kill=${5:-} vst hst fd line
+	local label=$1 who=$2 vflags=$3 hflags=$4 kill=${5:-} vst hst fd err line
 	local name="$label ($who${kill:+, kill})" d
 	d=$tmp/$(echo "$label-$who$kill" | tr / _)
 	mkdir -p "$d"
@@ -56,11 +56,14 @@ run() {
 		exec {fd}<"$d/fifo"
 		read -r -t 30 -u "$fd" line	# "VMM restoring": a third of the pages are in
 		kill_us=${EPOCHREALTIME/[.,]/}
+		exec {err}>&2 2>/dev/null	# no "Killed" notice from the shell
 		kill -KILL "$vpid"
 		cat <&"$fd" >"$d/vmm"
 		exec {fd}<&-
 		wait "$vpid"
 		vst=$?
+		reaped_us=${EPOCHREALTIME/[.,]/}
+		exec 2>&"$err" {err}>&-
 	fi
 	wait "$hpid"
 	hst=$?
@@ -74,16 +77,18 @@ run() {
 	fds_end=$(kv "$d/handler" HANDLER fds_end)
 	errors=$(kv "$d/handler" HANDLER errors)
 	exit_us=$(kv "$d/handler" HANDLER owner_exit_wall_us)
+	exit_us=${exit_us:-0}
 	if [ "$hst" -ne 0 ] || [ -z "$fds_end" ] || [ "$fds_start" != "$fds_end" ] || [ "${errors:-1}" != 0 ]; then
 		fail "$name: handler exit $hst, errors ${errors:-?}, fds ${fds_start:-?} -> ${fds_end:-?}: $(head -c 300 "$d/handler.err")"
 	fi
 	if [ -n "$kill" ]; then
-		if [ "$vst" -ne 137 ] || grep -q '^VMM mode=' "$d/vmm"; then
+		if [ "$line" != "VMM restoring" ] || [ "$vst" -ne 137 ] || grep -q '^VMM mode=' "$d/vmm"; then
 			fail "$name: the vmm was not killed mid-restore (status $vst)"
 		fi
 		exit_lat_us=$((exit_us - kill_us))
-		say "$(printf '%-12s %-13s vmm killed with SIGKILL after %s; handler exit %d after %.2f ms (owner exit noticed), %s faults served, %s refused (vmm gone), fds %s -> %s' \
-			"$label" libuffd "${line#VMM }" "$hst" "$(echo "$exit_lat_us" | awk '{print $1/1000}')" \
+		say "$(printf '%-12s %-13s vmm killed with SIGKILL when a third of its pages were in; reaped by its parent after %.2f ms, handler noticed after %.2f ms and exited %d, %s faults served, %s refused (vmm gone), fds %s -> %s' \
+			"$label" libuffd "$(((reaped_us - kill_us) / 1000)).$(printf '%02d' $(((reaped_us - kill_us) % 1000 / 10)))" \
+			"$(((exit_lat_us) / 1000)).$(printf '%02d' $((exit_lat_us % 1000 / 10)))" "$hst" \
 			"$faults" "$(kv "$d/handler" HANDLER owner_gone)" "$fds_start" "$fds_end")"
 		return
 	fi
@@ -95,7 +100,7 @@ run() {
 	say "$(awk -v n="$label" -v w="$who" -v f="$faults" -v p="$pages" -v r="$restore_us" -v s="$stall_us" \
 		-v h="$huge" -v m="$(kv "$d/handler" HANDLER minor)" -v i="$(kv "$d/handler" HANDLER ioctls)" \
 		-v b="$(kv "$d/vmm" VMM balloon_pages)" -v e="$exit_lat_us" -v fs="$fds_start" -v fe="$fds_end" \
-		'BEGIN { printf "%-12s %-13s faults %6d (%d minor)  pages %d (%.1f per fault)  %5.1f us/fault  restore %6.1f ms  ioctls %d  hugetlb %s  balloon %d pages zero  owner exit +%.2f ms  fds %d -> %d  verified\n", n, w == "base" ? "hand-written" : "libuffd", f, m, p, p / f, s / f, r / 1000, i, h, b, e / 1000, fs, fe }')"
+		'BEGIN { printf "%-12s %-13s faults %6d (%d minor)  pages %d (%.1f per fault)  stall %5.1f us/fault  restore %6.1f ms  ioctls %d  hugetlb %s  balloon %d pages zero  owner exit +%.2f ms  fds %d -> %d  verified\n", n, w == "base" ? "hand-written" : "libuffd", f, m, p, p / f, s / f, r / 1000, i, h, b, e / 1000, fs, fe }')"
 }
 
 declare -A restore nfaults
