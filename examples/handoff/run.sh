@@ -37,6 +37,7 @@ kv() { sed -n "s/^$2 .* $3=\([^ ]*\).*/\1/p; s/^$2 $3=\([^ ]*\).*/\1/p" "$1" | t
 # sets the globals below and prints the run's line.
 run() {
 	local label=$1 who=$2 vflags=$3 hflags=$4 kill=${5:-} vst hst fd err line
+	run_huge=
 	local name="$label ($who${kill:+, kill})" d
 	d=$tmp/$(echo "$label-$who$kill" | tr / _)
 	mkdir -p "$d"
@@ -73,6 +74,7 @@ run() {
 	stall_us=$(kv "$d/vmm" VMM stall_us)
 	local huge fds_start fds_end errors exit_us
 	huge=$(kv "$d/vmm" VMM huge)
+	run_huge=$huge
 	fds_start=$(kv "$d/handler" HANDLER fds_start)
 	fds_end=$(kv "$d/handler" HANDLER fds_end)
 	errors=$(kv "$d/handler" HANDLER errors)
@@ -103,7 +105,7 @@ run() {
 		'BEGIN { printf "%-12s %-13s faults %6d (%d minor)  pages %d (%.1f per fault)  stall %5.1f us/fault  restore %6.1f ms  ioctls %d  hugetlb %s  balloon %d pages zero  owner exit +%.2f ms  fds %d -> %d  verified\n", n, w == "base" ? "hand-written" : "libuffd", f, m, p, p / f, s / f, r / 1000, i, h, b, e / 1000, fs, fe }')"
 }
 
-declare -A restore nfaults
+declare -A restore nfaults hugetlb
 for mode in anon memfd; do
 	vf=$([ $mode = memfd ] && echo --memfd)
 	label=$([ $mode = memfd ] && echo memfd/MINOR || echo anon/COPY)
@@ -112,6 +114,7 @@ for mode in anon memfd; do
 		run "$label" $who "$vf" "$hf"
 		restore[$mode-$who]=${restore_us:-0}
 		nfaults[$mode-$who]=${faults:-0}
+		hugetlb[$mode-$who]=${run_huge:-}
 	done
 done
 run anon/COPY lib "" "" kill
@@ -120,7 +123,8 @@ kill_lat_us=${exit_lat_us:-0}
 for mode in anon memfd; do
 	say "$(awk -v m=$mode -v rl="${restore[$mode-lib]}" -v rb="${restore[$mode-base]}" \
 		-v fl="${nfaults[$mode-lib]}" -v fb="${nfaults[$mode-base]}" \
-		'BEGIN { printf "%-12s libuffd vs hand-written: restore %.1f vs %.1f ms (%.2fx), faults %d vs %d\n", m == "anon" ? "anon/COPY" : "memfd/MINOR", rl / 1000, rb / 1000, rl ? rb / rl : 0, fl, fb }')"
+		-v same="$([ "${hugetlb[$mode-lib]}" = "${hugetlb[$mode-base]}" ] && echo 1)" \
+		'BEGIN { printf "%-12s libuffd vs hand-written: restore %.1f vs %.1f ms (%.2fx), faults %d vs %d%s\n", m == "anon" ? "anon/COPY" : "memfd/MINOR", rl / 1000, rb / 1000, rl ? rb / rl : 0, fl, fb, same ? "" : " (hugetlb differed: huge pages were taken meanwhile)" }')"
 done
 
 # Lines of serving code between the markers, blank and comment-only lines left out.
