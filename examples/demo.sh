@@ -12,6 +12,7 @@ runs=(
 	"gc_compact --mib 64"
 	"snapshot --mib 64"
 	"dirty_precopy --mib 64"
+	"handoff --mib 64"
 )
 
 rows=()
