@@ -460,6 +460,9 @@ static void handle_fault(struct loop_runner *rn, struct loop_watch *w, const str
 	case -ENOENT:	/* the range is gone (unregistered, unmapped): let the thread fault again */
 		uffd_wake(w->u, orig.addr, orig.len);
 		break;
+	case -ESRCH:	/* the owner exited: nobody is left to serve */
+		COUNT(rn, owner_gone);
+		break;
 	default:
 		handler_failed(rn, w, &orig, v < 0 ? v : -EINVAL,
 			       v < 0 ? "the handler failed" : "the handler returned an unknown verdict");
@@ -720,18 +723,27 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 	handle_one(rn, w, m, NULL);
 }
 
+/*
+ * A read's events first, then its faults (the kernel returns faults
+ * first): a fault read with a REMOVE was raised before it, and must be
+ * served against the memory as it is after it.
+ */
 void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		       const struct uffd_msg *m, size_t n)
 {
-	size_t i = 0;
+	bool open = !rn->gated.n && uffd__gate_enter();
 
-	if (!rn->gated.n && uffd__gate_enter()) {
-		for (; i < n; i++)
-			handle_one(rn, w, &m[i], NULL);
+	for (int faults = 0; faults < 2; faults++)
+		for (size_t i = 0; i < n; i++) {
+			if ((m[i].event == UFFD_EVENT_PAGEFAULT) != faults)
+				continue;
+			if (open)
+				handle_one(rn, w, &m[i], NULL);
+			else
+				gate_queue(rn, w, &m[i]);
+		}
+	if (open)
 		uffd__gate_leave();
-	}
-	for (; i < n; i++)
-		gate_queue(rn, w, &m[i]);
 }
 
 /* Messages that waited for the gate, then faults due for their retry. */
