@@ -323,15 +323,23 @@ int uffd_region_create(struct uffd *u, const struct uffd_region_opts *o,
 		       struct uffd_region **out);
 /** Unregister, unmap and close what the region created. NULL is fine. */
 void uffd_region_destroy(struct uffd_region *r);
-/** The registered view, or NULL for NULL. */
+/**
+ * The registered view, or NULL for NULL. For a foreign region
+ * (uffd_region_create_foreign()): the owner's address, in the owner's
+ * address space, for the resolving calls only.
+ */
 void *uffd_region_base(const struct uffd_region *r);
-/** The unregistered view, or NULL (UFFD_REGION_NO_ALIAS, or NULL). */
+/** The unregistered view, or NULL (UFFD_REGION_NO_ALIAS, a foreign region without fd, or NULL). */
 void *uffd_region_alias(const struct uffd_region *r);
 /** Length in bytes; 0 for NULL. */
 size_t uffd_region_length(const struct uffd_region *r);
 /** Page size of the backing memory; 0 for NULL. */
 size_t uffd_region_page_size(const struct uffd_region *r);
-/** The backing fd (owned by the region when it created it); -EINVAL for NULL. */
+/**
+ * The backing fd (owned by the region when it created it, or its duplicate
+ * of a foreign region's fd); -EINVAL for NULL; -EBADF for a foreign region
+ * without fd.
+ */
 int uffd_region_fd(const struct uffd_region *r);
 /** The handle the region is registered with; NULL for NULL. */
 struct uffd *uffd_region_uffd(const struct uffd_region *r);
@@ -344,7 +352,10 @@ struct uffd *uffd_region_uffd(const struct uffd_region *r);
  * hugetlbfs); with UFFD_POPULATE_MAP also map them into the base view
  * (CONTINUE on MINOR regions, else MADV_POPULATE_READ/WRITE) and wake
  * waiters; UFFD_MAP_WP with it maps them write-protected (WP regions).
+ * A foreign region without fd has no page cache here: the pages are copied
+ * into the owner's missing pages (UFFDIO_COPY, which maps them).
  * @return 0; -EINVAL (range outside the region or unaligned, bad flags);
+ *         -EEXIST (foreign region without fd: a page is already mapped);
  *         other -errno.
  */
 int uffd_region_populate(struct uffd_region *r, uint64_t off, const void *src,
@@ -355,9 +366,15 @@ int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t len,
 /** uffd_writeprotect() on [off, off+len) of the base view. */
 int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, size_t len,
 			     bool protect, unsigned flags);
-/** Unmap [off, off+len) from the base view, keep contents: the next touch is a MINOR fault. */
+/**
+ * Unmap [off, off+len) from the base view, keep contents: the next touch is
+ * a MINOR fault. -EOPNOTSUPP for a foreign region (only its owner can).
+ */
 int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len);
-/** Free the pages (punch a hole): the next touch is a MISSING fault. */
+/**
+ * Free the pages (punch a hole): the next touch is a MISSING fault.
+ * -EOPNOTSUPP for a foreign region declared without fd.
+ */
 int uffd_region_discard(struct uffd_region *r, uint64_t off, size_t len);
 
 /* ------------------------------------------------------------------ */
@@ -372,6 +389,21 @@ struct uffd_loop;
 #define UFFD_HANDLED 1
 /** Handler verdict: resolved later, from any thread, with section 2 calls. */
 #define UFFD_DEFER   2
+/**
+ * Handler verdict: call the handler again once the pending non-cooperative
+ * events are read (what a resolving call's -EAGAIN asks for; a handler
+ * returning -EAGAIN means the same). Retries back off; after about 5 s the
+ * fault fails as a failed handler does (error hook, poison).
+ */
+#define UFFD_RETRY   3
+/**
+ * Handler verdict: like UFFD_RESOLVE, but the page is mapped
+ * write-protected (MINOR: CONTINUE with UFFD_MAP_WP; MISSING: a zero page
+ * copied write-protected; a WP fault is un-protected as with UFFD_RESOLVE).
+ * The range must be registered with UFFDIO_REGISTER_MODE_WP, else the
+ * resolution fails with -EINVAL.
+ */
+#define UFFD_RESOLVE_WP 4
 
 /** Callbacks of a loop; any may be NULL. */
 struct uffd_handlers {
@@ -393,6 +425,19 @@ struct uffd_loop_opts {
 	unsigned batch;       /**< messages per read; 0: default */
 	unsigned spin_us;     /**< poll this long before sleeping; 0: never */
 	unsigned flags;       /**< UFFD_LOOP_* */
+	/**
+	 * Called on a loop thread for every failed handler, failed resolution
+	 * and broken watch: @p f is the fault (NULL for a watch; for a failed
+	 * resolution only uffd, addr and len are set), valid only during the
+	 * call; @p err the -errno, @p sentence what happened and what to do.
+	 * Runs in a fork-gate section, as handlers do (it may allocate), and
+	 * the same rules apply (no uffd_loop_remove() of its own loop); while
+	 * a fork() is in progress up to 32 reports per loop thread wait for
+	 * it. Since 0.2.
+	 */
+	void   (*on_error)(void *ctx, const struct uffd_fault *f, int err,
+			   const char *sentence);
+	void    *error_ctx;   /**< ctx of on_error */
 };
 /** A failed fault is poisoned: the faulting thread gets SIGBUS instead of hanging. */
 #define UFFD_LOOP_POISON_ON_ERROR (1u << 0)
@@ -410,6 +455,40 @@ void uffd_loop_free(struct uffd_loop *l);
 /** Watch @p u with handlers @p h (NULL: default resolution). */
 int  uffd_loop_add(struct uffd_loop *l, struct uffd *u,
 		   const struct uffd_handlers *h, void *ctx);
+/** Options of a watch, versioned by size (since 0.2). */
+struct uffd_watch_opts {
+	size_t   size;        /**< sizeof(struct uffd_watch_opts) */
+	/**
+	 * Every non-fault event (fork, remap, remove, unmap) with the handle
+	 * it came from -- the watched one, or an adopted fork child's -- before
+	 * the per-kind callbacks of struct uffd_handlers.
+	 */
+	void   (*event)(void *ctx, struct uffd *u, const struct uffd_event *ev);
+	/**
+	 * With UFFD_WATCH_OWNER: an fd that becomes readable when the process
+	 * owning the memory is gone -- its pidfd, or the control socket (EOF).
+	 * The loop polls it; it stays the caller's.
+	 */
+	int      owner_fd;
+	unsigned flags;       /**< UFFD_WATCH_* */
+	/**
+	 * Called once on a loop thread when owner_fd becomes readable, after
+	 * the loop stopped reading @p u and let go of its regions.
+	 */
+	void   (*owner_exit)(void *ctx, struct uffd *u);
+};
+/** owner_fd is set: watch it. */
+#define UFFD_WATCH_OWNER     (1u << 0)
+/** When the owner is gone, uffd_loop_run() returns 0 (as after uffd_loop_stop()). */
+#define UFFD_WATCH_STOP_LOOP (1u << 1)
+
+/**
+ * uffd_loop_add() with options: events that name their uffd, and the
+ * owner's exit. @p o NULL: the same as uffd_loop_add().
+ */
+int  uffd_loop_add_opts(struct uffd_loop *l, struct uffd *u,
+			const struct uffd_handlers *h, void *ctx,
+			const struct uffd_watch_opts *o);
 /** Handle faults and events inside region @p r with @p h. */
 int  uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 			  const struct uffd_handlers *h, void *ctx);
@@ -439,10 +518,32 @@ struct uffd_loop_stats {
 	uint64_t reads;           /**< completed reads of the uffds */
 	uint64_t resolve_ioctls;  /**< resolving ioctls issued */
 	uint64_t deferred;        /**< DEFER verdicts */
-	uint64_t errors;          /**< handlers that failed */
+	uint64_t errors;          /**< failed handlers, resolutions, reads (not ESRCH) */
 };
 /** Copy the loop's counters into @p s. */
 void uffd_loop_stats(const struct uffd_loop *l, struct uffd_loop_stats *s);
+
+/** Counters of a loop, versioned by size (since 0.2). */
+struct uffd_loop_counters {
+	size_t   size;            /**< sizeof(struct uffd_loop_counters) */
+	uint64_t faults_minor, faults_wp, faults_missing; /**< fault messages by kind */
+	uint64_t events;          /**< fork, remap, remove, unmap messages */
+	uint64_t reads;           /**< completed reads of the uffds */
+	uint64_t resolve_ioctls;  /**< resolving ioctls issued */
+	uint64_t deferred;        /**< DEFER verdicts */
+	uint64_t errors;          /**< real failures: handlers, resolutions, watches */
+	uint64_t owner_gone;      /**< resolutions refused with ESRCH: the owner exited */
+	uint64_t poisoned;        /**< pages poisoned because their handler or own resolution failed */
+	uint64_t retried;         /**< UFFD_RETRY verdicts and -EAGAIN resolutions queued */
+	uint64_t gated;           /**< messages queued while a fork() was in progress */
+	uint64_t children_adopted; /**< fork children watched by the loop */
+	uint64_t children_reaped; /**< of those, closed after their process exited */
+};
+/**
+ * Copy the loop's counters into @p c (set c->size first).
+ * @return 0, or -EINVAL for a NULL argument or a size this library cannot fill.
+ */
+int  uffd_loop_counters(const struct uffd_loop *l, struct uffd_loop_counters *c);
 
 /* ------------------------------------------------------------------ */
 /* 6. In-thread resolution (SIGBUS mode)                               */
@@ -531,6 +632,147 @@ int uffd_dirty_start(struct uffd *u, void *addr, size_t len);
 int uffd_dirty_scan(struct uffd *u, void *addr, size_t len,
 		    struct uffd_span *spans, size_t max, unsigned flags,
 		    void **next);
+
+/* ------------------------------------------------------------------ */
+/* 8. Serving another process's memory                                 */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The common deployment: the process owning the memory (a VM monitor)
+ * opens and registers the userfaultfd, then sends it with a table of its
+ * regions over a Unix socket to a handler process, which serves faults in
+ * memory it does not own (libuffd-handoff(7)). Every resolving ioctl acts
+ * on the address space of the process that opened the userfaultfd, so the
+ * handler passes the owner's addresses; a COPY's source is in the
+ * handler's memory.
+ */
+
+/** Options of uffd_region_create_foreign(). */
+struct uffd_foreign_opts {
+	size_t   size;       /**< sizeof(struct uffd_foreign_opts) */
+	uint64_t owner_addr; /**< start of the memory in the owner's address space */
+	size_t   length;     /**< bytes, multiple of the page size */
+	size_t   page_size;  /**< the memory's page size; 0: the fd's, else the base page */
+	uint64_t modes;      /**< UFFDIO_REGISTER_MODE_* the owner registered it with */
+	unsigned flags;      /**< 0 or UFFD_REGION_NO_ALIAS */
+	int      fd;         /**< -1, or the backing tmpfs/hugetlbfs file (duplicated) */
+	uint64_t fd_offset;  /**< offset of the region in fd, multiple of the page size */
+};
+
+/**
+ * Declare a region whose memory lives in another process: the one that
+ * opened the userfaultfd of @p u and registered
+ * [owner_addr, owner_addr+length) with @p o->modes. Nothing is registered
+ * or mapped in the owner; the region is recorded in the handle so that its
+ * faults carry the region, the offset and the declared page size as length,
+ * and every uffd_region_* call and UFFD_SKIP_EXISTING step uses that page
+ * size. With a backing @p o->fd (the owner's memfd or hugetlbfs file), the
+ * region keeps a close-on-exec duplicate of it (uffd_region_fd()) and maps
+ * it as the alias view; the caller keeps its own descriptor.
+ * uffd_region_base() is then an address in the owner's address space, never
+ * to be dereferenced here. uffd_region_zap() is not possible (-EOPNOTSUPP),
+ * nor uffd_region_discard() without fd; uffd_region_populate() without fd
+ * copies into the owner's missing pages (UFFDIO_COPY). Destroying the
+ * region leaves the owner's registration alone.
+ * @return 0; -EINVAL (bad options, unaligned, page size not a power of two,
+ *         fd's page size differs from the declared one, fd too small or not
+ *         on tmpfs/hugetlbfs); -EBADF/-EACCES (fd closed / not O_RDWR);
+ *         -EEXIST (overlaps a region of the handle); -EOPNOTSUPP (modes not
+ *         covered by the handle's features); -ENOMEM.
+ */
+int uffd_region_create_foreign(struct uffd *u, const struct uffd_foreign_opts *o,
+			       struct uffd_region **out);
+
+/**
+ * Give region @p r a page source: @p len bytes at @p src in this process
+ * (an mmap of a snapshot file, say) holding the region's contents, the page
+ * at offset off at src + off. @p len must cover the region; @p src NULL
+ * clears the source. From then on the region remembers the pages the owner
+ * gives back (REMOVE events: balloon, MADV_DONTNEED) so that their next
+ * MISSING fault gets zero pages, never the old contents. The buffer must
+ * stay readable while a loop may serve faults of the region.
+ * @return 0; -EINVAL (NULL @p r, @p len shorter than the region, wrapping
+ *         buffer); -ENOMEM.
+ */
+int uffd_region_set_source(struct uffd_region *r, const void *src, size_t len);
+
+/** One row of the region table sent with uffd_handoff_send(). */
+struct uffd_handoff_region {
+	uint64_t owner_addr; /**< start in the sender's address space */
+	uint64_t length;     /**< bytes, multiple of the page size */
+	uint64_t page_size;  /**< 0: the fd's page size, else the base page */
+	uint64_t modes;      /**< UFFDIO_REGISTER_MODE_* the range is registered with */
+	uint64_t fd_offset;  /**< offset of the region in fd */
+	int      fd;         /**< -1, or the backing file to send along */
+};
+
+/** Most rows a region table may have (uffd_handoff_opts.max_regions). */
+#define UFFD_HANDOFF_REGIONS_MAX 65536u
+
+/**
+ * Send the userfaultfd of @p u, its feature set and a table of @p n regions
+ * over the connected Unix socket @p sock (SOCK_STREAM or SOCK_SEQPACKET):
+ * one message, its descriptors (the userfaultfd, then each distinct backing
+ * fd) in one SCM_RIGHTS control message; wire format in
+ * libuffd-handoff(7). Every row is checked as uffd_region_create_foreign()
+ * would; rows must not overlap. Never raises SIGPIPE; gives up after 5
+ * seconds when the peer does not read. The caller keeps its descriptors.
+ * @return 0; -EINVAL (bad rows, more than UFFD_HANDOFF_REGIONS_MAX rows or
+ *         252 distinct fds); -EBADF (a row's fd is not open); -ENOTSOCK,
+ *         -EAFNOSUPPORT, -EPROTOTYPE (not a connected Unix stream or
+ *         seqpacket socket); -EPIPE/-ECONNRESET (peer gone); -ETIMEDOUT.
+ */
+int uffd_handoff_send(int sock, const struct uffd *u,
+		      const struct uffd_handoff_region *regions, size_t n);
+
+/** Options of uffd_handoff_recv(). */
+struct uffd_handoff_opts {
+	size_t   size;        /**< sizeof(struct uffd_handoff_opts) */
+	int      timeout_ms;  /**< for the whole message; 0: 5000, -1: none */
+	unsigned max_regions; /**< most rows accepted; 0: 64; at most UFFD_HANDOFF_REGIONS_MAX */
+};
+
+/** What uffd_handoff_recv() received; freed with uffd_handoff_free(). */
+struct uffd_handoff {
+	struct uffd         *uffd;     /**< the sender's userfaultfd, features verified */
+	struct uffd_region **regions;  /**< foreign regions, in table order */
+	size_t               nregions;
+	pid_t                pid;      /**< peer (SO_PEERCRED); 0 if in another pid namespace */
+	uid_t                uid;
+	gid_t                gid;
+	int                  pidfd;    /**< of the peer, close-on-exec; -1 if unavailable */
+};
+
+/**
+ * Receive what uffd_handoff_send() sent on the connected Unix socket
+ * @p sock: a handle for the userfaultfd (uffd_open_fd(), with the feature
+ * set the message states and the kernel confirms in /proc/self/fdinfo), a
+ * foreign region for each row (uffd_region_create_foreign()), and the
+ * peer's identity. Reads exactly one message, whatever the socket's
+ * O_NONBLOCK and however the bytes are split; the descriptors may come with
+ * any part of the message. Everything the peer sent is checked before use;
+ * on failure every received descriptor is closed and the connection should
+ * be closed too (its stream position is undefined).
+ * @param o options, or NULL for the defaults
+ * @return 0 with *out set; -EINVAL (bad arguments; a row that is
+ *         unaligned, overlaps another, has length 0 or a page size that is
+ *         not a power of two; the first descriptor is not a userfaultfd);
+ *         -EPROTO (not a handoff message, truncated, descriptors missing,
+ *         surplus or cut off, features not those of the userfaultfd);
+ *         -EPROTONOSUPPORT (another wire version); -E2BIG (more rows than
+ *         max_regions); -EOPNOTSUPP (features unknown to this libuffd);
+ *         -ETIMEDOUT; -ENOTSOCK/-EAFNOSUPPORT/-EPROTOTYPE; errors of
+ *         uffd_region_create_foreign() for a row's fd; -ENOMEM.
+ */
+int uffd_handoff_recv(int sock, const struct uffd_handoff_opts *o,
+		      struct uffd_handoff **out);
+
+/**
+ * Destroy the regions, close the userfaultfd handle and the pidfd, and free
+ * @p h. Set a field to NULL (pidfd to -1) first to keep it. Remove the
+ * handle from any loop first. NULL is fine.
+ */
+void uffd_handoff_free(struct uffd_handoff *h);
 
 #ifdef __cplusplus
 }

@@ -98,6 +98,7 @@ UFFD_EXPORT int uffd_dirty_start(struct uffd *u, void *addr, size_t len)
 				 (unsigned long)a, len, strerror(-err), uffd__errname(err));
 	return 0;
 }
+UFFD_EXPORT_OWN(dirty_start);
 
 /* ---- scan ---- */
 
@@ -262,3 +263,4 @@ UFFD_EXPORT int uffd_dirty_scan(struct uffd *u, void *addr, size_t len,
 		*next = (void *)stop;
 	return n;
 }
+UFFD_EXPORT_OWN(dirty_scan);

@@ -15,6 +15,7 @@ UFFD_EXPORT const char *uffd_last_error(void)
 {
 	return last_error;
 }
+UFFD_EXPORT_OWN(last_error);
 
 int uffd__err(int err, const char *fmt, ...)
 {

@@ -131,3 +131,4 @@ UFFD_EXPORT int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t m
 			k++;
 	return (int)k;
 }
+UFFD_EXPORT_OWN(read_events);

@@ -14,6 +14,77 @@
 #define UFFD_EXPORT __attribute__((visibility("default")))
 #define UFFD_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
+/*
+ * The library's calls to its exported functions reach its own code, even
+ * when the application defines a function of the same name (QEMU and CRIU
+ * have their own uffd_open and uffd_read_events). UFFD_OWN(fn) makes every
+ * call to uffd_<fn> inside the library a call to the internal symbol
+ * uffd__own_<fn>, and the definition is emitted under that name; the
+ * defining file then writes UFFD_EXPORT_OWN(fn) after it, which exports
+ * uffd_<fn> as an alias. The shared library makes the uffd__own_ names
+ * local (libuffd.map); the static archive keeps only the libuffd.map names
+ * global, and weak, so that an application's definition takes their place
+ * for the application's calls alone (static-archive.sh).
+ */
+#define UFFD_OWN(fn) extern __typeof(uffd_##fn) uffd_##fn __asm__("uffd__own_" #fn)
+#define UFFD_EXPORT_OWN(fn)                                                  \
+	extern __typeof(uffd_##fn) uffd__export_##fn __asm__("uffd_" #fn)   \
+		__attribute__((alias("uffd__own_" #fn), visibility("default")))
+
+/* Every exported function. */
+UFFD_OWN(open);
+UFFD_OWN(open_fd);
+UFFD_OWN(close);
+UFFD_OWN(fd);
+UFFD_OWN(features);
+UFFD_OWN(probe);
+UFFD_OWN(feature_name);
+UFFD_OWN(last_error);
+UFFD_OWN(register);
+UFFD_OWN(unregister);
+UFFD_OWN(continue_range);
+UFFD_OWN(writeprotect);
+UFFD_OWN(copy);
+UFFD_OWN(zeropage);
+UFFD_OWN(move);
+UFFD_OWN(poison);
+UFFD_OWN(wake);
+UFFD_OWN(read_events);
+UFFD_OWN(region_create);
+UFFD_OWN(region_destroy);
+UFFD_OWN(region_base);
+UFFD_OWN(region_alias);
+UFFD_OWN(region_length);
+UFFD_OWN(region_page_size);
+UFFD_OWN(region_fd);
+UFFD_OWN(region_uffd);
+UFFD_OWN(region_populate);
+UFFD_OWN(region_continue);
+UFFD_OWN(region_writeprotect);
+UFFD_OWN(region_zap);
+UFFD_OWN(region_discard);
+UFFD_OWN(sigbus_add_region);
+UFFD_OWN(sigbus_remove_region);
+UFFD_OWN(dirty_start);
+UFFD_OWN(dirty_scan);
+UFFD_OWN(loop_new);
+UFFD_OWN(loop_add_opts);
+UFFD_OWN(loop_add);
+UFFD_OWN(loop_add_region);
+UFFD_OWN(loop_remove);
+UFFD_OWN(loop_run);
+UFFD_OWN(loop_run_once);
+UFFD_OWN(loop_start);
+UFFD_OWN(loop_stop);
+UFFD_OWN(loop_stats);
+UFFD_OWN(loop_counters);
+UFFD_OWN(loop_free);
+UFFD_OWN(handoff_send);
+UFFD_OWN(handoff_recv);
+UFFD_OWN(handoff_free);
+UFFD_OWN(region_set_source);
+UFFD_OWN(region_create_foreign);
+
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 
 struct rangemap_entry {
@@ -51,6 +122,8 @@ bool rangemap_find(struct rangemap *m, uintptr_t addr, struct rangemap_entry *ou
  */
 unsigned rangemap_read_begin(struct rangemap *m);
 void rangemap_read_end(struct rangemap *m, unsigned ticket);
+/* Copies the first entry ending after addr (holding it, or above); false if none. Signal-safe. */
+bool rangemap_next(struct rangemap *m, uintptr_t addr, struct rangemap_entry *out);
 /* -EEXIST when the range overlaps an entry, -ENOMEM. */
 int rangemap_insert(struct rangemap *m, const struct rangemap_entry *e);
 /* Removes the entry whose ptr is ptr; -ENOENT if none. */
@@ -88,10 +161,68 @@ struct uffd_region {
 	struct uffd_loop *loop;
 	struct uffd_handlers loop_handlers;
 	void *loop_ctx;
+	/* loop-dispatch.c: handlers running for it; destroy waits for them */
+	unsigned pins;
+	bool doomed;		/* destroyed by its own handler: freed at the last unpin */
 	/* sigbus.c: in-thread resolution, if added */
 	uffd_sigbus_fn sigbus_fn;
 	void *sigbus_ctx;
+	/*
+	 * Foreign region (uffd_region_create_foreign): base is the owner's
+	 * address, in another address space, never touched nor registered
+	 * here; alias (may be NULL) maps the region's dup of the owner's fd.
+	 */
+	bool foreign;
+	/* pagestate.c: the page source and the pages the owner gave back */
+	const void *src;	/* read it with uffd__region_source() */
+	size_t src_len;
+	atomic_ulong *removed;	/* a bit per page; NULL until a source is set */
 };
+
+/* ---- region.c ---- */
+
+/*
+ * The checks of a foreign region's declaration that need no syscall
+ * (page size, alignment, modes, flags, wrap-around), in the words of
+ * `what` ("uffd_region_create_foreign", "uffd_handoff_recv: region 3").
+ * A page size of 0 stands for the base page. -EINVAL with text.
+ */
+int uffd__foreign_check(const struct uffd_foreign_opts *o, const char *what);
+
+/* ---- pagestate.c: a region's page source and removed pages ---- */
+
+/*
+ * The source set with uffd_region_set_source() (covering the whole
+ * region: page at offset off is at src + off), or NULL. Lock-free and
+ * async-signal-safe.
+ */
+const void *uffd__region_source(const struct uffd_region *r);
+/*
+ * The per-page "removed" bits: the owner gave the pages back (a REMOVE
+ * event: balloon, MADV_DONTNEED, MADV_REMOVE), so their next MISSING
+ * fault must get zero pages, not the source's old contents. The bitmap
+ * exists once a source was set (without one a MISSING fault gets zeros
+ * anyway) and lives until the region is destroyed. All four calls are
+ * lock-free (atomic words) and async-signal-safe, for any thread; they
+ * do nothing (or report "not removed") without a bitmap. Offsets are
+ * into the region; ranges are clamped to it; a page partly covered by
+ * [off, off+len) counts as covered.
+ */
+void uffd__region_mark_removed(struct uffd_region *r, uint64_t off, uint64_t len);
+void uffd__region_clear_removed(struct uffd_region *r, uint64_t off, uint64_t len);
+/* Clears the bit of the page containing off and says whether it was set. */
+bool uffd__region_take_removed(struct uffd_region *r, uint64_t off);
+/*
+ * The run of pages sharing the state of the page containing off, from
+ * that page through at most the one containing off + len - 1: its length
+ * in bytes, its state in *removed. Fault-around splits a range into runs
+ * copied from the source and runs of zeros. 0 when off is outside the
+ * region or len is 0.
+ */
+uint64_t uffd__region_removed_run(const struct uffd_region *r, uint64_t off,
+				  uint64_t len, bool *removed);
+/* Frees the bitmap; for region destroy. */
+void uffd__region_pagestate_free(struct uffd_region *r);
 
 /* ---- error.c: the thread's last-error sentence ---- */
 
@@ -159,10 +290,29 @@ int uffd__check_range(const char *what, uintptr_t addr, size_t len,
 /* Drops r from in-thread resolution if it was added; for region destroy. */
 void uffd__sigbus_forget(struct uffd_region *r);
 
+/* ---- forkgate.c: user code and allocation on loop threads vs fork() ---- */
+
+/* Installs the pthread_atfork() hooks, once per process. */
+void uffd__gate_init(void);
+/*
+ * Opens a section in which a loop thread may run user code or allocate;
+ * false while a fork() is in progress (queue the work instead). Nests.
+ */
+bool uffd__gate_enter(void);
+void uffd__gate_leave(void);
+bool uffd__gate_closed(void);
+
 /* ---- loop.c ---- */
 
 /* The region leaves the loop it was added to (uffd_region_destroy calls it). */
 void uffd__loop_forget_region(struct uffd_region *r);
+/*
+ * loop-dispatch.c: after r left the region map, waits until no handler of
+ * r runs on another thread. True when this thread runs one (a handler
+ * destroys its own region): the caller releases everything but the struct,
+ * which the loop frees when the handler returns.
+ */
+bool uffd__loop_unpin_wait(struct uffd_region *r);
 
 /* ---- event.c ---- */
 

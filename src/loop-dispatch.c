@@ -2,9 +2,18 @@
 /*
  * The loop's message handling: decode, pick the handler set (region first,
  * then the uffd's, else the default), collect RESOLVE verdicts, and resolve
- * them sorted and merged: one ioctl per run of adjacent pages. Resolutions
- * refused with -EAGAIN (a non-cooperative event is unread) wait in a retry
- * queue until the events are handled.
+ * them sorted and merged: one ioctl per run of adjacent pages.
+ *
+ * Everything here works in storage the runner got when it was made: the
+ * vectors have a fixed capacity (a full one is flushed), the sort is in
+ * place. Handlers and events run inside a fork-gate section; while a fork
+ * holds the gate shut, messages wait in rn->gated, in order.
+ *
+ * Failures end in one place (fail_page()): a page some thread faulted on
+ * is poisoned (UFFD_LOOP_POISON_ON_ERROR) or reported; a neighbour that a
+ * handler added for fault-around is dropped, it faults on its own later.
+ * -ENOENT (the range is gone) wakes its sleepers; -EAGAIN (an event is
+ * unread) and UFFD_RETRY wait for the events and back off, up to a bound.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +25,9 @@
 #include "loop-internal.h"
 
 #define PM_UFFD_WP (1ull << 57)	/* pagemap: the PTE is uffd-write-protected */
-#define RETRY_LIMIT_NS 2000000000ll	/* give up on -EAGAIN after 2 s */
+#define RETRY_LIMIT_US 5000000ll	/* -EAGAIN and UFFD_RETRY: fail after 5 s */
+#define REFAULT_BACKOFF_MAX_US 2000
+#define GATE_EVENT_ROOM 256	/* entries of rn->gated kept for events */
 
 #define COUNT(rn, field) atomic_fetch_add_explicit(&(rn)->c.field, 1, memory_order_relaxed)
 
@@ -24,27 +35,69 @@ static const char *const kind_names[] = {
 	[UFFD_FAULT_MISSING] = "missing", [UFFD_FAULT_MINOR] = "minor", [UFFD_FAULT_WP] = "wp",
 };
 
-/* ---- vectors ---- */
+/* The region a handler of this thread is running for (destroy waits for it). */
+static __thread struct uffd_region *tl_pinned;
 
-void loop__vec_free(struct loop_vec *v)
+/* ---- storage, made with the runner ---- */
+
+static size_t max_sz(size_t a, size_t b)
 {
-	free(v->v);
-	*v = (struct loop_vec){ 0 };
+	return a > b ? a : b;
 }
 
-static int vec_push(struct loop_vec *v, const struct loop_res *r)
+int loop__dispatch_init(struct loop_runner *rn)
 {
-	if (v->n == v->cap) {
-		size_t cap = v->cap ? v->cap * 2 : 64;
-		struct loop_res *nv = realloc(v->v, cap * sizeof(*nv));
+	size_t batch = rn->l->o.batch;
 
-		if (!nv)
-			return -ENOMEM;
-		v->v = nv;
-		v->cap = cap;
-	}
-	v->v[v->n++] = *r;
-	return 0;
+	rn->res.cap = rn->retry.cap = max_sz(4 * batch, 256);
+	rn->fpages_cap = rn->res.cap;	/* loop__retry() notes up to retry.cap pages */
+	rn->gated.cap = max_sz(4 * batch, 1024);
+	rn->refault.cap = max_sz(2 * batch, 256);
+	rn->res.v = calloc(rn->res.cap, sizeof(*rn->res.v));
+	rn->retry.v = calloc(rn->retry.cap, sizeof(*rn->retry.v));
+	rn->fpages = calloc(rn->fpages_cap, sizeof(*rn->fpages));
+	rn->gated.v = calloc(rn->gated.cap, sizeof(*rn->gated.v));
+	rn->refault.v = calloc(rn->refault.cap, sizeof(*rn->refault.v));
+	if (rn->res.v && rn->retry.v && rn->fpages && rn->gated.v && rn->refault.v)
+		return 0;
+	loop__dispatch_free(rn);
+	return -ENOMEM;
+}
+
+void loop__dispatch_free(struct loop_runner *rn)
+{
+	/* FORK messages still queued hold a child's uffd: never leak it. */
+	loop__forget_watch(rn, NULL);
+	free(rn->res.v);
+	free(rn->retry.v);
+	free(rn->fpages);
+	free(rn->gated.v);
+	free(rn->refault.v);
+	rn->res.v = rn->retry.v = NULL;
+	rn->fpages = NULL;
+	rn->gated.v = rn->refault.v = NULL;
+}
+
+static struct loop_qmsg *q_at(struct loop_msgq *q, size_t i)
+{
+	return &q->v[(q->head + i) % q->cap];
+}
+
+static bool q_push(struct loop_msgq *q, const struct loop_qmsg *m)
+{
+	if (q->n == q->cap)
+		return false;
+	*q_at(q, q->n++) = *m;
+	return true;
+}
+
+static struct loop_qmsg q_pop(struct loop_msgq *q)
+{
+	struct loop_qmsg m = q->v[q->head];
+
+	q->head = (q->head + 1) % q->cap;
+	q->n--;
+	return m;
 }
 
 /* ---- failures ---- */
@@ -54,55 +107,108 @@ static bool poison_on_error(const struct loop_runner *rn)
 	return rn->l->o.flags & UFFD_LOOP_POISON_ON_ERROR;
 }
 
-/* Keeps the first failure for uffd_loop_run*(); its text stays the thread's last error. */
-static void record(struct loop_runner *rn, int err)
+/* Hands one report to the hook: now inside a gate section, else when the gate opens. */
+static void to_hook(struct loop_runner *rn, const struct uffd_fault *f, int err)
 {
+	const struct uffd_loop_opts *o = &rn->l->o;
+	struct loop_errrep *e;
+
+	if (!o->on_error)
+		return;
+	if (!rn->nerrq && uffd__gate_enter()) {
+		o->on_error(o->error_ctx, f, err, uffd_last_error());
+		uffd__gate_leave();
+		return;
+	}
+	if (rn->nerrq == LOOP_ERRQ)
+		return;		/* counted in stats.errors all the same */
+	e = &rn->errq[rn->nerrq++];
+	e->err = err;
+	e->has_fault = f != NULL;
+	if (f)
+		e->f = *f;
+	snprintf(e->text, sizeof(e->text), "%s", uffd_last_error());
+}
+
+void loop__flush_errors(struct loop_runner *rn)
+{
+	const struct uffd_loop_opts *o = &rn->l->o;
+
+	for (unsigned i = 0; i < rn->nerrq; i++) {
+		struct loop_errrep *e = &rn->errq[i];
+
+		o->on_error(o->error_ctx, e->has_fault ? &e->f : NULL, e->err, e->text);
+	}
+	rn->nerrq = 0;
+}
+
+/*
+ * A failure: its sentence becomes the thread's last error (the sentence
+ * of uffd_loop_run*()'s return), it is counted and reported to the hook.
+ */
+static void report(struct loop_runner *rn, const struct uffd_fault *f, int err,
+		   const char *fmt, va_list ap)
+{
+	char msg[512];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	uffd__err(err, "%s", msg);
 	COUNT(rn, errors);
 	if (!rn->fail)
 		rn->fail = err;
+	to_hook(rn, f, err);
 }
 
 void loop__fail(struct loop_runner *rn, int err, const char *fmt, ...)
 {
-	char msg[256];
 	va_list ap;
 
-	if (rn->fail) {
-		COUNT(rn, errors);
-		return;
-	}
 	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	report(rn, NULL, err, fmt, ap);
 	va_end(ap);
-	uffd__err(err, "%s", msg);
-	record(rn, err);
 }
 
-static void resolve_now(struct loop_runner *rn, struct loop_res *r);
-
-/* Queues r; when memory runs out, resolves it at once, unbatched. */
-static void push(struct loop_runner *rn, struct loop_vec *v, struct loop_res *r)
+static void fault_fail(struct loop_runner *rn, const struct uffd_fault *f, int err,
+		       const char *fmt, ...) UFFD_PRINTF(4, 5);
+static void fault_fail(struct loop_runner *rn, const struct uffd_fault *f, int err,
+		       const char *fmt, ...)
 {
-	if (vec_push(v, r))
-		resolve_now(rn, r);
+	va_list ap;
+
+	va_start(ap, fmt);
+	report(rn, f, err, fmt, ap);
+	va_end(ap);
 }
 
-/* A fault its handler could not serve: poison it, or report it and leave it pending. */
-static void fault_failed(struct loop_runner *rn, struct loop_watch *w,
-			 const struct uffd_fault *f, int err, const char *why)
-{
-	if (poison_on_error(rn)) {
-		struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len,
-				      f->len, LOOP_POISON };
+/* ---- resolution vectors ---- */
 
-		COUNT(rn, errors);
-		push(rn, &rn->res, &r);
-		return;
+static void resolve_all(struct loop_runner *rn);
+
+/* Queues r for this wake's resolution; a full vector is resolved first. */
+static void push(struct loop_runner *rn, const struct loop_res *r)
+{
+	if (rn->res.n == rn->res.cap)
+		resolve_all(rn);
+	rn->res.v[rn->res.n++] = *r;
+}
+
+/* Remembers a page that a thread faults on: only such pages are poisoned. */
+static void note_fault_page(struct loop_runner *rn, struct loop_watch *w, uintptr_t addr, size_t ps)
+{
+	if (rn->nfpages == rn->fpages_cap) {
+		resolve_all(rn);	/* the pages noted so far are served: forget them */
+		rn->nfpages = 0;
 	}
-	loop__fail(rn, err, "uffd loop: %s for the %s fault at %p (%zu bytes): %s; the faulting "
-		   "thread waits until the page is resolved from another thread (uffd_continue_range, "
-		   "uffd_copy, uffd_poison) or the loop is made with UFFD_LOOP_POISON_ON_ERROR",
-		   why, kind_names[f->kind], f->addr, f->len, uffd__errname(err));
+	rn->fpages[rn->nfpages++] = (struct loop_fpage){ w, addr, ps };
+}
+
+static bool is_fault_page(const struct loop_runner *rn, const struct loop_watch *w, uintptr_t a)
+{
+	for (size_t i = 0; i < rn->nfpages; i++)
+		if (rn->fpages[i].w == w && a >= rn->fpages[i].addr &&
+		    a < rn->fpages[i].addr + rn->fpages[i].ps)
+			return true;
+	return false;
 }
 
 /* ---- default resolution ---- */
@@ -131,18 +237,20 @@ static bool page_wp(int pm, uintptr_t addr)
 }
 
 /*
- * A minor fault in a region also registered for write-protection: CONTINUE
- * would drop the protection of a zapped page (its uffd-wp marker), so such
- * pages are mapped with UFFD_MAP_WP. Splits r into runs of equal state.
+ * A minor fault in a local region also registered for write-protection:
+ * CONTINUE would drop the protection of a zapped page (its uffd-wp
+ * marker), so such pages are mapped with UFFD_MAP_WP. Splits r into runs
+ * of equal state. A foreign region's pagemap is not ours to read: keeping
+ * the protection is the safe side there.
  */
-static void push_minor_wp(struct loop_runner *rn, struct loop_res *r)
+static void push_minor_wp(struct loop_runner *rn, struct loop_res *r, bool local)
 {
-	int pm = pagemap_fd(r->w->u);
+	int pm = local ? pagemap_fd(r->w->u) : -1;
 	struct loop_res run = *r;
 
 	if (pm < 0) {
-		run.op = LOOP_CONTINUE_WP;	/* keeping protection is the safe side */
-		push(rn, &rn->res, &run);
+		run.op = LOOP_CONTINUE_WP;
+		push(rn, &run);
 		return;
 	}
 	run.end = run.addr;
@@ -150,24 +258,67 @@ static void push_minor_wp(struct loop_runner *rn, struct loop_res *r)
 		enum loop_op op = page_wp(pm, a) ? LOOP_CONTINUE_WP : LOOP_CONTINUE;
 
 		if (run.end > run.addr && op != run.op) {
-			push(rn, &rn->res, &run);
+			push(rn, &run);
 			run.addr = a;
 		}
 		run.op = op;
 		run.end = a + r->ps;
 	}
-	push(rn, &rn->res, &run);
+	push(rn, &run);
+}
+
+/* A zero page: ZEROPAGE, or a copy of zeros where that cannot be (hugetlb, WP). */
+static enum loop_op zero_op(const struct loop_watch *w, size_t ps, bool wp)
+{
+	return wp ? LOOP_COPY_ZERO_WP : ps > w->u->page_size ? LOOP_COPY_ZERO : LOOP_ZEROPAGE;
+}
+
+/*
+ * A MISSING fault in a region with a page source: runs of pages copied
+ * from the source, and zero pages for those the owner gave back (REMOVE)
+ * since they were last served.
+ */
+static void push_source(struct loop_runner *rn, const struct loop_res *r,
+			struct uffd_region *reg, const unsigned char *src, bool wp)
+{
+	uint64_t off = r->addr - (uintptr_t)uffd_region_base(reg), end = off + (r->end - r->addr);
+
+	while (off < end) {
+		bool removed;
+		uint64_t n = uffd__region_removed_run(reg, off, end - off, &removed);
+		struct loop_res run = *r;
+
+		if (!n)
+			break;
+		run.addr = (uintptr_t)uffd_region_base(reg) + off;
+		run.end = run.addr + n;
+		if (removed) {
+			uffd__region_clear_removed(reg, off, n);
+			run.op = zero_op(r->w, r->ps, wp);
+		} else {
+			run.op = wp ? LOOP_COPY_SRC_WP : LOOP_COPY_SRC;
+			run.src = (uintptr_t)src + off;
+		}
+		push(rn, &run);
+		off += n;
+	}
 }
 
 static void push_default(struct loop_runner *rn, struct loop_watch *w,
-			 const struct uffd_fault *f, size_t ps)
+			 const struct uffd_fault *f, size_t ps, bool want_wp)
 {
-	struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len, ps, 0 };
+	struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len, ps, 0, 0, 0 };
+	bool region_wp = f->region && (f->region->modes & UFFDIO_REGISTER_MODE_WP);
+	const unsigned char *src = f->region ? uffd__region_source(f->region) : NULL;
 
 	switch (f->kind) {
 	case UFFD_FAULT_MINOR:
-		if (f->region && (f->region->modes & UFFDIO_REGISTER_MODE_WP)) {
-			push_minor_wp(rn, &r);
+		if (want_wp) {
+			r.op = LOOP_CONTINUE_WP;
+			break;
+		}
+		if (region_wp) {
+			push_minor_wp(rn, &r, !f->region->foreign);
 			return;
 		}
 		r.op = LOOP_CONTINUE;
@@ -176,10 +327,15 @@ static void push_default(struct loop_runner *rn, struct loop_watch *w,
 		r.op = LOOP_UNPROTECT;
 		break;
 	case UFFD_FAULT_MISSING:
-		r.op = ps > w->u->page_size ? LOOP_COPY_ZERO : LOOP_ZEROPAGE;
+		if (src) {
+			push_source(rn, &r, f->region, src, want_wp || region_wp);
+			return;
+		}
+		/* ZEROPAGE cannot keep a write-protection: copy a zero page with MODE_WP. */
+		r.op = zero_op(w, ps, want_wp || region_wp);
 		break;
 	}
-	push(rn, &rn->res, &r);
+	push(rn, &r);
 }
 
 /* ---- faults ---- */
@@ -207,11 +363,13 @@ static fault_fn fault_handler(struct loop_runner *rn, struct loop_watch *w,
 	return pick(&w->h, f->kind);
 }
 
-static bool range_ok(const struct uffd_fault *f, size_t ps)
+static bool range_ok(const struct uffd_fault *f, const struct uffd_fault *orig, size_t ps)
 {
-	uintptr_t a = (uintptr_t)f->addr;
+	uintptr_t a = (uintptr_t)f->addr, o = (uintptr_t)orig->addr;
 
-	return f->len && !((a | f->len) & (ps - 1)) && a + f->len > a;
+	/* Widened or moved, the range must still hold the faulting page. */
+	return f->len && !((a | f->len) & (ps - 1)) && a + f->len > a &&
+	       a <= o && a + f->len >= o + ps;
 }
 
 static void count_kind(struct loop_runner *rn, enum uffd_fault_kind kind)
@@ -224,8 +382,51 @@ static void count_kind(struct loop_runner *rn, enum uffd_fault_kind kind)
 		COUNT(rn, missing);
 }
 
-static void handle_fault(struct loop_runner *rn, struct loop_watch *w,
-			 struct uffd_fault *f)
+/* A fault its handler could not serve: its own page is poisoned or reported. */
+static void handler_failed(struct loop_runner *rn, struct loop_watch *w,
+			   const struct uffd_fault *f, int err, const char *why)
+{
+	if (poison_on_error(rn)) {
+		struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len,
+				      f->len, LOOP_POISON, 0, 0 };
+
+		fault_fail(rn, f, err, "uffd loop: %s for the %s fault at %p (%zu bytes): %s; "
+			   "the page is poisoned (UFFD_LOOP_POISON_ON_ERROR): the faulting thread gets SIGBUS",
+			   why, kind_names[f->kind], f->addr, f->len, uffd__errname(err));
+		push(rn, &r);
+		return;
+	}
+	fault_fail(rn, f, err, "uffd loop: %s for the %s fault at %p (%zu bytes): %s; the faulting "
+		   "thread waits until the page is resolved from another thread (uffd_continue_range, "
+		   "uffd_copy, uffd_poison) or the loop is made with UFFD_LOOP_POISON_ON_ERROR",
+		   why, kind_names[f->kind], f->addr, f->len, uffd__errname(err));
+}
+
+/* UFFD_RETRY: the message goes back in the queue, due after a back-off. */
+static void refault(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m,
+		    const struct uffd_fault *f, const struct loop_qmsg *prev)
+{
+	long long now = loop__now_us();
+	struct loop_qmsg q = { w, *m, now, now + 50, 1 };
+
+	if (prev) {
+		q.since = prev->since;
+		q.tries = prev->tries + 1;
+		q.due = now + (50ll << (q.tries < 6 ? q.tries : 6));
+		if (q.due - now > REFAULT_BACKOFF_MAX_US)
+			q.due = now + REFAULT_BACKOFF_MAX_US;
+	}
+	if (now - q.since > RETRY_LIMIT_US) {
+		handler_failed(rn, w, f, -EAGAIN, "the handler kept answering UFFD_RETRY for 5 s");
+		return;
+	}
+	COUNT(rn, retried);
+	if (!q_push(&rn->refault, &q))	/* full: the thread faults again, the handler sees it then */
+		uffd_wake(w->u, f->addr, f->len);
+}
+
+static void handle_fault(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m,
+			 struct uffd_fault *f, const struct loop_qmsg *prev)
 {
 	struct uffd_fault orig = *f;
 	size_t ps = f->len;	/* decode sets the page size */
@@ -233,24 +434,35 @@ static void handle_fault(struct loop_runner *rn, struct loop_watch *w,
 	fault_fn fn = fault_handler(rn, w, f, &ctx);
 	int v;
 
-	count_kind(rn, f->kind);	/* before the handler may wake the thread */
+	if (!prev)
+		count_kind(rn, f->kind);	/* before the handler may wake the thread */
 	v = fn ? fn(ctx, f) : UFFD_RESOLVE;
 	switch (v) {
 	case UFFD_RESOLVE:
-		if (range_ok(f, ps))
-			push_default(rn, w, f, ps);
-		else
-			fault_failed(rn, w, &orig, -EINVAL,
-				     "the handler returned UFFD_RESOLVE with a range not aligned to the page size");
+	case UFFD_RESOLVE_WP:
+		if (!range_ok(f, &orig, ps)) {
+			handler_failed(rn, w, &orig, -EINVAL, "the handler returned UFFD_RESOLVE with a "
+				       "range not aligned to the page size or not holding the faulting page");
+			break;
+		}
+		note_fault_page(rn, w, (uintptr_t)orig.addr, ps);
+		push_default(rn, w, f, ps, v == UFFD_RESOLVE_WP);
 		break;
 	case UFFD_HANDLED:
 		break;
 	case UFFD_DEFER:
 		COUNT(rn, deferred);	/* may race the resolver: counted after */
 		break;
+	case UFFD_RETRY:
+	case -EAGAIN:
+		refault(rn, w, m, &orig, prev);
+		break;
+	case -ENOENT:	/* the range is gone (unregistered, unmapped): let the thread fault again */
+		uffd_wake(w->u, orig.addr, orig.len);
+		break;
 	default:
-		fault_failed(rn, w, &orig, v < 0 ? v : -EINVAL,
-			     v < 0 ? "the handler failed" : "the handler returned an unknown verdict");
+		handler_failed(rn, w, &orig, v < 0 ? v : -EINVAL,
+			       v < 0 ? "the handler failed" : "the handler returned an unknown verdict");
 	}
 }
 
@@ -297,11 +509,13 @@ static void dispatch_event(struct loop_runner *rn, struct loop_watch *w,
 		call_event(&w->h, w->ctx, which, ev);
 }
 
+/* Inside a gate section: allocating is safe here. */
 static void adopt(struct loop_runner *rn, struct loop_watch *w, int fd)
 {
 	struct uffd *child = NULL;
 	int v = -1, err;
 
+	loop__reap(rn, true);	/* children that exited make room first */
 	err = uffd_open_fd(&child, fd, w->u->features);
 	if (err) {
 		close(fd);
@@ -314,93 +528,273 @@ static void adopt(struct loop_runner *rn, struct loop_watch *w, int fd)
 	if (v == 1)
 		return;		/* the handler owns it */
 	if (v == 0) {
-		err = loop__watch_add(rn->l, child, &w->h, w->ctx, true);
-		if (!err)
+		struct uffd_watch_opts wo = { .size = sizeof(wo), .event = w->wo.event, .owner_fd = -1 };
+
+		err = loop__watch_add(rn->l, child, &w->h, w->ctx, &wo, true);
+		if (!err) {
+			COUNT(rn, adopted);
 			return;
+		}
 		loop__fail(rn, err, "uffd loop: cannot watch the fork child's userfaultfd: %s",
 			   uffd_last_error());
 	}
 	uffd_close(child);
 }
 
-static void remap(struct loop_runner *rn, struct loop_watch *w, const struct uffd_event *ev)
+static void remap(struct loop_runner *rn, struct loop_watch *w, const struct uffd_event *ev,
+		  struct uffd_region *r, const struct rangemap_entry *e)
 {
 	uintptr_t from = (uintptr_t)ev->remap.from, to = (uintptr_t)ev->remap.to;
-	struct rangemap_entry e;
-	struct uffd_region *r = region_of(w->u, from, ev->remap.len, &e);
 
 	/* Only a whole region moves: a part of one has no bookkeeping of its own. */
-	if (r && e.start == from && e.end - e.start == ev->remap.len &&
+	if (r && e->start == from && e->end - e->start == ev->remap.len &&
 	    !rangemap_move(&w->u->regions, r, to))
 		__atomic_store_n(&r->base, (void *)to, __ATOMIC_RELEASE);
 	dispatch_event(rn, w, r, EV_REMAP, ev);
 }
 
-/* Drops queued resolutions of w inside [start, end): that memory is gone. */
-static void forget(struct loop_vec *v, struct loop_watch *w, uintptr_t start, uintptr_t end)
+/* Every queued resolution of w goes (the watch leaves the loop). */
+static void drop_watch(struct loop_vec *v, struct loop_watch *w)
 {
 	size_t k = 0;
 
 	for (size_t i = 0; i < v->n; i++)
-		if (v->v[i].w != w || v->v[i].end <= start || v->v[i].addr >= end)
+		if (v->v[i].w != w)
 			v->v[k++] = v->v[i];
 	v->n = k;
 }
 
+/*
+ * Queued resolutions of w inside [start, end) go: that memory was given
+ * back or unmapped, and what was to be mapped there is stale. Their
+ * threads are woken to fault again (or to find the mapping gone).
+ */
+static void forget(struct loop_vec *v, struct loop_watch *w, uintptr_t start, uintptr_t end)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < v->n; i++) {
+		struct loop_res *r = &v->v[i];
+
+		if (r->w != w || r->end <= start || r->addr >= end) {
+			v->v[k++] = *r;
+			continue;
+		}
+		uffd_wake(w->u, (void *)r->addr, r->end - r->addr);
+	}
+	v->n = k;
+}
+
+/*
+ * The owner gave [start, end) back (balloon, MADV_DONTNEED): in every
+ * region with a page source, those pages get zero pages on their next
+ * fault, not the source's old contents.
+ */
+static void mark_removed(struct uffd *u, uintptr_t start, uintptr_t end)
+{
+	struct rangemap_entry e;
+	unsigned t = rangemap_read_begin(&u->regions);
+
+	for (uintptr_t a = start; a < end && rangemap_next(&u->regions, a, &e) && e.start < end; a = e.end) {
+		struct uffd_region *r = e.ptr;
+		uintptr_t s = a > e.start ? a : e.start, x = end < e.end ? end : e.end;
+
+		uffd__region_mark_removed(r, s - e.start, x - s);
+	}
+	rangemap_read_end(&u->regions, t);
+}
+
+/* r: the region holding the event's range, pinned by the caller, or NULL. */
 static void handle_event(struct loop_runner *rn, struct loop_watch *w,
-			 const struct uffd_event *ev)
+			 const struct uffd_event *ev, struct uffd_region *r,
+			 const struct rangemap_entry *e)
 {
 	uintptr_t start = (uintptr_t)ev->remove.start;
-	struct rangemap_entry e;
 
 	COUNT(rn, events);
+	if (w->wo.event)	/* first, with the handle it came from */
+		w->wo.event(w->ctx, w->u, ev);
 	switch (ev->type) {
 	case UFFD_EV_FORK:
 		adopt(rn, w, ev->fork.fd);
 		break;
 	case UFFD_EV_REMAP:
-		remap(rn, w, ev);
+		remap(rn, w, ev, r, e);
 		break;
 	case UFFD_EV_REMOVE:
-		dispatch_event(rn, w, region_of(w->u, start, ev->remove.len, &e), EV_REMOVE, ev);
-		break;
+		mark_removed(w->u, start, start + ev->remove.len);
+		/* fall through */
 	case UFFD_EV_UNMAP:
-		dispatch_event(rn, w, region_of(w->u, start, ev->remove.len, &e), EV_UNMAP, ev);
 		forget(&rn->res, w, start, start + ev->remove.len);
 		forget(&rn->retry, w, start, start + ev->remove.len);
+		dispatch_event(rn, w, r, ev->type == UFFD_EV_REMOVE ? EV_REMOVE : EV_UNMAP, ev);
 		break;
 	case UFFD_EV_FAULT:
 		break;
 	}
 }
 
+static void pin(struct uffd_region *r)
+{
+	__atomic_add_fetch(&r->pins, 1, __ATOMIC_ACQ_REL);
+	tl_pinned = r;
+}
+
+static void unpin(struct uffd_region *r)
+{
+	/* Destroyed by its own handler (this thread): the struct was left for us to free. */
+	bool doomed = __atomic_load_n(&r->doomed, __ATOMIC_ACQUIRE);
+
+	tl_pinned = NULL;
+	/* Otherwise a destroy on another thread may free r as soon as pins drops: no touching after. */
+	if (!__atomic_sub_fetch(&r->pins, 1, __ATOMIC_ACQ_REL) && doomed)
+		free(r);
+}
+
+bool uffd__loop_unpin_wait(struct uffd_region *r)
+{
+	struct timespec nap = { .tv_nsec = 20000 };
+	unsigned own = tl_pinned == r;
+
+	while (__atomic_load_n(&r->pins, __ATOMIC_ACQUIRE) > own)
+		nanosleep(&nap, NULL);
+	if (own)
+		__atomic_store_n(&r->doomed, true, __ATOMIC_RELEASE);
+	return own;
+}
+
+/* One message, inside a gate section. prev: the queue entry of a retried fault. */
+static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m,
+		       const struct loop_qmsg *prev)
+{
+	struct uffd_event ev;
+	struct uffd_region *r = NULL;
+	struct rangemap_entry e = { 0 };
+	unsigned t;
+	int err;
+
+	/* The region found stays alive (pinned) until its handler or callback returns. */
+	t = rangemap_read_begin(&w->u->regions);
+	err = uffd__decode_msg(w->u, m, &ev);
+	if (!err && ev.type == UFFD_EV_FAULT)
+		r = ev.fault.region;
+	else if (!err && ev.type == UFFD_EV_REMAP)
+		r = region_of(w->u, (uintptr_t)ev.remap.from, ev.remap.len, &e);
+	else if (!err && ev.type != UFFD_EV_FORK)
+		r = region_of(w->u, (uintptr_t)ev.remove.start, ev.remove.len, &e);
+	if (r)
+		pin(r);
+	rangemap_read_end(&w->u->regions, t);
+	if (err) {
+		if (m->event == UFFD_EVENT_FORK)	/* never leak the fd */
+			close((int)m->arg.fork.ufd);
+		loop__fail(rn, -EPROTO, "uffd loop: unknown or malformed message (event 0x%x)", m->event);
+		return;
+	}
+	if (!prev)
+		rn->handled++;
+	if (ev.type == UFFD_EV_FAULT)
+		handle_fault(rn, w, m, &ev.fault, prev);
+	else
+		handle_event(rn, w, &ev, r, &e);
+	if (r)
+		unpin(r);
+}
+
+/* While a fork holds the gate shut: in order, behind whatever waits already. */
+static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m)
+{
+	struct loop_qmsg q = { .w = w, .m = *m };
+
+	COUNT(rn, queued);
+	/* Faults leave room for events, which cannot be read again. */
+	if ((m->event != UFFD_EVENT_PAGEFAULT || rn->gated.n + GATE_EVENT_ROOM < rn->gated.cap) &&
+	    q_push(&rn->gated, &q))
+		return;
+	if (m->event == UFFD_EVENT_PAGEFAULT) {	/* full: the thread faults again later */
+		uffd_wake(w->u, (void *)(uintptr_t)(m->arg.pagefault.address & ~(uint64_t)(w->u->page_size - 1)),
+			  w->u->page_size);
+		return;
+	}
+	/* An event cannot be read again: it runs now, gate or not (a documented limit). */
+	handle_one(rn, w, m, NULL);
+}
+
 void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		       const struct uffd_msg *m, size_t n)
 {
-	for (size_t i = 0; i < n; i++) {
-		struct uffd_event ev;
+	size_t i = 0;
 
-		if (uffd__decode_msg(w->u, &m[i], &ev)) {
-			if (m[i].event == UFFD_EVENT_FORK)	/* never leak the fd */
-				close((int)m[i].arg.fork.ufd);
-			loop__fail(rn, -EPROTO, "uffd loop: unknown or malformed message (event 0x%x)",
-				   m[i].event);
-			continue;
-		}
-		rn->handled++;
-		if (ev.type == UFFD_EV_FAULT)
-			handle_fault(rn, w, &ev.fault);
+	if (!rn->gated.n && uffd__gate_enter()) {
+		for (; i < n; i++)
+			handle_one(rn, w, &m[i], NULL);
+		uffd__gate_leave();
+	}
+	for (; i < n; i++)
+		gate_queue(rn, w, &m[i]);
+}
+
+/* Messages that waited for the gate, then faults due for their retry. */
+bool loop__run_queued(struct loop_runner *rn)
+{
+	long long now;
+	size_t n;
+
+	if (!rn->gated.n && !rn->refault.n)
+		return false;
+	if (!uffd__gate_enter())
+		return true;
+	while (rn->gated.n) {
+		struct loop_qmsg q = q_pop(&rn->gated);
+
+		handle_one(rn, q.w, &q.m, NULL);
+	}
+	now = loop__now_us();
+	for (n = rn->refault.n; n; n--) {	/* each entry once: a retry may queue itself again */
+		struct loop_qmsg q = q_pop(&rn->refault);
+
+		if (q.due > now)
+			q_push(&rn->refault, &q);
 		else
-			handle_event(rn, w, &ev);
+			handle_one(rn, q.w, &q.m, &q);
+	}
+	uffd__gate_leave();
+	return rn->gated.n || rn->refault.n;
+}
+
+/* A watch leaves (NULL: every watch): its queued messages go, FORK fds closed. */
+void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w)
+{
+	struct loop_msgq *qs[] = { &rn->gated, &rn->refault };
+	size_t kept = 0;
+
+	if (w && rn->res.v) {	/* its resolutions too: the handle may be closed next */
+		drop_watch(&rn->res, w);
+		drop_watch(&rn->retry, w);
+		for (size_t i = 0; i < rn->nfpages; i++)
+			if (rn->fpages[i].w != w)
+				rn->fpages[kept++] = rn->fpages[i];
+		rn->nfpages = kept;
+	}
+
+	for (size_t k = 0; k < 2; k++) {
+		struct loop_msgq *q = qs[k];
+
+		for (size_t n = q->v ? q->n : 0; n; n--) {
+			struct loop_qmsg m = q_pop(q);
+
+			if (w && m.w != w)
+				q_push(q, &m);
+			else if (m.m.event == UFFD_EVENT_FORK)
+				close((int)m.m.arg.fork.ufd);
+		}
 	}
 }
 
 /* ---- resolution ---- */
 
-static int cmp_res(const void *pa, const void *pb)
+static int cmp_res(const struct loop_res *a, const struct loop_res *b)
 {
-	const struct loop_res *a = pa, *b = pb;
-
 	if (a->w != b->w)
 		return (uintptr_t)a->w < (uintptr_t)b->w ? -1 : 1;
 	if (a->op != b->op)
@@ -410,6 +804,39 @@ static int cmp_res(const void *pa, const void *pb)
 	return 0;
 }
 
+/* In place, no allocation (glibc's qsort may allocate): heapsort. */
+static void sift(struct loop_res *v, size_t i, size_t n)
+{
+	for (;;) {
+		size_t c = 2 * i + 1;
+		struct loop_res t;
+
+		if (c >= n)
+			return;
+		if (c + 1 < n && cmp_res(&v[c], &v[c + 1]) < 0)
+			c++;
+		if (cmp_res(&v[i], &v[c]) >= 0)
+			return;
+		t = v[i];
+		v[i] = v[c];
+		v[c] = t;
+		i = c;
+	}
+}
+
+static void sort_res(struct loop_res *v, size_t n)
+{
+	for (size_t i = n / 2; i-- > 0;)
+		sift(v, i, n);
+	for (size_t end = n; end > 1; end--) {
+		struct loop_res t = v[0];
+
+		v[0] = v[end - 1];
+		v[end - 1] = t;
+		sift(v, 0, end - 1);
+	}
+}
+
 /* Sorts v and merges overlapping or adjacent ranges of one watch and op. */
 static void merge(struct loop_vec *v)
 {
@@ -417,14 +844,16 @@ static void merge(struct loop_vec *v)
 
 	if (v->n < 2)
 		return;
-	qsort(v->v, v->n, sizeof(v->v[0]), cmp_res);
+	sort_res(v->v, v->n);
 	for (size_t i = 1; i < v->n; i++) {
 		struct loop_res *cur = &v->v[k], *nx = &v->v[i];
 
 		if (nx->w == cur->w && nx->op == cur->op && nx->ps == cur->ps &&
-		    nx->addr <= cur->end) {
+		    nx->addr <= cur->end && nx->src - nx->addr == cur->src - cur->addr) {
 			if (nx->end > cur->end)
 				cur->end = nx->end;
+			if (nx->since && (!cur->since || nx->since < cur->since))
+				cur->since = nx->since;
 		} else {
 			v->v[++k] = *nx;
 		}
@@ -432,8 +861,9 @@ static void merge(struct loop_vec *v)
 	v->n = k + 1;
 }
 
+/* hugetlb and MISSING|WP: copies of a zeroed page, one per page. */
 static int copy_zero(struct loop_runner *rn, struct uffd *u, const struct loop_res *r,
-		     size_t *done)
+		     unsigned flags, size_t *done)
 {
 	struct uffd_loop *l = rn->l;
 	int err = 0;
@@ -448,13 +878,13 @@ static int copy_zero(struct loop_runner *rn, struct uffd *u, const struct loop_r
 		if (a != r->addr)
 			COUNT(rn, ioctls);
 		err = uffd__resolve(u, UFFD_OP_COPY, a, (uintptr_t)l->zero, r->ps,
-				    UFFD_SKIP_EXISTING, r->ps, &d);
+				    UFFD_SKIP_EXISTING | flags, r->ps, &d);
 		*done += d;
 	}
 	return err;
 }
 
-/* One run, one ioctl (hugetlb MISSING: one per huge page). */
+/* One run, one ioctl (copies of the zero page: one per page). */
 static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 {
 	struct uffd *u = r->w->u;
@@ -472,10 +902,18 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 		return uffd__resolve(u, UFFD_OP_ZEROPAGE, r->addr, 0, len, UFFD_SKIP_EXISTING,
 				     r->ps, done);
 	case LOOP_POISON:
-		return uffd__resolve(u, UFFD_OP_POISON, r->addr, 0, len, UFFD_SKIP_EXISTING,
-				     r->ps, done);
+		err = uffd__resolve(u, UFFD_OP_POISON, r->addr, 0, len, UFFD_SKIP_EXISTING,
+				    r->ps, done);
+		atomic_fetch_add_explicit(&rn->c.poisoned, *done / r->ps, memory_order_relaxed);
+		return err;
 	case LOOP_COPY_ZERO:
-		return copy_zero(rn, u, r, done);
+	case LOOP_COPY_ZERO_WP:
+		return copy_zero(rn, u, r, r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : 0, done);
+	case LOOP_COPY_SRC:
+	case LOOP_COPY_SRC_WP:
+		return uffd__resolve(u, UFFD_OP_COPY, r->addr, r->src, len,
+				     UFFD_SKIP_EXISTING | (r->op == LOOP_COPY_SRC_WP ? UFFD_MAP_WP : 0),
+				     r->ps, done);
 	case LOOP_UNPROTECT:
 		break;
 	}
@@ -484,77 +922,117 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 	return err;
 }
 
-static void now(struct timespec *ts)
+/* The page at a could not be resolved: poison or report it if a thread faults on it. */
+static void fail_page(struct loop_runner *rn, const struct loop_res *r, uintptr_t a, int err)
 {
-	clock_gettime(CLOCK_MONOTONIC, ts);
+	struct uffd_fault f = { .uffd = r->w->u, .addr = (void *)a, .len = r->ps };
+	size_t done = 0;
+	struct loop_res one = { r->w, a, a + r->ps, r->ps, LOOP_POISON, 0, 0 };
+
+	if (r->op != LOOP_POISON && !is_fault_page(rn, r->w, a))
+		return;		/* a neighbour added for fault-around: it faults on its own */
+	if (r->op != LOOP_POISON && poison_on_error(rn)) {
+		fault_fail(rn, &f, err, "uffd loop: resolving the fault at 0x%lx failed (%s): %s; the page "
+			   "is poisoned (UFFD_LOOP_POISON_ON_ERROR)", (unsigned long)a,
+			   uffd__errname(err), uffd_last_error());
+		if (!exec(rn, &one, &done))
+			return;
+		err = -EIO;
+	}
+	fault_fail(rn, &f, err, "uffd loop: resolving the fault at 0x%lx failed: %s; the faulting "
+		   "thread waits until the page is resolved from another thread", (unsigned long)a,
+		   uffd_last_error());
 }
 
-static void resolve_now(struct loop_runner *rn, struct loop_res *r)
+/*
+ * An -EAGAIN run waits for the events. Only its fault pages are kept (the
+ * neighbours fault on their own); past the bound they fail.
+ */
+static void retry_later(struct loop_runner *rn, const struct loop_res *r, uintptr_t from)
 {
-	size_t done = 0;
-	int err = exec(rn, r, &done);
-	struct loop_res rest = *r;
+	long long now = loop__now_us(), since = r->since ? r->since : now;
 
-	rest.addr += done;
-	if (!err)
-		return;
-	if (err == -EAGAIN) {		/* an event is unread: after the events */
-		if (!rn->retry.n) {
-			now(&rn->retry_since);
-			rn->backoff_us = 0;
+	for (uintptr_t a = from; a < r->end; a += r->ps) {
+		struct loop_res page = { r->w, a, a + r->ps, r->ps, r->op, since,
+					 r->src ? r->src + (a - r->addr) : 0 };
+
+		if (!is_fault_page(rn, r->w, a))
+			continue;
+		if (now - since > RETRY_LIMIT_US) {
+			uffd__err(-EAGAIN, "a non-cooperative event stayed unread for 5 s (EAGAIN)");
+			fail_page(rn, r, a, -EAGAIN);
+		} else if (rn->retry.n < rn->retry.cap) {
+			COUNT(rn, retried);
+			rn->retry.v[rn->retry.n++] = page;
+		} else {	/* no room: the thread faults again and comes back as a new message */
+			uffd_wake(r->w->u, (void *)a, r->ps);
 		}
-		if (!vec_push(&rn->retry, &rest))
+	}
+}
+
+/*
+ * Resolves r with one ioctl when all goes well. On a failure the kernel
+ * stops at the failing page: that page alone is dealt with, the rest of
+ * the run is resolved on.
+ */
+static void resolve_run(struct loop_runner *rn, const struct loop_res *r)
+{
+	uintptr_t a = r->addr;
+
+	while (a < r->end) {
+		struct loop_res cur = *r;
+		size_t done = 0;
+		int err;
+
+		cur.addr = a;
+		if (r->src)
+			cur.src = r->src + (a - r->addr);
+		err = exec(rn, &cur, &done);
+		if (!err)
 			return;
+		a += done - done % r->ps;
+		switch (err) {
+		case -EAGAIN:		/* an event is unread */
+			retry_later(rn, r, a);
+			return;
+		case -ENOENT:		/* unmapped meanwhile: let the threads fault again */
+			uffd_wake(r->w->u, (void *)a, r->end - a);
+			return;
+		case -ESRCH:		/* the owner exited: nothing left to serve */
+			COUNT(rn, owner_gone);
+			return;
+		default:
+			fail_page(rn, r, a, err);
+			a += r->ps;
+		}
 	}
-	if (err == -ENOENT) {		/* unmapped meanwhile: let the thread fault again */
-		uffd_wake(r->w->u, (void *)rest.addr, rest.end - rest.addr);
-		return;
-	}
-	if (poison_on_error(rn) && r->op != LOOP_POISON) {
-		COUNT(rn, errors);
-		rest.op = LOOP_POISON;
-		resolve_now(rn, &rest);
-		return;
-	}
-	record(rn, err);	/* uffd__resolve() wrote the sentence */
+}
+
+static void resolve_all(struct loop_runner *rn)
+{
+	merge(&rn->res);
+	for (size_t i = 0; i < rn->res.n; i++)
+		resolve_run(rn, &rn->res.v[i]);
+	rn->res.n = 0;
 }
 
 void loop__resolve(struct loop_runner *rn)
 {
-	merge(&rn->res);
-	for (size_t i = 0; i < rn->res.n; i++)
-		resolve_now(rn, &rn->res.v[i]);
-	rn->res.n = 0;
-}
-
-static long long elapsed_ns(const struct timespec *since)
-{
-	struct timespec t;
-
-	now(&t);
-	return (t.tv_sec - since->tv_sec) * 1000000000ll + (t.tv_nsec - since->tv_nsec);
+	resolve_all(rn);
+	rn->nfpages = 0;	/* the wake is over */
 }
 
 void loop__retry(struct loop_runner *rn)
 {
-	struct timespec since = rn->retry_since;
 	struct loop_vec tmp;
 
 	if (!rn->retry.n)
 		return;
-	if (elapsed_ns(&since) > RETRY_LIMIT_NS) {
-		for (size_t i = 0; i < rn->retry.n; i++)
-			loop__fail(rn, -EAGAIN, "uffd loop: resolving 0x%lx+%zu kept failing with EAGAIN "
-				   "for 2 s after the events were read",
-				   (unsigned long)rn->retry.v[i].addr,
-				   (size_t)(rn->retry.v[i].end - rn->retry.v[i].addr));
-		rn->retry.n = 0;
-		return;
-	}
-	tmp = rn->res;		/* empty between wakes: reuse its storage */
+	/* Retries hold fault pages only (retry_later()). */
+	for (size_t i = 0; i < rn->retry.n; i++)
+		note_fault_page(rn, rn->retry.v[i].w, rn->retry.v[i].addr, rn->retry.v[i].ps);
+	tmp = rn->res;		/* empty between wakes: swap the storage */
 	rn->res = rn->retry;
 	rn->retry = tmp;
 	loop__resolve(rn);
-	if (rn->retry.n)
-		rn->retry_since = since;
 }

@@ -20,6 +20,7 @@
 #define TAG_EFD    1ull		/* user_data of the eventfd read */
 #define TAG_CANCEL 2ull		/* user_data of cancel requests */
 #define BACKOFF_MAX_US 2000
+#define REAP_WAKE_US 1000000ll	/* with fork children watched: wake this often */
 
 /* ---- can io_uring read a uffd without a worker thread? ---- */
 
@@ -155,6 +156,11 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 		free(rn);
 		return uffd__err(err, "uffd loop: eventfd failed: %s (%s)", strerror(-err), uffd__errname(err));
 	}
+	if ((err = loop__dispatch_init(rn))) {
+		close(rn->efd);
+		free(rn);
+		return uffd__err(err, "uffd loop: out of memory");
+	}
 	err = l->plain ? 0 : ring_init(&rn->ring, l->o.queue_depth);
 	if (err && !l->caller && refused(err)) {
 		/* The loop's first ring: the whole loop does without io_uring. */
@@ -166,6 +172,7 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 			  uffd__errname(err));
 		err = 0;
 	} else if (err) {
+		loop__dispatch_free(rn);
 		close(rn->efd);
 		free(rn);
 		return uffd__err(err, "uffd loop: io_uring_setup with %u entries failed: %s (%s); %s",
@@ -174,6 +181,15 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 				 ? "too many open files: close descriptors or raise RLIMIT_NOFILE"
 				 : "io_uring may be disabled (sysctl kernel.io_uring_disabled) or "
 				   "RLIMIT_MEMLOCK too low");
+	}
+	/* poll(2) fallback: entries for every possible watch and owner, never reallocated. */
+	if (l->plain && (!(rn->pfd = calloc(2 * LOOP_MAX_WATCHES + 1, sizeof(*rn->pfd))) ||
+			 !(rn->pfd_tag = calloc(2 * LOOP_MAX_WATCHES + 1, sizeof(*rn->pfd_tag))))) {
+		free(rn->pfd);
+		loop__dispatch_free(rn);
+		close(rn->efd);
+		free(rn);
+		return uffd__err(-ENOMEM, "uffd loop: out of memory");
 	}
 	pthread_mutex_init(&rn->drive, NULL);
 	/* Push-only: uffd_loop_stop() walks the list from signal handlers. */
@@ -185,13 +201,27 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 	return 0;
 }
 
+static void slot_list_free(struct loop_slot *s)
+{
+	while (s) {
+		struct loop_slot *next = s->next;
+
+		free(s->buf);
+		free(s);
+		s = next;
+	}
+}
+
 void loop__runner_free(struct loop_runner *rn)
 {
 	if (!rn->l->plain)
 		io_uring_queue_exit(&rn->ring);
 	close(rn->efd);
-	loop__vec_free(&rn->res);
-	loop__vec_free(&rn->retry);
+	slot_list_free(rn->slots);
+	slot_list_free(rn->incoming);
+	loop__dispatch_free(rn);
+	free(rn->pfd);
+	free(rn->pfd_tag);
 	pthread_mutex_destroy(&rn->drive);
 	free(rn);
 }
@@ -217,18 +247,20 @@ bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w)
 	return false;
 }
 
-/* With l->lock held. */
+/* With l->lock held: unlinks s and leaves it to loop__collect(). */
 static void slot_release_locked(struct loop_runner *rn, struct loop_slot *s)
 {
+	struct uffd_loop *l = rn->l;
 	struct loop_slot **p = &rn->slots;
 
 	while (*p != s)
 		p = &(*p)->next;
 	*p = s->next;
-	if (!--s->w->holders && s->w->removed)
-		pthread_cond_broadcast(&rn->l->cond);
-	free(s->buf);
-	free(s);
+	if (!--s->w->holders)
+		pthread_cond_broadcast(&l->cond);
+	s->next = l->dead_slots;
+	l->dead_slots = s;
+	atomic_fetch_add(&l->garbage, 1);
 }
 
 static void slot_release(struct loop_runner *rn, struct loop_slot *s)
@@ -238,43 +270,83 @@ static void slot_release(struct loop_runner *rn, struct loop_slot *s)
 	pthread_mutex_unlock(&rn->l->lock);
 }
 
-static void slot_new_locked(struct loop_runner *rn, struct loop_watch *w)
+/* Whether s may get a request now (not paused after EMFILE). */
+static bool slot_ready(const struct loop_slot *s, long long now)
 {
-	struct loop_slot *s = calloc(1, sizeof(*s));
-
-	if (s)
-		/* Zeroed: valgrind cannot see io_uring's writes into it. */
-		s->buf = calloc(rn->l->o.batch, sizeof(struct uffd_msg));
-	if (!s || !s->buf) {
-		free(s);
-		rn->gen = ~0u;	/* out of memory: try again next wake */
-		return;
-	}
-	s->w = w;
-	w->holders++;
-	s->next = rn->slots;
-	rn->slots = s;
+	return !s->pause_until || now >= s->pause_until;
 }
 
-static void slot_arm(struct loop_runner *rn, struct loop_slot *s)
+#define OWNER_TAG 1ull	/* slot | OWNER_TAG: the poll of the watch's owner_fd */
+
+static bool has_owner(const struct loop_slot *s)
+{
+	return s->w->wo.flags & UFFD_WATCH_OWNER;
+}
+
+/* No request of s in flight: it may be let go of. */
+static bool slot_idle(const struct loop_slot *s)
+{
+	return !s->busy && !s->owner_busy;
+}
+
+static bool prep_cancel(struct loop_runner *rn, uint64_t tag)
 {
 	struct io_uring_sqe *sqe = get_sqe(rn);
-	int fd = s->w->u->fd;
 
 	if (!sqe)
-		return;
-	if (s->dying) {
-		io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)s, 0);
-		io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+		return false;
+	io_uring_prep_cancel64(sqe, tag, 0);
+	io_uring_sqe_set_data64(sqe, TAG_CANCEL);
+	return true;
+}
+
+/* Cancels what s has in flight; false when no entry was free. */
+static bool slot_cancel(struct loop_runner *rn, struct loop_slot *s)
+{
+	if (s->busy && !s->cancelled) {
+		if (!prep_cancel(rn, (uint64_t)(uintptr_t)s))
+			return false;
 		s->cancelled = true;
-		return;
 	}
+	if (s->owner_busy && !s->owner_cancelled) {
+		if (!prep_cancel(rn, (uint64_t)(uintptr_t)s | OWNER_TAG))
+			return false;
+		s->owner_cancelled = true;
+	}
+	return true;
+}
+
+/* A read (or poll) for s, and a poll of its owner_fd; false when no entry was free. */
+static bool slot_arm(struct loop_runner *rn, struct loop_slot *s, long long now)
+{
+	struct io_uring_sqe *sqe;
+
+	if (has_owner(s) && !s->owner_busy && !atomic_load(&s->w->owner_fired)) {
+		if (!(sqe = get_sqe(rn)))
+			return false;
+		io_uring_prep_poll_add(sqe, s->w->wo.owner_fd, POLLIN);
+		io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)s | OWNER_TAG);
+		s->owner_busy = true;
+	}
+	if (s->busy || !slot_ready(s, now))
+		return true;
+	if (!(sqe = get_sqe(rn)))
+		return false;
 	if (rn->l->poll_mode)
-		io_uring_prep_poll_add(sqe, fd, POLLIN);
+		io_uring_prep_poll_add(sqe, s->w->u->fd, POLLIN);
 	else
-		io_uring_prep_read(sqe, fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg), 0);
+		io_uring_prep_read(sqe, s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg), 0);
 	io_uring_sqe_set_data(sqe, s);
 	s->busy = true;
+	s->pause_until = 0;
+	return true;
+}
+
+/* The owner_fd of s is readable: its owner is gone. One runner claims it. */
+static void owner_fired(struct loop_runner *rn, struct loop_slot *s, int res)
+{
+	if (res > 0 && !s->dying && !atomic_exchange(&s->w->owner_fired, true))
+		rn->owner_pending = true;
 }
 
 /* Bytes of messages a completed request brought, or -errno for a broken uffd. */
@@ -284,14 +356,39 @@ static ssize_t slot_bytes(struct loop_runner *rn, struct loop_slot *s, int res)
 
 	if (res == -ECANCELED || res == -EAGAIN || res == -EINTR)
 		return 0;
-	if (res < 0 || !rn->l->poll_mode)
+	if (res < 0)
 		return res;
-	if (res & (POLLERR | POLLNVAL))
+	if (!rn->l->poll_mode) {
+		n = res;
+	} else if (res & (POLLERR | POLLNVAL)) {
 		return -EBADF;
-	n = read(s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg));
-	if (n < 0 && (errno == EAGAIN || errno == EINTR))
-		return 0;	/* another runner took them */
-	return n < 0 ? -errno : n;
+	} else {
+		n = read(s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg));
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return 0;	/* another runner took them */
+		if (n < 0)
+			return -errno;
+	}
+	/* A userfaultfd never reads 0 bytes or a part of a message: not a uffd (any more). */
+	return n == 0 || n % sizeof(struct uffd_msg) ? -EIO : n;
+}
+
+/*
+ * A FORK message could not be read: no descriptor for the child's uffd
+ * (EMFILE, ENFILE). The kernel keeps the message; the parent's watch stays,
+ * exited children are dropped, and the read is tried again after a pause.
+ */
+static void slot_pause(struct loop_runner *rn, struct loop_slot *s, int err)
+{
+	s->pause_us = s->pause_us ? s->pause_us * 2 : 1000;
+	if (s->pause_us > 100000)
+		s->pause_us = 100000;
+	s->pause_until = loop__now_us() + s->pause_us;
+	rn->want_reap = true;
+	loop__fail(rn, err, "uffd loop: reading userfaultfd %d failed: %s; a fork child's userfaultfd "
+		   "needs a descriptor: the loop drops exited children and tries again in %u ms; "
+		   "raise RLIMIT_NOFILE or close descriptors", s->w->u->fd, uffd__errname(err),
+		   s->pause_us / 1000);
 }
 
 static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
@@ -299,53 +396,79 @@ static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 	ssize_t n = slot_bytes(rn, s, res);
 
 	s->busy = false;
+	s->cancelled = false;
 	if (n > 0) {
+		s->pause_us = 0;
 		atomic_fetch_add_explicit(&rn->c.reads, 1, memory_order_relaxed);
 		loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
+	} else if (n == -EMFILE || n == -ENFILE) {
+		slot_pause(rn, s, (int)n);
 	} else if (n < 0) {
-		loop__fail(rn, (int)n, "uffd loop: reading userfaultfd %d failed: %s (%s); "
-			   "the loop stops watching it%s", s->w->u->fd, strerror((int)-n),
-			   uffd__errname((int)n), n == -EBADF ? " (closed while watched? call "
+		loop__fail(rn, (int)n, "uffd loop: reading userfaultfd %d failed: %s; "
+			   "the loop stops watching it%s", s->w->u->fd, uffd__errname((int)n),
+			   n == -EBADF || n == -EIO ? " (closed or replaced while watched? call "
 			   "uffd_loop_remove() before uffd_close())" : "");
 		pthread_mutex_lock(&rn->l->lock);
-		s->w->broken = true;
+		if (!s->w->broken) {	/* the other runners let go of it too */
+			s->w->broken = true;
+			atomic_fetch_add(&rn->l->gen, 1);
+		}
 		pthread_mutex_unlock(&rn->l->lock);
 		s->dying = true;
 	}
-	if (s->dying)
+	if (s->dying && slot_idle(s))
 		slot_release(rn, s);
 }
 
-/* Brings the slots in line with l->watches. */
+static void owner_done(struct loop_runner *rn, struct loop_slot *s, int res)
+{
+	s->owner_busy = false;
+	s->owner_cancelled = false;
+	owner_fired(rn, s, res);
+	if (s->dying && slot_idle(s))
+		slot_release(rn, s);
+}
+
+/* Brings the slots in line with l->watches: links new ones, lets go of gone ones. */
 static void runner_sync(struct loop_runner *rn)
 {
 	struct uffd_loop *l = rn->l;
 	struct loop_slot *s, *next;
 
+	/* Slots come with a gen bump (a new runner starts at ~0): gen alone says when to look. */
 	if (atomic_load(&l->gen) == rn->gen)
 		return;
 	pthread_mutex_lock(&l->lock);
 	rn->gen = atomic_load(&l->gen);
+	for (s = rn->incoming; s; s = next) {
+		next = s->next;
+		s->next = rn->slots;
+		rn->slots = s;
+	}
+	rn->incoming = NULL;
 	for (s = rn->slots; s; s = next) {
 		next = s->next;
-		if (!s->w->removed || s->dying)
+		if (!(s->w->removed || s->w->broken) || s->dying)
 			continue;
+		loop__forget_watch(rn, s->w);
 		s->dying = true;
-		if (!s->busy)
+		if (slot_idle(s))
 			slot_release_locked(rn, s);
 	}
-	for (struct loop_watch *w = l->watches; w; w = w->next)
-		if (!w->broken && !loop__has_slot(rn, w))
-			slot_new_locked(rn, w);
 	pthread_mutex_unlock(&l->lock);
 }
 
-/* Requests for idle slots, cancels for dying ones, the eventfd read. */
-static void runner_arm(struct loop_runner *rn)
+/*
+ * Requests for idle slots, cancels for dying ones (for all busy ones when
+ * draining), the eventfd read; false when an entry was missing.
+ */
+static bool runner_arm(struct loop_runner *rn, bool draining)
 {
+	long long now = loop__now_us();
+	bool all = true;
+
 	for (struct loop_slot *s = rn->slots; s; s = s->next)
-		if (s->dying ? s->busy && !s->cancelled : !s->busy)
-			slot_arm(rn, s);
+		all &= s->dying || draining ? slot_cancel(rn, s) : slot_arm(rn, s, now);
 	if (!rn->efd_busy) {
 		struct io_uring_sqe *sqe = get_sqe(rn);
 
@@ -353,8 +476,18 @@ static void runner_arm(struct loop_runner *rn)
 			io_uring_prep_read(sqe, rn->efd, &rn->efd_buf, sizeof(rn->efd_buf), 0);
 			io_uring_sqe_set_data64(sqe, TAG_EFD);
 			rn->efd_busy = true;
+		} else {
+			all = false;
 		}
 	}
+	return all;
+}
+
+/* The reads of rn->gen are in the kernel: API calls waiting for that may return. */
+static void publish(struct loop_runner *rn)
+{
+	if (atomic_load(&rn->armed_gen) != rn->gen)
+		atomic_store(&rn->armed_gen, rn->gen);
 }
 
 static void runner_reap(struct loop_runner *rn)
@@ -368,6 +501,8 @@ static void runner_reap(struct loop_runner *rn)
 		seen++;
 		if (tag == TAG_EFD)
 			rn->efd_busy = false;
+		else if (tag & OWNER_TAG)
+			owner_done(rn, (struct loop_slot *)(uintptr_t)(tag & ~OWNER_TAG), cqe->res);
 		else if (tag != TAG_CANCEL)
 			slot_done(rn, (struct loop_slot *)(uintptr_t)tag, cqe->res);
 	}
@@ -382,18 +517,26 @@ long long loop__now_us(void)
 	return t.tv_sec * 1000000ll + t.tv_nsec / 1000;
 }
 
-/* Microseconds to sleep: timeout_ms, shortened while retries wait. */
+/* Microseconds to sleep: timeout_ms, shortened while work waits for a retry or a pause. */
 static long long wait_budget_us(struct loop_runner *rn, int timeout_ms)
 {
-	long long wait_us = timeout_ms < 0 ? -1 : timeout_ms * 1000ll;
+	long long wait_us = timeout_ms < 0 ? -1 : timeout_ms * 1000ll, now = loop__now_us();
+	long long cap = -1;
 
-	if (rn->retry.n) {	/* -EAGAIN can outlive its event: back off briefly */
+	if (rn->retry.n || rn->refault.n || rn->gated.n || rn->nerrq) {
+		/* -EAGAIN can outlive its event, a fork can take a while: back off briefly */
 		rn->backoff_us = rn->backoff_us ? rn->backoff_us * 2 : 50;
 		if (rn->backoff_us > BACKOFF_MAX_US)
 			rn->backoff_us = BACKOFF_MAX_US;
-		if (wait_us < 0 || wait_us > rn->backoff_us)
-			wait_us = rn->backoff_us;
+		cap = rn->backoff_us;
 	}
+	for (struct loop_slot *s = rn->slots; s; s = s->next)
+		if (!s->busy && !s->dying && s->pause_until)
+			cap = cap < 0 || s->pause_until - now < cap ? s->pause_until - now : cap;
+	if (atomic_load(&rn->l->nowned) && (cap < 0 || cap > REAP_WAKE_US))
+		cap = REAP_WAKE_US;	/* look for exited children now and then */
+	if (cap >= 0 && (wait_us < 0 || wait_us > cap))
+		wait_us = cap < 0 ? 0 : cap;
 	return wait_us;
 }
 
@@ -444,41 +587,87 @@ static int runner_wait(struct loop_runner *rn, int timeout_ms)
 
 /* ---- without io_uring: poll(2) on the eventfd and the uffds, then read(2) ---- */
 
+/* Fills rn->pfd (allocated for every possible watch and owner); returns the count. */
+static size_t plain_fill(struct loop_runner *rn)
+{
+	long long now = loop__now_us();
+	size_t n = 1;
+
+	rn->pfd[0] = (struct pollfd){ .fd = rn->efd, .events = POLLIN };
+	for (struct loop_slot *s = rn->slots; s; s = s->next) {
+		/* A negative fd is skipped by poll(2): a paused slot. */
+		rn->pfd[n] = (struct pollfd){ .fd = slot_ready(s, now) ? s->w->u->fd : -1, .events = POLLIN };
+		rn->pfd_tag[n++] = (uintptr_t)s;
+		if (has_owner(s) && !atomic_load(&s->w->owner_fired)) {
+			rn->pfd[n] = (struct pollfd){ .fd = s->w->wo.owner_fd, .events = POLLIN };
+			rn->pfd_tag[n++] = (uintptr_t)s | OWNER_TAG;
+		}
+	}
+	return n;
+}
+
 static int plain_wait(struct loop_runner *rn, int timeout_ms)
 {
 	long long wait_us = wait_budget_us(rn, timeout_ms);
-	struct loop_slot *s;
-	struct pollfd *fds;
-	size_t n = 1, i;
+	size_t n = plain_fill(rn);
 	int ready;
 
-	for (s = rn->slots; s; s = s->next)
-		n++;
-	fds = calloc(n, sizeof(*fds));
-	if (!fds)
-		return -ENOMEM;
-	fds[0] = (struct pollfd){ .fd = rn->efd, .events = POLLIN };
-	for (s = rn->slots, i = 1; s; s = s->next, i++)
-		fds[i] = (struct pollfd){ .fd = s->w->u->fd, .events = POLLIN };
-	ready = poll(fds, n, wait_us < 0 ? -1 : (int)((wait_us + 999) / 1000));
-	if (ready < 0) {
-		ready = errno == EINTR ? 0 : -errno;
-	} else if (ready > 0) {
-		if (fds[0].revents && read(rn->efd, &rn->efd_buf, sizeof(rn->efd_buf)) < 0) {
-			/* EAGAIN: another runner emptied it */
-		}
-		/* slot_done() may release s: walk with next saved, in fds order. */
-		for (s = rn->slots, i = 1; s && i < n; i++) {
-			struct loop_slot *next = s->next;
-
-			if (fds[i].revents)
-				slot_done(rn, s, fds[i].revents);
-			s = next;
-		}
-		ready = 0;
+	publish(rn);
+	ready = poll(rn->pfd, n, wait_us < 0 ? -1 : (int)((wait_us + 999) / 1000));
+	if (ready < 0)
+		return errno == EINTR ? 0 : -errno;
+	if (!ready)
+		return 0;
+	if (rn->pfd[0].revents && read(rn->efd, &rn->efd_buf, sizeof(rn->efd_buf)) < 0) {
+		/* EAGAIN: another runner emptied it */
 	}
-	free(fds);
-	return ready;
+	/* An owner entry follows its slot's: handle it first, slot_done() may release the slot. */
+	for (size_t i = n; --i > 0;) {
+		struct loop_slot *s = (struct loop_slot *)(rn->pfd_tag[i] & ~(uintptr_t)OWNER_TAG);
+
+		if (!rn->pfd[i].revents)
+			continue;
+		if (rn->pfd_tag[i] & OWNER_TAG)
+			owner_fired(rn, s, rn->pfd[i].revents);
+		else
+			slot_done(rn, s, rn->pfd[i].revents);
+	}
+	return 0;
+}
+
+/* Inside a gate section: error reports, exited children, memory let go of. */
+static void housekeeping(struct loop_runner *rn)
+{
+	struct uffd_loop *l = rn->l;
+
+	if (!rn->nerrq && !rn->want_reap && !rn->owner_pending && !atomic_load(&l->nowned) &&
+	    !atomic_load(&l->garbage))
+		return;
+	if (!uffd__gate_enter())
+		return;
+	if (rn->owner_pending) {
+		rn->owner_pending = false;
+		loop__owner_exits(rn);
+	}
+	loop__flush_errors(rn);
+	loop__reap(rn, rn->want_reap);
+	rn->want_reap = false;
+	if (atomic_load(&l->garbage) && !pthread_mutex_trylock(&l->api)) {
+		loop__collect(l);
+		pthread_mutex_unlock(&l->api);
+	}
+	uffd__gate_leave();
+}
+
+/* After a wait: queued work, resolutions, retries, housekeeping. */
+static void step_finish(struct loop_runner *rn)
+{
+	loop__run_queued(rn);
+	loop__resolve(rn);
+	loop__retry(rn);
+	housekeeping(rn);
+	if (!rn->retry.n && !rn->refault.n && !rn->gated.n)
+		rn->backoff_us = 0;
 }
 
 /* One wake: wait, handle what came, resolve, retry. 0 or a fatal -errno. */
@@ -486,48 +675,45 @@ int loop__step(struct loop_runner *rn, int timeout_ms)
 {
 	int err;
 
+	runner_sync(rn);
 	if (rn->l->plain) {
-		runner_sync(rn);
 		err = plain_wait(rn, timeout_ms);
 		if (err)
-			return uffd__err(err, "uffd loop: poll failed: %s", strerror(-err));
-		loop__resolve(rn);
-		loop__retry(rn);
-		if (!rn->retry.n)
-			rn->backoff_us = 0;
+			return uffd__err(err, "uffd loop: poll failed: %s", uffd__errname(err));
+		step_finish(rn);
 		return 0;
 	}
-	runner_sync(rn);
-	runner_arm(rn);
+	if (runner_arm(rn, false) && atomic_load(&rn->armed_gen) != rn->gen) {
+		/* A new watch set: its reads go in now, then API calls may return. */
+		err = io_uring_submit(&rn->ring);
+		if (err >= 0)
+			publish(rn);
+	}
 	err = runner_wait(rn, timeout_ms);
 	if (err && err != -ETIME && err != -EINTR)
-		return uffd__err(err, "uffd loop: waiting on the io_uring failed: %s", strerror(-err));
+		return uffd__err(err, "uffd loop: waiting on the io_uring failed: %s", uffd__errname(err));
 	runner_reap(rn);
-	loop__resolve(rn);
-	loop__retry(rn);
-	if (!rn->retry.n)
-		rn->backoff_us = 0;
+	step_finish(rn);
 	return 0;
 }
 
-/* Finishes queued work and lets go of every watch (the runner stops). */
+/* Finishes queued work and cancels every request; the slots stay for a later drive. */
 void loop__drain(struct loop_runner *rn)
 {
-	while (rn->retry.n && loop__step(rn, 10) == 0)
-		;
-	pthread_mutex_lock(&rn->l->lock);
-	for (struct loop_slot *s = rn->slots, *next; s; s = next) {
-		next = s->next;
-		s->dying = true;
-		if (!s->busy)
-			slot_release_locked(rn, s);
-	}
-	rn->gen = ~0u;		/* resync when driven again */
-	pthread_mutex_unlock(&rn->l->lock);
-	for (int i = 0; rn->slots && !rn->l->plain && i < 1000; i++) {	/* bounded if the ring fails */
-		runner_arm(rn);
+	for (int i = 0; (rn->retry.n || rn->refault.n || rn->gated.n) && i < 1000; i++)
+		if (loop__step(rn, 10))
+			break;
+	for (int i = 0; !rn->l->plain && i < 1000; i++) {	/* bounded if the ring fails */
+		bool busy = false;
+
+		for (struct loop_slot *s = rn->slots; s; s = s->next)
+			busy |= !slot_idle(s);
+		if (!busy)
+			break;
+		runner_arm(rn, true);
 		if (runner_wait(rn, 100) == 0)
 			runner_reap(rn);
 		loop__resolve(rn);
 	}
+	rn->gen = ~0u;		/* resync when driven again */
 }

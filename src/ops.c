@@ -327,30 +327,35 @@ UFFD_EXPORT int uffd_continue_range(struct uffd *u, void *addr, size_t len,
 {
 	return uffd__resolve(u, UFFD_OP_CONTINUE, (uintptr_t)addr, 0, len, flags, 0, done);
 }
+UFFD_EXPORT_OWN(continue_range);
 
 UFFD_EXPORT int uffd_copy(struct uffd *u, void *dst, const void *src, size_t len,
 			  unsigned flags, size_t *done)
 {
 	return uffd__resolve(u, UFFD_OP_COPY, (uintptr_t)dst, (uintptr_t)src, len, flags, 0, done);
 }
+UFFD_EXPORT_OWN(copy);
 
 UFFD_EXPORT int uffd_zeropage(struct uffd *u, void *addr, size_t len,
 			      unsigned flags, size_t *done)
 {
 	return uffd__resolve(u, UFFD_OP_ZEROPAGE, (uintptr_t)addr, 0, len, flags, 0, done);
 }
+UFFD_EXPORT_OWN(zeropage);
 
 UFFD_EXPORT int uffd_move(struct uffd *u, void *dst, void *src, size_t len,
 			  unsigned flags, size_t *done)
 {
 	return uffd__resolve(u, UFFD_OP_MOVE, (uintptr_t)dst, (uintptr_t)src, len, flags, 0, done);
 }
+UFFD_EXPORT_OWN(move);
 
 UFFD_EXPORT int uffd_poison(struct uffd *u, void *addr, size_t len,
 			    unsigned flags, size_t *done)
 {
 	return uffd__resolve(u, UFFD_OP_POISON, (uintptr_t)addr, 0, len, flags, 0, done);
 }
+UFFD_EXPORT_OWN(poison);
 
 int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 		       bool protect, unsigned flags, size_t page_size)
@@ -379,6 +384,7 @@ UFFD_EXPORT int uffd_writeprotect(struct uffd *u, void *addr, size_t len,
 {
 	return uffd__writeprotect(u, (uintptr_t)addr, len, protect, flags, 0);
 }
+UFFD_EXPORT_OWN(writeprotect);
 
 UFFD_EXPORT int uffd_wake(struct uffd *u, void *addr, size_t len)
 {
@@ -392,6 +398,7 @@ UFFD_EXPORT int uffd_wake(struct uffd *u, void *addr, size_t len)
 		return uffd__err(err, "UFFDIO_WAKE %p+%zu: %s", addr, len, strerror(-err));
 	return 0;
 }
+UFFD_EXPORT_OWN(wake);
 
 /* ---- registration ---- */
 
@@ -487,6 +494,7 @@ UFFD_EXPORT int uffd_register(struct uffd *u, void *addr, size_t len,
 		*ioctls = reg.ioctls;
 	return 0;
 }
+UFFD_EXPORT_OWN(register);
 
 UFFD_EXPORT int uffd_unregister(struct uffd *u, void *addr, size_t len)
 {
@@ -502,3 +510,4 @@ UFFD_EXPORT int uffd_unregister(struct uffd *u, void *addr, size_t len)
 						: strerror(-err), uffd__errname(err));
 	return 0;
 }
+UFFD_EXPORT_OWN(unregister);

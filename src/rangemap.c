@@ -217,6 +217,19 @@ out:
 	return err;
 }
 
+bool rangemap_next(struct rangemap *m, uintptr_t addr, struct rangemap_entry *out)
+{
+	unsigned ticket = rangemap_read_begin(m);
+	const struct rangemap_table *t = atomic_load(&m->cur);
+	size_t i = t ? lower_bound(t, addr) : 0;
+	bool found = t && i < t->n;
+
+	if (found)
+		*out = t->e[i];
+	rangemap_read_end(m, ticket);
+	return found;
+}
+
 void rangemap_destroy(struct rangemap *m)
 {
 	free(atomic_exchange(&m->cur, NULL));

@@ -8,6 +8,12 @@
  *
  * Layout (P = the region's page size, huge for hugetlbfs):
  *   reservation: [slack < P][guard P][base][gap P][alias][guard P]
+ *
+ * Foreign regions: the base view is the owner's memory, in the address
+ * space of the process that opened the uffd; only its address, length and
+ * page size are known here, and the alias (when the owner's file came too)
+ * is the one view in the reservation. The uffd's ioctls act on the owner's
+ * memory; madvise cannot, which is what zap and discard without file lack.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,10 +43,15 @@ static bool is_hugetlb(const struct uffd_region *r)
 	return r->page_size > uffd__base_page_size();
 }
 
-/* fd 0 is most likely a zeroed uffd_region_opts, not the caller's intent. */
+static const char *creator(const struct uffd_region *r)
+{
+	return r->foreign ? "uffd_region_create_foreign" : "uffd_region_create";
+}
+
+/* fd 0 is most likely a zeroed options struct, not the caller's intent. */
 static const char *fd0_hint(int fd)
 {
-	return fd ? "" : " (fd 0 is what a zeroed uffd_region_opts holds: set fd to -1 for a new memfd)";
+	return fd ? "" : " (fd 0 is what a zeroed options struct holds: set fd to -1 for no file of yours)";
 }
 
 /* "MISSING|MINOR" for a mode set. */
@@ -81,35 +92,41 @@ static int check_opts(const struct uffd_region_opts *o)
 }
 
 /* hugetlbfs: *page_size = its huge page size; shmem: the base page size. */
-static int backing_kind(int fd, bool *huge, size_t *page_size)
+static int backing_kind(const char *c, int fd, bool *huge, size_t *page_size)
 {
 	struct statfs sfs;
 
 	if (fstatfs(fd, &sfs))
-		return uffd__err(-errno, "uffd_region_create: fstatfs of fd %d failed: %s", fd,
-				 strerror(errno));
+		return uffd__err(-errno, "%s: fstatfs of fd %d failed: %s", c, fd, strerror(errno));
 	*huge = sfs.f_type == HUGETLBFS_MAGIC;
 	*page_size = *huge ? (size_t)sfs.f_bsize : uffd__base_page_size();
 	if (*huge || sfs.f_type == TMPFS_MAGIC)
 		return 0;
-	return uffd__err(-EINVAL, "uffd_region_create: fd %d is not on tmpfs or hugetlbfs (f_type 0x%lx); "
+	return uffd__err(-EINVAL, "%s: fd %d is not on tmpfs or hugetlbfs (f_type 0x%lx); "
 			 "userfaultfd handles shmem and hugetlbfs files only%s",
-			 fd, (unsigned long)sfs.f_type, fd0_hint(fd));
+			 c, fd, (unsigned long)sfs.f_type, fd0_hint(fd));
 }
 
+/* The base view's address too: a foreign region's is declared. */
 static int check_aligned(const struct uffd_region *r)
 {
-	if ((r->length | r->fd_offset) & (r->page_size - 1))
-		return uffd__err(-EINVAL, "uffd_region_create: length %zu and fd_offset %llu must be multiples of the %s size %zu",
-				 r->length, (unsigned long long)r->fd_offset,
-				 is_hugetlb(r) ? "huge page" : "page", r->page_size);
+	if (((uintptr_t)r->base | r->length | r->fd_offset) & (r->page_size - 1))
+		return uffd__err(-EINVAL, "%s: %slength %zu and fd_offset %llu must be multiples of the %s size %zu",
+				 creator(r), r->foreign ? "owner_addr, " : "", r->length,
+				 (unsigned long long)r->fd_offset, is_hugetlb(r) ? "huge page" : "page",
+				 r->page_size);
 	return 0;
 }
 
-/* A caller's fd: open read-write, shmem or hugetlbfs, large enough. Never changed. */
+/*
+ * A caller's fd: open read-write, shmem or hugetlbfs, large enough. Never
+ * changed. Sets r->page_size, which must agree with a foreign region's
+ * declared one (in r->page_size on entry, 0 if none).
+ */
 static int inspect_fd(struct uffd_region *r, int fd, bool want_huge)
 {
-	const char *c = "uffd_region_create";
+	const char *c = creator(r);
+	size_t declared = r->page_size;
 	bool huge;
 	struct stat st;
 	int fl = fcntl(fd, F_GETFL), err;
@@ -119,10 +136,13 @@ static int inspect_fd(struct uffd_region *r, int fd, bool want_huge)
 	if ((fl & O_ACCMODE) != O_RDWR || (fl & O_PATH))
 		return uffd__err(-EACCES, "%s: fd %d is not open for reading and writing; both views are shared writable mappings%s",
 				 c, fd, fd0_hint(fd));
-	if ((err = backing_kind(fd, &huge, &r->page_size)))
+	if ((err = backing_kind(c, fd, &huge, &r->page_size)))
 		return err;
 	if (want_huge && !huge)
 		return uffd__err(-EINVAL, "%s: UFFD_REGION_HUGETLB was given but fd %d is not on hugetlbfs", c, fd);
+	if (declared && declared != r->page_size)
+		return uffd__err(-EINVAL, "%s: page_size %zu was declared but fd %d is on a file system of %zu-byte pages",
+				 c, declared, fd, r->page_size);
 	if ((err = check_aligned(r)))
 		return err;
 	if (fstat(fd, &st))
@@ -132,29 +152,29 @@ static int inspect_fd(struct uffd_region *r, int fd, bool want_huge)
 	if ((uint64_t)st.st_size < r->fd_offset || (uint64_t)st.st_size - r->fd_offset < r->length)
 		return uffd__err(-EINVAL, "%s: fd %d holds %lld bytes, the region needs fd_offset %llu + length %zu; ftruncate the file first",
 				 c, fd, (long long)st.st_size, (unsigned long long)r->fd_offset, r->length);
-	r->fd = fd;
 	return 0;
 }
 
 /*
  * The kernel registers MINOR/WP on shmem and hugetlbfs whatever the fd's
  * features say; the handle's enabled set is the contract, so check it here,
- * before any mapping exists.
+ * before any mapping exists. kind: VMA_ANON, VMA_SHMEM or VMA_HUGETLB.
  */
-static int check_features(const struct uffd_region *r, bool huge)
+static int check_features(const struct uffd_region *r, unsigned kind)
 {
 	uint64_t f = r->uffd->features, need;
 	char mbuf[32], fbuf[128];
 
-	need = uffd__kind_needs(huge ? VMA_HUGETLB : VMA_SHMEM, r->modes, f);
+	need = uffd__kind_needs(kind, r->modes, f);
 	if ((r->modes & UFFDIO_REGISTER_MODE_WP) &&
 	    !(f & (UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC)))
 		need |= UFFD_FEATURE_PAGEFAULT_FLAG_WP;
 	if (!(need & ~f))
 		return 0;
-	return uffd__err(-EOPNOTSUPP, "uffd_region_create: a %s region registered for %s needs UFFD_FEATURE_%s, "
+	return uffd__err(-EOPNOTSUPP, "%s: a%s region registered for %s needs UFFD_FEATURE_%s, "
 			 "missing from the handle's features; open the handle with them (in want_features, or with opts NULL)",
-			 huge ? "hugetlbfs" : "shmem", modes_name(r->modes, mbuf, sizeof(mbuf)),
+			 creator(r), kind == VMA_HUGETLB ? " hugetlbfs" : kind == VMA_SHMEM ? " shmem" : "n anonymous",
+			 modes_name(r->modes, mbuf, sizeof(mbuf)),
 			 uffd__feature_list(need & ~f, fbuf, sizeof(fbuf)));
 }
 
@@ -170,7 +190,7 @@ static int create_memfd(struct uffd_region *r, const char *name, bool huge)
 				 strerror(errno), huge ? " (a kernel without hugetlbfs?)" : "");
 	r->fd = fd;
 	r->own_fd = true;
-	if ((err = backing_kind(fd, &is_huge, &r->page_size)) || (err = check_aligned(r)))
+	if ((err = backing_kind(c, fd, &is_huge, &r->page_size)) || (err = check_aligned(r)))
 		return err;
 	if (ftruncate(fd, (off_t)r->length))
 		return uffd__err(-errno, "%s: ftruncate of the memfd to %zu bytes failed: %s", c,
@@ -187,10 +207,10 @@ static int map_view(const struct uffd_region *r, uintptr_t addr, const char *whi
 		return 0;
 	err = -errno;
 	if (err == -ENOMEM && is_hugetlb(r))
-		return uffd__err(err, "uffd_region_create: not enough free huge pages of %zu kB for the %s view of %zu bytes; raise vm.nr_hugepages",
-				 r->page_size / 1024, which, r->length);
-	return uffd__err(err, "uffd_region_create: mapping the %s view of %zu bytes failed: %s (%s)%s",
-			 which, r->length, strerror(-err), uffd__errname(err),
+		return uffd__err(err, "%s: not enough free huge pages of %zu kB for the %s view of %zu bytes; raise vm.nr_hugepages",
+				 creator(r), r->page_size / 1024, which, r->length);
+	return uffd__err(err, "%s: mapping the %s view of %zu bytes failed: %s (%s)%s",
+			 creator(r), which, r->length, strerror(-err), uffd__errname(err),
 			 err == -EPERM ? "; the file is sealed against writes" : "");
 }
 
@@ -200,48 +220,65 @@ static uintptr_t first_view(const struct uffd_region *r)
 	return align_up((uintptr_t)r->resv, r->page_size) + r->page_size;
 }
 
+/* The base view (not for a foreign region), then the alias (unless NO_ALIAS). */
 static int map_views(struct uffd_region *r)
 {
-	size_t views = (r->flags & UFFD_REGION_NO_ALIAS) ? 1 : 2;
-	uintptr_t base;
+	bool base = !r->foreign, alias = !(r->flags & UFFD_REGION_NO_ALIAS);
+	uintptr_t at;
 	void *resv;
 	int err;
 
+	if (!base && !alias)
+		return 0;
 	/* Slack for the alignment, a guard before, the gap, a guard after. */
-	r->resv_len = views * r->length + 4 * r->page_size;
+	r->resv_len = (base + alias) * r->length + 4 * r->page_size;
 	resv = mmap(NULL, r->resv_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (resv == MAP_FAILED)
-		return uffd__err(-ENOMEM, "uffd_region_create: cannot reserve %zu bytes of address space: %s",
-				 r->resv_len, strerror(errno));
+		return uffd__err(-ENOMEM, "%s: cannot reserve %zu bytes of address space: %s",
+				 creator(r), r->resv_len, strerror(errno));
 	r->resv = resv;
-	base = first_view(r);
-	if ((err = map_view(r, base, "base")))
-		return err;
-	r->base = (void *)base;
-	if (views == 1)
-		return 0;
-	if ((err = map_view(r, base + r->length + r->page_size, "alias")))
-		return err;
-	r->alias = (void *)(base + r->length + r->page_size);
+	at = first_view(r);
+	if (base) {
+		if ((err = map_view(r, at, "base")))
+			return err;
+		r->base = (void *)at;
+		at += r->length + r->page_size;
+	}
+	if (alias) {
+		if ((err = map_view(r, at, "alias")))
+			return err;
+		r->alias = (void *)at;
+	}
+	return 0;
+}
+
+/* Into the handle's map, where fault decoding and page-size lookups find it. */
+static int record(struct uffd_region *r)
+{
+	struct rangemap_entry e = {
+		(uintptr_t)r->base, (uintptr_t)r->base + r->length, r->page_size, r,
+	};
+	int err = rangemap_insert(&r->uffd->regions, &e);
+
+	if (err == -EEXIST)
+		return uffd__err(err, "%s: the range %p+%zu overlaps a region the handle already has%s",
+				 creator(r), r->base, r->length,
+				 r->foreign ? "; destroy that region first, or declare the owner's memory once" : "");
+	if (err)
+		return uffd__err(err, "%s: cannot record the region %p+%zu: %s",
+				 creator(r), r->base, r->length, strerror(-err));
 	return 0;
 }
 
 static int register_base(struct uffd_region *r)
 {
-	struct rangemap_entry e = {
-		(uintptr_t)r->base, (uintptr_t)r->base + r->length, r->page_size, r,
-	};
 	int err;
 
 	if ((err = uffd_register(r->uffd, r->base, r->length, r->modes, NULL)))
 		return err;
-	err = rangemap_insert(&r->uffd->regions, &e);
-	if (err) {
+	if ((err = record(r)))
 		uffd_unregister(r->uffd, r->base, r->length);
-		return uffd__err(err, "uffd_region_create: cannot record the region %p+%zu: %s",
-				 r->base, r->length, strerror(-err));
-	}
-	return 0;
+	return err;
 }
 
 static void views_unmap(const struct uffd_region *r)
@@ -251,7 +288,7 @@ static void views_unmap(const struct uffd_region *r)
 	if (!r->resv)
 		return;
 	orig = first_view(r);
-	if (!r->base || (uintptr_t)r->base == orig) {
+	if (!r->base || r->foreign || (uintptr_t)r->base == orig) {
 		munmap(r->resv, r->resv_len);
 		return;
 	}
@@ -261,11 +298,18 @@ static void views_unmap(const struct uffd_region *r)
 	munmap(r->base, r->length);
 }
 
-static void region_free(struct uffd_region *r)
+/* Everything but the struct itself. */
+static void region_release(struct uffd_region *r)
 {
 	views_unmap(r);
 	if (r->own_fd)
 		close(r->fd);
+	uffd__region_pagestate_free(r);
+}
+
+static void region_free(struct uffd_region *r)
+{
+	region_release(r);
 	free(r);
 }
 
@@ -293,8 +337,9 @@ UFFD_EXPORT int uffd_region_create(struct uffd *u, const struct uffd_region_opts
 	huge = o.flags & UFFD_REGION_HUGETLB;
 	if (o.fd >= 0 && (err = inspect_fd(r, o.fd, huge)))
 		goto fail;
+	r->fd = o.fd;
 	huge = huge || is_hugetlb(r);
-	if ((err = check_features(r, huge)) ||
+	if ((err = check_features(r, huge ? VMA_HUGETLB : VMA_SHMEM)) ||
 	    (o.fd < 0 && (err = create_memfd(r, o.name, huge))) ||
 	    (err = map_views(r)) ||
 	    (err = register_base(r)))
@@ -305,10 +350,102 @@ fail:
 	region_free(r);
 	return err;
 }
+UFFD_EXPORT_OWN(region_create);
+
+/* ---- foreign regions ---- */
+
+int uffd__foreign_check(const struct uffd_foreign_opts *o, const char *c)
+{
+	size_t base = uffd__base_page_size(), ps = o->page_size ? o->page_size : base;
+
+	if (!o->modes || (o->modes & ~(uint64_t)MODES_ALL))
+		return uffd__err(-EINVAL, "%s: modes 0x%llx must be the non-empty mix of UFFDIO_REGISTER_MODE_MISSING, _MINOR and _WP the owner registered the range with",
+				 c, (unsigned long long)o->modes);
+	if (o->flags & ~UFFD_REGION_NO_ALIAS)
+		return uffd__err(-EINVAL, "%s: flags 0x%x include bits other than UFFD_REGION_NO_ALIAS", c, o->flags);
+	if ((ps & (ps - 1)) || ps < base)
+		return uffd__err(-EINVAL, "%s: page_size %zu must be a power of two and at least the base page size %zu (0 for the base page)",
+				 c, ps, base);
+	if (!o->owner_addr)
+		return uffd__err(-EINVAL, "%s: owner_addr is 0; pass where the memory starts in the owner's address space", c);
+	if (!o->length || ((o->owner_addr | o->length | o->fd_offset) & (ps - 1)))
+		return uffd__err(-EINVAL, "%s: owner_addr 0x%llx, length %zu and fd_offset %llu must be multiples of the page size %zu, length not 0",
+				 c, (unsigned long long)o->owner_addr, o->length,
+				 (unsigned long long)o->fd_offset, ps);
+	if (o->owner_addr > UINTPTR_MAX || o->length > UINTPTR_MAX - o->owner_addr || o->length > SIZE_MAX / 8)
+		return uffd__err(-EINVAL, "%s: owner range 0x%llx+%zu wraps around the address space",
+				 c, (unsigned long long)o->owner_addr, o->length);
+	if (o->fd < -1)
+		return uffd__err(-EINVAL, "%s: fd %d: pass -1, or the owner's backing file", c, o->fd);
+	if (o->fd == -1 && o->fd_offset)
+		return uffd__err(-EINVAL, "%s: fd_offset %llu without a backing fd", c,
+				 (unsigned long long)o->fd_offset);
+	return 0;
+}
+
+/* The owner's file, checked as a local region's; the region keeps a dup. */
+static int adopt_fd(struct uffd_region *r, int fd)
+{
+	int err = inspect_fd(r, fd, false);
+
+	if (err)
+		return err;
+	r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (r->fd < 0)
+		return uffd__err(-errno, "%s: duplicating fd %d failed: %s", creator(r), fd, strerror(errno));
+	r->own_fd = true;
+	return 0;
+}
+
+/* Without a file, base pages with MINOR can only be shmem; else assume anonymous. */
+static unsigned foreign_kind(const struct uffd_region *r)
+{
+	if (is_hugetlb(r))
+		return VMA_HUGETLB;
+	return r->fd >= 0 || (r->modes & UFFDIO_REGISTER_MODE_MINOR) ? VMA_SHMEM : VMA_ANON;
+}
+
+UFFD_EXPORT int uffd_region_create_foreign(struct uffd *u, const struct uffd_foreign_opts *opts,
+					   struct uffd_region **out)
+{
+	const char *c = "uffd_region_create_foreign";
+	struct uffd_foreign_opts o;
+	struct uffd_region *r;
+	int err = 0;
+
+	if (!out)
+		return uffd__err(-EINVAL, "%s: out is NULL", c);
+	*out = NULL;
+	if (!u || !opts)
+		return uffd__err(-EINVAL, "%s: %s is NULL", c, u ? "opts" : "handle");
+	if ((err = uffd__opts_copy(&o, sizeof(o), opts, opts->size, "uffd_foreign_opts")) ||
+	    (err = uffd__foreign_check(&o, c)))
+		return err;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return uffd__err(-ENOMEM, "%s: out of memory", c);
+	*r = (struct uffd_region){ .uffd = u, .base = (void *)(uintptr_t)o.owner_addr,
+				   .length = o.length, .page_size = o.page_size, .modes = o.modes,
+				   .flags = o.flags, .fd = -1, .fd_offset = o.fd_offset, .foreign = true };
+	if (o.fd >= 0)
+		err = adopt_fd(r, o.fd);
+	else if (!r->page_size)
+		r->page_size = uffd__base_page_size();
+	if (err || (err = check_features(r, foreign_kind(r))) ||
+	    (r->fd >= 0 && (err = map_views(r))) || (err = record(r)))
+		goto fail;
+	*out = r;
+	return 0;
+fail:
+	region_free(r);
+	return err;
+}
+UFFD_EXPORT_OWN(region_create_foreign);
 
 UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 {
 	struct uffdio_range range;
+	bool own;
 
 	if (!r)
 		return;
@@ -316,16 +453,25 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 	uffd__sigbus_forget(r);
 	uffd__loop_forget_region(r);
 	rangemap_remove(&r->uffd->regions, r);
-	/*
-	 * Unregister before unmapping: munmap of a registered range would wait
-	 * for its UNMAP event to be read. Then wake the threads still waiting
-	 * on a fault in the base view (the kernel does only for MISSING).
-	 */
-	range = (struct uffdio_range){ .start = (uintptr_t)r->base, .len = r->length };
-	ioctl(r->uffd->fd, UFFDIO_UNREGISTER, &range);
-	ioctl(r->uffd->fd, UFFDIO_WAKE, &range);
-	region_free(r);
+	own = uffd__loop_unpin_wait(r);	/* no loop handler of r runs elsewhere */
+	/* The owner registered a foreign region and keeps it registered. */
+	if (!r->foreign) {
+		/*
+		 * Unregister before unmapping: munmap of a registered range would
+		 * wait for its UNMAP event to be read. Then wake the threads still
+		 * waiting on a fault in the base view (the kernel does only for
+		 * MISSING).
+		 */
+		range = (struct uffdio_range){ .start = (uintptr_t)r->base, .len = r->length };
+		ioctl(r->uffd->fd, UFFDIO_UNREGISTER, &range);
+		ioctl(r->uffd->fd, UFFDIO_WAKE, &range);
+	}
+	if (own)
+		region_release(r);	/* its handler is running: the loop frees r after it */
+	else
+		region_free(r);
 }
+UFFD_EXPORT_OWN(region_destroy);
 
 /* ---- accessors ---- */
 
@@ -339,31 +485,42 @@ UFFD_EXPORT void *uffd_region_base(const struct uffd_region *r)
 {
 	return r ? base_of(r) : NULL;
 }
+UFFD_EXPORT_OWN(region_base);
 
 UFFD_EXPORT void *uffd_region_alias(const struct uffd_region *r)
 {
 	return r ? r->alias : NULL;
 }
+UFFD_EXPORT_OWN(region_alias);
 
 UFFD_EXPORT size_t uffd_region_length(const struct uffd_region *r)
 {
 	return r ? r->length : 0;
 }
+UFFD_EXPORT_OWN(region_length);
 
 UFFD_EXPORT size_t uffd_region_page_size(const struct uffd_region *r)
 {
 	return r ? r->page_size : 0;
 }
+UFFD_EXPORT_OWN(region_page_size);
 
 UFFD_EXPORT int uffd_region_fd(const struct uffd_region *r)
 {
-	return r ? r->fd : uffd__err(-EINVAL, "uffd_region_fd: region is NULL");
+	if (!r)
+		return uffd__err(-EINVAL, "uffd_region_fd: region is NULL");
+	if (r->fd < 0)
+		return uffd__err(-EBADF, "uffd_region_fd: the foreign region at owner address %p was declared without a backing fd",
+				 r->base);
+	return r->fd;
 }
+UFFD_EXPORT_OWN(region_fd);
 
 UFFD_EXPORT struct uffd *uffd_region_uffd(const struct uffd_region *r)
 {
 	return r ? r->uffd : NULL;
 }
+UFFD_EXPORT_OWN(region_uffd);
 
 /* ---- operations on [off, off+len) ---- */
 
@@ -450,7 +607,9 @@ static int fill_mapped(const struct uffd_region *r, uint64_t off, const void *sr
  * writes), so the kernel maps them itself: MADV_POPULATE_WRITE for
  * MISSING-only, MADV_POPULATE_READ with WP (a read keeps write-protect
  * markers and never raises a WP fault); then wake the threads that faulted
- * MISSING before the contents arrived.
+ * MISSING before the contents arrived. A foreign base view cannot be
+ * madvised from here: the owner's next touch maps the page itself, and
+ * UFFD_MAP_WP leaves write-protect markers on the unmapped entries.
  */
 static int map_base(struct uffd_region *r, uint64_t off, size_t len, unsigned flags)
 {
@@ -461,7 +620,7 @@ static int map_base(struct uffd_region *r, uint64_t off, size_t len, unsigned fl
 	if (r->modes & UFFDIO_REGISTER_MODE_MINOR)
 		return uffd__resolve(r->uffd, UFFD_OP_CONTINUE, addr, 0, len,
 				     UFFD_SKIP_EXISTING | (flags & UFFD_MAP_WP), r->page_size, NULL);
-	if (madvise((void *)addr, len, advice))
+	if (!r->foreign && madvise((void *)addr, len, advice))
 		return uffd__err(-errno, "uffd_region_populate offset 0x%llx+%zu: %s on the base view failed: %s",
 				 (unsigned long long)off, len, advice == MADV_POPULATE_READ ?
 				 "MADV_POPULATE_READ" : "MADV_POPULATE_WRITE", strerror(errno));
@@ -469,6 +628,21 @@ static int map_base(struct uffd_region *r, uint64_t off, size_t len, unsigned fl
 	    (err = uffd__writeprotect(r->uffd, addr, len, true, 0, r->page_size)))
 		return err;
 	return uffd_wake(r->uffd, (void *)addr, len);
+}
+
+/* A foreign region without file: UFFDIO_COPY into the owner's missing pages. */
+static int populate_copy(struct uffd_region *r, uint64_t off, const void *src, size_t len,
+			 unsigned flags)
+{
+	int err = uffd__resolve(r->uffd, UFFD_OP_COPY, base_at(r, off), (uintptr_t)src, len,
+				flags & UFFD_MAP_WP, r->page_size, NULL);
+
+	if (err == -EEXIST)
+		return uffd__err(err, "uffd_region_populate offset 0x%llx+%zu: a page is already mapped in the owner; "
+				 "without the owner's backing fd only missing pages can be filled (UFFDIO_COPY): "
+				 "declare the region with its memfd to rewrite contents",
+				 (unsigned long long)off, len);
+	return err;
 }
 
 UFFD_EXPORT int uffd_region_populate(struct uffd_region *r, uint64_t off, const void *src,
@@ -488,11 +662,14 @@ UFFD_EXPORT int uffd_region_populate(struct uffd_region *r, uint64_t off, const 
 	    (!(flags & UFFD_POPULATE_MAP) || !(r->modes & UFFDIO_REGISTER_MODE_WP)))
 		return uffd__err(-EINVAL, "%s: UFFD_MAP_WP needs UFFD_POPULATE_MAP and a region registered with UFFDIO_REGISTER_MODE_WP",
 				 c);
+	if (r->fd < 0)
+		return populate_copy(r, off, src, len, flags);
 	err = is_hugetlb(r) ? fill_mapped(r, off, src, len) : fill_pwrite(r, off, src, len);
 	if (!err && (flags & UFFD_POPULATE_MAP))
 		err = map_base(r, off, len, flags);
 	return err;
 }
+UFFD_EXPORT_OWN(region_populate);
 
 UFFD_EXPORT int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t len,
 				     unsigned flags, size_t *done)
@@ -506,6 +683,7 @@ UFFD_EXPORT int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t
 	return uffd__resolve(r->uffd, UFFD_OP_CONTINUE, base_at(r, off), 0, len, flags,
 			     r->page_size, done);
 }
+UFFD_EXPORT_OWN(region_continue);
 
 UFFD_EXPORT int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, size_t len,
 					 bool protect, unsigned flags)
@@ -516,6 +694,7 @@ UFFD_EXPORT int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, si
 		return err;
 	return uffd__writeprotect(r->uffd, base_at(r, off), len, protect, flags, r->page_size);
 }
+UFFD_EXPORT_OWN(region_writeprotect);
 
 UFFD_EXPORT int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len)
 {
@@ -523,12 +702,17 @@ UFFD_EXPORT int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len)
 
 	if ((err = check_span(r, "uffd_region_zap", off, len)))
 		return err;
+	if (r->foreign)
+		return uffd__err(-EOPNOTSUPP, "uffd_region_zap offset 0x%llx+%zu: the base view of a foreign region is in the owner's address space, "
+				 "which madvise cannot reach from here; the owner must MADV_DONTNEED it, or discard the pages",
+				 (unsigned long long)off, len);
 	/* Shared mappings keep the page cache and the uffd-wp markers. */
 	if (madvise((void *)base_at(r, off), len, MADV_DONTNEED))
 		return uffd__err(-errno, "uffd_region_zap offset 0x%llx+%zu: MADV_DONTNEED on the base view failed: %s",
 				 (unsigned long long)off, len, strerror(errno));
 	return 0;
 }
+UFFD_EXPORT_OWN(region_zap);
 
 UFFD_EXPORT int uffd_region_discard(struct uffd_region *r, uint64_t off, size_t len)
 {
@@ -536,6 +720,10 @@ UFFD_EXPORT int uffd_region_discard(struct uffd_region *r, uint64_t off, size_t 
 
 	if ((err = check_span(r, "uffd_region_discard", off, len)))
 		return err;
+	if (r->fd < 0)
+		return uffd__err(-EOPNOTSUPP, "uffd_region_discard offset 0x%llx+%zu: the foreign region was declared without the owner's backing fd, "
+				 "so its pages can only be freed by the owner (MADV_DONTNEED, MADV_REMOVE); declare it with the fd to punch holes",
+				 (unsigned long long)off, len);
 	if (fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		      (off_t)(r->fd_offset + off), (off_t)len))
 		return uffd__err(-errno, "uffd_region_discard offset 0x%llx+%zu: punching a hole in fd %d failed: %s%s",
@@ -543,3 +731,4 @@ UFFD_EXPORT int uffd_region_discard(struct uffd_region *r, uint64_t off, size_t 
 				 errno == EPERM ? " (the file is sealed against writes?)" : "");
 	return 0;
 }
+UFFD_EXPORT_OWN(region_discard);

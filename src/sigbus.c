@@ -420,6 +420,9 @@ UFFD_EXPORT int uffd_sigbus_add_region(struct uffd_region *r, uffd_sigbus_fn fn,
 	if (!fn)
 		return uffd__err(-EINVAL, "uffd_sigbus_add_region %p+%zu: fn is NULL; pass the function that resolves the region's faults",
 				 r->base, r->length);
+	if (r->foreign)
+		return uffd__err(-EINVAL, "uffd_sigbus_add_region %p+%zu: a foreign region's faults happen in its owner, not here; serve them with a loop",
+				 r->base, r->length);
 	if (!(r->uffd->features & UFFD_FEATURE_SIGBUS))
 		return uffd__err(-EOPNOTSUPP, "uffd_sigbus_add_region %p+%zu: the region's handle was opened without UFFD_FEATURE_SIGBUS, "
 				 "so its faults queue messages instead of raising SIGBUS; open the handle with UFFD_FEATURE_SIGBUS in want_features",
@@ -429,6 +432,7 @@ UFFD_EXPORT int uffd_sigbus_add_region(struct uffd_region *r, uffd_sigbus_fn fn,
 	pthread_mutex_unlock(&sigbus_lock);
 	return err;
 }
+UFFD_EXPORT_OWN(sigbus_add_region);
 
 /* Returns once no handler can still be running r's function. */
 static int remove_region(struct uffd_region *r)
@@ -464,6 +468,7 @@ UFFD_EXPORT int uffd_sigbus_remove_region(struct uffd_region *r)
 				 r->base, r->length, uffd__errname(err));
 	return 0;
 }
+UFFD_EXPORT_OWN(sigbus_remove_region);
 
 void uffd__sigbus_forget(struct uffd_region *r)
 {

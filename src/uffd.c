@@ -28,6 +28,7 @@ UFFD_EXPORT const char *uffd_feature_name(uint64_t feature)
 	bit = (unsigned)__builtin_ctzll(feature);
 	return feature_names[bit];
 }
+UFFD_EXPORT_OWN(feature_name);
 
 const char *uffd__feature_list(uint64_t mask, char *buf, size_t size)
 {
@@ -169,6 +170,7 @@ UFFD_EXPORT int uffd_probe(uint64_t *available)
 	*available = feats;
 	return 0;
 }
+UFFD_EXPORT_OWN(probe);
 
 static int check_features(uint64_t required, uint64_t available)
 {
@@ -242,6 +244,7 @@ UFFD_EXPORT int uffd_open(struct uffd **out, const struct uffd_opts *opts)
 		close(fd);
 	return err;
 }
+UFFD_EXPORT_OWN(open);
 
 /* A userfaultfd shows as "anon_inode:[userfaultfd]" in /proc/self/fd. */
 static bool is_userfaultfd(int fd)
@@ -280,6 +283,7 @@ UFFD_EXPORT int uffd_open_fd(struct uffd **out, int fd, uint64_t features)
 				 fd, strerror(errno));
 	return handle_new(out, fd, features);
 }
+UFFD_EXPORT_OWN(open_fd);
 
 UFFD_EXPORT void uffd_close(struct uffd *u)
 {
@@ -294,6 +298,7 @@ UFFD_EXPORT void uffd_close(struct uffd *u)
 	close(u->fd);
 	free(u);
 }
+UFFD_EXPORT_OWN(close);
 
 UFFD_EXPORT int uffd_fd(const struct uffd *u)
 {
@@ -301,8 +306,10 @@ UFFD_EXPORT int uffd_fd(const struct uffd *u)
 		return uffd__err(-EINVAL, "uffd_fd: handle is NULL");
 	return u->fd;
 }
+UFFD_EXPORT_OWN(fd);
 
 UFFD_EXPORT uint64_t uffd_features(const struct uffd *u)
 {
 	return u ? u->features : 0;
 }
+UFFD_EXPORT_OWN(features);

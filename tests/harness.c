@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <uffd.h>
@@ -306,6 +307,14 @@ void *harness_thread_join(void *thread)
 	ck_assert_int_eq(pthread_join(*(pthread_t *)thread, &ret), 0);
 	free(thread);
 	return ret;
+}
+
+double harness_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 long harness_read_long(const char *path)

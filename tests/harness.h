@@ -35,6 +35,25 @@ TCase *harness_tcase(Suite *s, const char *name, double timeout_s);
  */
 #define CASE(name, seconds) harness_tcase(s, #name, seconds)
 
+/* A libuffd call that must succeed; the failure shows uffd_last_error(). */
+#define ASSERT_OK(call)                                                    \
+	do {                                                               \
+		int err_ = (call);                                         \
+		ck_assert_msg(err_ == 0, "%s = %d: %s", #call, err_,       \
+			      uffd_last_error());                          \
+	} while (0)
+
+/* A libuffd call that must fail with err and a sentence holding words. */
+#define ASSERT_ERR(call, err, words)                                       \
+	do {                                                               \
+		int err_ = (call);                                         \
+		ck_assert_msg(err_ == (err), "%s = %d, want %d (%s)", #call, \
+			      err_, (err), uffd_last_error());             \
+		ck_assert_msg(strstr(uffd_last_error(), (words)),          \
+			      "%s: message \"%s\" lacks \"%s\"", #call,    \
+			      uffd_last_error(), (words));                 \
+	} while (0)
+
 /* Frequently needed facts and helpers. */
 size_t harness_page_size(void);
 bool harness_have_features(uint64_t features);
@@ -71,6 +90,12 @@ void harness_store8(volatile void *p, unsigned char v);
 		if (harness_valgrind())                                 \
 			SKIP_TEST("cannot run under valgrind: %s", why); \
 	} while (0)
+
+/*
+ * Seconds on the monotonic clock, for deadlines: a test that needs enough
+ * concurrent work runs until it has it, not for a fixed time or count.
+ */
+double harness_now(void);
 
 /* Number of open fds of this process. */
 int harness_count_fds(void);

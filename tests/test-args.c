@@ -35,6 +35,8 @@ struct fx {
 	int memfd;
 	struct uffd_event ev[4];
 	struct uffd *out;
+	struct uffd_region *region;	/* never made */
+	struct uffd_handoff *handoff;	/* never made */
 	uint64_t avail;
 };
 
@@ -138,7 +140,26 @@ struct fx {
 	X(read_null_events, EINVAL, uffd_read_events(f->u, NULL, 4))                         \
 	X(read_max_zero, EINVAL, uffd_read_events(f->u, f->ev, 0))                           \
 	X(read_closed_fd, EBADF, uffd_read_events(f->closed, f->ev, 4))                      \
-	X(read_devnull_fd, EIO, uffd_read_events(f->devnull, f->ev, 4))
+	X(read_devnull_fd, EIO, uffd_read_events(f->devnull, f->ev, 4))                      \
+	/* foreign regions, sources, handoff */                                              \
+	X(foreign_null_out, EINVAL, uffd_region_create_foreign(f->u, &FOREIGN(f->reg, PS, -1), NULL)) \
+	X(foreign_zero_len, EINVAL, uffd_region_create_foreign(f->u, &FOREIGN(f->reg, 0, -1), &f->region)) \
+	X(foreign_wrap, EINVAL, uffd_region_create_foreign(f->u, &FOREIGN(WRAP, 4 * PS, -1), &f->region)) \
+	X(foreign_closed_fd, EBADF, uffd_region_create_foreign(f->u, &FOREIGN(f->reg, PS, f->closed_fd), &f->region)) \
+	X(foreign_memfd_too_small, EINVAL,                                                   \
+	  uffd_region_create_foreign(f->u, &FOREIGN(f->reg, 4 * PS, f->memfd), &f->region))  \
+	X(source_null_region, EINVAL, uffd_region_set_source(NULL, f->unreg, PS))           \
+	X(handoff_send_null, EINVAL, uffd_handoff_send(f->memfd, NULL, NULL, 0))             \
+	X(handoff_send_not_socket, ENOTSOCK, uffd_handoff_send(f->memfd, f->u, NULL, 0))     \
+	X(handoff_recv_null_out, EINVAL, uffd_handoff_recv(f->memfd, NULL, NULL))            \
+	X(handoff_recv_not_socket, ENOTSOCK, uffd_handoff_recv(f->memfd, NULL, &f->handoff)) \
+	X(handoff_recv_closed, EBADF, uffd_handoff_recv(f->closed_fd, NULL, &f->handoff))
+
+/* Options of a foreign region of len bytes at addr, MISSING, with fd. */
+#define FOREIGN(addr, len, fd_)                                                              \
+	((struct uffd_foreign_opts){ .size = sizeof(struct uffd_foreign_opts),                \
+				     .owner_addr = (uintptr_t)(addr), .length = (len),         \
+				     .modes = MISSING, .fd = (fd_) })
 
 #define DEFINE_CALL(name, err, call)          \
 	static int bad_##name(struct fx *f)   \

@@ -293,9 +293,22 @@ END_TEST
 
 /* ---- re-arming while writers run: no write is lost ---- */
 
+/*
+ * How much racing: passes go on until RACE_PASSES passes reported
+ * RACE_REDIRTIED pages written again after their rearm, or until the
+ * deadline (a busy machine; the case has 60 s). Below RACE_MIN pages and
+ * re-dirtied reports the run would prove nothing: that fails.
+ */
+#define RACE_PASSES 10
+#define RACE_REDIRTIED 50000
+#define RACE_MIN 1000
+#define RACE_DEADLINE_S 30.0
+
 struct racer {
 	struct mem *m;
 	uint64_t *written;
+	uint32_t *pass_of;	/* per page: the pass running when this racer last wrote it */
+	atomic_uint *pass;
 	atomic_bool *stop;
 	unsigned seed;
 };
@@ -306,67 +319,118 @@ static void *racer_main(void *arg)
 
 	while (!atomic_load(r->stop)) {
 		size_t i = (size_t)rand_r(&r->seed) % r->m->npages;
+		unsigned pass = atomic_load(r->pass);	/* before the write */
 
 		page(r->m, i)[(size_t)rand_r(&r->seed) % r->m->unit]++;
 		set_add(r->written, i);
+		r->pass_of[i] = pass;
 	}
 	return NULL;
 }
 
+/* What the rearming passes reported, page by page. */
+struct reports {
+	uint32_t *last;		/* the last pass that reported the page; 0: none */
+	size_t pages;		/* pages reported at least once */
+	size_t redirtied;	/* reports of a page reported by an earlier pass */
+};
+
+static void report(struct reports *rep, size_t i, unsigned pass)
+{
+	if (rep->last[i])
+		rep->redirtied++;
+	else
+		rep->pages++;
+	rep->last[i] = pass;
+}
+
+/* One rearming pass over m through a 4-span buffer, resuming through *next. */
+static void rearm_pass(struct uffd *u, const struct mem *m, unsigned pass, struct reports *rep)
+{
+	char *p = m->base, *end = m->base + m->len;
+	struct uffd_span sp[4];
+
+	while (p < end) {	/* collect() checks too much for a moving target */
+		void *next;
+		int n = uffd_dirty_scan(u, p, (size_t)(end - p), sp, 4, UFFD_SCAN_REARM, &next);
+
+		ck_assert_msg(n >= 0, "%s", uffd_last_error());
+		for (int i = 0; i < n; i++)
+			for (char *q = sp[i].addr; q < (char *)sp[i].addr + sp[i].len; q += m->unit)
+				report(rep, (size_t)(q - m->base) / m->unit, pass);
+		p = next;
+	}
+}
+
 /*
- * Rearming scans through a 4-span buffer while 2 threads write: once the
- * writers stop and a last scan ran, the union of all reports is exactly the
- * set of pages written. A page re-protected without being reported would be
- * missing from it.
+ * Rearming scans through a 4-span buffer while 2 threads write. Once the writers stop and
+ * a last scan ran, the union of all reports is exactly the set of pages
+ * written, and every page was reported by a pass no older than the one
+ * running when it was last written: a write lost by a rearm leaves its page
+ * unreported or reported only before it.
  */
 START_TEST(test_concurrent)
 {
 	size_t ps = harness_page_size();
 	atomic_bool stop = false;
+	atomic_uint pass = 0;
+	struct reports rep;
 	struct racer r[2];
-	uint64_t *seen, *got;
+	uint64_t *got;
 	struct uffd *u;
 	struct mem m;
+	double deadline = harness_now() + RACE_DEADLINE_S;
+	unsigned k;
 	void *th[2];
 
 	NEED_WP_ASYNC();
 	u = open_async();
 	mem_map(&m, ANON, 64 * MiB / ps, ps);
 	mem_track(u, &m);
-	seen = set_new(m.npages);
+	rep = (struct reports){ .last = calloc(m.npages, sizeof(uint32_t)) };
 	got = set_new(m.npages);
+	ck_assert_ptr_nonnull(rep.last);
 	for (int i = 0; i < 2; i++) {
-		r[i] = (struct racer){ .m = &m, .written = set_new(m.npages), .stop = &stop, .seed = 99u + (unsigned)i };
+		r[i] = (struct racer){ .m = &m, .written = set_new(m.npages),
+				       .pass_of = calloc(m.npages, sizeof(uint32_t)),
+				       .pass = &pass, .stop = &stop, .seed = 99u + (unsigned)i };
+		ck_assert_ptr_nonnull(r[i].pass_of);
 		th[i] = harness_thread_start(racer_main, &r[i]);
 	}
-	for (int k = 0; k < 200; k++) {
-		struct uffd_span sp[4];
-		char *p = m.base, *end = m.base + m.len;
-
-		while (p < end) {	/* collect() checks too much for a moving target */
-			void *next;
-			int n = uffd_dirty_scan(u, p, (size_t)(end - p), sp, 4, UFFD_SCAN_REARM, &next);
-
-			ck_assert_msg(n >= 0, "%s", uffd_last_error());
-			for (int i = 0; i < n; i++)
-				for (char *q = sp[i].addr; q < (char *)sp[i].addr + sp[i].len; q += ps)
-					set_add(seen, (size_t)(q - m.base) / ps);
-			p = next;
-		}
+	for (k = 1; (k <= RACE_PASSES || rep.redirtied < RACE_REDIRTIED) && harness_now() < deadline; k++) {
+		atomic_store(&pass, k);
+		rearm_pass(u, &m, k, &rep);
 	}
+	ck_assert_msg(rep.redirtied >= RACE_MIN && rep.pages >= RACE_MIN,
+		      "in %u passes and %.0f s the writers re-dirtied %zu pages (%zu in all): "
+		      "too few to tell, want %d", k - 1, RACE_DEADLINE_S, rep.redirtied, rep.pages, RACE_MIN);
 	atomic_store(&stop, true);
 	for (int i = 0; i < 2; i++)
 		harness_thread_join(th[i]);
-	collect(u, &m, BIG, UFFD_SCAN_REARM, got);
-	for (size_t w = 0; w < WORDS(m.npages); w++) {
-		seen[w] |= got[w];
+	collect(u, &m, BIG, UFFD_SCAN_REARM, got);	/* pass k, writers stopped */
+	for (size_t i = 0; i < m.npages; i++)
+		if (set_has(got, i))
+			report(&rep, i, k);
+	for (size_t w = 0; w < WORDS(m.npages); w++)
 		r[0].written[w] |= r[1].written[w];
-	}
-	ck_assert_uint_gt(count(r[0].written, m.npages), 1000);
-	expect_same(r[0].written, seen, m.npages, "writes during rearming scans");
-	for (int i = 0; i < 2; i++)
+	memset(got, 0, WORDS(m.npages) * sizeof(uint64_t));
+	for (size_t i = 0; i < m.npages; i++)
+		if (rep.last[i])
+			set_add(got, i);
+	ck_assert_uint_ge(count(r[0].written, m.npages), RACE_MIN);
+	expect_same(r[0].written, got, m.npages, "writes during rearming scans");
+	for (int j = 0; j < 2; j++)
+		for (size_t i = 0; i < m.npages; i++)
+			ck_assert_msg(rep.last[i] >= r[j].pass_of[i],
+				      "page %zu written during pass %u, last reported by pass %u",
+				      i, r[j].pass_of[i], rep.last[i]);
+	fprintf(stderr, "concurrent: %u passes, %zu pages reported, %zu reports of re-dirtied pages\n",
+		k, rep.pages, rep.redirtied);
+	for (int i = 0; i < 2; i++) {
 		free(r[i].written);
-	free(seen);
+		free(r[i].pass_of);
+	}
+	free(rep.last);
 	free(got);
 	mem_unmap(&m);
 	uffd_close(u);

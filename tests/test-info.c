@@ -5,9 +5,12 @@
  * report, its options, and a run as an unprivileged user.
  * The binary's path comes from the environment: UFFD_INFO.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +18,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -227,12 +231,75 @@ static const char *info_path(void)
 	return p && *p ? p : NULL;
 }
 
-static void child_exec(int out, bool nobody, const char *arg)
+/*
+ * uid 65534 may not reach the build tree (a clone in a private home
+ * directory), so it runs a copy of uffd-info and of the libuffd.so this
+ * process loaded, in a directory of its own under /tmp.
+ */
+struct nobody_copy {
+	char dir[32];
+	char bin[64];
+	char lib[64 + NAME_MAX];
+	char env[64];	/* LD_LIBRARY_PATH=dir */
+};
+
+#define NOBODY_DIR "/tmp"
+
+static bool nobody_dir_noexec(void)
+{
+	struct statvfs v;
+
+	return statvfs(NOBODY_DIR, &v) == 0 && (v.f_flag & ST_NOEXEC);
+}
+
+static void copy_file(const char *from, const char *to, mode_t mode)
+{
+	int in = open(from, O_RDONLY | O_CLOEXEC), out;
+	char buf[1 << 16];
+	ssize_t n;
+
+	ck_assert_msg(in >= 0, "open %s: %s", from, strerror(errno));
+	out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+	ck_assert_msg(out >= 0, "create %s: %s", to, strerror(errno));
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		ck_assert_int_eq(write(out, buf, (size_t)n), n);
+	ck_assert_int_eq(n, 0);
+	ck_assert_int_eq(fchmod(out, mode), 0);	/* whatever the umask */
+	close(out);
+	close(in);
+}
+
+static void nobody_copy_make(struct nobody_copy *c)
+{
+	Dl_info lib;
+	char name[PATH_MAX];
+
+	ck_assert_msg(dladdr((void *)uffd_probe, &lib) && lib.dli_fname,
+		      "cannot tell which libuffd.so this test loaded");
+	strcpy(c->dir, NOBODY_DIR "/uffd-info-XXXXXX");
+	ck_assert_msg(mkdtemp(c->dir), "mkdtemp in %s: %s", NOBODY_DIR, strerror(errno));
+	ck_assert_int_eq(chmod(c->dir, 0755), 0);
+	snprintf(c->bin, sizeof(c->bin), "%s/uffd-info", c->dir);
+	snprintf(name, sizeof(name), "%s", lib.dli_fname);
+	snprintf(c->lib, sizeof(c->lib), "%s/%s", c->dir, basename(name));
+	snprintf(c->env, sizeof(c->env), "LD_LIBRARY_PATH=%s", c->dir);
+	copy_file(info_path(), c->bin, 0755);
+	copy_file(lib.dli_fname, c->lib, 0644);
+}
+
+static void nobody_copy_remove(const struct nobody_copy *c)
+{
+	unlink(c->bin);
+	unlink(c->lib);
+	ck_assert_msg(rmdir(c->dir) == 0, "rmdir %s: %s", c->dir, strerror(errno));
+}
+
+static void child_exec(int out, struct nobody_copy *c, const char *arg)
 {
 	dup2(out, STDOUT_FILENO);
-	if (nobody && (setgroups(0, NULL) || setgid(NOBODY) || setuid(NOBODY)))
+	if (c && (setgroups(0, NULL) || setgid(NOBODY) || setuid(NOBODY) || putenv(c->env)))
 		_exit(125);
-	execl(info_path(), "uffd-info", arg, (char *)NULL);
+	execl(c ? c->bin : info_path(), "uffd-info", arg, (char *)NULL);
 	_exit(127);
 }
 
@@ -240,16 +307,19 @@ static void child_exec(int out, bool nobody, const char *arg)
 static void run_info(struct run *r, bool nobody, const char *arg)
 {
 	struct pollfd p = { .events = POLLIN };
+	struct nobody_copy c;
 	size_t got = 0;
 	int fds[2], st;
 	ssize_t n;
 	pid_t pid;
 
+	if (nobody)
+		nobody_copy_make(&c);
 	ck_assert_int_eq(pipe2(fds, O_CLOEXEC), 0);
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0)
-		child_exec(fds[1], nobody, arg);
+		child_exec(fds[1], nobody ? &c : NULL, arg);
 	close(fds[1]);
 	p.fd = fds[0];
 	while (got + 1 < sizeof(r->out) && poll(&p, 1, RUN_DEADLINE_MS) > 0 &&
@@ -259,9 +329,11 @@ static void run_info(struct run *r, bool nobody, const char *arg)
 	close(fds[0]);
 	kill(pid, SIGKILL); /* no-op unless it overran the deadline */
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	if (nobody)
+		nobody_copy_remove(&c);
 	r->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 	ck_assert_msg(r->status != 125 && r->status != 127, "could not start %s (status %d)",
-		      info_path(), r->status);
+		      nobody ? c.bin : info_path(), r->status);
 }
 
 static struct run *run_json(bool nobody)
@@ -458,6 +530,19 @@ static bool nobody_has_full_uffd(void)
 	return stat("/dev/userfaultfd", &st) == 0 && (st.st_mode & 0006) == 0006;
 }
 
+/* The unprivileged runs: root to switch users, a place to copy the binary to. */
+#define NEED_NOBODY_RUN()                                                          \
+	do {                                                                       \
+		NEED_BINARY();                                                     \
+		if (geteuid() != 0)                                                \
+			SKIP_TEST("needs root to switch to uid %d", NOBODY);       \
+		if (nobody_dir_noexec())                                           \
+			SKIP_TEST(NOBODY_DIR " is mounted noexec: uid %d cannot run " \
+				  "a copy of uffd-info from there", NOBODY);       \
+		if (nobody_has_full_uffd())                                        \
+			SKIP_TEST("this system lets every user open a full userfaultfd"); \
+	} while (0)
+
 static void assert_contains(const char *doc, const char *path, const char *what)
 {
 	const char *s = jstr(doc, path);
@@ -470,11 +555,7 @@ START_TEST(test_unprivileged_json)
 	uint64_t avail = 0;
 	struct run *r;
 
-	NEED_BINARY();
-	if (geteuid() != 0)
-		SKIP_TEST("needs root to switch to uid %d", NOBODY);
-	if (nobody_has_full_uffd())
-		SKIP_TEST("this system lets every user open a full userfaultfd");
+	NEED_NOBODY_RUN();
 	r = run_json(true);
 	ck_assert_int_eq(r->status, 1);
 	ck_assert(!jbool(r->out, "root"));
@@ -510,9 +591,7 @@ START_TEST(test_unprivileged_text)
 {
 	struct run *r;
 
-	NEED_BINARY();
-	if (geteuid() != 0 || nobody_has_full_uffd())
-		SKIP_TEST("needs root, and a system where uid %d cannot open a full userfaultfd", NOBODY);
+	NEED_NOBODY_RUN();
 	r = malloc(sizeof(*r));
 	ck_assert_ptr_nonnull(r);
 	run_info(r, true, NULL);

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -20,6 +21,9 @@
 #include "harness.h"
 
 static size_t ps;
+
+/* How long to wait for a loop thread to finish what it has begun, however busy the machine. */
+#define PATIENCE_S 20.0
 
 /* The `_poll` cases run the same tests on the poll + read(2) path. */
 static void force_poll(void)
@@ -521,7 +525,7 @@ START_TEST(test_defer)
 	pthread_cond_signal(&q.c);
 	pthread_mutex_unlock(&q.m);
 	harness_thread_join(worker);
-	for (int i = 0; i < 1000 && stats(l).deferred < npages; i++)
+	for (double end = harness_now() + PATIENCE_S; stats(l).deferred < npages && harness_now() < end;)
 		usleep(1000);	/* counted once the handler returned */
 	s = stats(l);
 	ck_assert_uint_eq(s.deferred, npages);
@@ -586,7 +590,7 @@ static const struct uffd_handlers ev_handlers = {
 /* Event handlers may still be running when the triggering call returns. */
 static int wait_count(atomic_int *v, int want)
 {
-	for (int i = 0; i < 2000 && atomic_load(v) < want; i++)
+	for (double end = harness_now() + PATIENCE_S; atomic_load(v) < want && harness_now() < end;)
 		usleep(1000);
 	return atomic_load(v);
 }
@@ -704,8 +708,7 @@ struct remove_ctx {
 	char *madv;
 	size_t madv_len;
 	int advice;
-	atomic_int go, started;
-	pid_t tid;
+	atomic_int go;
 	int first;
 	uint64_t salt;
 	char *alias;
@@ -717,33 +720,21 @@ static void *do_madvise(void *arg)
 
 	while (!atomic_load(&x->go))
 		usleep(100);
-	x->tid = gettid();
-	atomic_store(&x->started, 1);
 	ck_assert_int_eq(madvise(x->madv, x->madv_len, x->advice), 0);
 	return NULL;
 }
 
-/* Waits until the madvise thread sleeps in the kernel on its event. */
-static void wait_blocked(struct remove_ctx *x)
+/*
+ * Waits until the madvise thread's REMOVE event is queued: the uffd polls
+ * readable, its one fault being read and its toucher asleep. Until the loop
+ * reads the event, resolving ioctls return -EAGAIN.
+ */
+static void wait_event_queued(struct uffd *u)
 {
-	char path[64], st[512];
+	struct pollfd p = { .fd = uffd_fd(u), .events = POLLIN };
 
-	while (!atomic_load(&x->started))
-		usleep(100);
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", x->tid);
-	for (int i = 0; i < 2000; i++) {
-		FILE *f = fopen(path, "re");
-		char *p = NULL;
-
-		if (f && fgets(st, sizeof(st), f))
-			p = strrchr(st, ')');
-		if (f)
-			fclose(f);
-		if (p && (p[2] == 'S' || p[2] == 'D'))
-			break;
-		usleep(100);
-	}
-	usleep(20000);
+	ck_assert_msg(poll(&p, 1, (int)(PATIENCE_S * 1000)) == 1, "no REMOVE event queued in %.0f s",
+		      PATIENCE_S);
 }
 
 static int remove_fault(void *c, struct uffd_fault *f)
@@ -754,7 +745,7 @@ static int remove_fault(void *c, struct uffd_fault *f)
 		fill(x->alias + f->offset, f->offset, f->len, x->salt);
 	if (x->first++ == 0) {	/* the first fault: raise the event now */
 		atomic_store(&x->go, 1);
-		wait_blocked(x);
+		wait_event_queued(f->uffd);
 	}
 	return UFFD_RESOLVE;
 }

@@ -30,14 +30,6 @@ static bool finds(struct rangemap *m, uintptr_t addr, const void *ptr)
 	return e.ptr == ptr && e.start <= addr && addr < e.end;
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- single-threaded ---- */
 
 START_TEST(test_insert_find_remove)
@@ -238,7 +230,7 @@ static bool consistent(uintptr_t addr, int i, int side, bool gap,
 
 struct reader {
 	unsigned seed;
-	long hits, misses, bad;
+	atomic_long hits, misses, bad;	/* read by the writer while it runs */
 };
 
 static void *reader_fn(void *arg)
@@ -254,25 +246,30 @@ static void *reader_fn(void *arg)
 		bool found = rangemap_find(&shared, addr, &e);
 
 		if (!consistent(addr, i, side, gap, &e, found))
-			r->bad++;
-		else if (found)
-			r->hits++;
+			atomic_fetch_add_explicit(&r->bad, 1, memory_order_relaxed);
 		else
-			r->misses++;
+			atomic_fetch_add_explicit(found ? &r->hits : &r->misses, 1, memory_order_relaxed);
 	}
 	return NULL;
 }
 
-/* Inserts, removes and moves objects at random; returns the operations done. */
-static long writer_run(double seconds, unsigned seed)
+/* The writer goes on for a while and until enough(ops) holds, within this. */
+#define WRITER_DEADLINE_S 20.0
+
+/*
+ * Inserts, removes and moves objects at random for min_s seconds and until
+ * enough(ops), however slow the machine, or the deadline. Returns the
+ * operations done.
+ */
+static long writer_run(double min_s, unsigned seed, bool (*enough)(long ops))
 {
 	int where[NOBJ];	/* -1: absent, else the home it is at */
-	double end = now_s() + seconds;
+	double start = harness_now(), t;
 	long ops = 0;
 
 	for (int i = 0; i < NOBJ; i++)
 		where[i] = -1;
-	while (now_s() < end) {
+	while ((t = harness_now() - start) < WRITER_DEADLINE_S && (t < min_s || !enough(ops))) {
 		int i = (int)(rand_r(&seed) % NOBJ);
 		struct obj *o = &objs[i];
 
@@ -296,9 +293,22 @@ static long writer_run(double seconds, unsigned seed)
 	return ops;
 }
 
+#define MIN_OPS 100
+
+static struct reader readers[NREADERS];
+
+/* Every reader has found entries and gaps, the writer changed the map. */
+static bool readers_enough(long ops)
+{
+	for (int k = 0; k < NREADERS; k++)
+		if (!atomic_load(&readers[k].hits) || !atomic_load(&readers[k].misses))
+			return false;
+	return ops > MIN_OPS;
+}
+
 START_TEST(test_readers_vs_writer)
 {
-	struct reader r[NREADERS];
+	struct reader *r = readers;
 	void *th[NREADERS];
 	long ops;
 
@@ -308,7 +318,7 @@ START_TEST(test_readers_vs_writer)
 		r[k] = (struct reader){ .seed = 100u + (unsigned)k };
 		th[k] = harness_thread_start(reader_fn, &r[k]);
 	}
-	ops = writer_run(2.0, 7);
+	ops = writer_run(2.0, 7, readers_enough);
 	atomic_store(&stop, true);
 	for (int k = 0; k < NREADERS; k++) {
 		harness_thread_join(th[k]);
@@ -316,7 +326,7 @@ START_TEST(test_readers_vs_writer)
 		ck_assert_int_gt(r[k].hits, 0);
 		ck_assert_int_gt(r[k].misses, 0);
 	}
-	ck_assert_int_gt(ops, 100);
+	ck_assert_int_gt(ops, MIN_OPS);
 	ck_assert_uint_eq(rangemap_count(&shared), 0);
 	rangemap_destroy(&shared);
 }
@@ -354,6 +364,12 @@ static void *kicker_fn(void *arg)
 	return NULL;
 }
 
+/* The handler has interrupted the writer often, the writer changed the map. */
+static bool signals_enough(long ops)
+{
+	return sig_finds > MIN_OPS && ops > MIN_OPS;
+}
+
 START_TEST(test_signal_reader)
 {
 	struct sigaction sa = { .sa_handler = on_usr1, .sa_flags = SA_RESTART };
@@ -367,12 +383,12 @@ START_TEST(test_signal_reader)
 	ck_assert_int_eq(sigaction(SIGUSR1, &sa, NULL), 0);
 	atomic_store(&stop, false);
 	th = harness_thread_start(kicker_fn, &k);
-	ops = writer_run(1.0, 3);
+	ops = writer_run(1.0, 3, signals_enough);
 	atomic_store(&stop, true);
 	harness_thread_join(th);
 	signal(SIGUSR1, SIG_IGN);
-	ck_assert_int_gt(ops, 100);
-	ck_assert_int_gt(sig_finds, 100);
+	ck_assert_int_gt(ops, MIN_OPS);
+	ck_assert_int_gt(sig_finds, MIN_OPS);
 	ck_assert_int_eq(sig_bad, 0);
 	ck_assert_uint_eq(rangemap_count(&shared), 1);
 	rangemap_destroy(&shared);

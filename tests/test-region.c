@@ -42,23 +42,6 @@ static size_t mem_page_size(enum mem m, const char **why)
 			SKIP_TEST("hugetlb: %s", why_);                    \
 	} while (0)
 
-#define ASSERT_OK(call)                                                    \
-	do {                                                               \
-		int err_ = (call);                                         \
-		ck_assert_msg(err_ == 0, "%s = %d: %s", #call, err_,       \
-			      uffd_last_error());                          \
-	} while (0)
-
-#define ASSERT_ERR(call, err, words)                                       \
-	do {                                                               \
-		int err_ = (call);                                         \
-		ck_assert_msg(err_ == (err), "%s = %d, want %d (%s)", #call, \
-			      err_, (err), uffd_last_error());             \
-		ck_assert_msg(strstr(uffd_last_error(), (words)),          \
-			      "%s: message \"%s\" lacks \"%s\"", #call,    \
-			      uffd_last_error(), (words));                 \
-	} while (0)
-
 /* test_<what>_shmem and test_<what>_hugetlb: check_<what>(SHMEM / HUGETLB). */
 #define MEM_TESTS(what)                                                    \
 	START_TEST(test_##what##_shmem) { check_##what(SHMEM); }           \

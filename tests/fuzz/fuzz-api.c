@@ -2,7 +2,7 @@
 /*
  * Fuzzes the argument checking of every public call: the input is a program
  * of calls on a few handles (open, fd replaced by /dev/null, absent),
- * regions, a loop that never runs on its own, and an arena of anonymous and
+ * regions (local, or foreign: declared over any address), a loop that never runs on its own, and an arena of anonymous and
  * shmem pages that the program registers, unmaps and maps again. No call
  * may crash, hang or leak a descriptor.
  *
@@ -252,6 +252,23 @@ static void op_break_fd(struct st *s, struct in *in)
 		dup3(s->devnull, uffd_fd(u), O_CLOEXEC);
 }
 
+/*
+ * A foreign region declared over the arena, a region's views or nowhere
+ * (only declared: nothing of this process is mapped or registered for it).
+ */
+static void create_foreign(struct st *s, struct in *in, const struct uffd_region_opts *ro,
+			   struct uffd *u, struct uffd_region **out)
+{
+	struct uffd_foreign_opts o = {
+		.size = ro->size > sizeof(o) ? sizeof(o) : ro->size,
+		.owner_addr = (uintptr_t)addr(s, in), .length = ro->length,
+		.page_size = U8(in) & 1 ? (size_t)1 << (U8(in) % 32) : 0,
+		.modes = ro->modes, .flags = ro->flags, .fd = ro->fd, .fd_offset = ro->fd_offset,
+	};
+
+	uffd_region_create_foreign(u, &o, out);
+}
+
 static void op_region_create(struct st *s, struct in *in)
 {
 	int i = (int)(U8(in) % NR), k = (int)U8(in);
@@ -270,7 +287,10 @@ static void op_region_create(struct st *s, struct in *in)
 		destroy_region(s, i);
 	if (o.size > sizeof(o))
 		o.size = sizeof(o);	/* a larger caller struct is tested by test-args */
-	uffd_region_create(u, k & 64 ? NULL : &o, &s->r[i]);
+	if (k & 128)
+		create_foreign(s, in, &o, u, &s->r[i]);
+	else
+		uffd_region_create(u, k & 64 ? NULL : &o, &s->r[i]);
 }
 
 /* Maps pages of the arena again: anonymous below ARENA/2, the memfd above. */
@@ -484,6 +504,10 @@ static void do_op(struct st *s, struct in *in, unsigned op)
 		unsigned k = U8(in);
 
 		len = length(s, in);
+		if (k & 0x80) {	/* a source is never read: any pointer will do */
+			uffd_region_set_source(r, source(s, in, 0), len);
+			break;
+		}
 		switch (k % 4) {
 		case 0:
 			uffd_region_continue(r, off, len, U8(in), done_ptr(in));

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The fork gate: loop threads run user handlers and allocate only inside a
+ * gate section, and fork() waits for open sections before glibc takes its
+ * malloc and stdio locks.
+ *
+ * Why: with UFFD_FEATURE_EVENT_FORK the forking thread sleeps in the kernel,
+ * holding glibc's malloc and stdio locks, until a loop thread reads the FORK
+ * message. A handler that called malloc() at that moment would wait for the
+ * forker, and the forker for the handler's thread: the process hangs. So a
+ * pthread_atfork() prepare hook closes the gate and waits until no section
+ * is open; while it is closed, loop threads keep reading (which allocates
+ * nothing) and queue what needs a handler, and the parent hook reopens it.
+ */
+#include <pthread.h>
+#include <time.h>
+
+#include "internal.h"
+
+static atomic_int forking;	/* fork() calls between prepare and parent */
+static atomic_int open_sections;	/* threads inside a section */
+static __thread int depth;	/* this thread's nesting */
+
+bool uffd__gate_enter(void)
+{
+	if (depth) {
+		depth++;
+		return true;
+	}
+	/* Announce first, then look: prepare() sets forking, then counts. */
+	atomic_fetch_add(&open_sections, 1);
+	if (atomic_load(&forking)) {
+		atomic_fetch_sub(&open_sections, 1);
+		return false;
+	}
+	depth = 1;
+	return true;
+}
+
+void uffd__gate_leave(void)
+{
+	if (--depth == 0)
+		atomic_fetch_sub(&open_sections, 1);
+}
+
+bool uffd__gate_closed(void)
+{
+	return atomic_load(&forking) != 0;
+}
+
+static void prepare(void)
+{
+	/* A handler that forks waits for the others, not for itself. */
+	int own = depth ? 1 : 0;
+	struct timespec nap = { .tv_nsec = 20000 };
+
+	atomic_fetch_add(&forking, 1);
+	while (atomic_load(&open_sections) > own)
+		nanosleep(&nap, NULL);
+}
+
+static void parent(void)
+{
+	atomic_fetch_sub(&forking, 1);
+}
+
+static void child(void)
+{
+	/* The child has only this thread: nobody else holds a section. */
+	atomic_store(&forking, 0);
+	atomic_store(&open_sections, depth ? 1 : 0);
+}
+
+static void install(void)
+{
+	pthread_atfork(prepare, parent, child);
+}
+
+void uffd__gate_init(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, install);
+}
