@@ -52,9 +52,12 @@ extern "C" {
 #define _UFFDIO_POISON (0x08)
 #endif
 
-/** Major, minor and patch version of this header. */
+/**
+ * Major, minor and patch version of this header: the project version of
+ * meson.build (tests/check-version.py keeps them equal).
+ */
 #define LIBUFFD_VERSION_MAJOR 0
-#define LIBUFFD_VERSION_MINOR 1
+#define LIBUFFD_VERSION_MINOR 2
 #define LIBUFFD_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------ */
