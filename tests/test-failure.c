@@ -126,6 +126,48 @@ static void catch_sigbus(void)
 
 /* ---- poison exactly what failed ---- */
 
+/* A MINOR shmem region of 8 pages holding 0x5a, a poisoning loop with a hook. */
+struct minor_env {
+	struct uffd *u;
+	struct uffd_region *r;
+	struct uffd_loop *l;
+	struct hook hk;
+	unsigned char *base, *alias;
+};
+
+static void minor_env_start(struct minor_env *e, int (*minor)(void *, struct uffd_fault *),
+			    void *ctx, void (*before_start)(struct minor_env *))
+{
+	struct uffd_handlers h = { .minor = minor };
+
+	catch_sigbus();
+	e->u = open_uffd(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_POISON);
+	e->r = new_region(e->u, 8 * ps, UFFDIO_REGISTER_MODE_MINOR);
+	e->l = new_loop(UFFD_LOOP_POISON_ON_ERROR, &e->hk);
+	e->base = uffd_region_base(e->r);
+	e->alias = uffd_region_alias(e->r);
+	memset(e->alias, 0x5a, 8 * ps);
+	if (before_start)
+		before_start(e);
+	ck_assert_int_eq(uffd_loop_add_region(e->l, e->r, &h, ctx ? ctx : e->r), 0);
+	ck_assert_int_eq(uffd_loop_start(e->l, 1), 0);
+}
+
+static void minor_env_end(struct minor_env *e)
+{
+	uffd_loop_free(e->l);
+	uffd_region_destroy(e->r);
+	uffd_close(e->u);
+}
+
+/* Pages 1..3 leave the page cache: CONTINUE fails there (EFAULT). */
+static void punch_1_to_3(struct minor_env *e)
+{
+	ck_assert_int_eq(fallocate(uffd_region_fd(e->r), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				   (off_t)ps, (off_t)(3 * ps)), 0);
+}
+
+
 /* Fault-around: every fault is widened to 4 pages. */
 static int widen4(void *ctx, struct uffd_fault *f)
 {
@@ -143,39 +185,25 @@ static int widen4(void *ctx, struct uffd_fault *f)
 START_TEST(test_poison_exact)
 {
 	SKIP_UNDER_VALGRIND("the faulting thread must take a SIGBUS in user mode");
-	size_t len = 8 * ps;
-	struct uffd *u = open_uffd(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_POISON);
-	struct uffd_region *r = new_region(u, len, UFFDIO_REGISTER_MODE_MINOR);
-	struct uffd_handlers h = { .minor = widen4 };
-	struct hook hk = { 0 };
-	struct uffd_loop *l = new_loop(UFFD_LOOP_POISON_ON_ERROR, &hk);
-	unsigned char *base = uffd_region_base(r), *alias = uffd_region_alias(r);
+	struct minor_env e = { 0 };
 	struct uffd_loop_counters c;
 
-	catch_sigbus();
-	memset(alias, 0x5a, len);
-	/* Pages 1..3 leave the page cache: CONTINUE fails there (EFAULT). */
-	ck_assert_int_eq(fallocate(uffd_region_fd(r), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				   (off_t)ps, (off_t)(3 * ps)), 0);
-	ck_assert_int_eq(uffd_loop_add_region(l, r, &h, NULL), 0);
-	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
-	ck_assert_int_eq(touch_in_thread(base), 0x5a);	/* its own page maps */
+	minor_env_start(&e, widen4, NULL, punch_1_to_3);
+	ck_assert_int_eq(touch_in_thread(e.base), 0x5a);	/* its own page maps */
 	/* The loop tries pages 1, 2 and 3 after the thread was woken: let it finish. */
-	for (int i = 0; i < 20000 && counters(l).resolve_ioctls < 3; i++)
+	for (int i = 0; i < 20000 && counters(e.l).resolve_ioctls < 3; i++)
 		usleep(100);
 	/* The neighbours get contents back (through the alias) and then faults of their own. */
-	memset(alias + ps, 0x6b, 3 * ps);
+	memset(e.alias + ps, 0x6b, 3 * ps);
 	for (int i = 1; i < 4; i++)
-		ck_assert_int_eq(touch_in_thread(base + i * ps), 0x6b);
-	c = counters(l);
+		ck_assert_int_eq(touch_in_thread(e.base + i * ps), 0x6b);
+	c = counters(e.l);
 	ck_assert_int_eq(atomic_load(&sigbuses), 0);
 	ck_assert_uint_eq(c.poisoned, 0);
 	ck_assert_uint_eq(c.errors, 0);
 	ck_assert_uint_eq(c.faults_minor, 2);	/* page 0, then page 1 widened to 1..4 */
-	ck_assert_int_eq(atomic_load(&hk.calls), 0);
-	uffd_loop_free(l);
-	uffd_region_destroy(r);
-	uffd_close(u);
+	ck_assert_int_eq(atomic_load(&e.hk.calls), 0);
+	minor_env_end(&e);
 }
 END_TEST
 
@@ -197,32 +225,21 @@ static int punch_own(void *ctx, struct uffd_fault *f)
 START_TEST(test_poison_own_page)
 {
 	SKIP_UNDER_VALGRIND("the faulting thread must take a SIGBUS in user mode");
-	size_t len = 8 * ps;
-	struct uffd *u = open_uffd(UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_POISON);
-	struct uffd_region *r = new_region(u, len, UFFDIO_REGISTER_MODE_MINOR);
-	struct uffd_handlers h = { .minor = punch_own };
-	struct hook hk = { 0 };
-	struct uffd_loop *l = new_loop(UFFD_LOOP_POISON_ON_ERROR, &hk);
-	unsigned char *base = uffd_region_base(r), *alias = uffd_region_alias(r);
+	struct minor_env e = { 0 };
 	struct uffd_loop_counters c;
 
-	catch_sigbus();
-	memset(alias, 0x5a, len);
-	ck_assert_int_eq(uffd_loop_add_region(l, r, &h, r), 0);
-	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
-	ck_assert_int_eq(touch_in_thread(base), -1);
+	minor_env_start(&e, punch_own, NULL, NULL);
+	ck_assert_int_eq(touch_in_thread(e.base), -1);
 	for (int i = 1; i < 4; i++)	/* mapped by the same run: no fault of their own */
-		ck_assert_int_eq(touch_in_thread(base + i * ps), 0x5a);
-	c = counters(l);
+		ck_assert_int_eq(touch_in_thread(e.base + i * ps), 0x5a);
+	c = counters(e.l);
 	ck_assert_int_eq(atomic_load(&sigbuses), 1);
 	ck_assert_uint_eq(c.poisoned, 1);
 	ck_assert_uint_eq(c.faults_minor, 1);
-	ck_assert_int_eq(atomic_load(&hk.calls), 1);
-	ck_assert_ptr_eq(hk.last_addr, base);
-	ck_assert_int_eq(hk.last_err, -EFAULT);
-	uffd_loop_free(l);
-	uffd_region_destroy(r);
-	uffd_close(u);
+	ck_assert_int_eq(atomic_load(&e.hk.calls), 1);
+	ck_assert_ptr_eq(e.hk.last_addr, e.base);
+	ck_assert_int_eq(e.hk.last_err, -EFAULT);
+	minor_env_end(&e);
 }
 END_TEST
 
