@@ -83,6 +83,10 @@ extern unsigned bench_failures;
 void lat_add(struct lat *l, double us);
 void lat_free(struct lat *l);
 double lat_pct(struct lat *l, double pct);
+/* The median of v[0..n) (sorts v). */
+double median(double *v, unsigned n);
+/* A decimal option value in [min, max]; false when it is not one. */
+bool parse_size(const char *s, size_t min, size_t max, size_t *out);
 /* A memfd of len bytes holding the pattern. -1 on failure (reported). */
 int memfd_pattern(const char *name, size_t len, uint64_t seed);
 /* Anonymous private memory without transparent huge pages; NULL on failure. */

@@ -44,19 +44,6 @@ static unsigned errors;
 
 /* ---- repetitions ---- */
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, unsigned n)
-{
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 int bench_pair(const struct bench_opts *o, void *lib_ctx, side_fn lib,
 	       void *base_ctx, side_fn base, double *lib_med, double *base_med,
 	       struct lat *lib_lat, struct lat *base_lat)
@@ -217,17 +204,6 @@ static void usage(FILE *f)
 	for (size_t i = 0; i < NMETRICS; i++)
 		fprintf(f, " %s", metrics[i].name);
 	fprintf(f, "\n");
-}
-
-static bool parse_size(const char *s, size_t min, size_t max, size_t *out)
-{
-	char *end;
-	unsigned long long v = strtoull(s, &end, 10);
-
-	if (!*s || *end || v < min || v > max)
-		return false;
-	*out = (size_t)v;
-	return true;
 }
 
 static bool known(const char *list)

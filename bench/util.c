@@ -120,6 +120,12 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+double median(double *v, unsigned n)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 double lat_pct(struct lat *l, double pct)
 {
 	size_t i;
@@ -287,6 +293,17 @@ double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg)
 	t0 = now_us() - t0;
 	pthread_barrier_destroy(&t.go);
 	return t0;
+}
+
+bool parse_size(const char *s, size_t min, size_t max, size_t *out)
+{
+	char *end;
+	unsigned long long v = strtoull(s, &end, 10);
+
+	if (!*s || *end || v < min || v > max)
+		return false;
+	*out = (size_t)v;
+	return true;
 }
 
 /* ---- placement: which CPUs the faulting and the handling threads use ---- */
