@@ -121,24 +121,17 @@ struct served {
 	struct uffd *owner_u;
 	atomic_int faults, stuck, owner_exits, events_owner, events_other, forks;
 	atomic_llong stuck_at, killed_at;
-	pid_t pid;
 };
 
-/* Until the owner's memory is gone: its pid no longer answers signals (zombie or reaped). */
-static void kill_and_wait_gone(struct served *sv)
+/*
+ * Until the owner's memory is gone: a resolving call on its uffd then
+ * answers ESRCH. The probe copies to an address where nothing is
+ * registered, so while the owner lives it only gets ENOENT.
+ */
+static void wait_owner_gone(struct served *sv, struct uffd *u)
 {
-	char path[64], st[256];
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", sv->pid);
-	for (int i = 0; i < 20000; i++) {
-		FILE *f = fopen(path, "re");
-		char *p = NULL;
-
-		if (f && fgets(st, sizeof(st), f))
-			p = strrchr(st, ')');
-		if (f)
-			fclose(f);
-		if (!p || p[2] == 'Z' || p[2] == 'X')
+	for (int i = 0; i < 50000; i++) {
+		if (uffd_copy(u, (void *)(uintptr_t)0x1000000, sv->src, ps, UFFD_DONTWAKE, NULL) == -ESRCH)
 			return;
 		usleep(100);
 	}
@@ -156,7 +149,7 @@ static int serve(void *ctx, struct uffd_fault *f)
 		atomic_store(&sv->stuck, 1);
 		while (!atomic_load(&sv->killed_at))
 			usleep(100);
-		kill_and_wait_gone(sv);
+		wait_owner_gone(sv, f->uffd);
 		return UFFD_RESOLVE;
 	}
 	err = uffd_copy(f->uffd, f->addr, sv->src + idx * ps, ps, UFFD_SKIP_EXISTING, NULL);
@@ -227,7 +220,6 @@ static void owner_case(bool poll)
 		owner(sv_pair[1]);
 	}
 	close(sv_pair[1]);
-	sv.pid = pid;
 	fd = recv_fd(sv_pair[0], &sv.base);
 	ck_assert_int_ge(fd, 0);
 	pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
