@@ -43,11 +43,6 @@ void uffd__gate_leave(void)
 		atomic_fetch_sub(&open_sections, 1);
 }
 
-bool uffd__gate_closed(void)
-{
-	return atomic_load(&forking) != 0;
-}
-
 static void prepare(void)
 {
 	/* A handler that forks waits for the others, not for itself. */

@@ -355,7 +355,6 @@ void uffd__gate_init(void);
  */
 bool uffd__gate_enter(void);
 void uffd__gate_leave(void);
-bool uffd__gate_closed(void);
 
 /* ---- loop.c ---- */
 

@@ -747,15 +747,13 @@ void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 }
 
 /* Messages that waited for the gate, then faults due for their retry. */
-bool loop__run_queued(struct loop_runner *rn)
+void loop__run_queued(struct loop_runner *rn)
 {
 	long long now;
 	size_t n;
 
-	if (!rn->gated.n && !rn->refault.n)
-		return false;
-	if (!uffd__gate_enter())
-		return true;
+	if ((!rn->gated.n && !rn->refault.n) || !uffd__gate_enter())
+		return;
 	while (rn->gated.n) {
 		struct loop_qmsg q = q_pop(&rn->gated);
 
@@ -771,7 +769,6 @@ bool loop__run_queued(struct loop_runner *rn)
 			handle_one(rn, q.w, &q.m, &q);
 	}
 	uffd__gate_leave();
-	return rn->gated.n || rn->refault.n;
 }
 
 /* A watch leaves (NULL: every watch): its queued messages go, FORK fds closed. */

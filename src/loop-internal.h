@@ -147,7 +147,7 @@ struct loop_runner {
 	unsigned handled;	/* messages handled since the caller reset it */
 	pthread_mutex_t drive;	/* held by the thread driving the ring */
 	pthread_t thread;
-	bool threaded, joinable;
+	bool joinable;
 	struct loop_counters c;
 	_Atomic(struct loop_runner *) next; /* push-only list, read by stop */
 };
@@ -186,6 +186,8 @@ bool loop__nowait_reads(void);
 int loop__runner_new(struct uffd_loop *l, struct loop_runner **out);
 void loop__runner_free(struct loop_runner *rn);
 bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w);
+/* Frees a chain of slots (linked by ->next) and their buffers. */
+void loop__slots_free(struct loop_slot *s);
 /* With l->lock: s, unlinked by the caller, goes to l->dead_slots for loop__collect(). */
 void loop__slot_bury(struct uffd_loop *l, struct loop_slot *s);
 /* One wake: wait up to timeout_ms, handle what came, resolve, retry. 0 or fatal -errno. */
@@ -214,8 +216,8 @@ void loop__dispatch_free(struct loop_runner *rn);
 /* Decodes and dispatches n messages of w; resolutions go to rn->res. */
 void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		       const struct uffd_msg *m, size_t n);
-/* Runs what waited for the gate or for events; true if work remains. */
-bool loop__run_queued(struct loop_runner *rn);
+/* Runs what waited for the gate or for events. */
+void loop__run_queued(struct loop_runner *rn);
 /* Resolves rn->res, sorted and merged; -EAGAIN runs go to rn->retry. */
 void loop__resolve(struct loop_runner *rn);
 /* Retries rn->retry once; fails entries older than the limit. */

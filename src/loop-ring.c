@@ -201,7 +201,7 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 	return 0;
 }
 
-static void slot_list_free(struct loop_slot *s)
+void loop__slots_free(struct loop_slot *s)
 {
 	while (s) {
 		struct loop_slot *next = s->next;
@@ -217,8 +217,8 @@ void loop__runner_free(struct loop_runner *rn)
 	if (!rn->l->plain)
 		io_uring_queue_exit(&rn->ring);
 	close(rn->efd);
-	slot_list_free(rn->slots);
-	slot_list_free(rn->incoming);
+	loop__slots_free(rn->slots);
+	loop__slots_free(rn->incoming);
 	loop__dispatch_free(rn);
 	free(rn->pfd);
 	free(rn->pfd_tag);

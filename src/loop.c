@@ -145,6 +145,21 @@ static void wait_ready(struct uffd_loop *l)
 	}
 }
 
+/* A slot of w with its message buffer, not linked; NULL when out of memory. */
+static struct loop_slot *slot_alloc(struct uffd_loop *l, struct loop_watch *w)
+{
+	struct loop_slot *s = calloc(1, sizeof(*s));
+
+	/* Zeroed: valgrind cannot see io_uring's writes into it. */
+	if (s && !(s->buf = calloc(l->o.batch, sizeof(struct uffd_msg)))) {
+		free(s);
+		s = NULL;
+	}
+	if (s)
+		s->w = w;
+	return s;
+}
+
 /* Slots of w, one per runner in list order (l->api held: the list is stable). */
 static struct loop_slot **slots_alloc(struct uffd_loop *l, struct loop_watch *w)
 {
@@ -157,21 +172,13 @@ static struct loop_slot **slots_alloc(struct uffd_loop *l, struct loop_watch *w)
 	v = calloc(n + 1, sizeof(*v));
 	if (!v)
 		return NULL;
-	for (rn = atomic_load(&l->runners); rn; rn = atomic_load(&rn->next), i++) {
-		v[i] = calloc(1, sizeof(*v[i]));
-		/* Zeroed: valgrind cannot see io_uring's writes into it. */
-		if (v[i])
-			v[i]->buf = calloc(l->o.batch, sizeof(struct uffd_msg));
-		if (!v[i] || !v[i]->buf) {
-			for (size_t k = 0; k <= i && v[k]; k++) {
-				free(v[k]->buf);
-				free(v[k]);
-			}
+	for (rn = atomic_load(&l->runners); rn; rn = atomic_load(&rn->next), i++)
+		if (!(v[i] = slot_alloc(l, w))) {
+			while (i--)
+				loop__slots_free(v[i]);
 			free(v);
 			return NULL;
 		}
-		v[i]->w = w;
-	}
 	return v;
 }
 
@@ -485,13 +492,7 @@ void loop__collect(struct uffd_loop *l)
 		gone = w;
 	}
 	pthread_mutex_unlock(&l->lock);
-	while (dead) {
-		struct loop_slot *next = dead->next;
-
-		free(dead->buf);
-		free(dead);
-		dead = next;
-	}
+	loop__slots_free(dead);
 	while (gone) {
 		struct loop_watch *next = gone->next;
 
@@ -779,15 +780,10 @@ static void join_threads(struct uffd_loop *l)
 static int runner_fill(struct uffd_loop *l, struct loop_runner *rn)
 {
 	for (struct loop_watch *w = l->watches; w; w = w->next) {
-		struct loop_slot *s = calloc(1, sizeof(*s));
+		struct loop_slot *s = slot_alloc(l, w);
 
-		if (s)
-			s->buf = calloc(l->o.batch, sizeof(struct uffd_msg));
-		if (!s || !s->buf) {
-			free(s);
+		if (!s)
 			return uffd__err(-ENOMEM, "uffd_loop_start: out of memory");
-		}
-		s->w = w;
 		pthread_mutex_lock(&l->lock);
 		s->next = rn->incoming;
 		rn->incoming = s;
@@ -812,7 +808,6 @@ static int threads_alloc(struct uffd_loop *l, unsigned n)
 	for (; l->nthreads < n; l->nthreads++) {
 		if ((err = loop__runner_new(l, &l->threads[l->nthreads])))
 			return err;
-		l->threads[l->nthreads]->threaded = true;
 		if ((err = runner_fill(l, l->threads[l->nthreads])))
 			return err;
 	}
