@@ -57,7 +57,7 @@ extern "C" {
  * meson.build (tests/check-version.py keeps them equal).
  */
 #define LIBUFFD_VERSION_MAJOR 0
-#define LIBUFFD_VERSION_MINOR 2
+#define LIBUFFD_VERSION_MINOR 3
 #define LIBUFFD_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------ */
@@ -786,6 +786,157 @@ int uffd_handoff_recv(int sock, const struct uffd_handoff_opts *o,
  * handle from any loop first. NULL is fine.
  */
 void uffd_handoff_free(struct uffd_handoff *h);
+
+/* ------------------------------------------------------------------ */
+/* 9. Restoring memory from a file (since 0.3)                         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A restore serves the faults of some regions from a file (a memory
+ * snapshot) and brings their pages in ahead of the faults: the pages of a
+ * recorded trace first (the working set of an earlier run, in first-touch
+ * order), then optionally all the rest, after which the regions can be
+ * unregistered and the served process no longer depends on the handler.
+ *
+ * Demand faults always go first. A fault whose page is in the page cache of
+ * the file is resolved on the loop thread at once (a non-blocking read, one
+ * UFFDIO_COPY or UFFDIO_CONTINUE); otherwise its read is queued on the
+ * restore's io_uring, driven by one restore thread that also runs the
+ * prefetch, and the loop thread goes on. A fault on a page whose read is in
+ * flight waits for that read. MISSING regions are filled with UFFDIO_COPY
+ * from bounce buffers, MINOR regions (with an alias view) by reading into
+ * the alias view and UFFDIO_CONTINUE. Pages the owner gives back (REMOVE
+ * events: balloon, MADV_DONTNEED) are zero pages from then on, never the
+ * file's contents again. Huge pages are read and resolved whole.
+ *
+ * Threading: set up (uffd_restore_add_region(), uffd_restore_load_trace())
+ * before uffd_restore_start(), from one thread; uffd_restore_stats(),
+ * uffd_restore_wait() and uffd_restore_save_trace() from any thread
+ * afterwards.
+ */
+struct uffd_restore;
+
+/** Options of uffd_restore_new(). */
+struct uffd_restore_opts {
+	size_t   size;        /**< sizeof(struct uffd_restore_opts) */
+	unsigned flags;       /**< UFFD_RESTORE_* */
+	unsigned queue_depth; /**< prefetch reads in flight; 0: 32 (demand reads are never limited) */
+	size_t   max_read;    /**< bytes per merged read; 0: 256 KiB; at least one page */
+	uint64_t fill_rate;   /**< UFFD_RESTORE_FILL: bytes per second; 0: as fast as demand allows */
+	unsigned record_ms;   /**< UFFD_RESTORE_RECORD: record this long after the first fault; 0: until saved */
+	uint64_t record_pages; /**< UFFD_RESTORE_RECORD: at most this many pages; 0: no limit */
+	/**
+	 * Called once on the restore thread when every page of every region
+	 * is present (after the regions are unregistered with
+	 * UFFD_RESTORE_DETACH). It may call uffd_loop_remove() and
+	 * uffd_loop_stop(), not uffd_restore_free().
+	 */
+	void   (*on_complete)(void *ctx, struct uffd_restore *rs);
+	void    *ctx;         /**< ctx of on_complete */
+};
+/** After the trace, bring in every other page, at fill_rate. */
+#define UFFD_RESTORE_FILL   (1u << 0)
+/** When every page is present: unregister the regions, then on_complete. */
+#define UFFD_RESTORE_DETACH (1u << 1)
+/** Record the pages of demand faults in first-touch order (uffd_restore_save_trace()). */
+#define UFFD_RESTORE_RECORD (1u << 2)
+
+/**
+ * Create a restore. @return 0, or -EINVAL (bad options; DETACH without
+ * FILL is allowed and completes when the trace and the faults have brought
+ * every page), -ENOMEM.
+ */
+int uffd_restore_new(struct uffd_restore **out, const struct uffd_restore_opts *o);
+
+/**
+ * Serve region @p r from @p fd (a regular file or block device opened for
+ * reading; duplicated) at @p offset: the region's page at off is the file's
+ * bytes at offset + off. Regions are numbered in the order they are added
+ * (a trace names them so). MISSING regions, or MINOR regions with an alias
+ * view; the file must cover the region.
+ * @return 0; -EINVAL (NULL, unaligned offset, region without MISSING or
+ *         MINOR mode, MINOR without alias, file too short, restore
+ *         started); -EBADF (fd not open for reading); -EBUSY (the region is
+ *         in a loop or restore already); -ENOMEM.
+ */
+int uffd_restore_add_region(struct uffd_restore *rs, struct uffd_region *r,
+			    int fd, uint64_t offset);
+
+/**
+ * Add the pages of the trace file @p path (written by
+ * uffd_restore_save_trace(), format in libuffd-trace(5)) to the prefetch
+ * order. Several traces merge: the union of their pages, each at its
+ * earliest relative position. Before uffd_restore_start().
+ * @return 0; -EINVAL (NULL, restore started, the trace names regions of
+ *         other sizes or page sizes than those added); -EBADMSG (not a
+ *         trace, truncated, checksum wrong); -EPROTONOSUPPORT (another
+ *         format version); -errno of open/read; -ENOMEM.
+ */
+int uffd_restore_load_trace(struct uffd_restore *rs, const char *path);
+
+/**
+ * Serve the regions with loop @p l (uffd_loop_add_region() each, with the
+ * restore's handlers) and start the restore thread: trace first, then the
+ * fill. The loop may run already or be started later.
+ * @return 0; -EINVAL (NULL, no region, started already); errors of
+ *         uffd_loop_add_region(); -ENOMEM; -errno of io_uring_queue_init.
+ */
+int uffd_restore_start(struct uffd_restore *rs, struct uffd_loop *l);
+
+/**
+ * Wait up to @p timeout_ms (-1: forever) until every page is present.
+ * @return 0; -ETIMEDOUT; -ESRCH (the owner exited first); -EIO (a page
+ *         could not be read: the restore cannot complete); -EINVAL.
+ */
+int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms);
+
+/**
+ * Write the pages recorded so far (UFFD_RESTORE_RECORD) to @p path,
+ * replacing it atomically (a temporary file, then rename(2)).
+ * @return 0; -EINVAL (NULL, not recording); -errno of the file calls.
+ */
+int uffd_restore_save_trace(struct uffd_restore *rs, const char *path);
+
+/** Log2 buckets of a latency histogram: bucket i counts [2^i, 2^(i+1)) ns. */
+#define UFFD_HIST_BUCKETS 40
+
+/** Counters of a restore, versioned by size. */
+struct uffd_restore_stats {
+	size_t   size;             /**< sizeof(struct uffd_restore_stats) */
+	uint64_t faults[3];        /**< demand faults by enum uffd_fault_kind */
+	/** Service time by kind: from the handler's call to the resolution. */
+	uint64_t latency[3][UFFD_HIST_BUCKETS];
+	uint64_t pages_total;      /**< pages of all regions */
+	uint64_t pages_present;    /**< of those, resolved (any way) */
+	uint64_t pages_demand;     /**< brought in by demand faults */
+	uint64_t pages_prefetched; /**< brought in by the trace */
+	uint64_t pages_filled;     /**< brought in by the fill */
+	uint64_t pages_zero;       /**< given back by the owner, served as zero pages */
+	uint64_t bytes_read;       /**< from the files */
+	uint64_t inflight_hits;    /**< demand faults that found their page's read in flight */
+	uint64_t read_errors;      /**< failed or short reads */
+	uint64_t pages_recorded;   /**< in the trace being recorded */
+	uint64_t complete_ns;      /**< start to every page present; 0 while not */
+};
+/**
+ * Copy the restore's counters into @p s (set s->size first).
+ * @return 0, or -EINVAL (NULL, size this library cannot fill).
+ */
+int uffd_restore_stats(const struct uffd_restore *rs, struct uffd_restore_stats *s);
+
+/**
+ * The @p q quantile (0 < q <= 1) of histogram @p h of UFFD_HIST_BUCKETS
+ * buckets, in nanoseconds: the upper bound of the bucket holding it.
+ * @return that bound, or 0 for an empty histogram or a bad @p q.
+ */
+uint64_t uffd_hist_quantile(const uint64_t *h, double q);
+
+/**
+ * Stop the restore thread, leave the loop (the regions stay, without
+ * handlers: demand faults then get the loop's default resolution), free
+ * @p rs. Not from on_complete. NULL is fine.
+ */
+void uffd_restore_free(struct uffd_restore *rs);
 
 #ifdef __cplusplus
 }
