@@ -1,0 +1,164 @@
+/* SPDX-License-Identifier: MIT */
+/* uffd-serve: the command line. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uffd.h>
+
+#include "serve.h"
+
+#define DEFAULT_TIMEOUT_MS 60000
+
+int serve_fail(int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs(PROG ": ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return code;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: " PROG " --socket PATH --memory SNAPSHOT [OPTION]...\n"
+		"Serve the page faults of a Firecracker microVM restored from SNAPSHOT: listen on\n"
+		"PATH, take the userfaultfd and region table Firecracker sends, and serve the\n"
+		"guest's pages from the file until the VM exits.\n"
+		"\n"
+		"  -s, --socket PATH     Unix socket to listen on (give it to PUT /snapshot/load)\n"
+		"  -m, --memory FILE     the memory snapshot file (mem_file_path of the snapshot)\n"
+		"  -r, --record TRACE    record the pages the VM touches, in order, into TRACE\n"
+		"      --record-ms MS    record only MS milliseconds after the first fault\n"
+		"  -p, --replay TRACE    bring in the pages of TRACE ahead of the faults (repeatable)\n"
+		"  -f, --fill[=RATE]     then bring in every other page (RATE bytes/s, suffix K, M\n"
+		"                        or G; default as fast as the faults allow) and detach\n"
+		"  -t, --threads N       loop threads serving faults (default 1)\n"
+		"  -S, --stats           print a summary when the serve ends\n"
+		"  -j, --json            print the summary as one JSON object\n"
+		"  -M, --multi           serve one VM per connection, each in its own process,\n"
+		"                        until SIGTERM or SIGINT\n"
+		"  -T, --timeout MS      wait at most MS for the VM to connect and for its message\n"
+		"                        (default %d; 0 waits forever)\n"
+		"  -h, --help            print this help\n"
+		"  -V, --version         print the version\n"
+		"\n"
+		"Exit status: 0 when the VM exited, the serve detached or a signal ended it;\n"
+		"1 serving failed; 2 usage; 3 snapshot or socket unusable; 4 timeout;\n"
+		"5 the VM's message is unusable.\n", DEFAULT_TIMEOUT_MS);
+}
+
+static _Noreturn void bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static _Noreturn void bad(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs(PROG ": ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs(" (see " PROG " --help)\n", stderr);
+	exit(EXIT_USAGE);
+}
+
+/* A decimal in [min, max] with an optional K/M/G suffix (powers of 1024) when scaled. */
+static uint64_t number(const char *opt, const char *s, uint64_t min, uint64_t max, bool scaled)
+{
+	unsigned long long v;
+	char *end;
+	int shift = 0;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (scaled && *end && !end[1]) {
+		const char *u = strchr("KMG", *end);
+
+		shift = u ? 10 * (int)(u - "KMG" + 1) : -1;
+		end += shift >= 0;
+	}
+	if (errno || end == s || *end || *s == '-' || shift < 0 || (v << shift) >> shift != v ||
+	    (v << shift) < min || (v << shift) > max)
+		bad("%s '%s' is not a number in [%llu, %llu]%s", opt, s, (unsigned long long)min,
+		    (unsigned long long)max, scaled ? " (suffixes K, M, G allowed)" : "");
+	return v << shift;
+}
+
+static void add_replay(struct serve_opts *o, const char *path)
+{
+	const char **v = realloc(o->replay, (o->nreplay + 1) * sizeof(*v));
+
+	if (!v)
+		bad("out of memory");
+	o->replay = v;
+	o->replay[o->nreplay++] = path;
+}
+
+void serve_args(int argc, char **argv, struct serve_opts *o)
+{
+	enum { OPT_RECORD_MS = 256 };
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "memory", required_argument, NULL, 'm' },
+		{ "record", required_argument, NULL, 'r' },
+		{ "record-ms", required_argument, NULL, OPT_RECORD_MS },
+		{ "replay", required_argument, NULL, 'p' },
+		{ "fill", optional_argument, NULL, 'f' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "stats", no_argument, NULL, 'S' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "multi", no_argument, NULL, 'M' },
+		{ "timeout", required_argument, NULL, 'T' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ 0 },
+	};
+	int c;
+
+	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS };
+	while ((c = getopt_long(argc, argv, "s:m:r:p:f::t:SjMT:hV", opts, NULL)) != -1) {
+		switch (c) {
+		case 's': o->socket = optarg; break;
+		case 'm': o->memory = optarg; break;
+		case 'r': o->record = optarg; break;
+		case OPT_RECORD_MS:
+			o->record_ms = (unsigned)number("--record-ms", optarg, 1, UINT_MAX, false);
+			break;
+		case 'p': add_replay(o, optarg); break;
+		case 'f':
+			o->fill = true;
+			o->fill_rate = optarg ? number("--fill", optarg, 4096, UINT64_MAX >> 1, true) : 0;
+			break;
+		case 't': o->threads = (unsigned)number("--threads", optarg, 1, 64, false); break;
+		case 'S': o->stats = true; break;
+		case 'j': o->json = true; break;
+		case 'M': o->multi = true; break;
+		case 'T': o->timeout_ms = (int)number("--timeout", optarg, 0, INT_MAX, false); break;
+		case 'h':
+			usage(stdout);
+			exit(EXIT_OK);
+		case 'V':
+			printf(PROG " (libuffd) %d.%d.%d\n", LIBUFFD_VERSION_MAJOR,
+			       LIBUFFD_VERSION_MINOR, LIBUFFD_VERSION_PATCH);
+			exit(EXIT_OK);
+		default:
+			usage(stderr);
+			exit(EXIT_USAGE);
+		}
+	}
+	if (optind < argc)
+		bad("unexpected argument '%s'", argv[optind]);
+	if (!o->socket || !o->memory)
+		bad("--socket and --memory are required");
+	if (o->record_ms && !o->record)
+		bad("--record-ms needs --record");
+	if (o->multi && o->record)
+		bad("--record with --multi would have every VM write the same trace; record one VM");
+}

@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uffd-serve: the page-fault handler of a Firecracker microVM restored from
+ * a memory snapshot (Firecracker's "Uffd" memory backend). Listens on a Unix
+ * socket, takes the VM's userfaultfd and region table (serve-fc.c) and
+ * serves the guest's pages from the snapshot (serve-run.c) until the VM
+ * exits. With --multi, one child process per VM.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "serve.h"
+
+#define MAX_CHILDREN 1024
+
+/* Open descriptors of this process. */
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = -1;	/* the directory's own */
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* The snapshot, read-only: fd, and its size in *size; or an EXIT_* code negated. */
+static int open_snapshot(const char *path, uint64_t *size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	off_t end;
+
+	if (fd < 0)
+		return -serve_fail(EXIT_SETUP, "cannot open the snapshot %s: %s", path, strerror(errno));
+	if (fstat(fd, &st) || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+		close(fd);
+		return -serve_fail(EXIT_SETUP, "the snapshot %s is not a regular file or block device", path);
+	}
+	end = lseek(fd, 0, SEEK_END);
+	*size = end > 0 ? (uint64_t)end : 0;
+	return fd;
+}
+
+/* Signals arrive on a descriptor: SIGTERM and SIGINT end, SIGCHLD reaps (--multi). */
+static int signals_fd(void)
+{
+	sigset_t set;
+	int fd;
+
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGCHLD);
+	/* Blocked before any thread exists, so that every thread leaves them to the fd. */
+	if (sigprocmask(SIG_BLOCK, &set, NULL) || (fd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK)) < 0)
+		return -serve_fail(EXIT_SETUP, "signalfd: %s", strerror(errno));
+	return fd;
+}
+
+/* One VM on connection conn, from its message to the summary. */
+static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_t size, int sigfd)
+{
+	struct serve_summary s;
+	struct fc_handshake h;
+	int before = count_fds(), rc;
+
+	rc = fc_receive(conn, sigfd, o->timeout_ms, size, &h);
+	if (rc == -EINTR)
+		return EXIT_OK;		/* stopped before the VM said anything */
+	if (rc)
+		return rc;
+	fprintf(stderr, PROG ": serving VM pid %d: %zu regions from %s\n", (int)h.pid, h.n, o->memory);
+	rc = serve_vm(o, &h, snap_fd, sigfd, conn, &s);
+	fc_handshake_free(&h);
+	s.fds_leaked = count_fds() - before;
+	if (o->stats || o->json)
+		stats_print(&s, o->json);
+	return rc;
+}
+
+static void reap(pid_t *kids, size_t *n)
+{
+	pid_t pid;
+	int st;
+
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		for (size_t i = 0; i < *n; i++)
+			if (kids[i] == pid)
+				kids[i] = kids[--*n];
+		if (!WIFEXITED(st) || WEXITSTATUS(st))
+			serve_fail(0, "the serve of one VM (process %d) ended with %s %d", (int)pid,
+				   WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+	}
+}
+
+/* true when the signal read from sigfd asks to stop. */
+static bool stop_signal(int sigfd, pid_t *kids, size_t *n)
+{
+	struct signalfd_siginfo si;
+	bool stop = false;
+
+	while (read(sigfd, &si, sizeof(si)) == sizeof(si))
+		stop |= si.ssi_signo != SIGCHLD;
+	reap(kids, n);
+	return stop;
+}
+
+/*
+ * --multi: accept until a signal, a child per VM. The fork happens in this
+ * single-threaded process before the child creates any thread.
+ */
+static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint64_t size, int sigfd)
+{
+	static pid_t kids[MAX_CHILDREN];
+	size_t n = 0;
+
+	for (;;) {
+		int conn = fc_accept(lsock, sigfd, 0);
+		pid_t pid;
+
+		if (conn == -EINTR && stop_signal(sigfd, kids, &n))
+			break;
+		if (conn < 0)
+			continue;
+		if (n == MAX_CHILDREN || (pid = fork()) < 0) {
+			serve_fail(0, "cannot serve one more VM: %s", n == MAX_CHILDREN ? "too many" : strerror(errno));
+			close(conn);
+			continue;
+		}
+		if (!pid) {
+			close(lsock);
+			_exit(serve_conn(o, conn, snap_fd, size, sigfd));
+		}
+		kids[n++] = pid;
+		close(conn);
+	}
+	for (size_t i = 0; i < n; i++)
+		kill(kids[i], SIGTERM);
+	while (n) {
+		(void)!waitpid(-1, NULL, 0);
+		reap(kids, &n);
+	}
+	return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+	struct serve_opts o;
+	uint64_t size = 0;
+	int snap, sigfd, lsock, conn, rc;
+
+	serve_args(argc, argv, &o);
+	if ((snap = open_snapshot(o.memory, &size)) < 0)
+		return -snap;
+	if ((sigfd = signals_fd()) < 0)
+		return -sigfd;
+	if ((lsock = fc_listen(o.socket)) < 0)
+		return -lsock;
+	fprintf(stderr, PROG ": listening on %s\n", o.socket);
+	if (o.multi) {
+		rc = serve_multi(&o, lsock, snap, size, sigfd);
+	} else {
+		conn = fc_accept(lsock, sigfd, o.timeout_ms);
+		close(lsock);
+		unlink(o.socket);	/* one VM: nobody else may connect */
+		rc = conn == -EINTR ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, snap, size, sigfd);
+		if (conn >= 0)
+			close(conn);
+	}
+	if (o.multi) {
+		close(lsock);
+		unlink(o.socket);
+	}
+	close(sigfd);
+	close(snap);
+	free(o.replay);
+	return rc;
+}
