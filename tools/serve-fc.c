@@ -97,7 +97,7 @@ int fc_accept(int lsock, int sigfd, int timeout_ms)
 	int err = wait_readable(lsock, sigfd, timeout_ms ? now_ms() + timeout_ms : 0), c;
 
 	if (err == -EINTR)
-		return err;
+		return -SERVE_STOPPED;
 	if (err == -ETIMEDOUT)
 		return -serve_fail(EXIT_TIMEOUT, "no VM connected within %d ms (--timeout); start Firecracker's snapshot load with this socket",
 				   timeout_ms);
@@ -204,7 +204,7 @@ static void no_message(const struct msg *m, ssize_t n, char *err, size_t errlen)
 /*
  * Reads until the bytes hold one whole JSON value (Firecracker sends one
  * message and keeps the connection open: there is no EOF to wait for).
- * 0 with *out, -EINTR, EXIT_TIMEOUT or EXIT_HANDSHAKE with why in err.
+ * 0 with *out, SERVE_STOPPED, EXIT_TIMEOUT or EXIT_HANDSHAKE with why in err.
  */
 static int read_message(int conn, int sigfd, int timeout_ms, struct msg *m, struct json_object **out,
 			char *err, size_t errlen)
@@ -224,7 +224,7 @@ static int read_message(int conn, int sigfd, int timeout_ms, struct msg *m, stru
 		ssize_t n = w ? w : recv_part(conn, m);
 
 		if (n == -EINTR || n == -ETIMEDOUT) {
-			rc = n == -EINTR ? -EINTR : EXIT_TIMEOUT;
+			rc = n == -EINTR ? SERVE_STOPPED : EXIT_TIMEOUT;
 			snprintf(err, errlen, "%s within %d ms (--timeout)", m->len ?
 				 "the VM's message was cut off: the rest did not come" :
 				 "the VM connected but sent no message", timeout_ms);
@@ -494,7 +494,7 @@ int fc_receive(int conn, int sigfd, int timeout_ms, uint64_t file_size, struct f
 		close(m.fds[i]);
 	json_object_put(root);
 	free(m.buf);
-	if (rc > 0)
+	if (rc && rc != SERVE_STOPPED)
 		serve_fail(rc, "handshake: %s", err);
 	if (rc)
 		fc_handshake_free(h);

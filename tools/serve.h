@@ -24,6 +24,7 @@ enum {
 	EXIT_SETUP = 3,		/* the snapshot or the socket cannot be used */
 	EXIT_TIMEOUT = 4,	/* no VM connected, or it sent no message, in time */
 	EXIT_HANDSHAKE = 5,	/* the VM's message is unusable: no fd, bad JSON, bad regions */
+	SERVE_STOPPED = 100,	/* not an exit status: a signal came first */
 };
 
 struct serve_opts {
@@ -70,14 +71,14 @@ struct fc_handshake {
 int fc_listen(const char *path);
 /*
  * Waits up to timeout_ms (0: forever) for a connection, or for a signal on
- * sigfd: the connection's fd, -EXIT_TIMEOUT, -EXIT_SETUP, or -EINTR when a
- * signal came first (left unread). Prints why on failure.
+ * sigfd: the connection's fd, -EXIT_TIMEOUT, -EXIT_SETUP, or -SERVE_STOPPED
+ * when a signal came first (left unread). Prints why on failure.
  */
 int fc_accept(int lsock, int sigfd, int timeout_ms);
 /*
  * Reads the VM's one message (the userfaultfd and the JSON region table)
  * within timeout_ms and checks it against a snapshot of file_size bytes.
- * 0, -EINTR on a signal, or an EXIT_* code after printing one line.
+ * 0, SERVE_STOPPED on a signal, or an EXIT_* code after printing one line.
  */
 int fc_receive(int conn, int sigfd, int timeout_ms, uint64_t file_size, struct fc_handshake *h);
 void fc_handshake_free(struct fc_handshake *h);

@@ -81,7 +81,7 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	int before = count_fds(), rc;
 
 	rc = fc_receive(conn, sigfd, o->timeout_ms, size, &h);
-	if (rc == -EINTR)
+	if (rc == SERVE_STOPPED)
 		return EXIT_OK;		/* stopped before the VM said anything */
 	if (rc)
 		return rc;
@@ -134,7 +134,7 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 		int conn = fc_accept(lsock, sigfd, 0);
 		pid_t pid;
 
-		if (conn == -EINTR && stop_signal(sigfd, kids, &n))
+		if (conn == -SERVE_STOPPED && stop_signal(sigfd, kids, &n))
 			break;
 		if (conn < 0)
 			continue;
@@ -179,7 +179,7 @@ int main(int argc, char **argv)
 		conn = fc_accept(lsock, sigfd, o.timeout_ms);
 		close(lsock);
 		unlink(o.socket);	/* one VM: nobody else may connect */
-		rc = conn == -EINTR ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, snap, size, sigfd);
+		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, snap, size, sigfd);
 		if (conn >= 0)
 			close(conn);
 	}
