@@ -14,6 +14,8 @@ runs=(
 	"dirty_precopy --mib 64"
 	"handoff --mib 64"
 )
+# Firecracker's stand-in served by uffd-serve, where the tools were built with json-c.
+[ -x "$bin/fc-serve" ] && runs+=("fc-serve --mib 64")
 
 rows=()
 failed=0
