@@ -72,9 +72,11 @@ static void on_complete(void *ctx, struct uffd_restore *rs)
 static void on_error(void *ctx, const struct uffd_fault *f, int err, const char *sentence)
 {
 	struct serve *sv = ctx;
-	unsigned n = atomic_fetch_add(&sv->errors, 1);
+	unsigned n;
 
-	(void)err;
+	if (err == -ESRCH)	/* the VM exited: its exit ends the serve */
+		return;
+	n = atomic_fetch_add(&sv->errors, 1);
 	if (n < ERRORS_SHOWN)
 		fprintf(stderr, PROG ": serving%s: %s\n", f ? "" : " (watch)", sentence);
 }
