@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -550,6 +551,38 @@ START_TEST(test_bad_handshake)
 }
 END_TEST
 
+/* A table whose page size is not the one of the VM's memory, or that names memory it does not map. */
+START_TEST(test_wrong_mapping)
+{
+	static const char *const want[] = { "maps 0x", "is not all mapped in the VM" };
+	char json[256], *map;
+	uintptr_t a;
+	struct env e;
+	struct proc sv;
+	int s;
+
+	if (access("/sys/kernel/mm/hugepages/hugepages-2048kB", F_OK))
+		SKIP_TEST("no 2 MiB huge pages on this machine");
+	SETUP(&e, SNAP_MIB);
+	map = mmap(NULL, 6 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(map, MAP_FAILED);
+	a = ((uintptr_t)map + 2 * MIB - 1) & ~(uintptr_t)(2 * MIB - 1);
+	/* Base pages declared as huge ones; then 2 MiB past the end of the mapping. */
+	snprintf(json, sizeof(json), "[" "{\"base_host_virt_addr\":%llu,\"size\":%llu,\"offset\":0,\"page_size\":%llu}]",
+		 (unsigned long long)(_i ? (uintptr_t)map + 4 * MIB : a), (unsigned long long)(_i ? 4 * MIB : 2 * MIB),
+		 (unsigned long long)(_i ? 4096 : 2 * MIB));
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--timeout", "300", NULL });
+	s = connect_retry(e.sock);
+	send_message(s, json, FD_UFFD);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 5);
+	close(s);
+	assert_one_error(sv.err, want[_i]);
+	munmap(map, 6 * MIB);
+	env_cleanup(&e);
+}
+END_TEST
+
 START_TEST(test_connect_timeout)
 {
 	struct env e;
@@ -623,6 +656,8 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_sigterm);
 	tc = CASE(bad_handshake, 40);
 	tcase_add_loop_test(tc, test_bad_handshake, 0, sizeof(bads) / sizeof(bads[0]));
+	tc = CASE(wrong_mapping, 20);
+	tcase_add_loop_test(tc, test_wrong_mapping, 0, 2);
 	tc = CASE(connect_timeout, 20);
 	tcase_add_test(tc, test_connect_timeout);
 	tc = CASE(socket_path, 20);

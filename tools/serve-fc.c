@@ -410,6 +410,82 @@ static int parse_table(struct json_object *root, uint64_t file_size, struct fc_h
 	return check_overlap(h, err, errlen) ? 0 : EXIT_HANDSHAKE;
 }
 
+/* ---- the table against the VM's mappings ---- */
+
+struct vma {
+	uint64_t start, end, page_size;
+};
+
+/* The VM's mappings with their page sizes, from /proc/PID/smaps; NULL when unreadable. */
+static struct vma *read_vmas(pid_t pid, size_t *n)
+{
+	char path[64], line[512];
+	struct vma *v = NULL;
+	size_t cap = 0;
+	unsigned long long a, b, kb;
+	FILE *f;
+
+	*n = 0;
+	snprintf(path, sizeof(path), "/proc/%d/smaps", (int)pid);
+	if (pid <= 0 || !(f = fopen(path, "re")))
+		return NULL;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%llx-%llx ", &a, &b) == 2) {	/* a mapping's first line */
+			struct vma *nv = *n < cap ? v : realloc(v, (cap = cap ? 2 * cap : 256) * sizeof(*v));
+
+			if (!nv)
+				break;
+			v = nv;
+			v[(*n)++] = (struct vma){ a, b, 0 };
+		} else if (*n && sscanf(line, "KernelPageSize: %llu kB", &kb) == 1) {
+			v[*n - 1].page_size = kb << 10;
+		}
+	}
+	fclose(f);
+	return v;
+}
+
+/* Region g is mapped in the VM, all of it, with pages of its declared size. */
+static bool region_mapped(const struct fc_region *g, size_t i, const struct vma *v, size_t n,
+			  pid_t pid, char *err, size_t errlen)
+{
+	uint64_t covered = 0, end = g->addr + g->size;
+
+	for (size_t k = 0; k < n; k++) {
+		if (v[k].end <= g->addr || v[k].start >= end)
+			continue;
+		if (v[k].page_size != g->page_size) {
+			snprintf(err, errlen, "region %zu: page size %llu, but the VM (pid %d) maps 0x%llx-0x%llx with %llu-byte pages",
+				 i, (unsigned long long)g->page_size, (int)pid, (unsigned long long)v[k].start,
+				 (unsigned long long)v[k].end, (unsigned long long)v[k].page_size);
+			return false;
+		}
+		covered += (v[k].end < end ? v[k].end : end) - (v[k].start > g->addr ? v[k].start : g->addr);
+	}
+	if (covered == g->size)
+		return true;
+	snprintf(err, errlen, "region %zu: 0x%llx+%llu is not all mapped in the VM (pid %d)", i,
+		 (unsigned long long)g->addr, (unsigned long long)g->size, (int)pid);
+	return false;
+}
+
+/*
+ * The page size the table declares is the one the VM's memory has (where
+ * its smaps can be read): a wrong one would make every fault's length wrong.
+ */
+static int check_mappings(const struct fc_handshake *h, char *err, size_t errlen)
+{
+	size_t n;
+	struct vma *v = read_vmas(h->pid, &n);
+	int rc = 0;
+
+	for (size_t i = 0; v && i < h->n && !rc; i++)
+		if (!region_mapped(&h->r[i], i, v, n, h->pid, err, errlen))
+			rc = EXIT_HANDSHAKE;
+	free(v);
+	return rc;
+}
+
 /* ---- the descriptors and the peer ---- */
 
 /* The features the kernel reports for a userfaultfd ("API:\t<api>:<features>:<ioctls>"). */
@@ -488,8 +564,10 @@ int fc_receive(int conn, int sigfd, int timeout_ms, uint64_t file_size, struct f
 		rc = check_fds(&m, h, err, sizeof(err));
 	if (!rc)
 		rc = parse_table(root, file_size, h, err, sizeof(err));
-	if (!rc)
+	if (!rc) {
 		peer_identity(conn, h);
+		rc = check_mappings(h, err, sizeof(err));
+	}
 	for (size_t i = 0; i < m.nfds; i++)
 		close(m.fds[i]);
 	json_object_put(root);
