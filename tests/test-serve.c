@@ -423,6 +423,40 @@ START_TEST(test_sigterm)
 }
 END_TEST
 
+/* --multi: two VMs at once, each served by its own process, until SIGTERM. */
+START_TEST(test_multi)
+{
+	struct env e;
+	struct proc sv, vm[2];
+	char *json, *second;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--json", "--multi", NULL });
+	for (int i = 0; i < 2; i++)
+		spawn(&e, &vm[i], i ? "vmm1" : "vmm0", (char *[]){ (char *)e.vmm, "--socket", e.sock,
+			"--memory", e.snap, "--balloon", "--deadline", "40", NULL });
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(finish(&vm[i], 40, "fc-vmm"), 0);
+		json = slurp(vm[i].out);
+		ck_assert_uint_eq(num(json, "bad_pages"), 0);
+		free(json);
+	}
+	/* Both summaries are written once both VMs are gone; then stop the serve. */
+	await_text(sv.out, "}\n{", 10);
+	kill(sv.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	second = strchr(json, '\n') + 1;
+	ck_assert_msg(strstr(json, "\"end\":\"vm-exit\"") && strstr(second, "\"end\":\"vm-exit\""), "%s", json);
+	ck_assert_uint_ne(num(json, "\"pid\""), num(second, "\"pid\""));
+	ck_assert_uint_eq(num(second, "\"fds_leaked\""), 0);
+	ck_assert_int_eq(access(e.sock, F_OK), -1);	/* the socket is gone with the serve */
+	free(json);
+	env_cleanup(&e);
+}
+END_TEST
+
 /* ---- malformed handshakes, from a sender here ---- */
 
 enum fdkind { FD_UFFD, FD_NONE, FD_EVENTFD, FD_TWO };
@@ -654,6 +688,8 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_vm_killed);
 	tc = CASE(sigterm, 30);
 	tcase_add_test(tc, test_sigterm);
+	tc = CASE(multi, 40);
+	tcase_add_test(tc, test_multi);
 	tc = CASE(bad_handshake, 40);
 	tcase_add_loop_test(tc, test_bad_handshake, 0, sizeof(bads) / sizeof(bads[0]));
 	tc = CASE(wrong_mapping, 20);
