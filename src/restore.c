@@ -520,6 +520,7 @@ UFFD_EXPORT int uffd_restore_stats(const struct uffd_restore *rsc, struct uffd_r
 	v.pages_recorded = rs__recorded(rs);
 	v.complete_ns = atomic_load(&rs->complete_ns);
 	memcpy(s, &v, sizeof(v));
+	memset((char *)s + sizeof(v), 0, s->size - sizeof(v));	/* a newer caller's fields */
 	return 0;
 }
 UFFD_EXPORT_OWN(restore_stats);
