@@ -109,6 +109,26 @@ static uint8_t *saved(const char *name, const struct trace_page *pages, size_t n
 static const struct trace_page some[] = { { 1, 2 }, { 0, 15 }, { 0, 0 }, { 1, 0 }, { 0, 7 } };
 #define NSOME (sizeof(some) / sizeof(some[0]))
 
+/* Tests on `some` saved as "t": its bytes and an empty trace of `two`. */
+static uint8_t *sbuf;
+static size_t slen;
+static struct trace st;
+
+static void setup_some(void)
+{
+	setup();
+	sbuf = saved("t", some, NSOME, &slen);
+	ASSERT_OK(trace__init(&st, two, 2, 0));
+}
+
+static void teardown_some(void)
+{
+	trace__free(&st);
+	free(sbuf);
+	ck_assert_int_eq(unlink(path_in_dir("t")), 0);
+	teardown();
+}
+
 static void assert_empty(const struct trace *t)
 {
 	ck_assert_uint_eq(t->n, 0);
@@ -208,29 +228,25 @@ END_TEST
 /* Cut at every byte: each prefix is refused, with t unchanged. */
 START_TEST(test_truncated)
 {
-	size_t len;
-	uint8_t *buf = saved("t", some, NSOME, &len);
-	struct trace t;
+	const uint8_t *buf = sbuf;
+	size_t len = slen;
+	struct trace *t = &st;
 
-	ASSERT_OK(trace__init(&t, two, 2, 0));
 	for (size_t cut = 0; cut < len; cut++) {
-		ASSERT_ERR(trace__merge_buf(&t, buf, cut), -EBADMSG, "truncated");
-		assert_empty(&t);
+		ASSERT_ERR(trace__merge_buf(t, buf, cut), -EBADMSG, "truncated");
+		assert_empty(t);
 	}
-	ASSERT_ERR(trace__merge_buf(&t, buf, 20), -EBADMSG, "header");
-	ASSERT_ERR(trace__merge_buf(&t, buf, 40), -EBADMSG, "region descriptors");
-	ASSERT_ERR(trace__merge_buf(&t, buf, 70), -EBADMSG, "bitmap of region 0");
-	ASSERT_ERR(trace__merge_buf(&t, buf, 75), -EBADMSG, "bitmap of region 1");
-	ASSERT_ERR(trace__merge_buf(&t, buf, ENTRIES + 40), -EBADMSG, "entry 2 of the 5");
-	ASSERT_ERR(trace__merge_buf(&t, buf, len - 1), -EBADMSG, "checksum is missing");
+	ASSERT_ERR(trace__merge_buf(t, buf, 20), -EBADMSG, "header");
+	ASSERT_ERR(trace__merge_buf(t, buf, 40), -EBADMSG, "region descriptors");
+	ASSERT_ERR(trace__merge_buf(t, buf, 70), -EBADMSG, "bitmap of region 0");
+	ASSERT_ERR(trace__merge_buf(t, buf, 75), -EBADMSG, "bitmap of region 1");
+	ASSERT_ERR(trace__merge_buf(t, buf, ENTRIES + 40), -EBADMSG, "entry 2 of the 5");
+	ASSERT_ERR(trace__merge_buf(t, buf, len - 1), -EBADMSG, "checksum is missing");
 	/* through the file too */
 	spit(path_in_dir("cut"), buf, len / 2);
-	ASSERT_ERR(trace__merge_file(&t, path_in_dir("cut")), -EBADMSG, "truncated");
-	ASSERT_OK(trace__merge_buf(&t, buf, len));
-	ck_assert_uint_eq(t.n, NSOME);
-	trace__free(&t);
-	free(buf);
-	ck_assert_int_eq(unlink(path_in_dir("t")), 0);
+	ASSERT_ERR(trace__merge_file(t, path_in_dir("cut")), -EBADMSG, "truncated");
+	ASSERT_OK(trace__merge_buf(t, buf, len));
+	ck_assert_uint_eq(t->n, NSOME);
 	ck_assert_int_eq(unlink(path_in_dir("cut")), 0);
 }
 END_TEST
@@ -238,46 +254,38 @@ END_TEST
 /* Each byte flipped: refused, with the error its field calls for. */
 START_TEST(test_flipped_byte)
 {
-	size_t len;
-	uint8_t *buf = saved("t", some, NSOME, &len);
-	struct trace t;
+	uint8_t *buf = sbuf;
+	size_t len = slen;
+	struct trace *t = &st;
 
-	ASSERT_OK(trace__init(&t, two, 2, 0));
 	for (size_t i = 0; i < len; i++) {
 		int want = i >= 8 && i < 12 ? -EPROTONOSUPPORT : i >= 12 && i < 16 ? -EINVAL
 			 : i >= 32 && i < 64 ? -EINVAL : -EBADMSG;
 
 		buf[i] ^= 0x5a;
-		ck_assert_msg(trace__merge_buf(&t, buf, len) == want, "byte %zu: %s", i, uffd_last_error());
-		assert_empty(&t);
+		ck_assert_msg(trace__merge_buf(t, buf, len) == want, "byte %zu: %s", i, uffd_last_error());
+		assert_empty(t);
 		buf[i] ^= 0x5a;
 	}
-	ASSERT_ERR(trace__merge_buf(&t, "ELF", 3), -EBADMSG, "not a libuffd trace");
+	ASSERT_ERR(trace__merge_buf(t, "ELF", 3), -EBADMSG, "not a libuffd trace");
 	buf[70] ^= 1;
-	ASSERT_ERR(trace__merge_buf(&t, buf, len), -EBADMSG, "checksum is wrong");
-	trace__free(&t);
-	free(buf);
-	ck_assert_int_eq(unlink(path_in_dir("t")), 0);
+	ASSERT_ERR(trace__merge_buf(t, buf, len), -EBADMSG, "checksum is wrong");
 }
 END_TEST
 
 START_TEST(test_other_version)
 {
-	size_t len;
-	uint8_t *buf = saved("t", some, NSOME, &len);
-	struct trace t;
+	uint8_t *buf = sbuf;
+	size_t len = slen;
+	struct trace *t = &st;
 
 	buf[8] = 2;
 	reseal(buf, len);
 	spit(path_in_dir("v2"), buf, len);
-	ASSERT_OK(trace__init(&t, two, 2, 0));
-	ASSERT_ERR(trace__merge_file(&t, path_in_dir("v2")), -EPROTONOSUPPORT,
+	ASSERT_ERR(trace__merge_file(t, path_in_dir("v2")), -EPROTONOSUPPORT,
 		   "the trace has format version 2; this libuffd reads version 1 only");
-	ASSERT_ERR(trace__merge_buf(&t, buf, 12), -EPROTONOSUPPORT, "version 2");	/* before the rest */
-	assert_empty(&t);
-	trace__free(&t);
-	free(buf);
-	ck_assert_int_eq(unlink(path_in_dir("t")), 0);
+	ASSERT_ERR(trace__merge_buf(t, buf, 12), -EPROTONOSUPPORT, "version 2");	/* before the rest */
+	assert_empty(t);
 	ck_assert_int_eq(unlink(path_in_dir("v2")), 0);
 }
 END_TEST
@@ -320,11 +328,11 @@ START_TEST(test_bad_body)
 		{ 72, 5 | 8, "bitmap of region 1 disagrees" },	/* a page past the region */
 		{ 16, 20, "claims 20 pages, more than its regions have (19)" },
 	};
-	size_t len;
-	uint8_t *buf = saved("t", some, NSOME, &len), *b = malloc(len + 16);
-	struct trace t;
+	const uint8_t *buf = sbuf;
+	size_t len = slen;
+	uint8_t *b = malloc(len + 16);
+	struct trace *t = &st;
 
-	ASSERT_OK(trace__init(&t, two, 2, 0));
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		memcpy(b, buf, len);
 		if (bad[i].at == ENTRIES || bad[i].at == ENTRIES + 4)
@@ -332,19 +340,16 @@ START_TEST(test_bad_body)
 		else
 			le64(b + bad[i].at, bad[i].v);
 		reseal(b, len);
-		ASSERT_ERR(trace__merge_buf(&t, b, len), -EBADMSG, bad[i].words);
-		assert_empty(&t);
+		ASSERT_ERR(trace__merge_buf(t, b, len), -EBADMSG, bad[i].words);
+		assert_empty(t);
 	}
 	memcpy(b, buf, len);
 	memset(b + len, 0, 16);
-	ASSERT_ERR(trace__merge_buf(&t, b, len + 16), -EBADMSG, "16 bytes after its checksum");
+	ASSERT_ERR(trace__merge_buf(t, b, len + 16), -EBADMSG, "16 bytes after its checksum");
 	le64(b + 16, 4);	/* a page fewer: the file is 16 bytes too long */
 	reseal(b, len);
-	ASSERT_ERR(trace__merge_buf(&t, b, len), -EBADMSG, "16 bytes after its checksum");
-	trace__free(&t);
+	ASSERT_ERR(trace__merge_buf(t, b, len), -EBADMSG, "16 bytes after its checksum");
 	free(b);
-	free(buf);
-	ck_assert_int_eq(unlink(path_in_dir("t")), 0);
 }
 END_TEST
 
@@ -542,19 +547,19 @@ static Suite *trace_suite(void)
 	tc = CASE(init_args, 10);
 	tcase_add_test(tc, test_init_args);
 	tc = CASE(truncated, 10);
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_checked_fixture(tc, setup_some, teardown_some);
 	tcase_add_test(tc, test_truncated);
 	tc = CASE(flipped_byte, 10);
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_checked_fixture(tc, setup_some, teardown_some);
 	tcase_add_test(tc, test_flipped_byte);
 	tc = CASE(other_version, 10);
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_checked_fixture(tc, setup_some, teardown_some);
 	tcase_add_test(tc, test_other_version);
 	tc = CASE(other_regions, 10);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_other_regions);
 	tc = CASE(bad_body, 10);
-	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_checked_fixture(tc, setup_some, teardown_some);
 	tcase_add_test(tc, test_bad_body);
 	tc = CASE(merge, 10);
 	tcase_add_checked_fixture(tc, setup, teardown);
