@@ -195,28 +195,28 @@ static bool span(const struct rs_region *g, void *start, size_t len, size_t *fir
 	return true;
 }
 
-/* Given back: zeros from now on (a read in flight must not install file data on them). */
-static void on_remove(void *ctx, void *start, size_t len)
+/* fn on every page of the regions of rs that [start, start+len) covers. */
+static void each_page(struct uffd_restore *rs, void *start, size_t len,
+		      void (*fn)(struct uffd_restore *, struct rs_region *, size_t))
 {
-	struct uffd_restore *rs = ctx;
 	size_t first, last;
 
 	for (unsigned i = 0; i < rs->nregs; i++)
 		if (span(&rs->regs[i], start, len, &first, &last))
 			for (size_t p = first; p < last; p++)
-				rs__page_zero(rs, &rs->regs[i], p);
+				fn(rs, &rs->regs[i], p);
+}
+
+/* Given back: zeros from now on (a read in flight must not install file data on them). */
+static void on_remove(void *ctx, void *start, size_t len)
+{
+	each_page(ctx, start, len, rs__page_zero);
 }
 
 /* Unmapped: nothing to bring in there any more; they count as present. */
 static void on_unmap(void *ctx, void *start, size_t len)
 {
-	struct uffd_restore *rs = ctx;
-	size_t first, last;
-
-	for (unsigned i = 0; i < rs->nregs; i++)
-		if (span(&rs->regs[i], start, len, &first, &last))
-			for (size_t p = first; p < last; p++)
-				rs__page_gone(rs, &rs->regs[i], p);
+	each_page(ctx, start, len, rs__page_gone);
 }
 
 const struct uffd_handlers rs__handlers = {
