@@ -255,6 +255,8 @@ static bool present_at_least(const struct uffd_restore_stats *s, uint64_t n)
 }
 
 #define SKIP_NO_UFFD() SKIP_TEST("userfaultfd is not available to this process (or MINOR_SHMEM is missing)")
+/* The restore thread sleeps in io_uring_enter(2), where valgrind keeps its thread lock. */
+#define SKIP_VALGRIND() SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock, and guest threads block in plain loads")
 
 /* ---- demand only ---- */
 
@@ -264,6 +266,8 @@ static void demand_case(bool memfd, bool cold)
 	struct uffd_restore_stats s;
 	size_t npages = 96, touched = 0;
 	struct env e;
+
+	SKIP_VALGRIND();
 
 	if (!(memfd ? env_memfd(&e, npages, cold) : env_anon(&e, npages, harness_page_size(), cold)))
 		SKIP_NO_UFFD();
@@ -344,6 +348,8 @@ START_TEST(record_replay)
 	const char *load[2];
 	uint64_t first, second, pre = 0;
 
+	SKIP_VALGRIND();
+
 	snap_make(&tmp, 1, harness_page_size(), false);
 	snap_path(&tmp, "a.trace", a, sizeof(a));
 	snap_path(&tmp, "b.trace", b, sizeof(b));
@@ -382,6 +388,8 @@ START_TEST(demand_during_fill)
 	struct uffd_restore_stats s;
 	double t0, worst = 0;
 	struct env e;
+
+	SKIP_VALGRIND();
 
 	if (!env_anon(&e, npages, harness_page_size(), true))
 		SKIP_NO_UFFD();
@@ -447,6 +455,8 @@ static void fill_detach_case(bool memfd)
 	struct uffd_restore_stats s;
 	struct env e;
 
+	SKIP_VALGRIND();
+
 	atomic_store(&completions, 0);
 	if (!(memfd ? env_memfd(&e, npages, true) : env_anon(&e, npages, harness_page_size(), true)))
 		SKIP_NO_UFFD();
@@ -487,6 +497,8 @@ START_TEST(remove_during_restore)
 	size_t npages = 256, ps;
 	struct uffd_restore_stats s;
 	struct env e;
+
+	SKIP_VALGRIND();
 
 	if (!env_anon(&e, npages, harness_page_size(), true))
 		SKIP_NO_UFFD();
@@ -542,6 +554,8 @@ START_TEST(bad_traces)
 	struct snap tmp;
 	struct env e;
 
+	SKIP_VALGRIND();
+
 	if (!env_anon(&e, RR_PAGES, harness_page_size(), false))
 		SKIP_NO_UFFD();
 	snap_make(&tmp, 1, harness_page_size(), false);	/* a directory for the traces */
@@ -596,6 +610,8 @@ START_TEST(hugetlb)
 	struct uffd_restore_stats s;
 	struct env e;
 
+	SKIP_VALGRIND();
+
 	if (!hps)
 		SKIP_TEST("no huge pages: %s", why);
 	if (!env_anon(&e, npages, hps, true))
@@ -627,6 +643,8 @@ START_TEST(args)
 	struct uffd_restore *rs;
 	struct env e;
 	int wfd;
+
+	SKIP_VALGRIND();
 
 	ASSERT_ERR(uffd_restore_new(&rs, &o), -EINVAL, "flags");
 	ck_assert_int_eq(uffd_restore_new(NULL, NULL), -EINVAL);
