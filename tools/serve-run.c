@@ -303,7 +303,9 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 	if (!rc && o->record)	/* again at exit: the trace holds every page recorded */
 		rc = save_trace(&sv);
 	summarize(&sv, s);
-	if (!rc && (s->end == END_ERROR || s->errors || s->read_errors))
+	/* Once the VM is gone, what the restore could not finish no longer matters. */
+	if (!rc && (s->end == END_ERROR || s->errors ||
+		    (s->end != END_VM_EXIT && uffd_restore_wait(sv.rs, 0) == -EIO)))
 		rc = EXIT_SERVE;
 	teardown(&sv);
 	return rc;
