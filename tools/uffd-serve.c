@@ -94,19 +94,25 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	return rc;
 }
 
-static void reap(pid_t *kids, size_t *n)
+/* Child pid ended with status st: off the list, and said when it failed. */
+static void reaped(pid_t *kids, size_t *n, pid_t pid, int st)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (kids[i] == pid)
+			kids[i] = kids[--*n];
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		serve_fail(0, "the serve of one VM (process %d) ended with %s %d", (int)pid,
+			   WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+}
+
+/* Every child that ended; with wait, until none is left. */
+static void reap(pid_t *kids, size_t *n, bool wait)
 {
 	pid_t pid;
 	int st;
 
-	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-		for (size_t i = 0; i < *n; i++)
-			if (kids[i] == pid)
-				kids[i] = kids[--*n];
-		if (!WIFEXITED(st) || WEXITSTATUS(st))
-			serve_fail(0, "the serve of one VM (process %d) ended with %s %d", (int)pid,
-				   WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
-	}
+	while ((wait ? *n : 1) && (pid = waitpid(-1, &st, wait ? 0 : WNOHANG)) > 0)
+		reaped(kids, n, pid, st);
 }
 
 /* true when the signal read from sigfd asks to stop. */
@@ -117,7 +123,7 @@ static bool stop_signal(int sigfd, pid_t *kids, size_t *n)
 
 	while (read(sigfd, &si, sizeof(si)) == sizeof(si))
 		stop |= si.ssi_signo != SIGCHLD;
-	reap(kids, n);
+	reap(kids, n, false);
 	return stop;
 }
 
@@ -152,10 +158,7 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 	}
 	for (size_t i = 0; i < n; i++)
 		kill(kids[i], SIGTERM);
-	while (n) {
-		(void)!waitpid(-1, NULL, 0);
-		reap(kids, &n);
-	}
+	reap(kids, &n, true);
 	return EXIT_OK;
 }
 
