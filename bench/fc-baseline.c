@@ -155,6 +155,17 @@ static int setup(struct hand *hd, int snap)
 	return hd->zeros ? 0 : -ENOMEM;
 }
 
+static void teardown(struct hand *hd, uint64_t size)
+{
+	for (size_t i = 0; hd->gone && i < hd->h.n; i++)
+		free(hd->gone[i]);
+	free(hd->gone);
+	free(hd->zeros);
+	if (hd->snap && hd->snap != MAP_FAILED)
+		munmap((void *)hd->snap, size);
+	fc_handshake_free(&hd->h);
+}
+
 int main(int argc, char **argv)
 {
 	struct serve_opts o;
@@ -179,6 +190,11 @@ int main(int argc, char **argv)
 		err = serve(&hd);
 	printf("BASELINE faults=%lu copies=%lu zeros=%lu retries=%lu\n", hd.faults, hd.copies,
 	       hd.zeropages, hd.retries);
+	teardown(&hd, size);
+	close(conn);
+	close(ls);
+	close(snap);
+	free(o.replay);
 	if (err)
 		return serve_fail(EXIT_SERVE, "serving: %s", strerror(-err));
 	unlink(o.socket);

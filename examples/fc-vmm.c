@@ -492,5 +492,6 @@ int main(int argc, char **argv)
 		ex_summary("fc-vmm", ok, "Firecracker stand-in restored by uffd-serve", fig);
 	}
 	fflush(stdout);
+	free(v.set);
 	return ok ? 0 : 1;
 }
