@@ -61,9 +61,11 @@ run() {
 	fi
 	grep -q 'bad_pages=0 ' "$dir/v.out" || { echo "$0: $name: wrong bytes: $(cat "$dir/v.out")" >&2; exit 1; }
 	us=$(kv "$dir/v.out" restore_us)
-	faults=$(kv "$dir/h.out" missing)
-	[ -n "$faults" ] || faults=$(kv "$dir/h.out" faults)
-	[ -n "$faults" ] || faults=-
+	faults=-
+	if [ -n "$hpid" ]; then
+		faults=$(kv "$dir/h.out" missing)
+		[ -n "$faults" ] || faults=$(kv "$dir/h.out" faults)
+	fi
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
