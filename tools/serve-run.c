@@ -157,7 +157,8 @@ static int load_traces(struct serve *sv)
 /* The loop, watching the VM: its exit stops the loop and wakes the main thread. */
 static int start_loop(struct serve *sv, int conn)
 {
-	struct uffd_loop_opts lo = { .size = sizeof(lo), .on_error = on_error, .error_ctx = sv };
+	struct uffd_loop_opts lo = { .size = sizeof(lo), .spin_us = sv->o->spin_us, .on_error = on_error,
+				     .error_ctx = sv };
 	struct uffd_watch_opts wo = {
 		.size = sizeof(wo), .owner_fd = sv->h->pidfd >= 0 ? sv->h->pidfd : conn,
 		.flags = UFFD_WATCH_OWNER | UFFD_WATCH_STOP_LOOP, .owner_exit = on_owner_exit,

@@ -37,6 +37,7 @@ struct serve_opts {
 	uint64_t fill_rate;	/* bytes per second; 0: as fast as demand allows */
 	unsigned record_ms;	/* record window after the first fault; 0: until exit */
 	unsigned threads;	/* loop threads */
+	unsigned spin_us;	/* a loop thread polls this long before sleeping */
 	bool stats, json, multi;
 	int timeout_ms;		/* for the connection and for the message; 0: none */
 };
