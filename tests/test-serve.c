@@ -92,7 +92,7 @@ static void env_cleanup(struct env *e)
 #define SETUP(e, mib)                                                               \
 	do {                                                                        \
 		if (!env_setup(e, mib))                                             \
-			SKIP_TEST("UFFD_SERVE or FC_VMM is not set: run through meson"); \
+			SKIP_TEST("UFFD_SERVE or FC_VMM is not set: uffd-serve (tools with json-c) or fc-vmm (examples) is not built, or the test runs outside meson"); \
 	} while (0)
 
 /* Starts argv (NULL-terminated) with stdout and stderr into files named after tag. */
