@@ -13,8 +13,6 @@
 
 #include "restore-internal.h"
 
-#define WAITERS_MAX 1024	/* faults deferred on reads in flight, with a latency to record */
-
 /* A bounce buffer of the loop threads' pool, or NULL when all are taken. */
 static char *lbuf_take(struct uffd_restore *rs)
 {
@@ -137,16 +135,13 @@ static int read_page(struct uffd_restore *rs, struct rs_region *g, size_t page,
 	return v;
 }
 
+/* The loop calls it for faults in g's region only: uf->offset is g's. */
 static int on_fault(void *ctx, struct uffd_fault *uf)
 {
-	struct uffd_restore *rs = ctx;
-	struct rs_fault f = { .t0 = rs__now_ns(), .kind = uf->kind };
-	struct rs_region *g = rs__region_of(rs, uf->region);
-
-	if (!g)
-		return UFFD_RESOLVE;
-	f.g = g;
-	f.page = uf->offset / g->ps;
+	struct rs_region *g = ctx;
+	struct uffd_restore *rs = g->rs;
+	struct rs_fault f = { .g = g, .page = uf->offset / g->ps, .t0 = rs__now_ns(),
+			      .kind = uf->kind };
 	atomic_fetch_add(&rs->faults[f.kind], 1);
 	if (rs->recording)
 		rs__record(rs, g, f.page);
@@ -210,13 +205,13 @@ static void each_page(struct uffd_restore *rs, void *start, size_t len,
 /* Given back: zeros from now on (a read in flight must not install file data on them). */
 static void on_remove(void *ctx, void *start, size_t len)
 {
-	each_page(ctx, start, len, rs__page_zero);
+	each_page(((struct rs_region *)ctx)->rs, start, len, rs__page_zero);
 }
 
 /* Unmapped: nothing to bring in there any more; they count as present. */
 static void on_unmap(void *ctx, void *start, size_t len)
 {
-	each_page(ctx, start, len, rs__page_gone);
+	each_page(((struct rs_region *)ctx)->rs, start, len, rs__page_gone);
 }
 
 const struct uffd_handlers rs__handlers = {

@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The restore's private structures, shared by restore.c (the object, its
- * options, regions, completion and counters), restore-fault.c (the
+ * The restore's private structures, shared by restore.c (the object: its
+ * options, regions, start, wait and statistics), restore-fault.c (the
  * handlers running on loop threads), restore-io.c (the restore thread and
- * its io_uring) and restore-trace.c (record and replay). Calls go one way:
- * restore.c starts the others; restore-fault.c and restore-io.c use the
- * page-state and counter helpers of restore.c.
+ * its io_uring), restore-trace.c (record and replay) and restore-state.c
+ * (page states, counters, resolving a run, the end). Calls go one way:
+ * restore.c -> restore-fault.c -> restore-io.c -> restore-trace.c ->
+ * restore-state.c (a file may skip steps, never go back).
  *
  * Memory rule: the restore thread allocates nothing after start (a fork()
  * may hold malloc's lock while it waits for the loop); what it needs is
@@ -32,7 +33,8 @@ enum rs_page {
 
 /* One served region. */
 struct rs_region {
-	struct uffd_region *r;
+	struct uffd_restore *rs;	/* the restore it belongs to */
+	struct uffd_region *r;	/* its handlers get this rs_region as ctx */
 	unsigned idx;		/* in the restore's order (traces name it so) */
 	int fd;			/* our duplicate of the file */
 	uint64_t offset;	/* of the region's page 0 in the file */
@@ -131,11 +133,9 @@ struct uffd_restore {
 	size_t replay_next, advise_next;
 };
 
-/* ---- restore.c ---- */
+/* ---- restore-state.c ---- */
 
 uint64_t rs__now_ns(void);
-/* The region of r in rs, or NULL. */
-struct rs_region *rs__region_of(struct uffd_restore *rs, const struct uffd_region *r);
 /* A fault's service time, from t0 to now, into the kind's histogram. */
 void rs__latency(struct uffd_restore *rs, int kind, uint64_t t0);
 /* CAS of one page's state; on success to PRESENT/ZERO from ABSENT/INFLIGHT, the page counts as done. */
@@ -159,14 +159,14 @@ bool rs__all_done(struct uffd_restore *rs);
 void rs__finish(struct uffd_restore *rs);
 /* Waiters on pages [first, first+n) of g: their latency is recorded and they leave. */
 void rs__waiters_done(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n);
-
-/* ---- restore-fault.c ---- */
-
-extern const struct uffd_handlers rs__handlers;
-
 /* Resolves [first, first+n) of g from data at src (COPY) or the alias (CONTINUE), skipping ZERO pages. */
 int rs__install(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n,
 		const char *src, size_t *done);
+
+/* ---- restore-fault.c ---- */
+
+/* The handlers of every region; their ctx is the region's struct rs_region. */
+extern const struct uffd_handlers rs__handlers;
 
 /* ---- restore-io.c ---- */
 
