@@ -29,6 +29,21 @@ double now_us(void)
 	return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
 }
 
+uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+void hist_add(uint64_t *h, uint64_t ns)
+{
+	unsigned i = ns ? 63u - (unsigned)__builtin_clzll(ns) : 0;
+
+	h[i < UFFD_HIST_BUCKETS ? i : UFFD_HIST_BUCKETS - 1]++;
+}
+
 void bench_fail(const char *metric, const char *fmt, ...)
 {
 	va_list ap;
@@ -92,6 +107,20 @@ bool check_pages_sampled(const char *metric, const void *p, size_t npages, uint6
 }
 
 /* ---- latencies ---- */
+
+uint64_t hist_quantile(const uint64_t *h, double q)
+{
+	uint64_t total = 0, seen = 0;
+
+	for (size_t i = 0; i < UFFD_HIST_BUCKETS; i++)
+		total += h[i];
+	if (!total || !(q > 0 && q <= 1))
+		return 0;
+	for (size_t i = 0; i < UFFD_HIST_BUCKETS; i++)
+		if ((seen += h[i]) >= (uint64_t)(q * (double)total + 0.5) && h[i])
+			return 2ull << i;
+	return 2ull << (UFFD_HIST_BUCKETS - 1);
+}
 
 void lat_add(struct lat *l, double us)
 {
@@ -268,6 +297,13 @@ static void *member_main(void *p)
 
 double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg)
 {
+	double start;
+
+	return run_threads_at(n, fn, arg, &start);
+}
+
+double run_threads_at(unsigned n, void (*fn)(void *arg, unsigned i), void *arg, double *start)
+{
 	struct team t = { .fn = fn, .arg = arg };
 	pthread_t th[64];
 	struct member m[64];
@@ -287,7 +323,7 @@ double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg)
 		abort();
 	}
 	pthread_barrier_wait(&t.go);
-	t0 = now_us();
+	*start = t0 = now_us();
 	for (unsigned i = 0; i < n; i++)
 		pthread_join(th[i], NULL);
 	t0 = now_us() - t0;
@@ -304,6 +340,36 @@ bool parse_size(const char *s, size_t min, size_t max, size_t *out)
 		return false;
 	*out = (size_t)v;
 	return true;
+}
+
+/* ---- comma-separated lists of names ---- */
+
+bool list_has(const char *list, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *p = list; (p = strstr(p, name)); p += n)
+		if ((p == list || p[-1] == ',') && (p[n] == ',' || !p[n]))
+			return true;
+	return false;
+}
+
+bool list_known(const char *prog, const char *what, const char *list,
+		const char *const *names, size_t n, size_t stride)
+{
+	char *copy = strdup(list), *save, *tok;
+	bool ok = copy != NULL;
+
+	for (tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && ok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		ok = false;
+		for (size_t i = 0; i < n; i++)
+			ok |= !strcmp(tok, *(const char *const *)((const char *)names + i * stride));
+		if (!ok)
+			fprintf(stderr, "%s: unknown %s '%s'\n", prog, what, tok);
+	}
+	free(copy);
+	return ok;
 }
 
 /* ---- placement: which CPUs the faulting and the handling threads use ---- */
@@ -345,6 +411,7 @@ void place(bool handler)
 /* ---- watchdog: a fault nobody resolves would hang the run ---- */
 
 static const char *volatile wd_metric = "";
+static void (*volatile wd_cleanup)(void);
 
 static void wd_fire(int sig)
 {
@@ -353,6 +420,8 @@ static void wd_fire(int sig)
 	const char *m = wd_metric;
 
 	(void)sig;
+	if (wd_cleanup)
+		wd_cleanup();
 	if (write(2, a, sizeof(a) - 1) < 0 || write(2, m, strlen(m)) < 0 ||
 	    write(2, b, sizeof(b) - 1) < 0) {
 		/* nothing more to say */
@@ -372,4 +441,9 @@ void watchdog(const char *metric, unsigned seconds)
 	}
 	wd_metric = metric;
 	alarm(seconds);
+}
+
+void watchdog_cleanup(void (*fn)(void))
+{
+	wd_cleanup = fn;
 }
