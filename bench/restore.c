@@ -317,7 +317,10 @@ static bool enabled(const struct opts *o, const struct rs_env *e, size_t i)
 	       !(contenders[i].small_only && e->page != PAGE);
 }
 
-/* One run of contender i, from the cache state it needs. 1: that state cannot be had. */
+/*
+ * One run of contender i, from the cache state it needs. 0; 1 when the cold
+ * state cannot be had (skipped); -1 on an error (reported).
+ */
 static int run_one(const struct state *st, struct rs_env *e, size_t i, bool warm,
 		   struct rs_result *res)
 {
@@ -329,7 +332,7 @@ static int run_one(const struct state *st, struct rs_env *e, size_t i, bool warm
 		fprintf(stderr, "uffd-restore: the snapshot's page cache cannot be made %s (%s): "
 			"skipped\n", st->cache, warm ? "not enough memory?"
 			: "POSIX_FADV_DONTNEED left it cached; a tmpfs file?");
-		return 1;
+		return warm ? -1 : 1;
 	}
 	no_result(res);
 	watchdog(name, 300);
