@@ -853,7 +853,8 @@ int uffd_restore_new(struct uffd_restore **out, const struct uffd_restore_opts *
  * reading; duplicated) at @p offset: the region's page at off is the file's
  * bytes at offset + off. Regions are numbered in the order they are added
  * (a trace names them so). MISSING regions, or MINOR regions with an alias
- * view; the file must cover the region.
+ * view (register those MISSING too: a page missing from the page cache
+ * raises no MINOR fault); the file must cover the region.
  * @return 0; -EINVAL (NULL, unaligned offset, region without MISSING or
  *         MINOR mode, MINOR without alias, file too short, restore
  *         started); -EBADF (fd not open for reading); -EBUSY (the region is
@@ -893,7 +894,7 @@ int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms);
 /**
  * Write the pages recorded so far (UFFD_RESTORE_RECORD) to @p path,
  * replacing it atomically (a temporary file, then rename(2)).
- * @return 0; -EINVAL (NULL, not recording); -errno of the file calls.
+ * @return 0; -EINVAL (NULL, not recording, not started); -errno of the file calls.
  */
 int uffd_restore_save_trace(struct uffd_restore *rs, const char *path);
 

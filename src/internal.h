@@ -84,6 +84,15 @@ UFFD_OWN(handoff_recv);
 UFFD_OWN(handoff_free);
 UFFD_OWN(region_set_source);
 UFFD_OWN(region_create_foreign);
+UFFD_OWN(restore_new);
+UFFD_OWN(restore_add_region);
+UFFD_OWN(restore_load_trace);
+UFFD_OWN(restore_start);
+UFFD_OWN(restore_wait);
+UFFD_OWN(restore_save_trace);
+UFFD_OWN(restore_stats);
+UFFD_OWN(hist_quantile);
+UFFD_OWN(restore_free);
 
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 

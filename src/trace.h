@@ -32,7 +32,12 @@ struct trace {
 	uint64_t **seen;	/* a bitmap per region */
 	struct trace_page *order;	/* first-touch order */
 	size_t n, cap;		/* cap: every page of every region, or fewer */
-	double *rank;		/* merging: each entry's earliest relative position */
+	/*
+	 * Merging: each entry's earliest relative position; allocated by the
+	 * first merge with room for cap ranks, then trace__sort()'s scratch
+	 * (cap ranks and cap pages), so that sorting never allocates.
+	 */
+	double *rank;
 };
 
 /*
@@ -66,6 +71,15 @@ int trace__save(const struct trace *t, const char *path);
  * file calls; -ENOMEM. @p t is unchanged on failure.
  */
 int trace__merge_file(struct trace *t, const char *path);
+
+/*
+ * trace__merge_file() on the file's bytes: @p len bytes at @p buf (the
+ * fuzz target and the tests call it directly). Same results.
+ */
+int trace__merge_buf(struct trace *t, const void *buf, size_t len);
+
+/* CRC32C (Castagnoli, reflected, init and final xor ~0) of a trace file. */
+uint32_t trace__crc32c(const void *buf, size_t len);
 
 /* Orders t->order by the merged relative positions (stable). */
 void trace__sort(struct trace *t);

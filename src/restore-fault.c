@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The restore's handlers, on loop threads inside a fork-gate section:
+ * demand faults (resolved at once when the page is in the file's page
+ * cache, else queued for the restore thread, or deferred on a read in
+ * flight), pages the owner gives back (REMOVE) and ranges it unmaps.
+ * Cheap and non-blocking: one non-blocking read, one resolution.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "restore-internal.h"
+
+#define WAITERS_MAX 1024	/* faults deferred on reads in flight, with a latency to record */
+
+/* A bounce buffer of the loop threads' pool, or NULL when all are taken. */
+static char *lbuf_take(struct uffd_restore *rs)
+{
+	for (unsigned i = 0; i < rs->nlbufs; i++)
+		if (!atomic_exchange(&rs->lbusy[i], true))
+			return rs->lbufs + (size_t)i * rs->maxps;
+	return NULL;
+}
+
+static void lbuf_put(struct uffd_restore *rs, char *b)
+{
+	if (b)
+		atomic_store(&rs->lbusy[(size_t)(b - rs->lbufs) / rs->maxps], false);
+}
+
+/*
+ * A page that is present, or given back: MINOR -> CONTINUE (the page cache
+ * has it: shared memory keeps its contents on MADV_DONTNEED); MISSING -> a
+ * zero page (copied on huge pages, which have none). Mapped already: the
+ * thread is only woken (a fault that raced the resolution).
+ */
+static int serve_zero(struct uffd_restore *rs, struct rs_region *g, size_t page, int kind)
+{
+	struct uffd *u = uffd_region_uffd(g->r);
+	uintptr_t a = rs__addr(g, page);
+	enum rs_page was = rs__page(g, page);
+	int err;
+
+	if (kind == UFFD_FAULT_MINOR)
+		err = uffd__resolve(u, UFFD_OP_CONTINUE, a, 0, g->ps, UFFD_SKIP_EXISTING, g->ps, NULL);
+	else if (g->ps > u->page_size)
+		err = uffd__resolve(u, UFFD_OP_COPY, a, (uintptr_t)rs->zero, g->ps, UFFD_SKIP_EXISTING, g->ps, NULL);
+	else
+		err = uffd__resolve(u, UFFD_OP_ZEROPAGE, a, 0, g->ps, UFFD_SKIP_EXISTING, g->ps, NULL);
+	if (!err && was == PG_ZERO && rs__page_cas(rs, g, page, PG_ZERO, PG_PRESENT) &&
+	    kind != UFFD_FAULT_MINOR)
+		atomic_fetch_add(&rs->pages_zero, 1);
+	return err;
+}
+
+/*
+ * Waits for the read in flight: the resolution of its run wakes the thread.
+ * The waiter is registered, then the state looked at again under the same
+ * lock the completion takes after changing it: false when the read ended
+ * meanwhile (the caller looks at the page again).
+ */
+static bool defer_on(struct uffd_restore *rs, struct rs_region *g, size_t page,
+		     const struct rs_fault *f)
+{
+	bool still;
+
+	pthread_mutex_lock(&rs->qlock);
+	still = rs__page(g, page) == PG_INFLIGHT;
+	if (still && rs->nwaiters < rs->wcap)
+		rs->waiters[rs->nwaiters++] = *f;
+	pthread_mutex_unlock(&rs->qlock);
+	return still;
+}
+
+/* The read gave the whole page: resolve it. */
+static int install_one(struct uffd_restore *rs, struct rs_region *g, size_t page,
+		       const char *buf, const struct rs_fault *f)
+{
+	size_t done = 0;
+	int err = rs__install(rs, g, page, 1, buf, &done);
+
+	if (err) {
+		rs__page_cas(rs, g, page, PG_INFLIGHT, PG_ABSENT);
+		if (err == -ESRCH)
+			rs__owner_gone(rs);
+		return err == -EAGAIN ? UFFD_RETRY : err;
+	}
+	if (rs__page_cas(rs, g, page, PG_INFLIGHT, PG_PRESENT))
+		atomic_fetch_add(&rs->pages_demand, 1);
+	atomic_fetch_add(&rs->bytes_read, g->ps);
+	rs__latency(rs, f->kind, f->t0);
+	return UFFD_HANDLED;
+}
+
+/* Blocking read on this thread: only when the restore thread's queue is full. */
+static int read_blocking(struct uffd_restore *rs, struct rs_region *g, size_t page,
+			 char *dst, const struct rs_fault *f)
+{
+	ssize_t n = pread(g->fd, dst, g->ps, (off_t)(g->offset + page * g->ps));
+
+	if (n == (ssize_t)g->ps)
+		return install_one(rs, g, page, g->cont ? NULL : dst, f);
+	rs__page_cas(rs, g, page, PG_INFLIGHT, PG_BAD);
+	rs__io_failed(rs);
+	return uffd__err(n < 0 ? -errno : -EIO, "restore: reading page %zu of region %u from the file failed (%s)",
+			 page, g->idx, n < 0 ? uffd__errname(-errno) : "short read");
+}
+
+/*
+ * The page is ours to read (INFLIGHT). From the page cache at once when it
+ * is there (RWF_NOWAIT), else on the restore thread's ring.
+ */
+static int read_page(struct uffd_restore *rs, struct rs_region *g, size_t page,
+		     const struct rs_fault *f)
+{
+	char *buf = g->cont ? NULL : lbuf_take(rs);
+	char *dst = g->cont ? (char *)uffd_region_alias(g->r) + page * g->ps : buf;
+	struct iovec iov = { dst, g->ps };
+	ssize_t n = dst ? preadv2(g->fd, &iov, 1, (off_t)(g->offset + page * g->ps), RWF_NOWAIT) : -1;
+	int v;
+
+	if (n == (ssize_t)g->ps)
+		v = install_one(rs, g, page, buf, f);
+	else if (n < 0 && dst && errno != EAGAIN && errno != EOPNOTSUPP)
+		v = read_blocking(rs, g, page, dst, f);	/* a real error: let a plain read say it */
+	else if (rs__io_demand(rs, f))
+		v = UFFD_DEFER;
+	else if (dst)
+		v = read_blocking(rs, g, page, dst, f);
+	else {
+		rs__page_cas(rs, g, page, PG_INFLIGHT, PG_ABSENT);
+		v = UFFD_RETRY;	/* no buffer, queue full: once the restore thread caught up */
+	}
+	lbuf_put(rs, buf);
+	return v;
+}
+
+static int on_fault(void *ctx, struct uffd_fault *uf)
+{
+	struct uffd_restore *rs = ctx;
+	struct rs_fault f = { .t0 = rs__now_ns(), .kind = uf->kind };
+	struct rs_region *g = rs__region_of(rs, uf->region);
+
+	if (!g)
+		return UFFD_RESOLVE;
+	f.g = g;
+	f.page = uf->offset / g->ps;
+	atomic_fetch_add(&rs->faults[f.kind], 1);
+	if (rs->recording)
+		rs__record(rs, g, f.page);
+	for (;;) {
+		switch (rs__page(g, f.page)) {
+		case PG_PRESENT:
+		case PG_ZERO: {
+			int err = serve_zero(rs, g, f.page, f.kind);
+
+			if (err == -EAGAIN)
+				return UFFD_RETRY;
+			if (err == -ESRCH)
+				rs__owner_gone(rs);
+			if (!err)
+				rs__latency(rs, f.kind, f.t0);
+			return err ? err : UFFD_HANDLED;
+		}
+		case PG_INFLIGHT:
+			if (!defer_on(rs, g, f.page, &f))
+				continue;
+			atomic_fetch_add(&rs->inflight_hits, 1);
+			return UFFD_DEFER;
+		case PG_BAD:
+			return uffd__err(-EIO, "restore: page %zu of region %u could not be read from the file",
+					 f.page, g->idx);
+		case PG_ABSENT:
+			if (rs__page_cas(rs, g, f.page, PG_ABSENT, PG_INFLIGHT))
+				return read_page(rs, g, f.page, &f);
+			continue;
+		}
+	}
+}
+
+/* Pages [first, last) of g covered by [start, start+len). */
+static bool span(const struct rs_region *g, void *start, size_t len, size_t *first, size_t *last)
+{
+	uintptr_t base = (uintptr_t)uffd_region_base(g->r), s = (uintptr_t)start;
+	uintptr_t end = s + len, rend = base + g->npages * g->ps;
+
+	if (end <= base || s >= rend)
+		return false;
+	s = s < base ? base : s;
+	end = end > rend ? rend : end;
+	*first = (s - base) / g->ps;
+	*last = (end - base + g->ps - 1) / g->ps;
+	return true;
+}
+
+/* fn on every page of the regions of rs that [start, start+len) covers. */
+static void each_page(struct uffd_restore *rs, void *start, size_t len,
+		      void (*fn)(struct uffd_restore *, struct rs_region *, size_t))
+{
+	size_t first, last;
+
+	for (unsigned i = 0; i < rs->nregs; i++)
+		if (span(&rs->regs[i], start, len, &first, &last))
+			for (size_t p = first; p < last; p++)
+				fn(rs, &rs->regs[i], p);
+}
+
+/* Given back: zeros from now on (a read in flight must not install file data on them). */
+static void on_remove(void *ctx, void *start, size_t len)
+{
+	each_page(ctx, start, len, rs__page_zero);
+}
+
+/* Unmapped: nothing to bring in there any more; they count as present. */
+static void on_unmap(void *ctx, void *start, size_t len)
+{
+	each_page(ctx, start, len, rs__page_gone);
+}
+
+const struct uffd_handlers rs__handlers = {
+	.missing = on_fault,
+	.minor = on_fault,
+	.remove = on_remove,
+	.unmap = on_unmap,
+};

@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The restore's private structures, shared by restore.c (the object, its
+ * options, regions, completion and counters), restore-fault.c (the
+ * handlers running on loop threads), restore-io.c (the restore thread and
+ * its io_uring) and restore-trace.c (record and replay). Calls go one way:
+ * restore.c starts the others; restore-fault.c and restore-io.c use the
+ * page-state and counter helpers of restore.c.
+ *
+ * Memory rule: the restore thread allocates nothing after start (a fork()
+ * may hold malloc's lock while it waits for the loop); what it needs is
+ * allocated by uffd_restore_start(), and user code (on_complete) and the
+ * calls that may allocate (unregistering) run inside a fork-gate section.
+ */
+#ifndef LIBUFFD_RESTORE_INTERNAL_H
+#define LIBUFFD_RESTORE_INTERNAL_H
+
+#include <liburing.h>
+#include <stdatomic.h>
+
+#include "internal.h"
+#include "trace.h"
+
+/* A page's state, one atomic byte per page. */
+enum rs_page {
+	PG_ABSENT,	/* nobody brought it in yet */
+	PG_INFLIGHT,	/* a read for it is under way (demand or prefetch) */
+	PG_PRESENT,	/* mapped with the file's contents or a zero page; or gone */
+	PG_ZERO,	/* given back by the owner (REMOVE): zeros from now on */
+	PG_BAD,		/* its demand read failed: faults on it fail (-EIO) */
+};
+
+/* One served region. */
+struct rs_region {
+	struct uffd_region *r;
+	unsigned idx;		/* in the restore's order (traces name it so) */
+	int fd;			/* our duplicate of the file */
+	uint64_t offset;	/* of the region's page 0 in the file */
+	size_t ps;		/* page size */
+	size_t npages;
+	bool cont;		/* MINOR with alias: read into the alias, CONTINUE */
+	atomic_uchar *st;	/* enum rs_page per page */
+	size_t fill_next;	/* restore thread: the fill's cursor */
+};
+
+/* What a run of pages was read for. */
+enum rs_why { RD_DEMAND, RD_PREFETCH, RD_FILL };
+
+/* A demand fault queued for the restore thread, or deferred on a read in flight. */
+struct rs_fault {
+	struct rs_region *g;
+	size_t page;
+	uint64_t t0;		/* handler entry, CLOCK_MONOTONIC ns */
+	int kind;		/* enum uffd_fault_kind */
+};
+
+/* One read slot of the restore thread (its buffer, if MISSING, is its own). */
+struct rs_read {
+	struct rs_region *g;
+	size_t first, n;	/* pages */
+	char *buf;		/* bounce buffer; the read goes to the alias when cont */
+	enum rs_why why;
+	bool busy;		/* a read or a retry is pending */
+	bool retry;		/* resolution hit -EAGAIN: resolve again at retry_ns */
+	uint64_t retry_ns;
+	size_t done;		/* bytes resolved before the retry */
+	struct rs_fault f;	/* RD_DEMAND: the fault that asked */
+};
+
+struct uffd_restore {
+	struct uffd_restore_opts o;
+	struct rs_region *regs;
+	unsigned nregs, regs_cap;
+	uint64_t total;		/* pages of all regions */
+	bool started;
+	struct uffd_loop *loop;
+	uint64_t start_ns;
+
+	/* counters */
+	atomic_uint_fast64_t faults[3], lat[3][UFFD_HIST_BUCKETS];
+	atomic_uint_fast64_t pages_demand, pages_prefetched, pages_filled, pages_zero;
+	atomic_uint_fast64_t bytes_read, inflight_hits, read_errors;
+	atomic_uint_fast64_t done;	/* pages PRESENT or ZERO */
+	atomic_uint_fast64_t complete_ns;
+
+	/* demand faults for the restore thread, and faults waiting on reads */
+	pthread_mutex_t qlock;
+	struct rs_fault *q;	/* ring of qcap */
+	size_t qhead, qn, qcap;
+	struct rs_fault *waiters;
+	size_t nwaiters, wcap;
+	int efd;		/* eventfd: demand queued, or stop */
+
+	/* the loop threads' bounce buffers for non-blocking reads */
+	char *lbufs;
+	atomic_bool *lbusy;
+	unsigned nlbufs;
+	size_t maxps;		/* the largest page size of the regions */
+	char *zero;		/* maxps zero bytes, for huge zero pages */
+
+	/* the restore thread */
+	struct io_uring ring;
+	bool ring_ok;
+	pthread_t thread;
+	bool thread_ok;
+	atomic_bool stop;
+	char *bufs;		/* the read slots' bounce buffers */
+	size_t bufs_len, slot_len;
+	struct rs_read *rd;	/* queue_depth prefetch slots, then demand slots */
+	unsigned nrd, ndemand;
+	unsigned prefetch_busy;
+	uint64_t efd_val;
+	bool efd_armed;
+	unsigned advising;	/* fadvise requests in flight */
+	uint64_t fill_due_ns;	/* token bucket of the fill */
+
+	/* end */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool finished;		/* complete (and detached, on_complete called) */
+	int err;		/* -ESRCH, -EIO: what uffd_restore_wait() returns */
+
+	/* traces (restore-trace.c) */
+	bool recording;		/* UFFD_RESTORE_RECORD */
+	atomic_bool rec_on;	/* until saved, without record_ms */
+	pthread_mutex_t rec_lock;
+	struct trace rec;
+	atomic_uint_fast64_t rec_first_ns;	/* first fault; 0 until then */
+	bool has_replay;
+	struct trace replay;
+	size_t replay_next, advise_next;
+};
+
+/* ---- restore.c ---- */
+
+uint64_t rs__now_ns(void);
+/* The region of r in rs, or NULL. */
+struct rs_region *rs__region_of(struct uffd_restore *rs, const struct uffd_region *r);
+/* A fault's service time, from t0 to now, into the kind's histogram. */
+void rs__latency(struct uffd_restore *rs, int kind, uint64_t t0);
+/* CAS of one page's state; on success to PRESENT/ZERO from ABSENT/INFLIGHT, the page counts as done. */
+bool rs__page_cas(struct uffd_restore *rs, struct rs_region *g, size_t page,
+		  enum rs_page from, enum rs_page to);
+/* Marks a page ZERO whatever it was (a REMOVE). */
+void rs__page_zero(struct uffd_restore *rs, struct rs_region *g, size_t page);
+/* Marks a page PRESENT whatever it was (unmapped: nothing to bring in). */
+void rs__page_gone(struct uffd_restore *rs, struct rs_region *g, size_t page);
+/* The page's state. */
+enum rs_page rs__page(const struct rs_region *g, size_t page);
+/* Base view address of a page (moves with REMAP events). */
+uintptr_t rs__addr(const struct rs_region *g, size_t page);
+/* Records a failed read: counted, and uffd_restore_wait() reports -EIO. */
+void rs__io_failed(struct uffd_restore *rs);
+/* The owner exited: the restore thread stops, uffd_restore_wait() returns -ESRCH. */
+void rs__owner_gone(struct uffd_restore *rs);
+/* Whether every page is PRESENT or ZERO. */
+bool rs__all_done(struct uffd_restore *rs);
+/* Restore thread: detach (UFFD_RESTORE_DETACH), on_complete, wake the waiters. Once. */
+void rs__finish(struct uffd_restore *rs);
+/* Waiters on pages [first, first+n) of g: their latency is recorded and they leave. */
+void rs__waiters_done(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n);
+
+/* ---- restore-fault.c ---- */
+
+extern const struct uffd_handlers rs__handlers;
+
+/* Resolves [first, first+n) of g from data at src (COPY) or the alias (CONTINUE), skipping ZERO pages. */
+int rs__install(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n,
+		const char *src, size_t *done);
+
+/* ---- restore-io.c ---- */
+
+/* Ring, slots and buffers; then the thread. 0 or -errno (text set). */
+int rs__io_start(struct uffd_restore *rs);
+/* Stops and joins the thread, waits for every read in flight, frees. */
+void rs__io_stop(struct uffd_restore *rs);
+/* A demand fault for the restore thread; false when the queue is full. */
+bool rs__io_demand(struct uffd_restore *rs, const struct rs_fault *f);
+
+/* ---- restore-trace.c ---- */
+
+/* uffd_restore_start(): sorts the replay, prepares the recording. 0 or -errno. */
+int rs__trace_start(struct uffd_restore *rs);
+/* Restore thread: entry i of the replay order, or false past its end. */
+bool rs__replay_at(struct uffd_restore *rs, size_t i, struct rs_region **g, size_t *page);
+/* Loop thread: a demand fault's first touch, recorded within the window. */
+void rs__record(struct uffd_restore *rs, const struct rs_region *g, size_t page);
+void rs__trace_free(struct uffd_restore *rs);
+/* Pages in the trace being recorded. */
+uint64_t rs__recorded(struct uffd_restore *rs);
+
+#endif /* LIBUFFD_RESTORE_INTERNAL_H */

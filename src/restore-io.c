@@ -1,0 +1,518 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The restore thread and its io_uring: demand reads first (never
+ * limited but by their slots), then the trace's pages, then the fill,
+ * merged into runs of adjacent absent pages; read-ahead hints a window
+ * ahead of the replay; each completed read resolved with one COPY (from
+ * its bounce buffer) or CONTINUE (it was read into the alias view).
+ * Everything it uses is allocated by rs__io_start(): it allocates nothing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "restore-internal.h"
+
+#define TAG_EFD    (~0ull)
+#define TAG_ADVISE (~0ull - 1)
+#define ADVISE_MAX 8			/* read-ahead hints in flight */
+#define ADVISE_WINDOW (8u << 20)	/* bytes of the trace hinted ahead of the replay */
+#define ADVISE_RUN (1u << 20)		/* bytes per hint at most */
+#define RETRY_NS 200000ull		/* a resolution that met pending events: again after this */
+#define LBUFS 4				/* loop threads reading at once without queueing */
+#define QCAP 4096			/* demand faults queued */
+#define WAITERS 1024			/* deferred faults whose latency is recorded */
+
+/* ---- demand queue (any loop thread -> the restore thread) ---- */
+
+static void poke(struct uffd_restore *rs)
+{
+	uint64_t one = 1;
+
+	if (write(rs->efd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is full, so the thread is being woken anyway */
+	}
+}
+
+bool rs__io_demand(struct uffd_restore *rs, const struct rs_fault *f)
+{
+	bool ok;
+
+	pthread_mutex_lock(&rs->qlock);
+	ok = rs->qn < rs->qcap;
+	if (ok)
+		rs->q[(rs->qhead + rs->qn++) % rs->qcap] = *f;
+	pthread_mutex_unlock(&rs->qlock);
+	if (ok)
+		poke(rs);
+	return ok;
+}
+
+static bool demand_pop(struct uffd_restore *rs, struct rs_fault *f)
+{
+	bool ok;
+
+	pthread_mutex_lock(&rs->qlock);
+	ok = rs->qn > 0;
+	if (ok) {
+		*f = rs->q[rs->qhead];
+		rs->qhead = (rs->qhead + 1) % rs->qcap;
+		rs->qn--;
+	}
+	pthread_mutex_unlock(&rs->qlock);
+	return ok;
+}
+
+/* ---- submitting ---- */
+
+static struct io_uring_sqe *sqe_get(struct uffd_restore *rs)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&rs->ring);
+
+	if (!sqe) {	/* the ring is sized for every slot: only a full SQ waits for a submit */
+		io_uring_submit(&rs->ring);
+		sqe = io_uring_get_sqe(&rs->ring);
+	}
+	return sqe;
+}
+
+static void arm_efd(struct uffd_restore *rs)
+{
+	struct io_uring_sqe *sqe;
+
+	if (rs->efd_armed || !(sqe = sqe_get(rs)))
+		return;
+	io_uring_prep_read(sqe, rs->efd, &rs->efd_val, sizeof(rs->efd_val), 0);
+	io_uring_sqe_set_data64(sqe, TAG_EFD);
+	rs->efd_armed = true;
+}
+
+static void submit_read(struct uffd_restore *rs, struct rs_read *s)
+{
+	struct rs_region *g = s->g;
+	struct io_uring_sqe *sqe = sqe_get(rs);
+	char *dst = g->cont ? (char *)uffd_region_alias(g->r) + s->first * g->ps : s->buf;
+
+	s->busy = true;
+	s->retry = false;
+	s->done = 0;
+	io_uring_prep_read(sqe, g->fd, dst, (unsigned)(s->n * g->ps), g->offset + s->first * g->ps);
+	io_uring_sqe_set_data64(sqe, (uint64_t)(s - rs->rd));
+	if (s->why != RD_DEMAND)
+		rs->prefetch_busy++;
+}
+
+static struct rs_read *free_slot(struct uffd_restore *rs, bool demand)
+{
+	unsigned from = demand ? rs->o.queue_depth : 0, to = demand ? rs->nrd : rs->o.queue_depth;
+
+	for (unsigned i = from; i < to; i++)
+		if (!rs->rd[i].busy)
+			return &rs->rd[i];
+	return NULL;
+}
+
+/* Demand faults queued by the loop threads: each its page, read now. */
+static void submit_demand(struct uffd_restore *rs)
+{
+	struct rs_read *s;
+	struct rs_fault f;
+
+	while ((s = free_slot(rs, true)) && demand_pop(rs, &f)) {
+		s->g = f.g;
+		s->first = f.page;
+		s->n = 1;
+		s->why = RD_DEMAND;
+		s->f = f;
+		submit_read(rs, s);
+	}
+}
+
+/*
+ * Claims the absent pages following page of g (file bytes contiguous) into
+ * a run: for the replay only pages of the trace, wherever they are in its
+ * order; for the fill every one.
+ */
+static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t page, bool traced)
+{
+	size_t n = 1, max = rs->slot_len / g->ps;
+
+	while (n < max && page + n < g->npages &&
+	       (!traced || trace__has(&rs->replay, g->idx, page + n)) &&
+	       rs__page_cas(rs, g, page + n, PG_ABSENT, PG_INFLIGHT))
+		n++;
+	return n;
+}
+
+/* The next absent page of the trace, claimed; false at its end. */
+static bool next_traced(struct uffd_restore *rs, struct rs_region **g, size_t *page)
+{
+	while (rs__replay_at(rs, rs->replay_next, g, page)) {
+		rs->replay_next++;
+		if (rs__page_cas(rs, *g, *page, PG_ABSENT, PG_INFLIGHT))
+			return true;
+	}
+	return false;
+}
+
+/* The next absent page in address order, claimed; false when the fill is through. */
+static bool next_unfilled(struct uffd_restore *rs, struct rs_region **g, size_t *page)
+{
+	for (unsigned i = 0; i < rs->nregs; i++) {
+		struct rs_region *r = &rs->regs[i];
+
+		while (r->fill_next < r->npages) {
+			size_t p = r->fill_next++;
+
+			if (rs__page_cas(rs, r, p, PG_ABSENT, PG_INFLIGHT)) {
+				*g = r;
+				*page = p;
+				return true;
+			}
+		}
+	}
+	return false;
+}
+
+/* Whether the fill's rate allows a read now; else *wait_ns says when. */
+static bool fill_allowed(struct uffd_restore *rs, uint64_t now, uint64_t *wait_ns)
+{
+	if (!rs->o.fill_rate || rs->fill_due_ns <= now)
+		return true;
+	if (rs->fill_due_ns - now < *wait_ns)
+		*wait_ns = rs->fill_due_ns - now;
+	return false;
+}
+
+static void fill_charge(struct uffd_restore *rs, uint64_t now, uint64_t bytes)
+{
+	if (!rs->o.fill_rate)
+		return;
+	if (rs->fill_due_ns < now)
+		rs->fill_due_ns = now;
+	rs->fill_due_ns += bytes * 1000000000ull / rs->o.fill_rate;
+}
+
+/* Trace pages, then (UFFD_RESTORE_FILL) the rest, while prefetch slots are free. */
+static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
+{
+	bool fill = rs->o.flags & UFFD_RESTORE_FILL;
+	struct rs_region *g;
+	struct rs_read *s;
+	size_t page;
+
+	while ((s = free_slot(rs, false))) {
+		uint64_t now = rs__now_ns();
+
+		if (next_traced(rs, &g, &page))
+			s->why = RD_PREFETCH;
+		else if (fill && fill_allowed(rs, now, wait_ns) && next_unfilled(rs, &g, &page))
+			s->why = RD_FILL;
+		else
+			return;
+		s->g = g;
+		s->first = page;
+		s->n = extend_run(rs, g, page, s->why == RD_PREFETCH);
+		if (s->why == RD_FILL)
+			fill_charge(rs, now, s->n * g->ps);
+		submit_read(rs, s);
+	}
+}
+
+/* WILLNEED hints on the trace's absent pages a window ahead of the replay. */
+static void submit_advice(struct uffd_restore *rs)
+{
+	size_t window = ADVISE_WINDOW / (rs->maxps ? rs->maxps : 4096);
+	struct rs_region *g, *h;
+	size_t page, next;
+
+	if (rs->advise_next < rs->replay_next)
+		rs->advise_next = rs->replay_next;
+	while (rs->advising < ADVISE_MAX && rs->advise_next < rs->replay_next + window &&
+	       rs__replay_at(rs, rs->advise_next, &g, &page)) {
+		size_t n = 1;
+		struct io_uring_sqe *sqe;
+
+		rs->advise_next++;
+		if (rs__page(g, page) != PG_ABSENT)
+			continue;
+		while (n * g->ps < ADVISE_RUN && rs__replay_at(rs, rs->advise_next, &h, &next) &&
+		       h == g && next == page + n) {
+			n++;
+			rs->advise_next++;
+		}
+		if (!(sqe = sqe_get(rs)))
+			return;
+		io_uring_prep_fadvise(sqe, g->fd, g->offset + page * g->ps, (off_t)(n * g->ps),
+				      POSIX_FADV_WILLNEED);
+		io_uring_sqe_set_data64(sqe, TAG_ADVISE);
+		rs->advising++;
+	}
+}
+
+/* ---- completions ---- */
+
+static void count_pages(struct uffd_restore *rs, enum rs_why why, uint64_t n)
+{
+	atomic_uint_fast64_t *c = why == RD_DEMAND ? &rs->pages_demand
+				  : why == RD_PREFETCH ? &rs->pages_prefetched : &rs->pages_filled;
+
+	atomic_fetch_add(c, n);
+}
+
+/*
+ * The run is over: pages before `upto` are in; the rest failed (back to
+ * absent for a later demand fault, or bad when a demand read failed) and
+ * their waiters are woken to fault again. Then the slot is free.
+ */
+static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto)
+{
+	struct rs_region *g = s->g;
+	uint64_t in = 0;
+
+	for (size_t i = 0; i < s->n; i++) {
+		enum rs_page to = i < upto ? PG_PRESENT : s->why == RD_DEMAND ? PG_BAD : PG_ABSENT;
+
+		in += rs__page_cas(rs, g, s->first + i, PG_INFLIGHT, to) && to == PG_PRESENT;
+	}
+	if (upto < s->n) {
+		uffd_wake(uffd_region_uffd(g->r), (void *)rs__addr(g, s->first + upto),
+			  (s->n - upto) * g->ps);
+		rs__io_failed(rs);
+	}
+	count_pages(rs, s->why, in);
+	rs__waiters_done(rs, g, s->first, s->n);
+	if (s->why == RD_DEMAND)
+		rs__latency(rs, s->f.kind, s->f.t0);
+	else
+		rs->prefetch_busy--;
+	s->busy = false;
+}
+
+/* Resolves the run (again, after -EAGAIN), or schedules a retry. */
+static void install_run(struct uffd_restore *rs, struct rs_read *s)
+{
+	int err = rs__install(rs, s->g, s->first, s->n, s->g->cont ? NULL : s->buf, &s->done);
+
+	if (err == -EAGAIN) {
+		s->retry = true;
+		s->retry_ns = rs__now_ns() + RETRY_NS;
+		return;
+	}
+	if (err == -ESRCH)
+		rs__owner_gone(rs);
+	run_end(rs, s, err ? s->done / s->g->ps : s->n);
+}
+
+static void read_done(struct uffd_restore *rs, struct rs_read *s, int res)
+{
+	if (res == (int)(s->n * s->g->ps)) {
+		atomic_fetch_add(&rs->bytes_read, (uint64_t)res);
+		install_run(rs, s);
+	} else {
+		run_end(rs, s, 0);	/* error, short read: nothing installed */
+	}
+}
+
+static void reap(struct uffd_restore *rs)
+{
+	struct io_uring_cqe *cqe;
+
+	while (io_uring_peek_cqe(&rs->ring, &cqe) == 0) {
+		uint64_t tag = io_uring_cqe_get_data64(cqe);
+		int res = cqe->res;
+
+		io_uring_cqe_seen(&rs->ring, cqe);
+		if (tag == TAG_EFD)
+			rs->efd_armed = false;
+		else if (tag == TAG_ADVISE)
+			rs->advising--;
+		else if (tag < rs->nrd)
+			read_done(rs, &rs->rd[tag], res);
+	}
+}
+
+/* Runs whose resolution is due again; the earliest pending one bounds *wait_ns. */
+static void retry_due(struct uffd_restore *rs, uint64_t *wait_ns)
+{
+	uint64_t now = rs__now_ns();
+
+	for (unsigned i = 0; i < rs->nrd; i++) {
+		struct rs_read *s = &rs->rd[i];
+
+		if (!s->busy || !s->retry)
+			continue;
+		if (s->retry_ns <= now)
+			install_run(rs, s);
+		else if (s->retry_ns - now < *wait_ns)
+			*wait_ns = s->retry_ns - now;
+	}
+}
+
+static bool reads_busy(const struct uffd_restore *rs)
+{
+	for (unsigned i = 0; i < rs->nrd; i++)
+		if (rs->rd[i].busy && !rs->rd[i].retry)
+			return true;
+	return rs->advising > 0;
+}
+
+static void wait_cqe(struct uffd_restore *rs, uint64_t wait_ns)
+{
+	struct __kernel_timespec ts = { .tv_sec = (long long)(wait_ns / 1000000000u),
+					.tv_nsec = (long long)(wait_ns % 1000000000u) };
+	struct io_uring_cqe *cqe;
+
+	io_uring_submit_and_wait_timeout(&rs->ring, &cqe, 1, wait_ns == UINT64_MAX ? NULL : &ts, NULL);
+}
+
+static void *thread_main(void *arg)
+{
+	struct uffd_restore *rs = arg;
+
+	while (!atomic_load(&rs->stop)) {
+		uint64_t wait_ns = UINT64_MAX;
+
+		arm_efd(rs);
+		submit_demand(rs);
+		retry_due(rs, &wait_ns);
+		submit_prefetch(rs, &wait_ns);
+		if (rs->has_replay)
+			submit_advice(rs);
+		if (rs__all_done(rs))
+			rs__finish(rs);
+		wait_cqe(rs, wait_ns);
+		reap(rs);
+	}
+	/* No read may land in freed buffers: wait for every one (file reads end). */
+	while (reads_busy(rs)) {
+		io_uring_submit_and_wait(&rs->ring, 1);
+		reap(rs);
+	}
+	return NULL;
+}
+
+/* ---- start and stop ---- */
+
+static unsigned demand_slots(size_t ps)
+{
+	size_t n = (8u << 20) / ps;
+
+	return n < 4 ? 4 : n > 64 ? 64 : (unsigned)n;
+}
+
+/* One mapping: the read slots' buffers, the loop threads' buffers, the zero page. */
+static int buffers(struct uffd_restore *rs)
+{
+	size_t ps = rs->maxps, slot = rs->o.max_read > ps ? rs->o.max_read : ps;
+	size_t slots_len, lbufs_len;
+	char *p;
+
+	rs->slot_len = (slot + ps - 1) / ps * ps;
+	slots_len = (size_t)rs->o.queue_depth * rs->slot_len + (size_t)rs->ndemand * ps;
+	lbufs_len = LBUFS * ps;
+	rs->bufs_len = slots_len + lbufs_len + ps;
+	p = mmap(NULL, rs->bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return uffd__err(-ENOMEM, "uffd_restore_start: cannot map %zu bytes of read buffers", rs->bufs_len);
+	rs->bufs = p;
+	for (unsigned i = 0; i < rs->nrd; i++)
+		rs->rd[i].buf = i < rs->o.queue_depth ? p + (size_t)i * rs->slot_len
+			: p + (size_t)rs->o.queue_depth * rs->slot_len + (size_t)(i - rs->o.queue_depth) * ps;
+	rs->lbufs = p + slots_len;
+	rs->nlbufs = LBUFS;
+	rs->zero = p + slots_len + lbufs_len;	/* never written */
+	return 0;
+}
+
+static int tables(struct uffd_restore *rs)
+{
+	rs->ndemand = demand_slots(rs->maxps);
+	rs->nrd = rs->o.queue_depth + rs->ndemand;
+	rs->rd = calloc(rs->nrd, sizeof(*rs->rd));
+	rs->q = calloc(QCAP, sizeof(*rs->q));
+	rs->waiters = calloc(WAITERS, sizeof(*rs->waiters));
+	rs->lbusy = calloc(LBUFS, sizeof(*rs->lbusy));
+	if (!rs->rd || !rs->q || !rs->waiters || !rs->lbusy)
+		return uffd__err(-ENOMEM, "uffd_restore_start: out of memory");
+	rs->qcap = QCAP;
+	rs->wcap = WAITERS;
+	return 0;
+}
+
+static int ring(struct uffd_restore *rs)
+{
+	unsigned entries = 16;
+	int err;
+
+	while (entries < rs->nrd + ADVISE_MAX + 4)
+		entries *= 2;
+	rs->efd = eventfd(0, EFD_CLOEXEC);	/* blocking: io_uring polls it */
+	if (rs->efd < 0)
+		return uffd__err(-errno, "uffd_restore_start: eventfd: %s", uffd__errname(-errno));
+	err = io_uring_queue_init(entries, &rs->ring, 0);
+	if (err)
+		return uffd__err(err, "uffd_restore_start: io_uring_queue_init: %s; io_uring may be disabled (sysctl kernel.io_uring_disabled)",
+				 uffd__errname(err));
+	rs->ring_ok = true;
+	return 0;
+}
+
+static int spawn(struct uffd_restore *rs)
+{
+	sigset_t all, old;
+	int err;
+
+	/* Signals go to the application's threads, not to ours. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = pthread_create(&rs->thread, NULL, thread_main, rs);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err)
+		return uffd__err(-err, "uffd_restore_start: cannot create the restore thread (%s)", uffd__errname(-err));
+	rs->thread_ok = true;
+	return 0;
+}
+
+int rs__io_start(struct uffd_restore *rs)
+{
+	int err;
+
+	if ((err = tables(rs)) || (err = buffers(rs)) || (err = ring(rs)) || (err = spawn(rs)))
+		return err;
+	return 0;
+}
+
+void rs__io_stop(struct uffd_restore *rs)
+{
+	atomic_store(&rs->stop, true);
+	if (rs->thread_ok) {
+		poke(rs);
+		pthread_join(rs->thread, NULL);
+		rs->thread_ok = false;
+	}
+	if (rs->ring_ok)
+		io_uring_queue_exit(&rs->ring);	/* after the thread waited for its reads */
+	rs->ring_ok = false;
+	if (rs->efd >= 0)
+		close(rs->efd);
+	rs->efd = -1;
+	if (rs->bufs)
+		munmap(rs->bufs, rs->bufs_len);
+	rs->bufs = NULL;
+	free(rs->rd);
+	free(rs->q);
+	free(rs->waiters);
+	free(rs->lbusy);
+	rs->rd = NULL;
+	rs->q = NULL;
+	rs->waiters = NULL;
+	rs->lbusy = NULL;
+	rs->nrd = 0;
+	rs->nlbufs = 0;
+}

@@ -1,0 +1,572 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The restore object (uffd.h section 9): options, regions, the page
+ * states and counters the loop-side handlers (restore-fault.c) and the
+ * restore thread (restore-io.c) share, resolving a run of pages, the end
+ * of a restore (detach, on_complete, waiters) and the statistics.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "restore-internal.h"
+
+#define DEFAULT_DEPTH 32
+#define DEFAULT_MAX_READ (256u << 10)
+#define FLAGS_ALL (UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH | UFFD_RESTORE_RECORD)
+
+uint64_t rs__now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- page states ---- */
+
+enum rs_page rs__page(const struct rs_region *g, size_t page)
+{
+	return (enum rs_page)atomic_load(&g->st[page]);
+}
+
+static bool is_done(enum rs_page s)
+{
+	return s == PG_PRESENT || s == PG_ZERO;
+}
+
+/* A page went from not done to done: count it (the last one ends the restore). */
+static void count_done(struct uffd_restore *rs, enum rs_page from, enum rs_page to)
+{
+	if (!is_done(from) && is_done(to))
+		atomic_fetch_add(&rs->done, 1);
+}
+
+bool rs__page_cas(struct uffd_restore *rs, struct rs_region *g, size_t page,
+		  enum rs_page from, enum rs_page to)
+{
+	unsigned char want = (unsigned char)from;
+
+	if (!atomic_compare_exchange_strong(&g->st[page], &want, (unsigned char)to))
+		return false;
+	count_done(rs, from, to);
+	return true;
+}
+
+static void page_set(struct uffd_restore *rs, struct rs_region *g, size_t page, enum rs_page to)
+{
+	count_done(rs, (enum rs_page)atomic_exchange(&g->st[page], (unsigned char)to), to);
+}
+
+void rs__page_zero(struct uffd_restore *rs, struct rs_region *g, size_t page)
+{
+	page_set(rs, g, page, PG_ZERO);
+}
+
+void rs__page_gone(struct uffd_restore *rs, struct rs_region *g, size_t page)
+{
+	page_set(rs, g, page, PG_PRESENT);
+}
+
+uintptr_t rs__addr(const struct rs_region *g, size_t page)
+{
+	return (uintptr_t)uffd_region_base(g->r) + page * g->ps;
+}
+
+bool rs__all_done(struct uffd_restore *rs)
+{
+	return atomic_load(&rs->done) == rs->total;
+}
+
+struct rs_region *rs__region_of(struct uffd_restore *rs, const struct uffd_region *r)
+{
+	for (unsigned i = 0; i < rs->nregs; i++)
+		if (rs->regs[i].r == r)
+			return &rs->regs[i];
+	return NULL;
+}
+
+/* ---- counters ---- */
+
+static unsigned bucket(uint64_t ns)
+{
+	unsigned b = ns ? 63 - (unsigned)__builtin_clzll(ns) : 0;
+
+	return b < UFFD_HIST_BUCKETS ? b : UFFD_HIST_BUCKETS - 1;
+}
+
+void rs__latency(struct uffd_restore *rs, int kind, uint64_t t0)
+{
+	uint64_t now = rs__now_ns();
+
+	if (kind >= 0 && kind < 3)
+		atomic_fetch_add(&rs->lat[kind][bucket(now > t0 ? now - t0 : 0)], 1);
+}
+
+void rs__waiters_done(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n)
+{
+	size_t k = 0;
+
+	pthread_mutex_lock(&rs->qlock);
+	for (size_t i = 0; i < rs->nwaiters; i++) {
+		struct rs_fault *w = &rs->waiters[i];
+
+		if (w->g == g && w->page >= first && w->page < first + n)
+			rs__latency(rs, w->kind, w->t0);
+		else
+			rs->waiters[k++] = *w;
+	}
+	rs->nwaiters = k;
+	pthread_mutex_unlock(&rs->qlock);
+}
+
+/* The end: wake uffd_restore_wait() with err unless it has a result already. */
+static void settle(struct uffd_restore *rs, int err)
+{
+	pthread_mutex_lock(&rs->lock);
+	if (!rs->finished && !rs->err)
+		rs->err = err;
+	pthread_cond_broadcast(&rs->cond);
+	pthread_mutex_unlock(&rs->lock);
+}
+
+void rs__io_failed(struct uffd_restore *rs)
+{
+	atomic_fetch_add(&rs->read_errors, 1);
+	settle(rs, -EIO);
+}
+
+void rs__owner_gone(struct uffd_restore *rs)
+{
+	atomic_store(&rs->stop, true);
+	pthread_mutex_lock(&rs->lock);
+	rs->err = -ESRCH;	/* stronger than -EIO: nothing can complete now */
+	pthread_cond_broadcast(&rs->cond);
+	pthread_mutex_unlock(&rs->lock);
+}
+
+/* ---- resolving a run ---- */
+
+/*
+ * One resolution of pages [first, first+n) from byte *done of the run
+ * on: COPY from src or CONTINUE. A page that is no longer mapped
+ * (-ENOENT: unmapped under us) counts as present and is stepped over.
+ */
+static int resolve(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n,
+		   const char *src, size_t *done)
+{
+	struct uffd *u = uffd_region_uffd(g->r);
+	size_t len = n * g->ps, d;
+	int err = 0;
+
+	while (*done < len) {
+		uintptr_t dst = rs__addr(g, first) + *done;
+
+		err = g->cont ? uffd__resolve(u, UFFD_OP_CONTINUE, dst, 0, len - *done,
+					      UFFD_SKIP_EXISTING, g->ps, &d)
+			      : uffd__resolve(u, UFFD_OP_COPY, dst, (uintptr_t)src + *done,
+					      len - *done, UFFD_SKIP_EXISTING, g->ps, &d);
+		*done += d;
+		if (err != -ENOENT)
+			break;
+		rs__page_gone(rs, g, first + *done / g->ps);	/* woken by the call */
+		*done += g->ps;
+		err = 0;
+	}
+	return err;
+}
+
+/*
+ * Pages of the run that became ZERO while their read was in flight get no
+ * file data: their resolution is skipped (a CONTINUE region's alias gets
+ * its hole back) and their waiters are woken, to fault again for a zero
+ * page. The remaining window: a REMOVE event the loop has read but not yet
+ * handed to restore_remove() while this COPY runs -- the kernel then zaps
+ * the page after the copy (MADV_DONTNEED waits only for the event's read),
+ * so the owner still sees zeros; only a COPY landing between the zap and
+ * the callback could map file data on a given-back page.
+ */
+int rs__install(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n,
+		const char *src, size_t *done)
+{
+	struct uffd *u = uffd_region_uffd(g->r);
+	size_t i = *done / g->ps;
+	int err = 0;
+
+	while (!err && i < n) {
+		size_t j = i, sub = 0;
+
+		if (rs__page(g, first + i) == PG_ZERO) {
+			if (g->cont)
+				uffd_region_discard(g->r, (first + i) * g->ps, g->ps);
+			uffd_wake(u, (void *)rs__addr(g, first + i), g->ps);
+			*done = ++i * g->ps;
+			continue;
+		}
+		while (j < n && rs__page(g, first + j) != PG_ZERO)
+			j++;
+		err = resolve(rs, g, first + i, j - i, src ? src + i * g->ps : NULL, &sub);
+		*done = i * g->ps + sub;
+		i = j;
+	}
+	return err;
+}
+
+/* ---- the end ---- */
+
+/* Unregisters every region (the owner's addresses for foreign ones). */
+static void detach(struct uffd_restore *rs)
+{
+	for (unsigned i = 0; i < rs->nregs; i++) {
+		struct rs_region *g = &rs->regs[i];
+
+		uffd_unregister(uffd_region_uffd(g->r), uffd_region_base(g->r),
+				uffd_region_length(g->r));
+	}
+}
+
+/*
+ * Pages left ZERO need nothing before detaching: an unregistered page that
+ * is absent reads zeros (anonymous memory, a hole in a file) or keeps its
+ * page-cache contents (MADV_DONTNEED on shared memory), exactly what a
+ * fault served by the restore would have given.
+ */
+void rs__finish(struct uffd_restore *rs)
+{
+	struct timespec nap = { .tv_nsec = 50000 };
+
+	if (atomic_load(&rs->complete_ns))
+		return;
+	atomic_store(&rs->complete_ns, rs__now_ns() - rs->start_ns ?: 1);
+	/* Unregistering may allocate (the handle's range table) and on_complete is user code. */
+	while (!uffd__gate_enter())
+		nanosleep(&nap, NULL);
+	if (rs->o.flags & UFFD_RESTORE_DETACH)
+		detach(rs);
+	if (rs->o.on_complete)
+		rs->o.on_complete(rs->o.ctx, rs);
+	uffd__gate_leave();
+	pthread_mutex_lock(&rs->lock);
+	rs->finished = true;
+	rs->err = 0;
+	pthread_cond_broadcast(&rs->cond);
+	pthread_mutex_unlock(&rs->lock);
+}
+
+/* ---- the API ---- */
+
+static int check_opts(struct uffd_restore_opts *o)
+{
+	if (o->flags & ~FLAGS_ALL)
+		return uffd__err(-EINVAL, "uffd_restore_new: unknown flags 0x%x", o->flags & ~FLAGS_ALL);
+	if (o->queue_depth > 4096)
+		return uffd__err(-EINVAL, "uffd_restore_new: queue_depth %u is above 4096", o->queue_depth);
+	if (o->max_read > (64u << 20))
+		return uffd__err(-EINVAL, "uffd_restore_new: max_read %zu is above 64 MiB", o->max_read);
+	if (!o->queue_depth)
+		o->queue_depth = DEFAULT_DEPTH;
+	if (!o->max_read)
+		o->max_read = DEFAULT_MAX_READ;
+	return 0;
+}
+
+/* uffd_restore_wait() times out on the monotonic clock. */
+static void init_cond(pthread_cond_t *c)
+{
+	pthread_condattr_t a;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(c, &a);
+	pthread_condattr_destroy(&a);
+}
+
+UFFD_EXPORT int uffd_restore_new(struct uffd_restore **out, const struct uffd_restore_opts *o)
+{
+	struct uffd_restore_opts opts = { .size = sizeof(opts) };
+	struct uffd_restore *rs;
+	int err;
+
+	if (!out)
+		return uffd__err(-EINVAL, "uffd_restore_new: out is NULL");
+	*out = NULL;
+	if (o && (err = uffd__opts_copy(&opts, sizeof(opts), o, o->size, "uffd_restore_opts")))
+		return err;
+	if ((err = check_opts(&opts)))
+		return err;
+	rs = calloc(1, sizeof(*rs));
+	if (!rs)
+		return uffd__err(-ENOMEM, "uffd_restore_new: out of memory");
+	rs->o = opts;
+	rs->efd = -1;
+	rs->recording = opts.flags & UFFD_RESTORE_RECORD;
+	atomic_store(&rs->rec_on, rs->recording);
+	pthread_mutex_init(&rs->qlock, NULL);
+	pthread_mutex_init(&rs->lock, NULL);
+	pthread_mutex_init(&rs->rec_lock, NULL);
+	init_cond(&rs->cond);
+	*out = rs;
+	return 0;
+}
+UFFD_EXPORT_OWN(restore_new);
+
+/* The file's size (regular file or block device), leaving its offset alone. */
+static int file_size(int fd, uint64_t *size)
+{
+	struct stat st;
+
+	if (fstat(fd, &st))
+		return -errno;
+	if (S_ISBLK(st.st_mode))
+		return ioctl(fd, BLKGETSIZE64, size) ? -errno : 0;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	*size = (uint64_t)st.st_size;
+	return 0;
+}
+
+static int check_region(struct uffd_restore *rs, struct uffd_region *r, int fd, uint64_t offset)
+{
+	const char *call = "uffd_restore_add_region";
+	uint64_t size;
+	int acc;
+
+	if (!rs || !r)
+		return uffd__err(-EINVAL, "%s: %s is NULL", call, rs ? "region" : "restore");
+	if (rs->started)
+		return uffd__err(-EINVAL, "%s: the restore is started; add regions before uffd_restore_start", call);
+	if (!(r->modes & (UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR)))
+		return uffd__err(-EINVAL, "%s: the region at %p has neither MISSING nor MINOR mode; a restore serves those faults",
+				 call, uffd_region_base(r));
+	if ((r->modes & UFFDIO_REGISTER_MODE_MINOR) && !r->alias)
+		return uffd__err(-EINVAL, "%s: the MINOR region at %p has no alias view to read the file into; create it without UFFD_REGION_NO_ALIAS and with its fd",
+				 call, uffd_region_base(r));
+	if (offset % r->page_size)
+		return uffd__err(-EINVAL, "%s: offset 0x%llx is not a multiple of the region's page size %zu",
+				 call, (unsigned long long)offset, r->page_size);
+	if ((acc = fcntl(fd, F_GETFL)) < 0 || (acc & O_ACCMODE) == O_WRONLY)
+		return uffd__err(-EBADF, "%s: fd %d is %s", call, fd, acc < 0 ? "not open" : "not open for reading");
+	if (__atomic_load_n(&r->loop, __ATOMIC_ACQUIRE) || rs__region_of(rs, r))
+		return uffd__err(-EBUSY, "%s: the region at %p is in a loop or a restore already", call, uffd_region_base(r));
+	if ((acc = file_size(fd, &size)))
+		return uffd__err(acc, "%s: the size of fd %d is unknown (%s)", call, fd, uffd__errname(acc));
+	if (size < offset || size - offset < r->length)
+		return uffd__err(-EINVAL, "%s: the file (%llu bytes) does not cover the region: %zu bytes from offset %llu",
+				 call, (unsigned long long)size, r->length, (unsigned long long)offset);
+	return 0;
+}
+
+static int regs_grow(struct uffd_restore *rs)
+{
+	struct rs_region *v;
+	unsigned cap = rs->regs_cap ? rs->regs_cap * 2 : 4;
+
+	if (rs->nregs < rs->regs_cap)
+		return 0;
+	v = realloc(rs->regs, cap * sizeof(*v));
+	if (!v)
+		return uffd__err(-ENOMEM, "uffd_restore_add_region: out of memory");
+	rs->regs = v;
+	rs->regs_cap = cap;
+	return 0;
+}
+
+UFFD_EXPORT int uffd_restore_add_region(struct uffd_restore *rs, struct uffd_region *r,
+					int fd, uint64_t offset)
+{
+	struct rs_region *g;
+	int err;
+
+	if ((err = check_region(rs, r, fd, offset)) || (err = regs_grow(rs)))
+		return err;
+	g = &rs->regs[rs->nregs];
+	*g = (struct rs_region){ .r = r, .idx = rs->nregs, .offset = offset, .ps = r->page_size,
+				 .npages = r->length / r->page_size,
+				 .cont = (r->modes & UFFDIO_REGISTER_MODE_MINOR) != 0 };
+	g->st = calloc(g->npages, sizeof(*g->st));
+	g->fd = g->st ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+	if (g->fd < 0) {
+		err = g->st ? -errno : -ENOMEM;
+		free(g->st);
+		return uffd__err(err, "uffd_restore_add_region: %s", g->st ? "cannot duplicate fd" : "out of memory");
+	}
+	rs->total += g->npages;
+	if (g->ps > rs->maxps)
+		rs->maxps = g->ps;
+	rs->nregs++;
+	return 0;
+}
+UFFD_EXPORT_OWN(restore_add_region);
+
+/* Leaves the loop: once this returns, no handler of ours runs any more. */
+static void leave_loop(struct uffd_restore *rs)
+{
+	for (unsigned i = 0; i < rs->nregs; i++) {
+		struct rs_region *g = &rs->regs[i];
+
+		if (__atomic_load_n(&g->r->loop, __ATOMIC_ACQUIRE) != rs->loop)
+			continue;
+		uffd__loop_forget_region(g->r);
+		uffd__loop_unpin_wait(g->r);
+	}
+}
+
+/* Deferred faults fault again, and get the loop's default resolution. */
+static void wake_all(struct uffd_restore *rs)
+{
+	for (unsigned i = 0; i < rs->nregs; i++)
+		uffd_wake(uffd_region_uffd(rs->regs[i].r), uffd_region_base(rs->regs[i].r),
+			  uffd_region_length(rs->regs[i].r));
+}
+
+UFFD_EXPORT int uffd_restore_start(struct uffd_restore *rs, struct uffd_loop *l)
+{
+	int err = 0;
+
+	if (!rs || !l)
+		return uffd__err(-EINVAL, "uffd_restore_start: %s is NULL", rs ? "loop" : "restore");
+	if (rs->started)
+		return uffd__err(-EINVAL, "uffd_restore_start: started already");
+	if (!rs->nregs)
+		return uffd__err(-EINVAL, "uffd_restore_start: no region; add them with uffd_restore_add_region first");
+	rs->started = true;
+	rs->loop = l;
+	rs->start_ns = rs__now_ns();
+	uffd__gate_init();
+	if ((err = rs__trace_start(rs)) || (err = rs__io_start(rs)))
+		goto fail;
+	for (unsigned i = 0; i < rs->nregs && !err; i++)
+		err = uffd_loop_add_region(l, rs->regs[i].r, &rs__handlers, rs);
+	if (!err)
+		return 0;
+fail:
+	atomic_store(&rs->stop, true);
+	leave_loop(rs);
+	rs__io_stop(rs);
+	wake_all(rs);
+	return err;
+}
+UFFD_EXPORT_OWN(restore_start);
+
+static int wait_result(struct uffd_restore *rs)
+{
+	if (rs->finished)
+		return 0;
+	return rs->err;
+}
+
+UFFD_EXPORT int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms)
+{
+	struct timespec dl;
+	int err = 0;
+
+	if (!rs || !rs->started)
+		return uffd__err(-EINVAL, "uffd_restore_wait: %s", rs ? "the restore is not started" : "restore is NULL");
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_sec += timeout_ms / 1000;
+	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (dl.tv_nsec >= 1000000000) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&rs->lock);
+	while (!wait_result(rs) && !rs->finished && err != ETIMEDOUT)
+		err = timeout_ms < 0 ? pthread_cond_wait(&rs->cond, &rs->lock)
+				     : pthread_cond_timedwait(&rs->cond, &rs->lock, &dl);
+	err = rs->finished ? 0 : rs->err ? rs->err : -ETIMEDOUT;
+	pthread_mutex_unlock(&rs->lock);
+	if (err == -ETIMEDOUT)
+		return uffd__err(err, "uffd_restore_wait: %llu of %llu pages present after %d ms",
+				 (unsigned long long)atomic_load(&rs->done), (unsigned long long)rs->total, timeout_ms);
+	if (err == -ESRCH)
+		return uffd__err(err, "uffd_restore_wait: the process owning the memory exited before the restore completed");
+	if (err == -EIO)
+		return uffd__err(err, "uffd_restore_wait: %llu reads of the file failed or came back short; the restore cannot complete",
+				 (unsigned long long)atomic_load(&rs->read_errors));
+	return err;
+}
+UFFD_EXPORT_OWN(restore_wait);
+
+UFFD_EXPORT int uffd_restore_stats(const struct uffd_restore *rsc, struct uffd_restore_stats *s)
+{
+	struct uffd_restore *rs = (struct uffd_restore *)rsc;	/* atomics are read, not changed */
+	struct uffd_restore_stats v = { .size = sizeof(v) };
+
+	if (!rs || !s)
+		return uffd__err(-EINVAL, "uffd_restore_stats: %s is NULL", rs ? "stats" : "restore");
+	if (s->size < sizeof(v))
+		return uffd__err(-EINVAL, "uffd_restore_stats: size %zu is smaller than this libuffd fills (%zu); set it to sizeof(struct uffd_restore_stats)",
+				 s->size, sizeof(v));
+	for (int k = 0; k < 3; k++) {
+		v.faults[k] = atomic_load(&rs->faults[k]);
+		for (int b = 0; b < UFFD_HIST_BUCKETS; b++)
+			v.latency[k][b] = atomic_load(&rs->lat[k][b]);
+	}
+	v.pages_total = rs->total;
+	v.pages_present = atomic_load(&rs->done);
+	v.pages_demand = atomic_load(&rs->pages_demand);
+	v.pages_prefetched = atomic_load(&rs->pages_prefetched);
+	v.pages_filled = atomic_load(&rs->pages_filled);
+	v.pages_zero = atomic_load(&rs->pages_zero);
+	v.bytes_read = atomic_load(&rs->bytes_read);
+	v.inflight_hits = atomic_load(&rs->inflight_hits);
+	v.read_errors = atomic_load(&rs->read_errors);
+	v.pages_recorded = rs__recorded(rs);
+	v.complete_ns = atomic_load(&rs->complete_ns);
+	memcpy(s, &v, sizeof(v));
+	memset((char *)s + sizeof(v), 0, s->size - sizeof(v));	/* a newer caller's fields */
+	return 0;
+}
+UFFD_EXPORT_OWN(restore_stats);
+
+UFFD_EXPORT uint64_t uffd_hist_quantile(const uint64_t *h, double q)
+{
+	uint64_t total = 0, need, seen = 0;
+
+	if (!h || !(q > 0 && q <= 1))
+		return 0;
+	for (int b = 0; b < UFFD_HIST_BUCKETS; b++)
+		total += h[b];
+	if (!total)
+		return 0;
+	need = (uint64_t)(q * (double)total + 0.999999);
+	if (need < 1)
+		need = 1;
+	for (int b = 0; b < UFFD_HIST_BUCKETS; b++) {
+		seen += h[b];
+		if (seen >= need)
+			return b + 1 < 64 ? (uint64_t)1 << (b + 1) : UINT64_MAX;
+	}
+	return (uint64_t)1 << UFFD_HIST_BUCKETS;
+}
+UFFD_EXPORT_OWN(hist_quantile);
+
+UFFD_EXPORT void uffd_restore_free(struct uffd_restore *rs)
+{
+	if (!rs)
+		return;
+	if (rs->started) {
+		atomic_store(&rs->stop, true);
+		leave_loop(rs);
+		rs__io_stop(rs);
+		wake_all(rs);
+	}
+	for (unsigned i = 0; i < rs->nregs; i++) {
+		close(rs->regs[i].fd);
+		free(rs->regs[i].st);
+	}
+	rs__trace_free(rs);
+	free(rs->regs);
+	pthread_mutex_destroy(&rs->qlock);
+	pthread_mutex_destroy(&rs->lock);
+	pthread_mutex_destroy(&rs->rec_lock);
+	pthread_cond_destroy(&rs->cond);
+	free(rs);
+}
+UFFD_EXPORT_OWN(restore_free);

@@ -1,0 +1,719 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Restoring memory from a file (uffd.h section 9): demand faults, record
+ * and replay, merged traces, demand during a long fill, fill and detach,
+ * pages given back during a restore, bad traces, huge pages. The memory
+ * is this process's own: anonymous memory registered MISSING and declared
+ * as a foreign region (as a handler process serves another's), and a
+ * memfd region with an alias view (CONTINUE). Every touched page is
+ * checked word by word against the snapshot's pattern.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <uffd.h>
+
+#include "harness.h"
+
+#define MISSING UFFDIO_REGISTER_MODE_MISSING
+#define MINOR UFFDIO_REGISTER_MODE_MINOR
+
+static uint64_t word(size_t page, size_t w)
+{
+	return ((uint64_t)page << 32 | w) ^ 0x5a5a5a5a00000000ull;
+}
+
+/* ---- the snapshot ---- */
+
+struct snap {
+	char dir[64];
+	char path[96];
+	int fd;
+	size_t len, ps;
+};
+
+/* A file of npages pages of ps bytes with the pattern; cold: its page cache dropped. */
+static void snap_make(struct snap *s, size_t npages, size_t ps, bool cold)
+{
+	size_t words = ps / 8;
+	uint64_t *buf = malloc(ps);
+
+	ck_assert_ptr_nonnull(buf);
+	strcpy(s->dir, "/var/tmp/uffd-restore-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(s->dir));
+	snprintf(s->path, sizeof(s->path), "%s/snapshot", s->dir);
+	s->fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	ck_assert_int_ge(s->fd, 0);
+	s->len = npages * ps;
+	s->ps = ps;
+	for (size_t p = 0; p < npages; p++) {
+		for (size_t w = 0; w < words; w++)
+			buf[w] = word(p, w);
+		ck_assert_int_eq(pwrite(s->fd, buf, ps, (off_t)(p * ps)), (ssize_t)ps);
+	}
+	free(buf);
+	if (cold) {
+		ck_assert_int_eq(fdatasync(s->fd), 0);
+		ck_assert_int_eq(posix_fadvise(s->fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	}
+}
+
+static void snap_path(const struct snap *s, const char *name, char *out, size_t n)
+{
+	snprintf(out, n, "%s/%s", s->dir, name);
+}
+
+static void snap_free(struct snap *s)
+{
+	char cmd[128];
+
+	close(s->fd);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", s->dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+/* Every word of page p at mem (read through the fault). */
+static void check_page(const char *mem, size_t ps, size_t p, bool zero)
+{
+	const volatile uint64_t *w = (const volatile uint64_t *)(mem + p * ps);
+
+	for (size_t i = 0; i < ps / 8; i++) {
+		uint64_t want = zero ? 0 : word(p, i);
+
+		if (w[i] != want)
+			ck_abort_msg("page %zu word %zu: 0x%llx, want 0x%llx", p, i,
+				     (unsigned long long)w[i], (unsigned long long)want);
+	}
+}
+
+/* ---- the served memory ---- */
+
+struct env {
+	struct snap snap;
+	struct uffd *u;
+	struct uffd_region *r;
+	struct uffd_loop *l;
+	struct uffd_restore *rs;
+	char *mem;		/* what the guest touches */
+	size_t len, ps;
+	bool anon;		/* mem is our mapping (foreign region), else the region's base */
+	int memfd;
+};
+
+static struct uffd *open_uffd(void)
+{
+	struct uffd_opts o = { .size = sizeof(o), .want_features = UFFD_FEATURES_DEFAULT |
+			       UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP };
+	struct uffd *u = NULL;
+	int err = uffd_open(&u, &o);
+
+	if (err == -EPERM || err == -EACCES)
+		return NULL;
+	ck_assert_msg(!err, "uffd_open: %s", uffd_last_error());
+	return u;
+}
+
+/* The loop runs from the start (a restore may join a running loop): munmap waits for it. */
+static void env_loop(struct env *e)
+{
+	ASSERT_OK(uffd_loop_new(&e->l, NULL));
+	ASSERT_OK(uffd_loop_add(e->l, e->u, NULL, NULL));
+	ASSERT_OK(uffd_loop_start(e->l, 1));
+}
+
+/* Anonymous memory, registered MISSING, served as a foreign region (fd -1). */
+static bool env_anon(struct env *e, size_t npages, size_t ps, bool cold)
+{
+	struct uffd_foreign_opts fo = { .size = sizeof(fo), .modes = MISSING, .fd = -1 };
+	int huge = ps > harness_page_size() ? MAP_HUGETLB : 0;
+
+	memset(e, 0, sizeof(*e));
+	e->memfd = -1;
+	if (!(e->u = open_uffd()))
+		return false;
+	e->len = npages * ps;
+	e->ps = ps;
+	e->anon = true;
+	e->mem = mmap(NULL, e->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | huge, -1, 0);
+	ck_assert_ptr_ne(e->mem, MAP_FAILED);
+	ASSERT_OK(uffd_register(e->u, e->mem, e->len, MISSING, NULL));
+	fo.owner_addr = (uintptr_t)e->mem;
+	fo.length = e->len;
+	fo.page_size = ps;
+	ASSERT_OK(uffd_region_create_foreign(e->u, &fo, &e->r));
+	snap_make(&e->snap, npages, ps, cold);
+	env_loop(e);
+	return true;
+}
+
+/* A memfd region registered MISSING|MINOR with its alias view: reads land in the alias, CONTINUE. */
+static bool env_memfd(struct env *e, size_t npages, bool cold)
+{
+	struct uffd_region_opts ro = { .size = sizeof(ro), .modes = MISSING | MINOR, .fd = -1 };
+
+	memset(e, 0, sizeof(*e));
+	e->memfd = -1;
+	if (!(e->u = open_uffd()))
+		return false;
+	if (!(uffd_features(e->u) & UFFD_FEATURE_MINOR_SHMEM)) {
+		uffd_close(e->u);
+		return false;
+	}
+	e->ps = harness_page_size();
+	e->len = ro.length = npages * e->ps;
+	ASSERT_OK(uffd_region_create(e->u, &ro, &e->r));
+	e->mem = uffd_region_base(e->r);
+	snap_make(&e->snap, npages, e->ps, cold);
+	env_loop(e);
+	return true;
+}
+
+static void env_restore(struct env *e, const struct uffd_restore_opts *o)
+{
+	ASSERT_OK(uffd_restore_new(&e->rs, o));
+	ASSERT_OK(uffd_restore_add_region(e->rs, e->r, e->snap.fd, 0));
+}
+
+static void env_start(struct env *e)
+{
+	ASSERT_OK(uffd_restore_start(e->rs, e->l));
+}
+
+static void env_free(struct env *e)
+{
+	uffd_restore_free(e->rs);
+	/* munmap waits until its UNMAP event is read: while the loop runs. */
+	if (e->anon)
+		munmap(e->mem, e->len);
+	uffd_loop_free(e->l);
+	uffd_region_destroy(e->r);
+	uffd_close(e->u);
+	snap_free(&e->snap);
+}
+
+static struct uffd_restore_stats stats_of(struct uffd_restore *rs)
+{
+	struct uffd_restore_stats s = { .size = sizeof(s) };
+
+	ASSERT_OK(uffd_restore_stats(rs, &s));
+	return s;
+}
+
+static uint64_t hist_sum(const uint64_t *h)
+{
+	uint64_t n = 0;
+
+	for (int i = 0; i < UFFD_HIST_BUCKETS; i++)
+		n += h[i];
+	return n;
+}
+
+/* A permutation of [0, n) from seed (xorshift). */
+static void shuffle(size_t *v, size_t n, uint64_t seed)
+{
+	for (size_t i = 0; i < n; i++)
+		v[i] = i;
+	for (size_t i = n; i > 1; i--) {
+		size_t j;
+
+		seed ^= seed << 13;
+		seed ^= seed >> 7;
+		seed ^= seed << 17;
+		j = (size_t)(seed % i);
+		size_t t = v[i - 1];
+		v[i - 1] = v[j];
+		v[j] = t;
+	}
+}
+
+/* Waits until pred(rs) or the deadline; true if it held. */
+static bool wait_for(struct uffd_restore *rs, bool (*pred)(const struct uffd_restore_stats *, uint64_t),
+		     uint64_t arg, double seconds)
+{
+	double end = harness_now() + seconds;
+
+	while (harness_now() < end) {
+		struct uffd_restore_stats s = stats_of(rs);
+
+		if (pred(&s, arg))
+			return true;
+		usleep(1000);
+	}
+	return false;
+}
+
+static bool present_at_least(const struct uffd_restore_stats *s, uint64_t n)
+{
+	return s->pages_present >= n;
+}
+
+#define SKIP_NO_UFFD() SKIP_TEST("userfaultfd is not available to this process (or MINOR_SHMEM is missing)")
+/* The restore thread sleeps in io_uring_enter(2), where valgrind keeps its thread lock. */
+#define SKIP_VALGRIND() SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock, and guest threads block in plain loads")
+
+/* ---- demand only ---- */
+
+static void demand_case(bool memfd, bool cold)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	struct uffd_restore_stats s;
+	size_t npages = 96, touched = 0;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!(memfd ? env_memfd(&e, npages, cold) : env_anon(&e, npages, harness_page_size(), cold)))
+		SKIP_NO_UFFD();
+	env_restore(&e, &o);
+	env_start(&e);
+	for (size_t p = 0; p < npages; p += 3, touched++)
+		check_page(e.mem, e.ps, p, false);
+	for (size_t p = 0; p < npages; p += 3)	/* present now: no more faults */
+		check_page(e.mem, e.ps, p, false);
+	/* The resolution wakes the thread before the counters move: let them settle. */
+	ck_assert(wait_for(e.rs, present_at_least, touched, 2));
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.faults[UFFD_FAULT_MISSING] + s.faults[UFFD_FAULT_MINOR], touched);
+	ck_assert_uint_eq(s.pages_demand, touched);
+	ck_assert_uint_eq(s.pages_present, touched);
+	ck_assert_uint_eq(s.pages_total, npages);
+	ck_assert_uint_eq(s.bytes_read, touched * e.ps);
+	ck_assert_uint_eq(s.pages_prefetched + s.pages_filled + s.read_errors, 0);
+	ck_assert_uint_eq(hist_sum(s.latency[UFFD_FAULT_MISSING]) + hist_sum(s.latency[UFFD_FAULT_MINOR]), touched);
+	ck_assert_uint_eq(s.complete_ns, 0);
+	ck_assert_int_eq(uffd_restore_wait(e.rs, 10), -ETIMEDOUT);
+	fprintf(stderr, "demand %s %s: p50 %llu ns p99 %llu ns, %llu faults\n", memfd ? "memfd" : "anon",
+		cold ? "cold" : "warm",
+		(unsigned long long)uffd_hist_quantile(s.latency[memfd ? UFFD_FAULT_MISSING : UFFD_FAULT_MISSING], 0.5),
+		(unsigned long long)uffd_hist_quantile(s.latency[UFFD_FAULT_MISSING], 0.99),
+		(unsigned long long)touched);
+	env_free(&e);
+}
+
+START_TEST(demand_anon_warm) { demand_case(false, false); }
+END_TEST
+START_TEST(demand_anon_cold) { demand_case(false, true); }
+END_TEST
+START_TEST(demand_memfd_cold) { demand_case(true, true); }
+END_TEST
+
+/* ---- record, then replay ---- */
+
+#define RR_PAGES 512
+#define RR_SET 128
+
+/* Touches the set (every 4th page) in the order of seed; returns the demand faults. */
+static uint64_t rr_run(const char *save, const char *const *load, size_t nload, uint64_t seed,
+		       size_t stride, size_t phase, uint64_t *prefetched)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = save ? UFFD_RESTORE_RECORD : 0 };
+	size_t order[RR_SET], nset = 0;
+	struct uffd_restore_stats s;
+	struct env e;
+	uint64_t faults;
+
+	if (!env_anon(&e, RR_PAGES, harness_page_size(), true))
+		return UINT64_MAX;
+	env_restore(&e, &o);
+	for (size_t i = 0; i < nload; i++)
+		ASSERT_OK(uffd_restore_load_trace(e.rs, load[i]));
+	env_start(&e);
+	if (nload)	/* the replay brings the set in ahead of the guest */
+		ck_assert_msg(wait_for(e.rs, present_at_least, *prefetched, 5), "the replay did not finish");
+	shuffle(order, RR_SET, seed);
+	for (size_t k = 0; k < RR_SET; k++, nset++)
+		check_page(e.mem, e.ps, order[k] * stride + phase, false);
+	s = stats_of(e.rs);
+	faults = s.faults[UFFD_FAULT_MISSING];
+	if (save) {
+		ck_assert_uint_eq(s.pages_recorded, nset);
+		ASSERT_OK(uffd_restore_save_trace(e.rs, save));
+	}
+	*prefetched = s.pages_prefetched;
+	env_free(&e);
+	return faults;
+}
+
+START_TEST(record_replay)
+{
+	char a[160], b[160];
+	struct snap tmp;
+	const char *load[2];
+	uint64_t first, second, pre = 0;
+
+	SKIP_VALGRIND();
+
+	snap_make(&tmp, 1, harness_page_size(), false);
+	snap_path(&tmp, "a.trace", a, sizeof(a));
+	snap_path(&tmp, "b.trace", b, sizeof(b));
+	first = rr_run(a, NULL, 0, 1, 4, 0, &pre);
+	if (first == UINT64_MAX)
+		SKIP_NO_UFFD();
+	ck_assert_uint_eq(first, RR_SET);
+	load[0] = a;
+	pre = RR_SET;
+	second = rr_run(NULL, load, 1, 2, 4, 0, &pre);
+	ck_assert_uint_eq(pre, RR_SET);
+	ck_assert_msg(second * 10 <= first, "replay: %llu demand faults, first run %llu",
+		      (unsigned long long)second, (unsigned long long)first);
+	fprintf(stderr, "record/replay: %llu demand faults, then %llu with the trace (%llu prefetched)\n",
+		(unsigned long long)first, (unsigned long long)second, (unsigned long long)pre);
+
+	/* Two traces of different sets merge: their union is prefetched. */
+	pre = 0;
+	rr_run(b, NULL, 0, 3, 4, 1, &pre);
+	load[1] = b;
+	pre = 2 * RR_SET;
+	second = rr_run(NULL, load, 2, 4, 4, 1, &pre);
+	ck_assert_uint_eq(pre, 2 * RR_SET);
+	ck_assert_uint_eq(second, 0);
+	snap_free(&tmp);
+}
+END_TEST
+
+/* ---- a demand fault during a long, rate-limited fill ---- */
+
+START_TEST(demand_during_fill)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .fill_rate = 256 << 10, .max_read = 16 << 10, .queue_depth = 2 };
+	size_t npages = 2048;	/* 8 MiB at 256 KiB/s: 32 s */
+	struct uffd_restore_stats s;
+	double t0, worst = 0;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!env_anon(&e, npages, harness_page_size(), true))
+		SKIP_NO_UFFD();
+	env_restore(&e, &o);
+	env_start(&e);
+	usleep(100000);
+	for (size_t p = npages - 1; p > npages - 200; p -= 9) {
+		t0 = harness_now();
+		check_page(e.mem, e.ps, p, false);
+		if (harness_now() - t0 > worst)
+			worst = harness_now() - t0;
+	}
+	s = stats_of(e.rs);
+	ck_assert_msg(worst < 1.0, "a demand fault took %.3f s during the fill", worst);
+	ck_assert_uint_gt(s.pages_filled, 0);
+	ck_assert_uint_lt(s.pages_present, npages);
+	fprintf(stderr, "demand during fill: worst %.0f us, %llu filled, p99 %llu ns\n", worst * 1e6,
+		(unsigned long long)s.pages_filled,
+		(unsigned long long)uffd_hist_quantile(s.latency[UFFD_FAULT_MISSING], 0.99));
+	env_free(&e);	/* freed mid-fill: no read lands in freed buffers, nothing hangs */
+}
+END_TEST
+
+/* ---- fill and detach ---- */
+
+static atomic_int completions;
+
+static void on_complete(void *ctx, struct uffd_restore *rs)
+{
+	ck_assert_ptr_nonnull(rs);
+	ck_assert_ptr_eq(ctx, &completions);
+	atomic_fetch_add(&completions, 1);
+}
+
+/* Whether /proc/self/smaps shows the mapping at addr registered for MISSING faults ("um"). */
+static bool smaps_um(const void *addr)
+{
+	char line[512], want[32];
+	bool in = false, um = false;
+	FILE *f = fopen("/proc/self/smaps", "re");
+
+	ck_assert_ptr_nonnull(f);
+	snprintf(want, sizeof(want), "%lx-", (unsigned long)(uintptr_t)addr);
+	while (fgets(line, sizeof(line), f)) {
+		if (!strncmp(line, want, strlen(want)))
+			in = true;
+		else if (in && !strncmp(line, "VmFlags:", 8)) {
+			um = strstr(line, " um") != NULL;
+			break;
+		}
+	}
+	fclose(f);
+	ck_assert_msg(in, "no mapping at %p in smaps", addr);
+	return um;
+}
+
+static void fill_detach_case(bool memfd)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH,
+				       .on_complete = on_complete, .ctx = &completions };
+	struct uffd_loop_counters c0 = { .size = sizeof(c0) }, c1 = { .size = sizeof(c1) };
+	size_t npages = 1024;
+	struct uffd_restore_stats s;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	atomic_store(&completions, 0);
+	if (!(memfd ? env_memfd(&e, npages, true) : env_anon(&e, npages, harness_page_size(), true)))
+		SKIP_NO_UFFD();
+	env_restore(&e, &o);
+	env_start(&e);
+	check_page(e.mem, e.ps, 700, false);	/* a demand fault among the fill */
+	ASSERT_OK(uffd_restore_wait(e.rs, 10000));
+	ck_assert_int_eq(atomic_load(&completions), 1);
+	ck_assert(!smaps_um(e.mem));
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_present, npages);
+	ck_assert_uint_gt(s.complete_ns, 0);
+	ck_assert_uint_eq(s.pages_filled + s.pages_demand, npages);
+	uffd_loop_counters(e.l, &c0);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, false);
+	uffd_loop_counters(e.l, &c1);
+	ck_assert_uint_eq(c1.faults_missing + c1.faults_minor, c0.faults_missing + c0.faults_minor);
+	ASSERT_OK(uffd_restore_wait(e.rs, 0));
+	fprintf(stderr, "fill+detach %s: %llu pages in %.1f ms\n", memfd ? "memfd" : "anon",
+		(unsigned long long)npages, (double)s.complete_ns / 1e6);
+	env_free(&e);
+	ck_assert_int_eq(atomic_load(&completions), 1);
+}
+
+START_TEST(fill_detach_anon) { fill_detach_case(false); }
+END_TEST
+START_TEST(fill_detach_memfd) { fill_detach_case(true); }
+END_TEST
+
+/* ---- pages given back during the restore ---- */
+
+START_TEST(remove_during_restore)
+{
+	/* 1 MiB at 2 MiB/s: the restore is still under way when the pages are given back. */
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH,
+				       .fill_rate = 2 << 20, .max_read = 16 << 10, .queue_depth = 2 };
+	size_t npages = 256, ps;
+	struct uffd_restore_stats s;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!env_anon(&e, npages, harness_page_size(), true))
+		SKIP_NO_UFFD();
+	if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE)) {
+		env_free(&e);
+		SKIP_TEST("UFFD_FEATURE_EVENT_REMOVE is not available");
+	}
+	ps = e.ps;
+	env_restore(&e, &o);
+	env_start(&e);
+	for (size_t p = 0; p < 16; p++)
+		check_page(e.mem, ps, p, false);
+	/* Pages 8..39 given back: touched ones and untouched ones read zeros from now on. */
+	ck_assert_uint_eq(stats_of(e.rs).complete_ns, 0);
+	ck_assert_int_eq(madvise(e.mem + 8 * ps, 32 * ps, MADV_DONTNEED), 0);
+	for (size_t p = 0; p < 48; p++)
+		check_page(e.mem, ps, p, p >= 8 && p < 40);
+	ASSERT_OK(uffd_restore_wait(e.rs, 10000));
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, ps, p, p >= 8 && p < 40);
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_present, npages);
+	ck_assert_uint_ge(s.pages_zero, 1);
+	env_free(&e);
+}
+END_TEST
+
+/* ---- traces that do not fit ---- */
+
+static void copy_file(const char *from, const char *to, long cut, long flip_at)
+{
+	char buf[1 << 16];
+	FILE *f = fopen(from, "rb"), *g = fopen(to, "wb");
+	size_t n;
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_ptr_nonnull(g);
+	n = fread(buf, 1, sizeof(buf), f);
+	if (cut >= 0 && (size_t)cut < n)
+		n = (size_t)cut;
+	if (flip_at >= 0)
+		buf[flip_at] = (char)(buf[flip_at] + 1);
+	ck_assert_uint_eq(fwrite(buf, 1, n, g), n);
+	fclose(f);
+	fclose(g);
+}
+
+START_TEST(bad_traces)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	char good[160], bad[160];
+	struct uffd_restore *rs;
+	struct snap tmp;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!env_anon(&e, RR_PAGES, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	snap_make(&tmp, 1, harness_page_size(), false);	/* a directory for the traces */
+	snap_path(&tmp, "good.trace", good, sizeof(good));
+	snap_path(&tmp, "bad.trace", bad, sizeof(bad));
+	/* A real trace of this region: recorded, saved. */
+	o.flags = UFFD_RESTORE_RECORD;
+	env_restore(&e, &o);
+	ASSERT_ERR(uffd_restore_save_trace(e.rs, good), -EINVAL, "uffd_restore_start");
+	env_start(&e);
+	check_page(e.mem, e.ps, 3, false);
+	ASSERT_OK(uffd_restore_save_trace(e.rs, good));
+	uffd_restore_free(e.rs);	/* the region leaves the loop: free for another restore */
+	e.rs = NULL;
+	o.flags = 0;
+
+	ASSERT_OK(uffd_restore_new(&rs, &o));
+	ASSERT_ERR(uffd_restore_load_trace(rs, good), -EINVAL, "no region");
+	ASSERT_OK(uffd_restore_add_region(rs, e.r, e.snap.fd, 0));
+	copy_file(good, bad, 20, -1);
+	ASSERT_ERR(uffd_restore_load_trace(rs, bad), -EBADMSG, "truncated");
+	copy_file(good, bad, 60, -1);
+	ck_assert_int_eq(uffd_restore_load_trace(rs, bad), -EBADMSG);
+	copy_file(good, bad, -1, 8);
+	ASSERT_ERR(uffd_restore_load_trace(rs, bad), -EPROTONOSUPPORT, "version");
+	copy_file(good, bad, -1, 0);
+	ASSERT_ERR(uffd_restore_load_trace(rs, bad), -EBADMSG, "not a libuffd trace");
+	ck_assert_int_eq(uffd_restore_load_trace(rs, "/nonexistent/trace"), -ENOENT);
+	ASSERT_OK(uffd_restore_load_trace(rs, good));
+	uffd_restore_free(rs);
+	env_free(&e);
+
+	/* The same trace against a region of another size. */
+	ck_assert(env_anon(&e, RR_PAGES / 2, harness_page_size(), false));
+	ASSERT_OK(uffd_restore_new(&rs, &o));
+	ASSERT_OK(uffd_restore_add_region(rs, e.r, e.snap.fd, 0));
+	ASSERT_ERR(uffd_restore_load_trace(rs, good), -EINVAL, "region 0");
+	uffd_restore_free(rs);
+	env_free(&e);
+	snap_free(&tmp);
+}
+END_TEST
+
+/* ---- huge pages ---- */
+
+START_TEST(hugetlb)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH,
+				       .queue_depth = 2 };
+	const char *why = NULL;
+	size_t hps = harness_hugepages(6, &why), npages = 4;
+	struct uffd_restore_stats s;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!hps)
+		SKIP_TEST("no huge pages: %s", why);
+	if (!env_anon(&e, npages, hps, true))
+		SKIP_NO_UFFD();
+	if (!(uffd_features(e.u) & UFFD_FEATURE_MISSING_HUGETLBFS)) {
+		env_free(&e);
+		SKIP_TEST("UFFD_FEATURE_MISSING_HUGETLBFS is not available");
+	}
+	env_restore(&e, &o);
+	env_start(&e);
+	check_page(e.mem, hps, 2, false);
+	ASSERT_OK(uffd_restore_wait(e.rs, 10000));
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, hps, p, false);
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_present, npages);
+	ck_assert_uint_eq(s.bytes_read, npages * hps);
+	env_free(&e);
+}
+END_TEST
+
+/* ---- arguments ---- */
+
+START_TEST(args)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = 1u << 9 };
+	struct uffd_restore_stats s = { .size = 8 };
+	uint64_t h[UFFD_HIST_BUCKETS] = { 0 };
+	struct uffd_restore *rs;
+	struct env e;
+	int wfd;
+
+	SKIP_VALGRIND();
+
+	ASSERT_ERR(uffd_restore_new(&rs, &o), -EINVAL, "flags");
+	ck_assert_int_eq(uffd_restore_new(NULL, NULL), -EINVAL);
+	if (!env_anon(&e, 8, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	ASSERT_OK(uffd_restore_new(&rs, NULL));
+	ASSERT_ERR(uffd_restore_start(rs, e.l), -EINVAL, "no region");
+	ASSERT_ERR(uffd_restore_add_region(rs, e.r, e.snap.fd, 1), -EINVAL, "multiple");
+	wfd = open(e.snap.path, O_WRONLY | O_CLOEXEC);
+	ck_assert_int_ge(wfd, 0);
+	ASSERT_ERR(uffd_restore_add_region(rs, e.r, wfd, 0), -EBADF, "reading");
+	close(wfd);
+	ASSERT_ERR(uffd_restore_add_region(rs, e.r, e.snap.fd, e.ps), -EINVAL, "cover");
+	ASSERT_OK(uffd_restore_add_region(rs, e.r, e.snap.fd, 0));
+	ASSERT_ERR(uffd_restore_add_region(rs, e.r, e.snap.fd, 0), -EBUSY, "already");
+	ASSERT_ERR(uffd_restore_stats(rs, &s), -EINVAL, "size");
+	ASSERT_ERR(uffd_restore_wait(rs, 0), -EINVAL, "not started");
+	ASSERT_ERR(uffd_restore_save_trace(rs, "x"), -EINVAL, "UFFD_RESTORE_RECORD");
+	ASSERT_OK(uffd_restore_start(rs, e.l));
+	ASSERT_ERR(uffd_restore_start(rs, e.l), -EINVAL, "already");
+	uffd_restore_free(rs);
+	uffd_restore_free(NULL);
+	/* Quantiles: the upper bound of the bucket holding the q-th sample. */
+	ck_assert_uint_eq(uffd_hist_quantile(h, 0.5), 0);
+	h[10] = 50;
+	h[20] = 49;
+	h[30] = 1;
+	ck_assert_uint_eq(uffd_hist_quantile(h, 0.5), 1u << 11);
+	ck_assert_uint_eq(uffd_hist_quantile(h, 0.51), 1u << 21);
+	ck_assert_uint_eq(uffd_hist_quantile(h, 0.99), 1u << 21);
+	ck_assert_uint_eq(uffd_hist_quantile(h, 1.0), 1u << 31);
+	ck_assert_uint_eq(uffd_hist_quantile(h, 0), 0);
+	ck_assert_uint_eq(uffd_hist_quantile(h, 1.5), 0);
+	ck_assert_uint_eq(uffd_hist_quantile(NULL, 0.5), 0);
+	env_free(&e);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+	Suite *s = suite_create("restore");
+	TCase *tc;
+
+	tc = CASE(demand_anon_warm, 20);
+	tcase_add_test(tc, demand_anon_warm);
+	tc = CASE(demand_anon_cold, 20);
+	tcase_add_test(tc, demand_anon_cold);
+	tc = CASE(demand_memfd_cold, 20);
+	tcase_add_test(tc, demand_memfd_cold);
+	tc = CASE(record_replay, 30);
+	tcase_add_test(tc, record_replay);
+	tc = CASE(demand_during_fill, 20);
+	tcase_add_test(tc, demand_during_fill);
+	tc = CASE(fill_detach_anon, 20);
+	tcase_add_test(tc, fill_detach_anon);
+	tc = CASE(fill_detach_memfd, 20);
+	tcase_add_test(tc, fill_detach_memfd);
+	tc = CASE(remove_during_restore, 20);
+	tcase_add_test(tc, remove_during_restore);
+	tc = CASE(bad_traces, 20);
+	tcase_add_test(tc, bad_traces);
+	tc = CASE(hugetlb, 20);
+	tcase_add_test(tc, hugetlb);
+	tc = CASE(args, 20);
+	tcase_add_test(tc, args);
+	return s;
+}
+
+int main(void)
+{
+	return harness_run(suite());
+}
