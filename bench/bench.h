@@ -69,8 +69,6 @@ double now_us(void);
 uint64_t now_ns(void);
 /* Counts ns in log2 histogram h of UFFD_HIST_BUCKETS: bucket i holds [2^i, 2^(i+1)) ns. */
 void hist_add(uint64_t *h, uint64_t ns);
-/* The q quantile of h: the upper bound (ns) of the bucket holding it; 0 when empty. */
-uint64_t hist_quantile(const uint64_t *h, double q);
 /* The word stored at word w of page p of a data set with seed s. */
 static inline uint64_t pattern(uint64_t s, size_t p, size_t w)
 {

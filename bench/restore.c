@@ -40,14 +40,17 @@ static const struct contender {
 	{ "baseline", rs_baseline, false, "poll + read + one resolution per fault (bench/baseline.c): "
 	  "anon UFFDIO_COPY from a mapping of the snapshot, memfd pread(2) into the alias + "
 	  "UFFDIO_CONTINUE" },
-	{ "libuffd", NULL, false, "NOT IMPLEMENTED: the restore engine, demand faults only" },
+	{ "libuffd", rs_libuffd, false, "the restore engine (uffd_restore_*) reading the snapshot "
+	  "file, no trace: demand faults only" },
 	{ "libuffd_source", rs_libuffd_source, false, "loop, region with the snapshot mapping as "
 	  "its page source: anon copied by the loop (uffd_region_set_source), memfd written by a "
 	  "handler (uffd_region_populate + uffd_region_continue)" },
 	{ "libuffd_around", rs_libuffd_around, true, "the same, each fault widened to its aligned "
 	  "--around block (4 KiB pages only)" },
-	{ "libuffd_replay", NULL, false, "NOT IMPLEMENTED: the restore engine replaying a trace" },
-	{ "libuffd_fill", NULL, false, "NOT IMPLEMENTED: the restore engine filling in the background" },
+	{ "libuffd_replay", rs_libuffd_replay, false, "the restore engine replaying a trace "
+	  "(uffd_restore_load_trace) recorded by an untimed run of another order (UFFD_RESTORE_RECORD)" },
+	{ "libuffd_fill", rs_libuffd_fill, false, "the restore engine, no trace, every page brought "
+	  "in the background (UFFD_RESTORE_FILL)" },
 	{ "kernel", rs_kernel, false, "snapshot mapped MAP_PRIVATE, no userfaultfd (the same "
 	  "for every memory and page variant)" },
 };
@@ -201,7 +204,7 @@ static void no_result(struct rs_result *r)
 /* A service-time quantile in us; NaN without a histogram. */
 static double quantile_us(const struct rs_result *r, double q)
 {
-	uint64_t ns = r->has_hist ? hist_quantile(r->hist, q) : 0;
+	uint64_t ns = r->has_hist ? uffd_hist_quantile(r->hist, q) : 0;
 
 	return ns ? (double)ns / 1e3 : NAN;
 }
@@ -530,6 +533,30 @@ static size_t units(const size_t *set, size_t nset, size_t npages, size_t page)
 	return n;
 }
 
+/*
+ * The replay contender's trace: one untimed run of the restore engine with
+ * UFFD_RESTORE_RECORD, the guest touching the working set in an order of
+ * its own (the timed runs' orders differ from it and from each other).
+ */
+static int record(struct rs_env *e, size_t *order, const char *page, const char *mem)
+{
+	static char path[64];
+	char name[64];
+	int err;
+
+	if (!*path)
+		snprintf(path, sizeof(path), "/var/tmp/uffd-restore-%d.trace", (int)getpid());
+	snprintf(name, sizeof(name), "%s/%s/record", page, mem);
+	shuffle(order, e->nset, SEED - 1);
+	if (!cache_state(e->fd, e->len, true))
+		return -1;
+	watchdog(name, 300);
+	err = rs_record(e, name, path);
+	alarm(0);
+	e->trace = path;
+	return err;
+}
+
 /* Every selected memory and cache state of one page size. */
 static void run_page(const struct opts *o, struct rs_env *e, size_t *order, const char *page)
 {
@@ -543,6 +570,10 @@ static void run_page(const struct opts *o, struct rs_env *e, size_t *order, cons
 		if (strcmp(o->memory, "both") && strcmp(o->memory, mems[m]))
 			continue;
 		e->memfd = m == 1;
+		if (enabled(o, e, find("libuffd_replay")) && record(e, order, page, mems[m])) {
+			errors++;
+			break;
+		}
 		for (size_t c = 0; c < 2 && !errors; c++) {
 			struct state st = { page, mems[m], caches[c] };
 
@@ -591,6 +622,8 @@ int main(int argc, char **argv)
 	if (strcmp(o.page, "4k"))
 		run_page(&o, &e, order, "2m");
 	legend(&o, e.nset, t0);
+	if (e.trace)
+		unlink(e.trace);
 	close(e.fd);
 	free(order);
 	if (o.timeline)

@@ -62,6 +62,12 @@ int rs_baseline(const struct rs_env *e, const char *name, struct rs_result *res)
 int rs_libuffd_source(const struct rs_env *e, const char *name, struct rs_result *res);
 int rs_libuffd_around(const struct rs_env *e, const char *name, struct rs_result *res);
 int rs_kernel(const struct rs_env *e, const char *name, struct rs_result *res);
+/* restore-engine.c */
+int rs_libuffd(const struct rs_env *e, const char *name, struct rs_result *res);
+int rs_libuffd_replay(const struct rs_env *e, const char *name, struct rs_result *res);
+int rs_libuffd_fill(const struct rs_env *e, const char *name, struct rs_result *res);
+/* The untimed recording pass: a demand-only run with UFFD_RESTORE_RECORD, its trace saved to path. */
+int rs_record(const struct rs_env *e, const char *name, const char *path);
 /*
  * Runs the guest over mem and fills res: its time, the process's faults
  * over it, the pages present afterwards. Then checks every word of every

@@ -108,20 +108,6 @@ bool check_pages_sampled(const char *metric, const void *p, size_t npages, uint6
 
 /* ---- latencies ---- */
 
-uint64_t hist_quantile(const uint64_t *h, double q)
-{
-	uint64_t total = 0, seen = 0;
-
-	for (size_t i = 0; i < UFFD_HIST_BUCKETS; i++)
-		total += h[i];
-	if (!total || !(q > 0 && q <= 1))
-		return 0;
-	for (size_t i = 0; i < UFFD_HIST_BUCKETS; i++)
-		if ((seen += h[i]) >= (uint64_t)(q * (double)total + 0.5) && h[i])
-			return 2ull << i;
-	return 2ull << (UFFD_HIST_BUCKETS - 1);
-}
-
 void lat_add(struct lat *l, double us)
 {
 	if (l->n == l->cap) {
