@@ -19,7 +19,7 @@ awk -v page="$page" -v mem="$mem" '
         print c, w, k } }' "$1" > "$data"
 [ -s "$data" ] || { echo "$0: no rows for $page $mem in $1" >&2; exit 1; }
 gnuplot <<GP
-set terminal svg size 860,420 dynamic font "sans,12" noenhanced
+set terminal svg size 1000,420 dynamic font "sans,12" noenhanced
 set output "$2"
 set title "${5:-uffd-restore, $page pages, $mem memory: start to last touch (median)}"
 set ylabel "ms"
@@ -30,6 +30,6 @@ set datafile missing "-"
 set key top right
 set grid ytics
 set yrange [0:*]
-set xtics rotate by -20
+set xtics nomirror font ",10"
 plot "$data" using 2:xtic(1) title "warm page cache", "" using 3 title "cold page cache"
 GP
