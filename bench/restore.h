@@ -4,7 +4,8 @@
  * threads touches a fixed, scattered working set of a snapshot file's pages
  * in a new order each run; each contender supplies the pages. Declarations
  * shared by restore.c (scheme, output), restore-mem.c (guest memory),
- * restore-sample.c (pages present over time) and the contenders.
+ * restore-sample.c (pages present over time) and the contenders
+ * (restore-contenders.c; restore-engine.c, those of the restore engine).
  */
 #ifndef UFFD_RESTORE_H
 #define UFFD_RESTORE_H
