@@ -20,12 +20,8 @@
 #include "bench.h"
 
 struct base_uffd {
-	const char *metric;
+	struct base_opts o;
 	int fd, stop_fd;
-	enum base_mode mode;
-	char *addr;
-	size_t len;
-	const char *src;
 	pthread_t thread;
 	uint64_t faults, reported;	/* faults written by the thread only */
 	int err;
@@ -50,29 +46,47 @@ int base_writeprotect(int fd, void *addr, size_t len, bool protect)
 	return ioctl(fd, UFFDIO_WRITEPROTECT, &w) ? -errno : 0;
 }
 
-static int base_copy(int fd, void *dst, const void *src)
+static int base_copy(int fd, void *dst, const void *src, size_t len)
 {
-	struct uffdio_copy c = { .dst = (uintptr_t)dst, .src = (uintptr_t)src, .len = PAGE };
+	struct uffdio_copy c = { .dst = (uintptr_t)dst, .src = (uintptr_t)src, .len = len };
 
 	return ioctl(fd, UFFDIO_COPY, &c) ? -errno : 0;
 }
 
-/* One ioctl for one page; EEXIST (mapped meanwhile) and EAGAIN are retried by the fault. */
+/*
+ * BASE_FILL: a page not in the page cache (a MISSING fault) is read from
+ * the file into the alias view first; then, as for a MINOR fault, CONTINUE.
+ */
+static int fill(struct base_uffd *b, const struct uffd_msg *m, char *page, int64_t *count)
+{
+	size_t off = (size_t)(page - b->o.addr);
+	ssize_t n;
+
+	if (!(m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) &&
+	    (n = pread(b->o.src_fd, b->o.alias + off, b->o.page, (off_t)off)) != (ssize_t)b->o.page)
+		return n < 0 ? -errno : -EIO;
+	return base_continue(b->fd, page, b->o.page, count);
+}
+
+/* One page, one ioctl; EEXIST (mapped meanwhile) and EAGAIN are retried by the fault. */
 static int resolve(struct base_uffd *b, const struct uffd_msg *m)
 {
-	char *page = (char *)(uintptr_t)(m->arg.pagefault.address & ~(PAGE - 1));
+	char *page = (char *)(uintptr_t)(m->arg.pagefault.address & ~(uint64_t)(b->o.page - 1));
 	int64_t count;
 	int err;
 
-	switch (b->mode) {
+	switch (b->o.mode) {
 	case BASE_MINOR:
-		err = base_continue(b->fd, page, PAGE, &count);
+		err = base_continue(b->fd, page, b->o.page, &count);
 		break;
 	case BASE_WP:
-		err = base_writeprotect(b->fd, page, PAGE, false);
+		err = base_writeprotect(b->fd, page, b->o.page, false);
+		break;
+	case BASE_FILL:
+		err = fill(b, m, page, &count);
 		break;
 	default:
-		err = base_copy(b->fd, page, b->src + (page - b->addr));
+		err = base_copy(b->fd, page, b->o.src + (page - b->o.addr), b->o.page);
 		break;
 	}
 	return err == -EEXIST ? 0 : err;
@@ -87,6 +101,7 @@ static void *handler(void *arg)
 
 	for (;;) {
 		struct uffd_msg m;
+		uint64_t t0;
 		ssize_t n;
 
 		if (poll(pfd, 2, -1) < 0) {
@@ -112,11 +127,14 @@ static void *handler(void *arg)
 			continue;
 		/* Counted before the ioctl wakes the faulting thread. */
 		__atomic_fetch_add(&b->faults, 1, __ATOMIC_RELAXED);
+		t0 = b->o.hist ? now_ns() : 0;
 		if ((b->err = resolve(b, &m)))
 			break;
+		if (b->o.hist)
+			hist_add(b->o.hist, now_ns() - t0);
 	}
 	if (b->err)
-		fprintf(stderr, "uffd-bench: %s: baseline handler: %s\n", b->metric, strerror(-b->err));
+		fprintf(stderr, "uffd-bench: %s: baseline handler: %s\n", b->o.metric, strerror(-b->err));
 	return NULL;
 }
 
@@ -139,7 +157,9 @@ static int open_uffd(uint64_t features)
 static uint64_t reg_mode(enum base_mode mode)
 {
 	return mode == BASE_MINOR ? UFFDIO_REGISTER_MODE_MINOR
-	       : mode == BASE_WP ? UFFDIO_REGISTER_MODE_WP : UFFDIO_REGISTER_MODE_MISSING;
+	       : mode == BASE_WP ? UFFDIO_REGISTER_MODE_WP
+	       : mode == BASE_FILL ? UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR
+	       : UFFDIO_REGISTER_MODE_MISSING;
 }
 
 int base_open(const char *metric, void *addr, size_t len, enum base_mode mode,
@@ -165,14 +185,24 @@ int base_open(const char *metric, void *addr, size_t len, enum base_mode mode,
 struct base_uffd *base_start(const char *metric, void *addr, size_t len,
 			     enum base_mode mode, uint64_t features, const void *src)
 {
+	struct base_opts o = { .metric = metric, .addr = addr, .len = len, .mode = mode,
+			       .features = features, .src = src, .src_fd = -1 };
+
+	return base_start_opts(&o);
+}
+
+struct base_uffd *base_start_opts(const struct base_opts *o)
+{
 	struct base_uffd *b = calloc(1, sizeof(*b));
+	const char *metric = o->metric;
 	int err;
 
 	if (!b)
 		return NULL;
-	*b = (struct base_uffd){ .metric = metric, .fd = -1, .stop_fd = -1, .mode = mode,
-				 .addr = addr, .len = len, .src = src };
-	if ((b->fd = base_open(metric, addr, len, mode, features)) < 0)
+	*b = (struct base_uffd){ .o = *o, .fd = -1, .stop_fd = -1 };
+	if (!b->o.page)
+		b->o.page = PAGE;
+	if ((b->fd = base_open(metric, o->addr, o->len, o->mode, o->features)) < 0)
 		goto fail;
 	if ((b->stop_fd = eventfd(0, EFD_CLOEXEC)) < 0)
 		goto fail;

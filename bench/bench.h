@@ -66,6 +66,9 @@ void bench_error(const struct bench_opts *o, const char *metric, const char *fmt
 
 /* util.c */
 double now_us(void);
+uint64_t now_ns(void);
+/* Counts ns in log2 histogram h of UFFD_HIST_BUCKETS: bucket i holds [2^i, 2^(i+1)) ns. */
+void hist_add(uint64_t *h, uint64_t ns);
 /* The word stored at word w of page p of a data set with seed s. */
 static inline uint64_t pattern(uint64_t s, size_t p, size_t w)
 {
@@ -85,6 +88,14 @@ void lat_free(struct lat *l);
 double lat_pct(struct lat *l, double pct);
 /* The median of v[0..n) (sorts v). */
 double median(double *v, unsigned n);
+/* Whether the comma-separated list holds name. */
+bool list_has(const char *list, const char *name);
+/*
+ * Whether every name of the list is one of n names, the i-th at
+ * (char *)names + i * stride (a table's name field); reports the others.
+ */
+bool list_known(const char *prog, const char *what, const char *list,
+		const char *const *names, size_t n, size_t stride);
 /* A decimal option value in [min, max]; false when it is not one. */
 bool parse_size(const char *s, size_t min, size_t max, size_t *out);
 /* A memfd of len bytes holding the pattern. -1 on failure (reported). */
@@ -102,16 +113,37 @@ bool check_written(const char *metric, const char *base, size_t n, uint64_t seed
 		   uint64_t marker);
 /* Runs fn(arg, i) on n threads released together; wall time in us. */
 double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg);
+/* The same; *start gets now_us() at the release. */
+double run_threads_at(unsigned n, void (*fn)(void *arg, unsigned i), void *arg, double *start);
 /* --placement: "split" (default), "same" or "free"; -1 for another name. */
 int place_set(const char *name);
 /* Moves the calling thread to the handlers' CPUs (true) or the faulters'. */
 void place(bool handler);
 /* Re-arms the watchdog: the run dies after seconds with the metric named. */
 void watchdog(const char *metric, unsigned seconds);
+/* fn (async-signal-safe) runs before the watchdog ends the process. */
+void watchdog_cleanup(void (*fn)(void));
 
 /* baseline.c: the usual handler, raw syscalls only. */
 struct base_uffd;
-enum base_mode { BASE_MINOR, BASE_WP, BASE_MISSING };
+/*
+ * BASE_FILL: shared memory registered for MISSING and MINOR faults, a page
+ * not in the page cache read from a file into the alias view, then CONTINUE.
+ */
+enum base_mode { BASE_MINOR, BASE_WP, BASE_MISSING, BASE_FILL };
+/* What base_start_opts() serves, and how. */
+struct base_opts {
+	const char *metric;
+	char *addr;		/* the registered range */
+	size_t len;
+	enum base_mode mode;
+	uint64_t features;
+	size_t page;		/* bytes per fault and ioctl; 0: PAGE */
+	const char *src;	/* BASE_MISSING: faults copy from src + offset */
+	int src_fd;		/* BASE_FILL: the page at offset is the file's at offset... */
+	char *alias;		/* ...read into alias + offset */
+	uint64_t *hist;		/* NULL, or UFFD_HIST_BUCKETS of read-to-resolved ns (hist_add()) */
+};
 /* A raw uffd (O_NONBLOCK) with features, [addr, addr+len) registered with
  * mode; no handler. The fd, or -1 (reported). */
 int base_open(const char *metric, void *addr, size_t len, enum base_mode mode,
@@ -120,6 +152,8 @@ int base_open(const char *metric, void *addr, size_t len, enum base_mode mode,
  * starts the handler thread. src: MISSING faults copy from src + offset. */
 struct base_uffd *base_start(const char *metric, void *addr, size_t len,
 			     enum base_mode mode, uint64_t features, const void *src);
+/* The same with every option; the handler thread writes o->hist until base_stop(). */
+struct base_uffd *base_start_opts(const struct base_opts *o);
 void base_stop(struct base_uffd *b);
 int base_fd(const struct base_uffd *b);
 /* Faults the handler resolved since the last call. */

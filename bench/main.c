@@ -208,31 +208,12 @@ static void usage(FILE *f)
 
 static bool known(const char *list)
 {
-	char *copy = strdup(list), *save, *tok;
-	bool ok = copy != NULL;
-
-	for (tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && ok;
-	     tok = strtok_r(NULL, ",", &save)) {
-		ok = false;
-		for (size_t i = 0; i < NMETRICS; i++)
-			ok |= strcmp(tok, metrics[i].name) == 0;
-		if (!ok)
-			fprintf(stderr, "uffd-bench: unknown metric '%s'\n", tok);
-	}
-	free(copy);
-	return ok;
+	return list_known("uffd-bench", "metric", list, &metrics[0].name, NMETRICS, sizeof(metrics[0]));
 }
 
 static bool selected(const struct bench_opts *o, const char *name)
 {
-	size_t n = strlen(name);
-
-	if (!o->only)
-		return true;
-	for (const char *p = o->only; (p = strstr(p, name)); p += n)
-		if ((p == o->only || p[-1] == ',') && (p[n] == ',' || !p[n]))
-			return true;
-	return false;
+	return !o->only || list_has(o->only, name);
 }
 
 static int parse(int argc, char **argv, struct bench_opts *o)

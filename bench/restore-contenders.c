@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -44,54 +45,29 @@ static void guest_thread(void *arg, unsigned i)
 	}
 }
 
-/* Pages of [mem, mem+len) present in this process's page tables (/proc/self/pagemap). */
-static double present_pages(const void *mem, size_t len)
-{
-	uint64_t ent[4096];
-	size_t first = (uintptr_t)mem / PAGE, n = len / PAGE, count = 0;
-	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0)
-		return NAN;
-	for (size_t i = 0; i < n; i += 4096) {
-		size_t m = n - i < 4096 ? n - i : 4096;
-
-		if (pread(fd, ent, m * 8, (off_t)((first + i) * 8)) != (ssize_t)(m * 8)) {
-			close(fd);
-			return NAN;
-		}
-		for (size_t j = 0; j < m; j++)
-			count += ent[j] >> 63;
-	}
-	close(fd);
-	return (double)count;
-}
-
-/*
- * Runs the guest over mem and fills res: its time, the process's faults
- * over it, and the pages present afterwards. Then checks every word of
- * every touched page (not timed). 0, or -1 on a wrong page.
- */
-static int rs_guest(const struct rs_env *e, const char *name, const char *mem,
-		    struct rs_result *res)
+int rs_guest(const struct rs_env *e, const char *name, const char *mem, struct rs_result *res)
 {
 	struct guest g = { e, name, mem };
 	struct rusage a, b;
 	unsigned before = bench_failures;
+	double start = 0;
 
+	if (e->sampler && rs_sampler_start(e->sampler, mem, e->len))
+		return -1;
 	getrusage(RUSAGE_SELF, &a);
-	res->us = run_threads(e->threads, guest_thread, &g);
+	res->v[RS_US] = run_threads_at(e->threads, guest_thread, &g, &start);
 	getrusage(RUSAGE_SELF, &b);
-	res->minflt = (double)(b.ru_minflt - a.ru_minflt);
-	res->majflt = (double)(b.ru_majflt - a.ru_majflt);
-	res->mapped = present_pages(mem, e->len);
+	if (e->sampler)
+		rs_sampler_stop(e->sampler, start);
+	res->v[RS_MINFLT] = (double)(b.ru_minflt - a.ru_minflt);
+	res->v[RS_MAJFLT] = (double)(b.ru_majflt - a.ru_majflt);
+	res->v[RS_MAPPED] = rs_present_pages(mem, e->len);
 	for (size_t k = 0; k < e->nset && bench_failures == before; k++)
 		check_pages(name, mem + e->order[k] * PAGE, e->order[k], 1, e->seed);
-	return res->us < 0 || bench_failures != before ? -1 : 0;
+	return res->v[RS_US] < 0 || bench_failures != before ? -1 : 0;
 }
 
-/* A fresh read-only view of the snapshot: the source of the COPYs. */
-static const char *map_snapshot(const struct rs_env *e, const char *name)
+const char *rs_map_snapshot(const struct rs_env *e, const char *name)
 {
 	void *p = mmap(NULL, e->len, PROT_READ, MAP_SHARED, e->fd, 0);
 
@@ -102,116 +78,226 @@ static const char *map_snapshot(const struct rs_env *e, const char *name)
 	return p;
 }
 
-/* Demand faults resolve exactly the touched pages, one message each. */
-static int check_exact(const struct rs_env *e, const char *name, const struct rs_result *res)
+/*
+ * Demand faults map exactly the pages (of the memory's page size) holding
+ * the touched ones, with one message per page; with 2 MiB pages both guest
+ * threads may fault the same page, each with its message.
+ */
+int rs_check_demand(const struct rs_env *e, const char *name, const struct rs_result *res)
 {
-	if (res->msgs == (double)e->nset && res->mapped == (double)e->nset)
+	double msgs = res->v[RS_FAULTS], mapped = res->v[RS_MAPPED];
+
+	if (mapped == (double)(e->nunits * (e->page / PAGE)) &&
+	    (e->page == PAGE ? msgs == (double)e->nunits : msgs >= (double)e->nunits))
 		return 0;
-	bench_fail(name, "%.0f fault messages and %.0f pages mapped for %zu touched pages",
-		   res->msgs, res->mapped, e->nset);
+	bench_fail(name, "%.0f fault messages and %.0f 4 KiB pages mapped for %zu touched pages "
+		   "of %zu KiB", msgs, mapped, e->nunits, e->page / 1024);
 	return -1;
 }
 
-/* ---- 1. the hand-written handler: poll + read + one UFFDIO_COPY per fault ---- */
+/* ---- 1. the hand-written handler: poll + read + one resolution per fault ---- */
 
+/* The features a raw uffd needs for this memory. */
+static uint64_t base_features(const struct rs_env *e)
+{
+	if (e->memfd)
+		return e->page == HUGE ? UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_MINOR_HUGETLBFS
+		       : UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM;
+	return e->page == HUGE ? UFFD_FEATURE_MISSING_HUGETLBFS : 0;
+}
+
+/*
+ * anon: one UFFDIO_COPY per fault from a MAP_SHARED view of the snapshot,
+ * as Firecracker's example handler does. memfd: pread(2) of the page from
+ * the snapshot into the alias view, then one UFFDIO_CONTINUE.
+ */
 int rs_baseline(const struct rs_env *e, const char *name, struct rs_result *res)
 {
-	const char *src = map_snapshot(e, name);
-	char *mem = src ? anon_map(e->len) : NULL;
-	struct base_uffd *b = mem ? base_start(name, mem, e->len, BASE_MISSING, 0, src) : NULL;
+	const char *src = e->memfd ? NULL : rs_map_snapshot(e, name);
+	struct base_opts o = { .metric = name, .len = e->len, .page = e->page,
+			       .mode = e->memfd ? BASE_FILL : BASE_MISSING,
+			       .features = base_features(e), .src = src, .src_fd = e->fd,
+			       .hist = res->hist };
+	struct rs_mem m = { .fd = -1 };
+	struct base_uffd *b = NULL;
 	int err = -1;
 
-	if (!b)
+	if ((!e->memfd && !src) || rs_mem_new(e, name, true, &m))
 		goto out;
-	err = rs_guest(e, name, mem, res);
-	res->msgs = res->ioctls = (double)base_faults(b);
+	o.addr = m.base;
+	o.alias = m.alias;
+	if (!(b = base_start_opts(&o)))
+		goto out;
+	err = rs_guest(e, name, m.base, res);
+	res->v[RS_FAULTS] = res->v[RS_IOCTLS] = (double)base_faults(b);
 	base_stop(b);
+	res->has_hist = true;
 	if (!err)
-		err = check_exact(e, name, res);
+		err = rs_check_demand(e, name, res);
 out:
-	if (mem)
-		munmap(mem, e->len);
+	rs_mem_free(&m);
 	if (src)
 		munmap((void *)src, e->len);
 	return err;
 }
 
-/* ---- 2. libuffd: a MISSING region with the snapshot as its page source ---- */
+/* ---- libuffd: the guest memory as a region ---- */
 
-/* Widens each fault to the aligned block of e->around pages holding it, within the region. */
-static int around_missing(void *ctx, struct uffd_fault *f)
+int rs_lib_open(const struct rs_env *e, const char *name, struct rs_lib *lb)
 {
-	const struct rs_env *e = ctx;
-	size_t block = e->around * PAGE;
-	uint64_t start = f->offset - f->offset % block;
-	uint64_t end = start + block < e->len ? start + block : e->len;
+	struct uffd_foreign_opts fo = { .size = sizeof(fo), .length = e->len, .page_size = e->page,
+					.modes = UFFDIO_REGISTER_MODE_MISSING, .fd = -1 };
+	struct uffd_region_opts ro = { .size = sizeof(ro), .length = e->len,
+				       .modes = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR,
+				       .flags = e->page == HUGE ? UFFD_REGION_HUGETLB : 0 };
 
-	f->addr = (char *)f->addr - (f->offset - start);
-	f->offset = start;
-	f->len = end - start;
-	return UFFD_RESOLVE;
+	*lb = (struct rs_lib){ .m = { .fd = -1 } };
+	if (rs_mem_new(e, name, !e->memfd, &lb->m))
+		return -1;
+	ro.fd = lb->m.fd;
+	fo.owner_addr = (uintptr_t)lb->m.base;
+	if (uffd_open(&lb->u, NULL) || uffd_loop_new(&lb->l, NULL) ||
+	    (e->memfd ? uffd_region_create(lb->u, &ro, &lb->r)
+	     : uffd_register(lb->u, lb->m.base, e->len, fo.modes, NULL) ||
+	       uffd_region_create_foreign(lb->u, &fo, &lb->r))) {
+		fprintf(stderr, "uffd-restore: %s: set-up: %s\n", name, uffd_last_error());
+		return -1;
+	}
+	return 0;
 }
 
-static int libuffd_run(const struct rs_env *e, const char *name, bool around,
-		       struct rs_result *res)
+int rs_lib_guest(const struct rs_env *e, const char *name, struct rs_lib *lb, struct rs_result *res)
 {
-	const char *src = map_snapshot(e, name);
-	char *mem = src ? anon_map(e->len) : NULL;
-	struct uffd_foreign_opts fo = { .size = sizeof(fo), .owner_addr = (uintptr_t)mem,
-					.length = e->len, .modes = UFFDIO_REGISTER_MODE_MISSING,
-					.fd = -1 };
-	struct uffd_handlers h = { .missing = around_missing };
 	struct uffd_loop_counters c = { .size = sizeof(c) };
-	struct uffd_region *r = NULL;
-	struct uffd_loop *l = NULL;
-	struct uffd *u = NULL;
-	int err = -1;
+	int err;
 
-	if (!mem)
-		goto out;
-	if (uffd_open(&u, NULL) || uffd_register(u, mem, e->len, fo.modes, NULL) ||
-	    uffd_region_create_foreign(u, &fo, &r) || uffd_region_set_source(r, src, e->len) ||
-	    uffd_loop_new(&l, NULL) ||
-	    uffd_loop_add_region(l, r, around ? &h : NULL, (void *)e)) {
-		fprintf(stderr, "uffd-restore: %s: set-up: %s\n", name, uffd_last_error());
-		goto out;
-	}
 	place(true);
-	err = uffd_loop_start(l, 1);
+	err = uffd_loop_start(lb->l, 1);
 	place(false);
 	if (err) {
 		fprintf(stderr, "uffd-restore: %s: uffd_loop_start: %s\n", name, uffd_last_error());
-		goto out;
+		return -1;
 	}
-	err = rs_guest(e, name, mem, res);
-	uffd_loop_counters(l, &c);
-	res->msgs = (double)c.faults_missing;
-	res->ioctls = (double)c.resolve_ioctls;
+	err = rs_guest(e, name, uffd_region_base(lb->r), res);
+	uffd_loop_counters(lb->l, &c);
+	res->v[RS_FAULTS] = (double)(c.faults_missing + c.faults_minor);
+	res->v[RS_IOCTLS] = (double)c.resolve_ioctls;
 	if (!err && c.errors) {
 		bench_fail(name, "the loop counted %llu errors", (unsigned long long)c.errors);
 		err = -1;
 	}
-	if (!err && !around)
-		err = check_exact(e, name, res);
-out:
-	uffd_loop_free(l);
-	uffd_region_destroy(r);
-	uffd_close(u);
-	if (mem)
-		munmap(mem, e->len);
-	if (src)
-		munmap((void *)src, e->len);
 	return err;
 }
 
-int rs_libuffd(const struct rs_env *e, const char *name, struct rs_result *res)
+void rs_lib_close(struct rs_lib *lb)
 {
-	return libuffd_run(e, name, false, res);
+	uffd_loop_free(lb->l);
+	uffd_region_destroy(lb->r);
+	uffd_close(lb->u);
+	rs_mem_free(&lb->m);
+}
+
+/* ---- 2. libuffd's loop: a region with the snapshot mapped as its page source ---- */
+
+struct src_run {
+	const struct rs_env *e;
+	struct rs_lib lb;
+	const char *src;	/* the snapshot, mapped */
+	size_t block;		/* bytes per fault: the page, or the --around block */
+	unsigned char *filled;	/* memfd: pages whose page cache holds the snapshot's */
+	uint64_t continues;	/* memfd: UFFDIO_CONTINUEs of the handler */
+};
+
+/* [lo, hi): the aligned block of r->block bytes holding the fault, within the region. */
+static void block_of(const struct src_run *r, const struct uffd_fault *f, uint64_t *lo, uint64_t *hi)
+{
+	size_t b = r->block;
+
+	*lo = f->offset - f->offset % b;
+	*hi = *lo + b < r->e->len ? *lo + b : r->e->len;
+}
+
+/* anon: widens the fault to its block; the loop copies the block from the source. */
+static int copy_block(void *ctx, struct uffd_fault *f)
+{
+	uint64_t lo, hi;
+
+	block_of(ctx, f, &lo, &hi);
+	f->addr = (char *)f->addr - (f->offset - lo);
+	f->offset = lo;
+	f->len = hi - lo;
+	return UFFD_RESOLVE;
+}
+
+/*
+ * memfd: writes the block's pages that are not in the page cache yet from
+ * the source (uffd_region_populate(): pwrite(2) on the memfd), then maps
+ * the block with one CONTINUE. MISSING and MINOR faults alike.
+ */
+static int fill_block(void *ctx, struct uffd_fault *f)
+{
+	struct src_run *r = ctx;
+	size_t ps = r->e->page;
+	uint64_t lo, hi, o, end;
+	int err = 0;
+
+	block_of(r, f, &lo, &hi);
+	for (o = lo; o < hi && !err; o = end) {
+		for (; o < hi && r->filled[o / ps]; o += ps)
+			;
+		for (end = o; end < hi && !r->filled[end / ps]; end += ps)
+			;
+		if (end > o && !(err = uffd_region_populate(r->lb.r, o, r->src + o, end - o, 0)))
+			memset(r->filled + o / ps, 1, (end - o) / ps);
+	}
+	if (!err) {
+		err = uffd_region_continue(r->lb.r, lo, hi - lo, UFFD_SKIP_EXISTING, NULL);
+		r->continues++;
+	}
+	return err == -EAGAIN ? UFFD_RETRY : err ? err : UFFD_HANDLED;
+}
+
+/*
+ * anon: the snapshot mapping is the region's page source (the loop copies
+ * from it); block widens each fault. memfd: fill_block().
+ */
+static int source_run(const struct rs_env *e, const char *name, size_t block, struct rs_result *res)
+{
+	struct src_run r = { .e = e, .block = block > e->page ? block : e->page };
+	struct uffd_handlers h = { .missing = e->memfd ? fill_block : copy_block,
+				   .minor = fill_block };
+	bool demand = r.block == e->page;
+	int err = -1;
+
+	if (rs_lib_open(e, name, &r.lb) || !(r.src = rs_map_snapshot(e, name)))
+		goto out;
+	if ((e->memfd && !(r.filled = calloc(e->len / e->page, 1))) ||
+	    (!e->memfd && uffd_region_set_source(r.lb.r, r.src, e->len)) ||
+	    uffd_loop_add_region(r.lb.l, r.lb.r, e->memfd || !demand ? &h : NULL, &r)) {
+		fprintf(stderr, "uffd-restore: %s: set-up: %s\n", name, uffd_last_error());
+		goto out;
+	}
+	err = rs_lib_guest(e, name, &r.lb, res);
+	if (e->memfd)
+		res->v[RS_IOCTLS] = (double)r.continues;
+	if (!err && demand)
+		err = rs_check_demand(e, name, res);
+out:
+	rs_lib_close(&r.lb);
+	free(r.filled);
+	if (r.src)
+		munmap((void *)r.src, e->len);
+	return err;
+}
+
+int rs_libuffd_source(const struct rs_env *e, const char *name, struct rs_result *res)
+{
+	return source_run(e, name, e->page, res);
 }
 
 int rs_libuffd_around(const struct rs_env *e, const char *name, struct rs_result *res)
 {
-	return libuffd_run(e, name, true, res);
+	return source_run(e, name, e->around * PAGE, res);
 }
 
 /* ---- 4. the kernel's own paging: the snapshot mapped MAP_PRIVATE ---- */
@@ -226,7 +312,6 @@ int rs_kernel(const struct rs_env *e, const char *name, struct rs_result *res)
 		return -1;
 	}
 	err = rs_guest(e, name, mem, res);
-	res->msgs = res->ioctls = NAN;
 	munmap(mem, e->len);
 	return err;
 }

@@ -4,12 +4,16 @@
  * contents; a "guest" of threads touching a fixed working set (a quarter of
  * the pages, scattered, the same set every run, a new order every run) and
  * checking every page it touches. Timed from the guest's start to its last
- * touch, for each contender, with the snapshot's page cache warm and cold;
- * the contenders interleaved (the first one rotating), median reported.
+ * touch, for each contender, with the snapshot's page cache warm and cold,
+ * guest memory anonymous (UFFDIO_COPY) or a memfd (UFFDIO_CONTINUE), in
+ * 4 KiB or 2 MiB pages; the contenders interleaved (the first one
+ * rotating), median reported.
  *
  * usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--around N]
- *                     [--threads N] [--cache warm|cold|both] [--json]
- *                     [--placement split|same|free]
+ *                     [--threads N] [--cache warm|cold|both]
+ *                     [--memory anon|memfd|both] [--page 4k|2m|both]
+ *                     [--only NAME,...] [--timeline FILE] [--latency FILE]
+ *                     [--sample-ms N] [--json] [--placement split|same|free]
  * Exit status: 0; 1 when a contender could not run or a page read wrong.
  */
 #include <errno.h>
@@ -27,24 +31,42 @@
 #define MAX_REPS 51
 #define SEED 0x5eed0015ull
 
-static const struct {
+static const struct contender {
 	const char *name;
 	rs_fn fn;		/* NULL: not implemented yet */
+	bool small_only;	/* 4 KiB pages only */
 	const char *note;
 } contenders[] = {
-	{ "baseline", rs_baseline, "poll + read + one UFFDIO_COPY per fault (bench/baseline.c)" },
-	{ "libuffd", rs_libuffd, "loop, MISSING region with the snapshot as page source" },
-	{ "libuffd_around", rs_libuffd_around, "the same, each fault widened to its aligned --around block" },
-	{ "libuffd_replay", NULL, "NOT IMPLEMENTED: the restore engine (record/replay) does not exist yet" },
-	{ "kernel", rs_kernel, "snapshot mapped MAP_PRIVATE, no userfaultfd" },
+	{ "baseline", rs_baseline, false, "poll + read + one resolution per fault (bench/baseline.c): "
+	  "anon UFFDIO_COPY from a mapping of the snapshot, memfd pread(2) into the alias + "
+	  "UFFDIO_CONTINUE" },
+	{ "libuffd", rs_libuffd, false, "the restore engine (uffd_restore_*) reading the snapshot "
+	  "file, no trace: demand faults only" },
+	{ "libuffd_source", rs_libuffd_source, false, "loop, region with the snapshot mapping as "
+	  "its page source: anon copied by the loop (uffd_region_set_source), memfd written by a "
+	  "handler (uffd_region_populate + uffd_region_continue)" },
+	{ "libuffd_around", rs_libuffd_around, true, "the same, each fault widened to its aligned "
+	  "--around block (4 KiB pages only)" },
+	{ "libuffd_replay", rs_libuffd_replay, false, "the restore engine replaying a trace "
+	  "(uffd_restore_load_trace) recorded by an untimed run of another order (UFFD_RESTORE_RECORD)" },
+	{ "libuffd_fill", rs_libuffd_fill, false, "the restore engine, no trace, every page brought "
+	  "in the background (UFFD_RESTORE_FILL)" },
+	{ "kernel", rs_kernel, false, "snapshot mapped MAP_PRIVATE, no userfaultfd (the same "
+	  "for every memory and page variant)" },
 };
 #define NCONT (sizeof(contenders) / sizeof(contenders[0]))
 
 struct opts {
 	size_t mib, around;
-	unsigned reps, threads;
-	const char *file, *cache, *placement;
+	unsigned reps, threads, sample_ms;
+	const char *file, *cache, *memory, *page, *only, *placement;
+	FILE *timeline, *latency;
 	bool json;
+};
+
+/* One variant and cache state: what the table's first columns say. */
+struct state {
+	const char *page, *memory, *cache;
 };
 
 static unsigned errors;
@@ -156,71 +178,98 @@ static bool cache_state(int fd, size_t len, bool warm)
 
 /* ---- runs and medians ---- */
 
-/* Field by field: the median of each figure over the runs. */
-static struct rs_result median_result(struct rs_result *runs, unsigned n)
+/* Figure by figure: the median over the runs; the histograms summed. */
+static void summarize(const struct rs_result *runs, unsigned n, struct rs_result *m)
 {
 	double v[MAX_REPS];
-	struct rs_result m;
-	double *out = &m.us;
 
-	for (size_t f = 0; f < sizeof(m) / sizeof(double); f++) {
+	*m = (struct rs_result){ .has_hist = runs[0].has_hist };
+	for (size_t f = 0; f < RS_NFIG; f++) {
 		for (unsigned r = 0; r < n; r++)
-			v[r] = (&runs[r].us)[f];
-		out[f] = median(v, n);
+			v[r] = runs[r].v[f];
+		m->v[f] = median(v, n);
 	}
-	return m;
+	for (unsigned r = 0; r < n; r++)
+		for (size_t b = 0; b < UFFD_HIST_BUCKETS; b++)
+			m->hist[b] += runs[r].hist[b];
+}
+
+static void no_result(struct rs_result *r)
+{
+	*r = (struct rs_result){ 0 };
+	for (size_t f = 0; f < RS_NFIG; f++)
+		r->v[f] = NAN;
+}
+
+/* A service-time quantile in us; NaN without a histogram. */
+static double quantile_us(const struct rs_result *r, double q)
+{
+	uint64_t ns = r->has_hist ? uffd_hist_quantile(r->hist, q) : 0;
+
+	return ns ? (double)ns / 1e3 : NAN;
 }
 
 /* ---- output ---- */
 
-static void json_num(const char *key, double v)
+/* The table's columns after the names, and the JSON keys. */
+static const struct {
+	const char *head, *key;
+	int decimals;
+} cols[] = {
+	{ "ms", "ms", 1 }, { "vs_kernel", "vs_kernel", 3 }, { "vs_base", "vs_baseline", 3 },
+	{ "faults", "fault_msgs", 0 }, { "ioctls", "ioctls", 0 }, { "ahead", "pages_ahead", 0 },
+	{ "mapped", "pages_mapped", 0 }, { "minflt", "minflt", 0 }, { "majflt", "majflt", 0 },
+	{ "p50_us", "p50_us", 1 }, { "p99_us", "p99_us", 1 },
+};
+#define NCOLS (sizeof(cols) / sizeof(cols[0]))
+
+static void header(const struct opts *o)
 {
-	if (isnan(v))
-		printf(",\"%s\":null", key);
-	else
-		printf(",\"%s\":%.6g", key, v);
+	if (o->json)
+		return;
+	printf("%-4s %-5s %-5s %-15s", "page", "mem", "cache", "contender");
+	for (size_t c = 0; c < NCOLS; c++)
+		printf("%10s", cols[c].head);
+	printf("\n");
 }
 
-static void cell(int decimals, double v)
-{
-	if (isnan(v))
-		printf("%10s", "-");
-	else
-		printf("%10.*f", decimals, v);
-}
-
-static void row(const struct opts *o, const char *cache, size_t i, const struct rs_result *m,
+static void row(const struct opts *o, const struct state *st, size_t i, const struct rs_result *m,
 		double kernel_us, double base_us)
 {
-	double vs_k = m->us / kernel_us, vs_b = m->us / base_us;
+	double v[NCOLS] = { m->v[RS_US] / 1e3, m->v[RS_US] / kernel_us, m->v[RS_US] / base_us,
+			    m->v[RS_FAULTS], m->v[RS_IOCTLS], m->v[RS_AHEAD], m->v[RS_MAPPED],
+			    m->v[RS_MINFLT], m->v[RS_MAJFLT], quantile_us(m, 0.5), quantile_us(m, 0.99) };
 
-	if (o->json) {
-		printf("{\"cache\":\"%s\",\"contender\":\"%s\",\"implemented\":%s", cache,
-		       contenders[i].name, contenders[i].fn ? "true" : "false");
-		json_num("ms", m->us / 1e3);
-		json_num("vs_kernel", vs_k);
-		json_num("vs_baseline", vs_b);
-		json_num("fault_msgs", m->msgs);
-		json_num("ioctls", m->ioctls);
-		json_num("pages_mapped", m->mapped);
-		json_num("minflt", m->minflt);
-		json_num("majflt", m->majflt);
-		printf("}\n");
-		return;
+	if (o->json)
+		printf("{\"page\":\"%s\",\"memory\":\"%s\",\"cache\":\"%s\",\"contender\":\"%s\","
+		       "\"implemented\":%s", st->page, st->memory, st->cache, contenders[i].name,
+		       contenders[i].fn ? "true" : "false");
+	else
+		printf("%-4s %-5s %-5s %-15s", st->page, st->memory, st->cache, contenders[i].name);
+	for (size_t c = 0; c < NCOLS; c++) {
+		if (o->json && isnan(v[c]))
+			printf(",\"%s\":null", cols[c].key);
+		else if (o->json)
+			printf(",\"%s\":%.6g", cols[c].key, v[c]);
+		else if (isnan(v[c]))
+			printf("%10s", "-");
+		else
+			printf("%10.*f", cols[c].decimals, v[c]);
 	}
-	printf("%-5s %-15s", cache, contenders[i].name);
-	cell(1, m->us / 1e3);
-	cell(3, vs_k);
-	cell(3, vs_b);
-	cell(0, m->msgs);
-	cell(0, m->ioctls);
-	cell(0, m->mapped);
-	cell(0, m->minflt);
-	cell(0, m->majflt);
-	printf("  %s\n", contenders[i].note);
+	printf(o->json ? "}\n" : "\n");
 }
 
-/* ---- one cache state: every contender, reps times, interleaved ---- */
+/* The service-time histogram of each contender, for the distribution plot. */
+static void write_latency(const struct opts *o, const struct state *st, size_t i,
+			  const struct rs_result *m)
+{
+	if (!o->latency || !m->has_hist)
+		return;
+	for (size_t b = 0; b < UFFD_HIST_BUCKETS; b++)
+		if (m->hist[b])
+			fprintf(o->latency, "%s %s %s %s %llu %llu\n", st->page, st->memory, st->cache,
+				contenders[i].name, 1ull << b, (unsigned long long)m->hist[b]);
+}
 
 static size_t find(const char *name)
 {
@@ -230,38 +279,123 @@ static size_t find(const char *name)
 	abort();
 }
 
-static int run_state(const struct opts *o, struct rs_env *e, size_t *order, bool warm)
+/* One target: met when value <= limit; not measured when a figure is missing. */
+static void target(const struct opts *o, const char *what, double value, double limit)
+{
+	bool none = isnan(value), met = value <= limit;
+
+	if (o->json && none)
+		printf(",\"%s\":{\"value\":null,\"limit\":%g,\"met\":null}", what, limit);
+	else if (o->json)
+		printf(",\"%s\":{\"value\":%.6g,\"limit\":%g,\"met\":%s}", what, value, limit,
+		       met ? "true" : "false");
+	else if (none)
+		printf(" %s - (<= %g) not measured;", what, limit);
+	else
+		printf(" %s %.3f (<= %g) %s;", what, value, limit, met ? "met" : "NOT MET");
+}
+
+/* Issue 15's targets for this state: replay against the kernel, the baseline, demand faults. */
+static void targets(const struct opts *o, const struct state *st, const struct rs_result *med)
+{
+	const struct rs_result *rp = &med[find("libuffd_replay")];
+
+	if (o->json)
+		printf("{\"page\":\"%s\",\"memory\":\"%s\",\"cache\":\"%s\",\"targets\":true", st->page,
+		       st->memory, st->cache);
+	else
+		printf("# targets %s %s %s:", st->page, st->memory, st->cache);
+	target(o, "replay/kernel", rp->v[RS_US] / med[find("kernel")].v[RS_US], 1.2);
+	target(o, "replay/baseline", rp->v[RS_US] / med[find("baseline")].v[RS_US], 0.3);
+	target(o, "replay_faults/libuffd_faults",
+	       rp->v[RS_FAULTS] / med[find("libuffd")].v[RS_FAULTS], 0.1);
+	printf(o->json ? "}\n" : "\n");
+}
+
+/* ---- one variant and cache state: every contender, reps times, interleaved ---- */
+
+static bool enabled(const struct opts *o, const struct rs_env *e, size_t i)
+{
+	return contenders[i].fn && (!o->only || list_has(o->only, contenders[i].name)) &&
+	       !(contenders[i].small_only && e->page != PAGE);
+}
+
+/*
+ * One run of contender i, from the cache state it needs. 0; 1 when the cold
+ * state cannot be had (skipped); -1 on an error (reported).
+ */
+static int run_one(const struct state *st, struct rs_env *e, size_t i, bool warm,
+		   struct rs_result *res)
+{
+	char name[96];
+
+	snprintf(name, sizeof(name), "%s/%s/%s/%s", st->page, st->memory, st->cache,
+		 contenders[i].name);
+	if (!cache_state(e->fd, e->len, warm)) {
+		fprintf(stderr, "uffd-restore: the snapshot's page cache cannot be made %s (%s): "
+			"skipped\n", st->cache, warm ? "not enough memory?"
+			: "POSIX_FADV_DONTNEED left it cached; a tmpfs file?");
+		return warm ? -1 : 1;
+	}
+	no_result(res);
+	watchdog(name, 300);
+	return contenders[i].fn(e, name, res);
+}
+
+/* The extra run of each contender with the sampler on (not in the medians). */
+static int timeline(const struct opts *o, const struct state *st, struct rs_env *e, bool warm)
+{
+	struct rs_sampler *s = rs_sampler_new(o->sample_ms);
+	struct rs_result res;
+	int err = s ? 0 : -1;
+
+	e->sampler = s;
+	for (size_t i = 0; i < NCONT && !err; i++) {
+		char label[96];
+
+		if (!enabled(o, e, i) || (err = run_one(st, e, i, warm, &res)))
+			continue;
+		snprintf(label, sizeof(label), "%s %s %s %s", st->page, st->memory, st->cache,
+			 contenders[i].name);
+		rs_sampler_write(s, o->timeline, label);
+	}
+	e->sampler = NULL;
+	rs_sampler_free(s);
+	return err < 0 ? -1 : 0;
+}
+
+static int run_state(const struct opts *o, struct rs_env *e, size_t *order, const struct state *st)
 {
 	static struct rs_result runs[NCONT][MAX_REPS], med[NCONT];
-	const char *cache = warm ? "warm" : "cold";
+	bool warm = !strcmp(st->cache, "warm");
 	size_t k = find("kernel"), b = find("baseline");
+	int err = 0;
 
-	for (unsigned r = 0; r < o->reps; r++) {
+	for (unsigned r = 0; r < o->reps && !err; r++) {
 		shuffle(order, e->nset, SEED + 1 + r);	/* this run's order, the same for all */
-		for (size_t j = 0; j < NCONT; j++) {
+		for (size_t j = 0; j < NCONT && !err; j++) {
 			size_t i = (j + r) % NCONT;	/* rotate who goes first */
-			char name[64];
 
-			if (!contenders[i].fn)
-				continue;
-			snprintf(name, sizeof(name), "%s/%s", cache, contenders[i].name);
-			if (!cache_state(e->fd, e->len, warm)) {
-				fprintf(stderr, "uffd-restore: the snapshot's page cache cannot be made %s "
-					"(%s): skipped\n", cache, warm ? "not enough memory?"
-					: "POSIX_FADV_DONTNEED left it cached; a tmpfs file?");
-				return warm ? -1 : 0;
-			}
-			watchdog(name, 300);
-			if (contenders[i].fn(e, name, &runs[i][r]))
-				return -1;
+			if (enabled(o, e, i))
+				err = run_one(st, e, i, warm, &runs[i][r]);
 		}
 	}
+	if (!err && o->timeline)
+		err = timeline(o, st, e, warm);
 	alarm(0);
-	for (size_t i = 0; i < NCONT; i++)
-		med[i] = contenders[i].fn ? median_result(runs[i], o->reps)
-			 : (struct rs_result){ NAN, NAN, NAN, NAN, NAN, NAN };
-	for (size_t i = 0; i < NCONT; i++)
-		row(o, cache, i, &med[i], med[k].us, med[b].us);
+	if (err)
+		return err < 0 ? -1 : 0;
+	for (size_t i = 0; i < NCONT; i++) {
+		if (enabled(o, e, i))
+			summarize(runs[i], o->reps, &med[i]);
+		else
+			no_result(&med[i]);
+	}
+	for (size_t i = 0; i < NCONT; i++) {
+		row(o, st, i, &med[i], med[k].v[RS_US], med[b].v[RS_US]);
+		write_latency(o, st, i, &med[i]);
+	}
+	targets(o, st, med);
 	return 0;
 }
 
@@ -270,18 +404,49 @@ static int run_state(const struct opts *o, struct rs_env *e, size_t *order, bool
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--around N]\n"
-		"                    [--threads N] [--cache warm|cold|both] [--json]\n"
-		"                    [--placement split|same|free]\n"
-		"  --mib N        snapshot size (default 1024); the guest touches a quarter\n"
-		"  --reps N       runs per contender and cache state, median reported (default 5)\n"
-		"  --file PATH    the snapshot file to write (default: an unlinked file in /var/tmp)\n"
-		"  --around N     pages per fault of libuffd_around (default 16, as the kernel's\n"
-		"                 fault_around_bytes)\n"
-		"  --threads N    guest threads (default 2)\n"
-		"  --cache C      page cache states to run (default both; cold is skipped when\n"
-		"                 the cache cannot be dropped)\n"
-		"  --placement P  split (default): handler threads on the last CPU, guest threads\n"
-		"                 on the others; same: all on CPU 0; free: unpinned\n");
+		"                    [--threads N] [--cache warm|cold|both]\n"
+		"                    [--memory anon|memfd|both] [--page 4k|2m|both]\n"
+		"                    [--only NAME,...] [--timeline FILE] [--latency FILE]\n"
+		"                    [--sample-ms N] [--json] [--placement split|same|free]\n"
+		"  --mib N         snapshot size (default 1024); the guest touches a quarter\n"
+		"  --reps N        runs per contender and state, median reported (default 5)\n"
+		"  --file PATH     the snapshot file to write (default: an unlinked file in /var/tmp)\n"
+		"  --around N      4 KiB pages per fault of libuffd_around (default 16, as the\n"
+		"                  kernel's fault_around_bytes)\n"
+		"  --threads N     guest threads (default 2)\n"
+		"  --cache C       page cache states to run (default both; cold is skipped when\n"
+		"                  the cache cannot be dropped)\n"
+		"  --memory M      guest memory: anon (UFFDIO_COPY), memfd (mapped twice,\n"
+		"                  UFFDIO_CONTINUE) or both (default)\n"
+		"  --page P        4k, 2m (hugetlb; huge pages reserved as root, else skipped)\n"
+		"                  or both (default)\n"
+		"  --only LIST     these contenders only (the ratios need kernel and baseline)\n"
+		"  --timeline F    one more run of each contender and state, not in the medians,\n"
+		"                  with a thread counting the pages present every --sample-ms;\n"
+		"                  written to F as lines \"page memory cache contender t_ms pages\"\n"
+		"  --latency F     the fault service-time histograms (summed over the runs) as\n"
+		"                  lines \"page memory cache contender bucket_ns count\"\n"
+		"  --sample-ms N   pause between two samples of --timeline (default 20; a sample of\n"
+		"                  1 GiB takes about 2 ms of the handlers' CPU)\n"
+		"  --placement P   split (default): handler threads on the last CPU, guest threads\n"
+		"                  on the others; same: all on CPU 0; free: unpinned\n"
+		"contenders:");
+	for (size_t i = 0; i < NCONT; i++)
+		fprintf(f, " %s", contenders[i].name);
+	fprintf(f, "\n");
+}
+
+static bool one_of(const char *v, const char *a, const char *b)
+{
+	return !strcmp(v, a) || !strcmp(v, b) || !strcmp(v, "both");
+}
+
+static bool open_out(FILE **f, const char *path, const char *head)
+{
+	if (!(*f = fopen(path, "we")))
+		return false;
+	fprintf(*f, "# %s\n", head);
+	return true;
 }
 
 static int parse(int argc, char **argv, struct opts *o)
@@ -293,6 +458,12 @@ static int parse(int argc, char **argv, struct opts *o)
 		{ "around", required_argument, NULL, 'a' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "cache", required_argument, NULL, 'c' },
+		{ "memory", required_argument, NULL, 'M' },
+		{ "page", required_argument, NULL, 'p' },
+		{ "only", required_argument, NULL, 'o' },
+		{ "timeline", required_argument, NULL, 'T' },
+		{ "latency", required_argument, NULL, 'L' },
+		{ "sample-ms", required_argument, NULL, 's' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "placement", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
@@ -304,16 +475,28 @@ static int parse(int argc, char **argv, struct opts *o)
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		bool ok = true;
 
+		errno = 0;
 		switch (c) {
-		case 'm': ok = parse_size(optarg, 1, 65536, &o->mib); break;
+		case 'm': ok = parse_size(optarg, 2, 65536, &o->mib) && o->mib % 2 == 0; break;
 		case 'r': ok = parse_size(optarg, 1, MAX_REPS, &v); o->reps = (unsigned)v; break;
 		case 'f': o->file = optarg; break;
 		case 'a': ok = parse_size(optarg, 1, 512, &o->around); break;
 		case 't': ok = parse_size(optarg, 1, 64, &v); o->threads = (unsigned)v; break;
-		case 'c':
-			ok = !strcmp(optarg, "warm") || !strcmp(optarg, "cold") || !strcmp(optarg, "both");
-			o->cache = optarg;
+		case 'c': ok = one_of(optarg, "warm", "cold"); o->cache = optarg; break;
+		case 'M': ok = one_of(optarg, "anon", "memfd"); o->memory = optarg; break;
+		case 'p': ok = one_of(optarg, "4k", "2m"); o->page = optarg; break;
+		case 'o':
+			ok = list_known("uffd-restore", "contender", optarg, &contenders[0].name,
+					NCONT, sizeof(contenders[0]));
+			o->only = optarg;
 			break;
+		case 'T':
+			ok = open_out(&o->timeline, optarg, "page memory cache contender t_ms pages_present");
+			break;
+		case 'L':
+			ok = open_out(&o->latency, optarg, "page memory cache contender bucket_ns count");
+			break;
+		case 's': ok = parse_size(optarg, 0, 1000, &v); o->sample_ms = (unsigned)v; break;
 		case 'j': o->json = true; break;
 		case 'P': ok = place_set(optarg) == 0; o->placement = optarg; break;
 		case 'h': usage(stdout); exit(0);
@@ -321,7 +504,8 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 		if (!ok) {
 			if (c != '?')
-				fprintf(stderr, "uffd-restore: bad value '%s'\n", optarg);
+				fprintf(stderr, "uffd-restore: bad value '%s'%s%s\n", optarg,
+					errno ? ": " : "", errno ? strerror(errno) : "");
 			usage(stderr);
 			return -1;
 		}
@@ -333,10 +517,91 @@ static int parse(int argc, char **argv, struct opts *o)
 	return 0;
 }
 
+/* ---- the variants ---- */
+
+/* Distinct pages of size page holding the working set's PAGE pages. */
+static size_t units(const size_t *set, size_t nset, size_t npages, size_t page)
+{
+	size_t per = page / PAGE, n = 0;
+	unsigned char *seen = calloc(npages / per, 1);
+
+	if (!seen)
+		return 0;
+	for (size_t k = 0; k < nset; k++)
+		if (!seen[set[k] / per]++)
+			n++;
+	free(seen);
+	return n;
+}
+
+/*
+ * The replay contender's trace: one untimed run of the restore engine with
+ * UFFD_RESTORE_RECORD, the guest touching the working set in an order of
+ * its own (the timed runs' orders differ from it and from each other).
+ */
+static int record(struct rs_env *e, size_t *order, const char *page, const char *mem)
+{
+	static char path[64];
+	char name[64];
+	int err;
+
+	if (!*path)
+		snprintf(path, sizeof(path), "/var/tmp/uffd-restore-%d.trace", (int)getpid());
+	snprintf(name, sizeof(name), "%s/%s/record", page, mem);
+	shuffle(order, e->nset, SEED - 1);
+	if (!cache_state(e->fd, e->len, true))
+		return -1;
+	watchdog(name, 300);
+	err = rs_record(e, name, path);
+	alarm(0);
+	e->trace = path;
+	return err;
+}
+
+/* Every selected memory and cache state of one page size. */
+static void run_page(const struct opts *o, struct rs_env *e, size_t *order, const char *page)
+{
+	static const char *const mems[] = { "anon", "memfd" }, *const caches[] = { "warm", "cold" };
+
+	e->page = !strcmp(page, "2m") ? HUGE : PAGE;
+	e->nunits = units(order, e->nset, e->npages, e->page);
+	if (e->page == HUGE && !rs_huge_reserve(e->len / HUGE))
+		return;
+	for (size_t m = 0; m < 2 && !errors; m++) {
+		if (strcmp(o->memory, "both") && strcmp(o->memory, mems[m]))
+			continue;
+		e->memfd = m == 1;
+		if (enabled(o, e, find("libuffd_replay")) && record(e, order, page, mems[m])) {
+			errors++;
+			break;
+		}
+		for (size_t c = 0; c < 2 && !errors; c++) {
+			struct state st = { page, mems[m], caches[c] };
+
+			if ((!strcmp(o->cache, "both") || !strcmp(o->cache, caches[c])) &&
+			    run_state(o, e, order, &st))
+				errors++;
+		}
+	}
+	if (e->page == HUGE)
+		rs_huge_release();
+}
+
+static void legend(const struct opts *o, size_t nset, double t0)
+{
+	if (o->json)
+		return;
+	for (size_t i = 0; i < NCONT; i++)
+		printf("# %-15s %s\n", contenders[i].name, contenders[i].note);
+	printf("# %zu MiB snapshot, %zu pages touched by %u threads, %u runs each, median; "
+	       "--around %zu; placement %s; %.1f s\n", o->mib, nset, o->threads, o->reps,
+	       o->around, o->placement, (now_us() - t0) / 1e6);
+}
+
 int main(int argc, char **argv)
 {
-	struct opts o = { .mib = 1024, .around = 16, .reps = 5, .threads = 2, .cache = "both",
-			  .placement = "split" };
+	struct opts o = { .mib = 1024, .around = 16, .reps = 5, .threads = 2, .sample_ms = 20,
+			  .cache = "both", .memory = "both", .page = "both", .placement = "split" };
 	struct rs_env e = { .seed = SEED };
 	size_t *order = NULL;
 	double t0 = now_us();
@@ -352,19 +617,20 @@ int main(int argc, char **argv)
 	if (!(order = working_set(e.npages, &e.nset)) || (e.fd = make_snapshot(&o, e.len)) < 0)
 		return 1;
 	e.order = order;
-	if (!o.json)
-		printf("%-5s %-15s%10s%10s%10s%10s%10s%10s%10s%10s\n", "cache", "contender", "ms",
-		       "vs_kernel", "vs_base", "fault_msg", "ioctls", "mapped", "minflt", "majflt");
-	if (strcmp(o.cache, "cold") && run_state(&o, &e, order, true))
-		errors++;
-	if (strcmp(o.cache, "warm") && run_state(&o, &e, order, false))
-		errors++;
-	if (!o.json)
-		printf("# %zu MiB snapshot, %zu pages touched by %u threads, %u runs each, median; "
-		       "--around %zu; placement %s; %.1f s\n", o.mib, e.nset, o.threads, o.reps,
-		       o.around, o.placement, (now_us() - t0) / 1e6);
+	header(&o);
+	if (strcmp(o.page, "2m"))
+		run_page(&o, &e, order, "4k");
+	if (strcmp(o.page, "4k"))
+		run_page(&o, &e, order, "2m");
+	legend(&o, e.nset, t0);
+	if (e.trace)
+		unlink(e.trace);
 	close(e.fd);
 	free(order);
+	if (o.timeline)
+		fclose(o.timeline);
+	if (o.latency)
+		fclose(o.latency);
 	if (bench_failures)
 		fprintf(stderr, "uffd-restore: %u wrong result(s): the figures above are not valid\n",
 			bench_failures);

@@ -29,6 +29,21 @@ double now_us(void)
 	return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
 }
 
+uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+void hist_add(uint64_t *h, uint64_t ns)
+{
+	unsigned i = ns ? 63u - (unsigned)__builtin_clzll(ns) : 0;
+
+	h[i < UFFD_HIST_BUCKETS ? i : UFFD_HIST_BUCKETS - 1]++;
+}
+
 void bench_fail(const char *metric, const char *fmt, ...)
 {
 	va_list ap;
@@ -255,6 +270,7 @@ struct team {
 struct member {
 	struct team *t;
 	unsigned i;
+	double start;		/* when it was released */
 };
 
 static void *member_main(void *p)
@@ -262,11 +278,19 @@ static void *member_main(void *p)
 	struct member *m = p;
 
 	pthread_barrier_wait(&m->t->go);
+	m->start = now_us();
 	m->t->fn(m->t->arg, m->i);
 	return NULL;
 }
 
 double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg)
+{
+	double start;
+
+	return run_threads_at(n, fn, arg, &start);
+}
+
+double run_threads_at(unsigned n, void (*fn)(void *arg, unsigned i), void *arg, double *start)
 {
 	struct team t = { .fn = fn, .arg = arg };
 	pthread_t th[64];
@@ -278,7 +302,7 @@ double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg)
 		return -1;
 	pthread_barrier_init(&t.go, NULL, n + 1);
 	for (; started < n; started++) {
-		m[started] = (struct member){ &t, started };
+		m[started] = (struct member){ .t = &t, .i = started };
 		if (pthread_create(&th[started], NULL, member_main, &m[started]))
 			break;
 	}
@@ -290,6 +314,10 @@ double run_threads(unsigned n, void (*fn)(void *arg, unsigned i), void *arg)
 	t0 = now_us();
 	for (unsigned i = 0; i < n; i++)
 		pthread_join(th[i], NULL);
+	/* From the first member's release: the members may run before this thread does. */
+	for (unsigned i = 0; i < n; i++)
+		t0 = m[i].start < t0 ? m[i].start : t0;
+	*start = t0;
 	t0 = now_us() - t0;
 	pthread_barrier_destroy(&t.go);
 	return t0;
@@ -304,6 +332,36 @@ bool parse_size(const char *s, size_t min, size_t max, size_t *out)
 		return false;
 	*out = (size_t)v;
 	return true;
+}
+
+/* ---- comma-separated lists of names ---- */
+
+bool list_has(const char *list, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *p = list; (p = strstr(p, name)); p += n)
+		if ((p == list || p[-1] == ',') && (p[n] == ',' || !p[n]))
+			return true;
+	return false;
+}
+
+bool list_known(const char *prog, const char *what, const char *list,
+		const char *const *names, size_t n, size_t stride)
+{
+	char *copy = strdup(list), *save, *tok;
+	bool ok = copy != NULL;
+
+	for (tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && ok;
+	     tok = strtok_r(NULL, ",", &save)) {
+		ok = false;
+		for (size_t i = 0; i < n; i++)
+			ok |= !strcmp(tok, *(const char *const *)((const char *)names + i * stride));
+		if (!ok)
+			fprintf(stderr, "%s: unknown %s '%s'\n", prog, what, tok);
+	}
+	free(copy);
+	return ok;
 }
 
 /* ---- placement: which CPUs the faulting and the handling threads use ---- */
@@ -345,6 +403,7 @@ void place(bool handler)
 /* ---- watchdog: a fault nobody resolves would hang the run ---- */
 
 static const char *volatile wd_metric = "";
+static void (*volatile wd_cleanup)(void);
 
 static void wd_fire(int sig)
 {
@@ -353,6 +412,8 @@ static void wd_fire(int sig)
 	const char *m = wd_metric;
 
 	(void)sig;
+	if (wd_cleanup)
+		wd_cleanup();
 	if (write(2, a, sizeof(a) - 1) < 0 || write(2, m, strlen(m)) < 0 ||
 	    write(2, b, sizeof(b) - 1) < 0) {
 		/* nothing more to say */
@@ -372,4 +433,9 @@ void watchdog(const char *metric, unsigned seconds)
 	}
 	wd_metric = metric;
 	alarm(seconds);
+}
+
+void watchdog_cleanup(void (*fn)(void))
+{
+	wd_cleanup = fn;
 }
