@@ -337,18 +337,27 @@ static void reap(struct uffd_restore *rs)
 	}
 }
 
-/* Runs whose resolution is due again; the earliest pending one bounds *wait_ns. */
+/*
+ * Runs whose resolution is due again; every retry still pending after
+ * that, the ones that just met -EAGAIN again included, bounds *wait_ns:
+ * the thread's wait must end by the earliest one, or the run's pages stay
+ * in flight and their faults wait forever.
+ */
 static void retry_due(struct uffd_restore *rs, uint64_t *wait_ns)
 {
-	uint64_t now = rs__now_ns();
-
 	for (unsigned i = 0; i < rs->nrd; i++) {
 		struct rs_read *s = &rs->rd[i];
+		uint64_t now = rs__now_ns();
 
 		if (!s->busy || !s->retry)
 			continue;
-		if (s->retry_ns <= now)
+		if (s->retry_ns <= now) {
 			install_run(rs, s);
+			if (!s->busy || !s->retry)
+				continue;
+		}
+		if (s->retry_ns <= now)
+			*wait_ns = 0;
 		else if (s->retry_ns - now < *wait_ns)
 			*wait_ns = s->retry_ns - now;
 	}

@@ -526,6 +526,107 @@ START_TEST(remove_during_restore)
 }
 END_TEST
 
+/* ---- a fill while pages are given back ---- */
+
+/* Gives back every `stride`-th page of mem, one madvise each, until stop; then once more. */
+struct giver {
+	char *mem;
+	size_t ps, npages, stride;
+	int advice;
+	atomic_bool stop;
+	atomic_uint_fast64_t passes;
+};
+
+static void give_back_pass(struct giver *g)
+{
+	for (size_t p = 0; p < g->npages; p += g->stride)
+		ck_assert_int_eq(madvise(g->mem + p * g->ps, g->ps, g->advice), 0);
+	atomic_fetch_add(&g->passes, 1);
+}
+
+static void *giver_main(void *arg)
+{
+	struct giver *g = arg;
+
+	while (!atomic_load(&g->stop))
+		give_back_pass(g);
+	give_back_pass(g);	/* after the restore: every such page was given back since */
+	return NULL;
+}
+
+/* Every page: zeros where given back, the snapshot elsewhere; the count of given-back pages with data. */
+static size_t check_given_back(const char *mem, size_t ps, size_t npages, size_t stride)
+{
+	size_t stale = 0;
+
+	for (size_t p = 0; p < npages; p++) {
+		const volatile uint64_t *w = (const volatile uint64_t *)(mem + p * ps);
+
+		if (p % stride) {
+			check_page(mem, ps, p, false);
+			continue;
+		}
+		for (size_t i = 0; i < ps / 8; i++)
+			if (w[i]) {
+				stale++;
+				break;
+			}
+	}
+	return stale;
+}
+
+/*
+ * Resolutions of the fill meet -EAGAIN while REMOVE events are pending,
+ * often twice in a row: each retry must come, or the run's pages stay in
+ * flight, the restore never completes and faults on them hang.
+ */
+START_TEST(fill_while_given_back)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .max_read = 64 << 10, .queue_depth = 2 };
+	size_t npages = 2048, stride = 8;
+	uint64_t retried = 0;
+
+	SKIP_VALGRIND();
+
+	for (int it = 0; it < 12; it++) {
+		struct giver g = { .npages = npages, .stride = stride, .advice = MADV_DONTNEED };
+		struct uffd_restore_stats s;
+		void *th;
+		struct env e;
+		int err;
+
+		if (!env_anon(&e, npages, harness_page_size(), false))
+			SKIP_NO_UFFD();
+		if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE)) {
+			env_free(&e);
+			SKIP_TEST("UFFD_FEATURE_EVENT_REMOVE is not available");
+		}
+		g.mem = e.mem;
+		g.ps = e.ps;
+		env_restore(&e, &o);
+		th = harness_thread_start(giver_main, &g);
+		while (!atomic_load(&g.passes))
+			usleep(100);
+		env_start(&e);
+		err = uffd_restore_wait(e.rs, 10000);
+		s = stats_of(e.rs);
+		atomic_store(&g.stop, true);
+		harness_thread_join(th);
+		ck_assert_msg(!err, "run %d: %s (%llu of %llu pages, %llu given-back passes)", it,
+			      uffd_last_error(), (unsigned long long)s.pages_present,
+			      (unsigned long long)s.pages_total, (unsigned long long)atomic_load(&g.passes));
+		ck_assert_uint_eq(s.pages_present, npages);
+		ck_assert_uint_eq(s.read_errors, 0);
+		ck_assert_uint_eq(check_given_back(e.mem, e.ps, npages, stride), 0);
+		retried += atomic_load(&g.passes);
+		env_free(&e);
+	}
+	fprintf(stderr, "fill while given back: 12 restores complete, %llu passes of MADV_DONTNEED\n",
+		(unsigned long long)retried);
+}
+END_TEST
+
 /* ---- traces that do not fit ---- */
 
 static void copy_file(const char *from, const char *to, long cut, long flip_at)
@@ -704,6 +805,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, fill_detach_memfd);
 	tc = CASE(remove_during_restore, 20);
 	tcase_add_test(tc, remove_during_restore);
+	tc = CASE(fill_while_given_back, 150);
+	tcase_add_test(tc, fill_while_given_back);
 	tc = CASE(bad_traces, 20);
 	tcase_add_test(tc, bad_traces);
 	tc = CASE(hugetlb, 20);
