@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "restore-internal.h"
 
@@ -31,11 +32,21 @@ static bool is_done(enum rs_page s)
 	return s == PG_PRESENT || s == PG_ZERO;
 }
 
-/* A page went from not done to done: count it (the last one ends the restore). */
+/*
+ * A page went from not done to done: count it. The last one ends the
+ * restore, and only the restore thread ends it: whoever made that page
+ * done (a loop thread serving a demand fault, too) wakes it, or it may
+ * sleep on with nothing left to read.
+ */
 static void count_done(struct uffd_restore *rs, enum rs_page from, enum rs_page to)
 {
-	if (!is_done(from) && is_done(to))
-		atomic_fetch_add(&rs->done, 1);
+	uint64_t one = 1;
+
+	if (is_done(from) || !is_done(to) || atomic_fetch_add(&rs->done, 1) + 1 != rs->total)
+		return;
+	if (write(rs->efd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is full, so the thread is being woken anyway */
+	}
 }
 
 bool rs__page_cas(struct uffd_restore *rs, struct rs_region *g, size_t page,

@@ -487,6 +487,39 @@ END_TEST
 START_TEST(fill_detach_memfd) { fill_detach_case(true); }
 END_TEST
 
+/*
+ * DETACH without FILL: the guest touches every page and the loop thread
+ * serves each from the page cache; the restore must still notice the last
+ * one, detach and call on_complete.
+ */
+START_TEST(detach_after_demand)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_DETACH,
+				       .on_complete = on_complete, .ctx = &completions };
+	size_t npages = 256;
+	struct uffd_restore_stats s;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	atomic_store(&completions, 0);
+	if (!env_anon(&e, npages, harness_page_size(), false))	/* warm: served on the loop thread */
+		SKIP_NO_UFFD();
+	env_restore(&e, &o);
+	env_start(&e);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, false);
+	ASSERT_OK(uffd_restore_wait(e.rs, 5000));
+	ck_assert_int_eq(atomic_load(&completions), 1);
+	ck_assert(!smaps_um(e.mem));
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_present, npages);
+	ck_assert_uint_eq(s.pages_demand, npages);
+	ck_assert_uint_gt(s.complete_ns, 0);
+	env_free(&e);
+}
+END_TEST
+
 /* ---- pages given back during the restore ---- */
 
 START_TEST(remove_during_restore)
@@ -803,6 +836,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, fill_detach_anon);
 	tc = CASE(fill_detach_memfd, 20);
 	tcase_add_test(tc, fill_detach_memfd);
+	tc = CASE(detach_after_demand, 20);
+	tcase_add_test(tc, detach_after_demand);
 	tc = CASE(remove_during_restore, 20);
 	tcase_add_test(tc, remove_during_restore);
 	tc = CASE(fill_while_given_back, 150);
