@@ -268,9 +268,11 @@ static void count_pages(struct uffd_restore *rs, enum rs_why why, uint64_t n)
 /*
  * The run is over: pages before `upto` are in; the rest failed (back to
  * absent for a later demand fault, or bad when a demand read failed) and
- * their waiters are woken to fault again. Then the slot is free.
+ * their waiters are woken to fault again; a failure counts as a read
+ * error unless the owner exited (-ESRCH: nothing failed to read). Then
+ * the slot is free.
  */
-static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto)
+static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto, int err)
 {
 	struct rs_region *g = s->g;
 	uint64_t in = 0;
@@ -283,7 +285,8 @@ static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto)
 	if (upto < s->n) {
 		uffd_wake(uffd_region_uffd(g->r), (void *)rs__addr(g, s->first + upto),
 			  (s->n - upto) * g->ps);
-		rs__io_failed(rs);
+		if (err != -ESRCH)
+			rs__io_failed(rs);
 	}
 	count_pages(rs, s->why, in);
 	rs__waiters_done(rs, g, s->first, s->n);
@@ -306,7 +309,7 @@ static void install_run(struct uffd_restore *rs, struct rs_read *s)
 	}
 	if (err == -ESRCH)
 		rs__owner_gone(rs);
-	run_end(rs, s, err ? s->done / s->g->ps : s->n);
+	run_end(rs, s, err ? s->done / s->g->ps : s->n, err);
 }
 
 static void read_done(struct uffd_restore *rs, struct rs_read *s, int res)
@@ -315,7 +318,7 @@ static void read_done(struct uffd_restore *rs, struct rs_read *s, int res)
 		atomic_fetch_add(&rs->bytes_read, (uint64_t)res);
 		install_run(rs, s);
 	} else {
-		run_end(rs, s, 0);	/* error, short read: nothing installed */
+		run_end(rs, s, 0, -EIO);	/* error, short read: nothing installed */
 	}
 }
 

@@ -14,13 +14,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <uffd.h>
 
 #include "harness.h"
+#include "send-fds.h"
 
 #define MISSING UFFDIO_REGISTER_MODE_MISSING
 #define MINOR UFFDIO_REGISTER_MODE_MINOR
@@ -660,6 +667,83 @@ START_TEST(fill_while_given_back)
 }
 END_TEST
 
+/* ---- the owner exits during the fill ---- */
+
+/* The owner of len bytes of registered memory: sends its uffd and their address, then waits to be killed. */
+static void owner_main(int sock, size_t len)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct uffdio_register reg = { .range = { (uintptr_t)mem, len }, .mode = MISSING };
+	uint64_t addr = (uintptr_t)mem;
+
+	if (fd < 0 || ioctl(fd, UFFDIO_API, &api) || mem == MAP_FAILED || ioctl(fd, UFFDIO_REGISTER, &reg))
+		_exit(11);
+	if (send_fds(sock, &addr, sizeof(addr), &fd, 1, 0) != sizeof(addr))
+		_exit(12);
+	for (;;)
+		pause();
+}
+
+/* The owner is killed while the fill runs: -ESRCH, and no read error (every read succeeded). */
+START_TEST(owner_exit_during_fill)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .fill_rate = 1 << 20, .max_read = 16 << 10, .queue_depth = 2 };
+	struct uffd_foreign_opts fo = { .size = sizeof(fo), .modes = MISSING, .fd = -1 };
+	size_t npages = 4096, ps = harness_page_size();
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	uint64_t addr = 0;
+	struct iovec iov = { &addr, sizeof(addr) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf) };
+	struct uffd_restore_stats s;
+	int sv[2], fd, st;
+	struct env e;
+	pid_t pid;
+
+	SKIP_VALGRIND();
+
+	memset(&e, 0, sizeof(e));
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		close(sv[0]);
+		owner_main(sv[1], npages * ps);
+	}
+	close(sv[1]);
+	if (recvmsg(sv[0], &mh, MSG_CMSG_CLOEXEC) != sizeof(addr)) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		close(sv[0]);
+		SKIP_NO_UFFD();
+	}
+	memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int));
+	ASSERT_OK(uffd_open_fd(&e.u, fd, 0));
+	fo.owner_addr = addr;
+	fo.length = e.len = npages * ps;
+	fo.page_size = e.ps = ps;
+	ASSERT_OK(uffd_region_create_foreign(e.u, &fo, &e.r));
+	snap_make(&e.snap, npages, ps, false);
+	env_loop(&e);
+	env_restore(&e, &o);
+	env_start(&e);
+	ck_assert(wait_for(e.rs, present_at_least, 8, 5));
+	ck_assert_int_eq(kill(pid, SIGKILL), 0);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ASSERT_ERR(uffd_restore_wait(e.rs, 10000), -ESRCH, "exited");
+	s = stats_of(e.rs);
+	ck_assert_uint_lt(s.pages_present, npages);
+	ck_assert_msg(s.read_errors == 0, "%llu read errors after the owner exited",
+		      (unsigned long long)s.read_errors);
+	close(sv[0]);
+	e.anon = false;	/* the memory was the owner's */
+	env_free(&e);
+}
+END_TEST
+
 /* ---- traces that do not fit ---- */
 
 static void copy_file(const char *from, const char *to, long cut, long flip_at)
@@ -842,6 +926,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, remove_during_restore);
 	tc = CASE(fill_while_given_back, 150);
 	tcase_add_test(tc, fill_while_given_back);
+	tc = CASE(owner_exit_during_fill, 30);
+	tcase_add_test(tc, owner_exit_during_fill);
 	tc = CASE(bad_traces, 20);
 	tcase_add_test(tc, bad_traces);
 	tc = CASE(hugetlb, 20);
