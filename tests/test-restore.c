@@ -15,7 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/userfaultfd.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/fanotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -744,6 +746,103 @@ START_TEST(owner_exit_during_fill)
 }
 END_TEST
 
+/* ---- saving a trace while faults come ---- */
+
+struct saver {
+	struct uffd_restore *rs;
+	const char *path;
+	int err;
+};
+
+static void *saver_main(void *arg)
+{
+	struct saver *sv = arg;
+
+	sv->err = uffd_restore_save_trace(sv->rs, sv->path);
+	return NULL;
+}
+
+struct toucher {
+	const char *mem;
+	size_t ps, page;
+	atomic_bool done;
+};
+
+static void *toucher_main(void *arg)
+{
+	struct toucher *t = arg;
+
+	check_page(t->mem, t->ps, t->page, false);
+	atomic_store(&t->done, true);
+	return NULL;
+}
+
+/*
+ * A save in progress must not stall faults: every demand fault records
+ * under the recording's lock. The save is held, deterministically, inside
+ * the open of its temporary file (a fanotify permission event we answer
+ * only later); a fault on a new page meanwhile must be served.
+ */
+START_TEST(save_trace_does_not_stall_faults)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_RECORD };
+	struct toucher t = { .page = 40 };
+	struct fanotify_event_metadata ev;
+	struct fanotify_response resp;
+	struct pollfd pfd;
+	struct saver sv;
+	char path[160];
+	void *ts, *tt;
+	struct env e;
+	double end;
+	bool served;
+	int fan;
+
+	SKIP_VALGRIND();
+
+	if (!env_anon(&e, 64, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, O_RDONLY | O_CLOEXEC);
+	if (fan < 0) {
+		env_free(&e);
+		SKIP_TEST("fanotify permission events are not available (%s); they hold the save deterministically",
+			  strerror(errno));
+	}
+	env_restore(&e, &o);
+	env_start(&e);
+	for (size_t p = 0; p < 8; p++)
+		check_page(e.mem, e.ps, p, false);
+	ck_assert_int_eq(fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD,
+				       AT_FDCWD, e.snap.dir), 0);
+	snap_path(&e.snap, "held.trace", path, sizeof(path));
+	sv = (struct saver){ .rs = e.rs, .path = path, .err = 1 };
+	ts = harness_thread_start(saver_main, &sv);
+	pfd = (struct pollfd){ .fd = fan, .events = POLLIN };
+	ck_assert_int_eq(poll(&pfd, 1, 10000), 1);
+	ck_assert_int_eq(read(fan, &ev, sizeof(ev)), (ssize_t)sizeof(ev));
+	ck_assert(ev.mask & FAN_OPEN_PERM);
+	ck_assert_int_eq(ev.pid, getpid());
+	/* The save is now inside its open(2), held there. A fault on a page not recorded yet: */
+	t.mem = e.mem;
+	t.ps = e.ps;
+	tt = harness_thread_start(toucher_main, &t);
+	end = harness_now() + 3;
+	while (!atomic_load(&t.done) && harness_now() < end)
+		usleep(1000);
+	served = atomic_load(&t.done);
+	resp = (struct fanotify_response){ .fd = ev.fd, .response = FAN_ALLOW };
+	ck_assert_int_eq(write(fan, &resp, sizeof(resp)), (ssize_t)sizeof(resp));
+	close(ev.fd);
+	close(fan);
+	harness_thread_join(ts);
+	harness_thread_join(tt);
+	ck_assert_msg(served, "a fault waited for the trace being saved");
+	ck_assert_msg(sv.err == 0, "uffd_restore_save_trace: %d", sv.err);
+	ck_assert_uint_eq(stats_of(e.rs).pages_recorded, 9);
+	env_free(&e);
+}
+END_TEST
+
 /* ---- traces that do not fit ---- */
 
 static void copy_file(const char *from, const char *to, long cut, long flip_at)
@@ -928,6 +1027,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, fill_while_given_back);
 	tc = CASE(owner_exit_during_fill, 30);
 	tcase_add_test(tc, owner_exit_during_fill);
+	tc = CASE(save_trace_does_not_stall_faults, 20);
+	tcase_add_test(tc, save_trace_does_not_stall_faults);
 	tc = CASE(bad_traces, 20);
 	tcase_add_test(tc, bad_traces);
 	tc = CASE(hugetlb, 20);
