@@ -196,6 +196,15 @@ struct uffd_region {
 	struct uffd_loop *loop;
 	struct uffd_handlers loop_handlers;
 	void *loop_ctx;
+	/*
+	 * loop-dispatch.c: called with loop_ctx by the loop thread that reads
+	 * a REMOVE over the region, at once: before the fork gate, before any
+	 * handler (the kernel zaps the range as soon as the message is read).
+	 * off, len: the part of the region given back. Runs on the read path:
+	 * lock-free, allocation-free. Set and cleared by restore.c while the
+	 * region is out of the loop.
+	 */
+	void (*given_back)(void *ctx, uint64_t off, uint64_t len);
 	/* loop-dispatch.c: handlers running for it; destroy waits for them */
 	unsigned pins;
 	bool doomed;		/* destroyed by its own handler: freed at the last unpin */

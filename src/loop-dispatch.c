@@ -724,6 +724,32 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 }
 
 /*
+ * A REMOVE just read: the kernel zaps its range now, before the gate
+ * opens for the handlers. Each region of this loop it overlaps with a
+ * given_back hook hears of its part at once (pinned, as for a handler).
+ * Lock-free and allocation-free: a fork may be holding the gate.
+ */
+static void given_back(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m)
+{
+	uintptr_t start = (uintptr_t)m->arg.remove.start, end = (uintptr_t)m->arg.remove.end;
+	struct rangemap_entry e;
+	unsigned t = rangemap_read_begin(&w->u->regions);
+
+	for (uintptr_t a = start; a < end && rangemap_next(&w->u->regions, a, &e) && e.start < end; a = e.end) {
+		struct uffd_region *r = e.ptr;
+		uintptr_t s = a > e.start ? a : e.start, x = end < e.end ? end : e.end;
+		void (*fn)(void *, uint64_t, uint64_t);
+
+		pin(r);
+		fn = __atomic_load_n(&r->given_back, __ATOMIC_ACQUIRE);
+		if (fn && __atomic_load_n(&r->loop, __ATOMIC_ACQUIRE) == rn->l)
+			fn(r->loop_ctx, s - e.start, x - s);
+		unpin(r);
+	}
+	rangemap_read_end(&w->u->regions, t);
+}
+
+/*
  * A read's events first, then its faults (the kernel returns faults
  * first): a fault read with a REMOVE was raised before it, and must be
  * served against the memory as it is after it.
@@ -731,7 +757,12 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		       const struct uffd_msg *m, size_t n)
 {
-	bool open = !rn->gated.n && uffd__gate_enter();
+	bool open;
+
+	for (size_t i = 0; i < n; i++)
+		if (m[i].event == UFFD_EVENT_REMOVE)
+			given_back(rn, w, &m[i]);
+	open = !rn->gated.n && uffd__gate_enter();
 
 	for (int faults = 0; faults < 2; faults++)
 		for (size_t i = 0; i < n; i++) {

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/fanotify.h>
 #include <sys/ioctl.h>
@@ -669,6 +670,114 @@ START_TEST(fill_while_given_back)
 }
 END_TEST
 
+/* ---- pages given back while this process forks ---- */
+
+/*
+ * A fork() shuts the loop's gate from its prepare step to its parent step:
+ * messages read meanwhile wait there before any handler runs. This prepare
+ * hook, registered before the library's and so run after it (the gate
+ * shut), gives pages back and lets the fill run, then lets the fork go on.
+ */
+static struct {
+	atomic_bool armed;
+	char *mem;
+	size_t ps, first, n, total;
+	struct uffd_restore *rs;
+	uint64_t events_before, events_after;
+	int madvise_err;
+	bool filled;
+} fg;
+
+static atomic_uint_fast64_t events_seen;
+
+static void count_event(void *ctx, struct uffd *u, const struct uffd_event *ev)
+{
+	(void)ctx;
+	(void)u;
+	(void)ev;
+	atomic_fetch_add(&events_seen, 1);
+}
+
+/* In the forking thread, before clone(): no Check call (its lock may be held by no one, but the child inherits it). */
+static void fork_prepare(void)
+{
+	struct timespec nap = { .tv_nsec = 1000000 };
+
+	if (!atomic_exchange(&fg.armed, false))
+		return;
+	fg.events_before = atomic_load(&events_seen);
+	fg.madvise_err = madvise(fg.mem + fg.first * fg.ps, fg.n * fg.ps, MADV_DONTNEED) ? errno : 0;
+	fg.events_after = atomic_load(&events_seen);
+	for (int i = 0; i < 5000 && !fg.filled; i++) {
+		struct uffd_restore_stats st = { .size = sizeof(st) };
+
+		fg.filled = !uffd_restore_stats(fg.rs, &st) && st.pages_present == fg.total;
+		if (!fg.filled)
+			nanosleep(&nap, NULL);
+	}
+}
+
+/*
+ * The kernel zaps given-back pages when their REMOVE message is read; read
+ * while a fork holds the gate, the REMOVE reaches the handlers only after
+ * the fork. The fill runs meanwhile and must not map the file's contents
+ * on those pages: each of them reads zeros.
+ */
+START_TEST(given_back_during_fork)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .fill_rate = 10 << 20, .max_read = 16 << 10, .queue_depth = 2 };
+	struct uffd_watch_opts wo = { .size = sizeof(wo), .event = count_event, .owner_fd = -1 };
+	size_t npages = 1024, stale = 0;
+	struct env e;
+	pid_t pid;
+	int st;
+
+	SKIP_VALGRIND();
+
+	/* Before any loop exists: the library's fork hooks come after this one, and run before it. */
+	ck_assert_int_eq(pthread_atfork(fork_prepare, NULL, NULL), 0);
+	if (!env_anon(&e, npages, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE)) {
+		env_free(&e);
+		SKIP_TEST("UFFD_FEATURE_EVENT_REMOVE is not available");
+	}
+	/* The watch again, counting the events its handlers see. */
+	ASSERT_OK(uffd_loop_remove(e.l, e.u));
+	ASSERT_OK(uffd_loop_add_opts(e.l, e.u, NULL, NULL, &wo));
+	env_restore(&e, &o);
+	env_start(&e);
+	/* The last 128 pages, which the fill (at 10 MB/s from page 0) reaches in the fork's prepare step. */
+	fg.mem = e.mem;
+	fg.ps = e.ps;
+	fg.first = npages - 128;
+	fg.n = 128;
+	fg.total = npages;
+	fg.rs = e.rs;
+	atomic_store(&fg.armed, true);
+	pid = fork();
+	if (!pid)
+		_exit(0);
+	ck_assert_int_gt(pid, 0);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(!fg.madvise_err, "madvise: %s", strerror(fg.madvise_err));
+	ck_assert_msg(fg.events_after == fg.events_before,
+		      "the REMOVE reached the handlers during the fork: the gate was open (fork hooks in another order?)");
+	ck_assert_msg(fg.filled, "the fill did not complete during the fork's prepare step");
+	ASSERT_OK(uffd_restore_wait(e.rs, 10000));
+	for (size_t p = fg.first; p < npages; p++) {
+		const volatile uint64_t *w = (const volatile uint64_t *)(e.mem + p * e.ps);
+
+		stale += w[0] != 0 || w[e.ps / 8 - 1] != 0;
+	}
+	ck_assert_msg(stale == 0, "%zu of 128 given-back pages came back with the snapshot's data", stale);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, p >= fg.first);
+	env_free(&e);
+}
+END_TEST
+
 /* ---- the owner exits during the fill ---- */
 
 /* The owner of len bytes of registered memory: sends its uffd and their address, then waits to be killed. */
@@ -1025,6 +1134,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, remove_during_restore);
 	tc = CASE(fill_while_given_back, 150);
 	tcase_add_test(tc, fill_while_given_back);
+	tc = CASE(given_back_during_fork, 30);
+	tcase_add_test(tc, given_back_during_fork);
 	tc = CASE(owner_exit_during_fill, 30);
 	tcase_add_test(tc, owner_exit_during_fill);
 	tc = CASE(save_trace_does_not_stall_faults, 20);
