@@ -778,6 +778,55 @@ START_TEST(given_back_during_fork)
 }
 END_TEST
 
+/* ---- a REMOVE over two adjacent regions ---- */
+
+START_TEST(given_back_across_regions)
+{
+	struct uffd_foreign_opts fo = { .size = sizeof(fo), .modes = MISSING, .fd = -1 };
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	size_t half = 32, npages = 2 * half, stale = 0;
+	struct uffd_region *r2;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!env_anon(&e, npages, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE)) {
+		env_free(&e);
+		SKIP_TEST("UFFD_FEATURE_EVENT_REMOVE is not available");
+	}
+	/* The registered range as two regions, side by side, each from its part of the file. */
+	uffd_region_destroy(e.r);
+	fo.owner_addr = (uintptr_t)e.mem;
+	fo.length = half * e.ps;
+	fo.page_size = e.ps;
+	ASSERT_OK(uffd_region_create_foreign(e.u, &fo, &e.r));
+	fo.owner_addr += half * e.ps;
+	ASSERT_OK(uffd_region_create_foreign(e.u, &fo, &r2));
+	ASSERT_OK(uffd_restore_new(&e.rs, &o));
+	ASSERT_OK(uffd_restore_add_region(e.rs, e.r, e.snap.fd, 0));
+	ASSERT_OK(uffd_restore_add_region(e.rs, r2, e.snap.fd, half * e.ps));
+	env_start(&e);
+	check_page(e.mem, e.ps, half - 8, false);
+	check_page(e.mem, e.ps, half + 7, false);
+	/* Pages half-8 .. half+7, half of them never touched, given back in one call. */
+	ck_assert_int_eq(madvise(e.mem + (half - 8) * e.ps, 16 * e.ps, MADV_DONTNEED), 0);
+	for (size_t p = half - 8; p < half + 8; p++) {
+		const volatile uint64_t *w = (const volatile uint64_t *)(e.mem + p * e.ps);
+
+		stale += w[0] != 0 || w[e.ps / 8 - 1] != 0;
+	}
+	ck_assert_msg(stale == 0, "%zu of 16 given-back pages came back with the snapshot's data", stale);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, p >= half - 8 && p < half + 8);
+	uffd_restore_free(e.rs);
+	e.rs = NULL;
+	uffd_region_destroy(r2);
+	env_free(&e);
+}
+END_TEST
+
 /* ---- the owner exits during the fill ---- */
 
 /* The owner of len bytes of registered memory: sends its uffd and their address, then waits to be killed. */
@@ -1136,6 +1185,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, fill_while_given_back);
 	tc = CASE(given_back_during_fork, 30);
 	tcase_add_test(tc, given_back_during_fork);
+	tc = CASE(given_back_across_regions, 20);
+	tcase_add_test(tc, given_back_across_regions);
 	tc = CASE(owner_exit_during_fill, 30);
 	tcase_add_test(tc, owner_exit_during_fill);
 	tc = CASE(save_trace_does_not_stall_faults, 20);
