@@ -348,9 +348,10 @@ static void reap(struct uffd_restore *rs)
  */
 static void retry_due(struct uffd_restore *rs, uint64_t *wait_ns)
 {
+	uint64_t now = rs__now_ns();
+
 	for (unsigned i = 0; i < rs->nrd; i++) {
 		struct rs_read *s = &rs->rd[i];
-		uint64_t now = rs__now_ns();
 
 		if (!s->busy || !s->retry)
 			continue;

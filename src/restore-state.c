@@ -173,10 +173,10 @@ static int resolve(struct uffd_restore *rs, struct rs_region *g, size_t first, s
 		*k = 1;
 		return 0;
 	}
-	if (err)
+	if (err && err != -EAGAIN)	/* -EAGAIN: pending events, retried */
 		return uffd__err(err, "restore: %s of page %zu of region %u: %s", g->cont ? "UFFDIO_CONTINUE" : "UFFDIO_COPY",
 				 first + i, g->idx, uffd__errname(err));
-	return 0;
+	return err;
 }
 
 /*
