@@ -212,6 +212,8 @@ struct uffd_region {
 	const void *src;	/* read it with uffd__region_source() */
 	size_t src_len;
 	atomic_ulong *removed;	/* a bit per page; NULL until a source is set */
+	/* wpstate.c: a bit per page recorded write-protected; NULL without a record */
+	atomic_ulong *wp;
 };
 
 /* ---- region.c ---- */
@@ -258,6 +260,37 @@ uint64_t uffd__region_removed_run(const struct uffd_region *r, uint64_t off,
 				  uint64_t len, bool *removed);
 /* Frees the bitmap; for region destroy. */
 void uffd__region_pagestate_free(struct uffd_region *r);
+
+/* ---- wpstate.c: which pages of a region are write-protected ---- */
+
+/*
+ * The record exists for a local region registered with
+ * UFFDIO_REGISTER_MODE_WP on a handle without UFFD_FEATURE_WP_ASYNC;
+ * wpstate.c says why, and what it assumes. Made at region creation
+ * (-ENOMEM), freed with the region. Everything else is lock-free and
+ * async-signal-safe; offsets are into the region, ranges clamped to it,
+ * a page partly covered counts as covered.
+ */
+int uffd__region_wp_alloc(struct uffd_region *r);
+void uffd__region_wp_free(struct uffd_region *r);
+void uffd__region_wp_set(const struct uffd_region *r, uint64_t off, uint64_t len, bool protect);
+/*
+ * The run of pages sharing the protection of the page containing off,
+ * through at most the one containing off + len - 1: its length in bytes,
+ * in *wp whether a fault resolution must map it write-protected. Without
+ * a record: the whole span, protected only where that is the safe side
+ * (uffd__region_wp_always). 0 when off is outside the region or len is 0.
+ */
+uint64_t uffd__region_wp_run(const struct uffd_region *r, uint64_t off, uint64_t len, bool *wp);
+/* A foreign WP region: its pages' protection is unknown here, so always kept. */
+bool uffd__region_wp_always(const struct uffd_region *r);
+/* Records [addr, addr+len) of u's regions protected or not. */
+void uffd__wp_record(struct uffd *u, uintptr_t addr, size_t len, bool protect);
+/*
+ * The first run of recorded-protected pages of u's regions at or after
+ * *addr and before end: its start in *addr, its length in *len.
+ */
+bool uffd__wp_next(struct uffd *u, uintptr_t *addr, uintptr_t end, size_t *len);
 
 /* ---- error.c: the thread's last-error sentence ---- */
 
@@ -317,8 +350,16 @@ int uffd__op_ioctl(int fd, enum uffd_op op, uint64_t dst, uint64_t src,
 int uffd__wp_ioctl(int fd, uint64_t start, uint64_t len, bool protect,
 		   bool dontwake);
 /*
+ * For uffd__resolve() only, beside the public UFFD_* flags: a default
+ * resolution (a loop's) that maps pages writable because they were not
+ * recorded protected. Instead of recording them unprotected, it protects
+ * those recorded protected since it looked (wpstate.c: ordering).
+ */
+#define UFFD__KEEP_WP (1u << 31)
+/*
  * The whole resolving call behind uffd_copy() and friends: checks, partial
- * progress, EEXIST skipping, error text. page_size 0 means look it up.
+ * progress, EEXIST skipping, error text, the write-protection record.
+ * page_size 0 means look it up. Async-signal-safe.
  */
 int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		  uintptr_t src, size_t len, unsigned flags, size_t page_size,

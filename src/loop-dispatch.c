@@ -24,7 +24,6 @@
 
 #include "loop-internal.h"
 
-#define PM_UFFD_WP (1ull << 57)	/* pagemap: the PTE is uffd-write-protected */
 #define RETRY_LIMIT_US 5000000ll	/* -EAGAIN and UFFD_RETRY: fail after 5 s */
 #define REFAULT_BACKOFF_MAX_US 2000
 #define GATE_EVENT_ROOM 256	/* entries of rn->gated kept for events */
@@ -213,60 +212,6 @@ static bool is_fault_page(const struct loop_runner *rn, const struct loop_watch 
 
 /* ---- default resolution ---- */
 
-static int pagemap_fd(struct uffd *u)
-{
-	int fd = atomic_load(&u->pagemap_fd), none = -1;
-
-	if (fd >= 0)
-		return fd;
-	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (fd >= 0 && !atomic_compare_exchange_strong(&u->pagemap_fd, &none, fd)) {
-		close(fd);
-		fd = none;
-	}
-	return fd;
-}
-
-/* Whether the page at addr is uffd-write-protected (a PTE or a marker). */
-static bool page_wp(int pm, uintptr_t addr)
-{
-	uint64_t e = 0;
-	off_t off = (off_t)(addr / uffd__base_page_size() * sizeof(e));
-
-	return pread(pm, &e, sizeof(e), off) == sizeof(e) && (e & PM_UFFD_WP);
-}
-
-/*
- * A minor fault in a local region also registered for write-protection:
- * CONTINUE would drop the protection of a zapped page (its uffd-wp
- * marker), so such pages are mapped with UFFD_MAP_WP. Splits r into runs
- * of equal state. A foreign region's pagemap is not ours to read: keeping
- * the protection is the safe side there.
- */
-static void push_minor_wp(struct loop_runner *rn, struct loop_res *r, bool local)
-{
-	int pm = local ? pagemap_fd(r->w->u) : -1;
-	struct loop_res run = *r;
-
-	if (pm < 0) {
-		run.op = LOOP_CONTINUE_WP;
-		push(rn, &run);
-		return;
-	}
-	run.end = run.addr;
-	for (uintptr_t a = r->addr; a < r->end; a += r->ps) {
-		enum loop_op op = page_wp(pm, a) ? LOOP_CONTINUE_WP : LOOP_CONTINUE;
-
-		if (run.end > run.addr && op != run.op) {
-			push(rn, &run);
-			run.addr = a;
-		}
-		run.op = op;
-		run.end = a + r->ps;
-	}
-	push(rn, &run);
-}
-
 /* A zero page: ZEROPAGE, or a copy of zeros where that cannot be (hugetlb, WP). */
 static enum loop_op zero_op(const struct loop_watch *w, size_t ps, bool wp)
 {
@@ -304,38 +249,56 @@ static void push_source(struct loop_runner *rn, const struct loop_res *r,
 	}
 }
 
+/*
+ * A MINOR or MISSING fault: the runs of [r->addr, r->end) mapped
+ * write-protected, where the handler asked (want_wp) or the region's
+ * record says so (wpstate.c), and writable elsewhere.
+ */
+static void push_mapping(struct loop_runner *rn, const struct loop_res *r,
+			 const struct uffd_fault *f, bool want_wp)
+{
+	struct uffd_region *reg = f->region;
+	const unsigned char *src = reg ? uffd__region_source(reg) : NULL;
+	uintptr_t base = reg ? (uintptr_t)uffd_region_base(reg) : 0;
+	uintptr_t a = r->addr;
+
+	while (a < r->end) {
+		struct loop_res run = *r;
+		bool wp = false;
+		uint64_t n = r->end - a;
+
+		/* A range widened past the region: its outer parts as outside any region. */
+		if (reg && a < base)
+			n = base - a < n ? base - a : n;
+		else if (reg)
+			n = uffd__region_wp_run(reg, a - base, n, &wp) ?: n;
+		run.addr = a;
+		run.end = a + n;
+		wp = wp || want_wp;
+		if (f->kind == UFFD_FAULT_MINOR) {
+			run.op = wp ? LOOP_CONTINUE_WP : LOOP_CONTINUE;
+			push(rn, &run);
+		} else if (src) {
+			push_source(rn, &run, reg, src, wp);
+		} else {
+			run.op = zero_op(r->w, r->ps, wp);
+			push(rn, &run);
+		}
+		a += n;
+	}
+}
+
 static void push_default(struct loop_runner *rn, struct loop_watch *w,
 			 const struct uffd_fault *f, size_t ps, bool want_wp)
 {
 	struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len, ps, 0, 0, 0 };
-	bool region_wp = f->region && (f->region->modes & UFFDIO_REGISTER_MODE_WP);
-	const unsigned char *src = f->region ? uffd__region_source(f->region) : NULL;
 
-	switch (f->kind) {
-	case UFFD_FAULT_MINOR:
-		if (want_wp) {
-			r.op = LOOP_CONTINUE_WP;
-			break;
-		}
-		if (region_wp) {
-			push_minor_wp(rn, &r, !f->region->foreign);
-			return;
-		}
-		r.op = LOOP_CONTINUE;
-		break;
-	case UFFD_FAULT_WP:
+	if (f->kind == UFFD_FAULT_WP) {
 		r.op = LOOP_UNPROTECT;
-		break;
-	case UFFD_FAULT_MISSING:
-		if (src) {
-			push_source(rn, &r, f->region, src, want_wp || region_wp);
-			return;
-		}
-		/* ZEROPAGE cannot keep a write-protection: copy a zero page with MODE_WP. */
-		r.op = zero_op(w, ps, want_wp || region_wp);
-		break;
+		push(rn, &r);
+		return;
 	}
-	push(rn, &r);
+	push_mapping(rn, &r, f, want_wp);
 }
 
 /* ---- faults ---- */
@@ -905,10 +868,10 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 	case LOOP_CONTINUE:
 	case LOOP_CONTINUE_WP:
 		return uffd__resolve(u, UFFD_OP_CONTINUE, r->addr, 0, len,
-				     UFFD_SKIP_EXISTING | (r->op == LOOP_CONTINUE_WP ? UFFD_MAP_WP : 0),
+				     UFFD_SKIP_EXISTING | (r->op == LOOP_CONTINUE_WP ? UFFD_MAP_WP : UFFD__KEEP_WP),
 				     r->ps, done);
 	case LOOP_ZEROPAGE:
-		return uffd__resolve(u, UFFD_OP_ZEROPAGE, r->addr, 0, len, UFFD_SKIP_EXISTING,
+		return uffd__resolve(u, UFFD_OP_ZEROPAGE, r->addr, 0, len, UFFD_SKIP_EXISTING | UFFD__KEEP_WP,
 				     r->ps, done);
 	case LOOP_POISON:
 		err = uffd__resolve(u, UFFD_OP_POISON, r->addr, 0, len, UFFD_SKIP_EXISTING,
@@ -917,11 +880,11 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 		return err;
 	case LOOP_COPY_ZERO:
 	case LOOP_COPY_ZERO_WP:
-		return copy_zero(rn, u, r, r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : 0, done);
+		return copy_zero(rn, u, r, r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : UFFD__KEEP_WP, done);
 	case LOOP_COPY_SRC:
 	case LOOP_COPY_SRC_WP:
 		return uffd__resolve(u, UFFD_OP_COPY, r->addr, r->src, len,
-				     UFFD_SKIP_EXISTING | (r->op == LOOP_COPY_SRC_WP ? UFFD_MAP_WP : 0),
+				     UFFD_SKIP_EXISTING | (r->op == LOOP_COPY_SRC_WP ? UFFD_MAP_WP : UFFD__KEEP_WP),
 				     r->ps, done);
 	case LOOP_UNPROTECT:
 		break;

@@ -365,6 +365,141 @@ START_TEST(test_minor_wp)
 }
 END_TEST
 
+/*
+ * Exact write-protection, a garbage collector's pattern: a subset of the
+ * heap is protected (every third page, and a block; some of those pages
+ * are mapped, most are not), mutators fault the whole heap in (MINOR, or
+ * MISSING zero pages) with the default resolution, then write every page.
+ * Exactly the protected pages raise a WP fault, once each; the others
+ * none (the loop keeps no "protect whatever is mapped" rule); the
+ * protected ones that a fault mapped are still protected (pagemap bit
+ * 57) until their write. And the loop decides with no system call: the
+ * process's read(2)/pread(2) count (/proc/self/io syscr) does not grow by
+ * one per fault, as it did when each MINOR fault of a WP region read
+ * /proc/self/pagemap.
+ */
+struct gc_ctx {
+	size_t ps;
+	atomic_uchar *wp;	/* WP faults per page */
+	atomic_uint spurious;
+};
+
+static bool gc_protected(size_t page)
+{
+	return page % 3 == 0 || (page >= 600 && page < 700);
+}
+
+static int gc_wp(void *c, struct uffd_fault *f)
+{
+	struct gc_ctx *x = c;
+	size_t page = f->offset / x->ps;
+
+	atomic_fetch_add(&x->wp[page], 1);
+	if (!gc_protected(page))
+		atomic_fetch_add(&x->spurious, 1);
+	return UFFD_RESOLVE;
+}
+
+/* read(2)-family calls of the whole process so far (/proc/self/io syscr). */
+static long syscalls_read(void)
+{
+	FILE *f = fopen("/proc/self/io", "re");
+	char line[128];
+	long v = -1;
+
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "syscr: %ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+static void gc_pattern(uint64_t modes)
+{
+	size_t npages = 1024, len = npages * ps, nprot = 0, kept = 0;
+	bool minor = modes & UFFDIO_REGISTER_MODE_MINOR;
+	struct uffd *u = open_uffd(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+				   (minor ? UFFD_FEATURE_MINOR_SHMEM : UFFD_FEATURE_MISSING_SHMEM));
+	struct uffd_region *r = new_region(u, len, modes);
+	struct gc_ctx x = { .ps = ps, .wp = calloc(npages, 1) };
+	struct uffd_handlers h = { .wp = gc_wp };	/* MINOR, MISSING: the default */
+	struct uffd_loop *l = new_loop(0, 0);
+	char *base = uffd_region_base(r), *orig = malloc(len);
+	struct uffd_loop_stats s;
+	long calls;
+
+	if (minor) {
+		fill(orig, 0, len, 21);
+		ck_assert_int_eq(uffd_region_populate(r, 0, orig, len, 0), 0);
+		for (size_t i = 0; i < npages; i += 5)	/* some pages mapped already */
+			ck_assert_int_eq(uffd_region_continue(r, i * ps, ps, 0, NULL), 0);
+	} else {
+		memset(orig, 0, len);
+	}
+	for (size_t i = 0; i < npages; i++)
+		if (gc_protected(i)) {
+			ck_assert_int_eq(uffd_region_writeprotect(r, i * ps, ps, true, 0), 0);
+			nprot++;
+		}
+	ck_assert_int_eq(uffd_loop_add_region(l, r, &h, &x), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 2), 0);
+
+	/* The mutators read the heap: every page not mapped faults. */
+	calls = syscalls_read();
+	touch_all(base, npages, 4, true, false);
+	calls = syscalls_read() - calls;
+	s = stats(l);
+	ck_assert_uint_eq(s.faults_minor + s.faults_missing, minor ? npages - (npages + 4) / 5 : npages);
+	ck_assert_uint_eq(s.faults_wp, 0);
+	fprintf(stderr, "gc pattern: %ld read calls while the loop resolved %llu faults\n", calls,
+		(unsigned long long)(s.faults_minor + s.faults_missing));
+	/* The loop reads its messages through io_uring, which counts no read(2). */
+	if (harness_read_long("/proc/sys/kernel/io_uring_disabled") <= 0)
+		ck_assert_msg(calls < 64, "%ld read calls while the loop resolved %llu faults", calls,
+			      (unsigned long long)(s.faults_minor + s.faults_missing));
+	for (size_t i = 0; i < npages; i++) {
+		bool wp = harness_pagemap(base + i * ps) >> 57 & 1;
+
+		ck_assert_msg(wp == gc_protected(i), "page %zu (%s): uffd-wp %d after the read fault",
+			      i, gc_protected(i) ? "protected" : "never protected", wp);
+		kept += wp;
+	}
+	ck_assert_uint_eq(kept, nprot);
+
+	/* Then they write every page: WP faults on exactly the protected ones. */
+	touch_all(base, npages, 4, true, true);
+	s = stats(l);
+	ck_assert_msg(atomic_load(&x.spurious) == 0, "%u spurious WP faults on pages never protected",
+		      atomic_load(&x.spurious));
+	for (size_t i = 0; i < npages; i++)
+		ck_assert_msg(atomic_load(&x.wp[i]) == gc_protected(i), "page %zu: %u WP faults",
+			      i, atomic_load(&x.wp[i]));
+	ck_assert_uint_eq(s.faults_wp, nprot);
+	ck_assert_uint_eq(s.errors, 0);
+	/* Resolved for good: the record follows the unprotecting. */
+	ck_assert_int_eq(uffd_region_zap(r, 0, len), 0);
+	touch_all(base, npages, 4, true, true);
+	ck_assert_uint_eq(stats(l).faults_wp, nprot);
+	ck_assert_int_eq(verify(base, 0, len, minor ? 21 : 0) == -1, minor);
+	ck_assert_int_eq(memcmp(uffd_region_alias(r), base, len), 0);
+	uffd_loop_free(l);
+	uffd_region_destroy(r);
+	uffd_close(u);
+	free(x.wp);
+	free(orig);
+}
+
+START_TEST(test_gc_exact_wp)
+{
+	if (!harness_have_features(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+				   UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_MISSING_SHMEM))
+		SKIP_TEST("the kernel lacks PAGEFAULT_FLAG_WP, WP_HUGETLBFS_SHMEM, MINOR_SHMEM or MISSING_SHMEM");
+	gc_pattern(UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP);
+	gc_pattern(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+}
+END_TEST
+
 /* ---- missing: anon memory ---- */
 
 static int copy_missing(void *c, struct uffd_fault *f)
@@ -1101,6 +1236,7 @@ static Suite *make_suite(void)
 	tcase_add_test(loop_case(CASE(minor, 60), false), test_minor);
 	tcase_add_test(loop_case(CASE(minor_poll, 60), true), test_minor);
 	tcase_add_test(loop_case(CASE(minor_wp, 30), false), test_minor_wp);
+	tcase_add_test(loop_case(CASE(gc_exact_wp, 30), false), test_gc_exact_wp);
 	tcase_add_test(loop_case(CASE(missing, 30), false), test_missing);
 	tcase_add_test(loop_case(CASE(hugetlb_missing, 30), false), test_hugetlb_missing);
 	tcase_add_test(loop_case(CASE(defer, 30), false), test_defer);
