@@ -175,6 +175,9 @@ struct uffd {
 	/* Made by uffd_open_fd(): its ranges were registered elsewhere, so
 	 * what the table lacks is looked up in /proc/self per fault. */
 	bool ranges_unknown;
+	/* wpstate.c: default resolutions mapping pages, by epoch parity */
+	atomic_uint wp_epoch;
+	atomic_uint wp_sections[2];
 };
 
 /* ---- the region (region.c); loop.c and sigbus.c read it ---- */
@@ -272,6 +275,12 @@ void uffd__region_pagestate_free(struct uffd_region *r);
  * a page partly covered counts as covered.
  */
 int uffd__region_wp_alloc(struct uffd_region *r);
+/*
+ * Whether u's faults can need a write-protected mapping at all: it has
+ * UFFD_FEATURE_PAGEFAULT_FLAG_WP and not WP_ASYNC. Else every default
+ * mapping is writable and nothing is recorded.
+ */
+bool uffd__wp_tracked(const struct uffd *u);
 void uffd__region_wp_free(struct uffd_region *r);
 void uffd__region_wp_set(const struct uffd_region *r, uint64_t off, uint64_t len, bool protect);
 /*
@@ -291,6 +300,20 @@ void uffd__wp_record(struct uffd *u, uintptr_t addr, size_t len, bool protect);
  * *addr and before end: its start in *addr, its length in *len.
  */
 bool uffd__wp_next(struct uffd *u, uintptr_t *addr, uintptr_t end, size_t *len);
+/*
+ * uffd__region_wp_run() by address over u's regions; outside any region
+ * (up to the next) not protected. len > 0: the result is too.
+ */
+uint64_t uffd__wp_run_at(struct uffd *u, uintptr_t addr, uint64_t len, bool *wp);
+/*
+ * A default resolution's section: from reading the record to the last
+ * ioctl of its mapping (no user code inside). uffd__wp_sync(), called by
+ * a protecting call after its ioctl, returns once every section open when
+ * its bits were set has ended (or after a bound of 1 s).
+ */
+unsigned uffd__wp_enter(struct uffd *u);
+void uffd__wp_exit(struct uffd *u, unsigned ticket);
+void uffd__wp_sync(struct uffd *u);
 
 /* ---- error.c: the thread's last-error sentence ---- */
 
@@ -351,11 +374,16 @@ int uffd__wp_ioctl(int fd, uint64_t start, uint64_t len, bool protect,
 		   bool dontwake);
 /*
  * For uffd__resolve() only, beside the public UFFD_* flags: a default
- * resolution (a loop's) that maps pages writable because they were not
- * recorded protected. Instead of recording them unprotected, it protects
- * those recorded protected since it looked (wpstate.c: ordering).
+ * resolution (the loop's), which keeps the write-protection record itself
+ * (wpstate.c): the call neither records nor waits.
  */
-#define UFFD__KEEP_WP (1u << 31)
+#define UFFD__DEFAULT (1u << 31)
+/*
+ * Protects again the pages of [addr, addr+len) recorded protected: a
+ * default resolution just mapped them writable. 0 or the ioctl's -errno.
+ * Async-signal-safe.
+ */
+int uffd__wp_keep(struct uffd *u, uintptr_t addr, size_t len);
 /*
  * The whole resolving call behind uffd_copy() and friends: checks, partial
  * progress, EEXIST skipping, error text, the write-protection record.

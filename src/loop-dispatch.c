@@ -250,55 +250,33 @@ static void push_source(struct loop_runner *rn, const struct loop_res *r,
 }
 
 /*
- * A MINOR or MISSING fault: the runs of [r->addr, r->end) mapped
- * write-protected, where the handler asked (want_wp) or the region's
- * record says so (wpstate.c), and writable elsewhere.
+ * want_wp: the handler asked for UFFD_RESOLVE_WP. Otherwise the pages
+ * are pushed writable and exec() maps each write-protected exactly when
+ * the record says so (wpstate.c), deciding right before the ioctl.
  */
-static void push_mapping(struct loop_runner *rn, const struct loop_res *r,
-			 const struct uffd_fault *f, bool want_wp)
-{
-	struct uffd_region *reg = f->region;
-	const unsigned char *src = reg ? uffd__region_source(reg) : NULL;
-	uintptr_t base = reg ? (uintptr_t)uffd_region_base(reg) : 0;
-	uintptr_t a = r->addr;
-
-	while (a < r->end) {
-		struct loop_res run = *r;
-		bool wp = false;
-		uint64_t n = r->end - a;
-
-		/* A range widened past the region: its outer parts as outside any region. */
-		if (reg && a < base)
-			n = base - a < n ? base - a : n;
-		else if (reg)
-			n = uffd__region_wp_run(reg, a - base, n, &wp) ?: n;
-		run.addr = a;
-		run.end = a + n;
-		wp = wp || want_wp;
-		if (f->kind == UFFD_FAULT_MINOR) {
-			run.op = wp ? LOOP_CONTINUE_WP : LOOP_CONTINUE;
-			push(rn, &run);
-		} else if (src) {
-			push_source(rn, &run, reg, src, wp);
-		} else {
-			run.op = zero_op(r->w, r->ps, wp);
-			push(rn, &run);
-		}
-		a += n;
-	}
-}
-
 static void push_default(struct loop_runner *rn, struct loop_watch *w,
 			 const struct uffd_fault *f, size_t ps, bool want_wp)
 {
 	struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len, ps, 0, 0, 0 };
+	const unsigned char *src = f->region ? uffd__region_source(f->region) : NULL;
 
-	if (f->kind == UFFD_FAULT_WP) {
+	switch (f->kind) {
+	case UFFD_FAULT_MINOR:
+		r.op = want_wp ? LOOP_CONTINUE_WP : LOOP_CONTINUE;
+		break;
+	case UFFD_FAULT_WP:
 		r.op = LOOP_UNPROTECT;
-		push(rn, &r);
-		return;
+		break;
+	case UFFD_FAULT_MISSING:
+		if (src) {
+			push_source(rn, &r, f->region, src, want_wp);
+			return;
+		}
+		/* ZEROPAGE cannot keep a write-protection: copy a zero page with MODE_WP. */
+		r.op = zero_op(w, ps, want_wp);
+		break;
 	}
-	push_mapping(rn, &r, f, want_wp);
+	push(rn, &r);
 }
 
 /* ---- faults ---- */
@@ -856,8 +834,12 @@ static int copy_zero(struct loop_runner *rn, struct uffd *u, const struct loop_r
 	return err;
 }
 
-/* One run, one ioctl (copies of the zero page: one per page). */
-static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
+/*
+ * One run, one ioctl (copies of the zero page: one per page). dflt:
+ * UFFD__DEFAULT for a mapping decided by the record, inside a section;
+ * else 0, and a write-protected mapping the handler asked for is recorded.
+ */
+static int exec_op(struct loop_runner *rn, const struct loop_res *r, unsigned dflt, size_t *done)
 {
 	struct uffd *u = r->w->u;
 	size_t len = r->end - r->addr;
@@ -868,10 +850,10 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 	case LOOP_CONTINUE:
 	case LOOP_CONTINUE_WP:
 		return uffd__resolve(u, UFFD_OP_CONTINUE, r->addr, 0, len,
-				     UFFD_SKIP_EXISTING | (r->op == LOOP_CONTINUE_WP ? UFFD_MAP_WP : UFFD__KEEP_WP),
+				     UFFD_SKIP_EXISTING | (r->op == LOOP_CONTINUE_WP ? UFFD_MAP_WP : 0) | dflt,
 				     r->ps, done);
 	case LOOP_ZEROPAGE:
-		return uffd__resolve(u, UFFD_OP_ZEROPAGE, r->addr, 0, len, UFFD_SKIP_EXISTING | UFFD__KEEP_WP,
+		return uffd__resolve(u, UFFD_OP_ZEROPAGE, r->addr, 0, len, UFFD_SKIP_EXISTING | dflt,
 				     r->ps, done);
 	case LOOP_POISON:
 		err = uffd__resolve(u, UFFD_OP_POISON, r->addr, 0, len, UFFD_SKIP_EXISTING,
@@ -880,17 +862,71 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 		return err;
 	case LOOP_COPY_ZERO:
 	case LOOP_COPY_ZERO_WP:
-		return copy_zero(rn, u, r, r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : UFFD__KEEP_WP, done);
+		return copy_zero(rn, u, r, (r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : 0) | dflt, done);
 	case LOOP_COPY_SRC:
 	case LOOP_COPY_SRC_WP:
 		return uffd__resolve(u, UFFD_OP_COPY, r->addr, r->src, len,
-				     UFFD_SKIP_EXISTING | (r->op == LOOP_COPY_SRC_WP ? UFFD_MAP_WP : UFFD__KEEP_WP),
+				     UFFD_SKIP_EXISTING | (r->op == LOOP_COPY_SRC_WP ? UFFD_MAP_WP : 0) | dflt,
 				     r->ps, done);
 	case LOOP_UNPROTECT:
 		break;
 	}
 	err = uffd__writeprotect(u, r->addr, len, false, 0, r->ps);
 	*done = err ? 0 : len;
+	return err;
+}
+
+/* The write-protected form of a mapping op (a zero page has none: a copy of zeros). */
+static enum loop_op wp_form(enum loop_op op)
+{
+	switch (op) {
+	case LOOP_CONTINUE:
+		return LOOP_CONTINUE_WP;
+	case LOOP_ZEROPAGE:
+	case LOOP_COPY_ZERO:
+		return LOOP_COPY_ZERO_WP;
+	case LOOP_COPY_SRC:
+		return LOOP_COPY_SRC_WP;
+	default:
+		return op;
+	}
+}
+
+/*
+ * A default mapping: in runs of the record's state (wpstate.c), decided
+ * inside a section that a protecting call waits for, and looked at again
+ * after mapping a run writable: so no page is left writable once a call
+ * protecting it has returned.
+ */
+static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
+{
+	struct uffd *u = r->w->u;
+	uintptr_t a = r->addr;
+	unsigned t;
+	int err = 0;
+
+	if (wp_form(r->op) == r->op || !uffd__wp_tracked(u))
+		return exec_op(rn, r, 0, done);
+	*done = 0;
+	t = uffd__wp_enter(u);
+	while (!err && a < r->end) {
+		struct loop_res run = *r;
+		bool wp;
+		size_t d = 0;
+
+		run.addr = a;
+		run.end = a + uffd__wp_run_at(u, a, r->end - a, &wp);
+		run.src = r->src ? r->src + (a - r->addr) : 0;
+		if (wp)
+			run.op = wp_form(r->op);
+		err = exec_op(rn, &run, UFFD__DEFAULT, &d);
+		/* Mapped, but a protection recorded meanwhile failed: the run again. */
+		if (!err && !wp && (err = uffd__wp_keep(u, run.addr, run.end - run.addr)))
+			d = 0;
+		*done += d;
+		a = run.end;
+	}
+	uffd__wp_exit(u, t);
 	return err;
 }
 

@@ -307,32 +307,29 @@ static int refuse_hugetlb_zeropage(struct uffd *u, uintptr_t dst, size_t len)
 			 (unsigned long)dst, len);
 }
 
-/*
- * Pages [addr, addr+len) were just mapped writable. A caller's own call
- * meant it: they are recorded unprotected. A default resolution
- * (UFFD__KEEP_WP) mapped them so because they were not recorded
- * protected when it looked: those recorded since are protected again.
- */
-static void mapped_writable(struct uffd *u, uintptr_t addr, size_t len, unsigned flags)
+int uffd__wp_keep(struct uffd *u, uintptr_t addr, size_t len)
 {
 	uintptr_t end = addr + len;
 	size_t n;
+	int err;
 
-	if (!(flags & UFFD__KEEP_WP)) {
-		uffd__wp_record(u, addr, len, false);
-		return;
-	}
 	while (uffd__wp_next(u, &addr, end, &n)) {
-		uffd__wp_ioctl(u->fd, addr, n, true, false);
+		if ((err = uffd__wp_ioctl(u->fd, addr, n, true, false)))
+			return err;
 		addr += n;
 	}
+	return 0;
 }
 
-/* Progress over [addr, addr+len), for the write-protection record. */
+/*
+ * Progress over [addr, addr+len): mapped write-protected (recorded before
+ * the ioctl), or writable, which the caller's own call meant: recorded
+ * unprotected. A default resolution (UFFD__DEFAULT) keeps the record itself.
+ */
 static void mapped(struct uffd *u, uintptr_t addr, size_t len, unsigned flags)
 {
-	if (!(flags & UFFD_MAP_WP))	/* else recorded before the ioctl */
-		mapped_writable(u, addr, len, flags);
+	if (!(flags & (UFFD_MAP_WP | UFFD__DEFAULT)))
+		uffd__wp_record(u, addr, len, false);
 }
 
 int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
@@ -340,7 +337,7 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		  size_t *done)
 {
 	const struct op_info *oi = &op_info[op];
-	unsigned keep = flags & UFFD__KEEP_WP;
+	unsigned dflt = flags & UFFD__DEFAULT;
 	uint64_t mode;
 	struct skipped skip = { 0 };
 	size_t off = 0;
@@ -348,7 +345,7 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 
 	if (done)
 		*done = 0;
-	flags &= ~UFFD__KEEP_WP;
+	flags &= ~UFFD__DEFAULT;
 	mode = op_mode(op, flags);
 	err = check_resolve(u, oi, dst, src, len, flags,
 			    page_size ? page_size : uffd__base_page_size());
@@ -357,7 +354,7 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 	if (err)
 		return err;
 	/* Recorded before the pages can be seen protected (wpstate.c: ordering). */
-	if (flags & UFFD_MAP_WP)
+	if ((flags & UFFD_MAP_WP) && !dflt)
 		uffd__wp_record(u, dst, len, true);
 	while (off < len) {
 		int64_t count = 0;
@@ -365,13 +362,13 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		err = uffd__op_ioctl(u->fd, op, dst + off, oi->has_src ? src + off : 0,
 				     len - off, mode, &count);
 		if (!err) {
-			mapped(u, dst + off, len - off, flags | keep);
+			mapped(u, dst + off, len - off, flags | dflt);
 			off = len;
 			break;
 		}
 		if (count > 0) {	/* partial progress: go on from there */
 			count = (size_t)count < len - off ? count : (int64_t)(len - off);
-			mapped(u, dst + off, (size_t)count, flags | keep);
+			mapped(u, dst + off, (size_t)count, flags | dflt);
 			off += (size_t)count;
 			continue;
 		}
@@ -384,6 +381,9 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		err = 0;
 	}
 	skipped_flush(u, &skip, flags);
+	/* A racing default resolution that mapped a page of ours writable protects it again. */
+	if ((flags & UFFD_MAP_WP) && !dflt)
+		uffd__wp_sync(u);
 	if (err == -ENOENT)
 		wake_gone(u, dst + off, len - off);
 	if (done)
@@ -450,6 +450,8 @@ int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 	err = uffd__wp_ioctl(u->fd, addr, len, protect, flags & UFFD_DONTWAKE);
 	if (!err && !protect)
 		uffd__wp_record(u, addr, len, false);
+	if (protect)	/* no default resolution still maps a page of the range writable */
+		uffd__wp_sync(u);
 	if (err == -ENOENT)
 		wake_gone(u, addr, len);
 	if (err == -EINVAL || err == -ENOENT)

@@ -98,8 +98,8 @@ static enum uffd_fault_kind fault_kind(uint64_t modes, const struct access *a)
  * On a region registered for write-protection a page is mapped
  * write-protected exactly when the region's record says it is protected
  * (wpstate.c), which every protecting call of the library keeps, with no
- * system call; foreign regions have no record and map every page
- * protected, the safe side.
+ * system call. The record is read, the page mapped and, mapped writable,
+ * looked at again inside one section, which a protecting call waits for.
  */
 
 /* Pages recorded protected since we looked, just mapped writable: protect them again. */
@@ -167,19 +167,25 @@ static int map_runs(const struct uffd_region *r, uintptr_t addr, size_t len,
 		    int (*fn)(const struct uffd_region *, uintptr_t, size_t, bool))
 {
 	uintptr_t base = (uintptr_t)uffd_region_base(r), a = addr;
+	bool tracked = (r->modes & UFFDIO_REGISTER_MODE_WP) && uffd__wp_tracked(r->uffd);
+	unsigned t = tracked ? uffd__wp_enter(r->uffd) : 0;	/* decided and mapped in one section */
 	int err = 0;
 
 	while (!err && a < addr + len) {
 		bool wp = false;
 		uint64_t n = uffd__region_wp_run(r, a - base, addr + len - a, &wp);
 
-		if (!n)
-			return -EINVAL;	/* outside the region */
+		if (!n) {
+			err = -EINVAL;	/* outside the region */
+			break;
+		}
 		if (fn == zero_run && (wp || r->page_size != r->uffd->page_size))
 			n = r->page_size;
 		err = fn(r, a, n, wp);
 		a += n;
 	}
+	if (tracked)
+		uffd__wp_exit(r->uffd, t);
 	return err;
 }
 

@@ -42,7 +42,9 @@
  * freed with it; every call here is lock-free and async-signal-safe.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -53,10 +55,14 @@ static atomic_ulong *bitmap(const struct uffd_region *r)
 	return __atomic_load_n(&r->wp, __ATOMIC_ACQUIRE);
 }
 
+bool uffd__wp_tracked(const struct uffd *u)
+{
+	return (u->features & UFFD_FEATURE_PAGEFAULT_FLAG_WP) && !(u->features & UFFD_FEATURE_WP_ASYNC);
+}
+
 static bool keeps_record(const struct uffd_region *r)
 {
-	return !r->foreign && (r->modes & UFFDIO_REGISTER_MODE_WP) &&
-	       !(r->uffd->features & UFFD_FEATURE_WP_ASYNC);
+	return !r->foreign && (r->modes & UFFDIO_REGISTER_MODE_WP) && uffd__wp_tracked(r->uffd);
 }
 
 int uffd__region_wp_alloc(struct uffd_region *r)
@@ -153,8 +159,7 @@ uint64_t uffd__region_wp_run(const struct uffd_region *r, uint64_t off, uint64_t
 
 bool uffd__region_wp_always(const struct uffd_region *r)
 {
-	return r->foreign && (r->modes & UFFDIO_REGISTER_MODE_WP) &&
-	       !(r->uffd->features & UFFD_FEATURE_WP_ASYNC);
+	return r->foreign && (r->modes & UFFDIO_REGISTER_MODE_WP) && uffd__wp_tracked(r->uffd);
 }
 
 /* ---- by address, for the resolving calls (ops.c) ---- */
@@ -187,7 +192,7 @@ static void set_part(struct uffd_region *r, uint64_t off, uint64_t n, void *arg)
 
 void uffd__wp_record(struct uffd *u, uintptr_t addr, size_t len, bool protect)
 {
-	if (len && addr + len > addr)
+	if (uffd__wp_tracked(u) && len && addr + len > addr)
 		each_region(u, addr, len, set_part, &protect);
 }
 
@@ -224,4 +229,92 @@ bool uffd__wp_next(struct uffd *u, uintptr_t *addr, uintptr_t end, size_t *len)
 	}
 	rangemap_read_end(&u->regions, t);
 	return found;
+}
+
+uint64_t uffd__wp_run_at(struct uffd *u, uintptr_t addr, uint64_t len, bool *wp)
+{
+	struct rangemap_entry e;
+	unsigned t = rangemap_read_begin(&u->regions);
+	uint64_t n = len;
+
+	*wp = false;
+	if (rangemap_next(&u->regions, addr, &e) && e.start < addr + len) {
+		if (e.start > addr)
+			n = e.start - addr;
+		else
+			n = uffd__region_wp_run(e.ptr, addr - e.start,
+						len < e.end - addr ? len : e.end - addr, wp);
+	}
+	rangemap_read_end(&u->regions, t);
+	return n;
+}
+
+/* ---- sections: no page left writable once a protecting call returned ---- */
+
+/*
+ * A default resolution reads the record, maps, and looks again; a
+ * protecting call sets the bits, protects, then waits for the sections
+ * open when it set them. A section that read a bit before it was set
+ * either sees it when it looks again (and protects the page before it
+ * ends) or mapped the page before the bit was set, hence before the
+ * protecting ioctl, which then protected the mapped page.
+ *
+ * Correctness needs only that each counter be seen at zero once after
+ * the bits were set (a section is counted from before its first read to
+ * after its last ioctl); flipping the epoch steers new sections to the
+ * other counter so that the wait ends under a stream of faults. A thread
+ * whose own section a signal handler interrupted does not wait for it.
+ */
+#define SYNC_BOUND_NS 1000000000ll
+
+static _Thread_local struct {
+	const struct uffd *u;
+	unsigned parity, depth;
+} tl_section __attribute__((tls_model("initial-exec")));
+
+unsigned uffd__wp_enter(struct uffd *u)
+{
+	unsigned parity = atomic_load(&u->wp_epoch) & 1;
+
+	atomic_fetch_add(&u->wp_sections[parity], 1);
+	if (!tl_section.depth++) {
+		tl_section.u = u;
+		tl_section.parity = parity;
+	}
+	return parity;
+}
+
+void uffd__wp_exit(struct uffd *u, unsigned ticket)
+{
+	atomic_fetch_sub(&u->wp_sections[ticket], 1);
+	if (!--tl_section.depth)
+		tl_section.u = NULL;
+}
+
+static long long now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+void uffd__wp_sync(struct uffd *u)
+{
+	long long deadline = 0;
+
+	for (unsigned p = 0; p < 2; p++) {
+		unsigned e = atomic_load(&u->wp_epoch);
+		unsigned own = tl_section.u == u && tl_section.parity == p;
+
+		if ((e & 1) == p)	/* new sections go to the other counter */
+			atomic_compare_exchange_strong(&u->wp_epoch, &e, e + 1);
+		while (atomic_load(&u->wp_sections[p]) > own) {
+			if (!deadline)
+				deadline = now_ns() + SYNC_BOUND_NS;
+			else if (now_ns() > deadline)
+				return;
+			sched_yield();
+		}
+	}
 }

@@ -430,6 +430,68 @@ START_TEST(test_gc_exact_wp)
 END_TEST
 
 /*
+ * The record follows every call that changes a page's protection: each
+ * page below is zapped and read back (a MINOR fault resolved in-thread),
+ * and comes back write-protected exactly when the last call said so.
+ */
+START_TEST(test_wp_record_follows_calls)
+{
+	struct uffd *u = open_sigbus();
+	struct uffd_region *r;
+	volatile unsigned char *base;
+	size_t ps = harness_page_size();
+	struct tally t;
+	/* page: what was done to it, and whether it must come back protected */
+	static const struct { const char *what; bool wp; } want[] = {
+		{ "uffd_region_writeprotect", true },
+		{ "uffd_region_continue with UFFD_MAP_WP", true },
+		{ "protected, then uffd_region_continue without UFFD_MAP_WP", false },
+		{ "protected, then unprotected", false },
+		{ "protected, then written (WP fault resolved)", false },
+		{ "never protected", false },
+		{ "protected, then unregistered and registered again", false },
+	};
+	size_t npages = sizeof(want) / sizeof(want[0]);
+
+	if (!u || !have_wp())
+		SKIP_TEST("the kernel lacks UFFD_FEATURE_SIGBUS, MINOR_SHMEM or WP_HUGETLBFS_SHMEM");
+	r = filled_region(u, npages, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP);
+	base = uffd_region_base(r);
+	tally_init(&t, u, r);
+	add(r, count_fault, &t);
+	ck_assert_int_eq(uffd_region_writeprotect(r, 0, ps, true, 0), 0);
+	ck_assert_int_eq(uffd_region_continue(r, ps, ps, UFFD_MAP_WP, NULL), 0);
+	ck_assert_int_eq(uffd_region_writeprotect(r, 2 * ps, 4 * ps, true, 0), 0);
+	ck_assert_int_eq(uffd_region_continue(r, 2 * ps, ps, 0, NULL), 0);
+	ck_assert_int_eq(uffd_region_writeprotect(r, 3 * ps, ps, false, 0), 0);
+	base[4 * ps] = 0x44;	/* MINOR, then WP: resolved */
+	ck_assert_uint_ne(t.seen[4] & (1u << UFFD_FAULT_WP), 0);
+	ck_assert_int_eq(uffd_region_writeprotect(r, 5 * ps, ps, false, 0), 0);
+	ck_assert_int_eq(uffd_region_writeprotect(r, 6 * ps, ps, true, 0), 0);
+	ck_assert_int_eq(uffd_unregister(u, (void *)(base + 6 * ps), ps), 0);
+	ck_assert_int_eq(uffd_register(u, (void *)(base + 6 * ps), ps,
+				       UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP, NULL), 0);
+	ck_assert_int_eq(uffd_region_zap(r, 0, npages * ps), 0);
+	memset(t.seen, 0, npages);
+	for (size_t p = 0; p < npages; p++) {
+		ck_assert_uint_eq(base[p * ps + 1], pattern(p * ps + 1));	/* MINOR fault */
+		ck_assert_msg((harness_pagemap((const void *)(base + p * ps)) >> 57 & 1) == want[p].wp,
+			      "page %zu (%s) came back %s", p, want[p].what,
+			      want[p].wp ? "writable" : "write-protected");
+		base[p * ps + 2] = 0x22;
+		ck_assert_msg(!!(t.seen[p] & (1u << UFFD_FAULT_WP)) == want[p].wp,
+			      "page %zu (%s): a write %s a WP fault", p, want[p].what,
+			      want[p].wp ? "raised no" : "raised");
+	}
+	ck_assert_uint_eq(atomic_load(&t.bad), 0);
+	ck_assert_int_eq(uffd_sigbus_remove_region(r), 0);
+	uffd_region_destroy(r);
+	uffd_close(u);
+	free(t.seen);
+}
+END_TEST
+
+/*
  * Another thread maps the page write-protected while this one's read
  * fault is in flight; here the region's function does it, from the
  * handler (the resolving calls are async-signal-safe), before returning
@@ -1008,6 +1070,7 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_eexist_read_keeps_wp);
 	tc = CASE(gc_exact_wp, 30);
 	tcase_add_test(tc, test_gc_exact_wp);
+	tcase_add_test(tc, test_wp_record_follows_calls);
 	tc = CASE(hugetlb_wp_kept, 30);
 	tcase_add_test(tc, test_hugetlb_wp_kept);
 	tc = CASE(remove_while_faulting, 40);
