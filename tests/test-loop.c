@@ -500,6 +500,94 @@ START_TEST(test_gc_exact_wp)
 }
 END_TEST
 
+/*
+ * No page is left writable once the call protecting it has returned:
+ * readers fault a heap in (MINOR) while a collector protects its pages
+ * one by one and, as soon as each call returns, reads the page's pagemap
+ * entry: it must be write-protected (a marker, or a protected PTE),
+ * whatever the loop was doing with the page at that moment (deciding
+ * from the record, mapping, looking again). At the end every page is
+ * still protected.
+ */
+#define RACE_ROUNDS 10
+
+struct race_reader {
+	char *base;
+	size_t npages;
+	uint64_t seed;
+};
+
+static void *race_read(void *arg)
+{
+	struct race_reader *rd = arg;
+	size_t *order = shuffled(rd->npages, rd->seed);
+
+	for (size_t i = 0; i < rd->npages; i++)
+		(void)harness_load8(rd->base + order[i] * ps);
+	free(order);
+	return NULL;
+}
+
+static bool pm_wp(int pm, const void *addr)
+{
+	uint64_t e = 0;
+
+	ck_assert_int_eq(pread(pm, &e, sizeof(e), (off_t)((uintptr_t)addr / ps * sizeof(e))), sizeof(e));
+	return e >> 57 & 1;
+}
+
+START_TEST(test_wp_protect_race)
+{
+	size_t npages = 4096, len = npages * ps, late = 0, lost = 0;
+	struct uffd *u;
+	struct uffd_region *r;
+	struct uffd_loop *l;
+	struct race_reader rd[3];
+	void *th[3];
+	size_t *order;
+	char *base;
+	int pm;
+
+	if (!harness_have_features(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+				   UFFD_FEATURE_MINOR_SHMEM))
+		SKIP_TEST("the kernel lacks PAGEFAULT_FLAG_WP, WP_HUGETLBFS_SHMEM or MINOR_SHMEM");
+	u = open_uffd(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MINOR_SHMEM);
+	r = new_region(u, len, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP);
+	cache_pages(r);
+	l = new_loop(0, 0);
+	base = uffd_region_base(r);
+	pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(pm, 0);
+	order = shuffled(npages, 1000);	/* the first reader's order: they meet often */
+	ck_assert_int_eq(uffd_loop_add_region(l, r, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 2), 0);
+	for (int round = 0; round < RACE_ROUNDS; round++) {
+		ck_assert_int_eq(uffd_region_writeprotect(r, 0, len, false, 0), 0);
+		ck_assert_int_eq(uffd_region_zap(r, 0, len), 0);
+		for (int i = 0; i < 3; i++) {
+			rd[i] = (struct race_reader){ base, npages, 1000 + (uint64_t)i };
+			th[i] = harness_thread_start(race_read, &rd[i]);
+		}
+		for (size_t i = 0; i < npages; i++) {
+			ck_assert_int_eq(uffd_region_writeprotect(r, order[i] * ps, ps, true, 0), 0);
+			late += !pm_wp(pm, base + order[i] * ps);
+		}
+		for (int i = 0; i < 3; i++)
+			harness_thread_join(th[i]);
+		for (size_t i = 0; i < npages; i++)
+			lost += !pm_wp(pm, base + i * ps);
+	}
+	ck_assert_msg(late == 0 && lost == 0, "%zu pages writable right after uffd_region_writeprotect returned, "
+		      "%zu at the end (of %d x %zu)", late, lost, RACE_ROUNDS, npages);
+	ck_assert_uint_eq(stats(l).errors, 0);
+	close(pm);
+	free(order);
+	uffd_loop_free(l);
+	uffd_region_destroy(r);
+	uffd_close(u);
+}
+END_TEST
+
 /* ---- missing: anon memory ---- */
 
 static int copy_missing(void *c, struct uffd_fault *f)
@@ -1236,7 +1324,9 @@ static Suite *make_suite(void)
 	tcase_add_test(loop_case(CASE(minor, 60), false), test_minor);
 	tcase_add_test(loop_case(CASE(minor_poll, 60), true), test_minor);
 	tcase_add_test(loop_case(CASE(minor_wp, 30), false), test_minor_wp);
-	tcase_add_test(loop_case(CASE(gc_exact_wp, 30), false), test_gc_exact_wp);
+	tc = loop_case(CASE(gc_exact_wp, 30), false);
+	tcase_add_test(tc, test_gc_exact_wp);
+	tcase_add_test(tc, test_wp_protect_race);
 	tcase_add_test(loop_case(CASE(missing, 30), false), test_missing);
 	tcase_add_test(loop_case(CASE(hugetlb_missing, 30), false), test_hugetlb_missing);
 	tcase_add_test(loop_case(CASE(defer, 30), false), test_defer);

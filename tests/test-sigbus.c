@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* sigbus.c: in-thread fault resolution from the SIGBUS handler. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -484,6 +485,77 @@ START_TEST(test_wp_record_follows_calls)
 			      want[p].wp ? "raised no" : "raised");
 	}
 	ck_assert_uint_eq(atomic_load(&t.bad), 0);
+	ck_assert_int_eq(uffd_sigbus_remove_region(r), 0);
+	uffd_region_destroy(r);
+	uffd_close(u);
+	free(t.seen);
+}
+END_TEST
+
+/*
+ * No page is left writable once the call protecting it has returned:
+ * NTHREADS readers fault a heap in through SIGBUS mode while another
+ * thread protects its pages one by one and reads each page's pagemap
+ * entry as soon as the call returns: it must be write-protected, whatever
+ * a reader's handler was doing with the page at that moment.
+ */
+#define RACE_ROUNDS 10
+
+static bool pm_wp(int pm, const void *addr)
+{
+	uint64_t e = 0;
+
+	ck_assert_int_eq(pread(pm, &e, sizeof(e), (off_t)((uintptr_t)addr / harness_page_size() * sizeof(e))),
+			 sizeof(e));
+	return e >> 57 & 1;
+}
+
+START_TEST(test_wp_protect_race)
+{
+	struct uffd *u = open_sigbus();
+	size_t npages = 4096, ps = harness_page_size(), late = 0, lost = 0;
+	struct uffd_region *r;
+	unsigned char *base;
+	struct tally t;
+	int pm;
+
+	if (!u || !have_wp())
+		SKIP_TEST("the kernel lacks UFFD_FEATURE_SIGBUS, MINOR_SHMEM or WP_HUGETLBFS_SHMEM");
+	r = filled_region(u, npages, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP);
+	base = uffd_region_base(r);
+	tally_init(&t, u, r);
+	add(r, count_fault, &t);
+	pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(pm, 0);
+	for (int round = 0; round < RACE_ROUNDS; round++) {
+		struct reader rd[NTHREADS];
+		void *th[NTHREADS];
+
+		ck_assert_int_eq(uffd_region_writeprotect(r, 0, npages * ps, false, 0), 0);
+		ck_assert_int_eq(uffd_region_zap(r, 0, npages * ps), 0);
+		for (int i = 0; i < NTHREADS; i++) {
+			rd[i] = (struct reader){ .base = base, .len = npages * ps, .ps = ps,
+						 .start = i * npages / NTHREADS };
+			th[i] = harness_thread_start(read_all, &rd[i]);
+		}
+		/* Behind the readers, page by page: they meet often. */
+		for (size_t k = 0; k < npages; k++) {
+			size_t p = (k % NTHREADS) * (npages / NTHREADS) + k / NTHREADS;
+
+			ck_assert_int_eq(uffd_region_writeprotect(r, p * ps, ps, true, 0), 0);
+			late += !pm_wp(pm, base + p * ps);
+		}
+		for (int i = 0; i < NTHREADS; i++) {
+			harness_thread_join(th[i]);
+			ck_assert_uint_eq(rd[i].wrong, 0);
+		}
+		for (size_t p = 0; p < npages; p++)
+			lost += !pm_wp(pm, base + p * ps);
+	}
+	ck_assert_msg(late == 0 && lost == 0, "%zu pages writable right after uffd_region_writeprotect returned, "
+		      "%zu at the end (of %d x %zu)", late, lost, RACE_ROUNDS, npages);
+	ck_assert_uint_eq(atomic_load(&t.bad), 0);
+	close(pm);
 	ck_assert_int_eq(uffd_sigbus_remove_region(r), 0);
 	uffd_region_destroy(r);
 	uffd_close(u);
@@ -1071,6 +1143,7 @@ static Suite *make_suite(void)
 	tc = CASE(gc_exact_wp, 30);
 	tcase_add_test(tc, test_gc_exact_wp);
 	tcase_add_test(tc, test_wp_record_follows_calls);
+	tcase_add_test(tc, test_wp_protect_race);
 	tc = CASE(hugetlb_wp_kept, 30);
 	tcase_add_test(tc, test_hugetlb_wp_kept);
 	tc = CASE(remove_while_faulting, 40);
