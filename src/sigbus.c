@@ -11,9 +11,11 @@
  * no lock, no formatting; errno is saved and restored.
  */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -102,6 +104,29 @@ static enum uffd_fault_kind fault_kind(uint64_t modes, const struct access *a)
  * looked at again inside one section, which a protecting call waits for.
  */
 
+static long long mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+/*
+ * Protecting a page mapped writable a moment ago: -EAGAIN (an event is
+ * pending) is tried again for up to 2 ms, for another thread to read the
+ * event; the access goes on after this, whatever the outcome.
+ */
+static int protect_again(int fd, uintptr_t addr, size_t len)
+{
+	long long end = mono_ns() + 2000000;
+	int err;
+
+	while ((err = uffd__wp_ioctl(fd, addr, len, true, true)) == -EAGAIN && mono_ns() < end)
+		sched_yield();
+	return err;
+}
+
 /* Pages recorded protected since we looked, just mapped writable: protect them again. */
 static int keep_wp(const struct uffd_region *r, uintptr_t addr, size_t len)
 {
@@ -114,7 +139,7 @@ static int keep_wp(const struct uffd_region *r, uintptr_t addr, size_t len)
 		return 0;
 	for (; a < addr + len && (n = uffd__region_wp_run(r, a - base, addr + len - a, &wp)); a += n)
 		if (wp && !err)
-			err = uffd__wp_ioctl(r->uffd->fd, a, n, true, true);
+			err = protect_again(r->uffd->fd, a, n);
 	return err;
 }
 
