@@ -16,7 +16,6 @@
  * unread) and UFFD_RETRY wait for the events and back off, up to a bound.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

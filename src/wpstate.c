@@ -246,7 +246,7 @@ uint64_t uffd__wp_run_at(struct uffd *u, uintptr_t addr, uint64_t len, bool *wp)
 						len < e.end - addr ? len : e.end - addr, wp);
 	}
 	rangemap_read_end(&u->regions, t);
-	return n;
+	return n < len ? n : len;
 }
 
 /* ---- sections: no page left writable once a protecting call returned ---- */
@@ -303,6 +303,8 @@ void uffd__wp_sync(struct uffd *u)
 {
 	long long deadline = 0;
 
+	if (!uffd__wp_tracked(u))
+		return;
 	for (unsigned p = 0; p < 2; p++) {
 		unsigned e = atomic_load(&u->wp_epoch);
 		unsigned own = tl_section.u == u && tl_section.parity == p;
