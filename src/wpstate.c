@@ -20,15 +20,20 @@
  *   UFFDIO_WRITEPROTECT issued on uffd_fd() directly, or by another
  *   process holding the same userfaultfd, is not seen.
  * - Ordering: protecting sets the bits before the ioctl, unprotecting
- *   clears them after it; a default resolution that mapped a page
- *   writable looks again and protects what was recorded meanwhile. So a
- *   page may be protected while not recorded (one extra WP fault, which
- *   the default resolution lifts), never recorded while left writable by
- *   a resolution; two threads changing one page's protection at the same
- *   time leave it in the state of whichever reached the kernel last.
- * - A page skipped as already mapped by UFFD_MAP_WP with
- *   UFFD_SKIP_EXISTING is recorded protected whatever it was: at worst
- *   one extra WP fault.
+ *   clears them after it. A default resolution reads the bits, maps, and
+ *   looks again after mapping a page writable, protecting what was
+ *   recorded meanwhile, all inside a section that a protecting call waits
+ *   for (below): once uffd_writeprotect() returns, no resolution can
+ *   still map its pages writable. So a page may be protected while not
+ *   recorded (one extra WP fault, which the default resolution lifts),
+ *   never left writable by a resolution while recorded; two threads
+ *   changing one page's protection at the same time leave it in the state
+ *   of whichever reached the kernel last. The one hole: the protection
+ *   again fails (EAGAIN, an event pending); the loop retries the faulting
+ *   page after the events, SIGBUS mode for 2 ms.
+ * - A resolution with UFFD_MAP_WP records its whole range before the
+ *   ioctl: a page it skips (UFFD_SKIP_EXISTING) or fails on stays
+ *   recorded protected whatever it is: at worst one extra WP fault.
  * Regions without a record: foreign regions (the owner may protect pages
  *   through its own copy of the handle: every page is mapped protected,
  *   the safe side), and regions of a handle with UFFD_FEATURE_WP_ASYNC,
