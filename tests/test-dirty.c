@@ -653,7 +653,11 @@ static void async_faults(bool sigbus)
 	base[3 * ps] = 1;	/* written: no longer protected */
 	ck_assert_int_eq(uffd_region_zap(r, 3 * ps, ps), 0);
 	ck_assert_int_eq(uffd_region_zap(r, 5 * ps, ps), 0);	/* clean: keeps a marker */
-	ck_assert_int_eq(base[3 * ps] + base[5 * ps], 1);	/* MINOR faults */
+	/* MINOR faults (a loop's through harness_load8, which valgrind needs) */
+	if (sigbus)
+		ck_assert_int_eq(base[3 * ps] + base[5 * ps], 1);
+	else
+		ck_assert_int_eq(harness_load8(base + 3 * ps) + harness_load8(base + 5 * ps), 1);
 	n = uffd_dirty_scan(u, (void *)base, len, sp, 8, 0, &next);
 	ck_assert_msg(n >= 1 && (char *)sp[0].addr == base + 3 * ps,
 		      "the page written before it was zapped and faulted back is not reported written (%d spans)", n);
