@@ -730,8 +730,12 @@ struct uffd_handoff_region {
  * libuffd-handoff(7). Every row is checked as uffd_region_create_foreign()
  * would; rows must not overlap. Never raises SIGPIPE; gives up after 5
  * seconds when the peer does not read. The caller keeps its descriptors.
+ * Each backing fd is sealed against shrinking (F_SEAL_SHRINK) first, as the
+ * receiver requires: it must be a memfd made with MFD_ALLOW_SEALING (or
+ * carry the seal already).
  * @return 0; -EINVAL (bad rows, more than UFFD_HANDOFF_REGIONS_MAX rows or
- *         252 distinct fds); -EBADF (a row's fd is not open); -ENOTSOCK,
+ *         252 distinct fds); -EBADF (a row's fd is not open); -EPERM (a
+ *         backing fd cannot be sealed; nothing is sealed or sent); -ENOTSOCK,
  *         -EAFNOSUPPORT, -EPROTOTYPE (not a connected Unix stream or
  *         seqpacket socket); -EPIPE/-ECONNRESET (peer gone); -ETIMEDOUT.
  */
@@ -769,7 +773,8 @@ struct uffd_handoff {
  * @param o options, or NULL for the defaults
  * @return 0 with *out set; -EINVAL (bad arguments; a row that is
  *         unaligned, overlaps another, has length 0 or a page size that is
- *         not a power of two; the first descriptor is not a userfaultfd);
+ *         not a power of two; the first descriptor is not a userfaultfd; a
+ *         backing file not sealed against shrinking, F_SEAL_SHRINK);
  *         -EPROTO (not a handoff message, truncated, descriptors missing,
  *         surplus or cut off, features not those of the userfaultfd);
  *         -EPROTONOSUPPORT (another wire version); -E2BIG (more rows than

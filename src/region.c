@@ -184,7 +184,7 @@ static int create_memfd(struct uffd_region *r, const char *name, bool huge)
 	bool is_huge;
 	int fd, err;
 
-	fd = memfd_create(name ? name : "uffd", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+	fd = memfd_create(name ? name : "uffd", MFD_CLOEXEC | MFD_ALLOW_SEALING | (huge ? MFD_HUGETLB : 0));
 	if (fd < 0)
 		return uffd__err(-errno, "%s: memfd_create%s failed: %s%s", c, huge ? "(MFD_HUGETLB)" : "",
 				 strerror(errno), huge ? " (a kernel without hugetlbfs?)" : "");
