@@ -517,6 +517,21 @@ int  uffd_loop_run_once(struct uffd_loop *l, int timeout_ms);
 int  uffd_loop_start(struct uffd_loop *l, unsigned nthreads);
 /** Ask the loop to stop. Any thread; async-signal-safe. */
 int  uffd_loop_stop(struct uffd_loop *l);
+/**
+ * Wait until the loop's threads have handled every message the kernel
+ * handed them before this call. mremap(2) of a watched range returns once
+ * a loop thread has read its REMAP message, which the loop applies to the
+ * regions (uffd_region_base(), the region calls) on its reading path,
+ * which may or may not come before mremap() returns: after this call it has.
+ * Also for munmap(2), madvise(2) and fork(2), whose events return the
+ * same way. Threads of uffd_loop_start(), and a uffd_loop_run() in
+ * progress; a loop driven by uffd_loop_run_once() handles what it read
+ * in its next call instead.
+ * @param timeout_ms -1: no limit
+ * @return 0; -EINVAL (NULL @p l, @p timeout_ms below -1); -EDEADLK (called
+ *         from a handler of @p l); -ETIMEDOUT.
+ */
+int  uffd_loop_sync(struct uffd_loop *l, int timeout_ms);
 
 /** Counters of a loop. */
 struct uffd_loop_stats {

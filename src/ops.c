@@ -565,6 +565,8 @@ UFFD_EXPORT int uffd_register(struct uffd *u, void *addr, size_t len,
 		err = uffd__err(-ENOMEM, "UFFDIO_REGISTER %p+%zu: out of memory recording the range's page sizes; "
 				"the range is left unregistered (ENOMEM)", addr, len);
 	}
+	if (!err && nruns)	/* a loop thread moves the entries on a REMAP without allocating */
+		rangemap_reserve(&u->ranges, RANGEMAP_SHIFT_EXTRA);
 	free(runs);
 	return err;
 }
@@ -600,12 +602,21 @@ static bool holds(struct rangemap *m, uintptr_t start, uintptr_t end)
 
 /*
  * Allocates only when a recorded range is involved (a hugetlb mapping
- * moved), so the common REMAP costs a lock-free look.
+ * moved), so the common REMAP costs a lock-free look; with prealloc never
+ * (the spare table, else -EAGAIN), and the spare is made again after.
  */
-void uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len)
+int uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len, bool prealloc)
 {
+	int err;
+
 	if (!len || from + len < from || to + len < to)	/* a malformed message */
-		return;
-	if (holds(&u->ranges, from, from + len) || holds(&u->ranges, to, to + len))
-		rangemap_shift(&u->ranges, from, to, len);
+		return 0;
+	if (!holds(&u->ranges, from, from + len) && !holds(&u->ranges, to, to + len))
+		return 0;
+	if (prealloc)
+		return rangemap_shift_prealloc(&u->ranges, from, to, len);
+	err = rangemap_shift(&u->ranges, from, to, len);
+	if (!err)
+		rangemap_reserve(&u->ranges, RANGEMAP_SHIFT_EXTRA);
+	return err;
 }
