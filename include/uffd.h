@@ -292,6 +292,8 @@ int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t max);
  * in a handle that owns it. @p features is the set the fd was initialised
  * with (a fork child inherits its parent's: uffd_features(parent)). The fd
  * is made O_NONBLOCK|O_CLOEXEC, like uffd_open()'s.
+ * Without /proc mounted, an fd is taken for a userfaultfd when it is an
+ * anonymous inode that answers UFFDIO_API as one does.
  * @return 0; -EINVAL for a negative fd, unknown feature bits or an fd that
  *         is not a userfaultfd; -EBADF for an fd that is not open.
  */

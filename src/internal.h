@@ -373,6 +373,16 @@ size_t uffd__page_size_at(struct uffd *u, uintptr_t addr);
  * again without). 0, -EAGAIN or -ENOMEM.
  */
 int uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len, bool prealloc);
+/*
+ * A fork child's handle: its address space is a copy of the parent's at
+ * the fork, so are its registrations: the child's page-size table starts
+ * as the parent's (registered ranges, and regions' page sizes), and its
+ * own REMAP events move it from there. Without it the child's faults
+ * would be sized by looking at the parent's mappings. Call before the
+ * child's messages are read. 0 or -ENOMEM (the child then looks up what
+ * its table lacks, as any handle of uffd_open_fd()).
+ */
+int uffd__ranges_inherit(struct uffd *child, struct uffd *parent);
 /* uffd_writeprotect() with a known page size (0: base page). */
 int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 		       bool protect, unsigned flags, size_t page_size);

@@ -547,6 +547,8 @@ static void adopt(struct loop_runner *rn, struct loop_watch *w, int fd)
 			   fd, uffd_last_error());
 		return;
 	}
+	/* Out of memory the child's page sizes are looked up per fault instead. */
+	uffd__ranges_inherit(child, w->u);
 	if (atomic_load_explicit(&w->has_handlers, memory_order_acquire) && w->h.fork)
 		v = w->h.fork(w->ctx, child);
 	if (v == 1)
@@ -749,10 +751,17 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
  */
 static void remap_early(struct loop_runner *rn, struct loop_watch *w, struct uffd_msg *m, size_t n)
 {
+	/* A fork child's page sizes are copied from the table as it was at the FORK. */
+	bool fork_first = false;
+
+	for (size_t i = 0; !fork_first && i < rn->gated.n; i++)
+		fork_first = q_at(&rn->gated, i)->m.event == UFFD_EVENT_FORK;
 	for (size_t i = 0; i < n; i++) {
+		fork_first |= m[i].event == UFFD_EVENT_FORK;
 		if (m[i].event != UFFD_EVENT_REMAP)
 			continue;
-		if (__atomic_load_n(&rn->remaps_behind, __ATOMIC_RELAXED) || !uffd__remap_early(w->u, &m[i]))
+		if (fork_first || __atomic_load_n(&rn->remaps_behind, __ATOMIC_RELAXED) ||
+		    !uffd__remap_early(w->u, &m[i]))
 			__atomic_add_fetch(&rn->remaps_behind, 1, __ATOMIC_RELEASE);
 	}
 }

@@ -592,6 +592,57 @@ UFFD_EXPORT int uffd_unregister(struct uffd *u, void *addr, size_t len)
 }
 UFFD_EXPORT_OWN(unregister);
 
+/* The entries of m with a page size above base (all when base is 0), into *v. */
+static int collect(struct rangemap *m, size_t base, struct rangemap_entry **v, size_t *n)
+{
+	struct rangemap_entry e, *nv;
+	size_t cap = 0;
+
+	*v = NULL;
+	*n = 0;
+	for (uintptr_t a = 0; rangemap_next(m, a, &e); a = e.end) {
+		if (base && e.page_size <= base)
+			continue;
+		if (*n == cap) {
+			cap = cap ? 2 * cap : 16;
+			if (!(nv = realloc(*v, cap * sizeof(*nv)))) {
+				free(*v);
+				*v = NULL;
+				return -ENOMEM;
+			}
+			*v = nv;
+		}
+		e.ptr = NULL;
+		e.off = 0;
+		(*v)[(*n)++] = e;
+	}
+	return 0;
+}
+
+int uffd__ranges_inherit(struct uffd *child, struct uffd *parent)
+{
+	struct rangemap_entry *v;
+	size_t n;
+	int err;
+
+	/* What the parent registered itself. */
+	if ((err = collect(&parent->ranges, 0, &v, &n)))
+		return err;
+	err = n ? rangemap_replace(&child->ranges, 0, UINTPTR_MAX, v, n) : 0;
+	free(v);
+	/* Its regions' page sizes: a foreign region's is declared, not registered here. */
+	if (err || (err = collect(&parent->regions, parent->page_size, &v, &n)))
+		return err;
+	for (size_t i = 0; i < n && !err; i++)
+		err = rangemap_replace(&child->ranges, v[i].start, v[i].end, &v[i], 1);
+	free(v);
+	if (!err)
+		err = rangemap_reserve(&child->ranges, RANGEMAP_SHIFT_EXTRA);
+	if (!err)
+		child->ranges_unknown = parent->ranges_unknown;
+	return err;
+}
+
 /* Whether an entry of m overlaps [start, end); lock-free. */
 static bool holds(struct rangemap *m, uintptr_t start, uintptr_t end)
 {
