@@ -608,7 +608,8 @@ static int check_span(const struct uffd_region *r, const char *call, uint64_t of
 /*
  * Where [off, off+len) of the base view starts (*addr) and how many of its
  * bytes lie there in one piece: all of them unless a REMAP moved a part of
- * the region away (then its parts are looked up in the handle's map).
+ * the region away (then its parts are looked up in the handle's map, and
+ * 0 says that another mremap moved something over the part holding off).
  */
 static size_t piece_at(const struct uffd_region *r, uint64_t off, size_t len, uintptr_t *addr)
 {
@@ -625,13 +626,14 @@ static size_t piece_at(const struct uffd_region *r, uint64_t off, size_t len, ui
 			return len < e.off + n - off ? len : (size_t)(e.off + n - off);
 		}
 	}
-	return len;	/* that part is unmapped: the kernel says so */
+	return 0;
 }
 
 typedef int (*piece_fn)(struct uffd_region *r, uintptr_t addr, uint64_t off, size_t len, void *ctx);
 
 /* fn over each piece of [off, off+len), in offset order, until one fails. */
-static int each_piece(struct uffd_region *r, uint64_t off, size_t len, piece_fn fn, void *ctx)
+static int each_piece(struct uffd_region *r, const char *call, uint64_t off, size_t len,
+		      piece_fn fn, void *ctx)
 {
 	int err = 0;
 
@@ -639,6 +641,10 @@ static int each_piece(struct uffd_region *r, uint64_t off, size_t len, piece_fn 
 		uintptr_t addr;
 		size_t n = piece_at(r, off, len, &addr);
 
+		if (!n)	/* never act on whatever is mapped where it was */
+			return uffd__err(-ENOENT, "%s offset 0x%llx: that part of the region's base view was moved "
+					 "away by mremap and another mapping moved over it; the pages are gone",
+					 call, (unsigned long long)off);
 		err = fn(r, addr, off, n, ctx);
 		off += n;
 		len -= n;
@@ -734,7 +740,7 @@ static int map_piece(struct uffd_region *r, uintptr_t addr, uint64_t off, size_t
 
 static int map_base(struct uffd_region *r, uint64_t off, size_t len, unsigned flags)
 {
-	return each_piece(r, off, len, map_piece, &flags);
+	return each_piece(r, "uffd_region_populate", off, len, map_piece, &flags);
 }
 
 struct copy_ctx {
@@ -755,7 +761,7 @@ static int populate_copy(struct uffd_region *r, uint64_t off, const void *src, s
 			 unsigned flags)
 {
 	struct copy_ctx c = { (const char *)src - off, flags };
-	int err = each_piece(r, off, len, copy_piece, &c);
+	int err = each_piece(r, "uffd_region_populate", off, len, copy_piece, &c);
 
 	if (err == -EEXIST)
 		return uffd__err(err, "uffd_region_populate offset 0x%llx+%zu: a page is already mapped in the owner; "
@@ -817,7 +823,7 @@ UFFD_EXPORT int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t
 		*done = 0;
 	if ((err = check_span(r, "uffd_region_continue", off, len)))
 		return err;
-	err = each_piece(r, off, len, continue_piece, &c);
+	err = each_piece(r, "uffd_region_continue", off, len, continue_piece, &c);
 	if (done)
 		*done = c.done;
 	return err;
@@ -844,7 +850,7 @@ UFFD_EXPORT int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, si
 
 	if ((err = check_span(r, "uffd_region_writeprotect", off, len)))
 		return err;
-	return each_piece(r, off, len, wp_piece, &(struct wp_ctx){ protect, flags });
+	return each_piece(r, "uffd_region_writeprotect", off, len, wp_piece, &(struct wp_ctx){ protect, flags });
 }
 UFFD_EXPORT_OWN(region_writeprotect);
 
@@ -869,7 +875,7 @@ UFFD_EXPORT int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len)
 				 "which madvise cannot reach from here; the owner must MADV_DONTNEED it, or discard the pages",
 				 (unsigned long long)off, len);
 	/* Shared mappings keep the page cache and the uffd-wp markers. */
-	return each_piece(r, off, len, zap_piece, NULL);
+	return each_piece(r, "uffd_region_zap", off, len, zap_piece, NULL);
 }
 UFFD_EXPORT_OWN(region_zap);
 

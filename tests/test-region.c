@@ -1010,6 +1010,15 @@ START_TEST(test_partial_remap)
 	ASSERT_OK(uffd_region_zap(r, 0, len));
 	ck_assert_uint_eq(harness_pagemap(dst + 2 * ps) & PM_PRESENT, 0);
 	ck_assert_uint_eq(harness_load8(dst + 3 * ps + 1), src[7 * ps + 1]);	/* from the page cache */
+	/* Offsets 0-1 moved over offsets 4-5: base follows offset 0; 4 is gone, refused by offset. */
+	j = (struct remap_job){ base, dst, 2 * ps, NULL };
+	harness_thread_join(harness_thread_start(do_mremap, &j));
+	ck_assert_ptr_eq(j.ret, dst);
+	ck_assert_ptr_eq(uffd_region_base(r), dst);
+	ASSERT_ERR(uffd_region_zap(r, 4 * ps, ps), -ENOENT, "another mapping moved over it");
+	ASSERT_OK(uffd_region_zap(r, 0, 2 * ps));
+	ck_assert_uint_eq(harness_load8(dst + ps + 2), src[ps + 2]);
+	ck_assert_uint_eq(harness_load8(dst + 2 * ps + 2), src[6 * ps + 2]);
 	uffd_loop_free(l);
 	uffd_region_destroy(r);
 	ck_assert_int_eq(msync(dst, ps, MS_ASYNC), -1);	/* the moved part went with the region */
