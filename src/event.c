@@ -105,8 +105,14 @@ bool uffd__remap_early(struct uffd *u, struct uffd_msg *m)
 
 void uffd__remap_apply(struct uffd *u, struct uffd_msg *m)
 {
-	if (m->event == UFFD_EVENT_REMAP)
-		m->reserved1 = (uint8_t)remap_apply(u, m, false);
+	if (m->event != UFFD_EVENT_REMAP)
+		return;
+	m->reserved1 = (uint8_t)remap_apply(u, m, false);
+	/* The reading path used up a spare table: the next REMAP gets one again. */
+	if (rangemap_count(&u->regions))
+		rangemap_reserve(&u->regions, RANGEMAP_SHIFT_EXTRA);
+	if (rangemap_count(&u->ranges))
+		rangemap_reserve(&u->ranges, RANGEMAP_SHIFT_EXTRA);
 }
 
 int uffd__decode_msg(struct uffd *u, const void *raw, struct uffd_event *ev)
