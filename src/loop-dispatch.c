@@ -141,11 +141,13 @@ void loop__flush_errors(struct loop_runner *rn)
 {
 	const struct uffd_loop_opts *o = &rn->l->o;
 
+	tl_loop = rn->l;
 	for (unsigned i = 0; i < rn->nerrq; i++) {
 		struct loop_errrep *e = &rn->errq[i];
 
 		o->on_error(o->error_ctx, e->has_fault ? &e->f : NULL, e->err, e->text);
 	}
+	tl_loop = NULL;
 	rn->nerrq = 0;
 }
 

@@ -1034,18 +1034,33 @@ END_TEST
  * and a region call works there. 40 times. uffd_loop_sync() from a
  * handler refuses to wait for its own thread.
  */
+struct sync_ctx {
+	struct uffd_loop *l;
+	atomic_int ret;
+};
+
+static int sync_in_handler(void *ctx, struct uffd_fault *f)
+{
+	struct sync_ctx *x = ctx;
+
+	(void)f;
+	atomic_store(&x->ret, uffd_loop_sync(x->l, 1000));
+	return UFFD_RESOLVE;
+}
+
 START_TEST(test_remap_at_once)
 {
 	SKIP_UNDER_VALGRIND("valgrind runs mremap(2) without letting other threads run, so the loop never reads the event it waits for");
-	size_t ps = harness_page_size(), len = 4 * ps;
+	size_t ps = harness_page_size(), len = 5 * ps;
 	struct uffd *u = open_remap(0);
 	struct uffd_region *r = region_new(u, SHMEM, len, MISSING, 0);
 	unsigned char *src = pattern_buf(len, 9);
 	struct uffd_loop *l = loop_started();
+	struct sync_ctx x = { .l = l, .ret = 1 };
 	char *cur = uffd_region_base(r);
 	int stale = 0, failed = 0;
 
-	ASSERT_OK(uffd_loop_add_region(l, r, &(struct uffd_handlers){ 0 }, NULL));
+	ASSERT_OK(uffd_loop_add_region(l, r, &(struct uffd_handlers){ .missing = sync_in_handler }, &x));
 	ASSERT_OK(uffd_loop_start(l, 1));
 	for (int i = 0; i < 40; i++) {
 		char *to = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -1060,6 +1075,11 @@ START_TEST(test_remap_at_once)
 	}
 	ck_assert_msg(!stale && !failed, "of 40 moves, %d left uffd_region_base() stale and %d region calls failed (%s)",
 		      stale, failed, uffd_last_error());
+	/* From a handler of the loop: it would wait for its own thread. */
+	ck_assert_uint_eq(harness_load8(cur + 4 * ps), 0);
+	ck_assert_int_eq(atomic_load(&x.ret), -EDEADLK);
+	ASSERT_ERR(uffd_loop_sync(NULL, 0), -EINVAL, "NULL");
+	ASSERT_ERR(uffd_loop_sync(l, -2), -EINVAL, "timeout_ms -2");
 	uffd_loop_free(l);
 	uffd_region_destroy(r);
 	uffd_close(u);
