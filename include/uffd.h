@@ -292,6 +292,8 @@ int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t max);
  * in a handle that owns it. @p features is the set the fd was initialised
  * with (a fork child inherits its parent's: uffd_features(parent)). The fd
  * is made O_NONBLOCK|O_CLOEXEC, like uffd_open()'s.
+ * Without /proc mounted, an fd is taken for a userfaultfd when it is an
+ * anonymous inode that answers UFFDIO_API as one does.
  * @return 0; -EINVAL for a negative fd, unknown feature bits or an fd that
  *         is not a userfaultfd; -EBADF for an fd that is not open.
  */
@@ -517,6 +519,21 @@ int  uffd_loop_run_once(struct uffd_loop *l, int timeout_ms);
 int  uffd_loop_start(struct uffd_loop *l, unsigned nthreads);
 /** Ask the loop to stop. Any thread; async-signal-safe. */
 int  uffd_loop_stop(struct uffd_loop *l);
+/**
+ * Wait until the loop's threads have handled every message the kernel
+ * handed them before this call. mremap(2) of a watched range returns once
+ * a loop thread has read its REMAP message, which the loop applies to the
+ * regions (uffd_region_base(), the region calls) on its reading path,
+ * which may or may not come before mremap() returns: after this call it has.
+ * Also for munmap(2), madvise(2) and fork(2), whose events return the
+ * same way. Threads of uffd_loop_start(), and a uffd_loop_run() in
+ * progress; a loop driven by uffd_loop_run_once() handles what it read
+ * in its next call instead.
+ * @param timeout_ms -1: no limit
+ * @return 0; -EINVAL (NULL @p l, @p timeout_ms below -1); -EDEADLK (called
+ *         from a handler of @p l); -ETIMEDOUT.
+ */
+int  uffd_loop_sync(struct uffd_loop *l, int timeout_ms);
 
 /** Counters of a loop. */
 struct uffd_loop_stats {
@@ -730,8 +747,12 @@ struct uffd_handoff_region {
  * libuffd-handoff(7). Every row is checked as uffd_region_create_foreign()
  * would; rows must not overlap. Never raises SIGPIPE; gives up after 5
  * seconds when the peer does not read. The caller keeps its descriptors.
+ * Each backing fd is sealed against shrinking (F_SEAL_SHRINK) first, as the
+ * receiver requires: it must be a memfd made with MFD_ALLOW_SEALING (or
+ * carry the seal already).
  * @return 0; -EINVAL (bad rows, more than UFFD_HANDOFF_REGIONS_MAX rows or
- *         252 distinct fds); -EBADF (a row's fd is not open); -ENOTSOCK,
+ *         252 distinct fds); -EBADF (a row's fd is not open); -EPERM (a
+ *         backing fd cannot be sealed; nothing is sealed or sent); -ENOTSOCK,
  *         -EAFNOSUPPORT, -EPROTOTYPE (not a connected Unix stream or
  *         seqpacket socket); -EPIPE/-ECONNRESET (peer gone); -ETIMEDOUT.
  */
@@ -769,7 +790,8 @@ struct uffd_handoff {
  * @param o options, or NULL for the defaults
  * @return 0 with *out set; -EINVAL (bad arguments; a row that is
  *         unaligned, overlaps another, has length 0 or a page size that is
- *         not a power of two; the first descriptor is not a userfaultfd);
+ *         not a power of two; the first descriptor is not a userfaultfd; a
+ *         backing file not sealed against shrinking, F_SEAL_SHRINK);
  *         -EPROTO (not a handoff message, truncated, descriptors missing,
  *         surplus or cut off, features not those of the userfaultfd);
  *         -EPROTONOSUPPORT (another wire version); -E2BIG (more rows than

@@ -70,13 +70,49 @@ static void decode_fault(struct uffd *u, const struct uffd_msg *m,
 	}
 	f->uffd = u;
 	f->addr = (void *)(addr & ~(uintptr_t)(ps - 1));
-	f->offset = f->region ? (uintptr_t)f->addr - e.start : 0;
+	/* A part of a region a REMAP moved keeps its offsets (e.off). */
+	f->offset = f->region ? (uintptr_t)f->addr - e.start + e.off : 0;
 	f->len = ps;
 	f->kind = (flags & UFFD_PAGEFAULT_FLAG_WP) ? UFFD_FAULT_WP
 		: (flags & UFFD_PAGEFAULT_FLAG_MINOR) ? UFFD_FAULT_MINOR
 		: UFFD_FAULT_MISSING;
 	f->write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	f->tid = (u->features & UFFD_FEATURE_THREAD_ID) ? (pid_t)m->arg.pagefault.feat.ptid : 0;
+}
+
+
+/* The bits of what is not done yet that could be done now. */
+static unsigned remap_apply(struct uffd *u, const struct uffd_msg *m, bool prealloc)
+{
+	uintptr_t from = m->arg.remap.from, to = m->arg.remap.to;
+	size_t len = m->arg.remap.len;
+	unsigned done = m->reserved1;
+
+	if (!(done & REMAP_DONE_RANGES) && !uffd__ranges_moved(u, from, to, len, prealloc))
+		done |= REMAP_DONE_RANGES;
+	if (!(done & REMAP_DONE_REGIONS) && !uffd__regions_moved(u, from, to, len, prealloc))
+		done |= REMAP_DONE_REGIONS;
+	return done;
+}
+
+bool uffd__remap_early(struct uffd *u, struct uffd_msg *m)
+{
+	if (m->event != UFFD_EVENT_REMAP)
+		return true;
+	m->reserved1 = (uint8_t)remap_apply(u, m, true);
+	return m->reserved1 == (REMAP_EARLY_DONE);
+}
+
+void uffd__remap_apply(struct uffd *u, struct uffd_msg *m)
+{
+	if (m->event != UFFD_EVENT_REMAP)
+		return;
+	m->reserved1 = (uint8_t)remap_apply(u, m, false);
+	/* The reading path used up a spare table: the next REMAP gets one again. */
+	if (rangemap_count(&u->regions))
+		rangemap_reserve(&u->regions, RANGEMAP_SHIFT_EXTRA);
+	if (rangemap_count(&u->ranges))
+		rangemap_reserve(&u->ranges, RANGEMAP_SHIFT_EXTRA);
 }
 
 int uffd__decode_msg(struct uffd *u, const void *raw, struct uffd_event *ev)
@@ -99,8 +135,6 @@ int uffd__decode_msg(struct uffd *u, const void *raw, struct uffd_event *ev)
 		ev->remap.from = (void *)(uintptr_t)m.arg.remap.from;
 		ev->remap.to = (void *)(uintptr_t)m.arg.remap.to;
 		ev->remap.len = m.arg.remap.len;
-		/* The registration moved with the mapping: so do its page sizes. */
-		uffd__ranges_moved(u, m.arg.remap.from, m.arg.remap.to, m.arg.remap.len);
 		return 0;
 	case UFFD_EVENT_REMOVE:
 	case UFFD_EVENT_UNMAP:
@@ -133,9 +167,11 @@ UFFD_EXPORT int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t m
 	if (n == 0 || n % sizeof(msgs[0]))
 		return uffd__err(-EIO, "uffd_read_events: read of fd %d returned %zd bytes, not whole 32-byte messages; "
 				 "the handle's fd is no longer a userfaultfd (closed and reused?)", u->fd, n);
-	for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+	for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+		uffd__remap_apply(u, &msgs[i]);	/* the registration moved: so do its page sizes and regions */
 		if (!uffd__decode_msg(u, &msgs[i], &ev[k]))
 			k++;
+	}
 	return (int)k;
 }
 UFFD_EXPORT_OWN(read_events);

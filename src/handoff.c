@@ -225,6 +225,43 @@ static int put_row(const char *c, struct outmsg *m, size_t i, const struct uffd_
 	return 0;
 }
 
+/*
+ * The receiver refuses a backing file that can shrink: a peer that
+ * truncates it under the handler turns the handler's writes through the
+ * alias view into SIGBUS. Every file is checked before any is sealed, so
+ * a refused call seals nothing.
+ */
+static int sealable(const char *c, const struct outmsg *m, unsigned k)
+{
+	int fd = m->fds[k], seals = fcntl(fd, F_GET_SEALS);
+
+	if (seals >= 0 && ((seals & F_SEAL_SHRINK) || !(seals & F_SEAL_SEAL)))
+		return 0;
+	if (seals < 0)
+		return uffd__err(-EPERM, "%s: backing fd %d cannot be sealed against shrinking (F_GET_SEALS: %s): "
+				 "the receiver refuses a file a peer could truncate under its handler; back the region "
+				 "with a memfd made with MFD_ALLOW_SEALING (a tmpfs or hugetlbfs file opened by path has no seals)",
+				 c, fd, uffd__errname(errno));
+	return uffd__err(-EPERM, "%s: backing fd %d cannot be sealed against shrinking: its seals are sealed (F_SEAL_SEAL; "
+			 "a memfd made without MFD_ALLOW_SEALING); the receiver refuses a file a peer could truncate under "
+			 "its handler; create the memfd with MFD_ALLOW_SEALING, or add F_SEAL_SHRINK before F_SEAL_SEAL", c, fd);
+}
+
+static int seal_all(const char *c, const struct outmsg *m)
+{
+	int err;
+
+	for (unsigned k = 1; k < m->nfds; k++)
+		if ((err = sealable(c, m, k)))
+			return err;
+	for (unsigned k = 1; k < m->nfds; k++)
+		if (!(fcntl(m->fds[k], F_GET_SEALS) & F_SEAL_SHRINK) &&
+		    fcntl(m->fds[k], F_ADD_SEALS, F_SEAL_SHRINK))
+			return uffd__err(-errno, "%s: F_ADD_SEALS F_SEAL_SHRINK on backing fd %d failed: %s",
+					 c, m->fds[k], strerror(errno));
+	return 0;
+}
+
 static int build(const char *c, struct outmsg *m, const struct uffd *u,
 		 const struct uffd_handoff_region *t, size_t n)
 {
@@ -246,7 +283,7 @@ static int build(const char *c, struct outmsg *m, const struct uffd *u,
 			return err;
 	h.nfds = m->nfds;
 	memcpy(m->buf, &h, sizeof(h));
-	return 0;
+	return seal_all(c, m);
 }
 
 static int send_error(const char *c, int err, size_t sent, size_t len)
@@ -572,6 +609,25 @@ static int bind_fds(const struct reader *rd, const struct wire_header *h,
 	return 0;
 }
 
+/*
+ * A backing file the peer can still shrink would turn the handler's
+ * writes through the alias view into SIGBUS: it must carry F_SEAL_SHRINK
+ * (uffd_handoff_send() adds it). Checked once the row's region accepted
+ * the file as tmpfs or hugetlbfs, where seals exist.
+ */
+static int check_sealed(const char *c, size_t i, int fd)
+{
+	int seals = fd >= 0 ? fcntl(fd, F_GET_SEALS) : F_SEAL_SHRINK;
+
+	if (seals >= 0 && (seals & F_SEAL_SHRINK))
+		return 0;
+	return uffd__err(-EINVAL, "%s: region %zu of the table: its backing file is not sealed against "
+			 "shrinking (F_SEAL_SHRINK); the peer could truncate it under the handler, whose writes "
+			 "through the alias view would then get SIGBUS; the sender must seal it: a memfd made with "
+			 "MFD_ALLOW_SEALING, then fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) (uffd_handoff_send does that)",
+			 c, i);
+}
+
 /* /proc/self/fdinfo of a userfaultfd has "API:\t<api>:<features>:<ioctls>". */
 static int fdinfo_features(const char *c, int fd, uint64_t *features)
 {
@@ -682,6 +738,10 @@ static int make_handoff(struct reader *rd, const struct wire_header *h,
 
 		if ((err = uffd_region_create_foreign(ho->uffd, &o, &ho->regions[ho->nregions]))) {
 			err = row_error(c, ho->nregions, err);
+			goto fail;
+		}
+		if ((err = check_sealed(c, ho->nregions, o.fd))) {
+			ho->nregions++;	/* freed with the others */
 			goto fail;
 		}
 	}

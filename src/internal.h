@@ -93,6 +93,7 @@ UFFD_OWN(restore_save_trace);
 UFFD_OWN(restore_stats);
 UFFD_OWN(hist_quantile);
 UFFD_OWN(restore_free);
+UFFD_OWN(loop_sync);
 
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 
@@ -101,6 +102,12 @@ struct rangemap_entry {
 	uintptr_t end;		/* exclusive */
 	size_t    page_size;
 	void     *ptr;
+	/*
+	 * Offset into the object of start: 0 for a whole object; a part that
+	 * a cut or a shift left keeps its place in the object (a region's
+	 * pages that a partial mremap moved).
+	 */
+	uint64_t  off;
 };
 
 struct rangemap_table;
@@ -116,6 +123,7 @@ struct rangemap {
 	atomic_uint epoch;
 	atomic_uint readers[2];
 	pthread_mutex_t wlock;
+	struct rangemap_table *spare;	/* under wlock: reused by the next write */
 };
 
 #define RANGEMAP_INIT { .wlock = PTHREAD_MUTEX_INITIALIZER }
@@ -153,6 +161,17 @@ int rangemap_replace(struct rangemap *m, uintptr_t start, uintptr_t end,
  * there (a mremap). Allocates nothing when neither range holds an entry.
  */
 int rangemap_shift(struct rangemap *m, uintptr_t from, uintptr_t to, size_t len);
+/*
+ * The same with no allocation and no waiting for the writers' lock, for a
+ * loop thread that must not (ARCHITECTURE.md, rule 1): it uses the spare
+ * table that rangemap_reserve() made. -EAGAIN (nothing changed) when the
+ * lock is taken or the spare is missing or too small.
+ */
+int rangemap_shift_prealloc(struct rangemap *m, uintptr_t from, uintptr_t to, size_t len);
+/* Makes sure a spare table holds the current entries plus extra. 0 or -ENOMEM. */
+int rangemap_reserve(struct rangemap *m, size_t extra);
+/* Entries a shift may add: each of its four edges splits at most one. */
+#define RANGEMAP_SHIFT_EXTRA 4
 
 /* ---- the handle ---- */
 
@@ -195,6 +214,14 @@ struct uffd_region {
 	uint64_t fd_offset;
 	void *resv;		/* PROT_NONE reservation holding both views */
 	size_t resv_len;
+	/*
+	 * A REMAP moved a part of the base view, not all of it: the parts
+	 * (entries of uffd->regions with their offsets) are looked up per
+	 * call. Set by uffd__regions_moved(), never cleared.
+	 */
+	bool split;
+	struct rangemap_entry *pieces;	/* destroy: the parts to unmap */
+	size_t npieces;
 	/* loop.c: handlers given with uffd_loop_add_region(), if any */
 	struct uffd_loop *loop;
 	struct uffd_handlers loop_handlers;
@@ -229,6 +256,16 @@ struct uffd_region {
 };
 
 /* ---- region.c ---- */
+
+/*
+ * A REMAP event moved [from, from+len) to [to, to+len): the regions there
+ * move along, whole (uffd_region_base() follows) or in part (the moved
+ * pages keep their offsets, so their faults, events and the region calls
+ * still find the region). prealloc: no allocation and no waiting for a
+ * lock, for a loop thread before the fork gate (ARCHITECTURE.md, rule 1);
+ * -EAGAIN then: nothing changed, call again without. 0, -EAGAIN, -ENOMEM.
+ */
+int uffd__regions_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len, bool prealloc);
 
 /*
  * The checks of a foreign region's declaration that need no syscall
@@ -408,8 +445,22 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
  * be read): the mapping's, looked up in /proc/self.
  */
 size_t uffd__page_size_at(struct uffd *u, uintptr_t addr);
-/* A REMAP event: the registered ranges' page sizes move along. */
-void uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len);
+/*
+ * A REMAP event: the registered ranges' page sizes move along. prealloc:
+ * no allocation, no waiting for a lock (-EAGAIN: nothing changed, call
+ * again without). 0, -EAGAIN or -ENOMEM.
+ */
+int uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len, bool prealloc);
+/*
+ * A fork child's handle: its address space is a copy of the parent's at
+ * the fork, so are its registrations: the child's page-size table starts
+ * as the parent's (registered ranges, and regions' page sizes), and its
+ * own REMAP events move it from there. Without it the child's faults
+ * would be sized by looking at the parent's mappings. Call before the
+ * child's messages are read. 0 or -ENOMEM (the child then looks up what
+ * its table lacks, as any handle of uffd_open_fd()).
+ */
+int uffd__ranges_inherit(struct uffd *child, struct uffd *parent);
 /* uffd_writeprotect() with a known page size (0: base page). */
 int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 		       bool protect, unsigned flags, size_t page_size);
@@ -459,6 +510,25 @@ bool uffd__loop_unpin_wait(struct uffd_region *r);
 
 /* Decodes one 32-byte uffd_msg; -EINVAL for an unknown or malformed one. */
 int uffd__decode_msg(struct uffd *u, const void *msg, struct uffd_event *ev);
+/*
+ * A REMAP message (else nothing): the handle's bookkeeping moves with the
+ * mapping (the registered ranges' page sizes, the regions), what
+ * uffd__remap_early() left undone. May allocate. Call it outside any
+ * read section of u->regions (a write waits for the readers).
+ */
+void uffd__remap_apply(struct uffd *u, struct uffd_msg *m);
+/*
+ * A REMAP message's bookkeeping moves now, with no allocation and no lock
+ * an application thread may hold (the reading path, before the message
+ * may wait for the fork gate): marked in the message (its reserved1
+ * byte) for the decode. False when it could not be done whole: the
+ * decode does the rest.
+ */
+bool uffd__remap_early(struct uffd *u, struct uffd_msg *m);
+/* A REMAP message's reserved1: what of its move is done. */
+#define REMAP_DONE_RANGES  1u
+#define REMAP_DONE_REGIONS 2u
+#define REMAP_EARLY_DONE   (REMAP_DONE_RANGES | REMAP_DONE_REGIONS)
 
 /* ---- options structs (libbpf style) ---- */
 

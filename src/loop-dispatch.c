@@ -35,6 +35,13 @@ static const char *const kind_names[] = {
 
 /* The region a handler of this thread is running for (destroy waits for it). */
 static __thread struct uffd_region *tl_pinned;
+/* The loop whose messages this thread handles (uffd_loop_sync() cannot wait for itself). */
+static __thread const struct uffd_loop *tl_loop;
+
+bool loop__in_handlers(const struct uffd_loop *l)
+{
+	return tl_loop == l;
+}
 
 /* ---- storage, made with the runner ---- */
 
@@ -132,11 +139,13 @@ void loop__flush_errors(struct loop_runner *rn)
 {
 	const struct uffd_loop_opts *o = &rn->l->o;
 
+	tl_loop = rn->l;
 	for (unsigned i = 0; i < rn->nerrq; i++) {
 		struct loop_errrep *e = &rn->errq[i];
 
 		o->on_error(o->error_ctx, e->has_fault ? &e->f : NULL, e->err, e->text);
 	}
+	tl_loop = NULL;
 	rn->nerrq = 0;
 }
 
@@ -220,32 +229,46 @@ static enum loop_op zero_op(const struct loop_watch *w, size_t ps, bool wp)
 /*
  * A MISSING fault in a region with a page source: runs of pages copied
  * from the source, and zero pages for those the owner gave back (REMOVE)
- * since they were last served.
+ * since they were last served. The offsets come from the handle's map: a
+ * part of the region a REMAP moved keeps its own.
  */
 static void push_source(struct loop_runner *rn, const struct loop_res *r,
 			struct uffd_region *reg, const unsigned char *src, bool wp)
 {
-	uint64_t off = r->addr - (uintptr_t)uffd_region_base(reg), end = off + (r->end - r->addr);
+	struct rangemap_entry e;
+	uintptr_t a = r->addr, stop;
 
-	while (off < end) {
-		bool removed;
-		uint64_t n = uffd__region_removed_run(reg, off, end - off, &removed);
-		struct loop_res run = *r;
+	for (; a < r->end; a = stop) {
+		uint64_t off;
 
-		if (!n)
+		if (!rangemap_find(&r->w->u->regions, a, &e) || e.ptr != reg)
 			break;
-		run.addr = (uintptr_t)uffd_region_base(reg) + off;
-		run.end = run.addr + n;
-		if (removed) {
-			uffd__region_clear_removed(reg, off, n);
-			run.op = zero_op(r->w, r->ps, wp);
-		} else {
-			run.op = wp ? LOOP_COPY_SRC_WP : LOOP_COPY_SRC;
-			run.src = (uintptr_t)src + off;
+		stop = e.end < r->end ? e.end : r->end;
+		for (off = a - e.start + e.off; a < stop;) {
+			bool removed;
+			uint64_t n = uffd__region_removed_run(reg, off, stop - a, &removed);
+			struct loop_res run = *r;
+
+			if (!n)
+				break;
+			run.addr = a;
+			run.end = a + n;
+			if (removed) {
+				uffd__region_clear_removed(reg, off, n);
+				run.op = zero_op(r->w, r->ps, wp);
+			} else {
+				run.op = wp ? LOOP_COPY_SRC_WP : LOOP_COPY_SRC;
+				run.src = (uintptr_t)src + off;
+			}
+			push(rn, &run);
+			off += n;
+			a += n;
 		}
-		push(rn, &run);
-		off += n;
+		if (a < stop)
+			break;
 	}
+	if (a < r->end)	/* moved or unmapped meanwhile: the threads fault again */
+		uffd_wake(r->w->u, (void *)a, r->end - a);
 }
 
 /*
@@ -466,6 +489,8 @@ static void adopt(struct loop_runner *rn, struct loop_watch *w, int fd)
 			   fd, uffd_last_error());
 		return;
 	}
+	/* Out of memory the child's page sizes are looked up per fault instead. */
+	uffd__ranges_inherit(child, w->u);
 	if (atomic_load_explicit(&w->has_handlers, memory_order_acquire) && w->h.fork)
 		v = w->h.fork(w->ctx, child);
 	if (v == 1)
@@ -484,17 +509,6 @@ static void adopt(struct loop_runner *rn, struct loop_watch *w, int fd)
 	uffd_close(child);
 }
 
-static void remap(struct loop_runner *rn, struct loop_watch *w, const struct uffd_event *ev,
-		  struct uffd_region *r, const struct rangemap_entry *e)
-{
-	uintptr_t from = (uintptr_t)ev->remap.from, to = (uintptr_t)ev->remap.to;
-
-	/* Only a whole region moves: a part of one has no bookkeeping of its own. */
-	if (r && e->start == from && e->end - e->start == ev->remap.len &&
-	    !rangemap_move(&w->u->regions, r, to))
-		__atomic_store_n(&r->base, (void *)to, __ATOMIC_RELEASE);
-	dispatch_event(rn, w, r, EV_REMAP, ev);
-}
 
 /* Every queued resolution of w goes (the watch leaves the loop). */
 static void drop_watch(struct loop_vec *v, struct loop_watch *w)
@@ -542,15 +556,14 @@ static void mark_removed(struct uffd *u, uintptr_t start, uintptr_t end)
 		struct uffd_region *r = e.ptr;
 		uintptr_t s = a > e.start ? a : e.start, x = end < e.end ? end : e.end;
 
-		uffd__region_mark_removed(r, s - e.start, x - s);
+		uffd__region_mark_removed(r, s - e.start + e.off, x - s);
 	}
 	rangemap_read_end(&u->regions, t);
 }
 
 /* r: the region holding the event's range, pinned by the caller, or NULL. */
 static void handle_event(struct loop_runner *rn, struct loop_watch *w,
-			 const struct uffd_event *ev, struct uffd_region *r,
-			 const struct rangemap_entry *e)
+			 const struct uffd_event *ev, struct uffd_region *r)
 {
 	uintptr_t start = (uintptr_t)ev->remove.start;
 
@@ -561,8 +574,8 @@ static void handle_event(struct loop_runner *rn, struct loop_watch *w,
 	case UFFD_EV_FORK:
 		adopt(rn, w, ev->fork.fd);
 		break;
-	case UFFD_EV_REMAP:
-		remap(rn, w, ev, r, e);
+	case UFFD_EV_REMAP:	/* the bookkeeping moved already (uffd__remap_apply) */
+		dispatch_event(rn, w, r, EV_REMAP, ev);
 		break;
 	case UFFD_EV_REMOVE:
 		mark_removed(w->u, start, start + ev->remove.len);
@@ -607,22 +620,28 @@ bool uffd__loop_unpin_wait(struct uffd_region *r)
 }
 
 /* One message, inside a gate section. prev: the queue entry of a retried fault. */
-static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m,
+static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *msg,
 		       const struct loop_qmsg *prev)
 {
 	struct uffd_event ev;
 	struct uffd_region *r = NULL;
 	struct rangemap_entry e = { 0 };
+	struct uffd_msg mm = *msg, *m = &mm;
 	unsigned t;
 	int err;
 
+	if (m->event == UFFD_EVENT_REMAP) {
+		if (m->reserved1 != REMAP_EARLY_DONE && __atomic_load_n(&rn->remaps_behind, __ATOMIC_RELAXED))
+			__atomic_sub_fetch(&rn->remaps_behind, 1, __ATOMIC_RELEASE);
+		uffd__remap_apply(w->u, m);	/* what the reading path left; outside the read section */
+	}
 	/* The region found stays alive (pinned) until its handler or callback returns. */
 	t = rangemap_read_begin(&w->u->regions);
 	err = uffd__decode_msg(w->u, m, &ev);
 	if (!err && ev.type == UFFD_EV_FAULT)
 		r = ev.fault.region;
-	else if (!err && ev.type == UFFD_EV_REMAP)
-		r = region_of(w->u, (uintptr_t)ev.remap.from, ev.remap.len, &e);
+	else if (!err && ev.type == UFFD_EV_REMAP)	/* moved already: the region is at to */
+		r = region_of(w->u, (uintptr_t)ev.remap.to, ev.remap.len, &e);
 	else if (!err && ev.type != UFFD_EV_FORK)
 		r = region_of(w->u, (uintptr_t)ev.remove.start, ev.remove.len, &e);
 	if (r)
@@ -639,7 +658,7 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	if (ev.type == UFFD_EV_FAULT)
 		handle_fault(rn, w, m, &ev.fault, prev);
 	else
-		handle_event(rn, w, &ev, r, &e);
+		handle_event(rn, w, &ev, r);
 	if (r)
 		unpin(r);
 }
@@ -683,10 +702,39 @@ static void given_back(struct loop_runner *rn, struct loop_watch *w, const struc
 		pin(r);
 		fn = __atomic_load_n(&r->given_back, __ATOMIC_ACQUIRE);
 		if (fn && __atomic_load_n(&r->loop, __ATOMIC_ACQUIRE) == rn->l)
-			fn(r->loop_ctx, s - e.start, x - s);
+			fn(r->loop_ctx, s - e.start + e.off, x - s);
 		unpin(r);
 	}
 	rangemap_read_end(&w->u->regions, t);
+}
+
+/*
+ * The kernel lets mremap() return once its REMAP message is read: the
+ * regions and page sizes move here, on the reading path, before the
+ * message may wait for the fork gate, with no allocation and no lock an
+ * application thread may hold. What cannot be done so (a writer holds
+ * the map's lock, no spare table) is done when the message is handled;
+ * from then on, until those are, later REMAPs wait too, to keep the
+ * kernel's order. REMOVEs go to given_back() in the same pass, so that
+ * each sees the regions where the REMAPs before it put them.
+ */
+static void read_early(struct loop_runner *rn, struct loop_watch *w, struct uffd_msg *m, size_t n)
+{
+	/* A fork child's page sizes are copied from the table as it was at the FORK. */
+	bool fork_first = false;
+
+	for (size_t i = 0; !fork_first && i < rn->gated.n; i++)
+		fork_first = q_at(&rn->gated, i)->m.event == UFFD_EVENT_FORK;
+	for (size_t i = 0; i < n; i++) {
+		fork_first |= m[i].event == UFFD_EVENT_FORK;
+		if (m[i].event == UFFD_EVENT_REMOVE)
+			given_back(rn, w, &m[i]);	/* in order: after the REMAPs before it */
+		if (m[i].event != UFFD_EVENT_REMAP)
+			continue;
+		if (fork_first || __atomic_load_n(&rn->remaps_behind, __ATOMIC_RELAXED) ||
+		    !uffd__remap_early(w->u, &m[i]))
+			__atomic_add_fetch(&rn->remaps_behind, 1, __ATOMIC_RELEASE);
+	}
 }
 
 /*
@@ -695,14 +743,13 @@ static void given_back(struct loop_runner *rn, struct loop_watch *w, const struc
  * served against the memory as it is after it.
  */
 void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
-		       const struct uffd_msg *m, size_t n)
+		       struct uffd_msg *m, size_t n)
 {
 	bool open;
 
-	for (size_t i = 0; i < n; i++)
-		if (m[i].event == UFFD_EVENT_REMOVE)
-			given_back(rn, w, &m[i]);
+	read_early(rn, w, m, n);
 	open = !rn->gated.n && uffd__gate_enter();
+	tl_loop = rn->l;
 
 	for (int faults = 0; faults < 2; faults++)
 		for (size_t i = 0; i < n; i++) {
@@ -713,6 +760,7 @@ void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 			else
 				gate_queue(rn, w, &m[i]);
 		}
+	tl_loop = NULL;
 	if (open)
 		uffd__gate_leave();
 }
@@ -725,6 +773,7 @@ void loop__run_queued(struct loop_runner *rn)
 
 	if ((!rn->gated.n && !rn->refault.n) || !uffd__gate_enter())
 		return;
+	tl_loop = rn->l;
 	while (rn->gated.n) {
 		struct loop_qmsg q = q_pop(&rn->gated);
 
@@ -739,6 +788,7 @@ void loop__run_queued(struct loop_runner *rn)
 		else
 			handle_one(rn, q.w, &q.m, &q);
 	}
+	tl_loop = NULL;
 	uffd__gate_leave();
 }
 
@@ -747,6 +797,7 @@ void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w)
 {
 	struct loop_msgq *qs[] = { &rn->gated, &rn->refault };
 	size_t kept = 0;
+	unsigned behind = 0;
 
 	if (w && rn->res.v) {	/* its resolutions too: the handle may be closed next */
 		drop_watch(&rn->res, w);
@@ -769,6 +820,11 @@ void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w)
 				close((int)m.m.arg.fork.ufd);
 		}
 	}
+	/* Those of its REMAPs that waited to be moved are gone: count what is left. */
+	for (size_t i = 0; rn->gated.v && i < rn->gated.n; i++)
+		behind += q_at(&rn->gated, i)->m.event == UFFD_EVENT_REMAP &&
+			  q_at(&rn->gated, i)->m.reserved1 != REMAP_EARLY_DONE;
+	__atomic_store_n(&rn->remaps_behind, behind, __ATOMIC_RELEASE);
 }
 
 /* ---- resolution ---- */

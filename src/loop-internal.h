@@ -140,6 +140,8 @@ struct loop_runner {
 	struct loop_msgq refault;	/* UFFD_RETRY verdicts */
 	struct loop_errrep errq[LOOP_ERRQ];
 	unsigned nerrq;
+	unsigned remaps_behind;	/* REMAPs read but not moved yet (__atomic: uffd_loop_sync reads it) */
+	atomic_uint_fast64_t passes;	/* wakes handled to the end: uffd_loop_sync() */
 	bool want_reap;		/* a read hit EMFILE: look for exited children */
 	bool owner_pending;	/* an owner_fd fired: handle the exit */
 	unsigned backoff_us;
@@ -215,9 +217,11 @@ int loop__dispatch_init(struct loop_runner *rn);
 void loop__dispatch_free(struct loop_runner *rn);
 /* Decodes and dispatches n messages of w; resolutions go to rn->res. */
 void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
-		       const struct uffd_msg *m, size_t n);
+		       struct uffd_msg *m, size_t n);
 /* Runs what waited for the gate or for events. */
 void loop__run_queued(struct loop_runner *rn);
+/* Whether this thread is handling messages of l (a handler or callback runs). */
+bool loop__in_handlers(const struct uffd_loop *l);
 /* Resolves rn->res, sorted and merged; -EAGAIN runs go to rn->retry. */
 void loop__resolve(struct loop_runner *rn);
 /* Retries rn->retry once; fails entries older than the limit. */

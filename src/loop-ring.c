@@ -672,6 +672,7 @@ static void step_finish(struct loop_runner *rn)
 	housekeeping(rn);
 	if (!rn->retry.n && !rn->refault.n && !rn->gated.n)
 		rn->backoff_us = 0;
+	atomic_fetch_add(&rn->passes, 1);	/* what this wake brought is handled */
 }
 
 /* One wake: wait, handle what came, resolve, retry. 0 or a fatal -errno. */

@@ -891,6 +891,59 @@ UFFD_EXPORT int uffd_loop_stop(struct uffd_loop *l)
 }
 UFFD_EXPORT_OWN(loop_stop);
 
+/* Until rn handled one more wake (woken for it) or stopped; false at the deadline. */
+static bool one_pass(struct uffd_loop *l, struct loop_runner *rn, long long end)
+{
+	struct timespec nap = { .tv_nsec = 20000 };
+	uint_fast64_t g = atomic_load(&rn->passes);
+
+	loop__wake_runners(l);
+	while (atomic_load(&rn->passes) == g && atomic_load(&rn->active)) {
+		if (end >= 0 && loop__now_us() >= end)
+			return false;
+		nanosleep(&nap, NULL);
+	}
+	return true;
+}
+
+/*
+ * The kernel lets mremap() (munmap, madvise, fork) return once a loop
+ * thread read its message, in the thread's io_uring task work, which ends
+ * before the thread is back in user space: a pass that thread finishes
+ * after the call began started after the message was read, so the pass
+ * after it handled the message. REMAPs that the reading path could not
+ * apply (they waited for the fork gate) are waited for too.
+ */
+UFFD_EXPORT int uffd_loop_sync(struct uffd_loop *l, int timeout_ms)
+{
+	long long end;
+
+	if (!l)
+		return uffd__err(-EINVAL, "uffd_loop_sync: the loop is NULL");
+	if (timeout_ms < -1)
+		return uffd__err(-EINVAL, "uffd_loop_sync: timeout_ms %d: pass -1 to wait without limit", timeout_ms);
+	if (loop__in_handlers(l))
+		return uffd__err(-EDEADLK, "uffd_loop_sync: called from a handler of this loop, which would wait for its own "
+				 "thread; the messages read before the handler's are handled already");
+	end = timeout_ms < 0 ? -1 : loop__now_us() + timeout_ms * 1000ll;
+	for (struct loop_runner *rn = atomic_load(&l->runners); rn; rn = atomic_load(&rn->next)) {
+		struct timespec nap = { .tv_nsec = 20000 };
+		bool ok = true;
+
+		for (int pass = 0; pass < 2 && ok && atomic_load(&rn->active); pass++)
+			ok = one_pass(l, rn, end);
+		while (ok && __atomic_load_n(&rn->remaps_behind, __ATOMIC_ACQUIRE) && atomic_load(&rn->active)) {
+			ok = end < 0 || loop__now_us() < end;
+			nanosleep(&nap, NULL);
+		}
+		if (!ok)
+			return uffd__err(-ETIMEDOUT, "uffd_loop_sync: a loop thread did not come round within %d ms "
+					 "(busy in a handler, or the process is starved of CPU)", timeout_ms);
+	}
+	return 0;
+}
+UFFD_EXPORT_OWN(loop_sync);
+
 /* Sums a counter over the runners. */
 #define SUM(l, field) ({                                                             \
 	uint64_t sum_ = 0;                                                           \

@@ -613,6 +613,8 @@ UFFD_EXPORT int uffd_register(struct uffd *u, void *addr, size_t len,
 		err = uffd__err(-ENOMEM, "UFFDIO_REGISTER %p+%zu: out of memory recording the range's page sizes; "
 				"the range is left unregistered (ENOMEM)", addr, len);
 	}
+	if (!err && nruns)	/* a loop thread moves the entries on a REMAP without allocating */
+		rangemap_reserve(&u->ranges, RANGEMAP_SHIFT_EXTRA);
 	free(runs);
 	return err;
 }
@@ -640,6 +642,57 @@ UFFD_EXPORT int uffd_unregister(struct uffd *u, void *addr, size_t len)
 }
 UFFD_EXPORT_OWN(unregister);
 
+/* The entries of m with a page size above base (all when base is 0), into *v. */
+static int collect(struct rangemap *m, size_t base, struct rangemap_entry **v, size_t *n)
+{
+	struct rangemap_entry e, *nv;
+	size_t cap = 0;
+
+	*v = NULL;
+	*n = 0;
+	for (uintptr_t a = 0; rangemap_next(m, a, &e); a = e.end) {
+		if (base && e.page_size <= base)
+			continue;
+		if (*n == cap) {
+			cap = cap ? 2 * cap : 16;
+			if (!(nv = realloc(*v, cap * sizeof(*nv)))) {
+				free(*v);
+				*v = NULL;
+				return -ENOMEM;
+			}
+			*v = nv;
+		}
+		e.ptr = NULL;
+		e.off = 0;
+		(*v)[(*n)++] = e;
+	}
+	return 0;
+}
+
+int uffd__ranges_inherit(struct uffd *child, struct uffd *parent)
+{
+	struct rangemap_entry *v;
+	size_t n;
+	int err;
+
+	/* What the parent registered itself. */
+	if ((err = collect(&parent->ranges, 0, &v, &n)))
+		return err;
+	err = n ? rangemap_replace(&child->ranges, 0, UINTPTR_MAX, v, n) : 0;
+	free(v);
+	/* Its regions' page sizes: a foreign region's is declared, not registered here. */
+	if (err || (err = collect(&parent->regions, parent->page_size, &v, &n)))
+		return err;
+	for (size_t i = 0; i < n && !err; i++)
+		err = rangemap_replace(&child->ranges, v[i].start, v[i].end, &v[i], 1);
+	free(v);
+	if (!err)
+		err = rangemap_reserve(&child->ranges, RANGEMAP_SHIFT_EXTRA);
+	if (!err)
+		child->ranges_unknown = parent->ranges_unknown;
+	return err;
+}
+
 /* Whether an entry of m overlaps [start, end); lock-free. */
 static bool holds(struct rangemap *m, uintptr_t start, uintptr_t end)
 {
@@ -650,12 +703,21 @@ static bool holds(struct rangemap *m, uintptr_t start, uintptr_t end)
 
 /*
  * Allocates only when a recorded range is involved (a hugetlb mapping
- * moved), so the common REMAP costs a lock-free look.
+ * moved), so the common REMAP costs a lock-free look; with prealloc never
+ * (the spare table, else -EAGAIN), and the spare is made again after.
  */
-void uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len)
+int uffd__ranges_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len, bool prealloc)
 {
+	int err;
+
 	if (!len || from + len < from || to + len < to)	/* a malformed message */
-		return;
-	if (holds(&u->ranges, from, from + len) || holds(&u->ranges, to, to + len))
-		rangemap_shift(&u->ranges, from, to, len);
+		return 0;
+	if (!holds(&u->ranges, from, from + len) && !holds(&u->ranges, to, to + len))
+		return 0;
+	if (prealloc)
+		return rangemap_shift_prealloc(&u->ranges, from, to, len);
+	err = rangemap_shift(&u->ranges, from, to, len);
+	if (!err)
+		rangemap_reserve(&u->ranges, RANGEMAP_SHIFT_EXTRA);
+	return err;
 }

@@ -17,7 +17,7 @@
 #include "internal.h"
 
 struct rangemap_table {
-	size_t n;
+	size_t n, cap;
 	struct rangemap_entry e[];
 };
 
@@ -26,8 +26,24 @@ static struct rangemap_table *table_new(size_t n)
 	struct rangemap_table *t = malloc(sizeof(*t) + n * sizeof(t->e[0]));
 
 	if (t)
-		t->n = n;
+		t->n = t->cap = n;
 	return t;
+}
+
+/*
+ * With wlock: a table for n entries, the spare one if it is large enough.
+ * Without may_alloc nothing else is tried (NULL).
+ */
+static struct rangemap_table *table_get(struct rangemap *m, size_t n, bool may_alloc)
+{
+	struct rangemap_table *t = m->spare;
+
+	if (t && t->cap >= n) {
+		m->spare = NULL;
+		t->n = n;
+		return t;
+	}
+	return may_alloc ? table_new(n) : NULL;
 }
 
 static void wait_readers(struct rangemap *m)
@@ -40,13 +56,20 @@ static void wait_readers(struct rangemap *m)
 	}
 }
 
-/* Called with wlock held: publish t, free the old table once unused. */
+/*
+ * Called with wlock held: publish t; once no reader holds the old table
+ * it becomes the spare when there is none (so a write that took the spare
+ * frees nothing), else it is freed.
+ */
 static void publish(struct rangemap *m, struct rangemap_table *t)
 {
 	struct rangemap_table *old = atomic_exchange(&m->cur, t);
 
 	wait_readers(m);
-	free(old);
+	if (!m->spare)
+		m->spare = old;
+	else
+		free(old);
 }
 
 static const struct rangemap_entry *search(const struct rangemap_table *t,
@@ -256,8 +279,10 @@ static struct rangemap_table *carve(const struct rangemap_table *old, uintptr_t 
 		if (old->e[i].end <= end)
 			continue;
 		t->e[t->n] = old->e[i];
-		if (t->e[t->n].start < end)
+		if (t->e[t->n].start < end) {
+			t->e[t->n].off += end - t->e[t->n].start;
 			t->e[t->n].start = end;
+		}
 		t->n++;
 	}
 	return t;
@@ -283,44 +308,116 @@ out:
 	return err;
 }
 
-int rangemap_shift(struct rangemap *m, uintptr_t from, uintptr_t to, size_t len)
+/* Appends the parts of p outside [cut, cut_end) to out at *k; off follows start. */
+static void put_outside(struct rangemap_entry *out, size_t *k, const struct rangemap_entry *p,
+			uintptr_t cut, uintptr_t cut_end)
 {
-	struct rangemap_table *old, *moved = NULL, *rest = NULL, *t = NULL;
-	int err = -ENOMEM;
+	struct rangemap_entry x = *p;
 
-	pthread_mutex_lock(&m->wlock);
-	old = atomic_load(&m->cur);
-	if (!overlaps(old, SIZE_MAX, from, from + len) && !overlaps(old, SIZE_MAX, to, to + len)) {
-		err = 0;
-		goto out;
+	if (p->start < cut) {
+		x.end = p->end < cut ? p->end : cut;
+		out[(*k)++] = x;
 	}
-	/* The parts inside [from, from+len), at their new place. */
-	moved = table_new(old->n);
-	if (!moved)
-		goto out;
-	moved->n = 0;
-	for (size_t i = 0; i < old->n; i++) {
-		struct rangemap_entry e = old->e[i];
+	if (p->end > cut_end) {
+		x = *p;
+		if (x.start < cut_end) {
+			x.off += cut_end - x.start;
+			x.start = cut_end;
+		}
+		out[(*k)++] = x;
+	}
+}
 
+/*
+ * Into t: old's entries moved as a mremap of [from, from+len) to [to,
+ * to+len) moves them. Each of the four edges splits at most one entry,
+ * so t needs old->n + 4 entries. Sorted in place (no allocation).
+ */
+static void shift_build(const struct rangemap_table *old, uintptr_t from, uintptr_t to,
+			size_t len, struct rangemap_table *t)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; old && i < old->n; i++) {
+		struct rangemap_entry e = old->e[i], stay[2], mv;
+		size_t ns = 0;
+
+		put_outside(stay, &ns, &e, from, from + len);
+		for (size_t j = 0; j < ns; j++)
+			put_outside(t->e, &k, &stay[j], to, to + len);
 		if (e.end <= from || e.start >= from + len)
 			continue;
-		e.start = (e.start > from ? e.start : from) - from + to;
-		e.end = (e.end < from + len ? e.end : from + len) - from + to;
-		moved->e[moved->n++] = e;
+		mv = e;
+		mv.start = e.start > from ? e.start : from;
+		mv.end = e.end < from + len ? e.end : from + len;
+		mv.off += mv.start - e.start;
+		mv.start = mv.start - from + to;
+		mv.end = mv.end - from + to;
+		t->e[k++] = mv;
 	}
-	rest = carve(old, from, from + len, NULL, 0);
-	if (rest && (t = carve(rest, to, to + len, moved->e, moved->n))) {
+	t->n = k;
+	for (size_t i = 1; i < k; i++)
+		for (size_t j = i; j > 0 && t->e[j - 1].start > t->e[j].start; j--) {
+			struct rangemap_entry x = t->e[j];
+
+			t->e[j] = t->e[j - 1];
+			t->e[j - 1] = x;
+		}
+}
+
+static int shift(struct rangemap *m, uintptr_t from, uintptr_t to, size_t len, bool may_alloc)
+{
+	struct rangemap_table *old, *t;
+
+	if (may_alloc)
+		pthread_mutex_lock(&m->wlock);
+	else if (pthread_mutex_trylock(&m->wlock))
+		return -EAGAIN;	/* a writer may be waiting in malloc: never wait for it */
+	old = atomic_load(&m->cur);
+	if (!overlaps(old, SIZE_MAX, from, from + len) && !overlaps(old, SIZE_MAX, to, to + len)) {
+		pthread_mutex_unlock(&m->wlock);
+		return 0;
+	}
+	t = table_get(m, old->n + 4, may_alloc);
+	if (t) {
+		shift_build(old, from, to, len, t);
 		publish(m, t);
-		err = 0;
 	}
-out:
 	pthread_mutex_unlock(&m->wlock);
-	free(moved);
-	free(rest);
+	return t ? 0 : may_alloc ? -ENOMEM : -EAGAIN;
+}
+
+int rangemap_shift(struct rangemap *m, uintptr_t from, uintptr_t to, size_t len)
+{
+	return shift(m, from, to, len, true);
+}
+
+int rangemap_shift_prealloc(struct rangemap *m, uintptr_t from, uintptr_t to, size_t len)
+{
+	return shift(m, from, to, len, false);
+}
+
+int rangemap_reserve(struct rangemap *m, size_t extra)
+{
+	struct rangemap_table *cur;
+	size_t need;
+	int err = 0;
+
+	pthread_mutex_lock(&m->wlock);
+	cur = atomic_load(&m->cur);
+	need = (cur ? cur->n : 0) + extra;
+	if (!m->spare || m->spare->cap < need) {
+		free(m->spare);
+		m->spare = table_new(need);
+		err = m->spare ? 0 : -ENOMEM;
+	}
+	pthread_mutex_unlock(&m->wlock);
 	return err;
 }
 
 void rangemap_destroy(struct rangemap *m)
 {
 	free(atomic_exchange(&m->cur, NULL));
+	free(m->spare);
+	m->spare = NULL;
 }

@@ -184,7 +184,7 @@ static int create_memfd(struct uffd_region *r, const char *name, bool huge)
 	bool is_huge;
 	int fd, err;
 
-	fd = memfd_create(name ? name : "uffd", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+	fd = memfd_create(name ? name : "uffd", MFD_CLOEXEC | MFD_ALLOW_SEALING | (huge ? MFD_HUGETLB : 0));
 	if (fd < 0)
 		return uffd__err(-errno, "%s: memfd_create%s failed: %s%s", c, huge ? "(MFD_HUGETLB)" : "",
 				 strerror(errno), huge ? " (a kernel without hugetlbfs?)" : "");
@@ -256,9 +256,13 @@ static int map_views(struct uffd_region *r)
 static int record(struct uffd_region *r)
 {
 	struct rangemap_entry e = {
-		(uintptr_t)r->base, (uintptr_t)r->base + r->length, r->page_size, r,
+		(uintptr_t)r->base, (uintptr_t)r->base + r->length, r->page_size, r, 0,
 	};
 	int err = rangemap_insert(&r->uffd->regions, &e);
+
+	/* A loop thread moves the entries on a REMAP without allocating. */
+	if (!err)
+		err = rangemap_reserve(&r->uffd->regions, RANGEMAP_SHIFT_EXTRA);
 
 	if (err == -EEXIST)
 		return uffd__err(err, "%s: the range %p+%zu overlaps a region the handle already has%s",
@@ -288,20 +292,26 @@ static void views_unmap(const struct uffd_region *r)
 	if (!r->resv)
 		return;
 	orig = first_view(r);
-	if (!r->base || r->foreign || (uintptr_t)r->base == orig) {
+	if (!r->base || r->foreign || ((uintptr_t)r->base == orig && !r->split)) {
 		munmap(r->resv, r->resv_len);
 		return;
 	}
-	/* A REMAP moved the base view: what is left at its old place is not ours. */
+	/* A REMAP moved the base view or parts of it: what is left at its old place is not ours. */
 	munmap(r->resv, orig - resv);
 	munmap((void *)(orig + r->length), end - orig - r->length);
-	munmap(r->base, r->length);
+	if (!r->split)
+		munmap(r->base, r->length);
+	for (size_t i = 0; i < r->npieces; i++)
+		munmap((void *)r->pieces[i].start, r->pieces[i].end - r->pieces[i].start);
 }
 
 /* Everything but the struct itself. */
 static void region_release(struct uffd_region *r)
 {
 	views_unmap(r);
+	free(r->pieces);
+	r->pieces = NULL;
+	r->npieces = 0;
 	if (r->own_fd)
 		close(r->fd);
 	uffd__region_pagestate_free(r);
@@ -444,6 +454,26 @@ fail:
 }
 UFFD_EXPORT_OWN(region_create_foreign);
 
+/*
+ * The parts of a split region, for destroy to unregister and unmap. Out of
+ * memory, the parts are left mapped (and registered): a leak, not a fault
+ * that hangs.
+ */
+static void collect_pieces(struct uffd_region *r)
+{
+	struct rangemap_entry e;
+	size_t n = 0;
+
+	for (uintptr_t a = 0; rangemap_next(&r->uffd->regions, a, &e); a = e.end)
+		n += e.ptr == r;
+	r->pieces = calloc(n ? n : 1, sizeof(*r->pieces));
+	if (!r->pieces)
+		return;
+	for (uintptr_t a = 0; r->npieces < n && rangemap_next(&r->uffd->regions, a, &e); a = e.end)
+		if (e.ptr == r)
+			r->pieces[r->npieces++] = e;
+}
+
 UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 {
 	struct uffdio_range range;
@@ -454,10 +484,13 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 	/* No SIGBUS handler or loop may find r once it is freed. */
 	uffd__sigbus_forget(r);
 	uffd__loop_forget_region(r);
-	rangemap_remove(&r->uffd->regions, r);
+	if (__atomic_load_n(&r->split, __ATOMIC_ACQUIRE))
+		collect_pieces(r);
+	while (!rangemap_remove(&r->uffd->regions, r))
+		;	/* every part */
 	own = uffd__loop_unpin_wait(r);	/* no loop handler of r runs elsewhere */
 	/* The owner registered a foreign region and keeps it registered. */
-	if (!r->foreign) {
+	for (size_t i = 0; !r->foreign && i < (r->split ? r->npieces : 1); i++) {
 		/*
 		 * Unregister before unmapping: munmap of a registered range would
 		 * wait for its UNMAP event to be read. Then wake the threads still
@@ -465,6 +498,9 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 		 * MISSING).
 		 */
 		range = (struct uffdio_range){ .start = (uintptr_t)r->base, .len = r->length };
+		if (r->split)
+			range = (struct uffdio_range){ .start = r->pieces[i].start,
+						       .len = r->pieces[i].end - r->pieces[i].start };
 		ioctl(r->uffd->fd, UFFDIO_UNREGISTER, &range);
 		ioctl(r->uffd->fd, UFFDIO_WAKE, &range);
 	}
@@ -474,6 +510,36 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 		region_free(r);
 }
 UFFD_EXPORT_OWN(region_destroy);
+
+/* ---- following REMAP events ---- */
+
+int uffd__regions_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len, bool prealloc)
+{
+	struct rangemap_entry e;
+	unsigned t;
+	int err;
+
+	if (!len || from + len < from || to + len < to)	/* a malformed message */
+		return 0;
+	err = prealloc ? rangemap_shift_prealloc(&u->regions, from, to, len)
+		       : rangemap_shift(&u->regions, from, to, len);
+	if (err)
+		return err;
+	/* What lies at the new place came from the old: base views and splits follow. */
+	t = rangemap_read_begin(&u->regions);
+	for (uintptr_t a = to; rangemap_next(&u->regions, a, &e) && e.start < to + len; a = e.end) {
+		struct uffd_region *r = e.ptr;
+
+		if (!e.off)
+			__atomic_store_n(&r->base, (void *)e.start, __ATOMIC_RELEASE);
+		if (e.off || e.end - e.start != r->length)
+			__atomic_store_n(&r->split, true, __ATOMIC_RELEASE);
+	}
+	rangemap_read_end(&u->regions, t);
+	if (!prealloc)
+		rangemap_reserve(&u->regions, RANGEMAP_SHIFT_EXTRA);
+	return 0;
+}
 
 /* ---- accessors ---- */
 
@@ -541,9 +607,51 @@ static int check_span(const struct uffd_region *r, const char *call, uint64_t of
 	return 0;
 }
 
-static uintptr_t base_at(const struct uffd_region *r, uint64_t off)
+/*
+ * Where [off, off+len) of the base view starts (*addr) and how many of its
+ * bytes lie there in one piece: all of them unless a REMAP moved a part of
+ * the region away (then its parts are looked up in the handle's map, and
+ * 0 says that another mremap moved something over the part holding off).
+ */
+static size_t piece_at(const struct uffd_region *r, uint64_t off, size_t len, uintptr_t *addr)
 {
-	return (uintptr_t)base_of(r) + off;
+	struct rangemap_entry e;
+
+	*addr = (uintptr_t)base_of(r) + off;
+	if (!__atomic_load_n(&r->split, __ATOMIC_ACQUIRE))
+		return len;
+	for (uintptr_t a = 0; rangemap_next(&r->uffd->regions, a, &e); a = e.end) {
+		uint64_t n = e.end - e.start;
+
+		if (e.ptr == r && off >= e.off && off - e.off < n) {
+			*addr = e.start + (off - e.off);
+			return len < e.off + n - off ? len : (size_t)(e.off + n - off);
+		}
+	}
+	return 0;
+}
+
+typedef int (*piece_fn)(struct uffd_region *r, uintptr_t addr, uint64_t off, size_t len, void *ctx);
+
+/* fn over each piece of [off, off+len), in offset order, until one fails. */
+static int each_piece(struct uffd_region *r, const char *call, uint64_t off, size_t len,
+		      piece_fn fn, void *ctx)
+{
+	int err = 0;
+
+	while (len && !err) {
+		uintptr_t addr;
+		size_t n = piece_at(r, off, len, &addr);
+
+		if (!n)	/* never act on whatever is mapped where it was */
+			return uffd__err(-ENOENT, "%s offset 0x%llx: that part of the region's base view was moved "
+					 "away by mremap and another mapping moved over it; the pages are gone",
+					 call, (unsigned long long)off);
+		err = fn(r, addr, off, n, ctx);
+		off += n;
+		len -= n;
+	}
+	return err;
 }
 
 /*
@@ -613,9 +721,9 @@ static int fill_mapped(const struct uffd_region *r, uint64_t off, const void *sr
  * madvised from here: the owner's next touch maps the page itself, and
  * UFFD_MAP_WP leaves write-protect markers on the unmapped entries.
  */
-static int map_base(struct uffd_region *r, uint64_t off, size_t len, unsigned flags)
+static int map_piece(struct uffd_region *r, uintptr_t addr, uint64_t off, size_t len, void *ctx)
 {
-	uintptr_t addr = base_at(r, off);
+	unsigned flags = *(unsigned *)ctx;
 	int advice = (r->modes & UFFDIO_REGISTER_MODE_WP) ? MADV_POPULATE_READ : MADV_POPULATE_WRITE;
 	int err;
 
@@ -632,12 +740,30 @@ static int map_base(struct uffd_region *r, uint64_t off, size_t len, unsigned fl
 	return uffd_wake(r->uffd, (void *)addr, len);
 }
 
+static int map_base(struct uffd_region *r, uint64_t off, size_t len, unsigned flags)
+{
+	return each_piece(r, "uffd_region_populate", off, len, map_piece, &flags);
+}
+
+struct copy_ctx {
+	const char *src;	/* of offset 0 */
+	unsigned flags;
+};
+
+static int copy_piece(struct uffd_region *r, uintptr_t addr, uint64_t off, size_t len, void *ctx)
+{
+	const struct copy_ctx *c = ctx;
+
+	return uffd__resolve(r->uffd, UFFD_OP_COPY, addr, (uintptr_t)(c->src + off), len,
+			     c->flags & UFFD_MAP_WP, r->page_size, NULL);
+}
+
 /* A foreign region without file: UFFDIO_COPY into the owner's missing pages. */
 static int populate_copy(struct uffd_region *r, uint64_t off, const void *src, size_t len,
 			 unsigned flags)
 {
-	int err = uffd__resolve(r->uffd, UFFD_OP_COPY, base_at(r, off), (uintptr_t)src, len,
-				flags & UFFD_MAP_WP, r->page_size, NULL);
+	struct copy_ctx c = { (const char *)src - off, flags };
+	int err = each_piece(r, "uffd_region_populate", off, len, copy_piece, &c);
 
 	if (err == -EEXIST)
 		return uffd__err(err, "uffd_region_populate offset 0x%llx+%zu: a page is already mapped in the owner; "
@@ -673,19 +799,51 @@ UFFD_EXPORT int uffd_region_populate(struct uffd_region *r, uint64_t off, const 
 }
 UFFD_EXPORT_OWN(region_populate);
 
+struct continue_ctx {
+	unsigned flags;
+	size_t done;
+};
+
+static int continue_piece(struct uffd_region *r, uintptr_t addr, uint64_t off, size_t len, void *ctx)
+{
+	struct continue_ctx *c = ctx;
+	size_t d = 0;
+	int err = uffd__resolve(r->uffd, UFFD_OP_CONTINUE, addr, 0, len, c->flags, r->page_size, &d);
+
+	(void)off;
+	c->done += d;
+	return err;
+}
+
 UFFD_EXPORT int uffd_region_continue(struct uffd_region *r, uint64_t off, size_t len,
 				     unsigned flags, size_t *done)
 {
+	struct continue_ctx c = { flags, 0 };
 	int err;
 
 	if (done)
 		*done = 0;
 	if ((err = check_span(r, "uffd_region_continue", off, len)))
 		return err;
-	return uffd__resolve(r->uffd, UFFD_OP_CONTINUE, base_at(r, off), 0, len, flags,
-			     r->page_size, done);
+	err = each_piece(r, "uffd_region_continue", off, len, continue_piece, &c);
+	if (done)
+		*done = c.done;
+	return err;
 }
 UFFD_EXPORT_OWN(region_continue);
+
+struct wp_ctx {
+	bool protect;
+	unsigned flags;
+};
+
+static int wp_piece(struct uffd_region *r, uintptr_t addr, uint64_t off, size_t len, void *ctx)
+{
+	const struct wp_ctx *c = ctx;
+
+	(void)off;
+	return uffd__writeprotect(r->uffd, addr, len, c->protect, c->flags, r->page_size);
+}
 
 UFFD_EXPORT int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, size_t len,
 					 bool protect, unsigned flags)
@@ -694,9 +852,19 @@ UFFD_EXPORT int uffd_region_writeprotect(struct uffd_region *r, uint64_t off, si
 
 	if ((err = check_span(r, "uffd_region_writeprotect", off, len)))
 		return err;
-	return uffd__writeprotect(r->uffd, base_at(r, off), len, protect, flags, r->page_size);
+	return each_piece(r, "uffd_region_writeprotect", off, len, wp_piece, &(struct wp_ctx){ protect, flags });
 }
 UFFD_EXPORT_OWN(region_writeprotect);
+
+static int zap_piece(struct uffd_region *r, uintptr_t addr, uint64_t off, size_t len, void *ctx)
+{
+	(void)r;
+	(void)ctx;
+	if (madvise((void *)addr, len, MADV_DONTNEED))
+		return uffd__err(-errno, "uffd_region_zap offset 0x%llx+%zu: MADV_DONTNEED on the base view failed: %s",
+				 (unsigned long long)off, len, strerror(errno));
+	return 0;
+}
 
 UFFD_EXPORT int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len)
 {
@@ -709,10 +877,7 @@ UFFD_EXPORT int uffd_region_zap(struct uffd_region *r, uint64_t off, size_t len)
 				 "which madvise cannot reach from here; the owner must MADV_DONTNEED it, or discard the pages",
 				 (unsigned long long)off, len);
 	/* Shared mappings keep the page cache and the uffd-wp markers. */
-	if (madvise((void *)base_at(r, off), len, MADV_DONTNEED))
-		return uffd__err(-errno, "uffd_region_zap offset 0x%llx+%zu: MADV_DONTNEED on the base view failed: %s",
-				 (unsigned long long)off, len, strerror(errno));
-	return 0;
+	return each_piece(r, "uffd_region_zap", off, len, zap_piece, NULL);
 }
 UFFD_EXPORT_OWN(region_zap);
 

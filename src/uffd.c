@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -247,6 +249,26 @@ UFFD_EXPORT int uffd_open(struct uffd **out, const struct uffd_opts *opts)
 }
 UFFD_EXPORT_OWN(open);
 
+#define ANON_INODE_FS_MAGIC 0x09041934
+
+/*
+ * Without /proc (containers, chroots): an anonymous inode on which
+ * UFFDIO_API with a wrong api number fails with EINVAL and reads back
+ * zeroed, which is what the kernel's userfaultfd does first, before it
+ * looks at or changes anything (initialised or not). Other anonymous
+ * inodes (eventfd, epoll, timerfd, ...) have no such ioctl (ENOTTY) or
+ * leave the struct as it was.
+ */
+static bool acts_as_userfaultfd(int fd)
+{
+	struct statfs sfs;
+	struct uffdio_api api = { .api = 0, .features = ~0ull, .ioctls = ~0ull };
+
+	if (fstatfs(fd, &sfs) || sfs.f_type != ANON_INODE_FS_MAGIC)
+		return false;
+	return ioctl(fd, UFFDIO_API, &api) < 0 && errno == EINVAL && !api.features && !api.ioctls;
+}
+
 /* A userfaultfd shows as "anon_inode:[userfaultfd]" in /proc/self/fd. */
 static bool is_userfaultfd(int fd)
 {
@@ -256,7 +278,7 @@ static bool is_userfaultfd(int fd)
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 	n = readlink(path, target, sizeof(target) - 1);
 	if (n < 0)
-		return false;
+		return acts_as_userfaultfd(fd);	/* no /proc here */
 	target[n] = '\0';
 	return strcmp(target, "anon_inode:[userfaultfd]") == 0;
 }

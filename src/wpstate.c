@@ -184,7 +184,7 @@ static void each_region(struct uffd *u, uintptr_t addr, size_t len,
 	while (a < end && rangemap_next(&u->regions, a, &e) && e.start < end) {
 		uintptr_t from = a > e.start ? a : e.start, to = end < e.end ? end : e.end;
 
-		fn(e.ptr, from - e.start, to - from, arg);
+		fn(e.ptr, from - e.start + e.off, to - from, arg);
 		a = e.end;
 	}
 	rangemap_read_end(&u->regions, t);
@@ -229,7 +229,8 @@ bool uffd__wp_next(struct uffd *u, uintptr_t *addr, uintptr_t end, size_t *len)
 	while (!found && a < end && rangemap_next(&u->regions, a, &e) && e.start < end) {
 		uintptr_t from = a > e.start ? a : e.start, to = end < e.end ? end : e.end;
 
-		found = first_run(e.ptr, e.start, from - e.start, to - from, addr, len);
+		/* e.off: where this piece starts in its region (a part moved by mremap) */
+		found = first_run(e.ptr, e.start - e.off, from - e.start + e.off, to - from, addr, len);
 		a = e.end;
 	}
 	rangemap_read_end(&u->regions, t);
@@ -247,7 +248,7 @@ uint64_t uffd__wp_run_at(struct uffd *u, uintptr_t addr, uint64_t len, bool *wp)
 		if (e.start > addr)
 			n = e.start - addr;
 		else
-			n = uffd__region_wp_run(e.ptr, addr - e.start,
+			n = uffd__region_wp_run(e.ptr, addr - e.start + e.off,
 						len < e.end - addr ? len : e.end - addr, wp);
 	}
 	rangemap_read_end(&u->regions, t);

@@ -6,12 +6,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -528,6 +531,185 @@ START_TEST(test_fork)
 }
 END_TEST
 
+/* ---- fork children adopted by the loop ---- */
+
+static int adopt_child(void *ctx, struct uffd *child)
+{
+	(void)ctx;
+	(void)child;
+	return 0;	/* the loop watches it with the same handlers */
+}
+
+/*
+ * The exit status of child (0, 1: a wrong byte, 128 + n: signal n),
+ * killed after timeout_s: a fault nobody resolves hangs it.
+ */
+static int wait_child(pid_t child, int timeout_s)
+{
+	int status = 0;
+
+	for (int i = 0; i < timeout_s * 100; i++) {
+		pid_t r = waitpid(child, &status, WNOHANG);
+
+		ck_assert_int_ge(r, 0);
+		if (r == child)
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		sleep_ms(10);
+	}
+	kill(child, SIGKILL);
+	ck_assert_int_eq(waitpid(child, &status, 0), child);
+	return -1;
+}
+
+/*
+ * A fork child moves its hugetlb area to an address the parent never
+ * mapped, then faults there: the loop adopted it, and its faults are
+ * sized by the child's own table (seeded from the parent's, moved by the
+ * child's REMAP), not by the parent's mappings (4 KiB: a zero-page
+ * resolution hugetlb refuses, and the child hangs).
+ */
+START_TEST(test_fork_child_huge_moved)
+{
+	const char *why = "";
+	size_t hps = harness_hugepages(4, &why);
+	struct uffd_handlers h = { .fork = adopt_child };
+	struct uffd_loop *l = NULL;
+	struct uffd *u;
+	char *a;
+	pid_t pid;
+	int st;
+
+	if (harness_valgrind())
+		SKIP_TEST("cannot run under valgrind: it runs fork(2) and mremap(2) without letting the loop thread run");
+	if (!hps)
+		SKIP_TEST("hugetlb: %s", why);
+	if (!harness_have_features(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP |
+				   UFFD_FEATURE_MISSING_HUGETLBFS))
+		SKIP_TEST("the kernel lacks EVENT_FORK, EVENT_REMAP or MISSING_HUGETLBFS");
+	u = open_features(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_MISSING_HUGETLBFS);
+	a = mmap(NULL, 2 * hps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (a == MAP_FAILED)
+		SKIP_TEST("hugetlb: mmap of 2 huge pages failed: %s", strerror(errno));
+	ck_assert_int_eq(uffd_register(u, a, 2 * hps, MISSING, NULL), 0);
+	ck_assert_int_eq(uffd_loop_new(&l, NULL), 0);
+	ck_assert_int_eq(uffd_loop_add(l, u, &h, NULL), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char *resv = mmap(NULL, 4 * hps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		char *to = (char *)(((uintptr_t)resv + hps - 1) & ~(uintptr_t)(hps - 1));
+		int bad = 0;
+
+		signal(SIGALRM, SIG_DFL);	/* not the harness's timeout handler, which kills the group */
+		alarm(10);
+		if (resv == MAP_FAILED || mremap(a, 2 * hps, 2 * hps, MREMAP_MAYMOVE | MREMAP_FIXED, to) != to)
+			_exit(2);
+		for (size_t i = 0; i < 2; i++) {
+			bad |= ((volatile char *)to)[i * hps + 5] != 0;
+			to[i * hps + hps - 1] = 7;
+			bad |= ((volatile char *)to)[i * hps + hps - 1] != 7;
+		}
+		_exit(bad);
+	}
+	st = wait_child(pid, 15);
+	ck_assert_msg(st == 0, "the child %s (status %d)", st == 128 + SIGALRM || st < 0 ?
+		      "hung on a fault in its moved hugetlb area" : "failed", st);
+	uffd_loop_free(l);
+	munmap(a, 2 * hps);
+	uffd_close(u);
+}
+END_TEST
+
+struct no_proc_ctx {
+	char *page;	/* the contents every fault gets */
+};
+
+static int copy_page(void *ctx, struct uffd_fault *f)
+{
+	struct no_proc_ctx *x = ctx;
+
+	return uffd_copy(f->uffd, f->addr, x->page, f->len, 0, NULL) ? -EIO : UFFD_HANDLED;
+}
+
+/*
+ * In a test process of its own: a private mount namespace with /proc
+ * unmounted; a loop adopts a fork child, whose faults get the handler's
+ * page, not zeros (its uffd closed because it could not be recognised).
+ * Exit 0 pass, 1 zeros in the child, 2 the child hung or failed, 77 the
+ * namespace cannot be made (the reason on the pipe).
+ */
+static int no_proc_main(int why_fd)
+{
+	struct uffd_opts o = { .size = sizeof(o), .features = UFFD_FEATURE_EVENT_FORK };
+	struct no_proc_ctx x = { .page = malloc(ps) };
+	struct uffd_handlers h = { .fork = adopt_child, .missing = copy_page };
+	struct uffd_loop *l = NULL;
+	struct uffd *u = NULL;
+	char *a;
+	pid_t pid;
+	int st;
+
+	if (unshare(CLONE_NEWNS) || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL)) {
+		dprintf(why_fd, "unshare(CLONE_NEWNS) or a private / not permitted: %s", strerror(errno));
+		return 77;
+	}
+	if (umount2("/proc", MNT_DETACH) && mount("none", "/proc", "tmpfs", 0, NULL)) {
+		dprintf(why_fd, "cannot unmount /proc or mount a tmpfs over it: %s", strerror(errno));
+		return 77;
+	}
+	if (!access("/proc/self/fd", F_OK))
+		return 3;
+	memset(x.page, 0x5a, ps);
+	a = mmap(NULL, 8 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (a == MAP_FAILED || uffd_open(&u, &o) || uffd_register(u, a, 8 * ps, MISSING, NULL) ||
+	    uffd_loop_new(&l, NULL) || uffd_loop_add(l, u, &h, &x) || uffd_loop_start(l, 1))
+		return 4;
+	pid = fork();
+	if (pid == 0) {
+		int bad = 0;
+
+		signal(SIGALRM, SIG_DFL);	/* not the harness's timeout handler, which kills the group */
+		alarm(10);
+		for (size_t i = 0; i < 8; i++)
+			bad |= ((volatile char *)a)[i * ps + 9] != 0x5a;
+		_exit(bad);
+	}
+	st = pid < 0 ? -1 : wait_child(pid, 15);
+	uffd_loop_free(l);
+	uffd_close(u);
+	return st == 0 ? 0 : st == 1 ? 1 : 2;
+}
+
+START_TEST(test_fork_child_no_proc)
+{
+	int why[2], st;
+	char reason[256] = "";
+	pid_t pid;
+	ssize_t n;
+
+	if (harness_valgrind())
+		SKIP_TEST("cannot run under valgrind: it runs fork(2) without letting the loop thread run");
+	if (!harness_have_features(UFFD_FEATURE_EVENT_FORK))
+		SKIP_TEST("the kernel lacks UFFD_FEATURE_EVENT_FORK");
+	ck_assert_int_eq(pipe2(why, O_CLOEXEC), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(no_proc_main(why[1]));
+	close(why[1]);
+	st = wait_child(pid, 25);
+	n = read(why[0], reason, sizeof(reason) - 1);
+	reason[n > 0 ? n : 0] = '\0';
+	close(why[0]);
+	if (st == 77)
+		SKIP_TEST("no mount namespace without /proc: %s", reason);
+	ck_assert_msg(st != 1, "without /proc the adopted fork child read zeros: its userfaultfd was closed");
+	ck_assert_msg(st == 0, "without /proc: status %d (2: the child hung or died, 3: /proc still there, "
+		      "4: setting up the loop failed)", st);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
 	Suite *s = suite_create("event");
@@ -549,6 +731,10 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_remove_with_fault);
 	tc = CASE(fork, 20);
 	tcase_add_test(tc, test_fork);
+	tc = CASE(fork_child_huge_moved, 30);
+	tcase_add_test(tc, test_fork_child_huge_moved);
+	tc = CASE(fork_child_no_proc, 40);
+	tcase_add_test(tc, test_fork_child_no_proc);
 	return s;
 }
 

@@ -67,12 +67,21 @@ static unsigned char *pattern_buf(size_t len)
 	return p;
 }
 
-static int memfd_of(size_t len, bool huge)
+/* Sealable, unsealed: uffd_handoff_send() adds F_SEAL_SHRINK; a raw sender must. */
+static int memfd_unsealed(size_t len, bool huge)
 {
-	int fd = memfd_create("handoff-test", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+	int fd = memfd_create("handoff-test", MFD_CLOEXEC | MFD_ALLOW_SEALING | (huge ? MFD_HUGETLB : 0));
 
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+	return fd;
+}
+
+static int memfd_of(size_t len, bool huge)
+{
+	int fd = memfd_unsealed(len, huge);
+
+	ck_assert_int_eq(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
 	return fd;
 }
 
@@ -118,7 +127,7 @@ static int owner_map(enum kind k, size_t ps, struct owner_mem *m)
 	*m = (struct owner_mem){ .ps = ps, .len = (huge ? NHUGE : NPAGES) * ps, .fd = -1,
 				 .modes = memfd ? MINOR : MISSING };
 	if (memfd) {
-		m->fd = memfd_create("owner", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+		m->fd = memfd_create("owner", MFD_CLOEXEC | MFD_ALLOW_SEALING | (huge ? MFD_HUGETLB : 0));
 		if (m->fd < 0 || ftruncate(m->fd, (off_t)m->len))
 			return 20;
 	}
@@ -1274,11 +1283,69 @@ START_TEST(test_self_roundtrip)
 }
 END_TEST
 
+/*
+ * A backing memfd the peer can still shrink is refused: truncated under
+ * the handler, it would turn writes through the alias view into SIGBUS.
+ * uffd_handoff_send() seals it (F_SEAL_SHRINK), or says why it cannot.
+ */
+START_TEST(test_unsealed_memfd)
+{
+	size_t ps = harness_page_size(), len = NPAGES * ps;
+	int open_fd = memfd_unsealed(len, false), sealed = memfd_of(len, false), fds[2];
+	int closed = memfd_create("no-sealing", MFD_CLOEXEC);
+	struct uffd_handoff_region row = { FAKE_BASE, len, 0, MISSING, 0, open_fd };
+	struct uffd_handoff *h = NULL;
+	struct pair p;
+	struct raw m;
+	size_t n;
+
+	ck_assert_int_ge(closed, 0);
+	ck_assert_int_eq(ftruncate(closed, (off_t)len), 0);
+	pair_open(&p, SOCK_STREAM);
+	/* A raw sender's unsealed memfd, sealable or not: refused, nothing kept. */
+	for (int k = 0; k < 2; k++) {
+		n = raw_init(&m, p.u, 1);
+		m.h.nfds = 2;
+		m.rows[0].fd_index = 1;
+		m.rows[0].page_size = 0;
+		fds[0] = uffd_fd(p.u);
+		fds[1] = k ? closed : open_fd;
+		send_raw(p.s[0], &m, n, fds, 2);
+		recv_fails(p.s[1], NULL, -EINVAL, "is not sealed against shrinking (F_SEAL_SHRINK");
+	}
+	ck_assert_int_eq(fcntl(open_fd, F_GET_SEALS) & F_SEAL_SHRINK, 0);
+	/* Sealed by the raw sender: taken, and the alias writes. */
+	fds[1] = sealed;
+	send_raw(p.s[0], &m, n, fds, 2);
+	ASSERT_OK(uffd_handoff_recv(p.s[1], NULL, &h));
+	((volatile char *)uffd_region_alias(h->regions[0]))[len - 1] = 1;
+	uffd_handoff_free(h);
+	/* uffd_handoff_send: a memfd that cannot be sealed is refused before anything is sent. */
+	row.fd = closed;
+	ASSERT_ERR(uffd_handoff_send(p.s[0], p.u, &row, 1), -EPERM, "MFD_ALLOW_SEALING");
+	/* One that can: sealed by the send, then it cannot shrink and the receiver takes it. */
+	row.fd = open_fd;
+	ASSERT_OK(uffd_handoff_send(p.s[0], p.u, &row, 1));
+	ck_assert_int_ne(fcntl(open_fd, F_GET_SEALS) & F_SEAL_SHRINK, 0);
+	ck_assert_int_eq(ftruncate(open_fd, (off_t)ps), -1);
+	ck_assert_int_eq(errno, EPERM);
+	ASSERT_OK(uffd_handoff_recv(p.s[1], NULL, &h));
+	ck_assert_int_ne(fcntl(uffd_region_fd(h->regions[0]), F_GET_SEALS) & F_SEAL_SHRINK, 0);
+	uffd_handoff_free(h);
+	pair_close(&p);
+	close(open_fd);
+	close(sealed);
+	close(closed);
+}
+END_TEST
+
 static Suite *handoff_suite(void)
 {
 	Suite *s = suite_create("handoff");
 	TCase *tc;
 
+	tc = CASE(unsealed_memfd, 30);
+	tcase_add_test(tc, test_unsealed_memfd);
 	tc = CASE(xproc_anon, 30);
 	tcase_add_test(tc, test_xproc_anon);
 	tc = CASE(xproc_memfd_minor, 30);

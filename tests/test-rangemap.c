@@ -176,7 +176,7 @@ START_TEST(test_replace_shift)
 	/* Replacing nothing with nothing allocates and changes nothing. */
 	ck_assert_int_eq(rangemap_replace(&m, 0x10000, 0x20000, NULL, 0), 0);
 	ck_assert_uint_eq(rangemap_count(&m), 0);
-	ck_assert_int_eq(rangemap_insert(&m, &(struct rangemap_entry){ 0x10000, 0x20000, 2048 * 1024, NULL }), 0);
+	ck_assert_int_eq(rangemap_insert(&m, &(struct rangemap_entry){ 0x10000, 0x20000, 2048 * 1024, NULL, 0 }), 0);
 	/* Cut out of the middle of one entry, with two new ones inside. */
 	ck_assert_int_eq(rangemap_replace(&m, 0x12000, 0x1c000, add, 2), 0);
 	ck_assert_str_eq(dump(&m, 0x8000, 0x30000, buf, sizeof(buf)),
@@ -186,13 +186,45 @@ START_TEST(test_replace_shift)
 	ck_assert_str_eq(dump(&m, 0x8000, 0x30000, buf, sizeof(buf)),
 			 "10000-11000:2048 15000-16000:8 18000-1a000:8 1c000-20000:2048 ");
 	/* A move: what lies in [0x14000, 0x1a000) goes to 0x40000, replacing what was there. */
-	ck_assert_int_eq(rangemap_insert(&m, &(struct rangemap_entry){ 0x42000, 0x44000, 4096, NULL }), 0);
+	ck_assert_int_eq(rangemap_insert(&m, &(struct rangemap_entry){ 0x42000, 0x44000, 4096, NULL, 0 }), 0);
 	ck_assert_int_eq(rangemap_shift(&m, 0x14000, 0x40000, 0x6000), 0);
 	ck_assert_str_eq(dump(&m, 0x8000, 0x50000, buf, sizeof(buf)),
 			 "10000-11000:2048 1c000-20000:2048 41000-42000:8 44000-46000:8 ");
 	/* A move where nothing is recorded changes nothing. */
 	ck_assert_int_eq(rangemap_shift(&m, 0x60000, 0x70000, 0x1000), 0);
 	ck_assert_uint_eq(rangemap_count(&m), 4);
+	rangemap_destroy(&m);
+}
+END_TEST
+
+/*
+ * A partial mremap of an object: the moved part keeps its offset into the
+ * object, so does the part after it; without a reserved spare table the
+ * allocation-free shift changes nothing, with one it allocates nothing.
+ */
+START_TEST(test_shift_offsets)
+{
+	struct rangemap m = RANGEMAP_INIT;
+	int obj;
+	struct rangemap_entry e;
+
+	ck_assert_int_eq(rangemap_insert(&m, &(struct rangemap_entry){ 0x10000, 0x20000, 4096, &obj, 0 }), 0);
+	ck_assert_int_eq(rangemap_shift_prealloc(&m, 0x14000, 0x80000, 0x4000), -EAGAIN);
+	ck_assert(rangemap_find(&m, 0x15000, &e) && e.start == 0x10000);
+	ck_assert_int_eq(rangemap_reserve(&m, RANGEMAP_SHIFT_EXTRA), 0);
+	ck_assert_int_eq(rangemap_shift_prealloc(&m, 0x14000, 0x80000, 0x4000), 0);
+	ck_assert_uint_eq(rangemap_count(&m), 3);
+	ck_assert(!rangemap_find(&m, 0x15000, &e));
+	ck_assert(rangemap_find(&m, 0x81000, &e));
+	ck_assert(e.start == 0x80000 && e.end == 0x84000 && e.off == 0x4000 && e.ptr == &obj);
+	ck_assert(rangemap_find(&m, 0x19000, &e));
+	ck_assert(e.start == 0x18000 && e.end == 0x20000 && e.off == 0x8000);
+	ck_assert(rangemap_find(&m, 0x10000, &e) && e.end == 0x14000 && e.off == 0);
+	/* The spare was used (the old table, too small, took its place): reserve again. */
+	ck_assert_int_eq(rangemap_shift_prealloc(&m, 0x80000, 0x14000, 0x4000), -EAGAIN);
+	ck_assert_int_eq(rangemap_reserve(&m, RANGEMAP_SHIFT_EXTRA), 0);
+	ck_assert_int_eq(rangemap_shift_prealloc(&m, 0x80000, 0x14000, 0x4000), 0);
+	ck_assert(rangemap_find(&m, 0x15000, &e) && e.start == 0x14000 && e.off == 0x4000);
 	rangemap_destroy(&m);
 }
 END_TEST
@@ -454,6 +486,7 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_move);
 	tcase_add_test(tc, test_many_ordered);
 	tcase_add_test(tc, test_replace_shift);
+	tcase_add_test(tc, test_shift_offsets);
 	tc = CASE(concurrent, 30);
 	tcase_add_test(tc, test_readers_vs_writer);
 	tcase_add_test(tc, test_signal_reader);

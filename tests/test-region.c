@@ -912,6 +912,183 @@ START_TEST(test_bad_input_hugetlb)
 }
 END_TEST
 
+/* ---- regions that mremap(2) moves, served by the loop ---- */
+
+static struct uffd *open_remap(uint64_t more)
+{
+	struct uffd_opts o = { .size = sizeof(o), .features = UFFD_FEATURE_EVENT_REMAP | more,
+			       .want_features = UFFD_FEATURES_DEFAULT };
+	struct uffd *u = NULL;
+
+	ASSERT_OK(uffd_open(&u, &o));
+	return u;
+}
+
+static struct uffd_loop *loop_started(void)
+{
+	struct uffd_loop *l = NULL;
+
+	ASSERT_OK(uffd_loop_new(&l, NULL));
+	return l;
+}
+
+struct moved_ctx {
+	struct uffd_region *r;
+	atomic_int faults;
+	atomic_ullong offsets;	/* a bit per page offset seen */
+	atomic_int wrong;
+};
+
+static int moved_missing(void *ctx, struct uffd_fault *f)
+{
+	struct moved_ctx *x = ctx;
+
+	if (f->region != x->r || f->offset >= 64 * harness_page_size())
+		atomic_fetch_add(&x->wrong, 1);
+	else
+		atomic_fetch_or(&x->offsets, 1ull << (f->offset / harness_page_size()));
+	atomic_fetch_add(&x->faults, 1);
+	return UFFD_RESOLVE;	/* the default: a copy from the region's source */
+}
+
+struct remap_job {
+	void *from, *to;
+	size_t len;
+	void *ret;
+};
+
+static void *do_mremap(void *arg)
+{
+	struct remap_job *j = arg;
+
+	j->ret = mremap(j->from, j->len, j->len, MREMAP_MAYMOVE | MREMAP_FIXED, j->to);
+	return NULL;
+}
+
+/*
+ * A part of a region moved by mremap: its faults still reach the region's
+ * handler with their offsets, its pages come from the region's source and
+ * keep the write-protection of a MISSING|WP region; region calls reach it;
+ * destroy unmaps it.
+ */
+START_TEST(test_partial_remap)
+{
+	SKIP_UNDER_VALGRIND("valgrind runs mremap(2) without letting other threads run, so the loop never reads the event it waits for");
+	size_t ps = harness_page_size(), len = 16 * ps;
+	bool wp = harness_have_features(UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_PAGEFAULT_FLAG_WP);
+	struct uffd *u = open_remap(0);
+	struct uffd_region *r = region_new(u, SHMEM, len, MISSING | (wp ? WP : 0), 0);
+	unsigned char *src = pattern_buf(len, 5);
+	struct moved_ctx x = { .r = r };
+	struct uffd_handlers h = { .missing = moved_missing };
+	struct uffd_loop *l = loop_started();
+	char *base = uffd_region_base(r);
+	char *dst = mmap(NULL, 4 * ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct remap_job j = { base + 4 * ps, dst, 4 * ps, NULL };
+
+	ck_assert_ptr_ne(dst, MAP_FAILED);
+	ASSERT_OK(uffd_region_set_source(r, src, len));
+	ASSERT_OK(uffd_loop_add_region(l, r, &h, &x));
+	ASSERT_OK(uffd_loop_start(l, 1));
+	if (wp)	/* the pages to move are protected before their first touch */
+		ASSERT_OK(uffd_region_writeprotect(r, 4 * ps, 4 * ps, true, 0));
+	/* Pages 4..7 move away (the calling thread waits for the loop to read the REMAP). */
+	harness_thread_join(harness_thread_start(do_mremap, &j));
+	ck_assert_ptr_eq(j.ret, dst);
+	ck_assert_ptr_eq(uffd_region_base(r), base);	/* offset 0 stayed */
+	for (size_t i = 0; i < 4; i++)
+		for (size_t b = 0; b < ps; b += 997)
+			ck_assert_uint_eq(harness_load8(dst + i * ps + b), src[(4 + i) * ps + b]);
+	ck_assert_uint_eq(harness_load8(base + 9 * ps + 3), src[9 * ps + 3]);
+	ck_assert_int_eq(atomic_load(&x.wrong), 0);
+	ck_assert_uint_eq(atomic_load(&x.offsets), 0xf0ull | 1ull << 9);
+	if (wp) {	/* the moved pages are mapped write-protected, as they were recorded */
+		ck_assert_uint_ne(harness_pagemap(dst + ps) & PM_UFFD_WP, 0);
+		/* A region call by offset reaches the moved part, and one spanning the parts all of them. */
+		ASSERT_OK(uffd_region_writeprotect(r, 5 * ps, ps, false, 0));
+		ck_assert_uint_eq(harness_pagemap(dst + ps) & PM_UFFD_WP, 0);
+		ck_assert_uint_ne(harness_pagemap(dst + 2 * ps) & PM_UFFD_WP, 0);
+	}
+	ASSERT_OK(uffd_region_zap(r, 0, len));
+	ck_assert_uint_eq(harness_pagemap(dst + 2 * ps) & PM_PRESENT, 0);
+	ck_assert_uint_eq(harness_load8(dst + 3 * ps + 1), src[7 * ps + 1]);	/* from the page cache */
+	/* Offsets 0-1 moved over offsets 4-5: base follows offset 0; 4 is gone, refused by offset. */
+	j = (struct remap_job){ base, dst, 2 * ps, NULL };
+	harness_thread_join(harness_thread_start(do_mremap, &j));
+	ck_assert_ptr_eq(j.ret, dst);
+	ck_assert_ptr_eq(uffd_region_base(r), dst);
+	ASSERT_ERR(uffd_region_zap(r, 4 * ps, ps), -ENOENT, "another mapping moved over it");
+	ASSERT_OK(uffd_region_zap(r, 0, 2 * ps));
+	ck_assert_uint_eq(harness_load8(dst + ps + 2), src[ps + 2]);
+	ck_assert_uint_eq(harness_load8(dst + 2 * ps + 2), src[6 * ps + 2]);
+	uffd_loop_free(l);
+	uffd_region_destroy(r);
+	ck_assert_int_eq(msync(dst, ps, MS_ASYNC), -1);	/* the moved part went with the region */
+	ck_assert_int_eq(errno, ENOMEM);
+	uffd_close(u);
+	free(src);
+}
+END_TEST
+
+/*
+ * The application's own mremap() of a region, then uffd_loop_sync() (no
+ * waiting for the loop's callback): uffd_region_base() is the new address
+ * and a region call works there. 40 times. uffd_loop_sync() from a
+ * handler refuses to wait for its own thread.
+ */
+struct sync_ctx {
+	struct uffd_loop *l;
+	atomic_int ret;
+};
+
+static int sync_in_handler(void *ctx, struct uffd_fault *f)
+{
+	struct sync_ctx *x = ctx;
+
+	(void)f;
+	atomic_store(&x->ret, uffd_loop_sync(x->l, 1000));
+	return UFFD_RESOLVE;
+}
+
+START_TEST(test_remap_at_once)
+{
+	SKIP_UNDER_VALGRIND("valgrind runs mremap(2) without letting other threads run, so the loop never reads the event it waits for");
+	size_t ps = harness_page_size(), len = 5 * ps;
+	struct uffd *u = open_remap(0);
+	struct uffd_region *r = region_new(u, SHMEM, len, MISSING, 0);
+	unsigned char *src = pattern_buf(len, 9);
+	struct uffd_loop *l = loop_started();
+	struct sync_ctx x = { .l = l, .ret = 1 };
+	char *cur = uffd_region_base(r);
+	int stale = 0, failed = 0;
+
+	ASSERT_OK(uffd_loop_add_region(l, r, &(struct uffd_handlers){ .missing = sync_in_handler }, &x));
+	ASSERT_OK(uffd_loop_start(l, 1));
+	for (int i = 0; i < 40; i++) {
+		char *to = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		ck_assert_ptr_ne(to, MAP_FAILED);
+		ck_assert_ptr_eq(mremap(cur, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to), to);
+		cur = to;
+		ASSERT_OK(uffd_loop_sync(l, 5000));	/* the waiting call uffd_region_base(3) names */
+		stale += uffd_region_base(r) != to;
+		failed += uffd_region_populate(r, (size_t)(i % 4) * ps, src, ps, UFFD_POPULATE_MAP) != 0;
+		ck_assert_uint_eq(((volatile unsigned char *)to)[(i % 4) * ps + 5], src[5]);
+	}
+	ck_assert_msg(!stale && !failed, "of 40 moves, %d left uffd_region_base() stale and %d region calls failed (%s)",
+		      stale, failed, uffd_last_error());
+	/* From a handler of the loop: it would wait for its own thread. */
+	ck_assert_uint_eq(harness_load8(cur + 4 * ps), 0);
+	ck_assert_int_eq(atomic_load(&x.ret), -EDEADLK);
+	ASSERT_ERR(uffd_loop_sync(NULL, 0), -EINVAL, "NULL");
+	ASSERT_ERR(uffd_loop_sync(l, -2), -EINVAL, "timeout_ms -2");
+	uffd_loop_free(l);
+	uffd_region_destroy(r);
+	uffd_close(u);
+	free(src);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
 	Suite *s = suite_create("region");
@@ -936,6 +1113,8 @@ static Suite *make_suite(void)
 	tcase_add_test(CASE(callers_fd_hugetlb, 30), test_callers_fd_hugetlb);
 	tcase_add_test(CASE(bad_input, 30), test_bad_input);
 	tcase_add_test(CASE(bad_input_hugetlb, 30), test_bad_input_hugetlb);
+	tcase_add_test(CASE(partial_remap, 30), test_partial_remap);
+	tcase_add_test(CASE(remap_at_once, 30), test_remap_at_once);
 	return s;
 }
 

@@ -84,7 +84,7 @@ static int map_region(const struct vmm *v, struct region *g, bool try_huge)
 
 		g->fd = -1;
 		if (v->memfd) {
-			g->fd = memfd_create("guest-ram", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
+			g->fd = memfd_create("guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING | (huge ? MFD_HUGETLB : 0));
 			if (g->fd < 0 || ftruncate(g->fd, (off_t)g->len))
 				goto next;
 		}

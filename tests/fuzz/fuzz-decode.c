@@ -22,8 +22,8 @@ static struct uffd u = { .fd = -1, .page_size = 4096, .regions = RANGEMAP_INIT }
 static void init(void)
 {
 	static bool done;
-	struct rangemap_entry a = { BASE_A, BASE_A + 16 * 4096, 4096, &ra };
-	struct rangemap_entry b = { BASE_B, BASE_B + 4 * HUGE, HUGE, &rb };
+	struct rangemap_entry a = { BASE_A, BASE_A + 16 * 4096, 4096, &ra, 0 };
+	struct rangemap_entry b = { BASE_B, BASE_B + 4 * HUGE, HUGE, &rb, 0 };
 
 	if (done)
 		return;

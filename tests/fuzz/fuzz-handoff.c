@@ -11,6 +11,7 @@
  * only declared, never touched.
  */
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -38,8 +39,10 @@ static void init(void)
 	if (uffd_open(&u, NULL))
 		abort();
 	for (int i = 0; i < MEMFDS; i++) {
-		memfds[i] = memfd_create("fuzz", MFD_CLOEXEC);
-		if (memfds[i] < 0 || ftruncate(memfds[i], MEMFD_SIZE))
+		/* Sealed against shrinking, as the receiver requires. */
+		memfds[i] = memfd_create("fuzz", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		if (memfds[i] < 0 || ftruncate(memfds[i], MEMFD_SIZE) ||
+		    fcntl(memfds[i], F_ADD_SEALS, F_SEAL_SHRINK))
 			abort();
 	}
 }
