@@ -126,6 +126,29 @@ static int finish(struct proc *p, double seconds, const char *what)
 	return WEXITSTATUS(p->status);
 }
 
+/* Waits up to seconds for p to end, however it ends: its waitpid status; fails when it does not end. */
+static int reap_within(struct proc *p, double seconds, const char *what)
+{
+	double end = harness_now() + seconds;
+
+	while (waitpid(p->pid, &p->status, WNOHANG) == 0) {
+		if (harness_now() > end) {
+			kill(p->pid, SIGKILL);
+			waitpid(p->pid, &p->status, 0);
+			ck_abort_msg("%s did not end within %.1f s", what, seconds);
+		}
+		usleep(1000);
+	}
+	return p->status;
+}
+
+/* p is still running after seconds. */
+static void still_running(struct proc *p, double seconds, const char *what)
+{
+	usleep((useconds_t)(seconds * 1e6));
+	ck_assert_msg(waitpid(p->pid, &p->status, WNOHANG) == 0, "%s ended, status 0x%x", what, p->status);
+}
+
 /* The whole of a small file, NUL-terminated (freed by the caller). */
 static char *slurp(const char *path)
 {
@@ -561,6 +584,38 @@ static void send_message(int s, const char *json, enum fdkind k)
 		close(fds[k == FD_TWO]);
 }
 
+/*
+ * A stand-in VM that sends json with descriptors of kind k, then waits to
+ * be served (as a VM waits on its first fault) until it is killed.
+ */
+static void sender_start(const struct env *e, struct proc *p, const char *json, enum fdkind k)
+{
+	int s;
+
+	p->pid = fork();
+	ck_assert_int_ge(p->pid, 0);
+	if (p->pid)
+		return;
+	signal(SIGTERM, SIG_DFL);	/* the test's handler would end the whole process group */
+	s = connect_retry(e->sock);
+	if (json)
+		send_message(s, json, k);
+	for (;;)
+		pause();
+}
+
+/* The sender was killed by the serve (SIGKILL) when killed, else it still waits and is stopped here. */
+static void sender_end(struct proc *p, bool killed)
+{
+	if (!killed) {
+		still_running(p, 0.05, "the sender");
+		kill(p->pid, SIGTERM);
+	}
+	reap_within(p, 5, "the sender");
+	ck_assert_msg(WIFSIGNALED(p->status) && WTERMSIG(p->status) == (killed ? SIGKILL : SIGTERM),
+		      "the sender ended with status 0x%x; want %s", p->status, killed ? "SIGKILL" : "SIGTERM");
+}
+
 /* The serve's stderr holds exactly one error line, with want in it. */
 static void assert_one_error(const char *file, const char *want)
 {
@@ -571,9 +626,10 @@ static void assert_one_error(const char *file, const char *want)
 		if (!(nl = strchr(line, '\n')))
 			break;
 		*nl = '\0';
-		errors += !strstr(line, "listening on");
-		if (!strstr(line, "listening on"))
-			ck_assert_msg(strstr(line, want), "error line \"%s\" lacks \"%s\"", line, want);
+		if (strstr(line, "listening on") || strstr(line, "uffd-serve: fatal: "))
+			continue;	/* progress, and the decision about the VM (asserted apart) */
+		errors++;
+		ck_assert_msg(strstr(line, want), "error line \"%s\" lacks \"%s\"", line, want);
 	}
 	ck_assert_int_eq(errors, 1);
 	free(err);
@@ -584,17 +640,20 @@ START_TEST(test_bad_handshake)
 	const struct bad *b = &bads[_i];
 	struct env e;
 	struct proc sv;
-	int s;
+
+	struct proc vm;
+	/* A message that came with a userfaultfd leaves a VM waiting: the default policy kills it. */
+	bool killed = b->json && (b->fd == FD_UFFD || b->fd == FD_TWO);
 
 	SETUP(&e, SNAP_MIB);
 	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
 					    "--timeout", "300", NULL });
-	s = connect_retry(e.sock);
-	if (b->json)
-		send_message(s, b->json, b->fd);
+	sender_start(&e, &vm, b->json, b->fd);
 	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), b->exit);
-	close(s);
+	sender_end(&vm, killed);
 	assert_one_error(sv.err, b->line);
+	if (killed)
+		await_text(sv.err, "fatal: VM pid", 1);
 	env_cleanup(&e);
 }
 END_TEST
@@ -606,8 +665,7 @@ START_TEST(test_wrong_mapping)
 	char json[256], *map;
 	uintptr_t a;
 	struct env e;
-	struct proc sv;
-	int s;
+	struct proc sv, vm;
 
 	if (access("/sys/kernel/mm/hugepages/hugepages-2048kB", F_OK))
 		SKIP_TEST("no 2 MiB huge pages on this machine");
@@ -621,10 +679,9 @@ START_TEST(test_wrong_mapping)
 		 (unsigned long long)(_i ? 4096 : 2 * MIB));
 	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
 					    "--timeout", "300", NULL });
-	s = connect_retry(e.sock);
-	send_message(s, json, FD_UFFD);
+	sender_start(&e, &vm, json, FD_UFFD);
 	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 5);
-	close(s);
+	sender_end(&vm, true);
 	assert_one_error(sv.err, want[_i]);
 	munmap(map, 6 * MIB);
 	env_cleanup(&e);
@@ -681,6 +738,181 @@ START_TEST(test_socket_path)
 }
 END_TEST
 
+/* ---- fatal paths: each ends with the policy applied, within a bound ---- */
+
+#define KILL_BOUND_MS 1000.0	/* failure to VM gone, as the serve measures it */
+
+/* The serve's own figure: "killed X ms after the failure"; fails when absent or above the bound. */
+static double killed_ms(const char *errfile)
+{
+	char *err = slurp(errfile), *p = strstr(err, " killed ");
+	double ms;
+
+	ck_assert_msg(p, "no kill line in: %s", err);
+	ms = strtod(p + strlen(" killed "), NULL);
+	ck_assert_msg(ms >= 0 && ms < KILL_BOUND_MS, "the VM was killed %.1f ms after the failure", ms);
+	fprintf(stderr, "# %s: VM killed %.2f ms after the failure\n", errfile, ms);
+	free(err);
+	return ms;
+}
+
+static const char *const policies[] = { "kill", "exit", "wait" };
+
+/*
+ * The snapshot is smaller than the VM's memory: the handshake finds the
+ * mismatch, then each policy: kill (the VM dies of SIGKILL, the serve says
+ * how fast), exit (the serve leaves at once, the VM hangs as documented),
+ * wait (the serve stays until the VM is gone).
+ */
+START_TEST(test_fatal_mismatch)
+{
+	char small[128], opt[32];
+	struct env e;
+	struct proc sv, vm;
+	double t0;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, small, sizeof(small), "small");
+	write_snapshot(small, SNAP_MIB / 2);
+	snprintf(opt, sizeof(opt), "--on-fatal=%s", policies[_i]);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", small, opt, NULL });
+	t0 = harness_now();
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--deadline", "40", NULL });
+	if (_i == 0) {
+		reap_within(&vm, 10, "fc-vmm");
+		ck_assert_msg(WIFSIGNALED(vm.status) && WTERMSIG(vm.status) == SIGKILL, "fc-vmm status 0x%x", vm.status);
+		ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 5);
+		killed_ms(sv.err);
+		fprintf(stderr, "# fatal_mismatch: fc-vmm started to reaped: %.1f ms\n", (harness_now() - t0) * 1e3);
+	} else if (_i == 1) {
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 5);
+		still_running(&vm, 0.2, "fc-vmm");	/* hung on its fault: left to its owner */
+		kill(vm.pid, SIGKILL);
+		waitpid(vm.pid, &vm.status, 0);
+		await_text(sv.err, "leaving VM pid", 1);
+	} else {
+		await_text(sv.err, "waiting for VM pid", 10);
+		still_running(&sv, 0.2, "uffd-serve");
+		kill(vm.pid, SIGKILL);
+		waitpid(vm.pid, &vm.status, 0);
+		ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 5);
+		await_text(sv.err, "exited", 1);
+	}
+	await_text(sv.err, "lies outside the snapshot file", 1);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* The snapshot becomes unreadable in the middle of the restore (truncated): the VM is killed. */
+START_TEST(test_fatal_read_error)
+{
+	char copy[128], cmd[320];
+	struct env e;
+	struct proc sv, vm;
+	double t0;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, copy, sizeof(copy), "copy");	/* fc-vmm checks against e.snap, which stays */
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", e.snap, copy);
+	ck_assert_int_eq(system(cmd), 0);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", copy, "--json", NULL });
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--pace-us", "1000", "--deadline", "40", NULL });
+	await_text(vm.out, "FCVMM resumed", 10);
+	usleep(100000);
+	t0 = harness_now();
+	ck_assert_int_eq(truncate(copy, 0), 0);
+	reap_within(&vm, 5, "fc-vmm");
+	ck_assert_msg(WIFSIGNALED(vm.status) && WTERMSIG(vm.status) == SIGKILL, "fc-vmm status 0x%x", vm.status);
+	fprintf(stderr, "# fatal_read_error: truncation to fc-vmm reaped: %.1f ms\n", (harness_now() - t0) * 1e3);
+	ck_assert_double_lt(harness_now() - t0, 2.0);
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 1);
+	killed_ms(sv.err);
+	await_text(sv.out, "\"end\":\"error\"", 1);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* --memory that cannot be served: refused at start, before the socket exists. */
+static const char *const bad_memory[][2] = {
+	{ "missing", "cannot open the snapshot" },
+	{ "empty", "is empty" },
+	{ "dir", "not a regular file or block device" },
+};
+
+START_TEST(test_bad_memory)
+{
+	char path[128];
+	struct env e;
+	struct proc sv;
+	double t0;
+
+	SETUP(&e, 0);
+	path_in(&e, path, sizeof(path), bad_memory[_i][0]);
+	if (_i == 1)
+		close(open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+	if (_i == 2)
+		ck_assert_int_eq(mkdir(path, 0755), 0);
+	t0 = harness_now();
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", path, NULL });
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 3);
+	ck_assert_double_lt(harness_now() - t0, 2.0);
+	ck_assert_int_eq(access(e.sock, F_OK), -1);	/* no VM could ever connect */
+	assert_one_error(sv.err, bad_memory[_i][1]);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * A trace that cannot be used: missing, truncated, recorded for more
+ * memory than the snapshot (all three found at start, before the socket
+ * listens), or for other regions than the VM's (found at the handshake).
+ * Each is a warning; the VM is restored by demand paging, every byte right.
+ */
+START_TEST(test_bad_trace)
+{
+	static const char *const vo[] = { "--touch-pct", "25", NULL };
+	static const char *const vo4[] = { "--touch-pct", "25", "--regions", "4", NULL };
+	const char *rec[] = { "--record", NULL, NULL }, *rep[] = { "--replay", NULL, NULL };
+	char bad[128], cmd[320], *err, *warn, *listen;
+	struct env e;
+	struct run r;
+	struct stat st;
+
+	SETUP(&e, SNAP_MIB);
+	rec[1] = e.trace;
+	restore(&e, &r, "record", rec, vo);
+	assert_clean(&r, "vm-exit");
+	run_free(&r);
+	path_in(&e, bad, sizeof(bad), "bad.trace");
+	rep[1] = bad;
+	ck_assert_int_eq(stat(e.trace, &st), 0);
+	if (_i == 1) {
+		snprintf(cmd, sizeof(cmd), "head -c %lld '%s' > '%s'", (long long)st.st_size - 9, e.trace, bad);
+		ck_assert_int_eq(system(cmd), 0);
+	} else if (_i >= 2) {
+		ck_assert_int_eq(rename(e.trace, bad), 0);
+	}
+	if (_i == 2)	/* the serve and the VM on half the memory, the trace for all of it */
+		write_snapshot(e.snap, SNAP_MIB / 2);
+	restore(&e, &r, "replay", rep, _i == 3 ? vo4 : vo);
+	assert_clean(&r, "vm-exit");
+	assert_demand(&r);
+	ck_assert_uint_eq(num(r.json, "\"replay\""), 0);
+	err = slurp(r.serve.err);
+	warn = strstr(err, "warning: the trace");
+	listen = strstr(err, "listening on");
+	ck_assert_msg(warn && listen, "%s", err);
+	/* Found at start (before the socket listens), or at the handshake for the VM's layout. */
+	ck_assert_msg(_i == 3 ? warn > listen : warn < listen, "%s", err);
+	ck_assert_msg(strstr(err, "demand paging"), "%s", err);
+	free(err);
+	run_free(&r);
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -712,6 +944,14 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_connect_timeout);
 	tc = CASE(socket_path, 20);
 	tcase_add_test(tc, test_socket_path);
+	tc = CASE(fatal_mismatch, 30);
+	tcase_add_loop_test(tc, test_fatal_mismatch, 0, 3);
+	tc = CASE(fatal_read_error, 30);
+	tcase_add_test(tc, test_fatal_read_error);
+	tc = CASE(bad_memory, 20);
+	tcase_add_loop_test(tc, test_bad_memory, 0, 3);
+	tc = CASE(bad_trace, 60);
+	tcase_add_loop_test(tc, test_bad_trace, 0, 4);
 	return s;
 }
 

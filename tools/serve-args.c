@@ -50,6 +50,10 @@ static void usage(FILE *f)
 		"                        until SIGTERM or SIGINT\n"
 		"  -T, --timeout MS      wait at most MS for the VM to connect and for its message\n"
 		"                        (default %d; 0 waits forever)\n"
+		"      --on-fatal=WHAT   when a VM that handed over its userfaultfd cannot be\n"
+		"                        served: kill (default: SIGKILL through its pidfd), exit\n"
+		"                        (leave it to its owner: it hangs on its next fault) or\n"
+		"                        wait (until it exits)\n"
 		"  -h, --help            print this help\n"
 		"  -V, --version         print the version\n"
 		"\n"
@@ -93,6 +97,14 @@ static uint64_t number(const char *opt, const char *s, uint64_t min, uint64_t ma
 	return v << shift;
 }
 
+static enum fatal_policy fatal_policy(const char *s)
+{
+	for (enum fatal_policy p = FATAL_KILL; p <= FATAL_WAIT; p++)
+		if (!strcmp(s, fatal_policy_name(p)))
+			return p;
+	bad("--on-fatal '%s' is not kill, exit or wait", s);
+}
+
 static void add_replay(struct serve_opts *o, const char *path)
 {
 	const char **v = realloc(o->replay, (o->nreplay + 1) * sizeof(*v));
@@ -105,7 +117,7 @@ static void add_replay(struct serve_opts *o, const char *path)
 
 void serve_args(int argc, char **argv, struct serve_opts *o)
 {
-	enum { OPT_RECORD_MS = 256, OPT_SPIN_US };
+	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -119,6 +131,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "json", no_argument, NULL, 'j' },
 		{ "multi", no_argument, NULL, 'M' },
 		{ "timeout", required_argument, NULL, 'T' },
+		{ "on-fatal", required_argument, NULL, OPT_ON_FATAL },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
@@ -145,6 +158,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		case 'j': o->json = true; break;
 		case 'M': o->multi = true; break;
 		case 'T': o->timeout_ms = (int)number("--timeout", optarg, 0, INT_MAX, false); break;
+		case OPT_ON_FATAL: o->on_fatal = fatal_policy(optarg); break;
 		case 'h':
 			usage(stdout);
 			exit(EXIT_OK);

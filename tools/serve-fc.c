@@ -560,22 +560,26 @@ int fc_receive(int conn, int sigfd, int timeout_ms, uint64_t file_size, struct f
 
 	*h = (struct fc_handshake){ .uffd = -1, .pidfd = -1 };
 	rc = read_message(conn, sigfd, timeout_ms, &m, &root, err, sizeof(err));
+	/*
+	 * Once a userfaultfd is in our hands, whatever else the message holds,
+	 * its VM waits for us: who it is comes first, for the fatal path.
+	 */
+	for (size_t i = 0; i < m.nfds && !h->vm_waits; i++)
+		h->vm_waits = uffd_features_of(m.fds[i], &(uint64_t){ 0 });
+	if (h->vm_waits)
+		peer_identity(conn, h);
 	if (!rc)
 		rc = check_fds(&m, h, err, sizeof(err));
 	if (!rc)
 		rc = parse_table(root, file_size, h, err, sizeof(err));
-	if (!rc) {
-		peer_identity(conn, h);
+	if (!rc)
 		rc = check_mappings(h, err, sizeof(err));
-	}
 	for (size_t i = 0; i < m.nfds; i++)
 		close(m.fds[i]);
 	json_object_put(root);
 	free(m.buf);
 	if (rc && rc != SERVE_STOPPED)
 		serve_fail(rc, "handshake: %s", err);
-	if (rc)
-		fc_handshake_free(h);
 	return rc;
 }
 

@@ -36,8 +36,9 @@ struct serve {
 	int done_fd;		/* eventfd written when the VM exits or the restore completes */
 	atomic_int end;		/* enum serve_end + 1 of the first callback; 0: none */
 	atomic_uint errors;	/* on_error reports */
+	_Atomic uint64_t failed_ns;	/* when the first failure was seen; 0: none */
 	uint64_t t0, first_fault_ns;
-	bool trace_saved;
+	bool trace_saved, record_failed;
 };
 
 static uint64_t now_ns(void)
@@ -55,6 +56,13 @@ static void signal_end(struct serve *sv, enum serve_end why)
 
 	atomic_compare_exchange_strong(&sv->end, &none, (int)why + 1);
 	(void)!write(sv->done_fd, &(uint64_t){ 1 }, sizeof(uint64_t));
+}
+
+static void failed(struct serve *sv)
+{
+	uint64_t none = 0;
+
+	atomic_compare_exchange_strong(&sv->failed_ns, &none, now_ns());
 }
 
 static void on_owner_exit(void *ctx, struct uffd *u)
@@ -79,6 +87,10 @@ static void on_error(void *ctx, const struct uffd_fault *f, int err, const char 
 	n = atomic_fetch_add(&sv->errors, 1);
 	if (n < ERRORS_SHOWN)
 		fprintf(stderr, PROG ": serving%s: %s\n", f ? "" : " (watch)", sentence);
+	failed(sv);
+	/* A page the snapshot cannot give: its fault will never be resolved. Decide now, not at the tick. */
+	if (err == -EIO)
+		signal_end(sv, END_ERROR);
 }
 
 /*
@@ -142,16 +154,20 @@ static int setup_restore(struct serve *sv)
 	return err ? lib_fail("creating the restore", err) : 0;
 }
 
-static int load_traces(struct serve *sv)
+/*
+ * The traces passed the checks at start; what remains is the VM's layout.
+ * A trace that does not fit it is left out (the library keeps what was
+ * loaded before): the VM is served all the same, by demand paging.
+ */
+static void load_traces(struct serve *sv)
 {
 	for (size_t i = 0; i < sv->o->nreplay; i++) {
 		int err = uffd_restore_load_trace(sv->rs, sv->o->replay[i]);
 
 		if (err)
-			return serve_fail(EXIT_SETUP, "cannot replay %s: %s (%s)", sv->o->replay[i],
-					  strerror(-err), uffd_last_error());
+			serve_fail(0, "warning: the trace %s does not fit this VM: %s (%s); serving without it (demand paging)",
+				   sv->o->replay[i], strerror(-err), uffd_last_error());
 	}
-	return 0;
 }
 
 /* The loop, watching the VM: its exit stops the loop and wakes the main thread. */
@@ -192,15 +208,18 @@ static int tick(struct serve *sv)
 {
 	struct uffd_restore_stats st = { .size = sizeof(st) };
 
-	if (uffd_restore_wait(sv->rs, 0) == -EIO)
+	if (uffd_restore_wait(sv->rs, 0) == -EIO) {
+		failed(sv);
 		return serve_fail(EXIT_SERVE, "a page of the snapshot cannot be read: %s", uffd_last_error());
+	}
 	if (!sv->o->record_ms || sv->trace_saved || uffd_restore_stats(sv->rs, &st))
 		return 0;
 	if (!sv->first_fault_ns && st.faults[0] + st.faults[1] + st.faults[2])
 		sv->first_fault_ns = now_ns();
 	/* The engine stops recording record_ms after the first fault; save what it has then. */
+	/* A trace that cannot be written is no reason to stop serving the VM: the exit status says it. */
 	if (sv->first_fault_ns && now_ns() - sv->first_fault_ns > (sv->o->record_ms + TICK_MS) * 1000000ull)
-		return save_trace(sv);
+		sv->record_failed = save_trace(sv) != 0;
 	return 0;
 }
 
@@ -293,16 +312,23 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 		rc = setup_restore(&sv);
 	if (!rc)
 		rc = setup_regions(&sv, snap_fd);
-	if (!rc)
-		rc = load_traces(&sv);
-	if (!rc)
+	if (!rc) {
+		load_traces(&sv);
 		rc = start_loop(&sv, conn);
+	}
 	if (!rc)
 		s->end = wait_end(&sv, sigfd);
 	if (s->end == END_DETACHED)
 		fprintf(stderr, PROG ": detached: every page of the VM is present; it no longer needs this process\n");
+	/* The VM still depends on us and we cannot go on: decide, before the loop goes. */
+	if (rc || s->end == END_ERROR)
+		rc = serve_fatal(o, h, sigfd, rc ? rc : EXIT_SERVE,
+				 rc ? "the serve of the VM could not be set up" : "the serve of the VM broke",
+				 atomic_load(&sv.failed_ns));
 	if (!rc && o->record)	/* again at exit: the trace holds every page recorded */
 		rc = save_trace(&sv);
+	if (!rc && sv.record_failed)
+		rc = EXIT_SERVE;
 	summarize(&sv, s);
 	/* Once the VM is gone, what the restore could not finish no longer matters. */
 	if (!rc && (s->end == END_ERROR || s->errors ||

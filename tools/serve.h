@@ -5,6 +5,8 @@
  * serve-fc.c     Firecracker's handshake: socket, message, JSON, checks
  * serve-run.c    serving one VM with the library's restore engine and loop
  * serve-stats.c  the summary, as text or JSON
+ * serve-fatal.c  what becomes of a VM that cannot be served (--on-fatal)
+ * serve-check.c  the checks at start: traces and output paths
  */
 #ifndef UFFD_SERVE_H
 #define UFFD_SERVE_H
@@ -27,6 +29,9 @@ enum {
 	SERVE_STOPPED = 100,	/* not an exit status: a signal came first */
 };
 
+/* --on-fatal: what a fatal error does to the VM that waits for this process. */
+enum fatal_policy { FATAL_KILL, FATAL_EXIT, FATAL_WAIT };
+
 struct serve_opts {
 	const char *socket;	/* the Unix socket to listen on */
 	const char *memory;	/* the memory snapshot file */
@@ -40,6 +45,7 @@ struct serve_opts {
 	unsigned spin_us;	/* a loop thread polls this long before sleeping */
 	bool stats, json, multi;
 	int timeout_ms;		/* for the connection and for the message; 0: none */
+	enum fatal_policy on_fatal;
 };
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
@@ -64,6 +70,7 @@ struct fc_handshake {
 	uint64_t features;	/* as the kernel reports them for it */
 	pid_t pid;		/* SO_PEERCRED; 0 when in another pid namespace */
 	int pidfd;		/* of pid, or -1 */
+	bool vm_waits;		/* it handed over its userfaultfd: without us it hangs */
 	struct fc_region *r;
 	size_t n;
 };
@@ -80,6 +87,7 @@ int fc_accept(int lsock, int sigfd, int timeout_ms);
  * Reads the VM's one message (the userfaultfd and the JSON region table)
  * within timeout_ms and checks it against a snapshot of file_size bytes.
  * 0, SERVE_STOPPED on a signal, or an EXIT_* code after printing one line.
+ * h is filled as far as it got (h->vm_waits, h->pidfd) and the caller frees it.
  */
 int fc_receive(int conn, int sigfd, int timeout_ms, uint64_t file_size, struct fc_handshake *h);
 void fc_handshake_free(struct fc_handshake *h);
@@ -108,6 +116,25 @@ struct serve_summary {
 /* Serves the VM of h until it exits, the serve detaches, or a signal. Returns an EXIT_* code. */
 int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, int sigfd,
 	     int conn, struct serve_summary *s);
+
+/* ---- serve-fatal.c ---- */
+
+const char *fatal_policy_name(enum fatal_policy p);
+/*
+ * A fatal error on the VM of h (why: a few words, the error line was printed
+ * before), first seen at failed_ns (CLOCK_MONOTONIC; 0: now): applies
+ * o->on_fatal to it when it waits for us, logs the decision and, for kill,
+ * the time from the failure until the VM was gone. Returns code.
+ */
+int serve_fatal(const struct serve_opts *o, const struct fc_handshake *h, int sigfd, int code,
+		const char *why, uint64_t failed_ns);
+
+/* ---- serve-check.c ---- */
+
+/* The traces to replay, checked now: an unusable one is dropped with a warning. */
+void check_traces(struct serve_opts *o, int snap_fd, uint64_t snap_size);
+/* --record's directory can take the trace: 0, or EXIT_SETUP after one line. */
+int check_outputs(const struct serve_opts *o);
 
 /* ---- serve-stats.c ---- */
 

@@ -53,6 +53,13 @@ static int open_snapshot(const char *path, uint64_t *size)
 	}
 	end = lseek(fd, 0, SEEK_END);
 	*size = end > 0 ? (uint64_t)end : 0;
+	/* Found now, before a VM connects and waits on its first fault. */
+	if (!*size || pread(fd, &(char){ 0 }, 1, 0) != 1) {
+		serve_fail(EXIT_SETUP, "the snapshot %s %s", path,
+			   *size ? "cannot be read" : "is empty; --memory is the guest memory file, not the VM state file");
+		close(fd);
+		return -EXIT_SETUP;
+	}
 	return fd;
 }
 
@@ -82,9 +89,13 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 
 	rc = fc_receive(conn, sigfd, o->timeout_ms, size, &h);
 	if (rc == SERVE_STOPPED)
-		return EXIT_OK;		/* stopped before the VM said anything */
-	if (rc)
+		rc = EXIT_OK;		/* stopped before the VM said anything */
+	else if (rc)
+		rc = serve_fatal(o, &h, sigfd, rc, "the VM's handshake cannot be served", 0);
+	if (rc || !h.vm_waits) {
+		fc_handshake_free(&h);
 		return rc;
+	}
 	fprintf(stderr, PROG ": serving VM pid %d: %zu regions from %s\n", (int)h.pid, h.n, o->memory);
 	rc = serve_vm(o, &h, snap_fd, sigfd, conn, &s);
 	fc_handshake_free(&h);
@@ -169,8 +180,11 @@ int main(int argc, char **argv)
 	int snap, sigfd, lsock, conn, rc;
 
 	serve_args(argc, argv, &o);
+	if ((rc = check_outputs(&o)))
+		return rc;
 	if ((snap = open_snapshot(o.memory, &size)) < 0)
 		return -snap;
+	check_traces(&o, snap, size);
 	if ((sigfd = signals_fd()) < 0)
 		return -sigfd;
 	if ((lsock = fc_listen(o.socket)) < 0)
