@@ -892,6 +892,22 @@ int uffd_restore_start(struct uffd_restore *rs, struct uffd_loop *l);
 int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms);
 
 /**
+ * Finish the restore now, for a handler that must go (a drain before its
+ * exit or upgrade): from this call on it brings in every page not yet
+ * present as fast as the demand faults allow, whatever UFFD_RESTORE_FILL
+ * and fill_rate say, and when every page is present unregisters every
+ * region and calls on_complete, as if it had been made with
+ * UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH. Then the served process no longer
+ * needs the handler. It returns at once; wait with uffd_restore_wait().
+ * Any thread, after uffd_restore_start() (since 0.4).
+ * @return 0; -EINVAL (NULL, not started); -EALREADY (every page was present
+ *         before, without UFFD_RESTORE_DETACH: the regions stay registered,
+ *         nothing is missing: unregister them); -ESRCH / -EIO (the restore
+ *         ended first: the owner exited / a page could not be read).
+ */
+int uffd_restore_finish(struct uffd_restore *rs);
+
+/**
  * Write the pages recorded so far (UFFD_RESTORE_RECORD) to @p path,
  * replacing it atomically (a temporary file, then rename(2)).
  * @return 0; -EINVAL (NULL, not recording, not started); -errno of the file calls.

@@ -229,8 +229,10 @@ void rs__finish(struct uffd_restore *rs)
 	/* Unregistering may allocate (the handle's range table) and on_complete is user code. */
 	while (!uffd__gate_enter())
 		nanosleep(&nap, NULL);
-	if (rs->o.flags & UFFD_RESTORE_DETACH)
+	if ((rs->o.flags & UFFD_RESTORE_DETACH) || atomic_load(&rs->finishing)) {
 		detach(rs);
+		atomic_store(&rs->detached, true);
+	}
 	if (rs->o.on_complete)
 		rs->o.on_complete(rs->o.ctx, rs);
 	uffd__gate_leave();

@@ -13,6 +13,7 @@
 #include "serve.h"
 
 #define DEFAULT_TIMEOUT_MS 60000
+#define DEFAULT_DRAIN_MS 30000
 
 int serve_fail(int code, const char *fmt, ...)
 {
@@ -54,12 +55,15 @@ static void usage(FILE *f)
 		"                        served: kill (default: SIGKILL through its pidfd), exit\n"
 		"                        (leave it to its owner: it hangs on its next fault) or\n"
 		"                        wait (until it exits)\n"
+		"      --drain-timeout MS  on SIGTERM or SIGINT, each VM has MS to get every page\n"
+		"                        and be detached; then --on-fatal (default %d; 0: at once)\n"
 		"  -h, --help            print this help\n"
 		"  -V, --version         print the version\n"
 		"\n"
-		"Exit status: 0 when the VM exited, the serve detached or a signal ended it;\n"
+		"Exit status: 0 when the VM exited or the serve detached (also in a drain);\n"
 		"1 serving failed; 2 usage; 3 snapshot or socket unusable; 4 timeout;\n"
-		"5 the VM's message is unusable.\n", DEFAULT_TIMEOUT_MS);
+		"5 the VM's message is unusable; 6 a VM did not drain in time.\n",
+		DEFAULT_TIMEOUT_MS, DEFAULT_DRAIN_MS);
 }
 
 static _Noreturn void bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -117,7 +121,7 @@ static void add_replay(struct serve_opts *o, const char *path)
 
 void serve_args(int argc, char **argv, struct serve_opts *o)
 {
-	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL };
+	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -132,13 +136,14 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "multi", no_argument, NULL, 'M' },
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "on-fatal", required_argument, NULL, OPT_ON_FATAL },
+		{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
 	int c;
 
-	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS };
+	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS, .drain_ms = DEFAULT_DRAIN_MS };
 	while ((c = getopt_long(argc, argv, "s:m:r:p:f::t:SjMT:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': o->socket = optarg; break;
@@ -159,6 +164,9 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		case 'M': o->multi = true; break;
 		case 'T': o->timeout_ms = (int)number("--timeout", optarg, 0, INT_MAX, false); break;
 		case OPT_ON_FATAL: o->on_fatal = fatal_policy(optarg); break;
+		case OPT_DRAIN_TIMEOUT:
+			o->drain_ms = (unsigned)number("--drain-timeout", optarg, 0, INT_MAX, false);
+			break;
 		case 'h':
 			usage(stdout);
 			exit(EXIT_OK);

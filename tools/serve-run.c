@@ -37,6 +37,7 @@ struct serve {
 	atomic_int end;		/* enum serve_end + 1 of the first callback; 0: none */
 	atomic_uint errors;	/* on_error reports */
 	_Atomic uint64_t failed_ns;	/* when the first failure was seen; 0: none */
+	atomic_bool draining;	/* SIGTERM came: finishing the restore, then detaching */
 	uint64_t t0, first_fault_ns;
 	bool trace_saved, record_failed;
 };
@@ -71,10 +72,14 @@ static void on_owner_exit(void *ctx, struct uffd *u)
 	signal_end(ctx, END_VM_EXIT);
 }
 
+/* Every page present: with --fill or in a drain the regions are unregistered by now. */
 static void on_complete(void *ctx, struct uffd_restore *rs)
 {
+	struct serve *sv = ctx;
+
 	(void)rs;
-	signal_end(ctx, END_DETACHED);
+	if (sv->o->fill || atomic_load(&sv->draining))
+		signal_end(ctx, END_DETACHED);
 }
 
 static void on_error(void *ctx, const struct uffd_fault *f, int err, const char *sentence)
@@ -147,7 +152,7 @@ static int setup_restore(struct serve *sv)
 		.size = sizeof(ro), .fill_rate = o->fill_rate, .record_ms = o->record_ms,
 		.flags = (o->fill ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
 			 (o->record ? UFFD_RESTORE_RECORD : 0),
-		.on_complete = o->fill ? on_complete : NULL, .ctx = sv,
+		.on_complete = on_complete, .ctx = sv,
 	};
 	int err = uffd_restore_new(&sv->rs, &ro);
 
@@ -245,6 +250,74 @@ static enum serve_end wait_end(struct serve *sv, int sigfd)
 	}
 }
 
+static int64_t mono_ms(void)
+{
+	return (int64_t)(now_ns() / 1000000u);
+}
+
+/* Without UFFD_RESTORE_DETACH a restore that completed keeps the regions registered: let go of them here. */
+static int unregister_all(struct serve *sv)
+{
+	for (size_t i = 0; i < sv->nr; i++) {
+		int err = uffd_unregister(sv->u, uffd_region_base(sv->r[i]), uffd_region_length(sv->r[i]));
+
+		if (err && err != -ENOENT)
+			return lib_fail("unregistering a region of the VM", err);
+	}
+	return 0;
+}
+
+/*
+ * SIGTERM: the VM must not depend on us any more. Every page not yet present
+ * comes in as fast as the faults allow, then the regions are unregistered
+ * (detach) -- within o->drain_ms; a second signal ends the wait. What is
+ * left then takes the fatal path. Returns an EXIT_* code and sets *end.
+ */
+static int drain(struct serve *sv, int sigfd, enum serve_end *end)
+{
+	struct pollfd p[2] = { { .fd = sv->done_fd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN } };
+	int64_t deadline = mono_ms() + sv->o->drain_ms;
+	struct signalfd_siginfo si;
+	int err;
+
+	fprintf(stderr, PROG ": draining VM pid %d: bringing in every page, then detaching (--drain-timeout %u ms)\n",
+		(int)sv->h->pid, sv->o->drain_ms);
+	atomic_store(&sv->draining, true);
+	err = sv->o->drain_ms ? uffd_restore_finish(sv->rs) : -ETIMEDOUT;
+	if (err == -EALREADY) {	/* every page came in before, and nothing detached */
+		*end = END_DETACHED;
+		return unregister_all(sv);
+	}
+	while (!err) {
+		int64_t left = deadline - mono_ms();
+		int n = left > 0 ? poll(p, 2, (int)(left < TICK_MS ? left : TICK_MS)) : 0;
+
+		if (n > 0 && p[0].revents) {
+			*end = (enum serve_end)(atomic_load(&sv->end) - 1);
+			if (*end != END_ERROR)
+				return EXIT_OK;
+			err = -EIO;
+		} else if (n > 0 && p[1].revents) {
+			(void)!read(sigfd, &si, sizeof(si));
+			err = -EINTR;
+		} else if (left <= 0) {
+			err = -ETIMEDOUT;
+		} else if (uffd_restore_wait(sv->rs, 0) == -EIO) {
+			err = -EIO;
+		}
+	}
+	*end = END_SIGNAL;
+	failed(sv);
+	if (err == -EIO)
+		return serve_fail(EXIT_SERVE, "draining: a page of the snapshot cannot be read: %s", uffd_last_error());
+	if (err == -EINTR)
+		return serve_fail(EXIT_DRAIN, "draining: a second signal ended the drain");
+	if (err == -ETIMEDOUT)
+		return serve_fail(EXIT_DRAIN, "draining: not every page of the VM came in within --drain-timeout %u ms",
+				  sv->o->drain_ms);
+	return serve_fail(EXIT_DRAIN, "draining: %s (%s)", strerror(-err), uffd_last_error());
+}
+
 static void histogram_sum(const struct uffd_restore_stats *st, uint64_t *h)
 {
 	for (int k = 0; k < 3; k++)
@@ -306,6 +379,7 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 	struct serve sv = { .o = o, .h = h, .t0 = now_ns(),
 			    .done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) };
 	int rc = sv.done_fd < 0 ? serve_fail(EXIT_SERVE, "eventfd: %s", strerror(errno)) : 0;
+	bool started;
 
 	*s = (struct serve_summary){ .end = END_ERROR };
 	if (!rc)
@@ -316,14 +390,18 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 		load_traces(&sv);
 		rc = start_loop(&sv, conn);
 	}
+	started = !rc;
 	if (!rc)
 		s->end = wait_end(&sv, sigfd);
+	if (!rc && s->end == END_SIGNAL)
+		rc = drain(&sv, sigfd, &s->end);
 	if (s->end == END_DETACHED)
 		fprintf(stderr, PROG ": detached: every page of the VM is present; it no longer needs this process\n");
 	/* The VM still depends on us and we cannot go on: decide, before the loop goes. */
 	if (rc || s->end == END_ERROR)
 		rc = serve_fatal(o, h, sigfd, rc ? rc : EXIT_SERVE,
-				 rc ? "the serve of the VM could not be set up" : "the serve of the VM broke",
+				 rc == EXIT_DRAIN ? "the drain did not finish" : started ?
+				 "the serve of the VM broke" : "the serve of the VM could not be set up",
 				 atomic_load(&sv.failed_ns));
 	if (!rc && o->record)	/* again at exit: the trace holds every page recorded */
 		rc = save_trace(&sv);

@@ -26,6 +26,7 @@ enum {
 	EXIT_SETUP = 3,		/* the snapshot or the socket cannot be used */
 	EXIT_TIMEOUT = 4,	/* no VM connected, or it sent no message, in time */
 	EXIT_HANDSHAKE = 5,	/* the VM's message is unusable: no fd, bad JSON, bad regions */
+	EXIT_DRAIN = 6,		/* SIGTERM: a VM did not finish within --drain-timeout; --on-fatal applied */
 	SERVE_STOPPED = 100,	/* not an exit status: a signal came first */
 };
 
@@ -46,6 +47,7 @@ struct serve_opts {
 	bool stats, json, multi;
 	int timeout_ms;		/* for the connection and for the message; 0: none */
 	enum fatal_policy on_fatal;
+	unsigned drain_ms;	/* SIGTERM: how long the VMs have to finish */
 };
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
@@ -113,7 +115,11 @@ struct serve_summary {
 	int fds_leaked;		/* descriptors open after cleanup that were not before */
 };
 
-/* Serves the VM of h until it exits, the serve detaches, or a signal. Returns an EXIT_* code. */
+/*
+ * Serves the VM of h until it exits or the serve detaches; on a signal,
+ * drains (every page in, then detach) within o->drain_ms. A VM left
+ * depending on us takes the fatal path. Returns an EXIT_* code.
+ */
 int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, int sigfd,
 	     int conn, struct serve_summary *s);
 

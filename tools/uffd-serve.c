@@ -88,8 +88,9 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	int before = count_fds(), rc;
 
 	rc = fc_receive(conn, sigfd, o->timeout_ms, size, &h);
-	if (rc == SERVE_STOPPED)
-		rc = EXIT_OK;		/* stopped before the VM said anything */
+	if (rc == SERVE_STOPPED)	/* stopped in the middle of the VM's message */
+		rc = serve_fatal(o, &h, sigfd, h.vm_waits ? EXIT_DRAIN : EXIT_OK,
+				 "a signal came in the middle of the VM's handshake", 0);
 	else if (rc)
 		rc = serve_fatal(o, &h, sigfd, rc, "the VM's handshake cannot be served", 0);
 	if (rc || !h.vm_waits) {
@@ -105,8 +106,8 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	return rc;
 }
 
-/* Child pid ended with status st: off the list, and said when it failed. */
-static void reaped(pid_t *kids, size_t *n, pid_t pid, int st)
+/* Child pid ended with status st: off the list, and said when it failed. Returns its exit status (1 for a signal). */
+static int reaped(pid_t *kids, size_t *n, pid_t pid, int st)
 {
 	for (size_t i = 0; i < *n; i++)
 		if (kids[i] == pid)
@@ -114,16 +115,47 @@ static void reaped(pid_t *kids, size_t *n, pid_t pid, int st)
 	if (!WIFEXITED(st) || WEXITSTATUS(st))
 		serve_fail(0, "the serve of one VM (process %d) ended with %s %d", (int)pid,
 			   WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+	return WIFEXITED(st) ? WEXITSTATUS(st) : EXIT_SERVE;
 }
 
-/* Every child that ended; with wait, until none is left. */
-static void reap(pid_t *kids, size_t *n, bool wait)
+/* Every child that ended, without waiting. */
+static void reap(pid_t *kids, size_t *n)
 {
 	pid_t pid;
 	int st;
 
-	while ((wait ? *n : 1) && (pid = waitpid(-1, &st, wait ? 0 : WNOHANG)) > 0)
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
 		reaped(kids, n, pid, st);
+}
+
+/*
+ * The drain of --multi: every child got SIGTERM and drains its VM (bounded
+ * by --drain-timeout and the fatal path); wait for each, passing on a
+ * further signal. 0 when every VM drained; EXIT_DRAIN when one did not in
+ * time; EXIT_SERVE when one failed otherwise.
+ */
+static int drain_children(pid_t *kids, size_t *n, int sigfd)
+{
+	struct pollfd p = { .fd = sigfd, .events = POLLIN };
+	struct signalfd_siginfo si;
+	int rc = EXIT_OK;
+
+	for (size_t i = 0; i < *n; i++)
+		kill(kids[i], SIGTERM);
+	while (*n) {
+		pid_t pid;
+		int st, code;
+
+		while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+			if ((code = reaped(kids, n, pid, st)) && rc != EXIT_DRAIN)
+				rc = code == EXIT_DRAIN ? EXIT_DRAIN : EXIT_SERVE;
+		if (!*n || poll(&p, 1, -1) <= 0)
+			continue;
+		while (read(sigfd, &si, sizeof(si)) == sizeof(si))
+			for (size_t i = 0; si.ssi_signo != SIGCHLD && i < *n; i++)
+				kill(kids[i], (int)si.ssi_signo);
+	}
+	return rc;
 }
 
 /* true when the signal read from sigfd asks to stop. */
@@ -134,12 +166,13 @@ static bool stop_signal(int sigfd, pid_t *kids, size_t *n)
 
 	while (read(sigfd, &si, sizeof(si)) == sizeof(si))
 		stop |= si.ssi_signo != SIGCHLD;
-	reap(kids, n, false);
+	reap(kids, n);
 	return stop;
 }
 
 /*
- * --multi: accept until a signal, a child per VM. The fork happens in this
+ * --multi: accept until a signal, a child per VM; then stop accepting and
+ * drain every child (a VM is never abandoned). The fork happens in this
  * single-threaded process before the child creates any thread.
  */
 static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint64_t size, int sigfd)
@@ -167,10 +200,11 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 		kids[n++] = pid;
 		close(conn);
 	}
-	for (size_t i = 0; i < n; i++)
-		kill(kids[i], SIGTERM);
-	reap(kids, &n, true);
-	return EXIT_OK;
+	close(lsock);		/* no VM connects from now on */
+	unlink(o->socket);
+	if (n)
+		fprintf(stderr, PROG ": draining %zu VMs (--drain-timeout %u ms each)\n", n, o->drain_ms);
+	return drain_children(kids, &n, sigfd);
 }
 
 int main(int argc, char **argv)
@@ -199,10 +233,6 @@ int main(int argc, char **argv)
 		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, snap, size, sigfd);
 		if (conn >= 0)
 			close(conn);
-	}
-	if (o.multi) {
-		close(lsock);
-		unlink(o.socket);
 	}
 	close(sigfd);
 	close(snap);
