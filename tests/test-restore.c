@@ -487,6 +487,59 @@ END_TEST
 START_TEST(fill_detach_memfd) { fill_detach_case(true); }
 END_TEST
 
+/*
+ * uffd_restore_finish() on a demand-only restore: it fills and detaches as
+ * if made with FILL|DETACH; when every page came in by demand already, it
+ * detaches all the same.
+ */
+START_TEST(finish)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .on_complete = on_complete, .ctx = &completions };
+	size_t npages = 512;
+	struct uffd_restore_stats s;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	atomic_store(&completions, 0);
+	if (!env_anon(&e, npages, harness_page_size(), true))
+		SKIP_NO_UFFD();
+	env_restore(&e, &o);
+	ck_assert_int_eq(uffd_restore_finish(e.rs), -EINVAL);	/* not started */
+	ck_assert_int_eq(uffd_restore_finish(NULL), -EINVAL);
+	env_start(&e);
+	check_page(e.mem, e.ps, 100, false);
+	ck_assert_int_eq(uffd_restore_wait(e.rs, 50), -ETIMEDOUT);	/* no fill of its own */
+	ASSERT_OK(uffd_restore_finish(e.rs));
+	ASSERT_OK(uffd_restore_wait(e.rs, 10000));
+	ck_assert_int_eq(atomic_load(&completions), 1);
+	ck_assert(!smaps_um(e.mem));
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_present, npages);
+	ck_assert_uint_eq(s.pages_filled + s.pages_demand, npages);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, false);
+	ASSERT_OK(uffd_restore_finish(e.rs));	/* again: nothing changes */
+	env_free(&e);
+
+	/* Every page by demand first. */
+	atomic_store(&completions, 0);
+	if (!env_anon(&e, 16, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	env_restore(&e, &o);
+	env_start(&e);
+	for (size_t p = 0; p < 16; p++)
+		check_page(e.mem, e.ps, p, false);
+	ck_assert(wait_for(e.rs, present_at_least, 16, 2));
+	ck_assert(smaps_um(e.mem));
+	ASSERT_OK(uffd_restore_finish(e.rs));
+	ASSERT_OK(uffd_restore_wait(e.rs, 10000));
+	ck_assert_int_eq(atomic_load(&completions), 1);
+	ck_assert(!smaps_um(e.mem));
+	env_free(&e);
+}
+END_TEST
+
 /* ---- pages given back during the restore ---- */
 
 START_TEST(remove_during_restore)
@@ -702,6 +755,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, fill_detach_anon);
 	tc = CASE(fill_detach_memfd, 20);
 	tcase_add_test(tc, fill_detach_memfd);
+	tc = CASE(finish, 20);
+	tcase_add_test(tc, finish);
 	tc = CASE(remove_during_restore, 20);
 	tcase_add_test(tc, remove_during_restore);
 	tc = CASE(bad_traces, 20);
