@@ -619,6 +619,25 @@ static int connect_retry(const char *path)
 	}
 }
 
+/* One sendmsg of json with descriptor fd, as Firecracker sends it. */
+static void send_message_fd(int s, const char *json, int fd)
+{
+	union {
+		char b[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} ctl = { 0 };
+	struct iovec iov = { .iov_base = (void *)json, .iov_len = strlen(json) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	(void)!sendmsg(s, &mh, MSG_NOSIGNAL);
+}
+
 /* One sendmsg of json with the descriptors of kind k, as Firecracker would. */
 static void send_message(int s, const char *json, enum fdkind k)
 {
@@ -983,6 +1002,198 @@ START_TEST(test_bad_trace)
 }
 END_TEST
 
+/* ---- who may connect ---- */
+
+#define NOBODY 65534
+#define PEER_PAGES 4
+
+enum peer_want { PEER_REFUSED, PEER_SERVED, PEER_NO_CONNECT };
+
+/*
+ * A forked peer that becomes user nobody after it opened a userfaultfd and
+ * registered PEER_PAGES of its memory (as a jailed VM would have), then
+ * connects and sends that memory as a region served from offset 0 of the
+ * snapshot. Its exit status: 0 when what happened is want; 10 the connect
+ * failed otherwise than want; 11 a page became present (a snapshot byte
+ * arrived) although refused; 12 no EOF: the serve kept the connection;
+ * 13 served the wrong bytes; 20 setup.
+ */
+static int peer_child(const struct env *e, enum peer_want want)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE), len = PEER_PAGES * ps;
+	unsigned char vec[PEER_PAGES];
+	char json[256], c;
+	struct uffd *u = NULL;
+	int s;
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	signal(SIGTERM, SIG_DFL);
+	alarm(10);	/* a page never served would hang this child: the alarm ends it */
+	if (mem == MAP_FAILED || uffd_open(&u, NULL) || uffd_register(u, mem, len, UFFDIO_REGISTER_MODE_MISSING, NULL))
+		return 20;
+	if (setgid(NOBODY) || setuid(NOBODY))
+		return 20;
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", e->sock);
+	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (connect(s, (struct sockaddr *)&a, sizeof(a)))
+		return want == PEER_NO_CONNECT && errno == EACCES ? 0 : 10;
+	if (want == PEER_NO_CONNECT)
+		return 10;
+	snprintf(json, sizeof(json), "[" "{\"base_host_virt_addr\":%llu,\"size\":%zu,\"offset\":0,\"page_size\":%zu}]",
+		 (unsigned long long)(uintptr_t)mem, len, ps);
+	send_message_fd(s, json, uffd_fd(u));
+	if (want == PEER_SERVED)	/* the first word of the snapshot (write_snapshot) */
+		return *(volatile uint64_t *)mem == 1 ? 0 : 13;
+	/* Refused: the serve closes the connection, and no page of ours is ever filled. */
+	if (read(s, &c, 1) > 0)	/* 0 at EOF, or ECONNRESET: our message was never read */
+		return 12;
+	usleep(100000);
+	if (mincore(mem, len, vec))
+		return 20;
+	for (int i = 0; i < PEER_PAGES; i++)
+		if (vec[i] & 1)
+			return 11;
+	return 0;
+}
+
+static void peer_start(const struct env *e, struct proc *p, enum peer_want want)
+{
+	p->pid = fork();
+	ck_assert_int_ge(p->pid, 0);
+	if (!p->pid)
+		_exit(peer_child(e, want));
+}
+
+static void peer_end(struct proc *p)
+{
+	reap_within(p, 15, "the peer");
+	ck_assert_msg(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0, "the peer ended with status 0x%x",
+		      p->status);
+}
+
+static void await_listening(const struct env *e, const struct proc *sv)
+{
+	await_text(sv->err, "listening on", 5);
+	(void)e;
+}
+
+/*
+ * A local user that is not allowed (nobody; the socket opened to all with
+ * --socket-mode 0666, so that only the peer check stands in its way)
+ * connects and sends its userfaultfd and a table: it is refused, gets no
+ * snapshot byte, and the serve goes on to restore the real VM. _i: 0 one
+ * VM, 1 --multi.
+ */
+START_TEST(test_peer_refused)
+{
+	struct env e;
+	struct proc sv, peer, vm;
+	char *err;
+
+	SETUP(&e, SNAP_MIB);
+	ck_assert_int_eq(chmod(e.dir, 0755), 0);	/* nobody may reach the socket */
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--socket-mode", "0666", "--json", _i ? "--multi" : NULL, NULL });
+	await_listening(&e, &sv);
+	peer_start(&e, &peer, PEER_REFUSED);
+	peer_end(&peer);
+	await_text(sv.err, "refused a connection from pid", 2);
+	err = slurp(sv.err);
+	ck_assert_msg(strstr(err, "(uid 65534, gid 65534)") && !strstr(err, "serving VM"), "%s", err);
+	free(err);
+	/* The real VM after it: served as ever. */
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--deadline", "40", NULL });
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	if (_i) {
+		await_text(sv.out, "\"end\":\"vm-exit\"", 10);
+		kill(sv.pid, SIGTERM);
+	}
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The socket's owner and mode, whatever the umask: by default 0600 and this
+ * process's, so nobody cannot even connect; with --socket-owner naming
+ * nobody (a jailed VM's uid), it is nobody's, and nobody is served.
+ */
+START_TEST(test_socket_owner)
+{
+	struct env e;
+	struct proc sv, peer;
+	struct stat st;
+	mode_t old = umask(0);
+
+	SETUP(&e, SNAP_MIB);
+	ck_assert_int_eq(chmod(e.dir, 0755), 0);	/* nobody may reach the socket's directory */
+	ck_assert_int_eq(chmod(e.snap, 0600), 0);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    _i ? "--socket-owner" : NULL, "65534", NULL });
+	umask(old);
+	await_listening(&e, &sv);
+	ck_assert_int_eq(lstat(e.sock, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0600);
+	ck_assert_uint_eq(st.st_uid, _i ? NOBODY : geteuid());
+	peer_start(&e, &peer, _i ? PEER_SERVED : PEER_NO_CONNECT);
+	peer_end(&peer);
+	if (_i) {	/* the peer exited once served: so does the serve */
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	} else {
+		kill(sv.pid, SIGTERM);
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	}
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * --multi: idle connections cannot lock real VMs out. With --max-per-peer 2
+ * the third connection of one uid is refused at once; the first two get
+ * nothing and are closed after --handshake-timeout; a real VM is then
+ * served.
+ */
+START_TEST(test_idle_peers)
+{
+	struct env e;
+	struct proc sv, vm;
+	int s[3];
+	double t0, t;
+	char c;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--multi",
+					    "--max-per-peer", "2", "--handshake-timeout", "400", NULL });
+	t0 = harness_now();
+	for (int i = 0; i < 3; i++) {
+		s[i] = connect_retry(e.sock);
+		usleep(50000);	/* accepted in this order */
+	}
+	ck_assert_int_eq(read(s[2], &c, 1), 0);
+	t = harness_now() - t0;
+	ck_assert_msg(t < 0.35, "the connection over the limit was closed after %.3f s", t);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(read(s[i], &c, 1), 0);
+		t = harness_now() - t0;
+		ck_assert_msg(t >= 0.35 && t < 3, "an idle connection was closed after %.3f s", t);
+		close(s[i]);
+	}
+	close(s[2]);
+	await_text(sv.err, "--max-per-peer", 1);
+	await_text(sv.err, "sent no message within 400 ms", 2);
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--deadline", "40", NULL });
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	usleep(100000);
+	kill(sv.pid, SIGTERM);
+	/* The idle connections' children ended with status 4: not the drain's business. */
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -1022,6 +1233,12 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_fatal_read_error);
 	tc = CASE(bad_memory, 20);
 	tcase_add_loop_test(tc, test_bad_memory, 0, 3);
+	tc = CASE(peer_refused, 40);
+	tcase_add_loop_test(tc, test_peer_refused, 0, 2);
+	tc = CASE(socket_owner, 30);
+	tcase_add_loop_test(tc, test_socket_owner, 0, 2);
+	tc = CASE(idle_peers, 40);
+	tcase_add_test(tc, test_idle_peers);
 	tc = CASE(bad_trace, 60);
 	tcase_add_loop_test(tc, test_bad_trace, 0, 4);
 	return s;

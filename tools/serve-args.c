@@ -14,6 +14,8 @@
 
 #define DEFAULT_TIMEOUT_MS 60000
 #define DEFAULT_DRAIN_MS 30000
+#define DEFAULT_HANDSHAKE_MS 5000	/* Firecracker sends its message right after connecting */
+#define DEFAULT_PER_PEER 16		/* the jailer gives each VM a uid of its own */
 
 int serve_fail(int code, const char *fmt, ...)
 {
@@ -57,13 +59,20 @@ static void usage(FILE *f)
 		"                        wait (until it exits)\n"
 		"      --drain-timeout MS  on SIGTERM or SIGINT, each VM has MS to get every page\n"
 		"                        and be detached; then --on-fatal (default %d; 0: at once)\n"
+		"      --socket-owner USER[:GROUP]  owner of the socket (default: this process's)\n"
+		"      --socket-mode MODE  its permission bits, octal (default 0600)\n"
+		"      --allow-uid USER, --allow-gid GROUP  peers that may connect besides root\n"
+		"                        and the socket's owner (repeatable; names or numbers)\n"
+		"      --max-per-peer N  --multi: connections of one uid at once (default %d; 0: any)\n"
+		"      --handshake-timeout MS  a connection must send its whole message within MS\n"
+		"                        (default %d)\n"
 		"  -h, --help            print this help\n"
 		"  -V, --version         print the version\n"
 		"\n"
 		"Exit status: 0 when the VM exited or the serve detached (also in a drain);\n"
 		"1 serving failed; 2 usage; 3 snapshot or socket unusable; 4 timeout;\n"
 		"5 the VM's message is unusable; 6 a VM did not drain in time.\n",
-		DEFAULT_TIMEOUT_MS, DEFAULT_DRAIN_MS);
+		DEFAULT_TIMEOUT_MS, DEFAULT_DRAIN_MS, DEFAULT_PER_PEER, DEFAULT_HANDSHAKE_MS);
 }
 
 static _Noreturn void bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -101,6 +110,19 @@ static uint64_t number(const char *opt, const char *s, uint64_t min, uint64_t ma
 	return v << shift;
 }
 
+/* Octal permission bits for the socket: the owner must keep read and write. */
+static unsigned socket_mode(const char *s)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 8);
+	if (errno || end == s || *end || v > 0777 || (v & 0600) != 0600)
+		bad("--socket-mode '%s' is not octal permission bits (0600 to 0777) that keep the owner's rw", s);
+	return (unsigned)v;
+}
+
 static enum fatal_policy fatal_policy(const char *s)
 {
 	for (enum fatal_policy p = FATAL_KILL; p <= FATAL_WAIT; p++)
@@ -121,7 +143,8 @@ static void add_replay(struct serve_opts *o, const char *path)
 
 void serve_args(int argc, char **argv, struct serve_opts *o)
 {
-	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT };
+	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
+	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -137,13 +160,21 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "timeout", required_argument, NULL, 'T' },
 		{ "on-fatal", required_argument, NULL, OPT_ON_FATAL },
 		{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
+		{ "socket-owner", required_argument, NULL, OPT_SOCKET_OWNER },
+		{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
+		{ "allow-uid", required_argument, NULL, OPT_ALLOW_UID },
+		{ "allow-gid", required_argument, NULL, OPT_ALLOW_GID },
+		{ "max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
+		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
 	int c;
 
-	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS, .drain_ms = DEFAULT_DRAIN_MS };
+	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS, .drain_ms = DEFAULT_DRAIN_MS,
+				  .sock_mode = 0600, .max_per_peer = DEFAULT_PER_PEER,
+				  .handshake_ms = DEFAULT_HANDSHAKE_MS };
 	while ((c = getopt_long(argc, argv, "s:m:r:p:f::t:SjMT:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': o->socket = optarg; break;
@@ -166,6 +197,24 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		case OPT_ON_FATAL: o->on_fatal = fatal_policy(optarg); break;
 		case OPT_DRAIN_TIMEOUT:
 			o->drain_ms = (unsigned)number("--drain-timeout", optarg, 0, INT_MAX, false);
+			break;
+		case OPT_SOCKET_OWNER:
+			if (!auth_parse_owner(optarg, o))
+				bad("--socket-owner '%s' is not USER[:GROUP] with a known user and group", optarg);
+			break;
+		case OPT_SOCKET_MODE: o->sock_mode = socket_mode(optarg); break;
+		case OPT_ALLOW_UID:
+		case OPT_ALLOW_GID:
+			if (!auth_add_id(optarg, c == OPT_ALLOW_GID, o))
+				bad("--allow-%s '%s' is not a known %s (or more than %d are given)",
+				    c == OPT_ALLOW_GID ? "gid" : "uid", optarg, c == OPT_ALLOW_GID ? "group" : "user",
+				    ALLOW_MAX);
+			break;
+		case OPT_MAX_PER_PEER:
+			o->max_per_peer = (unsigned)number("--max-per-peer", optarg, 0, 1024, false);
+			break;
+		case OPT_HANDSHAKE_TIMEOUT:
+			o->handshake_ms = (int)number("--handshake-timeout", optarg, 1, INT_MAX, false);
 			break;
 		case 'h':
 			usage(stdout);

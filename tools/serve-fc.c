@@ -38,7 +38,8 @@ int fc_listen(const char *path)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	struct stat st;
-	int s;
+	mode_t old;
+	int s, err;
 
 	if (strlen(path) >= sizeof(a.sun_path))
 		return -serve_fail(EXIT_SETUP, "socket path %s is longer than %zu bytes; use a shorter one",
@@ -55,8 +56,11 @@ int fc_listen(const char *path)
 	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (s < 0)
 		return -serve_fail(EXIT_SETUP, "socket: %s", strerror(errno));
-	if (bind(s, (struct sockaddr *)&a, sizeof(a)) || listen(s, 64)) {
-		serve_fail(EXIT_SETUP, "cannot listen on %s: %s", path, strerror(errno));
+	old = umask(0177);	/* nobody but this user connects before the owner and mode are set */
+	err = bind(s, (struct sockaddr *)&a, sizeof(a)) ? errno : 0;
+	umask(old);
+	if (err || listen(s, 64)) {
+		serve_fail(EXIT_SETUP, "cannot listen on %s: %s", path, strerror(err ? err : errno));
 		close(s);
 		return -EXIT_SETUP;
 	}
@@ -225,7 +229,7 @@ static int read_message(int conn, int sigfd, int timeout_ms, struct msg *m, stru
 
 		if (n == -EINTR || n == -ETIMEDOUT) {
 			rc = n == -EINTR ? SERVE_STOPPED : EXIT_TIMEOUT;
-			snprintf(err, errlen, "%s within %d ms (--timeout)", m->len ?
+			snprintf(err, errlen, "%s within %d ms (--timeout, --handshake-timeout)", m->len ?
 				 "the VM's message was cut off: the rest did not come" :
 				 "the VM connected but sent no message", timeout_ms);
 			goto out;

@@ -7,6 +7,7 @@
  * serve-stats.c  the summary, as text or JSON
  * serve-fatal.c  what becomes of a VM that cannot be served (--on-fatal)
  * serve-check.c  the checks at start: traces and output paths
+ * serve-auth.c   who may connect: the socket's owner and mode, the peers allowed
  */
 #ifndef UFFD_SERVE_H
 #define UFFD_SERVE_H
@@ -30,6 +31,8 @@ enum {
 	SERVE_STOPPED = 100,	/* not an exit status: a signal came first */
 };
 
+#define ALLOW_MAX 64	/* --allow-uid and --allow-gid, each */
+
 /* --on-fatal: what a fatal error does to the VM that waits for this process. */
 enum fatal_policy { FATAL_KILL, FATAL_EXIT, FATAL_WAIT };
 
@@ -48,6 +51,14 @@ struct serve_opts {
 	int timeout_ms;		/* for the connection and for the message; 0: none */
 	enum fatal_policy on_fatal;
 	unsigned drain_ms;	/* SIGTERM: how long the VMs have to finish */
+	/* who may connect (serve-auth.c) */
+	bool sock_owner_set;	/* else the socket belongs to this process's uid and gid */
+	unsigned sock_uid, sock_gid;
+	unsigned sock_mode;	/* permission bits of the socket */
+	unsigned allow_uid[ALLOW_MAX], allow_gid[ALLOW_MAX];
+	size_t nallow_uid, nallow_gid;
+	unsigned max_per_peer;	/* --multi: connections of one uid at once; 0: no limit */
+	int handshake_ms;	/* from the connection to the whole message */
 };
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
@@ -77,7 +88,10 @@ struct fc_handshake {
 	size_t n;
 };
 
-/* Listening socket at path (a stale socket there is replaced): fd, or an EXIT_* code negated. */
+/*
+ * Listening socket at path (a stale socket there is replaced), mode 0600
+ * whatever the umask: fd, or an EXIT_* code negated.
+ */
 int fc_listen(const char *path);
 /*
  * Waits up to timeout_ms (0: forever) for a connection, or for a signal on
@@ -122,6 +136,18 @@ struct serve_summary {
  */
 int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, int sigfd,
 	     int conn, struct serve_summary *s);
+
+/* ---- serve-auth.c ---- */
+
+struct ucred;
+/* --socket-owner USER[:GROUP] (names or numbers) into o: false when unknown. */
+bool auth_parse_owner(const char *s, struct serve_opts *o);
+/* --allow-uid / --allow-gid (a name or a number): false when unknown or too many. */
+bool auth_add_id(const char *s, bool group, struct serve_opts *o);
+/* The socket at path gets its owner and mode: 0, or EXIT_SETUP after one line. */
+int auth_socket(const struct serve_opts *o, const char *path);
+/* The peer of conn may be served: true with *cr; else false, logged. */
+bool auth_peer(const struct serve_opts *o, int conn, struct ucred *cr);
 
 /* ---- serve-fatal.c ---- */
 

@@ -16,7 +16,9 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "serve.h"
@@ -87,7 +89,10 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	struct fc_handshake h;
 	int before = count_fds(), rc;
 
-	rc = fc_receive(conn, sigfd, o->timeout_ms, size, &h);
+	/* An idle connection holds a process: the message comes soon after connecting, or never. */
+	int msg_ms = o->timeout_ms && o->timeout_ms < o->handshake_ms ? o->timeout_ms : o->handshake_ms;
+
+	rc = fc_receive(conn, sigfd, msg_ms, size, &h);
 	if (rc == SERVE_STOPPED)	/* stopped in the middle of the VM's message */
 		rc = serve_fatal(o, &h, sigfd, h.vm_waits ? EXIT_DRAIN : EXIT_OK,
 				 "a signal came in the middle of the VM's handshake", 0);
@@ -106,12 +111,33 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	return rc;
 }
 
+static uid_t *kid_uids;	/* --multi: the peer uid of each child, in step with kids */
+
+/* The peer has --max-per-peer connections being served already: refused, logged. */
+static bool over_limit(const struct serve_opts *o, const uid_t *uids, size_t n, const struct ucred *cr)
+{
+	size_t same = 0;
+
+	for (size_t i = 0; i < n; i++)
+		same += uids[i] == cr->uid;
+	if (!o->max_per_peer || same < o->max_per_peer)
+		return false;
+	serve_fail(0, "refused a connection from pid %d (uid %u): that uid has %zu connections already (--max-per-peer)",
+		   (int)cr->pid, (unsigned)cr->uid, same);
+	return true;
+}
+
 /* Child pid ended with status st: off the list, and said when it failed. Returns its exit status (1 for a signal). */
 static int reaped(pid_t *kids, size_t *n, pid_t pid, int st)
 {
-	for (size_t i = 0; i < *n; i++)
-		if (kids[i] == pid)
-			kids[i] = kids[--*n];
+	for (size_t i = 0; i < *n; i++) {
+		if (kids[i] != pid)
+			continue;
+		kids[i] = kids[--*n];
+		if (kid_uids)
+			kid_uids[i] = kid_uids[*n];
+		break;
+	}
 	if (!WIFEXITED(st) || WEXITSTATUS(st))
 		serve_fail(0, "the serve of one VM (process %d) ended with %s %d", (int)pid,
 			   WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
@@ -178,16 +204,23 @@ static bool stop_signal(int sigfd, pid_t *kids, size_t *n)
 static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint64_t size, int sigfd)
 {
 	static pid_t kids[MAX_CHILDREN];
+	static uid_t uids[MAX_CHILDREN];	/* of each child's peer; reaped() keeps them in step */
 	size_t n = 0;
 
+	kid_uids = uids;
 	for (;;) {
 		int conn = fc_accept(lsock, sigfd, 0);
+		struct ucred cr;
 		pid_t pid;
 
 		if (conn == -SERVE_STOPPED && stop_signal(sigfd, kids, &n))
 			break;
 		if (conn < 0)
 			continue;
+		if (!auth_peer(o, conn, &cr) || over_limit(o, uids, n, &cr)) {
+			close(conn);	/* refused before a byte of its message was read */
+			continue;
+		}
 		if (n == MAX_CHILDREN || (pid = fork()) < 0) {
 			serve_fail(0, "cannot serve one more VM: %s", n == MAX_CHILDREN ? "too many" : strerror(errno));
 			close(conn);
@@ -197,6 +230,7 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 			close(lsock);
 			_exit(serve_conn(o, conn, snap_fd, size, sigfd));
 		}
+		uids[n] = cr.uid;
 		kids[n++] = pid;
 		close(conn);
 	}
@@ -205,6 +239,28 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 	if (n)
 		fprintf(stderr, PROG ": draining %zu VMs (--drain-timeout %u ms each)\n", n, o->drain_ms);
 	return drain_children(kids, &n, sigfd);
+}
+
+/* One VM: connections until an allowed peer's, within --timeout. The connection, or an EXIT_* code negated. */
+static int accept_allowed(const struct serve_opts *o, int lsock, int sigfd)
+{
+	struct timespec t0, t;
+	struct ucred cr;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		int left = o->timeout_ms, conn;
+
+		if (o->timeout_ms) {
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			left -= (int)((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+			left = left > 0 ? left : 1;
+		}
+		conn = fc_accept(lsock, sigfd, left);
+		if (conn < 0 || auth_peer(o, conn, &cr))
+			return conn;
+		close(conn);	/* refused: the serve goes on waiting for its VM */
+	}
 }
 
 int main(int argc, char **argv)
@@ -223,11 +279,16 @@ int main(int argc, char **argv)
 		return -sigfd;
 	if ((lsock = fc_listen(o.socket)) < 0)
 		return -lsock;
+	if ((rc = auth_socket(&o, o.socket))) {
+		close(lsock);
+		unlink(o.socket);
+		return rc;
+	}
 	fprintf(stderr, PROG ": listening on %s\n", o.socket);
 	if (o.multi) {
 		rc = serve_multi(&o, lsock, snap, size, sigfd);
 	} else {
-		conn = fc_accept(lsock, sigfd, o.timeout_ms);
+		conn = accept_allowed(&o, lsock, sigfd);
 		close(lsock);
 		unlink(o.socket);	/* one VM: nobody else may connect */
 		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, snap, size, sigfd);
