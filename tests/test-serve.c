@@ -1194,6 +1194,140 @@ START_TEST(test_idle_peers)
 }
 END_TEST
 
+/* ---- the library's handshake, in this process ---- */
+
+/* Sends json in two parts, the uffd of u with the first, over a socketpair; returns the receiving end. */
+static int pair_send(struct uffd *u, const char *json, int *other)
+{
+	int sv[2];
+	size_t half = strlen(json) / 2;
+	char first[512];
+
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	snprintf(first, sizeof(first), "%.*s", (int)half, json);
+	if (u)
+		send_message_fd(sv[0], first, uffd_fd(u));
+	else
+		ck_assert_int_eq(write(sv[0], first, half), (ssize_t)half);
+	ck_assert_int_eq(write(sv[0], json + half, strlen(json) - half), (ssize_t)(strlen(json) - half));
+	*other = sv[0];
+	return sv[1];
+}
+
+/*
+ * uffd_fc_handshake_recv() directly: a message in two parts with an ignored
+ * member of nested type and the old page_size_kib; a member twice (-EPROTO,
+ * and the handshake still returned, for the VM's fate); a cancel (-ECANCELED);
+ * the regions checked against this process's own mappings.
+ */
+START_TEST(test_fc_library)
+{
+	struct uffd_fc_opts fo = { .size = sizeof(fo), .timeout_ms = 2000, .flags = UFFD_FC_NO_MAPPING_CHECK,
+				   .file_size = 1 << 20 };
+	struct uffd_fc_handshake *h = NULL;
+	struct uffd *u = NULL;
+	char json[512];
+	int conn, other, ev;
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	char *mem;
+
+	if (uffd_open(&u, NULL))
+		SKIP_TEST("no userfaultfd here: %s", uffd_last_error());
+	mem = mmap(NULL, 5 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(mem, MAP_FAILED);
+	conn = pair_send(u, " [ {\"x\":[1,{\"y\":\"a\\\"]}\"}],\"base_host_virt_addr\":1048576,\"size\":8192,"
+			 "\"offset\":4096,\"page_size_kib\":4096,\"z\":null} ]\n", &other);
+	ASSERT_OK(uffd_fc_handshake_recv(conn, &fo, &h));
+	ck_assert_uint_eq(h->nregions, 1);
+	ck_assert_uint_eq(h->regions[0].owner_addr, 1048576);
+	ck_assert_uint_eq(h->regions[0].length, 8192);
+	ck_assert_uint_eq(h->regions[0].offset, 4096);
+	ck_assert_uint_eq(h->regions[0].page_size, 4096);
+	ck_assert_uint_eq(h->features, uffd_features(u));
+	ck_assert_int_eq(h->pid, getpid());
+	ck_assert_int_ge(h->pidfd, 0);
+	ck_assert_int_ge(h->uffd, 0);
+	uffd_fc_handshake_free(h);
+	close(conn);
+	close(other);
+
+	conn = pair_send(u, "[{\"base_host_virt_addr\":1048576,\"size\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096}]",
+			 &other);
+	ASSERT_ERR(uffd_fc_handshake_recv(conn, &fo, &h), -EPROTO, "has \"size\" twice");
+	ck_assert_ptr_nonnull(h);	/* the uffd came: the caller decides about the VM */
+	ck_assert_int_ge(h->uffd, 0);
+	ck_assert_int_ge(h->pidfd, 0);
+	ck_assert_uint_eq(h->nregions, 0);
+	uffd_fc_handshake_free(h);
+	close(conn);
+	close(other);
+
+	conn = pair_send(NULL, "[{\"base_host_virt_addr\"", &other);	/* then nothing */
+	fo.cancel_fd = ev = eventfd(1, EFD_CLOEXEC);
+	ASSERT_ERR(uffd_fc_handshake_recv(conn, &fo, &h), -ECANCELED, "cancelled");
+	ck_assert_ptr_null(h);
+	close(ev);
+	close(conn);
+	close(other);
+
+	/* Against this process's mappings: 4 pages mapped, 5 declared. */
+	fo = (struct uffd_fc_opts){ .size = sizeof(fo) };
+	snprintf(json, sizeof(json), "[{\"base_host_virt_addr\":%llu,\"size\":%zu,\"offset\":0,\"page_size\":%zu}]",
+		 (unsigned long long)(uintptr_t)mem, 5 * ps, ps);
+	ck_assert_int_eq(munmap(mem + 4 * ps, ps), 0);
+	conn = pair_send(u, json, &other);
+	ASSERT_ERR(uffd_fc_handshake_recv(conn, &fo, &h), -EPROTO, "is not all mapped in the VM");
+	uffd_fc_handshake_free(h);
+	close(conn);
+	close(other);
+	uffd_close(u);
+	munmap(mem, 4 * ps);
+}
+END_TEST
+
+/* ---- a custom handler on the library's exports ---- */
+
+/*
+ * examples/fc-handler, written with uffd_fc_handshake_recv(),
+ * uffd_features_of_fd(), uffd_open_fd(), uffd_region_create_foreign() and
+ * the restore engine only, restores fc-vmm: _i 0 at 4 KiB, 1 with 2 MiB
+ * hugetlbfs pages (whose fd lacks MISSING_HUGETLBFS, as Firecracker's does).
+ */
+START_TEST(test_custom_handler)
+{
+	const char *handler = getenv("FC_HANDLER"), *why = "";
+	struct env e;
+	struct proc hd, vm;
+	char *out, *err;
+
+	if (_i) {
+		size_t hps = harness_hugepages(SNAP_MIB / 2, &why);
+
+		if (!hps)
+			SKIP_TEST("%s", why);
+		if (hps != 2 * MIB)
+			SKIP_TEST("the default huge page size is %zu KiB, fc-vmm uses 2 MiB", hps >> 10);
+	}
+	SETUP(&e, SNAP_MIB);
+	if (!handler)
+		SKIP_TEST("FC_HANDLER is not set");
+	spawn(&e, &hd, "handler", (char *[]){ (char *)handler, "--socket", e.sock, "--memory", e.snap, NULL });
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--touch-pct", "100",
+					  "--balloon", "--deadline", "40", _i ? "--huge" : NULL, NULL });
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	ck_assert_int_eq(finish(&hd, 10, "fc-handler"), 0);
+	out = slurp(vm.out);
+	err = slurp(hd.err);
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	ck_assert_uint_eq(num(out, "balloon_nonzero"), 0);
+	ck_assert_uint_eq(num(out, "touched"), SNAP_MIB * MIB / 4096);
+	ck_assert_msg(strstr(err, _i ? "page size 2097152" : "page size 4096"), "%s", err);
+	free(out);
+	free(err);
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -1239,6 +1373,10 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_socket_owner, 0, 2);
 	tc = CASE(idle_peers, 40);
 	tcase_add_test(tc, test_idle_peers);
+	tc = CASE(fc_library, 20);
+	tcase_add_test(tc, test_fc_library);
+	tc = CASE(custom_handler, 40);
+	tcase_add_loop_test(tc, test_custom_handler, 0, 2);
 	tc = CASE(bad_trace, 60);
 	tcase_add_loop_test(tc, test_bad_trace, 0, 4);
 	return s;

@@ -98,21 +98,6 @@ static void on_error(void *ctx, const struct uffd_fault *f, int err, const char 
 		signal_end(sv, END_ERROR);
 }
 
-/*
- * Features of the received fd as the handle's contract. Firecracker asks
- * only for EVENT_REMOVE, yet registers hugetlbfs memory: MISSING_HUGETLBFS
- * and MISSING_SHMEM are announcements the kernel never checks, so they are
- * granted where the kernel has them.
- */
-static uint64_t handle_features(const struct fc_handshake *h)
-{
-	uint64_t avail = 0;
-
-	if (uffd_probe(&avail))
-		avail = 0;
-	return h->features | (avail & (UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_MISSING_SHMEM));
-}
-
 static int lib_fail(const char *what, int err)
 {
 	return serve_fail(EXIT_SERVE, "%s: %s (%s)", what, strerror(-err), uffd_last_error());
@@ -124,7 +109,7 @@ static int setup_regions(struct serve *sv, int snap_fd)
 	const struct fc_handshake *h = sv->h;
 	int err;
 
-	if ((err = uffd_open_fd(&sv->u, h->uffd, handle_features(h))))
+	if ((err = uffd_open_fd(&sv->u, h->uffd, h->features)))
 		return lib_fail("taking the VM's userfaultfd", err);
 	sv->h->uffd = -1;	/* the handle owns it now */
 	if (!(h->features & UFFD_FEATURE_EVENT_REMOVE))
@@ -132,8 +117,8 @@ static int setup_regions(struct serve *sv, int snap_fd)
 	if (!(sv->r = calloc(h->n, sizeof(*sv->r))))
 		return serve_fail(EXIT_SERVE, "out of memory");
 	for (size_t i = 0; i < h->n; i++, sv->nr++) {
-		const struct fc_region *g = &h->r[i];
-		struct uffd_foreign_opts fo = { .size = sizeof(fo), .owner_addr = g->addr, .length = g->size,
+		const struct uffd_fc_region *g = &h->r[i];
+		struct uffd_foreign_opts fo = { .size = sizeof(fo), .owner_addr = g->owner_addr, .length = g->length,
 						.page_size = g->page_size, .modes = UFFDIO_REGISTER_MODE_MISSING,
 						.fd = -1 };
 
@@ -332,7 +317,7 @@ static void summarize(const struct serve *sv, struct serve_summary *s)
 	uint64_t h[UFFD_HIST_BUCKETS] = { 0 };
 
 	for (size_t i = 0; i < sv->h->n; i++)
-		s->bytes += sv->h->r[i].size;
+		s->bytes += sv->h->r[i].length;
 	s->pid = sv->h->pid;
 	s->nregions = sv->h->n;
 	s->served_ns = now_ns() - sv->t0;

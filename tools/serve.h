@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <uffd.h>
+
 #define PROG "uffd-serve"
 
 /* Exit status (documented in uffd-serve(1)). */
@@ -69,22 +71,14 @@ int serve_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 
 
 /* ---- serve-fc.c ---- */
 
-/* One row of Firecracker's JSON array (GuestRegionUffdMapping). */
-struct fc_region {
-	uint64_t addr;		/* base_host_virt_addr */
-	uint64_t size;
-	uint64_t offset;	/* in the memory snapshot file */
-	uint64_t page_size;	/* page_size, or page_size_kib (bytes despite the name) */
-};
-
-/* What a VM sent, checked. */
+/* What a VM sent, checked by the library (uffd_fc_handshake_recv), as the serve keeps it. */
 struct fc_handshake {
 	int uffd;		/* the VM's userfaultfd, close-on-exec */
 	uint64_t features;	/* as the kernel reports them for it */
 	pid_t pid;		/* SO_PEERCRED; 0 when in another pid namespace */
 	int pidfd;		/* of pid, or -1 */
 	bool vm_waits;		/* it handed over its userfaultfd: without us it hangs */
-	struct fc_region *r;
+	struct uffd_fc_region *r;
 	size_t n;
 };
 
