@@ -1194,6 +1194,88 @@ START_TEST(test_idle_peers)
 }
 END_TEST
 
+/* ---- threads, recording ---- */
+
+/* --threads 4 for a VM with EVENT_REMOVE (fc-vmm's, as Firecracker's): refused with the reason, served right. */
+START_TEST(test_threads_remove)
+{
+	static const char *const so[] = { "--threads", "4", NULL };
+	static const char *const vo[] = { "--balloon", "--touch-pct", "60", NULL };
+	struct env e;
+	struct run r;
+	char *err;
+
+	SETUP(&e, SNAP_MIB);
+	restore(&e, &r, "threads", so, vo);
+	assert_clean(&r, "vm-exit");
+	ck_assert_uint_eq(num(r.vmm_out, "balloon_nonzero"), 0);
+	err = slurp(r.serve.err);
+	ck_assert_msg(strstr(err, "--threads 4 refused") && strstr(err, "EVENT_REMOVE"), "%s", err);
+	free(err);
+	run_free(&r);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * --record with --fill: the fill waits for the end of the recording, so the
+ * trace holds every page the guest touched (it used to keep only those the
+ * fill had not brought in first); then every page comes in and the serve
+ * detaches, and the guest checks every byte after it left.
+ */
+START_TEST(test_record_fill)
+{
+	const char *so[] = { "--record", NULL, "--record-ms", "1500", "--fill", NULL };
+	static const char *const vo[] = { "--touch-pct", "25", "--pace-us", "200", "--after-handler", NULL };
+	struct env e;
+	struct run r;
+
+	SETUP(&e, SNAP_MIB);
+	so[1] = e.trace;
+	restore(&e, &r, "recfill", so, vo);
+	assert_clean(&r, "detached");
+	ck_assert_uint_eq(num(r.json, "\"pages_recorded\""), num(r.vmm_out, "touched"));
+	ck_assert_uint_eq(num(r.json, "\"present\""), num(r.json, "\"total\""));
+	ck_assert_uint_eq(num(r.vmm_out, "after_handler_bad"), 0);
+	ck_assert_int_eq(access(e.trace, F_OK), 0);
+	run_free(&r);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* Output paths and recording options are checked at start, before a VM can connect. */
+START_TEST(test_record_checks)
+{
+	static const struct { const char *a[6]; int exit; const char *line; } c[] = {
+		{ { "--record", "/nonexistent-dir/t", NULL }, 3, "cannot create a file in /nonexistent-dir" },
+		{ { "--record", "T", "--replay", "T", NULL }, 2, "replayed pages raise no fault" },
+		{ { "--record", "T", "--fill", NULL }, 2, "--record with --fill needs --record-ms" },
+	};
+	char *argv[16] = { NULL }, trace[128];
+	struct env e;
+	struct proc sv;
+	char *err;
+	int n = 0;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, trace, sizeof(trace), "t");
+	argv[n++] = (char *)e.serve;
+	argv[n++] = "--socket";
+	argv[n++] = e.sock;
+	argv[n++] = "--memory";
+	argv[n++] = e.snap;
+	for (int k = 0; c[_i].a[k]; k++)
+		argv[n++] = !strcmp(c[_i].a[k], "T") ? trace : (char *)c[_i].a[k];
+	spawn(&e, &sv, "serve", argv);
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), c[_i].exit);
+	ck_assert_int_eq(access(e.sock, F_OK), -1);
+	err = slurp(sv.err);
+	ck_assert_msg(strstr(err, c[_i].line), "%s", err);
+	free(err);
+	env_cleanup(&e);
+}
+END_TEST
+
 /* ---- the library's handshake, in this process ---- */
 
 /* Sends json in two parts, the uffd of u with the first, over a socketpair; returns the receiving end. */
@@ -1373,6 +1455,12 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_socket_owner, 0, 2);
 	tc = CASE(idle_peers, 40);
 	tcase_add_test(tc, test_idle_peers);
+	tc = CASE(threads_remove, 30);
+	tcase_add_test(tc, test_threads_remove);
+	tc = CASE(record_fill, 40);
+	tcase_add_test(tc, test_record_fill);
+	tc = CASE(record_checks, 20);
+	tcase_add_loop_test(tc, test_record_checks, 0, 3);
 	tc = CASE(fc_library, 20);
 	tcase_add_test(tc, test_fc_library);
 	tc = CASE(custom_handler, 40);

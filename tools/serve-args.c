@@ -236,4 +236,11 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		bad("--record-ms needs --record");
 	if (o->multi && o->record)
 		bad("--record with --multi would have every VM write the same trace; record one VM");
+	/* A page brought in ahead raises no fault: the recording could not see the guest touch it. */
+	if (o->record && o->nreplay)
+		bad("--record with --replay: replayed pages raise no fault, so the trace would miss the guest's touches of them; record without --replay");
+	if (o->record && o->fill && !o->record_ms)
+		bad("--record with --fill needs --record-ms: the fill starts when the recording ends, so that its pages do not hide the guest's touches");
+	if (o->fill_rate && o->record)
+		bad("--fill=RATE with --record: the fill after the recording runs at full speed; give --fill without a rate");
 }

@@ -135,7 +135,8 @@ static int setup_restore(struct serve *sv)
 	const struct serve_opts *o = sv->o;
 	struct uffd_restore_opts ro = {
 		.size = sizeof(ro), .fill_rate = o->fill_rate, .record_ms = o->record_ms,
-		.flags = (o->fill ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
+		/* While recording, no fill: it starts when the window ends (tick). */
+		.flags = (o->fill && !o->record ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
 			 (o->record ? UFFD_RESTORE_RECORD : 0),
 		.on_complete = on_complete, .ctx = sv,
 	};
@@ -160,6 +161,24 @@ static void load_traces(struct serve *sv)
 	}
 }
 
+/*
+ * --threads N is refused for a VM whose userfaultfd has EVENT_REMOVE (every
+ * Firecracker VM: its balloon): the kernel lets the balloon's madvise go on
+ * as soon as one thread has *read* the REMOVE, so another thread may read
+ * the next fault on that page and serve it from the snapshot before the
+ * first has marked it removed -- the guest would see old contents where
+ * zeros belong. One thread handles the REMOVE before it reads further.
+ */
+static unsigned loop_threads(const struct serve *sv)
+{
+	if (sv->o->threads > 1 && (sv->h->features & UFFD_FEATURE_EVENT_REMOVE)) {
+		serve_fail(0, "warning: --threads %u refused for VM pid %d: its userfaultfd has EVENT_REMOVE, and a fault read by one thread could be served from the snapshot before another handled the REMOVE of its page (stale contents where zeros belong); serving with 1 thread",
+			   sv->o->threads, (int)sv->h->pid);
+		return 1;
+	}
+	return sv->o->threads;
+}
+
 /* The loop, watching the VM: its exit stops the loop and wakes the main thread. */
 static int start_loop(struct serve *sv, int conn)
 {
@@ -177,7 +196,7 @@ static int start_loop(struct serve *sv, int conn)
 		return lib_fail("watching the VM's userfaultfd", err);
 	if ((err = uffd_restore_start(sv->rs, sv->l)))
 		return lib_fail("starting the restore", err);
-	if ((err = uffd_loop_start(sv->l, sv->o->threads)))
+	if ((err = uffd_loop_start(sv->l, loop_threads(sv))))
 		return lib_fail("starting the loop threads", err);
 	return 0;
 }
@@ -190,6 +209,18 @@ static int save_trace(struct serve *sv)
 	if (err)
 		return serve_fail(EXIT_SERVE, "cannot write the trace %s: %s (%s)", sv->o->record,
 				  strerror(-err), uffd_last_error());
+	return 0;
+}
+
+/* Without UFFD_RESTORE_DETACH a restore that completed keeps the regions registered: let go of them here. */
+static int unregister_all(struct serve *sv)
+{
+	for (size_t i = 0; i < sv->nr; i++) {
+		int err = uffd_unregister(sv->u, uffd_region_base(sv->r[i]), uffd_region_length(sv->r[i]));
+
+		if (err && err != -ENOENT)
+			return lib_fail("unregistering a region of the VM", err);
+	}
 	return 0;
 }
 
@@ -208,8 +239,12 @@ static int tick(struct serve *sv)
 		sv->first_fault_ns = now_ns();
 	/* The engine stops recording record_ms after the first fault; save what it has then. */
 	/* A trace that cannot be written is no reason to stop serving the VM: the exit status says it. */
-	if (sv->first_fault_ns && now_ns() - sv->first_fault_ns > (sv->o->record_ms + TICK_MS) * 1000000ull)
+	if (sv->first_fault_ns && now_ns() - sv->first_fault_ns > (sv->o->record_ms + TICK_MS) * 1000000ull) {
 		sv->record_failed = save_trace(sv) != 0;
+		/* The recording is over: now the fill (every page, then detach). */
+		if (sv->o->fill && uffd_restore_finish(sv->rs) == -EALREADY)
+			signal_end(sv, unregister_all(sv) ? END_ERROR : END_DETACHED);
+	}
 	return 0;
 }
 
@@ -238,18 +273,6 @@ static enum serve_end wait_end(struct serve *sv, int sigfd)
 static int64_t mono_ms(void)
 {
 	return (int64_t)(now_ns() / 1000000u);
-}
-
-/* Without UFFD_RESTORE_DETACH a restore that completed keeps the regions registered: let go of them here. */
-static int unregister_all(struct serve *sv)
-{
-	for (size_t i = 0; i < sv->nr; i++) {
-		int err = uffd_unregister(sv->u, uffd_region_base(sv->r[i]), uffd_region_length(sv->r[i]));
-
-		if (err && err != -ENOENT)
-			return lib_fail("unregistering a region of the VM", err);
-	}
-	return 0;
 }
 
 /*
