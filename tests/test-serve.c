@@ -18,6 +18,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1276,6 +1278,129 @@ START_TEST(test_record_checks)
 }
 END_TEST
 
+/* ---- live metrics ---- */
+
+/* GET /metrics from fd (connected); the body, NUL-terminated (freed by the caller). */
+static char *http_get(int fd)
+{
+	static const char req[] = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+	size_t cap = 1 << 20, n = 0;
+	char *buf = malloc(cap), *body;
+	ssize_t r;
+
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_int_eq(write(fd, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+	while (n < cap - 1 && (r = read(fd, buf + n, cap - 1 - n)) > 0)
+		n += (size_t)r;
+	buf[n] = '\0';
+	close(fd);
+	ck_assert_msg(!strncmp(buf, "HTTP/1.0 200 OK", 15), "%.200s", buf);
+	ck_assert_ptr_nonnull(strstr(buf, "Content-Type: text/plain; version=0.0.4"));
+	body = strstr(buf, "\r\n\r\n");
+	ck_assert_ptr_nonnull(body);
+	memmove(buf, body + 4, strlen(body + 4) + 1);
+	return buf;
+}
+
+static int connect_unix(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	ck_assert_int_eq(connect(s, (struct sockaddr *)&a, sizeof(a)), 0);
+	return s;
+}
+
+static int connect_local(unsigned port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	ck_assert_int_eq(connect(s, (struct sockaddr *)&a, sizeof(a)), 0);
+	return s;
+}
+
+/* promtool check metrics accepts the text (skipped without promtool). */
+static void promtool_ok(const struct env *e, const char *body)
+{
+	char path[128], cmd[320];
+	FILE *f;
+	int rc;
+
+	if (system("command -v promtool >/dev/null 2>&1"))
+		return;
+	path_in(e, path, sizeof(path), "scrape.txt");
+	f = fopen(path, "we");
+	ck_assert_ptr_nonnull(f);
+	fputs(body, f);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd), "promtool check metrics < '%s' > '%s.out' 2>&1", path, path);
+	rc = system(cmd);
+	if (rc) {
+		snprintf(cmd, sizeof(cmd), "%s.out", path);
+		char *why = slurp(cmd);
+
+		ck_abort_msg("promtool check metrics failed: %s\n%.2000s", why, body);
+	}
+}
+
+/*
+ * Metrics scraped while restores run: _i 0, --multi with two VMs on a Unix
+ * socket; 1, one VM on 127.0.0.1 (any free port). Each VM's series carry
+ * its pid; promtool check metrics accepts the text; the counters move.
+ */
+START_TEST(test_metrics)
+{
+	int nvm = _i ? 1 : 2;
+	char msock[128], addr[160], want[128], *body, *err, *p;
+	struct env e;
+	struct proc sv, vm[2];
+	unsigned port = 0;
+	uint64_t first;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, msock, sizeof(msock), "metrics.sock");
+	snprintf(addr, sizeof(addr), _i ? "127.0.0.1:0" : "unix:%s", msock);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--metrics", addr, _i ? NULL : "--multi", NULL });
+	await_text(sv.err, "listening on", 5);
+	if (_i) {
+		err = slurp(sv.err);
+		p = strstr(err, "http://127.0.0.1:");
+		ck_assert_ptr_nonnull(p);
+		port = (unsigned)strtoul(p + strlen("http://127.0.0.1:"), NULL, 10);
+		free(err);
+	}
+	start_paced_vms(&e, vm, nvm);
+	for (int i = 0; i < nvm; i++)
+		await_text(vm[i].out, "FCVMM resumed", 10);
+	usleep(300000);
+	body = http_get(_i ? connect_local(port) : connect_unix(msock));
+	promtool_ok(&e, body);
+	snprintf(want, sizeof(want), "uffd_serve_vms %d\n", nvm);
+	ck_assert_msg(strstr(body, want), "%.3000s", body);
+	for (int i = 0; i < nvm; i++) {
+		snprintf(want, sizeof(want), "uffd_serve_faults_total{vm=\"%d\",kind=\"missing\"} ", (int)vm[i].pid);
+		ck_assert_msg(strstr(body, want), "no %s in %.3000s", want, body);
+	}
+	first = strtoull(strstr(body, want) + strlen(want), NULL, 10);
+	ck_assert_uint_gt(first, 0);
+	ck_assert_ptr_nonnull(strstr(body, "uffd_serve_fault_service_seconds_bucket{vm="));
+	fprintf(stderr, "# metrics sample:\n%.1500s\n", body);
+	free(body);
+	usleep(300000);
+	body = http_get(_i ? connect_local(port) : connect_unix(msock));
+	ck_assert_uint_gt(strtoull(strstr(body, want) + strlen(want), NULL, 10), first);
+	free(body);
+	kill(sv.pid, SIGTERM);	/* drains: the VMs finish without the serve */
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	assert_vms_whole(vm, nvm);
+	env_cleanup(&e);
+}
+END_TEST
+
 /* ---- the library's handshake, in this process ---- */
 
 /* Sends json in two parts, the uffd of u with the first, over a socketpair; returns the receiving end. */
@@ -1461,6 +1586,8 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_record_fill);
 	tc = CASE(record_checks, 20);
 	tcase_add_loop_test(tc, test_record_checks, 0, 3);
+	tc = CASE(metrics, 40);
+	tcase_add_loop_test(tc, test_metrics, 0, 2);
 	tc = CASE(fc_library, 20);
 	tcase_add_test(tc, test_fc_library);
 	tc = CASE(custom_handler, 40);

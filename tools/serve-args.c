@@ -66,6 +66,8 @@ static void usage(FILE *f)
 		"      --max-per-peer N  --multi: connections of one uid at once (default %d; 0: any)\n"
 		"      --handshake-timeout MS  a connection must send its whole message within MS\n"
 		"                        (default %d)\n"
+		"      --metrics ADDR    live metrics of every VM in the Prometheus text format, over\n"
+		"                        HTTP on unix:PATH or 127.0.0.1:PORT (0: any free port)\n"
 		"  -h, --help            print this help\n"
 		"  -V, --version         print the version\n"
 		"\n"
@@ -144,7 +146,8 @@ static void add_replay(struct serve_opts *o, const char *path)
 void serve_args(int argc, char **argv, struct serve_opts *o)
 {
 	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
-	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT };
+	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
+	       OPT_METRICS };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -166,6 +169,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "allow-gid", required_argument, NULL, OPT_ALLOW_GID },
 		{ "max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+		{ "metrics", required_argument, NULL, OPT_METRICS },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
@@ -213,6 +217,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		case OPT_MAX_PER_PEER:
 			o->max_per_peer = (unsigned)number("--max-per-peer", optarg, 0, 1024, false);
 			break;
+		case OPT_METRICS: o->metrics_addr = optarg; break;
 		case OPT_HANDSHAKE_TIMEOUT:
 			o->handshake_ms = (int)number("--handshake-timeout", optarg, 1, INT_MAX, false);
 			break;

@@ -40,6 +40,7 @@ struct serve {
 	atomic_bool draining;	/* SIGTERM came: finishing the restore, then detaching */
 	uint64_t t0, first_fault_ns;
 	bool trace_saved, record_failed;
+	struct slot *slot;	/* --metrics */
 };
 
 static uint64_t now_ns(void)
@@ -212,6 +213,19 @@ static int save_trace(struct serve *sv)
 	return 0;
 }
 
+static void summarize(const struct serve *sv, struct serve_summary *s);
+
+/* --metrics: this VM's numbers, every tick. */
+static void publish(struct serve *sv)
+{
+	struct serve_summary s = { .end = END_VM_EXIT };
+
+	if (!sv->slot)
+		return;
+	summarize(sv, &s);
+	metrics_update(sv->slot, &s, atomic_load(&sv->end) == END_DETACHED + 1);
+}
+
 /* Without UFFD_RESTORE_DETACH a restore that completed keeps the regions registered: let go of them here. */
 static int unregister_all(struct serve *sv)
 {
@@ -251,11 +265,12 @@ static int tick(struct serve *sv)
 /* Waits for the end; returns how it ended. */
 static enum serve_end wait_end(struct serve *sv, int sigfd)
 {
-	struct pollfd p[2] = { { .fd = sv->done_fd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN } };
+	struct pollfd p[3] = { { .fd = sv->done_fd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN },
+			       { .fd = metrics_fd(sv->o->metrics), .events = POLLIN } };
 	struct signalfd_siginfo si;
 
 	for (;;) {
-		int n = poll(p, 2, TICK_MS);
+		int n = poll(p, 3, TICK_MS);
 
 		if (n < 0 && errno != EINTR)
 			return END_ERROR;
@@ -267,6 +282,9 @@ static enum serve_end wait_end(struct serve *sv, int sigfd)
 		}
 		if (tick(sv))
 			return END_ERROR;
+		publish(sv);
+		if (n > 0 && p[2].revents)	/* a scrape, of this process's own VM (one VM, no --multi) */
+			metrics_scrape(sv->o->metrics);
 	}
 }
 
@@ -337,7 +355,7 @@ static void summarize(const struct serve *sv, struct serve_summary *s)
 {
 	struct uffd_restore_stats st = { .size = sizeof(st) };
 	struct uffd_loop_counters lc = { .size = sizeof(lc) };
-	uint64_t h[UFFD_HIST_BUCKETS] = { 0 };
+	uint64_t *h = s->hist;
 
 	for (size_t i = 0; i < sv->h->n; i++)
 		s->bytes += sv->h->r[i].length;
@@ -399,8 +417,11 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 		rc = start_loop(&sv, conn);
 	}
 	started = !rc;
-	if (!rc)
+	if (!rc) {
+		sv.slot = metrics_claim(o->metrics);
+		publish(&sv);
 		s->end = wait_end(&sv, sigfd);
+	}
 	if (!rc && s->end == END_SIGNAL)
 		rc = drain(&sv, sigfd, &s->end);
 	if (s->end == END_DETACHED)
@@ -416,6 +437,7 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 	if (!rc && sv.record_failed)
 		rc = EXIT_SERVE;
 	summarize(&sv, s);
+	metrics_release(sv.slot);
 	/* Once the VM is gone, what the restore could not finish no longer matters. */
 	if (!rc && (s->end == END_ERROR || s->errors ||
 		    (s->end != END_VM_EXIT && uffd_restore_wait(sv.rs, 0) == -EIO)))

@@ -61,6 +61,8 @@ struct serve_opts {
 	size_t nallow_uid, nallow_gid;
 	unsigned max_per_peer;	/* --multi: connections of one uid at once; 0: no limit */
 	int handshake_ms;	/* from the connection to the whole message */
+	const char *metrics_addr;	/* --metrics: unix:PATH or 127.0.0.1:PORT, or NULL */
+	struct metrics *metrics;	/* its endpoint and slots, once open (main) */
 };
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
@@ -121,6 +123,7 @@ struct serve_summary {
 	uint64_t complete_ns;	/* start to every page present; 0 if never */
 	uint64_t served_ns;	/* handshake to end */
 	int fds_leaked;		/* descriptors open after cleanup that were not before */
+	uint64_t hist[UFFD_HIST_BUCKETS];	/* service time of demand faults, the engine's buckets */
 };
 
 /*
@@ -161,6 +164,25 @@ int serve_fatal(const struct serve_opts *o, const struct fc_handshake *h, int si
 void check_traces(struct serve_opts *o, int snap_fd, uint64_t snap_size);
 /* --record's directory can take the trace: 0, or EXIT_SETUP after one line. */
 int check_outputs(const struct serve_opts *o);
+
+/* ---- serve-metrics.c ---- */
+
+struct metrics;
+struct slot;
+/* The endpoint at addr and the shared slots (before any fork): NULL after a line on failure. */
+struct metrics *metrics_open(const char *addr);
+void metrics_close(struct metrics *m);
+/* The listening fd to poll (-1: none); when readable, metrics_scrape() answers. */
+int metrics_fd(const struct metrics *m);
+void metrics_scrape(struct metrics *m);
+/* In a --multi child: the parent answers; the child only writes its slot. */
+void metrics_child(struct metrics *m);
+/* A slot for this process's VM (NULL when none or m NULL); its numbers; freed at the end. */
+struct slot *metrics_claim(struct metrics *m);
+void metrics_update(struct slot *sl, const struct serve_summary *s, bool detached);
+void metrics_release(struct slot *sl);
+/* The parent: the slots of a child that ended, whatever became of it. */
+void metrics_forget(struct metrics *m, pid_t pid);
 
 /* ---- serve-stats.c ---- */
 

@@ -144,14 +144,47 @@ static int reaped(pid_t *kids, size_t *n, pid_t pid, int st)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : EXIT_SERVE;
 }
 
+static struct metrics *kid_metrics;	/* --multi --metrics: slots of children that ended are freed */
+
 /* Every child that ended, without waiting. */
 static void reap(pid_t *kids, size_t *n)
 {
 	pid_t pid;
 	int st;
 
-	while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
 		reaped(kids, n, pid, st);
+		metrics_forget(kid_metrics, pid);
+	}
+}
+
+/*
+ * Until a connection or a signal is there (0), answering scrapes meanwhile;
+ * -EXIT_TIMEOUT after timeout_ms (0: none), with the line said.
+ */
+static int wait_conn(const struct serve_opts *o, int lsock, int sigfd, int timeout_ms)
+{
+	struct pollfd p[3] = { { .fd = lsock, .events = POLLIN }, { .fd = sigfd, .events = POLLIN },
+			       { .fd = metrics_fd(o->metrics), .events = POLLIN } };
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		int left = -1, n;
+
+		if (timeout_ms) {
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			left = timeout_ms - (int)((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+			if (left <= 0)
+				return -serve_fail(EXIT_TIMEOUT, "no VM connected within %d ms (--timeout); start Firecracker's snapshot load with this socket",
+						   timeout_ms);
+		}
+		n = poll(p, 3, left);
+		if (n > 0 && (p[0].revents || p[1].revents))
+			return 0;
+		if (n > 0 && p[2].revents)
+			metrics_scrape(o->metrics);
+	}
 }
 
 /*
@@ -208,8 +241,9 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 	size_t n = 0;
 
 	kid_uids = uids;
+	kid_metrics = o->metrics;
 	for (;;) {
-		int conn = fc_accept(lsock, sigfd, 0);
+		int conn = wait_conn(o, lsock, sigfd, 0) ? -EXIT_SETUP : fc_accept(lsock, sigfd, 0);
 		struct ucred cr;
 		pid_t pid;
 
@@ -228,6 +262,7 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 		}
 		if (!pid) {
 			close(lsock);
+			metrics_child(o->metrics);
 			_exit(serve_conn(o, conn, snap_fd, size, sigfd));
 		}
 		uids[n] = cr.uid;
@@ -256,7 +291,8 @@ static int accept_allowed(const struct serve_opts *o, int lsock, int sigfd)
 			left -= (int)((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
 			left = left > 0 ? left : 1;
 		}
-		conn = fc_accept(lsock, sigfd, left);
+		conn = wait_conn(o, lsock, sigfd, left);
+		conn = conn ? conn : fc_accept(lsock, sigfd, 0);
 		if (conn < 0 || auth_peer(o, conn, &cr))
 			return conn;
 		close(conn);	/* refused: the serve goes on waiting for its VM */
@@ -284,6 +320,11 @@ int main(int argc, char **argv)
 		unlink(o.socket);
 		return rc;
 	}
+	if (o.metrics_addr && !(o.metrics = metrics_open(o.metrics_addr))) {
+		close(lsock);
+		unlink(o.socket);
+		return EXIT_SETUP;
+	}
 	fprintf(stderr, PROG ": listening on %s\n", o.socket);
 	if (o.multi) {
 		rc = serve_multi(&o, lsock, snap, size, sigfd);
@@ -295,6 +336,7 @@ int main(int argc, char **argv)
 		if (conn >= 0)
 			close(conn);
 	}
+	metrics_close(o.metrics);
 	close(sigfd);
 	close(snap);
 	free(o.replay);
