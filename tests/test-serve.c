@@ -849,6 +849,22 @@ static double killed_ms(const char *errfile)
 
 static const char *const policies[] = { "kill", "exit", "wait" };
 
+/* The log line holding text has a UTC timestamp, the level, and the VM's id when vm is not 0. */
+static void assert_log_line(const char *file, const char *text, const char *level, pid_t vm)
+{
+	char *err = slurp(file), *p = strstr(err, text), *line, want[64];
+	unsigned y, mo, d, h, mi, s, ms;
+
+	ck_assert_msg(p, "no \"%s\" in %s", text, err);
+	for (line = p; line > err && line[-1] != '\n'; line--)
+		;
+	ck_assert_msg(sscanf(line, "%4u-%2u-%2uT%2u:%2u:%2u.%3uZ ", &y, &mo, &d, &h, &mi, &s, &ms) == 7,
+		      "no timestamp: %.200s", line);
+	snprintf(want, sizeof(want), vm ? "Z %s vm=%d uffd-serve: " : "Z %s uffd-serve: ", level, (int)vm);
+	ck_assert_msg(!strncmp(line + 23, want, strlen(want)), "want \"%s\" in: %.200s", want, line);
+	free(err);
+}
+
 /*
  * The snapshot is smaller than the VM's memory: the handshake finds the
  * mismatch, then each policy: kill (the VM dies of SIGKILL, the serve says
@@ -876,6 +892,7 @@ START_TEST(test_fatal_mismatch)
 		ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 5);
 		killed_ms(sv.err);
 		fprintf(stderr, "# fatal_mismatch: fc-vmm started to reaped: %.1f ms\n", (harness_now() - t0) * 1e3);
+		assert_log_line(sv.err, "fatal: VM pid", "error", vm.pid);
 	} else if (_i == 1) {
 		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 5);
 		still_running(&vm, 0.2, "fc-vmm");	/* hung on its fault: left to its owner */
@@ -1366,6 +1383,7 @@ START_TEST(test_metrics)
 	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
 					    "--metrics", addr, _i ? NULL : "--multi", NULL });
 	await_text(sv.err, "listening on", 5);
+	assert_log_line(sv.err, "listening on", "info", 0);
 	if (_i) {
 		err = slurp(sv.err);
 		p = strstr(err, "http://127.0.0.1:");

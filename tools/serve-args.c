@@ -17,18 +17,6 @@
 #define DEFAULT_HANDSHAKE_MS 5000	/* Firecracker sends its message right after connecting */
 #define DEFAULT_PER_PEER 16		/* the jailer gives each VM a uid of its own */
 
-int serve_fail(int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs(PROG ": ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	return code;
-}
-
 static void usage(FILE *f)
 {
 	fprintf(f,

@@ -124,9 +124,9 @@ int fc_receive(int conn, int sigfd, int timeout_ms, uint64_t file_size, struct f
 	}
 	if (err == -ECANCELED)
 		return SERVE_STOPPED;
-	if (err)
-		serve_fail(0, "handshake: %s", uffd_last_error());
-	return !err ? 0 : err == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_HANDSHAKE;
+	if (h->vm_waits)
+		serve_log_vm(h->pid);
+	return !err ? 0 : serve_fail(err == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_HANDSHAKE, "handshake: %s", uffd_last_error());
 }
 
 void fc_handshake_free(struct fc_handshake *h)

@@ -117,9 +117,9 @@ struct metrics *metrics_open(const char *addr)
 		return NULL;
 	}
 	if (bound)
-		fprintf(stderr, PROG ": metrics on http://127.0.0.1:%u/metrics\n", bound);
+		serve_log(LOG_INFO, "metrics on http://127.0.0.1:%u/metrics", bound);
 	else
-		fprintf(stderr, PROG ": metrics on %s\n", addr);
+		serve_log(LOG_INFO, "metrics on %s", addr);
 	return m;
 }
 

@@ -92,7 +92,7 @@ static void on_error(void *ctx, const struct uffd_fault *f, int err, const char 
 		return;
 	n = atomic_fetch_add(&sv->errors, 1);
 	if (n < ERRORS_SHOWN)
-		fprintf(stderr, PROG ": serving%s: %s\n", f ? "" : " (watch)", sentence);
+		serve_log(LOG_ERR, "serving%s: %s", f ? "" : " (watch)", sentence);
 	failed(sv);
 	/* A page the snapshot cannot give: its fault will never be resolved. Decide now, not at the tick. */
 	if (err == -EIO)
@@ -114,7 +114,7 @@ static int setup_regions(struct serve *sv, int snap_fd)
 		return lib_fail("taking the VM's userfaultfd", err);
 	sv->h->uffd = -1;	/* the handle owns it now */
 	if (!(h->features & UFFD_FEATURE_EVENT_REMOVE))
-		fprintf(stderr, PROG ": note: the VM's userfaultfd lacks EVENT_REMOVE: pages its balloon gives back would be served from the snapshot again\n");
+		serve_log(LOG_WARNING, "note: the VM's userfaultfd lacks EVENT_REMOVE: pages its balloon gives back would be served from the snapshot again");
 	if (!(sv->r = calloc(h->n, sizeof(*sv->r))))
 		return serve_fail(EXIT_SERVE, "out of memory");
 	for (size_t i = 0; i < h->n; i++, sv->nr++) {
@@ -306,7 +306,7 @@ static int drain(struct serve *sv, int sigfd, enum serve_end *end)
 	struct signalfd_siginfo si;
 	int err;
 
-	fprintf(stderr, PROG ": draining VM pid %d: bringing in every page, then detaching (--drain-timeout %u ms)\n",
+	serve_log(LOG_INFO, "draining VM pid %d: bringing in every page, then detaching (--drain-timeout %u ms)",
 		(int)sv->h->pid, sv->o->drain_ms);
 	atomic_store(&sv->draining, true);
 	err = sv->o->drain_ms ? uffd_restore_finish(sv->rs) : -ETIMEDOUT;
@@ -425,7 +425,7 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 	if (!rc && s->end == END_SIGNAL)
 		rc = drain(&sv, sigfd, &s->end);
 	if (s->end == END_DETACHED)
-		fprintf(stderr, PROG ": detached: every page of the VM is present; it no longer needs this process\n");
+		serve_log(LOG_INFO, "detached: every page of the VM is present; it no longer needs this process");
 	/* The VM still depends on us and we cannot go on: decide, before the loop goes. */
 	if (rc || s->end == END_ERROR)
 		rc = serve_fatal(o, h, sigfd, rc ? rc : EXIT_SERVE,

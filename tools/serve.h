@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <syslog.h>
 
 #include <uffd.h>
 
@@ -68,8 +69,18 @@ struct serve_opts {
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
 void serve_args(int argc, char **argv, struct serve_opts *o);
 
-/* Prints "uffd-serve: <message>" on stderr and returns code. */
+/* ---- serve-log.c ---- */
+
+/*
+ * Logs "uffd-serve: <message>" (serve-log.c: time, level, VM) and returns
+ * code: an error when code is not 0 or the message begins "fatal:", else a
+ * warning.
+ */
 int serve_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A line at syslog level (LOG_ERR, LOG_WARNING, LOG_INFO). */
+void serve_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* From now on the lines of this process name VM vm. */
+void serve_log_vm(pid_t vm);
 
 /* ---- serve-fc.c ---- */
 

@@ -93,6 +93,8 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	int msg_ms = o->timeout_ms && o->timeout_ms < o->handshake_ms ? o->timeout_ms : o->handshake_ms;
 
 	rc = fc_receive(conn, sigfd, msg_ms, size, &h);
+	if (h.vm_waits)
+		serve_log_vm(h.pid);	/* from now on every line of this process names the VM */
 	if (rc == SERVE_STOPPED)	/* stopped in the middle of the VM's message */
 		rc = serve_fatal(o, &h, sigfd, h.vm_waits ? EXIT_DRAIN : EXIT_OK,
 				 "a signal came in the middle of the VM's handshake", 0);
@@ -102,7 +104,7 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 		fc_handshake_free(&h);
 		return rc;
 	}
-	fprintf(stderr, PROG ": serving VM pid %d: %zu regions from %s\n", (int)h.pid, h.n, o->memory);
+	serve_log(LOG_INFO, "serving VM pid %d: %zu regions from %s", (int)h.pid, h.n, o->memory);
 	rc = serve_vm(o, &h, snap_fd, sigfd, conn, &s);
 	fc_handshake_free(&h);
 	s.fds_leaked = count_fds() - before;
@@ -272,7 +274,7 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 	close(lsock);		/* no VM connects from now on */
 	unlink(o->socket);
 	if (n)
-		fprintf(stderr, PROG ": draining %zu VMs (--drain-timeout %u ms each)\n", n, o->drain_ms);
+		serve_log(LOG_INFO, "draining %zu VMs (--drain-timeout %u ms each)", n, o->drain_ms);
 	return drain_children(kids, &n, sigfd);
 }
 
@@ -325,7 +327,7 @@ int main(int argc, char **argv)
 		unlink(o.socket);
 		return EXIT_SETUP;
 	}
-	fprintf(stderr, PROG ": listening on %s\n", o.socket);
+	serve_log(LOG_INFO, "listening on %s", o.socket);
 	if (o.multi) {
 		rc = serve_multi(&o, lsock, snap, size, sigfd);
 	} else {
