@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -1419,6 +1420,116 @@ START_TEST(test_metrics)
 }
 END_TEST
 
+/* ---- systemd: socket activation, readiness, a config file ---- */
+
+/* The next datagram on the notify socket within seconds, NUL-terminated into buf; false on timeout. */
+static bool notify_next(int fd, char *buf, size_t len, double seconds)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	ssize_t n;
+
+	if (poll(&p, 1, (int)(seconds * 1000)) != 1 || (n = recv(fd, buf, len - 1, 0)) < 0)
+		return false;
+	buf[n] = '\0';
+	return true;
+}
+
+/*
+ * uffd-serve started the systemd way: its listening socket as fd 3 with
+ * LISTEN_FDS/LISTEN_PID, NOTIFY_SOCKET for sd_notify, and its options from
+ * --config (the unit's ExecStart). It says READY=1, serves a VM that
+ * connects to the passed socket, drains on SIGTERM (STOPPING=1) and leaves
+ * the socket, which is systemd's, where it is.
+ */
+START_TEST(test_socket_activation)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	char conf[128], nsock[96], buf[512], *out;
+	struct env e;
+	struct proc sv, vm;
+	int ls, ns;
+	FILE *f;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, conf, sizeof(conf), "vm.conf");
+	path_in(&e, nsock, sizeof(nsock), "notify");
+	f = fopen(conf, "we");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "# the options of one socket\nmemory = %s\n  multi\njson\non-fatal = kill\n\n", e.snap);
+	fclose(f);
+	ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", e.sock);
+	ck_assert_int_eq(bind(ls, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(ls, 16), 0);
+	ns = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", nsock);
+	ck_assert_int_eq(bind(ns, (struct sockaddr *)&a, sizeof(a)), 0);
+	snprintf(sv.out, sizeof(sv.out), "%s/serve.out", e.dir);
+	snprintf(sv.err, sizeof(sv.err), "%s/serve.err", e.dir);
+	sv.pid = fork();
+	ck_assert_int_ge(sv.pid, 0);
+	if (!sv.pid) {
+		char pid[16];
+
+		snprintf(pid, sizeof(pid), "%d", (int)getpid());
+		if (dup2(ls, 3) != 3 || !freopen(sv.out, "w", stdout) || !freopen(sv.err, "w", stderr))
+			_exit(99);
+		setenv("LISTEN_FDS", "1", 1);
+		setenv("LISTEN_PID", pid, 1);
+		setenv("NOTIFY_SOCKET", nsock, 1);
+		signal(SIGTERM, SIG_DFL);
+		execl(e.serve, e.serve, "--config", conf, (char *)NULL);
+		_exit(98);
+	}
+	close(ls);
+	if (!notify_next(ns, buf, sizeof(buf), 5)) {
+		kill(sv.pid, SIGKILL);
+		waitpid(sv.pid, NULL, 0);
+		out = slurp(sv.err);
+		if (strstr(out, "built without libsystemd"))
+			SKIP_TEST("uffd-serve is built without libsystemd");
+		ck_abort_msg("no READY=1 from uffd-serve: %s", out);
+	}
+	ck_assert_msg(strstr(buf, "READY=1"), "%s", buf);
+	await_text(sv.err, "socket activation", 2);
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--deadline", "40", NULL });
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	out = slurp(vm.out);
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	free(out);
+	await_text(sv.out, "\"end\":\"vm-exit\"", 10);
+	kill(sv.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	while (notify_next(ns, buf, sizeof(buf), 0.5) && !strstr(buf, "STOPPING=1"))
+		;
+	ck_assert_msg(strstr(buf, "STOPPING=1"), "%s", buf);
+	ck_assert_int_eq(access(e.sock, F_OK), 0);	/* systemd's socket stays */
+	close(ns);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* A bad --config file: its line, exit 2. */
+START_TEST(test_config_bad)
+{
+	char conf[128];
+	struct env e;
+	struct proc sv;
+	FILE *f;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, conf, sizeof(conf), "bad.conf");
+	f = fopen(conf, "we");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "memory = %s\n-- socket x\n", e.snap);
+	fclose(f);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--config", conf, NULL });
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 2);
+	await_text(sv.err, "bad.conf, line 2", 1);
+	env_cleanup(&e);
+}
+END_TEST
+
 /* ---- the library's handshake, in this process ---- */
 
 /* Sends json in two parts, the uffd of u with the first, over a socketpair; returns the receiving end. */
@@ -1606,6 +1717,10 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_record_checks, 0, 3);
 	tc = CASE(metrics, 40);
 	tcase_add_loop_test(tc, test_metrics, 0, 2);
+	tc = CASE(socket_activation, 40);
+	tcase_add_test(tc, test_socket_activation);
+	tc = CASE(config_bad, 20);
+	tcase_add_test(tc, test_config_bad);
 	tc = CASE(fc_library, 20);
 	tcase_add_test(tc, test_fc_library);
 	tc = CASE(custom_handler, 40);

@@ -56,6 +56,8 @@ static void usage(FILE *f)
 		"                        (default %d)\n"
 		"      --metrics ADDR    live metrics of every VM in the Prometheus text format, over\n"
 		"                        HTTP on unix:PATH or 127.0.0.1:PORT (0: any free port)\n"
+		"      --config FILE     options from FILE first, one a line: \"name\" or\n"
+		"                        \"name = value\" (long names; '#' comments)\n"
 		"  -h, --help            print this help\n"
 		"  -V, --version         print the version\n"
 		"\n"
@@ -223,8 +225,8 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 	}
 	if (optind < argc)
 		bad("unexpected argument '%s'", argv[optind]);
-	if (!o->socket || !o->memory)
-		bad("--socket and --memory are required");
+	if ((!o->socket && !getenv("LISTEN_FDS")) || !o->memory)
+		bad("--socket and --memory are required (--socket not under socket activation)");
 	if (o->record_ms && !o->record)
 		bad("--record-ms needs --record");
 	if (o->multi && o->record)

@@ -64,6 +64,7 @@ struct serve_opts {
 	int handshake_ms;	/* from the connection to the whole message */
 	const char *metrics_addr;	/* --metrics: unix:PATH or 127.0.0.1:PORT, or NULL */
 	struct metrics *metrics;	/* its endpoint and slots, once open (main) */
+	bool activated;		/* the socket came from systemd: not ours to remove */
 };
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
@@ -194,6 +195,20 @@ void metrics_update(struct slot *sl, const struct serve_summary *s, bool detache
 void metrics_release(struct slot *sl);
 /* The parent: the slots of a child that ended, whatever became of it. */
 void metrics_forget(struct metrics *m, pid_t pid);
+
+/* ---- serve-systemd.c ---- */
+
+/* The socket systemd passed (fd), -1 when none, or an EXIT_* code negated after a line. */
+int sd_activated_socket(struct serve_opts *o);
+/* sd_notify(3) of the formatted state ("READY=1", "STATUS=..."); nothing without systemd. */
+void sd_state(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- serve-config.c ---- */
+
+/* argv with the options of --config FILE put first (argc updated); argv when none. Exits on a bad file. */
+char **config_argv(int *argc, char **argv);
+/* What config_argv() allocated. */
+void config_free(void);
 
 /* ---- serve-stats.c ---- */
 

@@ -148,6 +148,38 @@ static int reaped(pid_t *kids, size_t *n, pid_t pid, int st)
 
 static struct metrics *kid_metrics;	/* --multi --metrics: slots of children that ended are freed */
 
+/*
+ * The listening socket: systemd's (socket activation), or one made at
+ * --socket with its owner and mode. fd, or an EXIT_* code negated.
+ */
+static int open_listener(struct serve_opts *o)
+{
+	int lsock = sd_activated_socket(o), rc;
+
+	if (lsock >= 0 || lsock < -1) {
+		o->activated = lsock >= 0;
+		return lsock;
+	}
+	if (!o->socket)
+		return -serve_fail(EXIT_USAGE, "--socket is required unless systemd passes the socket (LISTEN_FDS)");
+	if ((lsock = fc_listen(o->socket)) < 0)
+		return lsock;
+	if ((rc = auth_socket(o, o->socket))) {
+		close(lsock);
+		unlink(o->socket);
+		return -rc;
+	}
+	return lsock;
+}
+
+/* No VM connects from now on; systemd's socket stays where it is, for the next start. */
+static void drop_listener(const struct serve_opts *o, int lsock)
+{
+	close(lsock);
+	if (!o->activated)
+		unlink(o->socket);
+}
+
 /* Every child that ended, without waiting. */
 static void reap(pid_t *kids, size_t *n)
 {
@@ -270,9 +302,10 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 		uids[n] = cr.uid;
 		kids[n++] = pid;
 		close(conn);
+		sd_state("STATUS=serving %zu VMs", n);
 	}
-	close(lsock);		/* no VM connects from now on */
-	unlink(o->socket);
+	drop_listener(o, lsock);	/* no VM connects from now on */
+	sd_state("STOPPING=1\nSTATUS=draining %zu VMs", n);
 	if (n)
 		serve_log(LOG_INFO, "draining %zu VMs (--drain-timeout %u ms each)", n, o->drain_ms);
 	return drain_children(kids, &n, sigfd);
@@ -307,6 +340,7 @@ int main(int argc, char **argv)
 	uint64_t size = 0;
 	int snap, sigfd, lsock, conn, rc;
 
+	argv = config_argv(&argc, argv);
 	serve_args(argc, argv, &o);
 	if ((rc = check_outputs(&o)))
 		return rc;
@@ -315,25 +349,21 @@ int main(int argc, char **argv)
 	check_traces(&o, snap, size);
 	if ((sigfd = signals_fd()) < 0)
 		return -sigfd;
-	if ((lsock = fc_listen(o.socket)) < 0)
+	if ((lsock = open_listener(&o)) < 0)
 		return -lsock;
-	if ((rc = auth_socket(&o, o.socket))) {
-		close(lsock);
-		unlink(o.socket);
-		return rc;
-	}
 	if (o.metrics_addr && !(o.metrics = metrics_open(o.metrics_addr))) {
-		close(lsock);
-		unlink(o.socket);
+		drop_listener(&o, lsock);
 		return EXIT_SETUP;
 	}
-	serve_log(LOG_INFO, "listening on %s", o.socket);
+	serve_log(LOG_INFO, "listening on %s%s", o.activated ? "the socket systemd passed" : o.socket,
+		  o.activated ? " (socket activation)" : "");
+	sd_state("READY=1\nSTATUS=listening, no VM yet");
 	if (o.multi) {
 		rc = serve_multi(&o, lsock, snap, size, sigfd);
 	} else {
 		conn = accept_allowed(&o, lsock, sigfd);
-		close(lsock);
-		unlink(o.socket);	/* one VM: nobody else may connect */
+		drop_listener(&o, lsock);	/* one VM: nobody else may connect */
+		sd_state("STATUS=serving one VM");
 		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, snap, size, sigfd);
 		if (conn >= 0)
 			close(conn);
@@ -342,5 +372,6 @@ int main(int argc, char **argv)
 	close(sigfd);
 	close(snap);
 	free(o.replay);
+	config_free();
 	return rc;
 }
