@@ -424,17 +424,21 @@ static void on_complete(void *ctx, struct uffd_restore *rs)
 	atomic_fetch_add(&completions, 1);
 }
 
-/* Whether /proc/self/smaps shows the mapping at addr registered for MISSING faults ("um"). */
+/*
+ * Whether /proc/self/smaps shows the mapping holding addr registered for
+ * MISSING faults ("um"). Holding, not starting at: once unregistered, the
+ * mapping may merge with a neighbour.
+ */
 static bool smaps_um(const void *addr)
 {
-	char line[512], want[32];
+	char line[512];
 	bool in = false, um = false;
+	unsigned long a, b, x = (unsigned long)(uintptr_t)addr;
 	FILE *f = fopen("/proc/self/smaps", "re");
 
 	ck_assert_ptr_nonnull(f);
-	snprintf(want, sizeof(want), "%lx-", (unsigned long)(uintptr_t)addr);
 	while (fgets(line, sizeof(line), f)) {
-		if (!strncmp(line, want, strlen(want)))
+		if (!in && sscanf(line, "%lx-%lx ", &a, &b) == 2 && a <= x && x < b)
 			in = true;
 		else if (in && !strncmp(line, "VmFlags:", 8)) {
 			um = strstr(line, " um") != NULL;
