@@ -745,7 +745,7 @@ START_TEST(test_bad_handshake)
 	sender_end(&vm, killed);
 	assert_one_error(sv.err, b->line);
 	if (killed)
-		await_text(sv.err, "fatal: VM pid", 1);
+		killed_ms(sv.err);
 	env_cleanup(&e);
 }
 END_TEST
@@ -775,6 +775,7 @@ START_TEST(test_wrong_mapping)
 	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 5);
 	sender_end(&vm, true);
 	assert_one_error(sv.err, want[_i]);
+	killed_ms(sv.err);
 	munmap(map, 6 * MIB);
 	env_cleanup(&e);
 }
@@ -1664,6 +1665,77 @@ START_TEST(test_custom_handler)
 }
 END_TEST
 
+/*
+ * A signal while the VM's message is incomplete, its userfaultfd already
+ * here: the VM waits for us, the serve is stopping: the fatal path (kill),
+ * exit status 6.
+ */
+START_TEST(test_fatal_signal_in_handshake)
+{
+	struct env e;
+	struct proc sv, vm;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--timeout", "20000", "--handshake-timeout", "20000", NULL });
+	sender_start(&e, &vm, "[{\"base_host_virt_addr\":1048576,", FD_UFFD);
+	await_text(sv.err, "listening on", 5);
+	usleep(200000);	/* the part and its uffd are in */
+	kill(sv.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 6);
+	sender_end(&vm, true);
+	killed_ms(sv.err);
+	await_text(sv.err, "a signal came in the middle of the VM's handshake", 1);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The serve cannot be set up after a good handshake (here: out of
+ * descriptors, RLIMIT_NOFILE just above what the handshake needs): the VM is
+ * killed. The limit that hits exactly that path is searched, from 9 up.
+ */
+START_TEST(test_fatal_setup)
+{
+	struct env e;
+	bool hit = false;
+
+	if (access("/usr/bin/prlimit", X_OK))
+		SKIP_TEST("no prlimit(1)");
+	SETUP(&e, SNAP_MIB);
+	for (int n = 9; n <= 24 && !hit; n++) {
+		char lim[32], tag[32], *err;
+		struct proc sv, vm;
+		int rc;
+
+		snprintf(lim, sizeof(lim), "--nofile=%d:%d", n, n);
+		snprintf(tag, sizeof(tag), "setup%d", n);
+		spawn(&e, &sv, tag, (char *[]){ "/usr/bin/prlimit", lim, (char *)e.serve, "--socket", e.sock,
+						 "--memory", e.snap, "--timeout", "5000", NULL });
+		snprintf(tag, sizeof(tag), "vmm%d", n);
+		spawn(&e, &vm, tag, (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+						"--deadline", "20", NULL });
+		reap_within(&vm, 25, "fc-vmm");
+		rc = finish(&sv, 10, "uffd-serve");
+		err = slurp(sv.err);
+		hit = strstr(err, "the serve of the VM could not be set up");
+		if (hit) {
+			ck_assert_msg(WIFSIGNALED(vm.status) && WTERMSIG(vm.status) == SIGKILL, "fc-vmm status 0x%x",
+				      vm.status);
+			ck_assert_int_eq(rc, 1);
+			killed_ms(sv.err);
+			fprintf(stderr, "# fatal_setup: RLIMIT_NOFILE %d: %s", n, strstr(err, "fatal:"));
+		} else if (WIFSIGNALED(vm.status) || (WIFEXITED(vm.status) && WEXITSTATUS(vm.status) == 3)) {
+			ck_assert_msg(rc != 0, "the VM died but the serve says 0: %s", err);
+		}
+		free(err);
+		unlink(e.sock);
+	}
+	ck_assert_msg(hit, "no descriptor limit from 9 to 24 made the setup fail after the handshake");
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -1699,6 +1771,10 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_socket_path);
 	tc = CASE(fatal_mismatch, 30);
 	tcase_add_loop_test(tc, test_fatal_mismatch, 0, 3);
+	tc = CASE(fatal_signal_in_handshake, 30);
+	tcase_add_test(tc, test_fatal_signal_in_handshake);
+	tc = CASE(fatal_setup, 60);
+	tcase_add_test(tc, test_fatal_setup);
 	tc = CASE(fatal_read_error, 30);
 	tcase_add_test(tc, test_fatal_read_error);
 	tc = CASE(bad_memory, 20);
