@@ -38,10 +38,10 @@ struct hand {
 	unsigned long faults, copies, zeropages, retries;
 };
 
-static const struct fc_region *find(const struct hand *hd, uint64_t addr, size_t *i)
+static const struct uffd_fc_region *find(const struct hand *hd, uint64_t addr, size_t *i)
 {
 	for (*i = 0; *i < hd->h.n; (*i)++)
-		if (addr - hd->h.r[*i].addr < hd->h.r[*i].size)
+		if (addr - hd->h.r[*i].owner_addr < hd->h.r[*i].length)
 			return &hd->h.r[*i];
 	return NULL;
 }
@@ -50,7 +50,7 @@ static const struct fc_region *find(const struct hand *hd, uint64_t addr, size_t
 static int serve_fault(struct hand *hd, uint64_t addr)
 {
 	size_t i;
-	const struct fc_region *g = find(hd, addr, &i);
+	const struct uffd_fc_region *g = find(hd, addr, &i);
 	uint64_t page, off;
 	struct uffdio_copy c;
 	bool zero;
@@ -58,7 +58,7 @@ static int serve_fault(struct hand *hd, uint64_t addr)
 	if (!g)
 		return -EFAULT;
 	page = addr & ~(g->page_size - 1);
-	off = page - g->addr;
+	off = page - g->owner_addr;
 	zero = hd->gone[i][off / g->page_size];
 	c = (struct uffdio_copy){ .dst = page, .len = g->page_size,
 				  .src = (uintptr_t)(zero ? hd->zeros : hd->snap + g->offset + off) };
@@ -74,12 +74,12 @@ static void removed(struct hand *hd, uint64_t start, uint64_t end)
 {
 	for (uint64_t a = start; a < end;) {
 		size_t i;
-		const struct fc_region *g = find(hd, a, &i);
+		const struct uffd_fc_region *g = find(hd, a, &i);
 
 		if (!g)
 			return;
-		for (; a < end && a - g->addr < g->size; a += g->page_size)
-			hd->gone[i][(a - g->addr) / g->page_size] = 1;
+		for (; a < end && a - g->owner_addr < g->length; a += g->page_size)
+			hd->gone[i][(a - g->owner_addr) / g->page_size] = 1;
 	}
 }
 
@@ -146,7 +146,7 @@ static int setup(struct hand *hd, int snap)
 	if (hd->snap == MAP_FAILED || !hd->gone)
 		return -ENOMEM;
 	for (size_t i = 0; i < hd->h.n; i++) {
-		if (!(hd->gone[i] = calloc(hd->h.r[i].size / hd->h.r[i].page_size, 1)))
+		if (!(hd->gone[i] = calloc(hd->h.r[i].length / hd->h.r[i].page_size, 1)))
 			return -ENOMEM;
 		if (hd->h.r[i].page_size > max_ps)
 			max_ps = hd->h.r[i].page_size;

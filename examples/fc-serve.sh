@@ -3,11 +3,19 @@
 # twice: the first run serves demand faults and records the working set, the
 # second replays it ahead of the guest and fills in the rest, then detaches.
 # The guest checks every byte it reads; its balloon gives 1 MiB back in both.
-# usage: fc-serve [--mib N] [--summary]   (next to fc-vmm; uffd-serve's path is configured)
+# usage: fc-serve [--mib N] [--summary]
+# uffd-serve: $UFFD_SERVE, else the path configured by the build, else the one
+# in PATH (the copy installed with the examples is not configured). fc-vmm:
+# $FC_VMM, else next to this script, else in PATH (build it from fc-vmm.c).
 set -uo pipefail
 
 here=$(dirname "$0")
-serve=@UFFD_SERVE@
+serve=${UFFD_SERVE:-@UFFD_SERVE@}
+case $serve in
+'@'*) serve=$(command -v uffd-serve) || { echo "$0: uffd-serve not found: install uffd-tools or set UFFD_SERVE" >&2; exit 2; } ;;
+esac
+vmm=${FC_VMM:-$here/fc-vmm}
+[ -x "$vmm" ] || vmm=$(command -v fc-vmm) || { echo "$0: fc-vmm not found: build examples/fc-vmm.c, or set FC_VMM" >&2; exit 2; }
 mib=64
 summary=0
 while [ $# -gt 0 ]; do
@@ -19,7 +27,7 @@ while [ $# -gt 0 ]; do
 done
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-"$here/fc-vmm" --make-snapshot "$dir/snap" --mib "$mib" || exit 1
+"$vmm" --make-snapshot "$dir/snap" --mib "$mib" || exit 1
 
 kv() { sed -n "s/.*[ {,\"]$2[\"]*[=:]\\([0-9]*\\).*/\\1/p" "$1" | head -n 1; }
 failed=0
@@ -29,7 +37,7 @@ restore() {
 	shift
 	"$serve" --socket "$dir/sock" --memory "$dir/snap" --json "$@" >"$dir/$tag.json" 2>"$dir/$tag.err" &
 	local pid=$!
-	"$here/fc-vmm" --socket "$dir/sock" --memory "$dir/snap" --touch-pct 25 --balloon >"$dir/$tag.vmm" || failed=1
+	"$vmm" --socket "$dir/sock" --memory "$dir/snap" --touch-pct 25 --balloon >"$dir/$tag.vmm" || failed=1
 	wait $pid || failed=1
 	grep -q 'bad_pages=0 .*balloon_nonzero=0' "$dir/$tag.vmm" || failed=1
 	ms=$(awk -v us="$(kv "$dir/$tag.vmm" restore_us)" 'BEGIN { printf "%.1f", us / 1000 }')

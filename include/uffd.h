@@ -299,6 +299,18 @@ int uffd_read_events(struct uffd *u, struct uffd_event *ev, size_t max);
  */
 int uffd_open_fd(struct uffd **out, int fd, uint64_t features);
 
+/**
+ * The features a userfaultfd this process holds was initialised with, as
+ * the kernel reports them (/proc/self/fdinfo), without the kernel-internal
+ * UFFD_FEATURE_INITIALIZED bit (1 << 31), which is no feature: the value to
+ * pass to uffd_open_fd() for a received fd, on which UFFDIO_API cannot be
+ * called again (since 0.4).
+ * @return 0 with *features; -EINVAL (NULL @p features, an fd that is not a
+ *         userfaultfd -- the message says what it is -- or one never
+ *         initialised); -EBADF (not open); -errno of reading /proc.
+ */
+int uffd_features_of_fd(int fd, uint64_t *features);
+
 /* ------------------------------------------------------------------ */
 /* 4. memfd regions with an alias view                                 */
 /* ------------------------------------------------------------------ */
@@ -704,6 +716,12 @@ struct uffd_foreign_opts {
  * nor uffd_region_discard() without fd; uffd_region_populate() without fd
  * copies into the owner's missing pages (UFFDIO_COPY). Destroying the
  * region leaves the owner's registration alone.
+ * The memory's kind follows from the declared page size: above the base
+ * page it is hugetlbfs memory. MISSING faults on hugetlbfs or shmem memory
+ * need no feature from this handle (since 0.4): the owner registered the
+ * range, which the kernel allowed, and UFFD_FEATURE_MISSING_HUGETLBFS and
+ * _MISSING_SHMEM are announcements the kernel never checks -- an owner such
+ * as Firecracker does not ask for them, so its fd's features lack them.
  * @return 0; -EINVAL (bad options, unaligned, page size not a power of two,
  *         fd's page size differs from the declared one, fd too small or not
  *         on tmpfs/hugetlbfs); -EBADF/-EACCES (fd closed / not O_RDWR);
@@ -914,6 +932,22 @@ int uffd_restore_start(struct uffd_restore *rs, struct uffd_loop *l);
 int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms);
 
 /**
+ * Finish the restore now, for a handler that must go (a drain before its
+ * exit or upgrade): from this call on it brings in every page not yet
+ * present as fast as the demand faults allow, whatever UFFD_RESTORE_FILL
+ * and fill_rate say, and when every page is present unregisters every
+ * region and calls on_complete, as if it had been made with
+ * UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH. Then the served process no longer
+ * needs the handler. It returns at once; wait with uffd_restore_wait().
+ * Any thread, after uffd_restore_start() (since 0.4).
+ * @return 0; -EINVAL (NULL, not started); -EALREADY (every page was present
+ *         before, without UFFD_RESTORE_DETACH: the regions stay registered,
+ *         nothing is missing: unregister them); -ESRCH / -EIO (the restore
+ *         ended first: the owner exited / a page could not be read).
+ */
+int uffd_restore_finish(struct uffd_restore *rs);
+
+/**
  * Write the pages recorded so far (UFFD_RESTORE_RECORD) to @p path,
  * replacing it atomically (a temporary file, then rename(2)).
  * @return 0; -EINVAL (NULL, not recording, not started); -errno of the file calls.
@@ -960,6 +994,80 @@ uint64_t uffd_hist_quantile(const uint64_t *h, double q);
  * @p rs. Not from on_complete. NULL is fine.
  */
 void uffd_restore_free(struct uffd_restore *rs);
+
+/* ------------------------------------------------------------------ */
+/* 10. Firecracker's handshake (since 0.4)                             */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A Firecracker VM restored with the "Uffd" memory backend connects to its
+ * handler's Unix socket and sends one message: its userfaultfd (SCM_RIGHTS)
+ * and a JSON array of GuestRegionUffdMapping objects. The library reads and
+ * checks it as untrusted input (a strict parser of exactly that format; no
+ * JSON library), so that a custom handler needs only: uffd_open_fd(h->uffd,
+ * h->features), uffd_region_create_foreign() per region, and a page source
+ * (the restore engine, section 9).
+ */
+
+/** One guest memory region of the handshake. */
+struct uffd_fc_region {
+	uint64_t owner_addr; /**< base_host_virt_addr, in the VM's address space */
+	uint64_t length;     /**< size, bytes */
+	uint64_t offset;     /**< where the region starts in the memory snapshot file */
+	uint64_t page_size;  /**< page_size, or page_size_kib (bytes despite its name) */
+};
+
+/** What a VM sent, checked. */
+struct uffd_fc_handshake {
+	int      uffd;       /**< the VM's userfaultfd, O_CLOEXEC, -1 once taken (set it so) */
+	uint64_t features;   /**< its features, as uffd_features_of_fd() reads them */
+	pid_t    pid;        /**< SO_PEERCRED; 0 when not visible in this pid namespace */
+	uid_t    uid;        /**< SO_PEERCRED */
+	gid_t    gid;        /**< SO_PEERCRED */
+	int      pidfd;      /**< the peer's pidfd, O_CLOEXEC, or -1 (kernel before 5.3) */
+	size_t   nregions;   /**< rows of @p regions; 0 in a handshake returned with an error */
+	struct uffd_fc_region *regions; /**< in the order sent */
+};
+
+/** Options of uffd_fc_handshake_recv(), versioned by size. */
+struct uffd_fc_opts {
+	size_t   size;        /**< sizeof(struct uffd_fc_opts) */
+	int      timeout_ms;  /**< for the whole message; 0: 5000; -1: none */
+	int      cancel_fd;   /**< an fd whose readability ends the wait (a signalfd); 0 or -1: none */
+	uint64_t file_size;   /**< 0, or the snapshot's size: every region must lie in it */
+	unsigned max_regions; /**< 0: 4096 */
+	unsigned flags;       /**< UFFD_FC_* */
+};
+/** Do not check the regions against the VM's mappings (/proc/PID/smaps). */
+#define UFFD_FC_NO_MAPPING_CHECK (1u << 0)
+
+/**
+ * Read a Firecracker VM's handshake from the connected socket @p conn:
+ * exactly one userfaultfd (initialised: its features from fdinfo) and one
+ * JSON array of 1 to max_regions objects with unsigned integers
+ * base_host_virt_addr, size, offset and page_size (or page_size_kib; both
+ * must then agree), other members ignored, nothing after the array; each
+ * page size a power of two that is the base page size or a huge page size
+ * of this machine; addresses, sizes and offsets multiples of it; no wrap,
+ * no overlap; with @p o->file_size, every region inside the file; unless
+ * UFFD_FC_NO_MAPPING_CHECK, every region mapped in the VM with pages of its
+ * declared size. The socket stays open (Firecracker keeps it open).
+ *
+ * The VM waits for its handler once it sent its userfaultfd: when an error
+ * comes after that, *out is still set (nregions 0) so that the caller can
+ * decide what becomes of the VM (its pidfd); else *out is NULL.
+ * Free it with uffd_fc_handshake_free().
+ * @return 0; -EINVAL (bad arguments); -ETIMEDOUT (no whole message in
+ *         time); -ECANCELED (@p o->cancel_fd became readable);
+ *         -ECONNRESET (the peer closed before its message ended);
+ *         -EPROTO (the message is not a valid handshake: the sentence says
+ *         what); -ERANGE (a region lies outside the file: the snapshot is
+ *         not this VM's); -ENOMEM; -errno of recvmsg.
+ */
+int uffd_fc_handshake_recv(int conn, const struct uffd_fc_opts *o, struct uffd_fc_handshake **out);
+
+/** Close what @p h still holds (uffd unless -1, pidfd) and free it. NULL is fine. */
+void uffd_fc_handshake_free(struct uffd_fc_handshake *h);
 
 #ifdef __cplusplus
 }

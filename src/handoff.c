@@ -628,39 +628,12 @@ static int check_sealed(const char *c, size_t i, int fd)
 			 c, i);
 }
 
-/* /proc/self/fdinfo of a userfaultfd has "API:\t<api>:<features>:<ioctls>". */
-static int fdinfo_features(const char *c, int fd, uint64_t *features)
-{
-	char path[64], line[256], link[128] = "";
-	unsigned long long api, feat;
-	bool found = false;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-	f = fopen(path, "re");
-	if (!f)
-		return uffd__err(-errno, "%s: cannot read %s to check the userfaultfd: %s (is /proc mounted?)",
-				 c, path, strerror(errno));
-	while (!found && fgets(line, sizeof(line), f))
-		found = sscanf(line, "API:\t%llx:%llx:", &api, &feat) == 2;
-	fclose(f);
-	if (found) {
-		*features = feat;
-		return 0;
-	}
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	if (readlink(path, link, sizeof(link) - 1) < 0)
-		snprintf(link, sizeof(link), "unknown");
-	return uffd__err(-EINVAL, "%s: the first descriptor is not a userfaultfd but %s; the sender must put the userfaultfd first",
-			 c, link);
-}
-
 /* The kernel says which features the uffd has: they must be those announced. */
 static int check_uffd(const char *c, int fd, uint64_t announced)
 {
 	char abuf[256], kbuf[256];
 	uint64_t kf = 0;
-	int err = fdinfo_features(c, fd, &kf);
+	int err = uffd__fdinfo_features(c, fd, &kf);
 
 	if (err)
 		return err;

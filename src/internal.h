@@ -78,6 +78,9 @@ UFFD_OWN(loop_start);
 UFFD_OWN(loop_stop);
 UFFD_OWN(loop_stats);
 UFFD_OWN(loop_counters);
+UFFD_OWN(features_of_fd);
+UFFD_OWN(fc_handshake_recv);
+UFFD_OWN(fc_handshake_free);
 UFFD_OWN(loop_free);
 UFFD_OWN(handoff_send);
 UFFD_OWN(handoff_recv);
@@ -89,6 +92,7 @@ UFFD_OWN(restore_add_region);
 UFFD_OWN(restore_load_trace);
 UFFD_OWN(restore_start);
 UFFD_OWN(restore_wait);
+UFFD_OWN(restore_finish);
 UFFD_OWN(restore_save_trace);
 UFFD_OWN(restore_stats);
 UFFD_OWN(hist_quantile);
@@ -374,6 +378,11 @@ int uffd__err(int err, const char *fmt, ...) UFFD_PRINTF(2, 3);
 size_t uffd__vformat(char *buf, size_t size, const char *fmt, va_list ap);
 /* Async-signal-safe: copies a constant string. Returns err. */
 int uffd__err_const(int err, const char *msg);
+
+/* fdinfo.c: the raw features field of fd's fdinfo (with the kernel's INITIALIZED bit); -errno, message set. */
+int uffd__fdinfo_features(const char *c, int fd, uint64_t *features);
+/* The same without a message: -EBADF, -EINVAL (not a userfaultfd), -errno. */
+int uffd__fdinfo_quiet(int fd, uint64_t *features);
 /* "EFAULT" for 14 (sign ignored); "E?" when unknown. */
 const char *uffd__errname(int err);
 

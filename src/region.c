@@ -166,6 +166,16 @@ static int check_features(const struct uffd_region *r, unsigned kind)
 	char mbuf[32], fbuf[128];
 
 	need = uffd__kind_needs(kind, r->modes, f);
+	/*
+	 * A foreign region was registered by its owner, which the kernel
+	 * allowed: MISSING on hugetlbfs or shmem asks for no feature of the
+	 * kernel (MISSING_HUGETLBFS and MISSING_SHMEM only announce support,
+	 * and fdinfo reports them only when the owner asked for them, which
+	 * Firecracker does not). The kind itself follows from the declared
+	 * page size (is_hugetlb). MINOR and WP keep their requirements.
+	 */
+	if (r->foreign)
+		need &= ~(uint64_t)(UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_MISSING_SHMEM);
 	if ((r->modes & UFFDIO_REGISTER_MODE_WP) &&
 	    !(f & (UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC)))
 		need |= UFFD_FEATURE_PAGEFAULT_FLAG_WP;

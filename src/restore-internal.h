@@ -120,6 +120,8 @@ struct uffd_restore {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	bool finished;		/* complete (and detached, on_complete called) */
+	atomic_bool finishing;	/* uffd_restore_finish(): fill at full speed, then detach */
+	atomic_bool detached;	/* the regions were unregistered */
 	int err;		/* -ESRCH, -EIO: what uffd_restore_wait() returns */
 
 	/* traces (restore-trace.c) */
@@ -155,8 +157,12 @@ void rs__io_failed(struct uffd_restore *rs);
 void rs__owner_gone(struct uffd_restore *rs);
 /* Whether every page is PRESENT or ZERO. */
 bool rs__all_done(struct uffd_restore *rs);
+/* Wakes the restore thread (uffd_restore_finish()). */
+void rs__io_poke(struct uffd_restore *rs);
 /* Restore thread: detach (UFFD_RESTORE_DETACH), on_complete, wake the waiters. Once. */
 void rs__finish(struct uffd_restore *rs);
+/* A restore complete without detaching: unregister its regions now (uffd_restore_finish). Once. */
+void rs__detach_late(struct uffd_restore *rs);
 /* Waiters on pages [first, first+n) of g: their latency is recorded and they leave. */
 void rs__waiters_done(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n);
 /* Resolves [first, first+n) of g from data at src (COPY) or the alias (CONTINUE), skipping ZERO pages. */

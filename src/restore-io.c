@@ -39,6 +39,11 @@ static void poke(struct uffd_restore *rs)
 	}
 }
 
+void rs__io_poke(struct uffd_restore *rs)
+{
+	poke(rs);
+}
+
 bool rs__io_demand(struct uffd_restore *rs, const struct rs_fault *f)
 {
 	bool ok;
@@ -182,7 +187,7 @@ static bool next_unfilled(struct uffd_restore *rs, struct rs_region **g, size_t 
 /* Whether the fill's rate allows a read now; else *wait_ns says when. */
 static bool fill_allowed(struct uffd_restore *rs, uint64_t now, uint64_t *wait_ns)
 {
-	if (!rs->o.fill_rate || rs->fill_due_ns <= now)
+	if (!rs->o.fill_rate || atomic_load(&rs->finishing) || rs->fill_due_ns <= now)
 		return true;
 	if (rs->fill_due_ns - now < *wait_ns)
 		*wait_ns = rs->fill_due_ns - now;
@@ -201,7 +206,7 @@ static void fill_charge(struct uffd_restore *rs, uint64_t now, uint64_t bytes)
 /* Trace pages, then (UFFD_RESTORE_FILL) the rest, while prefetch slots are free. */
 static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 {
-	bool fill = rs->o.flags & UFFD_RESTORE_FILL;
+	bool fill = (rs->o.flags & UFFD_RESTORE_FILL) || atomic_load(&rs->finishing);
 	struct rs_region *g;
 	struct rs_read *s;
 	size_t page;

@@ -248,6 +248,18 @@ static void detach(struct uffd_restore *rs)
 	}
 }
 
+void rs__detach_late(struct uffd_restore *rs)
+{
+	struct timespec nap = { .tv_nsec = 50000 };
+
+	if (atomic_exchange(&rs->detached, true))
+		return;
+	while (!uffd__gate_enter())
+		nanosleep(&nap, NULL);
+	detach(rs);
+	uffd__gate_leave();
+}
+
 /*
  * Pages left ZERO need nothing before detaching: an unregistered page that
  * is absent reads zeros (anonymous memory, a hole in a file) or keeps its
@@ -264,7 +276,8 @@ void rs__finish(struct uffd_restore *rs)
 	/* Unregistering may allocate (the handle's range table) and on_complete is user code. */
 	while (!uffd__gate_enter())
 		nanosleep(&nap, NULL);
-	if (rs->o.flags & UFFD_RESTORE_DETACH)
+	if (((rs->o.flags & UFFD_RESTORE_DETACH) || atomic_load(&rs->finishing)) &&
+	    !atomic_exchange(&rs->detached, true))
 		detach(rs);
 	if (rs->o.on_complete)
 		rs->o.on_complete(rs->o.ctx, rs);

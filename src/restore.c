@@ -230,6 +230,38 @@ fail:
 }
 UFFD_EXPORT_OWN(restore_start);
 
+/*
+ * The flag first, then the look at complete_ns: a restore thread that has
+ * not begun rs__finish() yet will see the flag and detach; one that has
+ * begun is waited for; a restore that completed without detaching is
+ * detached here.
+ */
+UFFD_EXPORT int uffd_restore_finish(struct uffd_restore *rs)
+{
+	const char *c = "uffd_restore_finish";
+
+	if (!rs)
+		return uffd__err(-EINVAL, "%s: restore is NULL", c);
+	if (!rs->started)
+		return uffd__err(-EINVAL, "%s: the restore is not started; call uffd_restore_start first", c);
+	atomic_store(&rs->finishing, true);
+	if (!atomic_load(&rs->complete_ns)) {
+		rs__io_poke(rs);
+		return 0;
+	}
+	pthread_mutex_lock(&rs->lock);
+	while (!rs->finished && !rs->err)
+		pthread_cond_wait(&rs->cond, &rs->lock);
+	pthread_mutex_unlock(&rs->lock);
+	if (!atomic_load(&rs->detached) && rs->err)
+		return uffd__err(rs->err, "%s: the restore ended without completing (%s); the regions are still registered",
+				 c, rs->err == -ESRCH ? "the owner exited" : "a page could not be read");
+	/* Complete before the call (every page came in by demand): detach now, as asked. */
+	rs__detach_late(rs);
+	return 0;
+}
+UFFD_EXPORT_OWN(restore_finish);
+
 UFFD_EXPORT int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms)
 {
 	struct timespec dl;

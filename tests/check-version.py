@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 """One version everywhere: meson.build's project version is the source;
 uffd.h's LIBUFFD_VERSION_* macros, the generated uffd.pc, the shared
-library's file name and debian/changelog must say the same, and the SONAME
+library's file name, debian/changelog and every man page's footer must say
+the same, and the SONAME
 must match the Debian runtime package (debian/control, the symbols file).
 
 usage: check-version.py VERSION uffd.h uffd.pc libuffd.so SRCDIR"""
@@ -41,6 +42,22 @@ def runtime_packages(control):
     return re.findall(r"^Package:\s*(libuffd\d+)\s*$", open(control).read(), re.M)
 
 
+def man_versions(mandir, version):
+    """Pages whose .TH footer names another version than "libuffd MAJOR.MINOR"."""
+    want = "libuffd " + ".".join(version.split(".")[:2])
+    bad = []
+    for name in sorted(os.listdir(mandir)):
+        if not re.search(r"\.[1-8]$", name):
+            continue
+        text = open(os.path.join(mandir, name)).read()
+        if text.startswith(".so "):
+            continue  # a link to another page
+        m = re.search(r'^\.TH\s+\S+\s+\S+\s+"[^"]*"\s+"([^"]*)"', text, re.M)
+        if not m or m.group(1) != want:
+            bad.append(f"man/{name} says {m.group(1) if m else 'no .TH'!r}, want {want!r}")
+    return bad
+
+
 def symbols_header(path):
     return open(path).readline().split()[:2]
 
@@ -57,6 +74,7 @@ def main():
     found["shared library file"] = real[len("libuffd.so."):] if real.startswith("libuffd.so.") else real
     problems = [f"{what} says {v!r}, meson.build says {version!r}"
                 for what, v in found.items() if v != version]
+    problems += man_versions(os.path.join(srcdir, "man"), version)
 
     so, number = soname(lib)
     if not so:
@@ -72,7 +90,7 @@ def main():
     elif symbols_header(sym) != [so, pkg]:
         problems.append(f"debian/{pkg}.symbols starts with {symbols_header(sym)}, want {[so, pkg]}")
     return finish(problems, f"{len(problems)} disagreement(s) with version {version}",
-                  f"version {version} everywhere: uffd.h, uffd.pc, {real}, debian/changelog; "
+                  f"version {version} everywhere: uffd.h, uffd.pc, {real}, debian/changelog, man pages; "
                   f"SONAME {so} = package {pkg}")
 
 sys.exit(main())

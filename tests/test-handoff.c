@@ -1222,12 +1222,23 @@ START_TEST(test_foreign_args)
 	BAD(-EINVAL, "was declared but fd", o.fd = memfd; o.page_size = 2 * ps);
 	BAD(-EACCES, "not open for reading and writing", o.fd = ro);
 	BAD(-EBADF, "not open", o.fd = 1000);
-	/* A handle without features: anonymous MISSING needs none, shmem does. */
+	/*
+	 * A handle without features (as Firecracker's fd has): MISSING needs
+	 * none, on anonymous, shmem or hugetlbfs memory (from the declared
+	 * page size) -- the owner registered it; MINOR on shmem does.
+	 */
 	ASSERT_OK(uffd_region_create_foreign(bare, &good, &r));
 	uffd_region_destroy(r);
 	o = good;
 	o.fd = memfd;
-	ASSERT_ERR(uffd_region_create_foreign(bare, &o, &r), -EOPNOTSUPP, "a shmem region registered for MISSING needs UFFD_FEATURE_MISSING_SHMEM");
+	ASSERT_OK(uffd_region_create_foreign(bare, &o, &r));
+	uffd_region_destroy(r);
+	o = good;
+	o.owner_addr = 1ull << 40;	/* declared only: nothing is mapped or registered there */
+	o.page_size = o.length = 2u << 20;
+	ASSERT_OK(uffd_region_create_foreign(bare, &o, &r));
+	ck_assert_uint_eq(uffd_region_page_size(r), 2u << 20);
+	uffd_region_destroy(r);
 	o = good;
 	o.modes = MINOR;
 	ASSERT_ERR(uffd_region_create_foreign(bare, &o, &r), -EOPNOTSUPP, "MINOR_SHMEM");
@@ -1339,6 +1350,44 @@ START_TEST(test_unsealed_memfd)
 }
 END_TEST
 
+/*
+ * uffd_features_of_fd(): a received fd's features without the kernel's
+ * INITIALIZED bit, which uffd_open_fd() refuses; what the fd is when it is
+ * not an initialised userfaultfd.
+ */
+START_TEST(test_features_of_fd)
+{
+	struct uffd_opts o = { .size = sizeof(o), .features = UFFD_FEATURE_EVENT_REMOVE };
+	struct uffd *u = NULL, *w = NULL;
+	uint64_t f = 1;
+	int ev = eventfd(0, EFD_CLOEXEC), raw, dup_fd;
+
+	if (uffd_open(&u, &o))
+		SKIP_TEST("no userfaultfd with EVENT_REMOVE here: %s", uffd_last_error());
+	ASSERT_OK(uffd_features_of_fd(uffd_fd(u), &f));
+	ck_assert_uint_eq(f, uffd_features(u));
+	ck_assert_uint_eq(f >> 31, 0);
+	/* The old trap: the raw fdinfo value has bit 31, which uffd_open_fd refuses. */
+	ASSERT_ERR(uffd_open_fd(&w, dup_fd = fcntl(uffd_fd(u), F_DUPFD_CLOEXEC, 0), f | (1ull << 31)), -EINVAL,
+		   "unknown feature bits 0x80000000");
+	ASSERT_OK(uffd_open_fd(&w, dup_fd, f));
+	ck_assert_uint_eq(uffd_features(w), uffd_features(u));
+	uffd_close(w);
+	ASSERT_ERR(uffd_features_of_fd(ev, &f), -EINVAL, "not a userfaultfd but anon_inode:[eventfd]");
+	ck_assert_uint_eq(f, 0);
+	ASSERT_ERR(uffd_features_of_fd(1000, &f), -EBADF, "not open");
+	ASSERT_ERR(uffd_features_of_fd(-1, &f), -EBADF, "not open");
+	ASSERT_ERR(uffd_features_of_fd(uffd_fd(u), NULL), -EINVAL, "features is NULL");
+	raw = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (raw >= 0) {	/* no UFFDIO_API yet */
+		ASSERT_ERR(uffd_features_of_fd(raw, &f), -EINVAL, "never initialised");
+		close(raw);
+	}
+	close(ev);
+	uffd_close(u);
+}
+END_TEST
+
 static Suite *handoff_suite(void)
 {
 	Suite *s = suite_create("handoff");
@@ -1348,6 +1397,8 @@ static Suite *handoff_suite(void)
 	tcase_add_test(tc, test_unsealed_memfd);
 	tc = CASE(xproc_anon, 30);
 	tcase_add_test(tc, test_xproc_anon);
+	tc = CASE(features_of_fd, 10);
+	tcase_add_test(tc, test_features_of_fd);
 	tc = CASE(xproc_memfd_minor, 30);
 	tcase_add_test(tc, test_xproc_memfd_minor);
 	tc = CASE(xproc_huge_memfd, 30);

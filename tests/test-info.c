@@ -408,6 +408,7 @@ static void assert_fix_named(const char *doc, const char *row)
 static const char *const check_keys[] = {
 	"minor_shmem", "minor_hugetlb", "wp_anon", "wp_shmem", "wp_hugetlb", "move",
 	"poison", "sigbus", "io_uring", "dirty_tracking", "kernel_faults", "event_fork",
+	"missing_anon", "missing_hugetlb", "event_remove",
 };
 #define NR_CHECKS (sizeof(check_keys) / sizeof(check_keys[0]))
 
@@ -469,7 +470,8 @@ END_TEST
 START_TEST(test_json_root_checks)
 {
 	static const char *const need_root[] = { "wp_anon", "wp_shmem", "move", "poison",
-						 "sigbus", "dirty_tracking", "event_fork" };
+						 "sigbus", "dirty_tracking", "event_fork", "missing_anon",
+						 "event_remove" };
 	uint64_t avail = 0;
 	struct run *r;
 	char path[128];
@@ -492,6 +494,8 @@ START_TEST(test_json_root_checks)
 		ck_assert(jbool(r->out, "checks/io_uring/ok"));
 	ck_assert(jbool(r->out, "cap_sys_ptrace"));
 	ck_assert(!jbool(r->out, "access/user_mode_only_checks"));
+	/* What uffd-serve needs works for root on such a kernel. */
+	ck_assert_msg(jbool(r->out, "uffd_serve/ok"), "%s", jstr(r->out, "uffd_serve/detail"));
 	/* A hugetlb check that fails names vm.nr_hugepages. */
 	if (!jbool(r->out, "checks/minor_hugetlb/ok"))
 		ck_assert_ptr_nonnull(strstr(jstr(r->out, "checks/minor_hugetlb/fix"), "vm.nr_hugepages"));
@@ -516,6 +520,9 @@ START_TEST(test_hugetlb)
 	ck_assert_int_ge(jnum(r->out, "hugepages/total"), 2);
 	ck_assert_msg(jbool(r->out, "checks/minor_hugetlb/ok"), "%s", jstr(r->out, "checks/minor_hugetlb/detail"));
 	ck_assert_msg(jbool(r->out, "checks/wp_hugetlb/ok"), "%s", jstr(r->out, "checks/wp_hugetlb/detail"));
+	ck_assert_msg(jbool(r->out, "checks/missing_hugetlb/ok"), "%s", jstr(r->out, "checks/missing_hugetlb/detail"));
+	ck_assert_msg(strstr(jstr(r->out, "uffd_serve/detail"), "2 MiB (hugetlb) guests: yes"), "%s",
+		      jstr(r->out, "uffd_serve/detail"));
 	free(r);
 }
 END_TEST

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -18,6 +19,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -124,6 +127,29 @@ static int finish(struct proc *p, double seconds, const char *what)
 	}
 	ck_assert_msg(WIFEXITED(p->status), "%s died of signal %d", what, WTERMSIG(p->status));
 	return WEXITSTATUS(p->status);
+}
+
+/* Waits up to seconds for p to end, however it ends: its waitpid status; fails when it does not end. */
+static int reap_within(struct proc *p, double seconds, const char *what)
+{
+	double end = harness_now() + seconds;
+
+	while (waitpid(p->pid, &p->status, WNOHANG) == 0) {
+		if (harness_now() > end) {
+			kill(p->pid, SIGKILL);
+			waitpid(p->pid, &p->status, 0);
+			ck_abort_msg("%s did not end within %.1f s", what, seconds);
+		}
+		usleep(1000);
+	}
+	return p->status;
+}
+
+/* p is still running after seconds. */
+static void still_running(struct proc *p, double seconds, const char *what)
+{
+	usleep((useconds_t)(seconds * 1e6));
+	ck_assert_msg(waitpid(p->pid, &p->status, WNOHANG) == 0, "%s ended, status 0x%x", what, p->status);
 }
 
 /* The whole of a small file, NUL-terminated (freed by the caller). */
@@ -384,10 +410,10 @@ END_TEST
 
 /*
  * A restore interrupted in its middle: the guest touches a page a
- * millisecond, and the victim is killed 100 ms after it resumed. Returns
+ * millisecond, and the VM is killed 100 ms after it resumed. Returns
  * the serve's --json summary, once the serve ended with 0.
  */
-static char *interrupted(struct env *e, bool kill_vm)
+static char *interrupted(struct env *e)
 {
 	struct proc sv, vm;
 
@@ -397,9 +423,8 @@ static char *interrupted(struct env *e, bool kill_vm)
 					 "--pace-us", "1000", "--deadline", "40", NULL });
 	await_text(vm.out, "FCVMM resumed", 10);
 	usleep(100000);
-	kill(kill_vm ? vm.pid : sv.pid, kill_vm ? SIGKILL : SIGTERM);
+	kill(vm.pid, SIGKILL);
 	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
-	kill(vm.pid, SIGKILL);	/* after a SIGTERM to the serve its next fault has nobody to serve it */
 	waitpid(vm.pid, &vm.status, 0);
 	return slurp(sv.out);
 }
@@ -411,7 +436,7 @@ START_TEST(test_vm_killed)
 	char *json;
 
 	SETUP(&e, SNAP_MIB);
-	json = interrupted(&e, true);
+	json = interrupted(&e);
 	ck_assert_msg(strstr(json, "\"end\":\"vm-exit\""), "%s", json);
 	ck_assert_uint_eq(num(json, "\"fds_leaked\""), 0);
 	ck_assert_uint_gt(num(json, "\"missing\""), 0);
@@ -421,18 +446,89 @@ START_TEST(test_vm_killed)
 }
 END_TEST
 
-/* SIGTERM ends the serve cleanly, with its summary. */
-START_TEST(test_sigterm)
+static double killed_ms(const char *errfile);
+
+/* Paced VMs (a page a millisecond) that check every byte after the handler left. */
+static void start_paced_vms(const struct env *e, struct proc *vm, int n)
 {
+	for (int i = 0; i < n; i++)
+		spawn(e, &vm[i], i ? "vmm1" : "vmm0", (char *[]){ (char *)e->vmm, "--socket", (char *)e->sock,
+			"--memory", (char *)e->snap, "--pace-us", "1000", "--after-handler", "--deadline", "40", NULL });
+}
+
+/* Every byte each VM read, and every byte of its memory after the serve left, was right. */
+static void assert_vms_whole(struct proc *vm, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char *out;
+
+		ck_assert_int_eq(finish(&vm[i], 40, "fc-vmm"), 0);
+		out = slurp(vm[i].out);
+		ck_assert_uint_eq(num(out, "bad_pages"), 0);
+		ck_assert_uint_eq(num(out, "after_handler_bad"), 0);
+		free(out);
+	}
+}
+
+/*
+ * SIGTERM with VMs in the middle of their restore (a tenth of their pages
+ * touched): each is drained, every page brought in and its regions
+ * unregistered, and runs on without the serve; every byte checked. _i: 0
+ * one VM, 1 --multi with two.
+ */
+START_TEST(test_drain)
+{
+	int nvm = _i ? 2 : 1;
 	struct env e;
-	char *json;
+	struct proc sv, vm[2];
+	char *json, *second;
 
 	SETUP(&e, SNAP_MIB);
-	json = interrupted(&e, false);
-	ck_assert_msg(strstr(json, "\"end\":\"signal\""), "%s", json);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--json", _i ? "--multi" : NULL, NULL });
+	start_paced_vms(&e, vm, nvm);
+	for (int i = 0; i < nvm; i++)
+		await_text(vm[i].out, "FCVMM resumed", 10);
+	usleep(200000);
+	kill(sv.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	ck_assert_msg(strstr(json, "\"end\":\"detached\""), "%s", json);
+	ck_assert_uint_eq(num(json, "\"present\""), num(json, "\"total\""));
 	ck_assert_uint_eq(num(json, "\"fds_leaked\""), 0);
-	ck_assert_uint_gt(num(json, "\"missing\""), 0);
+	if (_i) {
+		second = strchr(json, '\n') + 1;
+		ck_assert_msg(strstr(second, "\"end\":\"detached\""), "%s", json);
+		ck_assert_int_eq(access(e.sock, F_OK), -1);
+	}
+	await_text(sv.err, "draining VM pid", 1);
+	assert_vms_whole(vm, nvm);
 	free(json);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * --drain-timeout 0: the drain cannot finish, the fatal policy (kill) takes
+ * the VM, and the exit status says so (6). _i: 0 one VM, 1 --multi.
+ */
+START_TEST(test_drain_timeout)
+{
+	struct env e;
+	struct proc sv, vm;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--drain-timeout", "0", _i ? "--multi" : NULL, NULL });
+	start_paced_vms(&e, &vm, 1);
+	await_text(vm.out, "FCVMM resumed", 10);
+	usleep(100000);
+	kill(sv.pid, SIGTERM);
+	reap_within(&vm, 5, "fc-vmm");
+	ck_assert_msg(WIFSIGNALED(vm.status) && WTERMSIG(vm.status) == SIGKILL, "fc-vmm status 0x%x", vm.status);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 6);
+	killed_ms(sv.err);
+	await_text(sv.err, "within --drain-timeout 0 ms", 1);
 	env_cleanup(&e);
 }
 END_TEST
@@ -526,6 +622,25 @@ static int connect_retry(const char *path)
 	}
 }
 
+/* One sendmsg of json with descriptor fd, as Firecracker sends it. */
+static void send_message_fd(int s, const char *json, int fd)
+{
+	union {
+		char b[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} ctl = { 0 };
+	struct iovec iov = { .iov_base = (void *)json, .iov_len = strlen(json) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	(void)!sendmsg(s, &mh, MSG_NOSIGNAL);
+}
+
 /* One sendmsg of json with the descriptors of kind k, as Firecracker would. */
 static void send_message(int s, const char *json, enum fdkind k)
 {
@@ -561,6 +676,38 @@ static void send_message(int s, const char *json, enum fdkind k)
 		close(fds[k == FD_TWO]);
 }
 
+/*
+ * A stand-in VM that sends json with descriptors of kind k, then waits to
+ * be served (as a VM waits on its first fault) until it is killed.
+ */
+static void sender_start(const struct env *e, struct proc *p, const char *json, enum fdkind k)
+{
+	int s;
+
+	p->pid = fork();
+	ck_assert_int_ge(p->pid, 0);
+	if (p->pid)
+		return;
+	signal(SIGTERM, SIG_DFL);	/* the test's handler would end the whole process group */
+	s = connect_retry(e->sock);
+	if (json)
+		send_message(s, json, k);
+	for (;;)
+		pause();
+}
+
+/* The sender was killed by the serve (SIGKILL) when killed, else it still waits and is stopped here. */
+static void sender_end(struct proc *p, bool killed)
+{
+	if (!killed) {
+		still_running(p, 0.05, "the sender");
+		kill(p->pid, SIGTERM);
+	}
+	reap_within(p, 5, "the sender");
+	ck_assert_msg(WIFSIGNALED(p->status) && WTERMSIG(p->status) == (killed ? SIGKILL : SIGTERM),
+		      "the sender ended with status 0x%x; want %s", p->status, killed ? "SIGKILL" : "SIGTERM");
+}
+
 /* The serve's stderr holds exactly one error line, with want in it. */
 static void assert_one_error(const char *file, const char *want)
 {
@@ -571,9 +718,10 @@ static void assert_one_error(const char *file, const char *want)
 		if (!(nl = strchr(line, '\n')))
 			break;
 		*nl = '\0';
-		errors += !strstr(line, "listening on");
-		if (!strstr(line, "listening on"))
-			ck_assert_msg(strstr(line, want), "error line \"%s\" lacks \"%s\"", line, want);
+		if (strstr(line, "listening on") || strstr(line, "uffd-serve: fatal: "))
+			continue;	/* progress, and the decision about the VM (asserted apart) */
+		errors++;
+		ck_assert_msg(strstr(line, want), "error line \"%s\" lacks \"%s\"", line, want);
 	}
 	ck_assert_int_eq(errors, 1);
 	free(err);
@@ -584,17 +732,20 @@ START_TEST(test_bad_handshake)
 	const struct bad *b = &bads[_i];
 	struct env e;
 	struct proc sv;
-	int s;
+
+	struct proc vm;
+	/* A message that came with a userfaultfd leaves a VM waiting: the default policy kills it. */
+	bool killed = b->json && (b->fd == FD_UFFD || b->fd == FD_TWO);
 
 	SETUP(&e, SNAP_MIB);
 	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
 					    "--timeout", "300", NULL });
-	s = connect_retry(e.sock);
-	if (b->json)
-		send_message(s, b->json, b->fd);
+	sender_start(&e, &vm, b->json, b->fd);
 	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), b->exit);
-	close(s);
+	sender_end(&vm, killed);
 	assert_one_error(sv.err, b->line);
+	if (killed)
+		killed_ms(sv.err);
 	env_cleanup(&e);
 }
 END_TEST
@@ -606,8 +757,7 @@ START_TEST(test_wrong_mapping)
 	char json[256], *map;
 	uintptr_t a;
 	struct env e;
-	struct proc sv;
-	int s;
+	struct proc sv, vm;
 
 	if (access("/sys/kernel/mm/hugepages/hugepages-2048kB", F_OK))
 		SKIP_TEST("no 2 MiB huge pages on this machine");
@@ -621,11 +771,11 @@ START_TEST(test_wrong_mapping)
 		 (unsigned long long)(_i ? 4096 : 2 * MIB));
 	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
 					    "--timeout", "300", NULL });
-	s = connect_retry(e.sock);
-	send_message(s, json, FD_UFFD);
+	sender_start(&e, &vm, json, FD_UFFD);
 	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 5);
-	close(s);
+	sender_end(&vm, true);
 	assert_one_error(sv.err, want[_i]);
+	killed_ms(sv.err);
 	munmap(map, 6 * MIB);
 	env_cleanup(&e);
 }
@@ -681,6 +831,911 @@ START_TEST(test_socket_path)
 }
 END_TEST
 
+/* ---- fatal paths: each ends with the policy applied, within a bound ---- */
+
+#define KILL_BOUND_MS 1000.0	/* failure to VM gone, as the serve measures it */
+
+/* The serve's own figure: "killed X ms after the failure"; fails when absent or above the bound. */
+static double killed_ms(const char *errfile)
+{
+	char *err = slurp(errfile), *p = strstr(err, " killed ");
+	double ms;
+
+	ck_assert_msg(p, "no kill line in: %s", err);
+	ms = strtod(p + strlen(" killed "), NULL);
+	ck_assert_msg(ms >= 0 && ms < KILL_BOUND_MS, "the VM was killed %.1f ms after the failure", ms);
+	fprintf(stderr, "# %s: VM killed %.2f ms after the failure\n", errfile, ms);
+	free(err);
+	return ms;
+}
+
+static const char *const policies[] = { "kill", "exit", "wait" };
+
+/* The log line holding text has a UTC timestamp, the level, and the VM's id when vm is not 0. */
+static void assert_log_line(const char *file, const char *text, const char *level, pid_t vm)
+{
+	char *err = slurp(file), *p = strstr(err, text), *line, want[64];
+	unsigned y, mo, d, h, mi, s, ms;
+
+	ck_assert_msg(p, "no \"%s\" in %s", text, err);
+	for (line = p; line > err && line[-1] != '\n'; line--)
+		;
+	ck_assert_msg(sscanf(line, "%4u-%2u-%2uT%2u:%2u:%2u.%3uZ ", &y, &mo, &d, &h, &mi, &s, &ms) == 7,
+		      "no timestamp: %.200s", line);
+	snprintf(want, sizeof(want), vm ? "Z %s vm=%d uffd-serve: " : "Z %s uffd-serve: ", level, (int)vm);
+	ck_assert_msg(!strncmp(line + 23, want, strlen(want)), "want \"%s\" in: %.200s", want, line);
+	free(err);
+}
+
+/*
+ * The snapshot is smaller than the VM's memory: the handshake finds the
+ * mismatch, then each policy: kill (the VM dies of SIGKILL, the serve says
+ * how fast), exit (the serve leaves at once, the VM hangs as documented),
+ * wait (the serve stays until the VM is gone).
+ */
+START_TEST(test_fatal_mismatch)
+{
+	char small[128], opt[32];
+	struct env e;
+	struct proc sv, vm;
+	double t0;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, small, sizeof(small), "small");
+	write_snapshot(small, SNAP_MIB / 2);
+	snprintf(opt, sizeof(opt), "--on-fatal=%s", policies[_i]);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", small, opt, NULL });
+	t0 = harness_now();
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--deadline", "40", NULL });
+	if (_i == 0) {
+		reap_within(&vm, 10, "fc-vmm");
+		ck_assert_msg(WIFSIGNALED(vm.status) && WTERMSIG(vm.status) == SIGKILL, "fc-vmm status 0x%x", vm.status);
+		ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 5);
+		killed_ms(sv.err);
+		fprintf(stderr, "# fatal_mismatch: fc-vmm started to reaped: %.1f ms\n", (harness_now() - t0) * 1e3);
+		assert_log_line(sv.err, "fatal: VM pid", "error", vm.pid);
+	} else if (_i == 1) {
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 5);
+		still_running(&vm, 0.2, "fc-vmm");	/* hung on its fault: left to its owner */
+		kill(vm.pid, SIGKILL);
+		waitpid(vm.pid, &vm.status, 0);
+		await_text(sv.err, "leaving VM pid", 1);
+	} else {
+		await_text(sv.err, "waiting for VM pid", 10);
+		still_running(&sv, 0.2, "uffd-serve");
+		kill(vm.pid, SIGKILL);
+		waitpid(vm.pid, &vm.status, 0);
+		ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 5);
+		await_text(sv.err, "exited", 1);
+	}
+	await_text(sv.err, "lies outside the snapshot file", 1);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* The snapshot becomes unreadable in the middle of the restore (truncated): the VM is killed. */
+START_TEST(test_fatal_read_error)
+{
+	char copy[128], cmd[320];
+	struct env e;
+	struct proc sv, vm;
+	double t0;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, copy, sizeof(copy), "copy");	/* fc-vmm checks against e.snap, which stays */
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", e.snap, copy);
+	ck_assert_int_eq(system(cmd), 0);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", copy, "--json", NULL });
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--pace-us", "1000", "--deadline", "40", NULL });
+	await_text(vm.out, "FCVMM resumed", 10);
+	usleep(100000);
+	t0 = harness_now();
+	ck_assert_int_eq(truncate(copy, 0), 0);
+	reap_within(&vm, 5, "fc-vmm");
+	ck_assert_msg(WIFSIGNALED(vm.status) && WTERMSIG(vm.status) == SIGKILL, "fc-vmm status 0x%x", vm.status);
+	fprintf(stderr, "# fatal_read_error: truncation to fc-vmm reaped: %.1f ms\n", (harness_now() - t0) * 1e3);
+	ck_assert_double_lt(harness_now() - t0, 2.0);
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 1);
+	killed_ms(sv.err);
+	await_text(sv.out, "\"end\":\"error\"", 1);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* --memory that cannot be served: refused at start, before the socket exists. */
+static const char *const bad_memory[][2] = {
+	{ "missing", "cannot open the snapshot" },
+	{ "empty", "is empty" },
+	{ "dir", "not a regular file or block device" },
+};
+
+START_TEST(test_bad_memory)
+{
+	char path[128];
+	struct env e;
+	struct proc sv;
+	double t0;
+
+	SETUP(&e, 0);
+	path_in(&e, path, sizeof(path), bad_memory[_i][0]);
+	if (_i == 1)
+		close(open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+	if (_i == 2)
+		ck_assert_int_eq(mkdir(path, 0755), 0);
+	t0 = harness_now();
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", path, NULL });
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 3);
+	ck_assert_double_lt(harness_now() - t0, 2.0);
+	ck_assert_int_eq(access(e.sock, F_OK), -1);	/* no VM could ever connect */
+	assert_one_error(sv.err, bad_memory[_i][1]);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * A trace that cannot be used: missing, truncated, recorded for more
+ * memory than the snapshot (all three found at start, before the socket
+ * listens), or for other regions than the VM's (found at the handshake).
+ * Each is a warning; the VM is restored by demand paging, every byte right.
+ */
+START_TEST(test_bad_trace)
+{
+	static const char *const vo[] = { "--touch-pct", "25", NULL };
+	static const char *const vo4[] = { "--touch-pct", "25", "--regions", "4", NULL };
+	const char *rec[] = { "--record", NULL, NULL }, *rep[] = { "--replay", NULL, NULL };
+	char bad[128], cmd[320], *err, *warn, *listen;
+	struct env e;
+	struct run r;
+	struct stat st;
+
+	SETUP(&e, SNAP_MIB);
+	rec[1] = e.trace;
+	restore(&e, &r, "record", rec, vo);
+	assert_clean(&r, "vm-exit");
+	run_free(&r);
+	path_in(&e, bad, sizeof(bad), "bad.trace");
+	rep[1] = bad;
+	ck_assert_int_eq(stat(e.trace, &st), 0);
+	if (_i == 1) {
+		snprintf(cmd, sizeof(cmd), "head -c %lld '%s' > '%s'", (long long)st.st_size - 9, e.trace, bad);
+		ck_assert_int_eq(system(cmd), 0);
+	} else if (_i >= 2) {
+		ck_assert_int_eq(rename(e.trace, bad), 0);
+	}
+	if (_i == 2)	/* the serve and the VM on half the memory, the trace for all of it */
+		write_snapshot(e.snap, SNAP_MIB / 2);
+	restore(&e, &r, "replay", rep, _i == 3 ? vo4 : vo);
+	assert_clean(&r, "vm-exit");
+	assert_demand(&r);
+	ck_assert_uint_eq(num(r.json, "\"replay\""), 0);
+	err = slurp(r.serve.err);
+	warn = strstr(err, "warning: the trace");
+	listen = strstr(err, "listening on");
+	ck_assert_msg(warn && listen, "%s", err);
+	/* Found at start (before the socket listens), or at the handshake for the VM's layout. */
+	ck_assert_msg(_i == 3 ? warn > listen : warn < listen, "%s", err);
+	ck_assert_msg(strstr(err, "demand paging"), "%s", err);
+	free(err);
+	run_free(&r);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* ---- who may connect ---- */
+
+#define NOBODY 65534
+#define PEER_PAGES 4
+
+enum peer_want { PEER_REFUSED, PEER_SERVED, PEER_NO_CONNECT };
+
+/*
+ * A forked peer that becomes user nobody after it opened a userfaultfd and
+ * registered PEER_PAGES of its memory (as a jailed VM would have), then
+ * connects and sends that memory as a region served from offset 0 of the
+ * snapshot. Its exit status: 0 when what happened is want; 10 the connect
+ * failed otherwise than want; 11 a page became present (a snapshot byte
+ * arrived) although refused; 12 no EOF: the serve kept the connection;
+ * 13 served the wrong bytes; 20 setup.
+ */
+static int peer_child(const struct env *e, enum peer_want want)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE), len = PEER_PAGES * ps;
+	unsigned char vec[PEER_PAGES];
+	char json[256], c;
+	struct uffd *u = NULL;
+	int s;
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	signal(SIGTERM, SIG_DFL);
+	alarm(10);	/* a page never served would hang this child: the alarm ends it */
+	if (mem == MAP_FAILED || uffd_open(&u, NULL) || uffd_register(u, mem, len, UFFDIO_REGISTER_MODE_MISSING, NULL))
+		return 20;
+	if (setgid(NOBODY) || setuid(NOBODY))
+		return 20;
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", e->sock);
+	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (connect(s, (struct sockaddr *)&a, sizeof(a)))
+		return want == PEER_NO_CONNECT && errno == EACCES ? 0 : 10;
+	if (want == PEER_NO_CONNECT)
+		return 10;
+	snprintf(json, sizeof(json), "[" "{\"base_host_virt_addr\":%llu,\"size\":%zu,\"offset\":0,\"page_size\":%zu}]",
+		 (unsigned long long)(uintptr_t)mem, len, ps);
+	send_message_fd(s, json, uffd_fd(u));
+	if (want == PEER_SERVED)	/* the first word of the snapshot (write_snapshot) */
+		return *(volatile uint64_t *)mem == 1 ? 0 : 13;
+	/* Refused: the serve closes the connection, and no page of ours is ever filled. */
+	if (read(s, &c, 1) > 0)	/* 0 at EOF, or ECONNRESET: our message was never read */
+		return 12;
+	usleep(100000);
+	if (mincore(mem, len, vec))
+		return 20;
+	for (int i = 0; i < PEER_PAGES; i++)
+		if (vec[i] & 1)
+			return 11;
+	return 0;
+}
+
+static void peer_start(const struct env *e, struct proc *p, enum peer_want want)
+{
+	p->pid = fork();
+	ck_assert_int_ge(p->pid, 0);
+	if (!p->pid)
+		_exit(peer_child(e, want));
+}
+
+static void peer_end(struct proc *p)
+{
+	reap_within(p, 15, "the peer");
+	ck_assert_msg(WIFEXITED(p->status) && WEXITSTATUS(p->status) == 0, "the peer ended with status 0x%x",
+		      p->status);
+}
+
+static void await_listening(const struct env *e, const struct proc *sv)
+{
+	await_text(sv->err, "listening on", 5);
+	(void)e;
+}
+
+/*
+ * A local user that is not allowed (nobody; the socket opened to all with
+ * --socket-mode 0666, so that only the peer check stands in its way)
+ * connects and sends its userfaultfd and a table: it is refused, gets no
+ * snapshot byte, and the serve goes on to restore the real VM. _i: 0 one
+ * VM, 1 --multi.
+ */
+START_TEST(test_peer_refused)
+{
+	struct env e;
+	struct proc sv, peer, vm;
+	char *err;
+
+	SETUP(&e, SNAP_MIB);
+	ck_assert_int_eq(chmod(e.dir, 0755), 0);	/* nobody may reach the socket */
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--socket-mode", "0666", "--json", _i ? "--multi" : NULL, NULL });
+	await_listening(&e, &sv);
+	peer_start(&e, &peer, PEER_REFUSED);
+	peer_end(&peer);
+	await_text(sv.err, "refused a connection from pid", 2);
+	err = slurp(sv.err);
+	ck_assert_msg(strstr(err, "(uid 65534, gid 65534)") && !strstr(err, "serving VM"), "%s", err);
+	free(err);
+	/* The real VM after it: served as ever. */
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--deadline", "40", NULL });
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	if (_i) {
+		await_text(sv.out, "\"end\":\"vm-exit\"", 10);
+		kill(sv.pid, SIGTERM);
+	}
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The socket's owner and mode, whatever the umask: by default 0600 and this
+ * process's, so nobody cannot even connect; with --socket-owner naming
+ * nobody (a jailed VM's uid), it is nobody's, and nobody is served.
+ */
+START_TEST(test_socket_owner)
+{
+	struct env e;
+	struct proc sv, peer;
+	struct stat st;
+	mode_t old = umask(0);
+
+	SETUP(&e, SNAP_MIB);
+	ck_assert_int_eq(chmod(e.dir, 0755), 0);	/* nobody may reach the socket's directory */
+	ck_assert_int_eq(chmod(e.snap, 0600), 0);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    _i ? "--socket-owner" : NULL, "65534", NULL });
+	umask(old);
+	await_listening(&e, &sv);
+	ck_assert_int_eq(lstat(e.sock, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0600);
+	ck_assert_uint_eq(st.st_uid, _i ? NOBODY : geteuid());
+	peer_start(&e, &peer, _i ? PEER_SERVED : PEER_NO_CONNECT);
+	peer_end(&peer);
+	if (_i) {	/* the peer exited once served: so does the serve */
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	} else {
+		kill(sv.pid, SIGTERM);
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	}
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * --multi: idle connections cannot lock real VMs out. With --max-per-peer 2
+ * the third connection of one uid is refused at once; the first two get
+ * nothing and are closed after --handshake-timeout; a real VM is then
+ * served.
+ */
+START_TEST(test_idle_peers)
+{
+	struct env e;
+	struct proc sv, vm;
+	int s[3];
+	double t0, t;
+	char c;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--multi",
+					    "--max-per-peer", "2", "--handshake-timeout", "400", NULL });
+	t0 = harness_now();
+	for (int i = 0; i < 3; i++) {
+		s[i] = connect_retry(e.sock);
+		usleep(50000);	/* accepted in this order */
+	}
+	ck_assert_int_eq(read(s[2], &c, 1), 0);
+	t = harness_now() - t0;
+	ck_assert_msg(t < 0.35, "the connection over the limit was closed after %.3f s", t);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(read(s[i], &c, 1), 0);
+		t = harness_now() - t0;
+		ck_assert_msg(t >= 0.35 && t < 3, "an idle connection was closed after %.3f s", t);
+		close(s[i]);
+	}
+	close(s[2]);
+	await_text(sv.err, "--max-per-peer", 1);
+	await_text(sv.err, "sent no message within 400 ms", 2);
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--deadline", "40", NULL });
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	usleep(100000);
+	kill(sv.pid, SIGTERM);
+	/* The idle connections' children ended with status 4: not the drain's business. */
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* ---- threads, recording ---- */
+
+/* --threads 4 for a VM with EVENT_REMOVE (fc-vmm's, as Firecracker's): refused with the reason, served right. */
+START_TEST(test_threads_remove)
+{
+	static const char *const so[] = { "--threads", "4", NULL };
+	static const char *const vo[] = { "--balloon", "--touch-pct", "60", NULL };
+	struct env e;
+	struct run r;
+	char *err;
+
+	SETUP(&e, SNAP_MIB);
+	restore(&e, &r, "threads", so, vo);
+	assert_clean(&r, "vm-exit");
+	ck_assert_uint_eq(num(r.vmm_out, "balloon_nonzero"), 0);
+	err = slurp(r.serve.err);
+	ck_assert_msg(strstr(err, "--threads 4 refused") && strstr(err, "EVENT_REMOVE"), "%s", err);
+	free(err);
+	run_free(&r);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * --record with --fill: the fill waits for the end of the recording, so the
+ * trace holds every page the guest touched (it used to keep only those the
+ * fill had not brought in first); then every page comes in and the serve
+ * detaches, and the guest checks every byte after it left.
+ */
+START_TEST(test_record_fill)
+{
+	const char *so[] = { "--record", NULL, "--record-ms", "1500", "--fill", NULL };
+	static const char *const vo[] = { "--touch-pct", "25", "--pace-us", "200", "--after-handler", NULL };
+	struct env e;
+	struct run r;
+
+	SETUP(&e, SNAP_MIB);
+	so[1] = e.trace;
+	restore(&e, &r, "recfill", so, vo);
+	assert_clean(&r, "detached");
+	ck_assert_uint_eq(num(r.json, "\"pages_recorded\""), num(r.vmm_out, "touched"));
+	ck_assert_uint_eq(num(r.json, "\"present\""), num(r.json, "\"total\""));
+	ck_assert_uint_eq(num(r.vmm_out, "after_handler_bad"), 0);
+	ck_assert_int_eq(access(e.trace, F_OK), 0);
+	run_free(&r);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* Output paths and recording options are checked at start, before a VM can connect. */
+START_TEST(test_record_checks)
+{
+	static const struct { const char *a[6]; int exit; const char *line; } c[] = {
+		{ { "--record", "/nonexistent-dir/t", NULL }, 3, "cannot create a file in /nonexistent-dir" },
+		{ { "--record", "T", "--replay", "T", NULL }, 2, "replayed pages raise no fault" },
+		{ { "--record", "T", "--fill", NULL }, 2, "--record with --fill needs --record-ms" },
+	};
+	char *argv[16] = { NULL }, trace[128];
+	struct env e;
+	struct proc sv;
+	char *err;
+	int n = 0;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, trace, sizeof(trace), "t");
+	argv[n++] = (char *)e.serve;
+	argv[n++] = "--socket";
+	argv[n++] = e.sock;
+	argv[n++] = "--memory";
+	argv[n++] = e.snap;
+	for (int k = 0; c[_i].a[k]; k++)
+		argv[n++] = !strcmp(c[_i].a[k], "T") ? trace : (char *)c[_i].a[k];
+	spawn(&e, &sv, "serve", argv);
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), c[_i].exit);
+	ck_assert_int_eq(access(e.sock, F_OK), -1);
+	err = slurp(sv.err);
+	ck_assert_msg(strstr(err, c[_i].line), "%s", err);
+	free(err);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* ---- live metrics ---- */
+
+/* GET /metrics from fd (connected); the body, NUL-terminated (freed by the caller). */
+static char *http_get(int fd)
+{
+	static const char req[] = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+	size_t cap = 1 << 20, n = 0;
+	char *buf = malloc(cap), *body;
+	ssize_t r;
+
+	ck_assert_ptr_nonnull(buf);
+	ck_assert_int_eq(write(fd, req, sizeof(req) - 1), (ssize_t)sizeof(req) - 1);
+	while (n < cap - 1 && (r = read(fd, buf + n, cap - 1 - n)) > 0)
+		n += (size_t)r;
+	buf[n] = '\0';
+	close(fd);
+	ck_assert_msg(!strncmp(buf, "HTTP/1.0 200 OK", 15), "%.200s", buf);
+	ck_assert_ptr_nonnull(strstr(buf, "Content-Type: text/plain; version=0.0.4"));
+	body = strstr(buf, "\r\n\r\n");
+	ck_assert_ptr_nonnull(body);
+	memmove(buf, body + 4, strlen(body + 4) + 1);
+	return buf;
+}
+
+static int connect_unix(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	ck_assert_int_eq(connect(s, (struct sockaddr *)&a, sizeof(a)), 0);
+	return s;
+}
+
+static int connect_local(unsigned port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	ck_assert_int_eq(connect(s, (struct sockaddr *)&a, sizeof(a)), 0);
+	return s;
+}
+
+/* promtool check metrics accepts the text (skipped without promtool). */
+static void promtool_ok(const struct env *e, const char *body)
+{
+	char path[128], cmd[320];
+	FILE *f;
+	int rc;
+
+	if (system("command -v promtool >/dev/null 2>&1"))
+		return;
+	path_in(e, path, sizeof(path), "scrape.txt");
+	f = fopen(path, "we");
+	ck_assert_ptr_nonnull(f);
+	fputs(body, f);
+	fclose(f);
+	snprintf(cmd, sizeof(cmd), "promtool check metrics < '%s' > '%s.out' 2>&1", path, path);
+	rc = system(cmd);
+	if (rc) {
+		snprintf(cmd, sizeof(cmd), "%s.out", path);
+		char *why = slurp(cmd);
+
+		ck_abort_msg("promtool check metrics failed: %s\n%.2000s", why, body);
+	}
+}
+
+/*
+ * Metrics scraped while restores run: _i 0, --multi with two VMs on a Unix
+ * socket; 1, one VM on 127.0.0.1 (any free port). Each VM's series carry
+ * its pid; promtool check metrics accepts the text; the counters move.
+ */
+START_TEST(test_metrics)
+{
+	int nvm = _i ? 1 : 2;
+	char msock[128], addr[160], want[128], *body, *err, *p;
+	struct env e;
+	struct proc sv, vm[2];
+	unsigned port = 0;
+	uint64_t first;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, msock, sizeof(msock), "metrics.sock");
+	snprintf(addr, sizeof(addr), _i ? "127.0.0.1:0" : "unix:%s", msock);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--metrics", addr, _i ? NULL : "--multi", NULL });
+	await_text(sv.err, "listening on", 5);
+	assert_log_line(sv.err, "listening on", "info", 0);
+	if (_i) {
+		err = slurp(sv.err);
+		p = strstr(err, "http://127.0.0.1:");
+		ck_assert_ptr_nonnull(p);
+		port = (unsigned)strtoul(p + strlen("http://127.0.0.1:"), NULL, 10);
+		free(err);
+	}
+	start_paced_vms(&e, vm, nvm);
+	for (int i = 0; i < nvm; i++)
+		await_text(vm[i].out, "FCVMM resumed", 10);
+	usleep(300000);
+	body = http_get(_i ? connect_local(port) : connect_unix(msock));
+	promtool_ok(&e, body);
+	snprintf(want, sizeof(want), "uffd_serve_vms %d\n", nvm);
+	ck_assert_msg(strstr(body, want), "%.3000s", body);
+	for (int i = 0; i < nvm; i++) {
+		snprintf(want, sizeof(want), "uffd_serve_faults_total{vm=\"%d\",kind=\"missing\"} ", (int)vm[i].pid);
+		ck_assert_msg(strstr(body, want), "no %s in %.3000s", want, body);
+	}
+	first = strtoull(strstr(body, want) + strlen(want), NULL, 10);
+	ck_assert_uint_gt(first, 0);
+	ck_assert_ptr_nonnull(strstr(body, "uffd_serve_fault_service_seconds_bucket{vm="));
+	fprintf(stderr, "# metrics sample:\n%.1500s\n", body);
+	free(body);
+	usleep(300000);
+	body = http_get(_i ? connect_local(port) : connect_unix(msock));
+	ck_assert_uint_gt(strtoull(strstr(body, want) + strlen(want), NULL, 10), first);
+	free(body);
+	kill(sv.pid, SIGTERM);	/* drains: the VMs finish without the serve */
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	assert_vms_whole(vm, nvm);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* ---- systemd: socket activation, readiness, a config file ---- */
+
+/* The next datagram on the notify socket within seconds, NUL-terminated into buf; false on timeout. */
+static bool notify_next(int fd, char *buf, size_t len, double seconds)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	ssize_t n;
+
+	if (poll(&p, 1, (int)(seconds * 1000)) != 1 || (n = recv(fd, buf, len - 1, 0)) < 0)
+		return false;
+	buf[n] = '\0';
+	return true;
+}
+
+/*
+ * uffd-serve started the systemd way: its listening socket as fd 3 with
+ * LISTEN_FDS/LISTEN_PID, NOTIFY_SOCKET for sd_notify, and its options from
+ * --config (the unit's ExecStart). It says READY=1, serves a VM that
+ * connects to the passed socket, drains on SIGTERM (STOPPING=1) and leaves
+ * the socket, which is systemd's, where it is.
+ */
+START_TEST(test_socket_activation)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	char conf[128], nsock[96], buf[512], *out;
+	struct env e;
+	struct proc sv, vm;
+	int ls, ns;
+	FILE *f;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, conf, sizeof(conf), "vm.conf");
+	path_in(&e, nsock, sizeof(nsock), "notify");
+	f = fopen(conf, "we");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "# the options of one socket\nmemory = %s\n  multi\njson\non-fatal = kill\n\n", e.snap);
+	fclose(f);
+	ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", e.sock);
+	ck_assert_int_eq(bind(ls, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(ls, 16), 0);
+	ns = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", nsock);
+	ck_assert_int_eq(bind(ns, (struct sockaddr *)&a, sizeof(a)), 0);
+	snprintf(sv.out, sizeof(sv.out), "%s/serve.out", e.dir);
+	snprintf(sv.err, sizeof(sv.err), "%s/serve.err", e.dir);
+	sv.pid = fork();
+	ck_assert_int_ge(sv.pid, 0);
+	if (!sv.pid) {
+		char pid[16];
+
+		snprintf(pid, sizeof(pid), "%d", (int)getpid());
+		if (dup2(ls, 3) != 3 || !freopen(sv.out, "w", stdout) || !freopen(sv.err, "w", stderr))
+			_exit(99);
+		setenv("LISTEN_FDS", "1", 1);
+		setenv("LISTEN_PID", pid, 1);
+		setenv("NOTIFY_SOCKET", nsock, 1);
+		signal(SIGTERM, SIG_DFL);
+		execl(e.serve, e.serve, "--config", conf, (char *)NULL);
+		_exit(98);
+	}
+	close(ls);
+	if (!notify_next(ns, buf, sizeof(buf), 5)) {
+		kill(sv.pid, SIGKILL);
+		waitpid(sv.pid, NULL, 0);
+		out = slurp(sv.err);
+		if (strstr(out, "built without libsystemd"))
+			SKIP_TEST("uffd-serve is built without libsystemd");
+		ck_abort_msg("no READY=1 from uffd-serve: %s", out);
+	}
+	ck_assert_msg(strstr(buf, "READY=1"), "%s", buf);
+	await_text(sv.err, "socket activation", 2);
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--deadline", "40", NULL });
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	out = slurp(vm.out);
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	free(out);
+	await_text(sv.out, "\"end\":\"vm-exit\"", 10);
+	kill(sv.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	while (notify_next(ns, buf, sizeof(buf), 0.5) && !strstr(buf, "STOPPING=1"))
+		;
+	ck_assert_msg(strstr(buf, "STOPPING=1"), "%s", buf);
+	ck_assert_int_eq(access(e.sock, F_OK), 0);	/* systemd's socket stays */
+	close(ns);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* A bad --config file: its line, exit 2. */
+START_TEST(test_config_bad)
+{
+	char conf[128];
+	struct env e;
+	struct proc sv;
+	FILE *f;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, conf, sizeof(conf), "bad.conf");
+	f = fopen(conf, "we");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "memory = %s\n-- socket x\n", e.snap);
+	fclose(f);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--config", conf, NULL });
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 2);
+	await_text(sv.err, "bad.conf, line 2", 1);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* ---- the library's handshake, in this process ---- */
+
+/* Sends json in two parts, the uffd of u with the first, over a socketpair; returns the receiving end. */
+static int pair_send(struct uffd *u, const char *json, int *other)
+{
+	int sv[2];
+	size_t half = strlen(json) / 2;
+	char first[512];
+
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	snprintf(first, sizeof(first), "%.*s", (int)half, json);
+	if (u)
+		send_message_fd(sv[0], first, uffd_fd(u));
+	else
+		ck_assert_int_eq(write(sv[0], first, half), (ssize_t)half);
+	ck_assert_int_eq(write(sv[0], json + half, strlen(json) - half), (ssize_t)(strlen(json) - half));
+	*other = sv[0];
+	return sv[1];
+}
+
+/*
+ * uffd_fc_handshake_recv() directly: a message in two parts with an ignored
+ * member of nested type and the old page_size_kib; a member twice (-EPROTO,
+ * and the handshake still returned, for the VM's fate); a cancel (-ECANCELED);
+ * the regions checked against this process's own mappings.
+ */
+START_TEST(test_fc_library)
+{
+	struct uffd_fc_opts fo = { .size = sizeof(fo), .timeout_ms = 2000, .flags = UFFD_FC_NO_MAPPING_CHECK,
+				   .file_size = 1 << 20 };
+	struct uffd_fc_handshake *h = NULL;
+	struct uffd *u = NULL;
+	char json[512];
+	int conn, other, ev;
+	size_t ps = (size_t)sysconf(_SC_PAGESIZE);
+	char *mem;
+
+	if (uffd_open(&u, NULL))
+		SKIP_TEST("no userfaultfd here: %s", uffd_last_error());
+	mem = mmap(NULL, 5 * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(mem, MAP_FAILED);
+	conn = pair_send(u, " [ {\"x\":[1,{\"y\":\"a\\\"]}\"}],\"base_host_virt_addr\":1048576,\"size\":8192,"
+			 "\"offset\":4096,\"page_size_kib\":4096,\"z\":null} ]\n", &other);
+	ASSERT_OK(uffd_fc_handshake_recv(conn, &fo, &h));
+	ck_assert_uint_eq(h->nregions, 1);
+	ck_assert_uint_eq(h->regions[0].owner_addr, 1048576);
+	ck_assert_uint_eq(h->regions[0].length, 8192);
+	ck_assert_uint_eq(h->regions[0].offset, 4096);
+	ck_assert_uint_eq(h->regions[0].page_size, 4096);
+	ck_assert_uint_eq(h->features, uffd_features(u));
+	ck_assert_int_eq(h->pid, getpid());
+	ck_assert_int_ge(h->pidfd, 0);
+	ck_assert_int_ge(h->uffd, 0);
+	uffd_fc_handshake_free(h);
+	close(conn);
+	close(other);
+
+	conn = pair_send(u, "[{\"base_host_virt_addr\":1048576,\"size\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096}]",
+			 &other);
+	ASSERT_ERR(uffd_fc_handshake_recv(conn, &fo, &h), -EPROTO, "has \"size\" twice");
+	ck_assert_ptr_nonnull(h);	/* the uffd came: the caller decides about the VM */
+	ck_assert_int_ge(h->uffd, 0);
+	ck_assert_int_ge(h->pidfd, 0);
+	ck_assert_uint_eq(h->nregions, 0);
+	uffd_fc_handshake_free(h);
+	close(conn);
+	close(other);
+
+	conn = pair_send(NULL, "[{\"base_host_virt_addr\"", &other);	/* then nothing */
+	fo.cancel_fd = ev = eventfd(1, EFD_CLOEXEC);
+	ASSERT_ERR(uffd_fc_handshake_recv(conn, &fo, &h), -ECANCELED, "cancelled");
+	ck_assert_ptr_null(h);
+	close(ev);
+	close(conn);
+	close(other);
+
+	/* Against this process's mappings: 4 pages mapped, 5 declared. */
+	fo = (struct uffd_fc_opts){ .size = sizeof(fo) };
+	snprintf(json, sizeof(json), "[{\"base_host_virt_addr\":%llu,\"size\":%zu,\"offset\":0,\"page_size\":%zu}]",
+		 (unsigned long long)(uintptr_t)mem, 5 * ps, ps);
+	ck_assert_int_eq(munmap(mem + 4 * ps, ps), 0);
+	conn = pair_send(u, json, &other);
+	ASSERT_ERR(uffd_fc_handshake_recv(conn, &fo, &h), -EPROTO, "is not all mapped in the VM");
+	uffd_fc_handshake_free(h);
+	close(conn);
+	close(other);
+	uffd_close(u);
+	munmap(mem, 4 * ps);
+}
+END_TEST
+
+/* ---- a custom handler on the library's exports ---- */
+
+/*
+ * examples/fc-handler, written with uffd_fc_handshake_recv(),
+ * uffd_features_of_fd(), uffd_open_fd(), uffd_region_create_foreign() and
+ * the restore engine only, restores fc-vmm: _i 0 at 4 KiB, 1 with 2 MiB
+ * hugetlbfs pages (whose fd lacks MISSING_HUGETLBFS, as Firecracker's does).
+ */
+START_TEST(test_custom_handler)
+{
+	const char *handler = getenv("FC_HANDLER"), *why = "";
+	struct env e;
+	struct proc hd, vm;
+	char *out, *err;
+
+	if (_i) {
+		size_t hps = harness_hugepages(SNAP_MIB / 2, &why);
+
+		if (!hps)
+			SKIP_TEST("%s", why);
+		if (hps != 2 * MIB)
+			SKIP_TEST("the default huge page size is %zu KiB, fc-vmm uses 2 MiB", hps >> 10);
+	}
+	SETUP(&e, SNAP_MIB);
+	if (!handler)
+		SKIP_TEST("FC_HANDLER is not set");
+	spawn(&e, &hd, "handler", (char *[]){ (char *)handler, "--socket", e.sock, "--memory", e.snap, NULL });
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--touch-pct", "100",
+					  "--balloon", "--deadline", "40", _i ? "--huge" : NULL, NULL });
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	ck_assert_int_eq(finish(&hd, 10, "fc-handler"), 0);
+	out = slurp(vm.out);
+	err = slurp(hd.err);
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	ck_assert_uint_eq(num(out, "balloon_nonzero"), 0);
+	ck_assert_uint_eq(num(out, "touched"), SNAP_MIB * MIB / 4096);
+	ck_assert_msg(strstr(err, _i ? "page size 2097152" : "page size 4096"), "%s", err);
+	free(out);
+	free(err);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * A signal while the VM's message is incomplete, its userfaultfd already
+ * here: the VM waits for us, the serve is stopping: the fatal path (kill),
+ * exit status 6.
+ */
+START_TEST(test_fatal_signal_in_handshake)
+{
+	struct env e;
+	struct proc sv, vm;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+					    "--timeout", "20000", "--handshake-timeout", "20000", NULL });
+	sender_start(&e, &vm, "[{\"base_host_virt_addr\":1048576,", FD_UFFD);
+	await_text(sv.err, "listening on", 5);
+	usleep(200000);	/* the part and its uffd are in */
+	kill(sv.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 6);
+	sender_end(&vm, true);
+	killed_ms(sv.err);
+	await_text(sv.err, "a signal came in the middle of the VM's handshake", 1);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The serve cannot be set up after a good handshake (here: out of
+ * descriptors, RLIMIT_NOFILE just above what the handshake needs): the VM is
+ * killed. The limit that hits exactly that path is searched, from 9 up.
+ */
+START_TEST(test_fatal_setup)
+{
+	struct env e;
+	bool hit = false;
+
+	if (access("/usr/bin/prlimit", X_OK))
+		SKIP_TEST("no prlimit(1)");
+	SETUP(&e, SNAP_MIB);
+	for (int n = 9; n <= 24 && !hit; n++) {
+		char lim[32], tag[32], *err;
+		struct proc sv, vm;
+		int rc;
+
+		snprintf(lim, sizeof(lim), "--nofile=%d:%d", n, n);
+		snprintf(tag, sizeof(tag), "setup%d", n);
+		spawn(&e, &sv, tag, (char *[]){ "/usr/bin/prlimit", lim, (char *)e.serve, "--socket", e.sock,
+						 "--memory", e.snap, "--timeout", "5000", NULL });
+		snprintf(tag, sizeof(tag), "vmm%d", n);
+		spawn(&e, &vm, tag, (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+						"--deadline", "20", NULL });
+		reap_within(&vm, 25, "fc-vmm");
+		rc = finish(&sv, 10, "uffd-serve");
+		err = slurp(sv.err);
+		hit = strstr(err, "the serve of the VM could not be set up");
+		if (hit) {
+			ck_assert_msg(WIFSIGNALED(vm.status) && WTERMSIG(vm.status) == SIGKILL, "fc-vmm status 0x%x",
+				      vm.status);
+			ck_assert_int_eq(rc, 1);
+			killed_ms(sv.err);
+			fprintf(stderr, "# fatal_setup: RLIMIT_NOFILE %d: %s", n, strstr(err, "fatal:"));
+		} else if (WIFSIGNALED(vm.status) || (WIFEXITED(vm.status) && WEXITSTATUS(vm.status) == 3)) {
+			ck_assert_msg(rc != 0, "the VM died but the serve says 0: %s", err);
+		}
+		free(err);
+		unlink(e.sock);
+	}
+	ck_assert_msg(hit, "no descriptor limit from 9 to 24 made the setup fail after the handshake");
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -700,8 +1755,10 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_balloon);
 	tc = CASE(vm_killed, 30);
 	tcase_add_test(tc, test_vm_killed);
-	tc = CASE(sigterm, 30);
-	tcase_add_test(tc, test_sigterm);
+	tc = CASE(drain, 40);
+	tcase_add_loop_test(tc, test_drain, 0, 2);
+	tc = CASE(drain_timeout, 30);
+	tcase_add_loop_test(tc, test_drain_timeout, 0, 2);
 	tc = CASE(multi, 40);
 	tcase_add_test(tc, test_multi);
 	tc = CASE(bad_handshake, 40);
@@ -712,6 +1769,40 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_connect_timeout);
 	tc = CASE(socket_path, 20);
 	tcase_add_test(tc, test_socket_path);
+	tc = CASE(fatal_mismatch, 30);
+	tcase_add_loop_test(tc, test_fatal_mismatch, 0, 3);
+	tc = CASE(fatal_signal_in_handshake, 30);
+	tcase_add_test(tc, test_fatal_signal_in_handshake);
+	tc = CASE(fatal_setup, 60);
+	tcase_add_test(tc, test_fatal_setup);
+	tc = CASE(fatal_read_error, 30);
+	tcase_add_test(tc, test_fatal_read_error);
+	tc = CASE(bad_memory, 20);
+	tcase_add_loop_test(tc, test_bad_memory, 0, 3);
+	tc = CASE(peer_refused, 40);
+	tcase_add_loop_test(tc, test_peer_refused, 0, 2);
+	tc = CASE(socket_owner, 30);
+	tcase_add_loop_test(tc, test_socket_owner, 0, 2);
+	tc = CASE(idle_peers, 40);
+	tcase_add_test(tc, test_idle_peers);
+	tc = CASE(threads_remove, 30);
+	tcase_add_test(tc, test_threads_remove);
+	tc = CASE(record_fill, 40);
+	tcase_add_test(tc, test_record_fill);
+	tc = CASE(record_checks, 20);
+	tcase_add_loop_test(tc, test_record_checks, 0, 3);
+	tc = CASE(metrics, 40);
+	tcase_add_loop_test(tc, test_metrics, 0, 2);
+	tc = CASE(socket_activation, 40);
+	tcase_add_test(tc, test_socket_activation);
+	tc = CASE(config_bad, 20);
+	tcase_add_test(tc, test_config_bad);
+	tc = CASE(fc_library, 20);
+	tcase_add_test(tc, test_fc_library);
+	tc = CASE(custom_handler, 40);
+	tcase_add_loop_test(tc, test_custom_handler, 0, 2);
+	tc = CASE(bad_trace, 60);
+	tcase_add_loop_test(tc, test_bad_trace, 0, 4);
 	return s;
 }
 

@@ -11,6 +11,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -377,6 +378,57 @@ static void check_event_fork(struct ctx *c)
 	pass(c->r, "fork() from another thread delivered a FORK event with the child's userfaultfd");
 }
 
+/*
+ * MISSING faults as Firecracker raises them for uffd-serve: on a userfaultfd
+ * opened with EVENT_REMOVE, resolved with a zero page (a COPY of zeros on
+ * hugetlbfs).
+ */
+static void check_missing(struct ctx *c)
+{
+	if (!setup(c, UFFDIO_REGISTER_MODE_MISSING, 1, TOUCH_READ))
+		return;
+	waiter_any(c);
+	if (!round_trip(c->r, &c->w, &c->t, UFFD_FAULT_MISSING, NULL, c->s.ps))
+		return;
+	if (c->t.value) {
+		fail(c->r, "", "the page read 0x%02x after the fault was resolved with zeros", (unsigned char)c->t.value);
+		return;
+	}
+	pass(c->r, "reading a missing %s page raised a MISSING fault on a userfaultfd opened with EVENT_REMOVE (as Firecracker opens it); a handler thread read it through %s and resolved it",
+	     c->d->mem == MEM_HUGETLB ? "huge" : "anonymous", waiter_how(&c->w));
+}
+
+/* A balloon's give-back: MADV_DONTNEED on registered memory is a REMOVE event, and the page reads zero after it. */
+static void check_event_remove(struct ctx *c)
+{
+	struct fault_msg m;
+	int n;
+
+	if (!setup(c, UFFDIO_REGISTER_MODE_MISSING, 1, TOUCH_WRITE))
+		return;
+	waiter_any(c);
+	c->t.value = 'x';
+	if (!round_trip(c->r, &c->w, &c->t, UFFD_FAULT_MISSING, NULL, c->s.ps))
+		return;
+	if (c->s.base[0] != 'x') {
+		fail(c->r, "", "the write after the MISSING fault did not land");
+		return;
+	}
+	c->t = (struct toucher){ .addr = c->s.base, .op = TOUCH_DONTNEED };
+	if (!toucher_start(c->r, &c->t))
+		return;
+	n = waiter_next(&c->w, FAULT_MS, &m);
+	if (n != 1 || m.type != UFFD_EV_REMOVE) {
+		fail(c->r, "", "MADV_DONTNEED on registered memory delivered no REMOVE event within %d ms", FAULT_MS);
+		return;
+	}
+	if (!toucher_wait(&c->t, FAULT_MS) || c->t.ret) {
+		fail(c->r, "", "madvise(MADV_DONTNEED) did not return after its REMOVE event was read (%ld)", c->t.ret);
+		return;
+	}
+	pass(c->r, "MADV_DONTNEED on registered memory (a balloon giving pages back) delivered a REMOVE event, and madvise returned once it was read");
+}
+
 static const struct check_def defs[CHECK_ROWS] = {
 	[CHECK_MINOR_SHMEM] = { "minor_shmem", "minor faults on shmem (core)",
 		UFFD_FEATURE_MINOR_SHMEM, NULL, check_minor, MEM_SHMEM },
@@ -403,6 +455,13 @@ static const struct check_def defs[CHECK_ROWS] = {
 		check_kernel_faults, MEM_SHMEM },
 	[CHECK_EVENT_FORK] = { "event_fork", "fork events",
 		UFFD_FEATURE_EVENT_FORK, "CAP_SYS_PTRACE", check_event_fork, MEM_ANON },
+	[CHECK_MISSING_ANON] = { "missing_anon", "missing faults, anonymous (serve)",
+		UFFD_FEATURE_EVENT_REMOVE, NULL, check_missing, MEM_ANON },
+	[CHECK_MISSING_HUGETLB] = { "missing_hugetlb", "missing faults, hugetlb (serve)",
+		UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_MISSING_HUGETLBFS, "a free huge page",
+		check_missing, MEM_HUGETLB },
+	[CHECK_EVENT_REMOVE] = { "event_remove", "remove events (serve, balloon)",
+		UFFD_FEATURE_EVENT_REMOVE, NULL, check_event_remove, MEM_ANON },
 };
 
 /* "MINOR_HUGETLBFS (5.13), a free huge page" */

@@ -116,6 +116,9 @@ static void touch(struct toucher *t)
 		t->ret = read(t->fd, (void *)t->addr, 16);
 		t->ret = t->ret < 0 ? -errno : t->ret;
 		break;
+	case TOUCH_DONTNEED:
+		t->ret = madvise((void *)t->addr, (size_t)sysconf(_SC_PAGESIZE), MADV_DONTNEED) ? -errno : 0;
+		break;
 	case TOUCH_FORK:
 		pid = fork();
 		if (pid == 0)
@@ -191,6 +194,10 @@ static struct fault_msg from_raw(const struct uffd_msg *m)
 	case UFFD_EVENT_FORK:
 		f.type = UFFD_EV_FORK;
 		f.fork_fd = (int)m->arg.fork.ufd;
+		break;
+	case UFFD_EVENT_REMOVE:
+		f.type = UFFD_EV_REMOVE;
+		f.addr = (uintptr_t)m->arg.remove.start;
 		break;
 	default:
 		f.type = UFFD_EV_UNMAP; /* any other event: unexpected here */
@@ -279,6 +286,18 @@ static const char *kind_name(enum uffd_fault_kind k)
 	return k == UFFD_FAULT_MINOR ? "MINOR" : k == UFFD_FAULT_WP ? "WP" : "MISSING";
 }
 
+static int copy_zeros(struct uffd *u, void *addr, size_t ps)
+{
+	void *z = mmap(NULL, ps, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int err;
+
+	if (z == MAP_FAILED)
+		return -errno;
+	err = uffd_copy(u, addr, z, ps, 0, NULL);
+	munmap(z, ps);
+	return err;
+}
+
 static int resolve(struct uffd *u, enum uffd_fault_kind kind, void *addr, void *move_src, size_t ps)
 {
 	switch (kind) {
@@ -287,8 +306,11 @@ static int resolve(struct uffd *u, enum uffd_fault_kind kind, void *addr, void *
 	case UFFD_FAULT_WP:
 		return uffd_writeprotect(u, addr, ps, false, 0);
 	default:
-		return move_src ? uffd_move(u, addr, move_src, ps, 0, NULL)
-				: uffd_zeropage(u, addr, ps, 0, NULL);
+		if (move_src)
+			return uffd_move(u, addr, move_src, ps, 0, NULL);
+		if (ps > (size_t)sysconf(_SC_PAGESIZE))
+			return copy_zeros(u, addr, ps);	/* hugetlbfs has no zero page to map */
+		return uffd_zeropage(u, addr, ps, 0, NULL);
 	}
 }
 

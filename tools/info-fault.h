@@ -38,6 +38,7 @@ enum touch_op {
 	TOUCH_WRITE,   /* *addr = value */
 	TOUCH_SYSCALL, /* ret = read(fd, addr, 16): the kernel faults, not the thread */
 	TOUCH_FORK,    /* ret = fork(); the child exits at once */
+	TOUCH_DONTNEED, /* ret = madvise(addr, one base page, MADV_DONTNEED): a balloon's give-back */
 };
 
 /* A thread that does one access, guarded against SIGBUS (counted in `sigbus`). */
@@ -88,7 +89,8 @@ int waiter_next(struct waiter *w, int ms, struct fault_msg *m);
 
 /*
  * Start t, read the fault it raises with w, check its kind, resolve it
- * (MINOR: CONTINUE, WP: un-protect, MISSING: MOVE from move_src or ZEROPAGE)
+ * (MINOR: CONTINUE, WP: un-protect, MISSING: MOVE from move_src, a COPY of
+ * zeros for a huge page, else ZEROPAGE)
  * and wait for t to finish. False with the row failed otherwise.
  */
 bool round_trip(struct row *r, struct waiter *w, struct toucher *t,

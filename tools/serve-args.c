@@ -13,18 +13,9 @@
 #include "serve.h"
 
 #define DEFAULT_TIMEOUT_MS 60000
-
-int serve_fail(int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs(PROG ": ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	return code;
-}
+#define DEFAULT_DRAIN_MS 30000
+#define DEFAULT_HANDSHAKE_MS 5000	/* Firecracker sends its message right after connecting */
+#define DEFAULT_PER_PEER 16		/* the jailer gives each VM a uid of its own */
 
 static void usage(FILE *f)
 {
@@ -50,12 +41,30 @@ static void usage(FILE *f)
 		"                        until SIGTERM or SIGINT\n"
 		"  -T, --timeout MS      wait at most MS for the VM to connect and for its message\n"
 		"                        (default %d; 0 waits forever)\n"
+		"      --on-fatal=WHAT   when a VM that handed over its userfaultfd cannot be\n"
+		"                        served: kill (default: SIGKILL through its pidfd), exit\n"
+		"                        (leave it to its owner: it hangs on its next fault) or\n"
+		"                        wait (until it exits)\n"
+		"      --drain-timeout MS  on SIGTERM or SIGINT, each VM has MS to get every page\n"
+		"                        and be detached; then --on-fatal (default %d; 0: at once)\n"
+		"      --socket-owner USER[:GROUP]  owner of the socket (default: this process's)\n"
+		"      --socket-mode MODE  its permission bits, octal (default 0600)\n"
+		"      --allow-uid USER, --allow-gid GROUP  peers that may connect besides root\n"
+		"                        and the socket's owner (repeatable; names or numbers)\n"
+		"      --max-per-peer N  --multi: connections of one uid at once (default %d; 0: any)\n"
+		"      --handshake-timeout MS  a connection must send its whole message within MS\n"
+		"                        (default %d)\n"
+		"      --metrics ADDR    live metrics of every VM in the Prometheus text format, over\n"
+		"                        HTTP on unix:PATH or 127.0.0.1:PORT (0: any free port)\n"
+		"      --config FILE     options from FILE first, one a line: \"name\" or\n"
+		"                        \"name = value\" (long names; '#' comments)\n"
 		"  -h, --help            print this help\n"
 		"  -V, --version         print the version\n"
 		"\n"
-		"Exit status: 0 when the VM exited, the serve detached or a signal ended it;\n"
+		"Exit status: 0 when the VM exited or the serve detached (also in a drain);\n"
 		"1 serving failed; 2 usage; 3 snapshot or socket unusable; 4 timeout;\n"
-		"5 the VM's message is unusable.\n", DEFAULT_TIMEOUT_MS);
+		"5 the VM's message is unusable; 6 a VM did not drain in time.\n",
+		DEFAULT_TIMEOUT_MS, DEFAULT_DRAIN_MS, DEFAULT_PER_PEER, DEFAULT_HANDSHAKE_MS);
 }
 
 static _Noreturn void bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -93,6 +102,27 @@ static uint64_t number(const char *opt, const char *s, uint64_t min, uint64_t ma
 	return v << shift;
 }
 
+/* Octal permission bits for the socket: the owner must keep read and write. */
+static unsigned socket_mode(const char *s)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 8);
+	if (errno || end == s || *end || v > 0777 || (v & 0600) != 0600)
+		bad("--socket-mode '%s' is not octal permission bits (0600 to 0777) that keep the owner's rw", s);
+	return (unsigned)v;
+}
+
+static enum fatal_policy fatal_policy(const char *s)
+{
+	for (enum fatal_policy p = FATAL_KILL; p <= FATAL_WAIT; p++)
+		if (!strcmp(s, fatal_policy_name(p)))
+			return p;
+	bad("--on-fatal '%s' is not kill, exit or wait", s);
+}
+
 static void add_replay(struct serve_opts *o, const char *path)
 {
 	const char **v = realloc(o->replay, (o->nreplay + 1) * sizeof(*v));
@@ -105,7 +135,9 @@ static void add_replay(struct serve_opts *o, const char *path)
 
 void serve_args(int argc, char **argv, struct serve_opts *o)
 {
-	enum { OPT_RECORD_MS = 256, OPT_SPIN_US };
+	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
+	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
+	       OPT_METRICS };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -119,13 +151,24 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "json", no_argument, NULL, 'j' },
 		{ "multi", no_argument, NULL, 'M' },
 		{ "timeout", required_argument, NULL, 'T' },
+		{ "on-fatal", required_argument, NULL, OPT_ON_FATAL },
+		{ "drain-timeout", required_argument, NULL, OPT_DRAIN_TIMEOUT },
+		{ "socket-owner", required_argument, NULL, OPT_SOCKET_OWNER },
+		{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
+		{ "allow-uid", required_argument, NULL, OPT_ALLOW_UID },
+		{ "allow-gid", required_argument, NULL, OPT_ALLOW_GID },
+		{ "max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
+		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+		{ "metrics", required_argument, NULL, OPT_METRICS },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
 	int c;
 
-	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS };
+	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS, .drain_ms = DEFAULT_DRAIN_MS,
+				  .sock_mode = 0600, .max_per_peer = DEFAULT_PER_PEER,
+				  .handshake_ms = DEFAULT_HANDSHAKE_MS };
 	while ((c = getopt_long(argc, argv, "s:m:r:p:f::t:SjMT:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': o->socket = optarg; break;
@@ -145,6 +188,29 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		case 'j': o->json = true; break;
 		case 'M': o->multi = true; break;
 		case 'T': o->timeout_ms = (int)number("--timeout", optarg, 0, INT_MAX, false); break;
+		case OPT_ON_FATAL: o->on_fatal = fatal_policy(optarg); break;
+		case OPT_DRAIN_TIMEOUT:
+			o->drain_ms = (unsigned)number("--drain-timeout", optarg, 0, INT_MAX, false);
+			break;
+		case OPT_SOCKET_OWNER:
+			if (!auth_parse_owner(optarg, o))
+				bad("--socket-owner '%s' is not USER[:GROUP] with a known user and group", optarg);
+			break;
+		case OPT_SOCKET_MODE: o->sock_mode = socket_mode(optarg); break;
+		case OPT_ALLOW_UID:
+		case OPT_ALLOW_GID:
+			if (!auth_add_id(optarg, c == OPT_ALLOW_GID, o))
+				bad("--allow-%s '%s' is not a known %s (or more than %d are given)",
+				    c == OPT_ALLOW_GID ? "gid" : "uid", optarg, c == OPT_ALLOW_GID ? "group" : "user",
+				    ALLOW_MAX);
+			break;
+		case OPT_MAX_PER_PEER:
+			o->max_per_peer = (unsigned)number("--max-per-peer", optarg, 0, 1024, false);
+			break;
+		case OPT_METRICS: o->metrics_addr = optarg; break;
+		case OPT_HANDSHAKE_TIMEOUT:
+			o->handshake_ms = (int)number("--handshake-timeout", optarg, 1, INT_MAX, false);
+			break;
 		case 'h':
 			usage(stdout);
 			exit(EXIT_OK);
@@ -159,10 +225,17 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 	}
 	if (optind < argc)
 		bad("unexpected argument '%s'", argv[optind]);
-	if (!o->socket || !o->memory)
-		bad("--socket and --memory are required");
+	if ((!o->socket && !getenv("LISTEN_FDS")) || !o->memory)
+		bad("--socket and --memory are required (--socket not under socket activation)");
 	if (o->record_ms && !o->record)
 		bad("--record-ms needs --record");
 	if (o->multi && o->record)
 		bad("--record with --multi would have every VM write the same trace; record one VM");
+	/* A page brought in ahead raises no fault: the recording could not see the guest touch it. */
+	if (o->record && o->nreplay)
+		bad("--record with --replay: replayed pages raise no fault, so the trace would miss the guest's touches of them; record without --replay");
+	if (o->record && o->fill && !o->record_ms)
+		bad("--record with --fill needs --record-ms: the fill starts when the recording ends, so that its pages do not hide the guest's touches");
+	if (o->fill_rate && o->record)
+		bad("--fill=RATE with --record: the fill after the recording runs at full speed; give --fill without a rate");
 }

@@ -36,8 +36,11 @@ struct serve {
 	int done_fd;		/* eventfd written when the VM exits or the restore completes */
 	atomic_int end;		/* enum serve_end + 1 of the first callback; 0: none */
 	atomic_uint errors;	/* on_error reports */
+	_Atomic uint64_t failed_ns;	/* when the first failure was seen; 0: none */
+	atomic_bool draining;	/* SIGTERM came: finishing the restore, then detaching */
 	uint64_t t0, first_fault_ns;
-	bool trace_saved;
+	bool trace_saved, record_failed;
+	struct slot *slot;	/* --metrics */
 };
 
 static uint64_t now_ns(void)
@@ -57,16 +60,27 @@ static void signal_end(struct serve *sv, enum serve_end why)
 	(void)!write(sv->done_fd, &(uint64_t){ 1 }, sizeof(uint64_t));
 }
 
+static void failed(struct serve *sv)
+{
+	uint64_t none = 0;
+
+	atomic_compare_exchange_strong(&sv->failed_ns, &none, now_ns());
+}
+
 static void on_owner_exit(void *ctx, struct uffd *u)
 {
 	(void)u;
 	signal_end(ctx, END_VM_EXIT);
 }
 
+/* Every page present: with --fill or in a drain the regions are unregistered by now. */
 static void on_complete(void *ctx, struct uffd_restore *rs)
 {
+	struct serve *sv = ctx;
+
 	(void)rs;
-	signal_end(ctx, END_DETACHED);
+	if (sv->o->fill || atomic_load(&sv->draining))
+		signal_end(ctx, END_DETACHED);
 }
 
 static void on_error(void *ctx, const struct uffd_fault *f, int err, const char *sentence)
@@ -78,22 +92,11 @@ static void on_error(void *ctx, const struct uffd_fault *f, int err, const char 
 		return;
 	n = atomic_fetch_add(&sv->errors, 1);
 	if (n < ERRORS_SHOWN)
-		fprintf(stderr, PROG ": serving%s: %s\n", f ? "" : " (watch)", sentence);
-}
-
-/*
- * Features of the received fd as the handle's contract. Firecracker asks
- * only for EVENT_REMOVE, yet registers hugetlbfs memory: MISSING_HUGETLBFS
- * and MISSING_SHMEM are announcements the kernel never checks, so they are
- * granted where the kernel has them.
- */
-static uint64_t handle_features(const struct fc_handshake *h)
-{
-	uint64_t avail = 0;
-
-	if (uffd_probe(&avail))
-		avail = 0;
-	return h->features | (avail & (UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_MISSING_SHMEM));
+		serve_log(LOG_ERR, "serving%s: %s", f ? "" : " (watch)", sentence);
+	failed(sv);
+	/* A page the snapshot cannot give: its fault will never be resolved. Decide now, not at the tick. */
+	if (err == -EIO)
+		signal_end(sv, END_ERROR);
 }
 
 static int lib_fail(const char *what, int err)
@@ -107,16 +110,16 @@ static int setup_regions(struct serve *sv, int snap_fd)
 	const struct fc_handshake *h = sv->h;
 	int err;
 
-	if ((err = uffd_open_fd(&sv->u, h->uffd, handle_features(h))))
+	if ((err = uffd_open_fd(&sv->u, h->uffd, h->features)))
 		return lib_fail("taking the VM's userfaultfd", err);
 	sv->h->uffd = -1;	/* the handle owns it now */
 	if (!(h->features & UFFD_FEATURE_EVENT_REMOVE))
-		fprintf(stderr, PROG ": note: the VM's userfaultfd lacks EVENT_REMOVE: pages its balloon gives back would be served from the snapshot again\n");
+		serve_log(LOG_WARNING, "note: the VM's userfaultfd lacks EVENT_REMOVE: pages its balloon gives back would be served from the snapshot again");
 	if (!(sv->r = calloc(h->n, sizeof(*sv->r))))
 		return serve_fail(EXIT_SERVE, "out of memory");
 	for (size_t i = 0; i < h->n; i++, sv->nr++) {
-		const struct fc_region *g = &h->r[i];
-		struct uffd_foreign_opts fo = { .size = sizeof(fo), .owner_addr = g->addr, .length = g->size,
+		const struct uffd_fc_region *g = &h->r[i];
+		struct uffd_foreign_opts fo = { .size = sizeof(fo), .owner_addr = g->owner_addr, .length = g->length,
 						.page_size = g->page_size, .modes = UFFDIO_REGISTER_MODE_MISSING,
 						.fd = -1 };
 
@@ -133,25 +136,48 @@ static int setup_restore(struct serve *sv)
 	const struct serve_opts *o = sv->o;
 	struct uffd_restore_opts ro = {
 		.size = sizeof(ro), .fill_rate = o->fill_rate, .record_ms = o->record_ms,
-		.flags = (o->fill ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
+		/* While recording, no fill: it starts when the window ends (tick). */
+		.flags = (o->fill && !o->record ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
 			 (o->record ? UFFD_RESTORE_RECORD : 0),
-		.on_complete = o->fill ? on_complete : NULL, .ctx = sv,
+		.on_complete = on_complete, .ctx = sv,
 	};
 	int err = uffd_restore_new(&sv->rs, &ro);
 
 	return err ? lib_fail("creating the restore", err) : 0;
 }
 
-static int load_traces(struct serve *sv)
+/*
+ * The traces passed the checks at start; what remains is the VM's layout.
+ * A trace that does not fit it is left out (the library keeps what was
+ * loaded before): the VM is served all the same, by demand paging.
+ */
+static void load_traces(struct serve *sv)
 {
 	for (size_t i = 0; i < sv->o->nreplay; i++) {
 		int err = uffd_restore_load_trace(sv->rs, sv->o->replay[i]);
 
 		if (err)
-			return serve_fail(EXIT_SETUP, "cannot replay %s: %s (%s)", sv->o->replay[i],
-					  strerror(-err), uffd_last_error());
+			serve_fail(0, "warning: the trace %s does not fit this VM: %s (%s); serving without it (demand paging)",
+				   sv->o->replay[i], strerror(-err), uffd_last_error());
 	}
-	return 0;
+}
+
+/*
+ * --threads N is refused for a VM whose userfaultfd has EVENT_REMOVE (every
+ * Firecracker VM: its balloon): the kernel lets the balloon's madvise go on
+ * as soon as one thread has *read* the REMOVE, so another thread may read
+ * the next fault on that page and serve it from the snapshot before the
+ * first has marked it removed -- the guest would see old contents where
+ * zeros belong. One thread handles the REMOVE before it reads further.
+ */
+static unsigned loop_threads(const struct serve *sv)
+{
+	if (sv->o->threads > 1 && (sv->h->features & UFFD_FEATURE_EVENT_REMOVE)) {
+		serve_fail(0, "warning: --threads %u refused for VM pid %d: its userfaultfd has EVENT_REMOVE, and a fault read by one thread could be served from the snapshot before another handled the REMOVE of its page (stale contents where zeros belong); serving with 1 thread",
+			   sv->o->threads, (int)sv->h->pid);
+		return 1;
+	}
+	return sv->o->threads;
 }
 
 /* The loop, watching the VM: its exit stops the loop and wakes the main thread. */
@@ -171,7 +197,7 @@ static int start_loop(struct serve *sv, int conn)
 		return lib_fail("watching the VM's userfaultfd", err);
 	if ((err = uffd_restore_start(sv->rs, sv->l)))
 		return lib_fail("starting the restore", err);
-	if ((err = uffd_loop_start(sv->l, sv->o->threads)))
+	if ((err = uffd_loop_start(sv->l, loop_threads(sv))))
 		return lib_fail("starting the loop threads", err);
 	return 0;
 }
@@ -187,31 +213,64 @@ static int save_trace(struct serve *sv)
 	return 0;
 }
 
+static void summarize(const struct serve *sv, struct serve_summary *s);
+
+/* --metrics: this VM's numbers, every tick. */
+static void publish(struct serve *sv)
+{
+	struct serve_summary s = { .end = END_VM_EXIT };
+
+	if (!sv->slot)
+		return;
+	summarize(sv, &s);
+	metrics_update(sv->slot, &s, atomic_load(&sv->end) == END_DETACHED + 1);
+}
+
+/* Without UFFD_RESTORE_DETACH a restore that completed keeps the regions registered: let go of them here. */
+static int unregister_all(struct serve *sv)
+{
+	for (size_t i = 0; i < sv->nr; i++) {
+		int err = uffd_unregister(sv->u, uffd_region_base(sv->r[i]), uffd_region_length(sv->r[i]));
+
+		if (err && err != -ENOENT)
+			return lib_fail("unregistering a region of the VM", err);
+	}
+	return 0;
+}
+
 /* Every tick: the end of the record window, and a restore that cannot complete. */
 static int tick(struct serve *sv)
 {
 	struct uffd_restore_stats st = { .size = sizeof(st) };
 
-	if (uffd_restore_wait(sv->rs, 0) == -EIO)
+	if (uffd_restore_wait(sv->rs, 0) == -EIO) {
+		failed(sv);
 		return serve_fail(EXIT_SERVE, "a page of the snapshot cannot be read: %s", uffd_last_error());
+	}
 	if (!sv->o->record_ms || sv->trace_saved || uffd_restore_stats(sv->rs, &st))
 		return 0;
 	if (!sv->first_fault_ns && st.faults[0] + st.faults[1] + st.faults[2])
 		sv->first_fault_ns = now_ns();
 	/* The engine stops recording record_ms after the first fault; save what it has then. */
-	if (sv->first_fault_ns && now_ns() - sv->first_fault_ns > (sv->o->record_ms + TICK_MS) * 1000000ull)
-		return save_trace(sv);
+	/* A trace that cannot be written is no reason to stop serving the VM: the exit status says it. */
+	if (sv->first_fault_ns && now_ns() - sv->first_fault_ns > (sv->o->record_ms + TICK_MS) * 1000000ull) {
+		sv->record_failed = save_trace(sv) != 0;
+		/* The recording is over: now the fill (every page, then detach). */
+		if (sv->o->fill && uffd_restore_finish(sv->rs) == -EALREADY)
+			signal_end(sv, unregister_all(sv) ? END_ERROR : END_DETACHED);
+	}
 	return 0;
 }
 
 /* Waits for the end; returns how it ended. */
 static enum serve_end wait_end(struct serve *sv, int sigfd)
 {
-	struct pollfd p[2] = { { .fd = sv->done_fd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN } };
+	struct pollfd p[3] = { { .fd = sv->done_fd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN },
+			       { .fd = metrics_fd(sv->o->metrics), .events = POLLIN } };
 	struct signalfd_siginfo si;
 
 	for (;;) {
-		int n = poll(p, 2, TICK_MS);
+		int n = poll(p, 3, TICK_MS);
 
 		if (n < 0 && errno != EINTR)
 			return END_ERROR;
@@ -223,7 +282,66 @@ static enum serve_end wait_end(struct serve *sv, int sigfd)
 		}
 		if (tick(sv))
 			return END_ERROR;
+		publish(sv);
+		if (n > 0 && p[2].revents)	/* a scrape, of this process's own VM (one VM, no --multi) */
+			metrics_scrape(sv->o->metrics);
 	}
+}
+
+static int64_t mono_ms(void)
+{
+	return (int64_t)(now_ns() / 1000000u);
+}
+
+/*
+ * SIGTERM: the VM must not depend on us any more. Every page not yet present
+ * comes in as fast as the faults allow, then the regions are unregistered
+ * (detach) -- within o->drain_ms; a second signal ends the wait. What is
+ * left then takes the fatal path. Returns an EXIT_* code and sets *end.
+ */
+static int drain(struct serve *sv, int sigfd, enum serve_end *end)
+{
+	struct pollfd p[2] = { { .fd = sv->done_fd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN } };
+	int64_t deadline = mono_ms() + sv->o->drain_ms;
+	struct signalfd_siginfo si;
+	int err;
+
+	serve_log(LOG_INFO, "draining VM pid %d: bringing in every page, then detaching (--drain-timeout %u ms)",
+		(int)sv->h->pid, sv->o->drain_ms);
+	atomic_store(&sv->draining, true);
+	err = sv->o->drain_ms ? uffd_restore_finish(sv->rs) : -ETIMEDOUT;
+	if (err == -EALREADY) {	/* every page came in before, and nothing detached */
+		*end = END_DETACHED;
+		return unregister_all(sv);
+	}
+	while (!err) {
+		int64_t left = deadline - mono_ms();
+		int n = left > 0 ? poll(p, 2, (int)(left < TICK_MS ? left : TICK_MS)) : 0;
+
+		if (n > 0 && p[0].revents) {
+			*end = (enum serve_end)(atomic_load(&sv->end) - 1);
+			if (*end != END_ERROR)
+				return EXIT_OK;
+			err = -EIO;
+		} else if (n > 0 && p[1].revents) {
+			(void)!read(sigfd, &si, sizeof(si));
+			err = -EINTR;
+		} else if (left <= 0) {
+			err = -ETIMEDOUT;
+		} else if (uffd_restore_wait(sv->rs, 0) == -EIO) {
+			err = -EIO;
+		}
+	}
+	*end = END_SIGNAL;
+	failed(sv);
+	if (err == -EIO)
+		return serve_fail(EXIT_SERVE, "draining: a page of the snapshot cannot be read: %s", uffd_last_error());
+	if (err == -EINTR)
+		return serve_fail(EXIT_DRAIN, "draining: a second signal ended the drain");
+	if (err == -ETIMEDOUT)
+		return serve_fail(EXIT_DRAIN, "draining: not every page of the VM came in within --drain-timeout %u ms",
+				  sv->o->drain_ms);
+	return serve_fail(EXIT_DRAIN, "draining: %s (%s)", strerror(-err), uffd_last_error());
 }
 
 static void histogram_sum(const struct uffd_restore_stats *st, uint64_t *h)
@@ -237,10 +355,10 @@ static void summarize(const struct serve *sv, struct serve_summary *s)
 {
 	struct uffd_restore_stats st = { .size = sizeof(st) };
 	struct uffd_loop_counters lc = { .size = sizeof(lc) };
-	uint64_t h[UFFD_HIST_BUCKETS] = { 0 };
+	uint64_t *h = s->hist;
 
 	for (size_t i = 0; i < sv->h->n; i++)
-		s->bytes += sv->h->r[i].size;
+		s->bytes += sv->h->r[i].length;
 	s->pid = sv->h->pid;
 	s->nregions = sv->h->n;
 	s->served_ns = now_ns() - sv->t0;
@@ -287,23 +405,39 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 	struct serve sv = { .o = o, .h = h, .t0 = now_ns(),
 			    .done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) };
 	int rc = sv.done_fd < 0 ? serve_fail(EXIT_SERVE, "eventfd: %s", strerror(errno)) : 0;
+	bool started;
 
 	*s = (struct serve_summary){ .end = END_ERROR };
 	if (!rc)
 		rc = setup_restore(&sv);
 	if (!rc)
 		rc = setup_regions(&sv, snap_fd);
-	if (!rc)
-		rc = load_traces(&sv);
-	if (!rc)
+	if (!rc) {
+		load_traces(&sv);
 		rc = start_loop(&sv, conn);
-	if (!rc)
+	}
+	started = !rc;
+	if (!rc) {
+		sv.slot = metrics_claim(o->metrics);
+		publish(&sv);
 		s->end = wait_end(&sv, sigfd);
+	}
+	if (!rc && s->end == END_SIGNAL)
+		rc = drain(&sv, sigfd, &s->end);
 	if (s->end == END_DETACHED)
-		fprintf(stderr, PROG ": detached: every page of the VM is present; it no longer needs this process\n");
+		serve_log(LOG_INFO, "detached: every page of the VM is present; it no longer needs this process");
+	/* The VM still depends on us and we cannot go on: decide, before the loop goes. */
+	if (rc || s->end == END_ERROR)
+		rc = serve_fatal(o, h, sigfd, rc ? rc : EXIT_SERVE,
+				 rc == EXIT_DRAIN ? "the drain did not finish" : started ?
+				 "the serve of the VM broke" : "the serve of the VM could not be set up",
+				 atomic_load(&sv.failed_ns));
 	if (!rc && o->record)	/* again at exit: the trace holds every page recorded */
 		rc = save_trace(&sv);
+	if (!rc && sv.record_failed)
+		rc = EXIT_SERVE;
 	summarize(&sv, s);
+	metrics_release(sv.slot);
 	/* Once the VM is gone, what the restore could not finish no longer matters. */
 	if (!rc && (s->end == END_ERROR || s->errors ||
 		    (s->end != END_VM_EXIT && uffd_restore_wait(sv.rs, 0) == -EIO)))

@@ -5,6 +5,9 @@
  * serve-fc.c     Firecracker's handshake: socket, message, JSON, checks
  * serve-run.c    serving one VM with the library's restore engine and loop
  * serve-stats.c  the summary, as text or JSON
+ * serve-fatal.c  what becomes of a VM that cannot be served (--on-fatal)
+ * serve-check.c  the checks at start: traces and output paths
+ * serve-auth.c   who may connect: the socket's owner and mode, the peers allowed
  */
 #ifndef UFFD_SERVE_H
 #define UFFD_SERVE_H
@@ -13,6 +16,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <syslog.h>
+
+#include <uffd.h>
 
 #define PROG "uffd-serve"
 
@@ -24,8 +30,14 @@ enum {
 	EXIT_SETUP = 3,		/* the snapshot or the socket cannot be used */
 	EXIT_TIMEOUT = 4,	/* no VM connected, or it sent no message, in time */
 	EXIT_HANDSHAKE = 5,	/* the VM's message is unusable: no fd, bad JSON, bad regions */
+	EXIT_DRAIN = 6,		/* SIGTERM: a VM did not finish within --drain-timeout; --on-fatal applied */
 	SERVE_STOPPED = 100,	/* not an exit status: a signal came first */
 };
+
+#define ALLOW_MAX 64	/* --allow-uid and --allow-gid, each */
+
+/* --on-fatal: what a fatal error does to the VM that waits for this process. */
+enum fatal_policy { FATAL_KILL, FATAL_EXIT, FATAL_WAIT };
 
 struct serve_opts {
 	const char *socket;	/* the Unix socket to listen on */
@@ -40,35 +52,54 @@ struct serve_opts {
 	unsigned spin_us;	/* a loop thread polls this long before sleeping */
 	bool stats, json, multi;
 	int timeout_ms;		/* for the connection and for the message; 0: none */
+	enum fatal_policy on_fatal;
+	unsigned drain_ms;	/* SIGTERM: how long the VMs have to finish */
+	/* who may connect (serve-auth.c) */
+	bool sock_owner_set;	/* else the socket belongs to this process's uid and gid */
+	unsigned sock_uid, sock_gid;
+	unsigned sock_mode;	/* permission bits of the socket */
+	unsigned allow_uid[ALLOW_MAX], allow_gid[ALLOW_MAX];
+	size_t nallow_uid, nallow_gid;
+	unsigned max_per_peer;	/* --multi: connections of one uid at once; 0: no limit */
+	int handshake_ms;	/* from the connection to the whole message */
+	const char *metrics_addr;	/* --metrics: unix:PATH or 127.0.0.1:PORT, or NULL */
+	struct metrics *metrics;	/* its endpoint and slots, once open (main) */
+	bool activated;		/* the socket came from systemd: not ours to remove */
 };
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
 void serve_args(int argc, char **argv, struct serve_opts *o);
 
-/* Prints "uffd-serve: <message>" on stderr and returns code. */
+/* ---- serve-log.c ---- */
+
+/*
+ * Logs "uffd-serve: <message>" (serve-log.c: time, level, VM) and returns
+ * code: an error when code is not 0 or the message begins "fatal:", else a
+ * warning.
+ */
 int serve_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A line at syslog level (LOG_ERR, LOG_WARNING, LOG_INFO). */
+void serve_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* From now on the lines of this process name VM vm. */
+void serve_log_vm(pid_t vm);
 
 /* ---- serve-fc.c ---- */
 
-/* One row of Firecracker's JSON array (GuestRegionUffdMapping). */
-struct fc_region {
-	uint64_t addr;		/* base_host_virt_addr */
-	uint64_t size;
-	uint64_t offset;	/* in the memory snapshot file */
-	uint64_t page_size;	/* page_size, or page_size_kib (bytes despite the name) */
-};
-
-/* What a VM sent, checked. */
+/* What a VM sent, checked by the library (uffd_fc_handshake_recv), as the serve keeps it. */
 struct fc_handshake {
 	int uffd;		/* the VM's userfaultfd, close-on-exec */
 	uint64_t features;	/* as the kernel reports them for it */
 	pid_t pid;		/* SO_PEERCRED; 0 when in another pid namespace */
 	int pidfd;		/* of pid, or -1 */
-	struct fc_region *r;
+	bool vm_waits;		/* it handed over its userfaultfd: without us it hangs */
+	struct uffd_fc_region *r;
 	size_t n;
 };
 
-/* Listening socket at path (a stale socket there is replaced): fd, or an EXIT_* code negated. */
+/*
+ * Listening socket at path (a stale socket there is replaced), mode 0600
+ * whatever the umask: fd, or an EXIT_* code negated.
+ */
 int fc_listen(const char *path);
 /*
  * Waits up to timeout_ms (0: forever) for a connection, or for a signal on
@@ -80,6 +111,7 @@ int fc_accept(int lsock, int sigfd, int timeout_ms);
  * Reads the VM's one message (the userfaultfd and the JSON region table)
  * within timeout_ms and checks it against a snapshot of file_size bytes.
  * 0, SERVE_STOPPED on a signal, or an EXIT_* code after printing one line.
+ * h is filled as far as it got (h->vm_waits, h->pidfd) and the caller frees it.
  */
 int fc_receive(int conn, int sigfd, int timeout_ms, uint64_t file_size, struct fc_handshake *h);
 void fc_handshake_free(struct fc_handshake *h);
@@ -103,11 +135,80 @@ struct serve_summary {
 	uint64_t complete_ns;	/* start to every page present; 0 if never */
 	uint64_t served_ns;	/* handshake to end */
 	int fds_leaked;		/* descriptors open after cleanup that were not before */
+	uint64_t hist[UFFD_HIST_BUCKETS];	/* service time of demand faults, the engine's buckets */
 };
 
-/* Serves the VM of h until it exits, the serve detaches, or a signal. Returns an EXIT_* code. */
+/*
+ * Serves the VM of h until it exits or the serve detaches; on a signal,
+ * drains (every page in, then detach) within o->drain_ms. A VM left
+ * depending on us takes the fatal path. Returns an EXIT_* code.
+ */
 int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, int sigfd,
 	     int conn, struct serve_summary *s);
+
+/* ---- serve-auth.c ---- */
+
+struct ucred;
+/* --socket-owner USER[:GROUP] (names or numbers) into o: false when unknown. */
+bool auth_parse_owner(const char *s, struct serve_opts *o);
+/* --allow-uid / --allow-gid (a name or a number): false when unknown or too many. */
+bool auth_add_id(const char *s, bool group, struct serve_opts *o);
+/* The socket at path gets its owner and mode: 0, or EXIT_SETUP after one line. */
+int auth_socket(const struct serve_opts *o, const char *path);
+/* The peer of conn may be served: true with *cr; else false, logged. */
+bool auth_peer(const struct serve_opts *o, int conn, struct ucred *cr);
+
+/* ---- serve-fatal.c ---- */
+
+const char *fatal_policy_name(enum fatal_policy p);
+/*
+ * A fatal error on the VM of h (why: a few words, the error line was printed
+ * before), first seen at failed_ns (CLOCK_MONOTONIC; 0: now): applies
+ * o->on_fatal to it when it waits for us, logs the decision and, for kill,
+ * the time from the failure until the VM was gone. Returns code.
+ */
+int serve_fatal(const struct serve_opts *o, const struct fc_handshake *h, int sigfd, int code,
+		const char *why, uint64_t failed_ns);
+
+/* ---- serve-check.c ---- */
+
+/* The traces to replay, checked now: an unusable one is dropped with a warning. */
+void check_traces(struct serve_opts *o, int snap_fd, uint64_t snap_size);
+/* --record's directory can take the trace: 0, or EXIT_SETUP after one line. */
+int check_outputs(const struct serve_opts *o);
+
+/* ---- serve-metrics.c ---- */
+
+struct metrics;
+struct slot;
+/* The endpoint at addr and the shared slots (before any fork): NULL after a line on failure. */
+struct metrics *metrics_open(const char *addr);
+void metrics_close(struct metrics *m);
+/* The listening fd to poll (-1: none); when readable, metrics_scrape() answers. */
+int metrics_fd(const struct metrics *m);
+void metrics_scrape(struct metrics *m);
+/* In a --multi child: the parent answers; the child only writes its slot. */
+void metrics_child(struct metrics *m);
+/* A slot for this process's VM (NULL when none or m NULL); its numbers; freed at the end. */
+struct slot *metrics_claim(struct metrics *m);
+void metrics_update(struct slot *sl, const struct serve_summary *s, bool detached);
+void metrics_release(struct slot *sl);
+/* The parent: the slots of a child that ended, whatever became of it. */
+void metrics_forget(struct metrics *m, pid_t pid);
+
+/* ---- serve-systemd.c ---- */
+
+/* The socket systemd passed (fd), -1 when none, or an EXIT_* code negated after a line. */
+int sd_activated_socket(struct serve_opts *o);
+/* sd_notify(3) of the formatted state ("READY=1", "STATUS=..."); nothing without systemd. */
+void sd_state(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- serve-config.c ---- */
+
+/* argv with the options of --config FILE put first (argc updated); argv when none. Exits on a bad file. */
+char **config_argv(int *argc, char **argv);
+/* What config_argv() allocated. */
+void config_free(void);
 
 /* ---- serve-stats.c ---- */
 

@@ -82,6 +82,7 @@ struct report {
 	struct row access[ACCESS_ROWS];
 	struct row checks[CHECK_ROWS];
 	struct row core;
+	struct row serve;
 };
 
 static const struct { const char *key, *label; } access_rows[ACCESS_ROWS] = {
@@ -107,6 +108,32 @@ static void core_verdict(struct report *rep)
 		pass(r, "uffd_open() with default options works, and minor faults on shmem are resolved by a handler thread");
 }
 
+/*
+ * What uffd-serve needs here: MISSING faults and REMOVE events on a
+ * userfaultfd opened as Firecracker opens it, and kernel faults (KVM touches
+ * guest memory from inside the kernel, which a user-mode-only userfaultfd
+ * never reports); MISSING on hugetlb only for guests with huge pages.
+ */
+static void serve_verdict(struct report *rep)
+{
+	const struct row *anon = &rep->checks[CHECK_MISSING_ANON], *rm = &rep->checks[CHECK_EVENT_REMOVE],
+			 *kf = &rep->checks[CHECK_KERNEL_FAULTS], *huge = &rep->checks[CHECK_MISSING_HUGETLB];
+	struct row *r = &rep->serve;
+
+	r->key = "uffd_serve";
+	r->label = "uffd-serve (Firecracker)";
+	if (!anon->ok)
+		fail(r, anon->fix, "missing faults on anonymous memory do not work: %s", anon->detail);
+	else if (!rm->ok)
+		fail(r, rm->fix, "the balloon's REMOVE events do not work: %s", rm->detail);
+	else if (!kf->ok)
+		fail(r, kf->fix, "faults raised inside the kernel are not reported, and Firecracker's vCPUs touch guest memory from the kernel: %s",
+		     kf->detail);
+	else
+		pass(r, "missing faults, REMOVE events and kernel faults work: uffd-serve can serve 4 KiB guests; 2 MiB (hugetlb) guests: %s",
+		     huge->ok ? "yes" : huge->fix[0] ? huge->fix : "no");
+}
+
 static void gather(struct report *rep)
 {
 	struct check_env env;
@@ -126,6 +153,7 @@ static void gather(struct report *rep)
 	};
 	checks_run(&env, rep->checks);
 	core_verdict(rep);
+	serve_verdict(rep);
 }
 
 /* ---- aligned text ---- */
@@ -234,6 +262,7 @@ static void print_text(const struct report *rep, bool verbose)
 	print_hugepages(si);
 	printf("\nVerdict\n");
 	print_row(&rep->core, "", true);
+	print_row(&rep->serve, "", true);
 	printf("  exit status %d\n", rep->core.ok ? 0 : 1);
 }
 
@@ -387,6 +416,7 @@ static void print_json(const struct report *rep)
 	json_close(&j, '}');
 	json_hugepages(&j, &rep->si);
 	json_row(&j, &rep->core);
+	json_row(&j, &rep->serve);
 	json_fixes(&j, rep);
 	json_number(&j, "exit_status", rep->core.ok ? 0 : 1);
 	json_end(&j);

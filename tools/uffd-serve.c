@@ -16,7 +16,9 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "serve.h"
@@ -53,6 +55,13 @@ static int open_snapshot(const char *path, uint64_t *size)
 	}
 	end = lseek(fd, 0, SEEK_END);
 	*size = end > 0 ? (uint64_t)end : 0;
+	/* Found now, before a VM connects and waits on its first fault. */
+	if (!*size || pread(fd, &(char){ 0 }, 1, 0) != 1) {
+		serve_fail(EXIT_SETUP, "the snapshot %s %s", path,
+			   *size ? "cannot be read" : "is empty; --memory is the guest memory file, not the VM state file");
+		close(fd);
+		return -EXIT_SETUP;
+	}
 	return fd;
 }
 
@@ -80,12 +89,22 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	struct fc_handshake h;
 	int before = count_fds(), rc;
 
-	rc = fc_receive(conn, sigfd, o->timeout_ms, size, &h);
-	if (rc == SERVE_STOPPED)
-		return EXIT_OK;		/* stopped before the VM said anything */
-	if (rc)
+	/* An idle connection holds a process: the message comes soon after connecting, or never. */
+	int msg_ms = o->timeout_ms && o->timeout_ms < o->handshake_ms ? o->timeout_ms : o->handshake_ms;
+
+	rc = fc_receive(conn, sigfd, msg_ms, size, &h);
+	if (h.vm_waits)
+		serve_log_vm(h.pid);	/* from now on every line of this process names the VM */
+	if (rc == SERVE_STOPPED)	/* stopped in the middle of the VM's message */
+		rc = serve_fatal(o, &h, sigfd, h.vm_waits ? EXIT_DRAIN : EXIT_OK,
+				 "a signal came in the middle of the VM's handshake", 0);
+	else if (rc)
+		rc = serve_fatal(o, &h, sigfd, rc, "the VM's handshake cannot be served", 0);
+	if (rc || !h.vm_waits) {
+		fc_handshake_free(&h);
 		return rc;
-	fprintf(stderr, PROG ": serving VM pid %d: %zu regions from %s\n", (int)h.pid, h.n, o->memory);
+	}
+	serve_log(LOG_INFO, "serving VM pid %d: %zu regions from %s", (int)h.pid, h.n, o->memory);
 	rc = serve_vm(o, &h, snap_fd, sigfd, conn, &s);
 	fc_handshake_free(&h);
 	s.fds_leaked = count_fds() - before;
@@ -94,25 +113,142 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 	return rc;
 }
 
-/* Child pid ended with status st: off the list, and said when it failed. */
-static void reaped(pid_t *kids, size_t *n, pid_t pid, int st)
+static uid_t *kid_uids;	/* --multi: the peer uid of each child, in step with kids */
+
+/* The peer has --max-per-peer connections being served already: refused, logged. */
+static bool over_limit(const struct serve_opts *o, const uid_t *uids, size_t n, const struct ucred *cr)
 {
-	for (size_t i = 0; i < *n; i++)
-		if (kids[i] == pid)
-			kids[i] = kids[--*n];
+	size_t same = 0;
+
+	for (size_t i = 0; i < n; i++)
+		same += uids[i] == cr->uid;
+	if (!o->max_per_peer || same < o->max_per_peer)
+		return false;
+	serve_fail(0, "refused a connection from pid %d (uid %u): that uid has %zu connections already (--max-per-peer)",
+		   (int)cr->pid, (unsigned)cr->uid, same);
+	return true;
+}
+
+/* Child pid ended with status st: off the list, and said when it failed. Returns its exit status (1 for a signal). */
+static int reaped(pid_t *kids, size_t *n, pid_t pid, int st)
+{
+	for (size_t i = 0; i < *n; i++) {
+		if (kids[i] != pid)
+			continue;
+		kids[i] = kids[--*n];
+		if (kid_uids)
+			kid_uids[i] = kid_uids[*n];
+		break;
+	}
 	if (!WIFEXITED(st) || WEXITSTATUS(st))
 		serve_fail(0, "the serve of one VM (process %d) ended with %s %d", (int)pid,
 			   WIFEXITED(st) ? "status" : "signal", WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+	return WIFEXITED(st) ? WEXITSTATUS(st) : EXIT_SERVE;
 }
 
-/* Every child that ended; with wait, until none is left. */
-static void reap(pid_t *kids, size_t *n, bool wait)
+static struct metrics *kid_metrics;	/* --multi --metrics: slots of children that ended are freed */
+
+/*
+ * The listening socket: systemd's (socket activation), or one made at
+ * --socket with its owner and mode. fd, or an EXIT_* code negated.
+ */
+static int open_listener(struct serve_opts *o)
+{
+	int lsock = sd_activated_socket(o), rc;
+
+	if (lsock >= 0 || lsock < -1) {
+		o->activated = lsock >= 0;
+		return lsock;
+	}
+	if (!o->socket)
+		return -serve_fail(EXIT_USAGE, "--socket is required unless systemd passes the socket (LISTEN_FDS)");
+	if ((lsock = fc_listen(o->socket)) < 0)
+		return lsock;
+	if ((rc = auth_socket(o, o->socket))) {
+		close(lsock);
+		unlink(o->socket);
+		return -rc;
+	}
+	return lsock;
+}
+
+/* No VM connects from now on; systemd's socket stays where it is, for the next start. */
+static void drop_listener(const struct serve_opts *o, int lsock)
+{
+	close(lsock);
+	if (!o->activated)
+		unlink(o->socket);
+}
+
+/* Every child that ended, without waiting. */
+static void reap(pid_t *kids, size_t *n)
 {
 	pid_t pid;
 	int st;
 
-	while ((wait ? *n : 1) && (pid = waitpid(-1, &st, wait ? 0 : WNOHANG)) > 0)
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
 		reaped(kids, n, pid, st);
+		metrics_forget(kid_metrics, pid);
+	}
+}
+
+/*
+ * Until a connection or a signal is there (0), answering scrapes meanwhile;
+ * -EXIT_TIMEOUT after timeout_ms (0: none), with the line said.
+ */
+static int wait_conn(const struct serve_opts *o, int lsock, int sigfd, int timeout_ms)
+{
+	struct pollfd p[3] = { { .fd = lsock, .events = POLLIN }, { .fd = sigfd, .events = POLLIN },
+			       { .fd = metrics_fd(o->metrics), .events = POLLIN } };
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		int left = -1, n;
+
+		if (timeout_ms) {
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			left = timeout_ms - (int)((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+			if (left <= 0)
+				return -serve_fail(EXIT_TIMEOUT, "no VM connected within %d ms (--timeout); start Firecracker's snapshot load with this socket",
+						   timeout_ms);
+		}
+		n = poll(p, 3, left);
+		if (n > 0 && (p[0].revents || p[1].revents))
+			return 0;
+		if (n > 0 && p[2].revents)
+			metrics_scrape(o->metrics);
+	}
+}
+
+/*
+ * The drain of --multi: every child got SIGTERM and drains its VM (bounded
+ * by --drain-timeout and the fatal path); wait for each, passing on a
+ * further signal. 0 when every VM drained; EXIT_DRAIN when one did not in
+ * time; EXIT_SERVE when one failed otherwise.
+ */
+static int drain_children(pid_t *kids, size_t *n, int sigfd)
+{
+	struct pollfd p = { .fd = sigfd, .events = POLLIN };
+	struct signalfd_siginfo si;
+	int rc = EXIT_OK;
+
+	for (size_t i = 0; i < *n; i++)
+		kill(kids[i], SIGTERM);
+	while (*n) {
+		pid_t pid;
+		int st, code;
+
+		while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+			if ((code = reaped(kids, n, pid, st)) && rc != EXIT_DRAIN)
+				rc = code == EXIT_DRAIN ? EXIT_DRAIN : EXIT_SERVE;
+		if (!*n || poll(&p, 1, -1) <= 0)
+			continue;
+		while (read(sigfd, &si, sizeof(si)) == sizeof(si))
+			for (size_t i = 0; si.ssi_signo != SIGCHLD && i < *n; i++)
+				kill(kids[i], (int)si.ssi_signo);
+	}
+	return rc;
 }
 
 /* true when the signal read from sigfd asks to stop. */
@@ -123,27 +259,36 @@ static bool stop_signal(int sigfd, pid_t *kids, size_t *n)
 
 	while (read(sigfd, &si, sizeof(si)) == sizeof(si))
 		stop |= si.ssi_signo != SIGCHLD;
-	reap(kids, n, false);
+	reap(kids, n);
 	return stop;
 }
 
 /*
- * --multi: accept until a signal, a child per VM. The fork happens in this
+ * --multi: accept until a signal, a child per VM; then stop accepting and
+ * drain every child (a VM is never abandoned). The fork happens in this
  * single-threaded process before the child creates any thread.
  */
 static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint64_t size, int sigfd)
 {
 	static pid_t kids[MAX_CHILDREN];
+	static uid_t uids[MAX_CHILDREN];	/* of each child's peer; reaped() keeps them in step */
 	size_t n = 0;
 
+	kid_uids = uids;
+	kid_metrics = o->metrics;
 	for (;;) {
-		int conn = fc_accept(lsock, sigfd, 0);
+		int conn = wait_conn(o, lsock, sigfd, 0) ? -EXIT_SETUP : fc_accept(lsock, sigfd, 0);
+		struct ucred cr;
 		pid_t pid;
 
 		if (conn == -SERVE_STOPPED && stop_signal(sigfd, kids, &n))
 			break;
 		if (conn < 0)
 			continue;
+		if (!auth_peer(o, conn, &cr) || over_limit(o, uids, n, &cr)) {
+			close(conn);	/* refused before a byte of its message was read */
+			continue;
+		}
 		if (n == MAX_CHILDREN || (pid = fork()) < 0) {
 			serve_fail(0, "cannot serve one more VM: %s", n == MAX_CHILDREN ? "too many" : strerror(errno));
 			close(conn);
@@ -151,15 +296,42 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 		}
 		if (!pid) {
 			close(lsock);
+			metrics_child(o->metrics);
 			_exit(serve_conn(o, conn, snap_fd, size, sigfd));
 		}
+		uids[n] = cr.uid;
 		kids[n++] = pid;
 		close(conn);
+		sd_state("STATUS=serving %zu VMs", n);
 	}
-	for (size_t i = 0; i < n; i++)
-		kill(kids[i], SIGTERM);
-	reap(kids, &n, true);
-	return EXIT_OK;
+	drop_listener(o, lsock);	/* no VM connects from now on */
+	sd_state("STOPPING=1\nSTATUS=draining %zu VMs", n);
+	if (n)
+		serve_log(LOG_INFO, "draining %zu VMs (--drain-timeout %u ms each)", n, o->drain_ms);
+	return drain_children(kids, &n, sigfd);
+}
+
+/* One VM: connections until an allowed peer's, within --timeout. The connection, or an EXIT_* code negated. */
+static int accept_allowed(const struct serve_opts *o, int lsock, int sigfd)
+{
+	struct timespec t0, t;
+	struct ucred cr;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		int left = o->timeout_ms, conn;
+
+		if (o->timeout_ms) {
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			left -= (int)((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+			left = left > 0 ? left : 1;
+		}
+		conn = wait_conn(o, lsock, sigfd, left);
+		conn = conn ? conn : fc_accept(lsock, sigfd, 0);
+		if (conn < 0 || auth_peer(o, conn, &cr))
+			return conn;
+		close(conn);	/* refused: the serve goes on waiting for its VM */
+	}
 }
 
 int main(int argc, char **argv)
@@ -168,30 +340,38 @@ int main(int argc, char **argv)
 	uint64_t size = 0;
 	int snap, sigfd, lsock, conn, rc;
 
+	argv = config_argv(&argc, argv);
 	serve_args(argc, argv, &o);
+	if ((rc = check_outputs(&o)))
+		return rc;
 	if ((snap = open_snapshot(o.memory, &size)) < 0)
 		return -snap;
+	check_traces(&o, snap, size);
 	if ((sigfd = signals_fd()) < 0)
 		return -sigfd;
-	if ((lsock = fc_listen(o.socket)) < 0)
+	if ((lsock = open_listener(&o)) < 0)
 		return -lsock;
-	fprintf(stderr, PROG ": listening on %s\n", o.socket);
+	if (o.metrics_addr && !(o.metrics = metrics_open(o.metrics_addr))) {
+		drop_listener(&o, lsock);
+		return EXIT_SETUP;
+	}
+	serve_log(LOG_INFO, "listening on %s%s", o.activated ? "the socket systemd passed" : o.socket,
+		  o.activated ? " (socket activation)" : "");
+	sd_state("READY=1\nSTATUS=listening, no VM yet");
 	if (o.multi) {
 		rc = serve_multi(&o, lsock, snap, size, sigfd);
 	} else {
-		conn = fc_accept(lsock, sigfd, o.timeout_ms);
-		close(lsock);
-		unlink(o.socket);	/* one VM: nobody else may connect */
+		conn = accept_allowed(&o, lsock, sigfd);
+		drop_listener(&o, lsock);	/* one VM: nobody else may connect */
+		sd_state("STATUS=serving one VM");
 		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, snap, size, sigfd);
 		if (conn >= 0)
 			close(conn);
 	}
-	if (o.multi) {
-		close(lsock);
-		unlink(o.socket);
-	}
+	metrics_close(o.metrics);
 	close(sigfd);
 	close(snap);
 	free(o.replay);
+	config_free();
 	return rc;
 }
