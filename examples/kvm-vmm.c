@@ -570,25 +570,58 @@ static bool page_zero(const unsigned char *p)
 	return true;
 }
 
+/* What a wrong page holds instead, for the first few reports. */
+static const char *found(const struct vm *v, const unsigned char *g, uint64_t p)
+{
+	if (page_zero(g))
+		return "zeros";
+	if (!memcmp((const void *)g, v->ref + p * UNIT, UNIT))
+		return "the snapshot's bytes";
+	if (page_is(g, v->snap_seed ^ WSALT, p))
+		return "the written pattern";
+	return "other bytes";
+}
+
+static void report(const struct vm *v, uint64_t *shown, uint64_t p, const char *want)
+{
+	const unsigned char *g = (const unsigned char *)v->mem + p * UNIT;
+
+	if ((*shown)++ < 8)
+		fprintf(stderr, PROG ": wrong page at guest-physical %#llx (%s): want %s, found %s\n",
+			(unsigned long long)(p * UNIT), fate(v, p) == 2 ? "written" : fate(v, p) ? "read" : "untouched",
+			want, found(v, g, p));
+}
+
 /* Every page of guest memory against what it must hold now (stacks excepted). */
 static void check_all(const struct vm *v, struct verdict *r)
 {
+	uint64_t shown = 0;
+
 	for (uint64_t p = 0; p < v->len / UNIT; p++) {
 		const unsigned char *g = (const unsigned char *)v->mem + p * UNIT;
 		int f = fate(v, p);
+		bool bad;
 
 		r->touched += f > 0;
 		r->written += f == 2;
 		if (p * UNIT >= GPA_STACKS && p * UNIT < GPA_STACK_END)
 			continue;
-		if (p < v->d0)
-			r->wrong_system += !!memcmp((const void *)g, v->ref + p * UNIT, UNIT);
-		else if (given_back(v, p))
-			r->wrong_zero += !page_zero(g);
-		else if (f == 2)
-			r->wrong_written += !page_is(g, v->snap_seed ^ WSALT, p);
-		else
-			r->wrong_read += !!memcmp((const void *)g, v->ref + p * UNIT, UNIT);
+		if (p < v->d0 || (!given_back(v, p) && f != 2)) {
+			bad = memcmp((const void *)g, v->ref + p * UNIT, UNIT);
+			*(p < v->d0 ? &r->wrong_system : &r->wrong_read) += bad;
+			if (bad)
+				report(v, &shown, p, "the snapshot's bytes");
+		} else if (given_back(v, p)) {
+			bad = !page_zero(g);
+			r->wrong_zero += bad;
+			if (bad)
+				report(v, &shown, p, "zeros (given back)");
+		} else {
+			bad = !page_is(g, v->snap_seed ^ WSALT, p);
+			r->wrong_written += bad;
+			if (bad)
+				report(v, &shown, p, "the written pattern");
+		}
 	}
 }
 
