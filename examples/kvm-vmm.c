@@ -85,7 +85,7 @@ struct opts {
 	const char *socket, *memory;
 	unsigned vcpus, touch, write, balloon_at, deadline_s;
 	uint64_t seed, give_back;
-	bool huge, kernel, after_handler, quiet;
+	bool huge, kernel, after_handler, touched_only;
 };
 
 struct vcpu {
@@ -592,7 +592,7 @@ static void report(const struct vm *v, uint64_t *shown, uint64_t p, const char *
 			want, found(v, g, p));
 }
 
-/* Every page of guest memory against what it must hold now (stacks excepted). */
+/* Every page of guest memory (or the touched ones) against what it must hold now (stacks excepted). */
 static void check_all(const struct vm *v, struct verdict *r)
 {
 	uint64_t shown = 0;
@@ -604,7 +604,8 @@ static void check_all(const struct vm *v, struct verdict *r)
 
 		r->touched += f > 0;
 		r->written += f == 2;
-		if (p * UNIT >= GPA_STACKS && p * UNIT < GPA_STACK_END)
+		if ((p * UNIT >= GPA_STACKS && p * UNIT < GPA_STACK_END) ||
+		    (v->o.touched_only && p >= v->d0 && !f && !given_back(v, p)))
 			continue;
 		if (p < v->d0 || (!given_back(v, p) && f != 2)) {
 			bad = memcmp((const void *)g, v->ref + p * UNIT, UNIT);
@@ -642,7 +643,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: " PROG " --memory SNAPSHOT (--socket PATH | --kernel) [--huge] [--vcpus N]\n"
 		"              [--touch-pct P] [--write-pct P] [--give-back N] [--balloon-at P] [--seed S]\n"
-		"              [--after-handler] [--deadline S] [--quiet]\n"
+		"              [--after-handler] [--check-touched] [--deadline S]\n"
 		"       " PROG " --make-snapshot FILE --mib N [--seed S]\n"
 		"  --huge         2 MiB hugetlb guest memory (default 4 KiB anonymous)\n"
 		"  --vcpus N      vCPUs (default 2), each walking its share of the data pages\n"
@@ -651,7 +652,9 @@ static void usage(void)
 		"  --give-back N  host pages the balloon gives back during the run (default 0)\n"
 		"  --balloon-at P when the first vCPU is P%% through its walk (default 33)\n"
 		"  --seed S       which pages (default 1); with --make-snapshot, the data pattern\n"
-		"  --after-handler  wait for the handler to close the socket before the check\n");
+		"  --after-handler  wait for the handler to close the socket before the check\n"
+		"  --check-touched  check only the pages the guest touched or gave back, not every\n"
+		"                 page (a handler recording a trace then sees the guest's pages only)\n");
 	exit(2);
 }
 
@@ -687,6 +690,8 @@ static void parse(int argc, char **argv, struct opts *o, const char **make, unsi
 			o->huge = true;
 		else if (!strcmp(argv[i], "--kernel"))
 			o->kernel = true;
+		else if (!strcmp(argv[i], "--check-touched"))
+			o->touched_only = true;
 		else if (!strcmp(argv[i], "--after-handler"))
 			o->after_handler = true;
 		else
