@@ -18,6 +18,12 @@
  * them and must read zeros there once they are gone. At the end the host
  * checks every page: the snapshot's bytes, the written pattern, or zero.
  *
+ * The guest runs in 64-bit long mode at CPL 3 (its page tables mark every
+ * page user-accessible; a TSS's I/O bitmap lets its two OUTs through): where
+ * KVM is software-based (PVM), kernel-mode guest code is emulated
+ * instruction by instruction, a thousand times slower than the faults
+ * measured here.
+ *
  * --kernel maps the snapshot MAP_PRIVATE instead (no handler: Firecracker's
  * File backend, the kernel's paging; no balloon, a private file mapping
  * reads the file again). --make-snapshot writes a snapshot.
