@@ -67,7 +67,7 @@ struct outcome {
 	int vmm_rc;		/* exit status; 128 + signal when killed */
 	bool vmm_hung;		/* its deadline passed: a fault was never served */
 	bool handler_hung;	/* the handler did not end after the VM */
-	char vmm_out[1024], vmm_err[512];
+	char vmm_out[1024], vmm_err[512], handler_err[512];
 	/* the handler's summary */
 	int handler_rc;
 	char end[16];		/* vm-exit, detached */
@@ -262,6 +262,7 @@ static void run_serve(const struct env *e, const struct plan *p, struct outcome 
 	o->handler_rc = reap(serve, 10);
 	o->handler_hung = o->handler_rc < 0;
 	slurp(e, "serve.out", json, sizeof(json));
+	slurp(e, "serve.err", o->handler_err, sizeof(o->handler_err));
 	if (o->vmm_rc == EXIT_SKIP || o->handler_hung || !strstr(json, "\"end\""))
 		return;
 	q = strstr(json, "\"end\":\"");
@@ -541,8 +542,8 @@ static bool restore(const struct env *e, enum backend b, const struct plan *p, s
 static void assert_clean(const struct outcome *o, enum backend b, const char *end)
 {
 	ck_assert_msg(!o->vmm_hung, "%s: the VM hung (a fault never served): %s", backend_name[b], o->vmm_err);
-	ck_assert_msg(o->vmm_rc == 0, "%s: kvm-vmm exit %d: %s %s", backend_name[b], o->vmm_rc, o->vmm_out,
-		      o->vmm_err);
+	ck_assert_msg(o->vmm_rc == 0, "%s: kvm-vmm exit %d: %s %s (handler: %s)", backend_name[b], o->vmm_rc,
+		      o->vmm_out, o->vmm_err, o->handler_err);
 	ck_assert_msg(!o->handler_hung, "%s did not end after the VM", backend_name[b]);
 	ck_assert_msg(o->handler_rc == 0, "%s: handler exit %d", backend_name[b], o->handler_rc);
 	ck_assert_uint_eq(num(o->vmm_out, "bad_pages"), 0);
