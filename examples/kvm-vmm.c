@@ -780,6 +780,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)r.wrong_written, (unsigned long long)r.wrong_zero,
 	       (unsigned long long)r.wrong_system, crash ? "yes" : "no");
 	fflush(stdout);
+	free(v.cpuid);
 	if (crash)
 		fprintf(stderr, PROG ": the guest stopped early: %s\n", crash);
 	if (!crash && (touched != r.touched || written != r.written))
