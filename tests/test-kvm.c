@@ -385,8 +385,9 @@ static int engine_start(const struct env *e, const struct plan *p, struct handsh
 			struct engine_run *x, int snap)
 {
 	uint64_t avail = 0;
-	struct uffd_restore_opts ro = { .size = sizeof(ro), .on_complete = on_complete, .ctx = g,
-		.flags = (p->mode == FILL ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
+	/* Complete means detached with the fill only: without it the VM may still fault on pages it gives back. */
+	struct uffd_restore_opts ro = { .size = sizeof(ro), .on_complete = p->mode == FILL ? on_complete : NULL,
+		.ctx = g, .flags = (p->mode == FILL ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
 			 (p->mode == RECORD ? UFFD_RESTORE_RECORD : 0) };
 	struct uffd_foreign_opts fo = { .size = sizeof(fo), .owner_addr = h->addr, .length = h->size,
 					.page_size = h->page_size, .modes = UFFDIO_REGISTER_MODE_MISSING, .fd = -1 };
