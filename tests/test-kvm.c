@@ -213,8 +213,9 @@ static pid_t start_vmm(const struct env *e, const struct plan *p, bool kernel)
 	argv[n++] = touch;
 	if (p->huge)
 		argv[n++] = "--huge";
-	if (p->mode == FILL && !p->kill_vm_ms)
-		argv[n++] = "--after-handler";	/* and then every page again, with nobody serving */
+	/* Then every page again with nobody serving; a VM to be killed is still there when it is. */
+	if (p->mode == FILL)
+		argv[n++] = "--after-handler";
 	argv[n] = NULL;
 	return spawn(e, "vmm", argv);
 }
