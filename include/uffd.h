@@ -1093,14 +1093,14 @@ struct uffd_source_info {
 	const char *name;       /**< for messages, e.g. the file name (copied); NULL: "source" */
 	uint64_t    length;     /**< bytes the source holds; reads stay below it */
 	size_t      block_size; /**< natural unit (a chunk, a frame); 0: 4096. The engine aligns its reads to it */
-	unsigned    max_fds;    /**< most descriptors poll gives at once; 0 without poll */
+	unsigned    max_fds;    /**< most descriptors poll gives at once (at most 64); 0: poll gives only a timeout */
 };
 
 /**
  * Create a source from @p ops and @p impl. On success it holds one
  * reference; on failure nothing of impl is freed (destroy is not called).
  * @return 0; -EINVAL (NULL ops, read or info, sizes, length 0, block_size
- *         not a power of two, max_fds above 64 or 0 with poll); -ENOMEM.
+ *         not a power of two, max_fds above 64); -ENOMEM.
  */
 int uffd_source_new(struct uffd_source **out, const struct uffd_source_ops *ops,
 		    void *impl, const struct uffd_source_info *info);
