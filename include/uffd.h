@@ -1035,8 +1035,9 @@ struct uffd_source_ops {
 	 * Start reading req->len bytes at req->off into req->buf. Return 0:
 	 * req->done will run exactly once. Return -errno: it will not run;
 	 * -EAGAIN means "at my limit of reads in flight, try again after a
-	 * completion" (the way a source bounds its memory). The range is
-	 * within the source's length. Restore thread.
+	 * completion" (the way a source bounds its memory; the engine tries
+	 * again after its next completion, or within a millisecond). The
+	 * range is within the source's length. Restore thread.
 	 */
 	int  (*read)(void *impl, struct uffd_source_req *req);
 	/**
@@ -1065,8 +1066,12 @@ struct uffd_source_ops {
 	int  (*attach)(void *impl, struct uffd_source_env *env);
 	/**
 	 * Optional. The restore ends: complete every read still in flight
-	 * (done with -ECANCELED); no callback after it returns. Sources it
-	 * attached are detached before it (the innermost first).
+	 * (done with -ECANCELED), except those waiting only on reads of the
+	 * sources it reads from, which end as those do. Sources it attached
+	 * are detached before it (the innermost first). Reads in the restore
+	 * thread's io_uring are waited for; a source keeping another read
+	 * past 2 s makes the restore keep its buffers rather than free them
+	 * under a late write.
 	 */
 	void (*detach)(void *impl);
 	/**
