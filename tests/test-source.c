@@ -515,6 +515,8 @@ struct gen {
 	uint64_t rng;
 	unsigned min_us, max_us;	/* injected delay per read */
 	uint64_t bad_off, bad_len;	/* reads touching this range fail with -EIO */
+	unsigned split_us;		/* reads of several pages: the first half at the delay, the rest this much later */
+	bool half[GEN_MAX];		/* its first half was given (partial) */
 };
 
 static uint64_t now_ns(void)
@@ -544,6 +546,7 @@ static int g_read(void *impl, struct uffd_source_req *req)
 	g->q[g->n] = req;
 	g->due[g->n] = now_ns() + r * 1000;
 	g->seq[g->n] = ++g->next_seq;
+	g->half[g->n] = false;
 	g->n++;
 	g->reads++;
 	return 0;
@@ -575,6 +578,7 @@ static void g_complete(struct gen *g, unsigned i, int cancel)
 	g->q[i] = g->q[g->n - 1];
 	g->due[i] = g->due[g->n - 1];
 	g->seq[i] = g->seq[g->n - 1];
+	g->half[i] = g->half[g->n - 1];
 	g->n--;
 	if (cancel || bad) {
 		req->done(req, cancel ? cancel : -EIO);
@@ -592,11 +596,25 @@ static void g_process(void *impl, const struct pollfd *fds, unsigned n)
 
 	(void)fds;
 	(void)n;
-	for (unsigned i = 0; i < g->n;)
-		if (g->due[i] <= now)
-			g_complete(g, i, 0);
-		else
+	for (unsigned i = 0; i < g->n;) {
+		struct uffd_source_req *req = g->q[i];
+
+		if (g->due[i] > now) {
 			i++;
+		} else if (g->split_us && !g->half[i] && req->len > 4096) {
+			uint64_t *w = req->buf;	/* the first half now, the rest later */
+
+			for (size_t k = 0; k < req->len / 2 / 8; k++)
+				w[k] = gen_word(req->off + k * 8);
+			g->half[i] = true;
+			g->due[i] = now + g->split_us * 1000ull;
+			if (req->partial)
+				req->partial(req, req->len / 2);
+			i++;
+		} else {
+			g_complete(g, i, 0);
+		}
+	}
 }
 
 static void g_detach(void *impl)
@@ -701,6 +719,44 @@ START_TEST(late_demand_first)
 	fprintf(stderr, "demand during a slow fill: worst %.1f ms, %llu pages filled meanwhile\n", worst * 1e3,
 		(unsigned long long)s.pages_filled);
 	env_free(&e);	/* mid-fill: the source's reads are cancelled at detach, nothing hangs */
+}
+END_TEST
+
+/*
+ * A run whose first half arrives 5 ms in and the rest 800 ms later: the
+ * pages of the first half are mapped at once (partial), a fault on one
+ * does not wait for the rest.
+ */
+START_TEST(partial_early)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .max_read = 64 << 10, .queue_depth = 1 };
+	size_t ps = harness_page_size(), npages = 64, run = (64 << 10) / ps;
+	struct uffd_restore_stats s;
+	struct uffd_source *src;
+	double t0, took;
+	struct gen *g;
+	struct env e;
+
+	SKIP_VALGRIND();
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	src = gen_source(npages * ps, 5000, 5000, &g);
+	g->split_us = 800000;
+	env_serve(&e, src, &o);
+	usleep(100000);	/* the first run's first half is in, its second half 700 ms away */
+	t0 = harness_now();
+	check_gen(e.mem, ps, run / 2 - 1);
+	took = harness_now() - t0;
+	s = stats_of(e.rs);
+	ck_assert_msg(took < 0.3, "a page of the arrived half took %.3f s", took);
+	ck_assert_uint_eq(s.pages_present, 0);	/* the run itself has not ended */
+	ck_assert_uint_eq(harness_pagemap(e.mem + (run / 2) * ps) >> 63, 0);	/* nor its second half come */
+	ASSERT_OK(uffd_restore_wait(e.rs, 20000));
+	for (size_t p = 0; p < npages; p++)
+		check_gen(e.mem, ps, p);
+	fprintf(stderr, "partial: a page of the first half in %.1f ms, the run takes 805 ms\n", took * 1e3);
+	env_free(&e);
 }
 END_TEST
 
@@ -949,6 +1005,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, late_every_byte);
 	tc = CASE(late_demand_first, 30);
 	tcase_add_test(tc, late_demand_first);
+	tc = CASE(partial_early, 30);
+	tcase_add_test(tc, partial_early);
 	tc = CASE(source_errors, 20);
 	tcase_add_test(tc, source_errors);
 	tc = CASE(record_replay_layered, 30);
