@@ -121,6 +121,7 @@ UFFD_EXPORT int uffd_source_read(struct uffd_source *src, struct uffd_source_req
 		return err;
 	if (!atomic_load(&src->env))
 		return uffd__err(-ENOTCONN, "uffd_source_read: source %s is not attached to a restore", src->name);
+	src->touched = src->max_fds > 0;	/* restore thread, as the env's polling */
 	return src->ops.read(src->impl, req);
 }
 UFFD_EXPORT_OWN(source_read);

@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
@@ -760,6 +762,156 @@ START_TEST(partial_early)
 }
 END_TEST
 
+/*
+ * A source whose reads are done by a worker thread of its own (as a
+ * client library calling back on its threads): the worker generates the
+ * bytes and queues the request; the restore thread hears of it through
+ * the eventfd the source's poll gives (_i = 0) or through
+ * uffd_source_notify() (_i = 1), and process calls done.
+ */
+#define TQ 32
+
+struct threaded {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct uffd_source_req *todo[TQ], *ready[TQ];
+	unsigned ntodo, nready, inflight;
+	bool stop, use_notify;
+	int efd;
+	struct uffd_source *self;
+	pthread_t worker;
+	uint64_t processed;
+};
+
+static void *t_worker(void *arg)
+{
+	struct threaded *t = arg;
+
+	pthread_mutex_lock(&t->lock);
+	for (;;) {
+		struct uffd_source_req *req;
+		uint64_t one = 1;
+
+		while (!t->ntodo && !t->stop)
+			pthread_cond_wait(&t->cond, &t->lock);
+		if (t->stop)
+			break;
+		req = t->todo[--t->ntodo];	/* newest first: out of order */
+		pthread_mutex_unlock(&t->lock);
+		usleep(200);
+		for (size_t k = 0; k < req->len / 8; k++)
+			((uint64_t *)req->buf)[k] = gen_word(req->off + k * 8);
+		pthread_mutex_lock(&t->lock);
+		t->ready[t->nready++] = req;
+		if (t->use_notify)
+			uffd_source_notify(t->self);
+		else
+			ck_assert_int_eq(write(t->efd, &one, sizeof(one)), sizeof(one));
+	}
+	pthread_mutex_unlock(&t->lock);
+	return NULL;
+}
+
+static int t_read(void *impl, struct uffd_source_req *req)
+{
+	struct threaded *t = impl;
+	int err = 0;
+
+	pthread_mutex_lock(&t->lock);
+	if (t->inflight == TQ)
+		err = -EAGAIN;
+	else {
+		t->inflight++;
+		t->todo[t->ntodo++] = req;
+		pthread_cond_signal(&t->cond);
+	}
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
+static int t_poll(void *impl, struct pollfd *fds, unsigned max, int64_t *timeout_ns)
+{
+	struct threaded *t = impl;
+
+	(void)max;
+	*timeout_ns = -1;
+	fds[0] = (struct pollfd){ .fd = t->efd, .events = POLLIN };
+	return 1;
+}
+
+static void t_process(void *impl, const struct pollfd *fds, unsigned n)
+{
+	struct threaded *t = impl;
+	struct uffd_source_req *done[TQ];
+	unsigned k;
+	uint64_t v;
+
+	if (n && (fds[0].revents & POLLIN))
+		ck_assert_int_eq(read(t->efd, &v, sizeof(v)), sizeof(v));
+	pthread_mutex_lock(&t->lock);
+	k = t->nready;
+	memcpy(done, t->ready, k * sizeof(*done));
+	t->nready = 0;
+	t->inflight -= k;
+	t->processed++;
+	pthread_mutex_unlock(&t->lock);
+	for (unsigned i = 0; i < k; i++)	/* outside the lock: done may start reads */
+		done[i]->done(done[i], 0);
+}
+
+static const struct uffd_source_ops threaded_efd_ops = {
+	.size = sizeof(threaded_efd_ops), .read = t_read, .poll = t_poll, .process = t_process,
+};
+static const struct uffd_source_ops threaded_notify_ops = {
+	.size = sizeof(threaded_notify_ops), .read = t_read, .process = t_process,
+};
+
+START_TEST(threaded_source)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH,
+				       .max_read = 32 << 10 };
+	size_t ps = harness_page_size(), npages = 2048;
+	struct uffd_source_info info = { .size = sizeof(info), .name = "threaded", .length = npages * ps,
+					 .max_fds = 1 };
+	struct threaded t = { .use_notify = _i == 1 };
+	struct uffd_restore_stats st;
+	struct env e;
+
+	SKIP_VALGRIND();
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	pthread_mutex_init(&t.lock, NULL);
+	pthread_cond_init(&t.cond, NULL);
+	t.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	ck_assert_int_ge(t.efd, 0);
+	ASSERT_OK(uffd_source_new(&t.self, t.use_notify ? &threaded_notify_ops : &threaded_efd_ops, &t, &info));
+	ck_assert_int_eq(pthread_create(&t.worker, NULL, t_worker, &t), 0);
+	ASSERT_OK(uffd_restore_new(&e.rs, &o));
+	ASSERT_OK(uffd_restore_add_region_source(e.rs, e.r, t.self, 0));
+	ASSERT_OK(uffd_restore_start(e.rs, e.l));
+	for (size_t p = npages - 1; p < npages; p -= 101)
+		check_gen(e.mem, ps, p);
+	ASSERT_OK(uffd_restore_wait(e.rs, 20000));
+	for (size_t p = 0; p < npages; p++)
+		check_gen(e.mem, ps, p);
+	st = stats_of(e.rs);
+	ck_assert_uint_eq(st.pages_present, npages);
+	ck_assert_uint_gt(t.processed, 0);
+	fprintf(stderr, "threaded source (%s): %llu process calls, %.1f ms\n", t.use_notify ? "notify" : "eventfd",
+		(unsigned long long)t.processed, (double)st.complete_ns / 1e6);
+	env_free(&e);	/* the restore's reference goes: the source is ours again */
+	pthread_mutex_lock(&t.lock);
+	t.stop = true;
+	pthread_cond_signal(&t.cond);
+	pthread_mutex_unlock(&t.lock);
+	pthread_join(t.worker, NULL);
+	uffd_source_unref(t.self);
+	close(t.efd);
+	pthread_mutex_destroy(&t.lock);
+	pthread_cond_destroy(&t.cond);
+}
+END_TEST
+
 /* ---- a source that fails ---- */
 
 static sigjmp_buf bus_jmp;
@@ -1007,6 +1159,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, late_demand_first);
 	tc = CASE(partial_early, 30);
 	tcase_add_test(tc, partial_early);
+	tc = CASE(threaded_source, 30);
+	tcase_add_loop_test(tc, threaded_source, 0, 2);
 	tc = CASE(source_errors, 20);
 	tcase_add_test(tc, source_errors);
 	tc = CASE(record_replay_layered, 30);
