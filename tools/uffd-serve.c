@@ -222,18 +222,26 @@ int main(int argc, char **argv)
 	struct uffd_source *src;
 	struct serve_opts o;
 	uint64_t size = 0;
-	int sigfd, lsock, conn, rc;
+	int sigfd = -1, lsock, conn, rc;
 
 	serve_args(argc, argv, &o);
-	if (!(src = open_source(&o, &size)))
-		return EXIT_SETUP;
-	if ((sigfd = signals_fd()) < 0)
-		return -sigfd;
-	if ((lsock = fc_listen(o.socket)) < 0)
-		return -lsock;
+	if (!(src = open_source(&o, &size))) {
+		rc = EXIT_SETUP;
+		goto out;
+	}
+	if ((sigfd = signals_fd()) < 0) {
+		rc = -sigfd;
+		goto out;
+	}
+	if ((lsock = fc_listen(o.socket)) < 0) {
+		rc = -lsock;
+		goto out;
+	}
 	fprintf(stderr, PROG ": listening on %s\n", o.socket);
 	if (o.multi) {
 		rc = serve_multi(&o, lsock, src, size, sigfd);
+		close(lsock);
+		unlink(o.socket);
 	} else {
 		conn = fc_accept(lsock, sigfd, o.timeout_ms);
 		close(lsock);
@@ -242,11 +250,9 @@ int main(int argc, char **argv)
 		if (conn >= 0)
 			close(conn);
 	}
-	if (o.multi) {
-		close(lsock);
-		unlink(o.socket);
-	}
-	close(sigfd);
+out:
+	if (sigfd >= 0)
+		close(sigfd);
 	uffd_source_unref(src);
 	free(o.replay);
 	free(o.layers);
