@@ -794,7 +794,9 @@ void uffd_handoff_free(struct uffd_handoff *h);
 
 /*
  * A restore serves the faults of some regions from a file (a memory
- * snapshot) and brings their pages in ahead of the faults: the pages of a
+ * snapshot), or since 0.4 from any page source (section 10: layers of Diff
+ * snapshots, a compressed snapshot, a source of your own), and brings their
+ * pages in ahead of the faults: the pages of a
  * recorded trace first (the working set of an earlier run, in first-touch
  * order), then optionally all the rest, after which the regions can be
  * unregistered and the served process no longer depends on the handler.
