@@ -912,6 +912,57 @@ START_TEST(threaded_source)
 }
 END_TEST
 
+/* A replay of slow reads (20..40 ms each) keeps going; demand faults are served within a bound. */
+START_TEST(late_demand_during_replay)
+{
+	struct uffd_restore_opts rec = { .size = sizeof(rec), .flags = UFFD_RESTORE_RECORD };
+	struct uffd_restore_opts o = { .size = sizeof(o), .queue_depth = 8 };
+	size_t ps = harness_page_size(), npages = 4096, traced = 0;
+	char dir[] = "/var/tmp/uffd-source-XXXXXX", trace[64];
+	struct uffd_restore_stats s;
+	struct uffd_source *src;
+	double worst = 0, t0;
+	struct gen *g;
+	struct env e;
+
+	SKIP_VALGRIND();
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(trace, sizeof(trace), "%s/trace", dir);
+	/* The working set, recorded with quick reads: every fourth page. */
+	env_serve(&e, gen_source(npages * ps, 10, 50, &g), &rec);
+	for (size_t p = 0; p < npages; p += 4, traced++)
+		check_gen(e.mem, ps, p);
+	ASSERT_OK(uffd_restore_save_trace(e.rs, trace));
+	env_free(&e);
+	/* Replayed with slow reads: one page a read, eight at a time, seconds in all. */
+	ck_assert(env_anon(&e, npages * ps, ps, 0));
+	ASSERT_OK(uffd_restore_new(&e.rs, &o));
+	src = gen_source(npages * ps, 20000, 40000, &g);
+	ASSERT_OK(uffd_restore_add_region_source(e.rs, e.r, src, 0));
+	uffd_source_unref(src);	/* the restore holds it */
+	ASSERT_OK(uffd_restore_load_trace(e.rs, trace));
+	ASSERT_OK(uffd_restore_start(e.rs, e.l));
+	usleep(100000);
+	for (size_t p = npages - 2; p > npages - 800; p -= 40) {	/* pages off the trace */
+		t0 = harness_now();
+		check_gen(e.mem, ps, p);
+		if (harness_now() - t0 > worst)
+			worst = harness_now() - t0;
+	}
+	s = stats_of(e.rs);
+	ck_assert_msg(worst < 0.25, "a demand fault took %.3f s during the replay", worst);
+	ck_assert_uint_gt(s.pages_prefetched, 0);
+	ck_assert_uint_lt(s.pages_prefetched, traced);
+	fprintf(stderr, "demand during a slow replay: worst %.1f ms, %llu of %zu traced pages in meanwhile\n",
+		worst * 1e3, (unsigned long long)s.pages_prefetched, traced);
+	env_free(&e);
+	unlink(trace);
+	rmdir(dir);
+}
+END_TEST
+
 /* ---- a source that fails ---- */
 
 static sigjmp_buf bus_jmp;
@@ -1157,6 +1208,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, late_every_byte);
 	tc = CASE(late_demand_first, 30);
 	tcase_add_test(tc, late_demand_first);
+	tc = CASE(late_demand_during_replay, 30);
+	tcase_add_test(tc, late_demand_during_replay);
 	tc = CASE(partial_early, 30);
 	tcase_add_test(tc, partial_early);
 	tc = CASE(threaded_source, 30);
