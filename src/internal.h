@@ -190,6 +190,9 @@ struct uffd {
 	/* Made by uffd_open_fd(): its ranges were registered elsewhere, so
 	 * what the table lacks is looked up in /proc/self per fault. */
 	bool ranges_unknown;
+	/* wpstate.c: default resolutions mapping pages, by epoch parity */
+	atomic_uint wp_epoch;
+	atomic_uint wp_sections[2];
 };
 
 /* ---- the region (region.c); loop.c and sigbus.c read it ---- */
@@ -211,6 +214,15 @@ struct uffd_region {
 	struct uffd_loop *loop;
 	struct uffd_handlers loop_handlers;
 	void *loop_ctx;
+	/*
+	 * loop-dispatch.c: called with loop_ctx by the loop thread that reads
+	 * a REMOVE over the region, at once: before the fork gate, before any
+	 * handler (the kernel zaps the range as soon as the message is read).
+	 * off, len: the part of the region given back. Runs on the read path:
+	 * lock-free, allocation-free. Set and cleared by restore.c while the
+	 * region is out of the loop.
+	 */
+	void (*given_back)(void *ctx, uint64_t off, uint64_t len);
 	/* loop-dispatch.c: handlers running for it; destroy waits for them */
 	unsigned pins;
 	bool doomed;		/* destroyed by its own handler: freed at the last unpin */
@@ -227,6 +239,8 @@ struct uffd_region {
 	const void *src;	/* read it with uffd__region_source() */
 	size_t src_len;
 	atomic_ulong *removed;	/* a bit per page; NULL until a source is set */
+	/* wpstate.c: a bit per page recorded write-protected; NULL without a record */
+	atomic_ulong *wp;
 };
 
 /* ---- region.c ---- */
@@ -273,6 +287,57 @@ uint64_t uffd__region_removed_run(const struct uffd_region *r, uint64_t off,
 				  uint64_t len, bool *removed);
 /* Frees the bitmap; for region destroy. */
 void uffd__region_pagestate_free(struct uffd_region *r);
+
+/* ---- wpstate.c: which pages of a region are write-protected ---- */
+
+/*
+ * The record exists for a local region registered with
+ * UFFDIO_REGISTER_MODE_WP on a handle without UFFD_FEATURE_WP_ASYNC;
+ * wpstate.c says why, and what it assumes. Made at region creation
+ * (-ENOMEM), freed with the region. Everything else is lock-free and
+ * async-signal-safe; offsets are into the region, ranges clamped to it,
+ * a page partly covered counts as covered.
+ */
+int uffd__region_wp_alloc(struct uffd_region *r);
+/*
+ * Whether u's faults can need a write-protected mapping at all: it has
+ * UFFD_FEATURE_PAGEFAULT_FLAG_WP and not WP_ASYNC. Else every default
+ * mapping is writable and nothing is recorded.
+ */
+bool uffd__wp_tracked(const struct uffd *u);
+void uffd__region_wp_free(struct uffd_region *r);
+void uffd__region_wp_set(const struct uffd_region *r, uint64_t off, uint64_t len, bool protect);
+/*
+ * The run of pages sharing the protection of the page containing off,
+ * through at most the one containing off + len - 1: its length in bytes,
+ * in *wp whether a fault resolution must map it write-protected. Without
+ * a record: the whole span, protected only where that is the safe side
+ * (uffd__region_wp_always). 0 when off is outside the region or len is 0.
+ */
+uint64_t uffd__region_wp_run(const struct uffd_region *r, uint64_t off, uint64_t len, bool *wp);
+/* A foreign WP region: its pages' protection is unknown here, so always kept. */
+bool uffd__region_wp_always(const struct uffd_region *r);
+/* Records [addr, addr+len) of u's regions protected or not. */
+void uffd__wp_record(struct uffd *u, uintptr_t addr, size_t len, bool protect);
+/*
+ * The first run of recorded-protected pages of u's regions at or after
+ * *addr and before end: its start in *addr, its length in *len.
+ */
+bool uffd__wp_next(struct uffd *u, uintptr_t *addr, uintptr_t end, size_t *len);
+/*
+ * uffd__region_wp_run() by address over u's regions; outside any region
+ * (up to the next) not protected. len > 0: the result is too.
+ */
+uint64_t uffd__wp_run_at(struct uffd *u, uintptr_t addr, uint64_t len, bool *wp);
+/*
+ * A default resolution's section: from reading the record to the last
+ * ioctl of its mapping (no user code inside). uffd__wp_sync(), called by
+ * a protecting call after its ioctl, returns once every section open when
+ * its bits were set has ended (or after a bound of 1 s).
+ */
+unsigned uffd__wp_enter(struct uffd *u);
+void uffd__wp_exit(struct uffd *u, unsigned ticket);
+void uffd__wp_sync(struct uffd *u);
 
 /* ---- error.c: the thread's last-error sentence ---- */
 
@@ -332,8 +397,21 @@ int uffd__op_ioctl(int fd, enum uffd_op op, uint64_t dst, uint64_t src,
 int uffd__wp_ioctl(int fd, uint64_t start, uint64_t len, bool protect,
 		   bool dontwake);
 /*
+ * For uffd__resolve() only, beside the public UFFD_* flags: a default
+ * resolution (the loop's), which keeps the write-protection record itself
+ * (wpstate.c): the call neither records nor waits.
+ */
+#define UFFD__DEFAULT (1u << 31)
+/*
+ * Protects again the pages of [addr, addr+len) recorded protected: a
+ * default resolution just mapped them writable. 0 or the ioctl's -errno.
+ * Async-signal-safe.
+ */
+int uffd__wp_keep(struct uffd *u, uintptr_t addr, size_t len);
+/*
  * The whole resolving call behind uffd_copy() and friends: checks, partial
- * progress, EEXIST skipping, error text. page_size 0 means look it up.
+ * progress, EEXIST skipping, error text, the write-protection record.
+ * page_size 0 means look it up. Async-signal-safe.
  */
 int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		  uintptr_t src, size_t len, unsigned flags, size_t page_size,

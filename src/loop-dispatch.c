@@ -16,7 +16,6 @@
  * unread) and UFFD_RETRY wait for the events and back off, up to a bound.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +23,6 @@
 
 #include "loop-internal.h"
 
-#define PM_UFFD_WP (1ull << 57)	/* pagemap: the PTE is uffd-write-protected */
 #define RETRY_LIMIT_US 5000000ll	/* -EAGAIN and UFFD_RETRY: fail after 5 s */
 #define REFAULT_BACKOFF_MAX_US 2000
 #define GATE_EVENT_ROOM 256	/* entries of rn->gated kept for events */
@@ -213,60 +211,6 @@ static bool is_fault_page(const struct loop_runner *rn, const struct loop_watch 
 
 /* ---- default resolution ---- */
 
-static int pagemap_fd(struct uffd *u)
-{
-	int fd = atomic_load(&u->pagemap_fd), none = -1;
-
-	if (fd >= 0)
-		return fd;
-	fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	if (fd >= 0 && !atomic_compare_exchange_strong(&u->pagemap_fd, &none, fd)) {
-		close(fd);
-		fd = none;
-	}
-	return fd;
-}
-
-/* Whether the page at addr is uffd-write-protected (a PTE or a marker). */
-static bool page_wp(int pm, uintptr_t addr)
-{
-	uint64_t e = 0;
-	off_t off = (off_t)(addr / uffd__base_page_size() * sizeof(e));
-
-	return pread(pm, &e, sizeof(e), off) == sizeof(e) && (e & PM_UFFD_WP);
-}
-
-/*
- * A minor fault in a local region also registered for write-protection:
- * CONTINUE would drop the protection of a zapped page (its uffd-wp
- * marker), so such pages are mapped with UFFD_MAP_WP. Splits r into runs
- * of equal state. A foreign region's pagemap is not ours to read: keeping
- * the protection is the safe side there.
- */
-static void push_minor_wp(struct loop_runner *rn, struct loop_res *r, bool local)
-{
-	int pm = local ? pagemap_fd(r->w->u) : -1;
-	struct loop_res run = *r;
-
-	if (pm < 0) {
-		run.op = LOOP_CONTINUE_WP;
-		push(rn, &run);
-		return;
-	}
-	run.end = run.addr;
-	for (uintptr_t a = r->addr; a < r->end; a += r->ps) {
-		enum loop_op op = page_wp(pm, a) ? LOOP_CONTINUE_WP : LOOP_CONTINUE;
-
-		if (run.end > run.addr && op != run.op) {
-			push(rn, &run);
-			run.addr = a;
-		}
-		run.op = op;
-		run.end = a + r->ps;
-	}
-	push(rn, &run);
-}
-
 /* A zero page: ZEROPAGE, or a copy of zeros where that cannot be (hugetlb, WP). */
 static enum loop_op zero_op(const struct loop_watch *w, size_t ps, bool wp)
 {
@@ -304,35 +248,31 @@ static void push_source(struct loop_runner *rn, const struct loop_res *r,
 	}
 }
 
+/*
+ * want_wp: the handler asked for UFFD_RESOLVE_WP. Otherwise the pages
+ * are pushed writable and exec() maps each write-protected exactly when
+ * the record says so (wpstate.c), deciding right before the ioctl.
+ */
 static void push_default(struct loop_runner *rn, struct loop_watch *w,
 			 const struct uffd_fault *f, size_t ps, bool want_wp)
 {
 	struct loop_res r = { w, (uintptr_t)f->addr, (uintptr_t)f->addr + f->len, ps, 0, 0, 0 };
-	bool region_wp = f->region && (f->region->modes & UFFDIO_REGISTER_MODE_WP);
 	const unsigned char *src = f->region ? uffd__region_source(f->region) : NULL;
 
 	switch (f->kind) {
 	case UFFD_FAULT_MINOR:
-		if (want_wp) {
-			r.op = LOOP_CONTINUE_WP;
-			break;
-		}
-		if (region_wp) {
-			push_minor_wp(rn, &r, !f->region->foreign);
-			return;
-		}
-		r.op = LOOP_CONTINUE;
+		r.op = want_wp ? LOOP_CONTINUE_WP : LOOP_CONTINUE;
 		break;
 	case UFFD_FAULT_WP:
 		r.op = LOOP_UNPROTECT;
 		break;
 	case UFFD_FAULT_MISSING:
 		if (src) {
-			push_source(rn, &r, f->region, src, want_wp || region_wp);
+			push_source(rn, &r, f->region, src, want_wp);
 			return;
 		}
 		/* ZEROPAGE cannot keep a write-protection: copy a zero page with MODE_WP. */
-		r.op = zero_op(w, ps, want_wp || region_wp);
+		r.op = zero_op(w, ps, want_wp);
 		break;
 	}
 	push(rn, &r);
@@ -724,6 +664,32 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 }
 
 /*
+ * A REMOVE just read: the kernel zaps its range now, before the gate
+ * opens for the handlers. Each region of this loop it overlaps with a
+ * given_back hook hears of its part at once (pinned, as for a handler).
+ * Lock-free and allocation-free: a fork may be holding the gate.
+ */
+static void given_back(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m)
+{
+	uintptr_t start = (uintptr_t)m->arg.remove.start, end = (uintptr_t)m->arg.remove.end;
+	struct rangemap_entry e;
+	unsigned t = rangemap_read_begin(&w->u->regions);
+
+	for (uintptr_t a = start; a < end && rangemap_next(&w->u->regions, a, &e) && e.start < end; a = e.end) {
+		struct uffd_region *r = e.ptr;
+		uintptr_t s = a > e.start ? a : e.start, x = end < e.end ? end : e.end;
+		void (*fn)(void *, uint64_t, uint64_t);
+
+		pin(r);
+		fn = __atomic_load_n(&r->given_back, __ATOMIC_ACQUIRE);
+		if (fn && __atomic_load_n(&r->loop, __ATOMIC_ACQUIRE) == rn->l)
+			fn(r->loop_ctx, s - e.start, x - s);
+		unpin(r);
+	}
+	rangemap_read_end(&w->u->regions, t);
+}
+
+/*
  * A read's events first, then its faults (the kernel returns faults
  * first): a fault read with a REMOVE was raised before it, and must be
  * served against the memory as it is after it.
@@ -731,7 +697,12 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		       const struct uffd_msg *m, size_t n)
 {
-	bool open = !rn->gated.n && uffd__gate_enter();
+	bool open;
+
+	for (size_t i = 0; i < n; i++)
+		if (m[i].event == UFFD_EVENT_REMOVE)
+			given_back(rn, w, &m[i]);
+	open = !rn->gated.n && uffd__gate_enter();
 
 	for (int faults = 0; faults < 2; faults++)
 		for (size_t i = 0; i < n; i++) {
@@ -893,8 +864,12 @@ static int copy_zero(struct loop_runner *rn, struct uffd *u, const struct loop_r
 	return err;
 }
 
-/* One run, one ioctl (copies of the zero page: one per page). */
-static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
+/*
+ * One run, one ioctl (copies of the zero page: one per page). dflt:
+ * UFFD__DEFAULT for a mapping decided by the record, inside a section;
+ * else 0, and a write-protected mapping the handler asked for is recorded.
+ */
+static int exec_op(struct loop_runner *rn, const struct loop_res *r, unsigned dflt, size_t *done)
 {
 	struct uffd *u = r->w->u;
 	size_t len = r->end - r->addr;
@@ -905,10 +880,10 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 	case LOOP_CONTINUE:
 	case LOOP_CONTINUE_WP:
 		return uffd__resolve(u, UFFD_OP_CONTINUE, r->addr, 0, len,
-				     UFFD_SKIP_EXISTING | (r->op == LOOP_CONTINUE_WP ? UFFD_MAP_WP : 0),
+				     UFFD_SKIP_EXISTING | (r->op == LOOP_CONTINUE_WP ? UFFD_MAP_WP : 0) | dflt,
 				     r->ps, done);
 	case LOOP_ZEROPAGE:
-		return uffd__resolve(u, UFFD_OP_ZEROPAGE, r->addr, 0, len, UFFD_SKIP_EXISTING,
+		return uffd__resolve(u, UFFD_OP_ZEROPAGE, r->addr, 0, len, UFFD_SKIP_EXISTING | dflt,
 				     r->ps, done);
 	case LOOP_POISON:
 		err = uffd__resolve(u, UFFD_OP_POISON, r->addr, 0, len, UFFD_SKIP_EXISTING,
@@ -917,17 +892,71 @@ static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
 		return err;
 	case LOOP_COPY_ZERO:
 	case LOOP_COPY_ZERO_WP:
-		return copy_zero(rn, u, r, r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : 0, done);
+		return copy_zero(rn, u, r, (r->op == LOOP_COPY_ZERO_WP ? UFFD_MAP_WP : 0) | dflt, done);
 	case LOOP_COPY_SRC:
 	case LOOP_COPY_SRC_WP:
 		return uffd__resolve(u, UFFD_OP_COPY, r->addr, r->src, len,
-				     UFFD_SKIP_EXISTING | (r->op == LOOP_COPY_SRC_WP ? UFFD_MAP_WP : 0),
+				     UFFD_SKIP_EXISTING | (r->op == LOOP_COPY_SRC_WP ? UFFD_MAP_WP : 0) | dflt,
 				     r->ps, done);
 	case LOOP_UNPROTECT:
 		break;
 	}
 	err = uffd__writeprotect(u, r->addr, len, false, 0, r->ps);
 	*done = err ? 0 : len;
+	return err;
+}
+
+/* The write-protected form of a mapping op (a zero page has none: a copy of zeros). */
+static enum loop_op wp_form(enum loop_op op)
+{
+	switch (op) {
+	case LOOP_CONTINUE:
+		return LOOP_CONTINUE_WP;
+	case LOOP_ZEROPAGE:
+	case LOOP_COPY_ZERO:
+		return LOOP_COPY_ZERO_WP;
+	case LOOP_COPY_SRC:
+		return LOOP_COPY_SRC_WP;
+	default:
+		return op;
+	}
+}
+
+/*
+ * A default mapping: in runs of the record's state (wpstate.c), decided
+ * inside a section that a protecting call waits for, and looked at again
+ * after mapping a run writable: so no page is left writable once a call
+ * protecting it has returned.
+ */
+static int exec(struct loop_runner *rn, const struct loop_res *r, size_t *done)
+{
+	struct uffd *u = r->w->u;
+	uintptr_t a = r->addr;
+	unsigned t;
+	int err = 0;
+
+	if (wp_form(r->op) == r->op || !uffd__wp_tracked(u))
+		return exec_op(rn, r, 0, done);
+	*done = 0;
+	t = uffd__wp_enter(u);
+	while (!err && a < r->end) {
+		struct loop_res run = *r;
+		bool wp;
+		size_t d = 0;
+
+		run.addr = a;
+		run.end = a + uffd__wp_run_at(u, a, r->end - a, &wp);
+		run.src = r->src ? r->src + (a - r->addr) : 0;
+		if (wp)
+			run.op = wp_form(r->op);
+		err = exec_op(rn, &run, UFFD__DEFAULT, &d);
+		/* Mapped, but a protection recorded meanwhile failed: the run again. */
+		if (!err && !wp && (err = uffd__wp_keep(u, run.addr, run.end - run.addr)))
+			d = 0;
+		*done += d;
+		a = run.end;
+	}
+	uffd__wp_exit(u, t);
 	return err;
 }
 

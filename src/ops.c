@@ -307,35 +307,69 @@ static int refuse_hugetlb_zeropage(struct uffd *u, uintptr_t dst, size_t len)
 			 (unsigned long)dst, len);
 }
 
+int uffd__wp_keep(struct uffd *u, uintptr_t addr, size_t len)
+{
+	uintptr_t end = addr + len;
+	size_t n;
+	int err;
+
+	while (uffd__wp_next(u, &addr, end, &n)) {
+		if ((err = uffd__wp_ioctl(u->fd, addr, n, true, false)))
+			return err;
+		addr += n;
+	}
+	return 0;
+}
+
+/*
+ * Progress over [addr, addr+len): mapped write-protected (recorded before
+ * the ioctl), or writable, which the caller's own call meant: recorded
+ * unprotected. A default resolution (UFFD__DEFAULT) keeps the record itself.
+ */
+static void mapped(struct uffd *u, uintptr_t addr, size_t len, unsigned flags)
+{
+	if (!(flags & (UFFD_MAP_WP | UFFD__DEFAULT)))
+		uffd__wp_record(u, addr, len, false);
+}
+
 int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		  uintptr_t src, size_t len, unsigned flags, size_t page_size,
 		  size_t *done)
 {
 	const struct op_info *oi = &op_info[op];
-	uint64_t mode = op_mode(op, flags);
+	unsigned dflt = flags & UFFD__DEFAULT;
+	uint64_t mode;
 	struct skipped skip = { 0 };
 	size_t off = 0;
 	int err;
 
 	if (done)
 		*done = 0;
+	flags &= ~UFFD__DEFAULT;
+	mode = op_mode(op, flags);
 	err = check_resolve(u, oi, dst, src, len, flags,
 			    page_size ? page_size : uffd__base_page_size());
 	if (!err && op == UFFD_OP_ZEROPAGE)
 		err = refuse_hugetlb_zeropage(u, dst, len);
 	if (err)
 		return err;
+	/* Recorded before the pages can be seen protected (wpstate.c: ordering). */
+	if ((flags & UFFD_MAP_WP) && !dflt)
+		uffd__wp_record(u, dst, len, true);
 	while (off < len) {
 		int64_t count = 0;
 
 		err = uffd__op_ioctl(u->fd, op, dst + off, oi->has_src ? src + off : 0,
 				     len - off, mode, &count);
 		if (!err) {
+			mapped(u, dst + off, len - off, flags | dflt);
 			off = len;
 			break;
 		}
 		if (count > 0) {	/* partial progress: go on from there */
-			off += (size_t)count < len - off ? (size_t)count : len - off;
+			count = (size_t)count < len - off ? count : (int64_t)(len - off);
+			mapped(u, dst + off, (size_t)count, flags | dflt);
+			off += (size_t)count;
 			continue;
 		}
 		if (err != -EEXIST || !(flags & UFFD_SKIP_EXISTING))
@@ -347,6 +381,9 @@ int uffd__resolve(struct uffd *u, enum uffd_op op, uintptr_t dst,
 		err = 0;
 	}
 	skipped_flush(u, &skip, flags);
+	/* A racing default resolution that mapped a page of ours writable protects it again. */
+	if ((flags & UFFD_MAP_WP) && !dflt)
+		uffd__wp_sync(u);
 	if (err == -ENOENT)
 		wake_gone(u, dst + off, len - off);
 	if (done)
@@ -403,7 +440,18 @@ int uffd__writeprotect(struct uffd *u, uintptr_t addr, size_t len,
 		return err;
 	if (!(u->features & (UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC)))
 		return uffd__err(-EOPNOTSUPP, "uffd_writeprotect: the handle was opened without UFFD_FEATURE_PAGEFAULT_FLAG_WP (or WP_ASYNC); open it with that feature");
+	/*
+	 * The record is set before protecting and cleared after unprotecting
+	 * (wpstate.c: ordering); a failed unprotect leaves it set, a failed
+	 * protect too (part of the range may be protected).
+	 */
+	if (protect)
+		uffd__wp_record(u, addr, len, true);
 	err = uffd__wp_ioctl(u->fd, addr, len, protect, flags & UFFD_DONTWAKE);
+	if (!err && !protect)
+		uffd__wp_record(u, addr, len, false);
+	if (protect)	/* no default resolution still maps a page of the range writable */
+		uffd__wp_sync(u);
 	if (err == -ENOENT)
 		wake_gone(u, addr, len);
 	if (err == -EINVAL || err == -ENOENT)
@@ -584,6 +632,8 @@ UFFD_EXPORT int uffd_unregister(struct uffd *u, void *addr, size_t len)
 						: strerror(-err), uffd__errname(err));
 	/* The kernel wakes the waiters of MISSING faults only. */
 	wake_gone(u, (uintptr_t)addr, len);
+	/* and drops the range's write-protection. */
+	uffd__wp_record(u, (uintptr_t)addr, len, false);
 	/* Out of memory leaves a stale entry, which a new registration replaces. */
 	rangemap_replace(&u->ranges, (uintptr_t)addr, (uintptr_t)addr + len, NULL, 0);
 	return 0;

@@ -305,6 +305,7 @@ static void region_release(struct uffd_region *r)
 	if (r->own_fd)
 		close(r->fd);
 	uffd__region_pagestate_free(r);
+	uffd__region_wp_free(r);
 }
 
 static void region_free(struct uffd_region *r)
@@ -341,6 +342,7 @@ UFFD_EXPORT int uffd_region_create(struct uffd *u, const struct uffd_region_opts
 	huge = huge || is_hugetlb(r);
 	if ((err = check_features(r, huge ? VMA_HUGETLB : VMA_SHMEM)) ||
 	    (o.fd < 0 && (err = create_memfd(r, o.name, huge))) ||
+	    (err = uffd__region_wp_alloc(r)) ||
 	    (err = map_views(r)) ||
 	    (err = register_base(r)))
 		goto fail;

@@ -2,8 +2,9 @@
 /*
  * The restore's handlers, on loop threads inside a fork-gate section:
  * demand faults (resolved at once when the source has the page at hand,
- * e.g. in the file's page cache, else queued for the restore thread, or deferred on a read in
- * flight), pages the owner gives back (REMOVE) and ranges it unmaps.
+ * e.g. in the file's page cache, else queued for the restore thread, or
+ * deferred on a read in flight), pages the owner gives back (REMOVE, heard
+ * of as soon as it is read) and ranges it unmaps.
  * Cheap and non-blocking: one non-blocking read, one resolution.
  */
 #include <errno.h>
@@ -192,10 +193,19 @@ static void each_page(struct uffd_restore *rs, void *start, size_t len,
 				fn(rs, &rs->regs[i], p);
 }
 
-/* Given back: zeros from now on (a read in flight must not install file data on them). */
-static void on_remove(void *ctx, void *start, size_t len)
+/*
+ * Given back: zeros from now on (a read in flight must not install file
+ * data on them). Called by the loop thread that read the REMOVE, right
+ * after the read, before the fork gate and any handler (see rs__install()):
+ * only atomic stores, no lock, no allocation.
+ */
+void rs__given_back(void *ctx, uint64_t off, uint64_t len)
 {
-	each_page(((struct rs_region *)ctx)->rs, start, len, rs__page_zero);
+	struct rs_region *g = ctx;
+	size_t first = (size_t)(off / g->ps), last = (size_t)((off + len + g->ps - 1) / g->ps);
+
+	for (size_t p = first; p < last && p < g->npages; p++)
+		rs__page_zero(g->rs, g, p);
 }
 
 /* Unmapped: nothing to bring in there any more; they count as present. */
@@ -207,6 +217,5 @@ static void on_unmap(void *ctx, void *start, size_t len)
 const struct uffd_handlers rs__handlers = {
 	.missing = on_fault,
 	.minor = on_fault,
-	.remove = on_remove,
 	.unmap = on_unmap,
 };

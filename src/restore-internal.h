@@ -176,6 +176,8 @@ int rs__install(struct uffd_restore *rs, struct rs_region *g, size_t first, size
 
 /* The handlers of every region; their ctx is the region's struct rs_region. */
 extern const struct uffd_handlers rs__handlers;
+/* The regions' given_back hook (struct uffd_region): ctx is the struct rs_region. */
+void rs__given_back(void *ctx, uint64_t off, uint64_t len);
 
 /* ---- restore-io.c ---- */
 

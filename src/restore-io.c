@@ -300,14 +300,15 @@ static void count_pages(struct uffd_restore *rs, enum rs_why why, uint64_t n)
 /*
  * The run is over: pages before `upto` are in; the rest failed (back to
  * absent for a later demand fault, or bad when a demand read failed) and
- * their waiters are woken to fault again. Then the slot is free.
+ * their waiters are woken to fault again; a failure counts as a read
+ * error unless the owner exited (-ESRCH: nothing failed to read). Then
+ * the slot is free.
  */
-static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto)
+static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto, int err)
 {
 	struct rs_region *g = s->g;
-	uint64_t in = 0;
-
 	bool ending = atomic_load(&rs->stop);	/* reads cancelled at the end are no failure */
+	uint64_t in = 0;
 
 	for (size_t i = 0; i < s->n; i++) {
 		enum rs_page to = i < upto ? PG_PRESENT : s->why == RD_DEMAND && !ending ? PG_BAD : PG_ABSENT;
@@ -317,7 +318,7 @@ static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto)
 	if (upto < s->n) {
 		uffd_wake(uffd_region_uffd(g->r), (void *)rs__addr(g, s->first + upto),
 			  (s->n - upto) * g->ps);
-		if (!ending)
+		if (!ending && err != -ESRCH)
 			rs__io_failed(rs);
 	}
 	count_pages(rs, s->why, in);
@@ -342,7 +343,7 @@ static void install_run(struct uffd_restore *rs, struct rs_read *s)
 	}
 	if (err == -ESRCH)
 		rs__owner_gone(rs);
-	run_end(rs, s, err ? s->done / s->g->ps : s->n);
+	run_end(rs, s, err ? s->done / s->g->ps : s->n, err);
 }
 
 static void read_done(struct uffd_restore *rs, struct rs_read *s, int res)
@@ -351,7 +352,7 @@ static void read_done(struct uffd_restore *rs, struct rs_read *s, int res)
 		atomic_fetch_add(&rs->bytes_read, (uint64_t)(s->n * s->g->ps));
 		install_run(rs, s);
 	} else {
-		run_end(rs, s, s->done / s->g->ps);	/* what arrived in part is in; the rest failed */
+		run_end(rs, s, s->done / s->g->ps, res);	/* what arrived in part is in; the rest failed */
 	}
 }
 
@@ -391,7 +392,12 @@ static void reap(struct uffd_restore *rs)
 	}
 }
 
-/* Runs whose resolution is due again; the earliest pending one bounds *wait_ns. */
+/*
+ * Runs whose resolution is due again; every retry still pending after
+ * that, the ones that just met -EAGAIN again included, bounds *wait_ns:
+ * the thread's wait must end by the earliest one, or the run's pages stay
+ * in flight and their faults wait forever.
+ */
 static void retry_due(struct uffd_restore *rs, uint64_t *wait_ns)
 {
 	uint64_t now = rs__now_ns();
@@ -401,8 +407,13 @@ static void retry_due(struct uffd_restore *rs, uint64_t *wait_ns)
 
 		if (!s->busy || !s->retry)
 			continue;
-		if (s->retry_ns <= now)
+		if (s->retry_ns <= now) {
 			install_run(rs, s);
+			if (!s->busy || !s->retry)
+				continue;
+		}
+		if (s->retry_ns <= now)
+			*wait_ns = 0;
 		else if (s->retry_ns - now < *wait_ns)
 			*wait_ns = s->retry_ns - now;
 	}
@@ -433,7 +444,7 @@ static void end_idle_slots(struct uffd_restore *rs)
 		struct rs_read *s = &rs->rd[i];
 
 		if (s->busy && (s->refused || s->retry))
-			run_end(rs, s, s->done / s->g->ps);
+			run_end(rs, s, s->done / s->g->ps, -ECANCELED);
 	}
 }
 

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "restore-internal.h"
 
@@ -31,11 +32,21 @@ static bool is_done(enum rs_page s)
 	return s == PG_PRESENT || s == PG_ZERO || s == PG_HOLE;
 }
 
-/* A page went from not done to done: count it (the last one ends the restore). */
+/*
+ * A page went from not done to done: count it. The last one ends the
+ * restore, and only the restore thread ends it: whoever made that page
+ * done (a loop thread serving a demand fault, too) wakes it, or it may
+ * sleep on with nothing left to read.
+ */
 static void count_done(struct uffd_restore *rs, enum rs_page from, enum rs_page to)
 {
-	if (!is_done(from) && is_done(to))
-		atomic_fetch_add(&rs->done, 1);
+	uint64_t one = 1;
+
+	if (is_done(from) || !is_done(to) || atomic_fetch_add(&rs->done, 1) + 1 != rs->total)
+		return;
+	if (write(rs->efd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is full, so the thread is being woken anyway */
+	}
 }
 
 bool rs__page_cas(struct uffd_restore *rs, struct rs_region *g, size_t page,
@@ -163,68 +174,92 @@ void rs__owner_gone(struct uffd_restore *rs)
 /* ---- resolving a run ---- */
 
 /*
- * One resolution of pages [first, first+n) from byte *done of the run
- * on: COPY from src or CONTINUE. A page that is no longer mapped
- * (-ENOENT: unmapped under us) counts as present and is stepped over.
+ * Pages [i, j) of the run from `first` on, seen not ZERO just before:
+ * one ioctl, COPY from src or CONTINUE. Returns 0 or -errno; *k pages
+ * were resolved, or stepped over (mapped already: a fault raced us, or
+ * gone: unmapped under us, counted present), their threads woken.
  */
-static int resolve(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n,
-		   const char *src, size_t *done)
+static int resolve(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t i,
+		   size_t j, const char *src, size_t *k)
 {
 	struct uffd *u = uffd_region_uffd(g->r);
-	size_t len = n * g->ps, d;
-	int err = 0;
+	uintptr_t dst = rs__addr(g, first + i);
+	int64_t count = 0;
+	int err = uffd__op_ioctl(u->fd, g->cont ? UFFD_OP_CONTINUE : UFFD_OP_COPY, dst,
+				 src ? (uintptr_t)src + i * g->ps : 0, (j - i) * g->ps, 0, &count);
 
-	while (*done < len) {
-		uintptr_t dst = rs__addr(g, first) + *done;
-
-		err = g->cont ? uffd__resolve(u, UFFD_OP_CONTINUE, dst, 0, len - *done,
-					      UFFD_SKIP_EXISTING, g->ps, &d)
-			      : uffd__resolve(u, UFFD_OP_COPY, dst, (uintptr_t)src + *done,
-					      len - *done, UFFD_SKIP_EXISTING, g->ps, &d);
-		*done += d;
-		if (err != -ENOENT)
-			break;
-		rs__page_gone(rs, g, first + *done / g->ps);	/* woken by the call */
-		*done += g->ps;
-		err = 0;
+	*k = err ? 0 : j - i;
+	if (err && count > 0) {	/* partial progress: the rest is looked at again */
+		*k = (size_t)count / g->ps;
+		return 0;
 	}
+	if (err == -EEXIST || err == -ENOENT) {
+		if (err == -ENOENT)
+			rs__page_gone(rs, g, first + i);
+		uffd_wake(u, (void *)dst, g->ps);
+		*k = 1;
+		return 0;
+	}
+	if (err && err != -EAGAIN)	/* -EAGAIN: pending events, retried */
+		return uffd__err(err, "restore: %s of page %zu of region %u: %s", g->cont ? "UFFDIO_CONTINUE" : "UFFDIO_COPY",
+				 first + i, g->idx, uffd__errname(err));
 	return err;
 }
 
 /*
- * Pages of the run that became ZERO while their read was in flight get no
- * file data: their resolution is skipped (a CONTINUE region's alias gets
- * its hole back) and their waiters are woken, to fault again for a zero
- * page. The remaining window: a REMOVE event the loop has read but not yet
- * handed to restore_remove() while this COPY runs -- the kernel then zaps
- * the page after the copy (MADV_DONTNEED waits only for the event's read),
- * so the owner still sees zeros; only a COPY landing between the zap and
- * the callback could map file data on a given-back page.
+ * A page given back (ZERO) must never get the file's contents again, and
+ * the kernel zaps it when the REMOVE message is *read*, before anyone
+ * could look at it. The loop thread that reads the message marks its
+ * pages ZERO right after that read (rs__given_back(), ahead of the fork
+ * gate and the handlers), and every ioctl here covers only pages seen not
+ * ZERO just before it, looked at again after any partial progress. For a
+ * page of a run, against a REMOVE covering it:
+ *  - queued after our ioctl began: the kernel holds the REMOVE back until
+ *    the ioctl is over (map_changing_lock), so our mapping is in place
+ *    before the zap, which removes it;
+ *  - queued before, and unread or its raising thread not yet resumed when
+ *    the ioctl starts: mmap_changing fails the ioctl (-EAGAIN), and the
+ *    retry looks at the page again;
+ *  - read, and its raising thread resumed, before the ioctl starts: seen
+ *    ZERO if the loop thread got from that read to rs__given_back()
+ *    before our look. The read completes in the loop thread's io_uring
+ *    task work (in its wait, or on the return of any of its system calls)
+ *    and the hook runs when the thread reaches that completion: that
+ *    stretch, microseconds unless the thread is preempted there, is the
+ *    window left, where the owner's thread may zap and our COPY land after
+ *    it. (It was a whole fork, with the handlers behind the fork gate.)
+ *    Closing it takes ordering the loop's reads with these installs (the
+ *    reading thread installing, its task work run only in its own wait),
+ *    not a check here: a mapped page of another process cannot be undone.
+ * ZERO pages get no file data: their resolution is skipped (a CONTINUE
+ * region's alias gets its hole back) and their waiters are woken, to
+ * fault again for a zero page.
  */
 int rs__install(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n,
 		const char *src, size_t *done)
 {
-	struct uffd *u = uffd_region_uffd(g->r);
 	size_t i = *done / g->ps;
-	int err = 0;
 
-	while (!err && i < n) {
-		size_t j = i, sub = 0;
+	while (i < n) {
+		size_t j = i, k;
+		int err;
 
-		if (rs__page(g, first + i) == PG_ZERO) {
+		while (j < n && rs__page(g, first + j) != PG_ZERO)
+			j++;
+		if (j == i) {
 			if (g->cont)
 				uffd_region_discard(g->r, (first + i) * g->ps, g->ps);
-			uffd_wake(u, (void *)rs__addr(g, first + i), g->ps);
+			uffd_wake(uffd_region_uffd(g->r), (void *)rs__addr(g, first + i), g->ps);
 			*done = ++i * g->ps;
 			continue;
 		}
-		while (j < n && rs__page(g, first + j) != PG_ZERO)
-			j++;
-		err = resolve(rs, g, first + i, j - i, src ? src + i * g->ps : NULL, &sub);
-		*done = i * g->ps + sub;
-		i = j;
+		err = resolve(rs, g, first, i, j, src, &k);
+		i += k;
+		*done = i * g->ps;
+		if (err)
+			return err;
 	}
-	return err;
+	return 0;
 }
 
 /* ---- the end ---- */

@@ -103,20 +103,52 @@ uint64_t rs__recorded(struct uffd_restore *rs)
 	return n;
 }
 
+/*
+ * The recording as it is now, in *copy to save and free. Every demand
+ * fault takes rec_lock to record, so it is held only for copying into
+ * room allocated before (allocating under it could wait for a fork's
+ * malloc lock while a loop thread waits for it), never for the file's
+ * write and fsync. Room for what faults add meanwhile, else again.
+ */
+static int snapshot(struct uffd_restore *rs, struct trace *copy)
+{
+	for (;;) {
+		size_t n;
+		bool ok;
+		int err;
+
+		pthread_mutex_lock(&rs->rec_lock);
+		n = rs->rec.n;
+		pthread_mutex_unlock(&rs->rec_lock);
+		/* the regions never change once started */
+		if ((err = trace__init(copy, rs->rec.regions, rs->rec.nregions, n + n / 4 + 64)))
+			return err;
+		pthread_mutex_lock(&rs->rec_lock);
+		ok = trace__copy(copy, &rs->rec);
+		pthread_mutex_unlock(&rs->rec_lock);
+		if (ok)
+			return 0;
+		trace__free(copy);
+	}
+}
+
 UFFD_EXPORT int uffd_restore_save_trace(struct uffd_restore *rs, const char *path)
 {
+	struct trace copy;
 	int err;
 
 	if (!rs || !path)
 		return uffd__err(-EINVAL, "uffd_restore_save_trace: %s is NULL", rs ? "path" : "restore");
 	if (!rs->recording)
 		return uffd__err(-EINVAL, "uffd_restore_save_trace: the restore does not record; create it with UFFD_RESTORE_RECORD");
-	pthread_mutex_lock(&rs->rec_lock);
-	if (!rs->rec.nregions)
-		err = uffd__err(-EINVAL, "uffd_restore_save_trace: nothing is recorded before uffd_restore_start");
-	else if (!(err = trace__save(&rs->rec, path)) && !rs->o.record_ms)
+	if (!rs->started || !rs->rec.nregions)	/* rec is prepared by uffd_restore_start() */
+		return uffd__err(-EINVAL, "uffd_restore_save_trace: nothing is recorded before uffd_restore_start");
+	if ((err = snapshot(rs, &copy)))
+		return err;
+	err = trace__save(&copy, path);
+	trace__free(&copy);
+	if (!err && !rs->o.record_ms)
 		atomic_store(&rs->rec_on, false);	/* "until saved" */
-	pthread_mutex_unlock(&rs->rec_lock);
 	return err;
 }
 UFFD_EXPORT_OWN(restore_save_trace);

@@ -197,10 +197,12 @@ static void leave_loop(struct uffd_restore *rs)
 	for (unsigned i = 0; i < rs->nregs; i++) {
 		struct rs_region *g = &rs->regs[i];
 
-		if (__atomic_load_n(&g->r->loop, __ATOMIC_ACQUIRE) != rs->loop)
-			continue;
-		uffd__loop_forget_region(g->r);
-		uffd__loop_unpin_wait(g->r);
+		if (__atomic_load_n(&g->r->loop, __ATOMIC_ACQUIRE) == rs->loop) {
+			uffd__loop_forget_region(g->r);
+			uffd__loop_unpin_wait(g->r);
+		}
+		/* out of the loop, with no hook running: it may go */
+		__atomic_store_n(&g->r->given_back, NULL, __ATOMIC_RELEASE);
 	}
 }
 
@@ -230,8 +232,11 @@ UFFD_EXPORT int uffd_restore_start(struct uffd_restore *rs, struct uffd_loop *l)
 		err = rs__holes(rs, &rs->regs[i]);
 	if (err || (err = rs__trace_start(rs)) || (err = rs__io_start(rs)))
 		goto fail;
-	for (unsigned i = 0; i < rs->nregs && !err; i++)
+	for (unsigned i = 0; i < rs->nregs && !err; i++) {
+		/* given-back pages are heard of when read, not when the gate lets the handlers run */
+		__atomic_store_n(&rs->regs[i].r->given_back, rs__given_back, __ATOMIC_RELEASE);
 		err = uffd_loop_add_region(l, rs->regs[i].r, &rs__handlers, &rs->regs[i]);
+	}
 	if (!err)
 		return 0;
 fail:

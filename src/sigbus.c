@@ -11,9 +11,11 @@
  * no lock, no formatting; errno is saved and restored.
  */
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -95,29 +97,63 @@ static enum uffd_fault_kind fault_kind(uint64_t modes, const struct access *a)
 }
 
 /*
- * On a region registered for write-protection every page SIGBUS mode maps
- * is mapped write-protected (CONTINUE or COPY with MODE_WP). Whether the
- * missing page carried a write-protect marker cannot be known atomically
- * with mapping it: a marker read first could be installed by a
- * UFFDIO_WRITEPROTECT just after, and the mapping would then drop it. A
- * protection too many costs one write-protect fault, which UFFD_RESOLVE
- * lifts; one too few lets a write through unseen (a snapshot misses it).
+ * On a region registered for write-protection a page is mapped
+ * write-protected exactly when the region's record says it is protected
+ * (wpstate.c), which every protecting call of the library keeps, with no
+ * system call. The record is read, the page mapped and, mapped writable,
+ * looked at again inside one section, which a protecting call waits for.
  */
-static bool maps_wp(const struct uffd_region *r)
+
+static long long mono_ns(void)
 {
-	return r->modes & UFFDIO_REGISTER_MODE_WP;
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000ll + ts.tv_nsec;
 }
 
-/* MINOR: CONTINUE, write-protected on a WP region. */
-static int fill_minor(const struct uffd_region *r, uintptr_t addr, size_t len)
+/*
+ * Protecting a page mapped writable a moment ago: -EAGAIN (an event is
+ * pending) is tried again for up to 2 ms, for another thread to read the
+ * event; the access goes on after this, whatever the outcome.
+ */
+static int protect_again(int fd, uintptr_t addr, size_t len)
+{
+	long long end = mono_ns() + 2000000;
+	int err;
+
+	while ((err = uffd__wp_ioctl(fd, addr, len, true, true)) == -EAGAIN && mono_ns() < end)
+		sched_yield();
+	return err;
+}
+
+/* Pages recorded protected since we looked, just mapped writable: protect them again. */
+static int keep_wp(const struct uffd_region *r, uintptr_t addr, size_t len)
+{
+	uintptr_t base = (uintptr_t)uffd_region_base(r), a = addr;
+	uint64_t n;
+	bool wp;
+	int err = 0;
+
+	if (!(r->modes & UFFDIO_REGISTER_MODE_WP))
+		return 0;
+	for (; a < addr + len && (n = uffd__region_wp_run(r, a - base, addr + len - a, &wp)); a += n)
+		if (wp && !err)
+			err = protect_again(r->uffd->fd, a, n);
+	return err;
+}
+
+/* One CONTINUE over a run of equal protection. */
+static int continue_run(const struct uffd_region *r, uintptr_t addr, size_t len, bool wp)
 {
 	int fd = r->uffd->fd;
 	int64_t count;
 	int err;
 
-	if (!maps_wp(r))
-		return uffd__op_ioctl(fd, UFFD_OP_CONTINUE, addr, 0, len,
-				      UFFDIO_CONTINUE_MODE_DONTWAKE, &count);
+	if (!wp) {
+		err = uffd__op_ioctl(fd, UFFD_OP_CONTINUE, addr, 0, len, UFFDIO_CONTINUE_MODE_DONTWAKE, &count);
+		return err ? err : keep_wp(r, addr, len);
+	}
 	err = uffd__op_ioctl(fd, UFFD_OP_CONTINUE, addr, 0, len,
 			     UFFDIO_CONTINUE_MODE_DONTWAKE | UFFDIO_CONTINUE_MODE_WP, &count);
 	if (err != -EINVAL)
@@ -128,21 +164,54 @@ static int fill_minor(const struct uffd_region *r, uintptr_t addr, size_t len)
 }
 
 /*
- * MISSING: ZEROPAGE, which has no MODE_WP; so on a WP region, and on
+ * MISSING: ZEROPAGE, which has no MODE_WP; so for a protected run, and on
  * hugetlb (no zero page), a copy of never-touched zeros.
  */
-static int fill_zero(const struct uffd_region *r, uintptr_t addr, size_t len)
+static int zero_run(const struct uffd_region *r, uintptr_t addr, size_t len, bool wp)
 {
 	const void *src = atomic_load(&zero_src);
-	uint64_t mode = UFFDIO_COPY_MODE_DONTWAKE | (maps_wp(r) ? UFFDIO_COPY_MODE_WP : 0);
+	uint64_t mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0);
 	int64_t count;
+	int err;
 
-	if (!maps_wp(r) && r->page_size == r->uffd->page_size)
-		return uffd__op_ioctl(r->uffd->fd, UFFD_OP_ZEROPAGE, addr, 0, len,
-				      UFFDIO_ZEROPAGE_MODE_DONTWAKE, &count);
-	if (!src || len > r->page_size)	/* the source is one page of the region */
+	if (!wp && r->page_size == r->uffd->page_size)
+		err = uffd__op_ioctl(r->uffd->fd, UFFD_OP_ZEROPAGE, addr, 0, len,
+				     UFFDIO_ZEROPAGE_MODE_DONTWAKE, &count);
+	else if (!src || len > r->page_size)	/* the source is one page of the region */
 		return -EINVAL;
-	return uffd__op_ioctl(r->uffd->fd, UFFD_OP_COPY, addr, (uintptr_t)src, len, mode, &count);
+	else
+		err = uffd__op_ioctl(r->uffd->fd, UFFD_OP_COPY, addr, (uintptr_t)src, len, mode, &count);
+	return err || wp ? err : keep_wp(r, addr, len);
+}
+
+/*
+ * [addr, addr+len) in runs of equal protection, each mapped by fn; the
+ * first failure ends it. A MISSING copy of zeros goes a page at a time.
+ */
+static int map_runs(const struct uffd_region *r, uintptr_t addr, size_t len,
+		    int (*fn)(const struct uffd_region *, uintptr_t, size_t, bool))
+{
+	uintptr_t base = (uintptr_t)uffd_region_base(r), a = addr;
+	bool tracked = (r->modes & UFFDIO_REGISTER_MODE_WP) && uffd__wp_tracked(r->uffd);
+	unsigned t = tracked ? uffd__wp_enter(r->uffd) : 0;	/* decided and mapped in one section */
+	int err = 0;
+
+	while (!err && a < addr + len) {
+		bool wp = false;
+		uint64_t n = uffd__region_wp_run(r, a - base, addr + len - a, &wp);
+
+		if (!n) {
+			err = -EINVAL;	/* outside the region */
+			break;
+		}
+		if (fn == zero_run && (wp || r->page_size != r->uffd->page_size))
+			n = r->page_size;
+		err = fn(r, a, n, wp);
+		a += n;
+	}
+	if (tracked)
+		uffd__wp_exit(r->uffd, t);
+	return err;
 }
 
 /*
@@ -153,15 +222,21 @@ static int fill_zero(const struct uffd_region *r, uintptr_t addr, size_t len)
 static int resolve_once(const struct uffd_region *r, enum uffd_fault_kind kind,
 			uintptr_t addr, size_t len)
 {
+	int err;
+
 	switch (kind) {
 	case UFFD_FAULT_WP:
-		return uffd__wp_ioctl(r->uffd->fd, addr, len, false, true);
+		err = uffd__wp_ioctl(r->uffd->fd, addr, len, false, true);
+		if (!err)	/* after the ioctl (wpstate.c: ordering) */
+			uffd__region_wp_set(r, addr - (uintptr_t)uffd_region_base(r),
+					    len, false);
+		return err;
 	case UFFD_FAULT_MINOR:
-		return fill_minor(r, addr, len);
+		return map_runs(r, addr, len, continue_run);
 	case UFFD_FAULT_MISSING:
 		break;
 	}
-	return fill_zero(r, addr, len);
+	return map_runs(r, addr, len, zero_run);
 }
 
 /*
@@ -438,7 +513,7 @@ static int check_region(const struct uffd_region *r, const char *call)
 static bool needs_zero_copy(const struct uffd_region *r)
 {
 	return (r->modes & UFFDIO_REGISTER_MODE_MISSING) &&
-	       (r->page_size != r->uffd->page_size || maps_wp(r));
+	       (r->page_size != r->uffd->page_size || (r->modes & UFFDIO_REGISTER_MODE_WP));
 }
 
 /* Under sigbus_lock: publish r with fn, installing the handler if first. */

@@ -171,6 +171,21 @@ bool trace__add(struct trace *t, uint32_t region, uint64_t page)
 	return true;
 }
 
+bool trace__copy(struct trace *dst, const struct trace *src)
+{
+	uint64_t total = total_pages(dst);
+
+	/* A copy filled to its room would save as a recording that ran out of it. */
+	if (dst->nregions != src->nregions || src->n > dst->cap || (src->n == dst->cap && dst->cap < total))
+		return false;
+	for (unsigned i = 0; i < src->nregions; i++)
+		memcpy(dst->seen[i], src->seen[i], words_of(&src->regions[i]) * sizeof(uint64_t));
+	memcpy(dst->order, src->order, src->n * sizeof(*src->order));
+	dst->n = src->n;
+	dst->full = src->full || (src->n == src->cap && src->cap < total);
+	return true;
+}
+
 /* ---- saving ---- */
 
 /* t as a file, in a buffer to free(); NULL when out of memory. */
@@ -185,7 +200,7 @@ static uint8_t *encode(const struct trace *t, size_t *len)
 	put_le(buf + 8, VERSION, 4);
 	put_le(buf + 12, t->nregions, 4);
 	put_le(buf + 16, t->n, 8);
-	put_le(buf + 24, t->n == t->cap && t->cap < total_pages(t) ? FLAG_FULL : 0, 8);
+	put_le(buf + 24, t->full || (t->n == t->cap && t->cap < total_pages(t)) ? FLAG_FULL : 0, 8);
 	p = buf + HEADER_SIZE;
 	for (unsigned i = 0; i < t->nregions; i++, p += REGION_SIZE) {
 		put_le(p, t->regions[i].length, 8);

@@ -32,6 +32,7 @@ struct trace {
 	uint64_t **seen;	/* a bitmap per region */
 	struct trace_page *order;	/* first-touch order */
 	size_t n, cap;		/* cap: every page of every region, or fewer */
+	bool full;		/* a copy of a recording that ran out of room (trace__copy) */
 	/*
 	 * Merging: each entry's earliest relative position; allocated by the
 	 * first merge with room for cap ranks, then trace__sort()'s scratch
@@ -50,6 +51,14 @@ void trace__free(struct trace *t);
 
 /* Record a touch: true if the page is new and was appended (room left). */
 bool trace__add(struct trace *t, uint32_t region, uint64_t page);
+
+/*
+ * Copies the recording @p src into @p dst, initialised for the same
+ * regions: no allocation, for a caller holding the lock the recording is
+ * under, who allocated @p dst before taking it. dst then saves as src
+ * would. false (dst unchanged) when dst has too little room.
+ */
+bool trace__copy(struct trace *dst, const struct trace *src);
 
 /* Whether @p page of @p region is in the trace. */
 bool trace__has(const struct trace *t, uint32_t region, uint64_t page);

@@ -647,10 +647,14 @@ static void wp_case(uint64_t modes, int verdict, bool protect)
 	uffd_close(u);
 }
 
-/* MISSING|WP: the zero page the loop maps keeps the protection (ZEROPAGE would not). */
+/*
+ * MISSING|WP, protected before the first touch: the zero page the loop
+ * maps keeps the protection (ZEROPAGE would not). A page never protected
+ * gets none (loop/gc_exact_wp).
+ */
 START_TEST(test_wp_missing_default)
 {
-	wp_case(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, UFFD_RESOLVE, false);
+	wp_case(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP, UFFD_RESOLVE, true);
 }
 END_TEST
 

@@ -365,6 +365,240 @@ START_TEST(test_minor_wp)
 }
 END_TEST
 
+/*
+ * Exact write-protection, a garbage collector's pattern: a subset of the
+ * heap is protected (every third page, and a block; some of those pages
+ * are mapped, most are not), mutators fault the whole heap in (MINOR, or
+ * MISSING zero pages) with the default resolution, then write every page.
+ * Exactly the protected pages raise a WP fault, once each; the others
+ * none (the loop keeps no "protect whatever is mapped" rule); the
+ * protected ones that a fault mapped are still protected (pagemap bit
+ * 57) until their write. And the loop decides with no system call: the
+ * process's read(2)/pread(2) count (/proc/self/io syscr) does not grow by
+ * one per fault, as it did when each MINOR fault of a WP region read
+ * /proc/self/pagemap.
+ */
+struct gc_ctx {
+	size_t ps;
+	atomic_uchar *wp;	/* WP faults per page */
+	atomic_uint spurious;
+};
+
+static bool gc_protected(size_t page)
+{
+	return page % 3 == 0 || (page >= 600 && page < 700);
+}
+
+static int gc_wp(void *c, struct uffd_fault *f)
+{
+	struct gc_ctx *x = c;
+	size_t page = f->offset / x->ps;
+
+	atomic_fetch_add(&x->wp[page], 1);
+	if (!gc_protected(page))
+		atomic_fetch_add(&x->spurious, 1);
+	return UFFD_RESOLVE;
+}
+
+/* read(2)-family calls of the whole process so far (/proc/self/io syscr). */
+static long syscalls_read(void)
+{
+	FILE *f = fopen("/proc/self/io", "re");
+	char line[128];
+	long v = -1;
+
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "syscr: %ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+static void gc_pattern(uint64_t modes)
+{
+	size_t npages = 1024, len = npages * ps, nprot = 0, kept = 0;
+	bool minor = modes & UFFDIO_REGISTER_MODE_MINOR;
+	struct uffd *u = open_uffd(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+				   (minor ? UFFD_FEATURE_MINOR_SHMEM : UFFD_FEATURE_MISSING_SHMEM));
+	struct uffd_region *r = new_region(u, len, modes);
+	struct gc_ctx x = { .ps = ps, .wp = calloc(npages, 1) };
+	struct uffd_handlers h = { .wp = gc_wp };	/* MINOR, MISSING: the default */
+	struct uffd_loop *l = new_loop(0, 0);
+	char *base = uffd_region_base(r), *orig = malloc(len);
+	struct uffd_loop_stats s;
+	uint64_t reads;
+	long calls;
+
+	if (minor) {
+		fill(orig, 0, len, 21);
+		ck_assert_int_eq(uffd_region_populate(r, 0, orig, len, 0), 0);
+		for (size_t i = 0; i < npages; i += 5)	/* some pages mapped already */
+			ck_assert_int_eq(uffd_region_continue(r, i * ps, ps, 0, NULL), 0);
+	} else {
+		memset(orig, 0, len);
+	}
+	for (size_t i = 0; i < npages; i++)
+		if (gc_protected(i)) {
+			ck_assert_int_eq(uffd_region_writeprotect(r, i * ps, ps, true, 0), 0);
+			nprot++;
+		}
+	ck_assert_int_eq(uffd_loop_add_region(l, r, &h, &x), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 2), 0);
+
+	/* The mutators read the heap: every page not mapped faults. */
+	reads = stats(l).reads;
+	calls = syscalls_read();
+	touch_all(base, npages, 4, true, false);
+	calls = syscalls_read() - calls;
+	s = stats(l);
+	ck_assert_uint_eq(s.faults_minor + s.faults_missing, minor ? npages - (npages + 4) / 5 : npages);
+	ck_assert_uint_eq(s.faults_wp, 0);
+	fprintf(stderr, "gc pattern: %ld read calls while the loop resolved %llu faults\n", calls,
+		(unsigned long long)(s.faults_minor + s.faults_missing));
+	/*
+	 * Through io_uring the loop's own reads of its messages count no
+	 * read(2); on the poll path each is one (subtracted). Valgrind reads
+	 * files of its own.
+	 */
+	if (!harness_valgrind()) {
+		bool polled = getenv("LIBUFFD_LOOP_FORCE_POLL") || getenv("LIBUFFD_LOOP_NO_URING") ||
+			      harness_read_long("/proc/sys/kernel/io_uring_disabled") > 0;
+
+		calls -= polled ? (long)(s.reads - reads) : 0;
+		ck_assert_msg(calls < 64, "%ld read calls while the loop resolved %llu faults", calls,
+			      (unsigned long long)(s.faults_minor + s.faults_missing));
+	}
+	for (size_t i = 0; i < npages; i++) {
+		bool wp = harness_pagemap(base + i * ps) >> 57 & 1;
+
+		ck_assert_msg(wp == gc_protected(i), "page %zu (%s): uffd-wp %d after the read fault",
+			      i, gc_protected(i) ? "protected" : "never protected", wp);
+		kept += wp;
+	}
+	ck_assert_uint_eq(kept, nprot);
+
+	/* Then they write every page: WP faults on exactly the protected ones. */
+	touch_all(base, npages, 4, true, true);
+	s = stats(l);
+	ck_assert_msg(atomic_load(&x.spurious) == 0, "%u spurious WP faults on pages never protected",
+		      atomic_load(&x.spurious));
+	for (size_t i = 0; i < npages; i++)
+		ck_assert_msg(atomic_load(&x.wp[i]) == gc_protected(i), "page %zu: %u WP faults",
+			      i, atomic_load(&x.wp[i]));
+	ck_assert_uint_eq(s.faults_wp, nprot);
+	ck_assert_uint_eq(s.errors, 0);
+	/* Resolved for good: the record follows the unprotecting. */
+	ck_assert_int_eq(uffd_region_zap(r, 0, len), 0);
+	touch_all(base, npages, 4, true, true);
+	ck_assert_uint_eq(stats(l).faults_wp, nprot);
+	ck_assert_int_eq(verify(base, 0, len, minor ? 21 : 0) == -1, minor);
+	ck_assert_int_eq(memcmp(uffd_region_alias(r), base, len), 0);
+	uffd_loop_free(l);
+	uffd_region_destroy(r);
+	uffd_close(u);
+	free(x.wp);
+	free(orig);
+}
+
+START_TEST(test_gc_exact_wp)
+{
+	if (!harness_have_features(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+				   UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_MISSING_SHMEM))
+		SKIP_TEST("the kernel lacks PAGEFAULT_FLAG_WP, WP_HUGETLBFS_SHMEM, MINOR_SHMEM or MISSING_SHMEM");
+	gc_pattern(UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP);
+	gc_pattern(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP);
+}
+END_TEST
+
+/*
+ * No page is left writable once the call protecting it has returned:
+ * readers fault a heap in (MINOR) while a collector protects its pages
+ * one by one and, as soon as each call returns, reads the page's pagemap
+ * entry: it must be write-protected (a marker, or a protected PTE),
+ * whatever the loop was doing with the page at that moment (deciding
+ * from the record, mapping, looking again). At the end every page is
+ * still protected.
+ */
+#define RACE_ROUNDS 10
+
+struct race_reader {
+	char *base;
+	size_t npages;
+	uint64_t seed;
+};
+
+static void *race_read(void *arg)
+{
+	struct race_reader *rd = arg;
+	size_t *order = shuffled(rd->npages, rd->seed);
+
+	for (size_t i = 0; i < rd->npages; i++)
+		(void)harness_load8(rd->base + order[i] * ps);
+	free(order);
+	return NULL;
+}
+
+static bool pm_wp(int pm, const void *addr)
+{
+	uint64_t e = 0;
+
+	ck_assert_int_eq(pread(pm, &e, sizeof(e), (off_t)((uintptr_t)addr / ps * sizeof(e))), sizeof(e));
+	return e >> 57 & 1;
+}
+
+START_TEST(test_wp_protect_race)
+{
+	size_t npages = 4096, len = npages * ps, late = 0, lost = 0;
+	struct uffd *u;
+	struct uffd_region *r;
+	struct uffd_loop *l;
+	struct race_reader rd[3];
+	void *th[3];
+	size_t *order;
+	char *base;
+	int pm;
+
+	if (!harness_have_features(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+				   UFFD_FEATURE_MINOR_SHMEM))
+		SKIP_TEST("the kernel lacks PAGEFAULT_FLAG_WP, WP_HUGETLBFS_SHMEM or MINOR_SHMEM");
+	u = open_uffd(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MINOR_SHMEM);
+	r = new_region(u, len, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP);
+	cache_pages(r);
+	l = new_loop(0, 0);
+	base = uffd_region_base(r);
+	pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(pm, 0);
+	order = shuffled(npages, 1000);	/* the first reader's order: they meet often */
+	ck_assert_int_eq(uffd_loop_add_region(l, r, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 2), 0);
+	for (int round = 0; round < RACE_ROUNDS; round++) {
+		ck_assert_int_eq(uffd_region_writeprotect(r, 0, len, false, 0), 0);
+		ck_assert_int_eq(uffd_region_zap(r, 0, len), 0);
+		for (int i = 0; i < 3; i++) {
+			rd[i] = (struct race_reader){ base, npages, 1000 + (uint64_t)i };
+			th[i] = harness_thread_start(race_read, &rd[i]);
+		}
+		for (size_t i = 0; i < npages; i++) {
+			ck_assert_int_eq(uffd_region_writeprotect(r, order[i] * ps, ps, true, 0), 0);
+			late += !pm_wp(pm, base + order[i] * ps);
+		}
+		for (int i = 0; i < 3; i++)
+			harness_thread_join(th[i]);
+		for (size_t i = 0; i < npages; i++)
+			lost += !pm_wp(pm, base + i * ps);
+	}
+	ck_assert_msg(late == 0 && lost == 0, "%zu pages writable right after uffd_region_writeprotect returned, "
+		      "%zu at the end (of %d x %zu)", late, lost, RACE_ROUNDS, npages);
+	ck_assert_uint_eq(stats(l).errors, 0);
+	close(pm);
+	free(order);
+	uffd_loop_free(l);
+	uffd_region_destroy(r);
+	uffd_close(u);
+}
+END_TEST
+
 /* ---- missing: anon memory ---- */
 
 static int copy_missing(void *c, struct uffd_fault *f)
@@ -1101,6 +1335,9 @@ static Suite *make_suite(void)
 	tcase_add_test(loop_case(CASE(minor, 60), false), test_minor);
 	tcase_add_test(loop_case(CASE(minor_poll, 60), true), test_minor);
 	tcase_add_test(loop_case(CASE(minor_wp, 30), false), test_minor_wp);
+	tc = loop_case(CASE(gc_exact_wp, 30), false);
+	tcase_add_test(tc, test_gc_exact_wp);
+	tcase_add_test(tc, test_wp_protect_race);
 	tcase_add_test(loop_case(CASE(missing, 30), false), test_missing);
 	tcase_add_test(loop_case(CASE(hugetlb_missing, 30), false), test_hugetlb_missing);
 	tcase_add_test(loop_case(CASE(defer, 30), false), test_defer);

@@ -14,13 +14,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/fanotify.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <uffd.h>
 
 #include "harness.h"
+#include "send-fds.h"
 
 #define MISSING UFFDIO_REGISTER_MODE_MISSING
 #define MINOR UFFDIO_REGISTER_MODE_MINOR
@@ -487,6 +497,39 @@ END_TEST
 START_TEST(fill_detach_memfd) { fill_detach_case(true); }
 END_TEST
 
+/*
+ * DETACH without FILL: the guest touches every page and the loop thread
+ * serves each from the page cache; the restore must still notice the last
+ * one, detach and call on_complete.
+ */
+START_TEST(detach_after_demand)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_DETACH,
+				       .on_complete = on_complete, .ctx = &completions };
+	size_t npages = 256;
+	struct uffd_restore_stats s;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	atomic_store(&completions, 0);
+	if (!env_anon(&e, npages, harness_page_size(), false))	/* warm: served on the loop thread */
+		SKIP_NO_UFFD();
+	env_restore(&e, &o);
+	env_start(&e);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, false);
+	ASSERT_OK(uffd_restore_wait(e.rs, 5000));
+	ck_assert_int_eq(atomic_load(&completions), 1);
+	ck_assert(!smaps_um(e.mem));
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_present, npages);
+	ck_assert_uint_eq(s.pages_demand, npages);
+	ck_assert_uint_gt(s.complete_ns, 0);
+	env_free(&e);
+}
+END_TEST
+
 /* ---- pages given back during the restore ---- */
 
 START_TEST(remove_during_restore)
@@ -522,6 +565,438 @@ START_TEST(remove_during_restore)
 	s = stats_of(e.rs);
 	ck_assert_uint_eq(s.pages_present, npages);
 	ck_assert_uint_ge(s.pages_zero, 1);
+	env_free(&e);
+}
+END_TEST
+
+/* ---- a fill while pages are given back ---- */
+
+/* Gives back every `stride`-th page of mem, one madvise each, until stop; then once more. */
+struct giver {
+	char *mem;
+	size_t ps, npages, stride;
+	int advice;
+	atomic_bool stop;
+	atomic_uint_fast64_t passes;
+};
+
+static void give_back_pass(struct giver *g)
+{
+	for (size_t p = 0; p < g->npages; p += g->stride)
+		ck_assert_int_eq(madvise(g->mem + p * g->ps, g->ps, g->advice), 0);
+	atomic_fetch_add(&g->passes, 1);
+}
+
+static void *giver_main(void *arg)
+{
+	struct giver *g = arg;
+
+	while (!atomic_load(&g->stop))
+		give_back_pass(g);
+	give_back_pass(g);	/* after the restore: every such page was given back since */
+	return NULL;
+}
+
+/* Every page: zeros where given back, the snapshot elsewhere; the count of given-back pages with data. */
+static size_t check_given_back(const char *mem, size_t ps, size_t npages, size_t stride)
+{
+	size_t stale = 0;
+
+	for (size_t p = 0; p < npages; p++) {
+		const volatile uint64_t *w = (const volatile uint64_t *)(mem + p * ps);
+
+		if (p % stride) {
+			check_page(mem, ps, p, false);
+			continue;
+		}
+		for (size_t i = 0; i < ps / 8; i++)
+			if (w[i]) {
+				stale++;
+				break;
+			}
+	}
+	return stale;
+}
+
+/*
+ * Resolutions of the fill meet -EAGAIN while REMOVE events are pending,
+ * often twice in a row: each retry must come, or the run's pages stay in
+ * flight, the restore never completes and faults on them hang.
+ */
+START_TEST(fill_while_given_back)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .max_read = 64 << 10, .queue_depth = 2 };
+	size_t npages = 2048, stride = 8;
+	uint64_t retried = 0;
+
+	SKIP_VALGRIND();
+
+	for (int it = 0; it < 12; it++) {
+		struct giver g = { .npages = npages, .stride = stride, .advice = MADV_DONTNEED };
+		struct uffd_restore_stats s;
+		void *th;
+		struct env e;
+		int err;
+
+		if (!env_anon(&e, npages, harness_page_size(), false))
+			SKIP_NO_UFFD();
+		if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE)) {
+			env_free(&e);
+			SKIP_TEST("UFFD_FEATURE_EVENT_REMOVE is not available");
+		}
+		g.mem = e.mem;
+		g.ps = e.ps;
+		env_restore(&e, &o);
+		th = harness_thread_start(giver_main, &g);
+		while (!atomic_load(&g.passes))
+			usleep(100);
+		env_start(&e);
+		err = uffd_restore_wait(e.rs, 10000);
+		s = stats_of(e.rs);
+		atomic_store(&g.stop, true);
+		harness_thread_join(th);
+		ck_assert_msg(!err, "run %d: %s (%llu of %llu pages, %llu given-back passes)", it,
+			      uffd_last_error(), (unsigned long long)s.pages_present,
+			      (unsigned long long)s.pages_total, (unsigned long long)atomic_load(&g.passes));
+		ck_assert_uint_eq(s.pages_present, npages);
+		ck_assert_uint_eq(s.read_errors, 0);
+		ck_assert_uint_eq(check_given_back(e.mem, e.ps, npages, stride), 0);
+		retried += atomic_load(&g.passes);
+		env_free(&e);
+	}
+	fprintf(stderr, "fill while given back: 12 restores complete, %llu passes of MADV_DONTNEED\n",
+		(unsigned long long)retried);
+}
+END_TEST
+
+/* ---- pages given back while this process forks ---- */
+
+/*
+ * A fork() shuts the loop's gate from its prepare step to its parent step:
+ * messages read meanwhile wait there before any handler runs. This prepare
+ * hook, registered before the library's and so run after it (the gate
+ * shut), gives pages back and lets the fill run, then lets the fork go on.
+ */
+static struct {
+	atomic_bool armed;
+	char *mem;
+	size_t ps, first, n, total;
+	struct uffd_restore *rs;
+	uint64_t events_before, events_after;
+	int madvise_err;
+	bool filled;
+} fg;
+
+static atomic_uint_fast64_t events_seen;
+
+static void count_event(void *ctx, struct uffd *u, const struct uffd_event *ev)
+{
+	(void)ctx;
+	(void)u;
+	(void)ev;
+	atomic_fetch_add(&events_seen, 1);
+}
+
+/* In the forking thread, before clone(): no Check call (its lock may be held by no one, but the child inherits it). */
+static void fork_prepare(void)
+{
+	struct timespec nap = { .tv_nsec = 1000000 };
+
+	if (!atomic_exchange(&fg.armed, false))
+		return;
+	fg.events_before = atomic_load(&events_seen);
+	fg.madvise_err = madvise(fg.mem + fg.first * fg.ps, fg.n * fg.ps, MADV_DONTNEED) ? errno : 0;
+	fg.events_after = atomic_load(&events_seen);
+	for (int i = 0; i < 5000 && !fg.filled; i++) {
+		struct uffd_restore_stats st = { .size = sizeof(st) };
+
+		fg.filled = !uffd_restore_stats(fg.rs, &st) && st.pages_present == fg.total;
+		if (!fg.filled)
+			nanosleep(&nap, NULL);
+	}
+}
+
+/*
+ * The kernel zaps given-back pages when their REMOVE message is read; read
+ * while a fork holds the gate, the REMOVE reaches the handlers only after
+ * the fork. The fill runs meanwhile and must not map the file's contents
+ * on those pages: each of them reads zeros.
+ */
+START_TEST(given_back_during_fork)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .fill_rate = 10 << 20, .max_read = 16 << 10, .queue_depth = 2 };
+	struct uffd_watch_opts wo = { .size = sizeof(wo), .event = count_event, .owner_fd = -1 };
+	size_t npages = 1024, stale = 0;
+	struct env e;
+	pid_t pid;
+	int st;
+
+	SKIP_VALGRIND();
+
+	/* Before any loop exists: the library's fork hooks come after this one, and run before it. */
+	ck_assert_int_eq(pthread_atfork(fork_prepare, NULL, NULL), 0);
+	if (!env_anon(&e, npages, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE)) {
+		env_free(&e);
+		SKIP_TEST("UFFD_FEATURE_EVENT_REMOVE is not available");
+	}
+	/* The watch again, counting the events its handlers see. */
+	ASSERT_OK(uffd_loop_remove(e.l, e.u));
+	ASSERT_OK(uffd_loop_add_opts(e.l, e.u, NULL, NULL, &wo));
+	env_restore(&e, &o);
+	env_start(&e);
+	/* The last 128 pages, which the fill (at 10 MB/s from page 0) reaches in the fork's prepare step. */
+	fg.mem = e.mem;
+	fg.ps = e.ps;
+	fg.first = npages - 128;
+	fg.n = 128;
+	fg.total = npages;
+	fg.rs = e.rs;
+	atomic_store(&fg.armed, true);
+	pid = fork();
+	if (!pid)
+		_exit(0);
+	ck_assert_int_gt(pid, 0);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(!fg.madvise_err, "madvise: %s", strerror(fg.madvise_err));
+	ck_assert_msg(fg.events_after == fg.events_before,
+		      "the REMOVE reached the handlers during the fork: the gate was open (fork hooks in another order?)");
+	ck_assert_msg(fg.filled, "the fill did not complete during the fork's prepare step");
+	ASSERT_OK(uffd_restore_wait(e.rs, 10000));
+	for (size_t p = fg.first; p < npages; p++) {
+		const volatile uint64_t *w = (const volatile uint64_t *)(e.mem + p * e.ps);
+
+		stale += w[0] != 0 || w[e.ps / 8 - 1] != 0;
+	}
+	ck_assert_msg(stale == 0, "%zu of 128 given-back pages came back with the snapshot's data", stale);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, p >= fg.first);
+	env_free(&e);
+}
+END_TEST
+
+/* ---- a REMOVE over two adjacent regions ---- */
+
+START_TEST(given_back_across_regions)
+{
+	struct uffd_foreign_opts fo = { .size = sizeof(fo), .modes = MISSING, .fd = -1 };
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	size_t half = 32, npages = 2 * half, stale = 0;
+	struct uffd_region *r2;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!env_anon(&e, npages, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE)) {
+		env_free(&e);
+		SKIP_TEST("UFFD_FEATURE_EVENT_REMOVE is not available");
+	}
+	/* The registered range as two regions, side by side, each from its part of the file. */
+	uffd_region_destroy(e.r);
+	fo.owner_addr = (uintptr_t)e.mem;
+	fo.length = half * e.ps;
+	fo.page_size = e.ps;
+	ASSERT_OK(uffd_region_create_foreign(e.u, &fo, &e.r));
+	fo.owner_addr += half * e.ps;
+	ASSERT_OK(uffd_region_create_foreign(e.u, &fo, &r2));
+	ASSERT_OK(uffd_restore_new(&e.rs, &o));
+	ASSERT_OK(uffd_restore_add_region(e.rs, e.r, e.snap.fd, 0));
+	ASSERT_OK(uffd_restore_add_region(e.rs, r2, e.snap.fd, half * e.ps));
+	env_start(&e);
+	check_page(e.mem, e.ps, half - 8, false);
+	check_page(e.mem, e.ps, half + 7, false);
+	/* Pages half-8 .. half+7, half of them never touched, given back in one call. */
+	ck_assert_int_eq(madvise(e.mem + (half - 8) * e.ps, 16 * e.ps, MADV_DONTNEED), 0);
+	for (size_t p = half - 8; p < half + 8; p++) {
+		const volatile uint64_t *w = (const volatile uint64_t *)(e.mem + p * e.ps);
+
+		stale += w[0] != 0 || w[e.ps / 8 - 1] != 0;
+	}
+	ck_assert_msg(stale == 0, "%zu of 16 given-back pages came back with the snapshot's data", stale);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, p >= half - 8 && p < half + 8);
+	uffd_restore_free(e.rs);
+	e.rs = NULL;
+	uffd_region_destroy(r2);
+	env_free(&e);
+}
+END_TEST
+
+/* ---- the owner exits during the fill ---- */
+
+/* The owner of len bytes of registered memory: sends its uffd and their address, then waits to be killed. */
+static void owner_main(int sock, size_t len)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct uffdio_register reg = { .range = { (uintptr_t)mem, len }, .mode = MISSING };
+	uint64_t addr = (uintptr_t)mem;
+
+	if (fd < 0 || ioctl(fd, UFFDIO_API, &api) || mem == MAP_FAILED || ioctl(fd, UFFDIO_REGISTER, &reg))
+		_exit(11);
+	if (send_fds(sock, &addr, sizeof(addr), &fd, 1, 0) != sizeof(addr))
+		_exit(12);
+	for (;;)
+		pause();
+}
+
+/* The owner is killed while the fill runs: -ESRCH, and no read error (every read succeeded). */
+START_TEST(owner_exit_during_fill)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .fill_rate = 1 << 20, .max_read = 16 << 10, .queue_depth = 2 };
+	struct uffd_foreign_opts fo = { .size = sizeof(fo), .modes = MISSING, .fd = -1 };
+	size_t npages = 4096, ps = harness_page_size();
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	uint64_t addr = 0;
+	struct iovec iov = { &addr, sizeof(addr) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf) };
+	struct uffd_restore_stats s;
+	int sv[2], fd, st;
+	struct env e;
+	pid_t pid;
+
+	SKIP_VALGRIND();
+
+	memset(&e, 0, sizeof(e));
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		close(sv[0]);
+		owner_main(sv[1], npages * ps);
+	}
+	close(sv[1]);
+	if (recvmsg(sv[0], &mh, MSG_CMSG_CLOEXEC) != sizeof(addr)) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &st, 0);
+		close(sv[0]);
+		SKIP_NO_UFFD();
+	}
+	memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int));
+	ASSERT_OK(uffd_open_fd(&e.u, fd, 0));
+	fo.owner_addr = addr;
+	fo.length = e.len = npages * ps;
+	fo.page_size = e.ps = ps;
+	ASSERT_OK(uffd_region_create_foreign(e.u, &fo, &e.r));
+	snap_make(&e.snap, npages, ps, false);
+	env_loop(&e);
+	env_restore(&e, &o);
+	env_start(&e);
+	ck_assert(wait_for(e.rs, present_at_least, 8, 5));
+	ck_assert_int_eq(kill(pid, SIGKILL), 0);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ASSERT_ERR(uffd_restore_wait(e.rs, 10000), -ESRCH, "exited");
+	s = stats_of(e.rs);
+	ck_assert_uint_lt(s.pages_present, npages);
+	ck_assert_msg(s.read_errors == 0, "%llu read errors after the owner exited",
+		      (unsigned long long)s.read_errors);
+	close(sv[0]);
+	e.anon = false;	/* the memory was the owner's */
+	env_free(&e);
+}
+END_TEST
+
+/* ---- saving a trace while faults come ---- */
+
+struct saver {
+	struct uffd_restore *rs;
+	const char *path;
+	int err;
+};
+
+static void *saver_main(void *arg)
+{
+	struct saver *sv = arg;
+
+	sv->err = uffd_restore_save_trace(sv->rs, sv->path);
+	return NULL;
+}
+
+struct toucher {
+	const char *mem;
+	size_t ps, page;
+	atomic_bool done;
+};
+
+static void *toucher_main(void *arg)
+{
+	struct toucher *t = arg;
+
+	check_page(t->mem, t->ps, t->page, false);
+	atomic_store(&t->done, true);
+	return NULL;
+}
+
+/*
+ * A save in progress must not stall faults: every demand fault records
+ * under the recording's lock. The save is held, deterministically, inside
+ * the open of its temporary file (a fanotify permission event we answer
+ * only later); a fault on a new page meanwhile must be served.
+ */
+START_TEST(save_trace_does_not_stall_faults)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_RECORD };
+	struct toucher t = { .page = 40 };
+	struct fanotify_event_metadata ev;
+	struct fanotify_response resp;
+	struct pollfd pfd;
+	struct saver sv;
+	char path[160];
+	void *ts, *tt;
+	struct env e;
+	double end;
+	bool served;
+	int fan;
+
+	SKIP_VALGRIND();
+
+	if (!env_anon(&e, 64, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, O_RDONLY | O_CLOEXEC);
+	if (fan < 0) {
+		env_free(&e);
+		SKIP_TEST("fanotify permission events are not available (%s); they hold the save deterministically",
+			  strerror(errno));
+	}
+	env_restore(&e, &o);
+	env_start(&e);
+	for (size_t p = 0; p < 8; p++)
+		check_page(e.mem, e.ps, p, false);
+	ck_assert_int_eq(fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN_PERM | FAN_EVENT_ON_CHILD,
+				       AT_FDCWD, e.snap.dir), 0);
+	snap_path(&e.snap, "held.trace", path, sizeof(path));
+	sv = (struct saver){ .rs = e.rs, .path = path, .err = 1 };
+	ts = harness_thread_start(saver_main, &sv);
+	pfd = (struct pollfd){ .fd = fan, .events = POLLIN };
+	ck_assert_int_eq(poll(&pfd, 1, 10000), 1);
+	ck_assert_int_eq(read(fan, &ev, sizeof(ev)), (ssize_t)sizeof(ev));
+	ck_assert(ev.mask & FAN_OPEN_PERM);
+	ck_assert_int_eq(ev.pid, getpid());
+	/* The save is now inside its open(2), held there. A fault on a page not recorded yet: */
+	t.mem = e.mem;
+	t.ps = e.ps;
+	tt = harness_thread_start(toucher_main, &t);
+	end = harness_now() + 3;
+	while (!atomic_load(&t.done) && harness_now() < end)
+		usleep(1000);
+	served = atomic_load(&t.done);
+	resp = (struct fanotify_response){ .fd = ev.fd, .response = FAN_ALLOW };
+	ck_assert_int_eq(write(fan, &resp, sizeof(resp)), (ssize_t)sizeof(resp));
+	close(ev.fd);
+	close(fan);
+	harness_thread_join(ts);
+	harness_thread_join(tt);
+	ck_assert_msg(served, "a fault waited for the trace being saved");
+	ck_assert_msg(sv.err == 0, "uffd_restore_save_trace: %d", sv.err);
+	ck_assert_uint_eq(stats_of(e.rs).pages_recorded, 9);
 	env_free(&e);
 }
 END_TEST
@@ -702,8 +1177,20 @@ static Suite *suite(void)
 	tcase_add_test(tc, fill_detach_anon);
 	tc = CASE(fill_detach_memfd, 20);
 	tcase_add_test(tc, fill_detach_memfd);
+	tc = CASE(detach_after_demand, 20);
+	tcase_add_test(tc, detach_after_demand);
 	tc = CASE(remove_during_restore, 20);
 	tcase_add_test(tc, remove_during_restore);
+	tc = CASE(fill_while_given_back, 150);
+	tcase_add_test(tc, fill_while_given_back);
+	tc = CASE(given_back_during_fork, 30);
+	tcase_add_test(tc, given_back_during_fork);
+	tc = CASE(given_back_across_regions, 20);
+	tcase_add_test(tc, given_back_across_regions);
+	tc = CASE(owner_exit_during_fill, 30);
+	tcase_add_test(tc, owner_exit_during_fill);
+	tc = CASE(save_trace_does_not_stall_faults, 20);
+	tcase_add_test(tc, save_trace_does_not_stall_faults);
 	tc = CASE(bad_traces, 20);
 	tcase_add_test(tc, bad_traces);
 	tc = CASE(hugetlb, 20);
