@@ -98,6 +98,21 @@ UFFD_OWN(restore_stats);
 UFFD_OWN(hist_quantile);
 UFFD_OWN(restore_free);
 UFFD_OWN(loop_sync);
+UFFD_OWN(source_new);
+UFFD_OWN(source_ref);
+UFFD_OWN(source_unref);
+UFFD_OWN(source_length);
+UFFD_OWN(source_block_size);
+UFFD_OWN(source_name);
+UFFD_OWN(source_read);
+UFFD_OWN(source_read_nowait);
+UFFD_OWN(source_extent);
+UFFD_OWN(source_advise);
+UFFD_OWN(source_attach);
+UFFD_OWN(source_notify);
+UFFD_OWN(source_file);
+UFFD_OWN(source_layered);
+UFFD_OWN(restore_add_region_source);
 
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 

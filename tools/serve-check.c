@@ -80,7 +80,7 @@ static int lib_why(char *err, size_t errlen, const char *what, int e)
  * libuffd-trace(5), the checksum included, and the snapshot must hold
  * the regions. Nothing is registered: the regions are only declared.
  */
-static int load_against_snapshot(const char *path, const struct trace_layout *t, int snap_fd,
+static int load_against_snapshot(const char *path, const struct trace_layout *t, struct uffd_source *src,
 				 char *err, size_t errlen)
 {
 	struct uffd_restore_opts ro = { .size = sizeof(ro) };
@@ -105,7 +105,7 @@ static int load_against_snapshot(const char *path, const struct trace_layout *t,
 			lib_why(err, errlen, "its region table", e);
 			goto out;
 		}
-		if ((e = uffd_restore_add_region(rs, r[i], snap_fd, off))) {
+		if ((e = uffd_restore_add_region_source(rs, r[i], src, off))) {
 			lib_why(err, errlen, "its regions against the snapshot", e);
 			goto out;
 		}
@@ -125,7 +125,7 @@ out:
 	return rc;
 }
 
-void check_traces(struct serve_opts *o, int snap_fd, uint64_t snap_size)
+void check_traces(struct serve_opts *o, struct uffd_source *src, uint64_t snap_size)
 {
 	struct trace_layout *t = malloc(sizeof(*t));
 	size_t kept = 0;
@@ -143,7 +143,7 @@ void check_traces(struct serve_opts *o, int snap_fd, uint64_t snap_size)
 			ok = false;
 		}
 		if (ok)
-			ok = !load_against_snapshot(o->replay[i], t, snap_fd, err, sizeof(err));
+			ok = !load_against_snapshot(o->replay[i], t, src, err, sizeof(err));
 		if (ok)
 			o->replay[kept++] = o->replay[i];
 		else

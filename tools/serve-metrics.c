@@ -257,6 +257,8 @@ static void counters(struct out *o, const struct slot *v, size_t n)
 		    (unsigned long long)s->pages_fill);
 		put(o, "uffd_serve_pages_brought_total{vm=\"%d\",how=\"zero\"} %llu\n", (int)s->pid,
 		    (unsigned long long)s->pages_zero);
+		put(o, "uffd_serve_pages_brought_total{vm=\"%d\",how=\"hole\"} %llu\n", (int)s->pid,
+		    (unsigned long long)s->pages_hole);
 	}
 #define ONE(name, type, help, field)                                                                \
 	do {                                                                                        \

@@ -42,6 +42,8 @@ enum fatal_policy { FATAL_KILL, FATAL_EXIT, FATAL_WAIT };
 struct serve_opts {
 	const char *socket;	/* the Unix socket to listen on */
 	const char *memory;	/* the memory snapshot file */
+	const char **layers;	/* Diff snapshots over it, oldest first */
+	size_t nlayers;
 	const char *record;	/* trace to write, or NULL */
 	const char **replay;	/* traces to replay */
 	size_t nreplay;
@@ -129,7 +131,7 @@ struct serve_summary {
 	enum serve_end end;
 	uint64_t faults[3];	/* by enum uffd_fault_kind */
 	uint64_t removes;	/* REMOVE events (balloon) */
-	uint64_t pages_total, pages_present, pages_demand, pages_replay, pages_fill, pages_zero;
+	uint64_t pages_total, pages_present, pages_demand, pages_replay, pages_fill, pages_zero, pages_hole;
 	uint64_t bytes_read, inflight_hits, read_errors, pages_recorded, errors;
 	uint64_t p50_ns, p99_ns;	/* service time of demand faults */
 	uint64_t complete_ns;	/* start to every page present; 0 if never */
@@ -143,7 +145,8 @@ struct serve_summary {
  * drains (every page in, then detach) within o->drain_ms. A VM left
  * depending on us takes the fatal path. Returns an EXIT_* code.
  */
-int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, int sigfd,
+struct uffd_source;
+int serve_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd_source *src, int sigfd,
 	     int conn, struct serve_summary *s);
 
 /* ---- serve-auth.c ---- */
@@ -173,7 +176,7 @@ int serve_fatal(const struct serve_opts *o, const struct fc_handshake *h, int si
 /* ---- serve-check.c ---- */
 
 /* The traces to replay, checked now: an unusable one is dropped with a warning. */
-void check_traces(struct serve_opts *o, int snap_fd, uint64_t snap_size);
+void check_traces(struct serve_opts *o, struct uffd_source *src, uint64_t snap_size);
 /* --record's directory can take the trace: 0, or EXIT_SETUP after one line. */
 int check_outputs(const struct serve_opts *o);
 
