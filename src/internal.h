@@ -93,6 +93,14 @@ UFFD_OWN(restore_save_trace);
 UFFD_OWN(restore_stats);
 UFFD_OWN(hist_quantile);
 UFFD_OWN(restore_free);
+UFFD_OWN(snap_open);
+UFFD_OWN(snap_read);
+UFFD_OWN(snap_extent);
+UFFD_OWN(snap_info);
+UFFD_OWN(snap_verify);
+UFFD_OWN(snap_close);
+UFFD_OWN(snap_pack);
+UFFD_OWN(snap_merge);
 
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 
