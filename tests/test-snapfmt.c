@@ -1,0 +1,933 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Compressed snapshots (libuffd-snapshot(5)): packed and read back byte for
+ * byte at several frame sizes; zero and identical frames stored as nothing;
+ * diffs against a parent (full images and sparse Diff files) and their
+ * chains; the decompressed-frame cache and its bound; every bad file refused
+ * at open or read with the right errno and a sentence naming the file and
+ * frame; and the uffd-snap tool (UFFD_SNAP: its path).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <uffd.h>
+
+#include "harness.h"
+
+#define KIB (1ull << 10)
+#define MIB (1ull << 20)
+#define HDR 128u
+#define ENTRY 24u
+
+static char dir[64];
+static int fds_before;
+
+static void setup(void)
+{
+	strcpy(dir, "/var/tmp/uffd-snapfmt-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	fds_before = harness_count_fds();
+}
+
+/* Every test leaves no descriptor behind, and its files are removed. */
+static void teardown(void)
+{
+	char cmd[128];
+
+	ck_assert_int_eq(harness_count_fds(), fds_before);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+static const char *path(const char *name)
+{
+	static char p[64][128];
+	static unsigned k;
+
+	k = (k + 1) % 64;
+	snprintf(p[k], sizeof(p[k]), "%s/%s", dir, name);
+	return p[k];
+}
+
+/* ---- images ---- */
+
+static uint64_t rng = 88172645463325252ull;
+
+static uint64_t next_rand(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+/*
+ * An image with a bit of everything, per 64 KiB block: zeros, text-like
+ * compressible bytes, incompressible bytes, copies of an earlier block.
+ */
+static uint8_t *make_image(size_t len)
+{
+	uint8_t *m = malloc(len);
+
+	ck_assert_ptr_nonnull(m);
+	for (size_t b = 0; b < len; b += 64 * KIB) {
+		size_t n = len - b < 64 * KIB ? len - b : 64 * KIB;
+
+		switch ((b / (64 * KIB)) % 5) {
+		case 0:
+			memset(m + b, 0, n);
+			break;
+		case 1:
+			for (size_t i = 0; i < n; i++)
+				m[b + i] = (uint8_t)("the quick brown fox "[i % 20] + (i / 4096 + b / 4096) % 3);
+			break;
+		case 2:
+			for (size_t i = 0; i < n; i += 8) {
+				uint64_t r = next_rand();
+
+				memcpy(m + b + i, &r, n - i < 8 ? n - i : 8);
+			}
+			break;
+		default:
+			memcpy(m + b, m + (b % (128 * KIB)), n);	/* like block 0 or 1 */
+			break;
+		}
+	}
+	return m;
+}
+
+static void write_file(const char *p, const uint8_t *buf, size_t len)
+{
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, buf, len), (ssize_t)len);
+	close(fd);
+}
+
+static size_t file_size(const char *p)
+{
+	struct stat st;
+
+	ck_assert_int_eq(stat(p, &st), 0);
+	return (size_t)st.st_size;
+}
+
+static void pack_buf(const char *out, const uint8_t *img, size_t len,
+		     const struct uffd_snap_pack_opts *o)
+{
+	const char *in = path("in.raw");
+	int fd;
+
+	write_file(in, img, len);
+	fd = open(in, O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	ASSERT_OK(uffd_snap_pack(out, fd, o));
+	close(fd);
+	unlink(in);
+}
+
+static struct uffd_snap *open1(const char *p)
+{
+	struct uffd_snap *s = NULL;
+
+	ASSERT_OK(uffd_snap_open(&s, &p, 1, NULL));
+	return s;
+}
+
+/* The whole image, then ranges of every alignment, compared with img. */
+static void check_image(struct uffd_snap *s, const uint8_t *img, size_t len)
+{
+	uint8_t *got = malloc(len);
+
+	ASSERT_OK(uffd_snap_read(s, 0, got, len));
+	ck_assert(!memcmp(got, img, len));
+	for (int k = 0; k < 200; k++) {
+		size_t off = next_rand() % len, n = 1 + next_rand() % (len - off < 300 * KIB ? len - off : 300 * KIB);
+
+		memset(got, 0xa5, n);
+		ASSERT_OK(uffd_snap_read(s, off, got, n));
+		ck_assert_msg(!memcmp(got, img + off, n), "%zu bytes at %zu differ", n, off);
+	}
+	free(got);
+}
+
+static struct uffd_snap_info info_of(const struct uffd_snap *s, unsigned layer)
+{
+	struct uffd_snap_info i = { .size = sizeof(i) };
+
+	ASSERT_OK(uffd_snap_info(s, layer, &i));
+	return i;
+}
+
+/* ---- round trips ---- */
+
+START_TEST(round_trip)
+{
+	/* 6 MiB and 3 pages: the last frame is short at every frame size */
+	size_t len = 6 * MIB + 12 * KIB;
+	uint8_t *img = make_image(len);
+	static const uint64_t sizes[] = { 64 * KIB, 256 * KIB, MIB, 4 * MIB };
+
+	for (unsigned k = 0; k < 4; k++) {
+		struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = sizes[k] };
+		struct uffd_snap *s;
+		struct uffd_snap_info i;
+
+		pack_buf(path("a.snap"), img, len, &o);
+		s = open1(path("a.snap"));
+		i = info_of(s, 0);
+		ck_assert_uint_eq(i.frame_size, sizes[k]);
+		ck_assert_uint_eq(i.image_size, len);
+		ck_assert_uint_eq(i.frames, (len + sizes[k] - 1) / sizes[k]);
+		ck_assert_uint_eq(i.frames_data + i.frames_zero, i.frames);
+		ck_assert_uint_eq(i.frames_parent, 0);
+		ck_assert_uint_eq(i.layers, 1);
+		ck_assert_uint_eq(i.file_bytes, file_size(path("a.snap")));
+		ck_assert_uint_lt(i.file_bytes, len);	/* it compressed */
+		check_image(s, img, len);
+		ASSERT_OK(uffd_snap_verify(s));
+		uffd_snap_close(s);
+	}
+	/* the default frame size */
+	pack_buf(path("b.snap"), img, len, NULL);
+	{
+		struct uffd_snap *s = open1(path("b.snap"));
+
+		ck_assert_uint_eq(info_of(s, 0).frame_size, MIB);
+		check_image(s, img, len);
+		uffd_snap_close(s);
+	}
+	free(img);
+}
+END_TEST
+
+START_TEST(zero_frames)
+{
+	size_t len = 8 * MIB;
+	uint8_t *img = calloc(1, len);
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = MIB };
+	struct uffd_snap *s;
+	struct uffd_snap_info i;
+	uint64_t run;
+
+	/* all zero: the file is its header and index, nothing else */
+	pack_buf(path("z.snap"), img, len, &o);
+	ck_assert_uint_eq(file_size(path("z.snap")), HDR + 8 * ENTRY);
+	s = open1(path("z.snap"));
+	i = info_of(s, 0);
+	ck_assert_uint_eq(i.frames_zero, 8);
+	ck_assert_uint_eq(i.stored_bytes, 0);
+	ck_assert_int_eq(uffd_snap_extent(s, 0, &run), UFFD_SNAP_ZERO);
+	ck_assert_uint_eq(run, len);
+	check_image(s, img, len);
+	uffd_snap_close(s);
+
+	/* one byte in frame 5: one data frame between two zero runs */
+	img[5 * MIB + 4321] = 7;
+	pack_buf(path("z.snap"), img, len, &o);
+	s = open1(path("z.snap"));
+	i = info_of(s, 0);
+	ck_assert_uint_eq(i.frames_zero, 7);
+	ck_assert_uint_eq(i.frames_data, 1);
+	ck_assert_int_eq(uffd_snap_extent(s, 100, &run), UFFD_SNAP_ZERO);
+	ck_assert_uint_eq(run, 5 * MIB - 100);
+	ck_assert_int_eq(uffd_snap_extent(s, 5 * MIB + 1, &run), UFFD_SNAP_DATA);
+	ck_assert_uint_eq(run, MIB - 1);
+	ck_assert_int_eq(uffd_snap_extent(s, 6 * MIB, &run), UFFD_SNAP_ZERO);
+	ck_assert_uint_eq(run, 2 * MIB);
+	ck_assert_int_eq(uffd_snap_extent(s, len, &run), -EINVAL);
+	check_image(s, img, len);
+	uffd_snap_close(s);
+	free(img);
+}
+END_TEST
+
+START_TEST(dedup)
+{
+	/* 16 frames of 64 KiB: 0-3 distinct, then each a copy of one of them */
+	size_t len = 16 * 64 * KIB, fs = 64 * KIB;
+	uint8_t *img = malloc(len);
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = fs };
+	struct uffd_snap *s;
+	struct uffd_snap_info i, one;
+
+	for (size_t f = 0; f < 4; f++)
+		for (size_t b = 0; b < fs; b += 8) {
+			uint64_t r = next_rand() & 0x0f0f0f0f0f0f0f0full;	/* compresses a bit */
+
+			memcpy(img + f * fs + b, &r, 8);
+		}
+	for (size_t f = 4; f < 16; f++)
+		memcpy(img + f * fs, img + (f % 4) * fs, fs);
+	pack_buf(path("d.snap"), img, len, &o);
+	s = open1(path("d.snap"));
+	i = info_of(s, 0);
+	ck_assert_uint_eq(i.frames_data, 16);
+	ck_assert_uint_eq(i.frames_dedup, 12);
+	check_image(s, img, len);
+	ASSERT_OK(uffd_snap_verify(s));
+	uffd_snap_close(s);
+
+	/* the same 4 frames alone take as much room */
+	pack_buf(path("one.snap"), img, 4 * fs, &o);
+	s = open1(path("one.snap"));
+	one = info_of(s, 0);
+	uffd_snap_close(s);
+	ck_assert_uint_eq(i.stored_bytes, one.stored_bytes);
+	ck_assert_uint_eq(file_size(path("d.snap")) - file_size(path("one.snap")), 12 * ENTRY);
+	free(img);
+}
+END_TEST
+
+/* ---- diffs ---- */
+
+/* base: the mixed image; next: frames 1, 5 and 9 (of 1 MiB) changed, 7 zeroed */
+static void diff_images(uint8_t **base, uint8_t **next, size_t len)
+{
+	*base = make_image(len);
+	*next = malloc(len);
+	memcpy(*next, *base, len);
+	(*next)[1 * MIB + 17] ^= 1;
+	memset(*next + 5 * MIB + 8 * KIB, 0x5a, 4 * KIB);
+	(*next)[9 * MIB + MIB - 1] ^= 0x80;
+	memset(*next + 7 * MIB, 0, MIB);
+}
+
+START_TEST(parent_diff)
+{
+	size_t len = 10 * MIB;
+	uint8_t *base, *next, *third;
+	struct uffd_snap_pack_opts o = { .size = sizeof(o) };
+	const char *chain[3] = { path("base.snap"), path("d1.snap"), path("d2.snap") };
+	struct uffd_snap *b, *s;
+	struct uffd_snap_info i;
+
+	diff_images(&base, &next, len);
+	ck_assert(memcmp(base + 7 * MIB, next + 7 * MIB, MIB));	/* frame 7 was not zero */
+	pack_buf(chain[0], base, len, NULL);
+	b = open1(chain[0]);
+	o.parent = b;
+	pack_buf(chain[1], next, len, &o);
+	uffd_snap_close(b);
+
+	ASSERT_OK(uffd_snap_open(&s, chain, 2, NULL));
+	i = info_of(s, 1);
+	ck_assert_uint_eq(i.frames_parent, 6);	/* 10 frames, 4 changed */
+	ck_assert_uint_eq(i.frames_data, 3);
+	ck_assert_uint_eq(i.frames_zero, 1);	/* the zeroed frame hides the parent's */
+	ck_assert(!memcmp(i.parent_id, info_of(s, 0).id, 16));
+	ck_assert_uint_eq(info_of(s, 0).layers, 2);
+	check_image(s, next, len);
+
+	/* a third layer on the chain of two: one more page changed */
+	third = malloc(len);
+	memcpy(third, next, len);
+	third[2 * MIB] = 1;
+	o.parent = s;
+	pack_buf(chain[2], third, len, &o);
+	uffd_snap_close(s);
+	ASSERT_OK(uffd_snap_open(&s, chain, 3, NULL));
+	ck_assert_uint_eq(info_of(s, 2).frames_parent, 9);
+	check_image(s, third, len);
+	ASSERT_OK(uffd_snap_verify(s));
+
+	/* squashed into one layer: the same image, no parent */
+	ASSERT_OK(uffd_snap_merge(path("m.snap"), s, NULL));
+	uffd_snap_close(s);
+	s = open1(path("m.snap"));
+	i = info_of(s, 0);
+	ck_assert_uint_eq(i.frames_parent, 0);
+	ck_assert_uint_eq(i.layers, 1);
+	check_image(s, third, len);
+	uffd_snap_close(s);
+	free(base);
+	free(next);
+	free(third);
+}
+END_TEST
+
+/* A Firecracker Diff file: the dirty pages written, holes elsewhere. */
+START_TEST(sparse_diff)
+{
+	size_t len = 10 * MIB;
+	uint8_t *base, *next;
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .flags = UFFD_SNAP_PACK_DIFF };
+	const char *chain[2] = { path("base.snap"), path("d.snap") };
+	struct uffd_snap *b, *s;
+	struct uffd_snap_info i;
+	int fd;
+
+	diff_images(&base, &next, len);
+	pack_buf(chain[0], base, len, NULL);
+	fd = open(path("diff.mem"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+	/* the dirty 4 KiB pages, as Firecracker writes them */
+	for (size_t p = 0; p < len; p += 4 * KIB)
+		if (memcmp(base + p, next + p, 4 * KIB))
+			ck_assert_int_eq(pwrite(fd, next + p, 4 * KIB, (off_t)p), 4 * KIB);
+	b = open1(chain[0]);
+	o.parent = b;
+	ASSERT_OK(uffd_snap_pack(chain[1], fd, &o));
+	uffd_snap_close(b);
+	close(fd);
+
+	ASSERT_OK(uffd_snap_open(&s, chain, 2, NULL));
+	i = info_of(s, 1);
+	ck_assert_uint_eq(i.frames_parent, 6);
+	ck_assert_uint_eq(i.frames_data + i.frames_zero, 4);
+	check_image(s, next, len);
+	uffd_snap_close(s);
+	free(base);
+	free(next);
+}
+END_TEST
+
+/* ---- the cache ---- */
+
+START_TEST(cache_bound)
+{
+	size_t len = 8 * MIB;
+	uint8_t *img = make_image(len), page[4096];
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = MIB };
+	struct uffd_snap_opts so = { .size = sizeof(so), .cache_bytes = 2 * MIB };
+	const char *p = path("c.snap");
+	struct uffd_snap *s;
+	struct uffd_snap_info i;
+
+	pack_buf(p, img, len, &o);
+	ASSERT_OK(uffd_snap_open(&s, &p, 1, &so));
+	/* 256 pages of frame 1: one decompression */
+	for (size_t k = 0; k < 256; k++) {
+		ASSERT_OK(uffd_snap_read(s, MIB + k * 4096, page, 4096));
+		ck_assert(!memcmp(page, img + MIB + k * 4096, 4096));
+	}
+	i = info_of(s, 0);
+	ck_assert_uint_eq(i.cache_misses, 1);
+	ck_assert_uint_eq(i.cache_hits, 255);
+	/* three frames in turn with room for two: every read decompresses */
+	for (size_t k = 0; k < 9; k++)
+		ASSERT_OK(uffd_snap_read(s, (1 + k % 3) * MIB + 4096 * k, page, 4096));
+	ck_assert_uint_ge(info_of(s, 0).cache_misses, 1 + 7);
+	/* a whole frame goes to the caller's buffer, not through the cache */
+	{
+		uint8_t *f = malloc(MIB);
+		uint64_t before = info_of(s, 0).cache_hits;
+
+		ASSERT_OK(uffd_snap_read(s, 6 * MIB, f, MIB));
+		ck_assert(!memcmp(f, img + 6 * MIB, MIB));
+		ASSERT_OK(uffd_snap_read(s, 6 * MIB + 4096, page, 4096));
+		ck_assert_uint_eq(info_of(s, 0).cache_hits, before);
+		free(f);
+	}
+	uffd_snap_close(s);
+	so.cache_bytes = MIB - 1;
+	ASSERT_ERR(uffd_snap_open(&s, &p, 1, &so), -EINVAL, "less than one frame");
+	free(img);
+}
+END_TEST
+
+/* ---- bad input ---- */
+
+static uint8_t *slurp(const char *p, size_t *len)
+{
+	int fd = open(p, O_RDONLY | O_CLOEXEC);
+	uint8_t *buf;
+
+	ck_assert_int_ge(fd, 0);
+	*len = file_size(p);
+	buf = malloc(*len);
+	ck_assert_int_eq(read(fd, buf, *len), (ssize_t)*len);
+	close(fd);
+	return buf;
+}
+
+/* CRC32C, bit by bit: the tests' own, to forge files that pass the checksums. */
+static uint32_t crc32c(const uint8_t *b, size_t n)
+{
+	uint32_t c = ~0u;
+
+	while (n--) {
+		c ^= *b++;
+		for (int k = 0; k < 8; k++)
+			c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+	}
+	return ~c;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* Re-seal a header whose fields a test changed. */
+static void reseal_header(uint8_t *f)
+{
+	put32(f + 124, crc32c(f, 124));
+}
+
+/* Re-seal an index a test changed (and then the header that holds its CRC). */
+static void reseal_index(uint8_t *f, size_t len)
+{
+	uint64_t idx = get64(f + 40);
+
+	put32(f + 48, crc32c(f + idx, len - idx));
+	reseal_header(f);
+}
+
+static int try_open(const char *p, struct uffd_snap **s)
+{
+	*s = NULL;
+	return uffd_snap_open(s, &p, 1, NULL);
+}
+
+START_TEST(bad_files)
+{
+	size_t len = 4 * MIB, flen;
+	uint8_t *img = make_image(len), *f;
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = 256 * KIB };
+	const char *good = path("good.snap"), *bad = path("bad.snap");
+	struct uffd_snap *s;
+	uint64_t idx;
+
+	pack_buf(good, img, len, &o);
+	f = slurp(good, &flen);
+	idx = get64(f + 40);
+
+	/* truncated anywhere: at open, naming the file */
+	static const size_t cuts[] = { 0, 7, 100, HDR, HDR + 1000 };
+	for (unsigned k = 0; k < sizeof(cuts) / sizeof(cuts[0]); k++) {
+		write_file(bad, f, cuts[k]);
+		ASSERT_ERR(try_open(bad, &s), -EBADMSG, bad);
+		ck_assert_ptr_null(s);
+	}
+	write_file(bad, f, flen - 1);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "truncated");
+	write_file(bad, f, idx + 5);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "truncated");
+	write_file(bad, f, 50);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "truncated");
+
+	/* not a snapshot */
+	write_file(bad, (const uint8_t *)"UFFDTRC\0 and more bytes than a header would have, to get past the length check and reach the magic, that is all of this text ....", 140);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "not a libuffd compressed snapshot");
+
+	/* a flipped bit in the header */
+	f[30] ^= 4;
+	write_file(bad, f, flen);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "header");
+	f[30] ^= 4;
+
+	/* a header that lies, its checksum right: sizes checked against each other */
+	f[24] ^= 0x10;	/* image size */
+	reseal_header(f);
+	write_file(bad, f, flen);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "header is corrupt");
+	f[24] ^= 0x10;
+	reseal_header(f);
+
+	/* another version */
+	f[8] = 2;
+	reseal_header(f);
+	write_file(bad, f, flen);
+	ASSERT_ERR(try_open(bad, &s), -EPROTONOSUPPORT, "version 2");
+	f[8] = 1;
+	/* flags a newer writer would set */
+	f[21] = 1;
+	reseal_header(f);
+	write_file(bad, f, flen);
+	ASSERT_ERR(try_open(bad, &s), -EPROTONOSUPPORT, "flags");
+	f[21] = 0;
+	reseal_header(f);
+
+	/* a flipped bit in the index */
+	f[idx + 3 * ENTRY + 7] ^= 1;
+	write_file(bad, f, flen);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "index");
+	/* the index forged to point frame 3 outside the frames: named */
+	reseal_index(f, flen);
+	write_file(bad, f, flen);
+	f[idx + 3 * ENTRY + 7] ^= 1;
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "frame 3");
+	/* a length beyond the index */
+	f[idx + 3 * ENTRY + 8 + 3] = 0x40;
+	reseal_index(f, flen);
+	write_file(bad, f, flen);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "frame 3: index entry invalid");
+	f[idx + 3 * ENTRY + 8 + 3] = 0;
+	/* an unknown kind */
+	f[idx + 2 * ENTRY + 16] = 9;
+	reseal_index(f, flen);
+	write_file(bad, f, flen);
+	ASSERT_ERR(try_open(bad, &s), -EBADMSG, "frame 2");
+	f[idx + 2 * ENTRY + 16] = 1;
+	reseal_index(f, flen);
+	write_file(bad, f, flen);
+	ck_assert_int_eq(try_open(bad, &s), 0);	/* the file is whole again */
+	uffd_snap_close(s);
+
+	ck_assert_int_eq(try_open(path("nonexistent"), &s), -ENOENT);
+	ck_assert_int_eq(try_open(dir, &s), -EINVAL);
+	free(f);
+	free(img);
+}
+END_TEST
+
+/* A frame whose stored bytes changed: its read fails, naming file and frame. */
+START_TEST(bad_frame)
+{
+	size_t len = 2 * MIB, flen;
+	uint8_t *img = make_image(len), *f, page[4096];
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = 64 * KIB };
+	const char *good = path("good.snap"), *bad = path("bad.snap");
+	struct uffd_snap *s;
+	uint64_t idx, e;
+
+	pack_buf(good, img, len, &o);
+	f = slurp(good, &flen);
+	idx = get64(f + 40);
+	/* frame 2 is incompressible (stored raw), frame 1 compressible (zstd) */
+	ck_assert_uint_eq(f[idx + 2 * ENTRY + 16], 2);
+	ck_assert_uint_eq(f[idx + 1 * ENTRY + 16], 1);
+
+	e = get64(f + idx + 2 * ENTRY);
+	f[e + 1000] ^= 1;
+	write_file(bad, f, flen);
+	ck_assert_int_eq(try_open(bad, &s), 0);	/* found when read, not at open */
+	ASSERT_OK(uffd_snap_read(s, 0, page, sizeof(page)));
+	ASSERT_ERR(uffd_snap_read(s, 2 * 64 * KIB + 4096, page, sizeof(page)), -EBADMSG,
+		   "frame 2 (bytes 131072..196607 of the image) fails its checksum");
+	ck_assert(strstr(uffd_last_error(), bad));
+	ck_assert_int_eq(uffd_snap_read(s, 2 * 64 * KIB, page, sizeof(page)), -EBADMSG);
+	ASSERT_ERR(uffd_snap_verify(s), -EBADMSG, "frame 2");
+	uffd_snap_close(s);
+	f[e + 1000] ^= 1;
+
+	/* a zstd frame: damaged data, or data that decompresses to other bytes */
+	e = get64(f + idx + 1 * ENTRY);
+	f[e + 20] ^= 0x21;
+	write_file(bad, f, flen);
+	ck_assert_int_eq(try_open(bad, &s), 0);
+	ASSERT_ERR(uffd_snap_read(s, 64 * KIB, page, sizeof(page)), -EBADMSG, "frame 1 ");
+	ck_assert(strstr(uffd_last_error(), bad));
+	uffd_snap_close(s);
+	f[e + 20] ^= 0x21;
+
+	/* an index whose checksum for frame 1 is wrong (the index re-sealed) */
+	f[idx + 1 * ENTRY + 12] ^= 1;
+	reseal_index(f, flen);
+	write_file(bad, f, flen);
+	ck_assert_int_eq(try_open(bad, &s), 0);
+	ASSERT_ERR(uffd_snap_read(s, 64 * KIB, page, sizeof(page)), -EBADMSG, "frame 1 (bytes 65536..131071 of the image) fails its checksum");
+	uffd_snap_close(s);
+
+	/* the file cut after open: the read says so, naming file and frame */
+	write_file(bad, f, flen);
+	ck_assert_int_eq(try_open(bad, &s), 0);
+	ck_assert_int_eq(truncate(bad, HDR + 10), 0);
+	ASSERT_ERR(uffd_snap_read(s, 3 * 64 * KIB, page, sizeof(page)), -EIO,
+		   "shorter than its index says");
+	ck_assert(strstr(uffd_last_error(), "frame 3:") && strstr(uffd_last_error(), bad));
+	uffd_snap_close(s);
+	free(f);
+	free(img);
+}
+END_TEST
+
+START_TEST(bad_chain)
+{
+	size_t len = 4 * MIB;
+	uint8_t *a = make_image(len), *b = make_image(len), *small = make_image(2 * MIB);
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = 256 * KIB };
+	const char *chain[2], *pa = path("a.snap"), *pb = path("b.snap");
+	struct uffd_snap *s, *base;
+
+	pack_buf(pa, a, len, &o);
+	pack_buf(pb, b, len, &o);	/* another base of the same size */
+	base = open1(pa);
+	o.parent = base;
+	pack_buf(path("diff.snap"), b, len, &o);
+	o.parent = NULL;
+
+	/* a diff on the wrong base: both identities named */
+	chain[0] = pb;
+	chain[1] = path("diff.snap");
+	ASSERT_ERR(uffd_snap_open(&s, chain, 2, NULL), -EINVAL, "not of");
+	ck_assert(strstr(uffd_last_error(), chain[1]) && strstr(uffd_last_error(), pb));
+	ck_assert_ptr_null(s);
+	/* a diff alone */
+	ASSERT_ERR(uffd_snap_open(&s, &chain[1], 1, NULL), -EINVAL, "pass its parent first");
+	/* a base as a diff */
+	chain[0] = pa;
+	chain[1] = pb;
+	ASSERT_ERR(uffd_snap_open(&s, chain, 2, NULL), -EINVAL, "a base, given as a diff");
+	/* the right base */
+	chain[1] = path("diff.snap");
+	ASSERT_OK(uffd_snap_open(&s, chain, 2, NULL));
+	check_image(s, b, len);
+	uffd_snap_close(s);
+
+	/* layers of different sizes: refused when packing and when opening */
+	{
+		const char *in = path("small.raw");
+		int fd;
+
+		write_file(in, small, 2 * MIB);
+		fd = open(in, O_RDONLY | O_CLOEXEC);
+		o.parent = base;
+		ASSERT_ERR(uffd_snap_pack(path("x.snap"), fd, &o), -EINVAL, "layers must be of one size");
+		/* another frame size than the parent's */
+		o.frame_size = MIB;
+		ASSERT_ERR(uffd_snap_pack(path("x.snap"), fd, &o), -EINVAL, "frame size");
+		close(fd);
+		o.parent = NULL;
+		o.frame_size = 256 * KIB;
+	}
+	{
+		/* forge: a diff of a's identity, of half the size */
+		struct uffd_snap *sm;
+		size_t flen;
+		uint8_t *f;
+
+		pack_buf(path("sm.snap"), small, 2 * MIB, &o);
+		sm = open1(path("sm.snap"));
+		o.parent = sm;
+		pack_buf(path("smd.snap"), small, 2 * MIB, &o);
+		uffd_snap_close(sm);
+		f = slurp(path("smd.snap"), &flen);
+		memcpy(f + 72, info_of(base, 0).id, 16);	/* parent_id := a's */
+		reseal_header(f);
+		write_file(path("smd.snap"), f, flen);
+		chain[0] = pa;
+		chain[1] = path("smd.snap");
+		ASSERT_ERR(uffd_snap_open(&s, chain, 2, NULL), -EINVAL, "layers must be of one size");
+		free(f);
+	}
+	uffd_snap_close(base);
+	free(a);
+	free(b);
+	free(small);
+}
+END_TEST
+
+START_TEST(args)
+{
+	struct uffd_snap *s = (struct uffd_snap *)1;
+	const char *none[1] = { NULL };
+	struct uffd_snap_opts so = { .size = 4 };
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = 96 * KIB };
+	uint8_t img[8192] = { 1 };
+	const char *p = path("a.snap");
+	struct uffd_snap_info i = { .size = 8 };
+	int fd;
+
+	ck_assert_int_eq(uffd_snap_open(NULL, &p, 1, NULL), -EINVAL);
+	ASSERT_ERR(uffd_snap_open(&s, &p, 0, NULL), -EINVAL, "at least one file");
+	ck_assert_ptr_null(s);
+	ASSERT_ERR(uffd_snap_open(&s, none, 1, NULL), -EINVAL, "NULL or empty");
+	ASSERT_ERR(uffd_snap_open(&s, &p, 1, &so), -EINVAL, "size");
+
+	write_file(path("in"), img, sizeof(img));
+	fd = open(path("in"), O_RDONLY | O_CLOEXEC);
+	ASSERT_ERR(uffd_snap_pack(p, fd, &o), -EINVAL, "power of two");
+	o.frame_size = 8 * MIB;
+	ASSERT_ERR(uffd_snap_pack(p, fd, &o), -EINVAL, "power of two");
+	o.frame_size = 0;
+	o.flags = UFFD_SNAP_PACK_DIFF;
+	ASSERT_ERR(uffd_snap_pack(p, fd, &o), -EINVAL, "needs its parent");
+	o.flags = 0;
+	o.level = 40;
+	ASSERT_ERR(uffd_snap_pack(p, fd, &o), -EINVAL, "level");
+	o.level = 0;
+	ck_assert_int_eq(uffd_snap_pack(NULL, fd, &o), -EINVAL);
+	ck_assert_int_eq(uffd_snap_pack(p, -1, &o), -EINVAL);
+	ASSERT_OK(uffd_snap_pack(p, fd, &o));
+	close(fd);
+	/* an image that is not whole pages */
+	write_file(path("in"), img, 5000);
+	fd = open(path("in"), O_RDONLY | O_CLOEXEC);
+	ASSERT_ERR(uffd_snap_pack(path("b.snap"), fd, &o), -EINVAL, "multiple of 4096");
+	close(fd);
+	ck_assert_int_eq(access(path("b.snap"), F_OK), -1);	/* nothing left behind */
+
+	s = open1(p);
+	ASSERT_ERR(uffd_snap_read(s, 4096, img, 4097), -EINVAL, "beyond the image");
+	ck_assert_int_eq(uffd_snap_read(s, 8193, img, 0), -EINVAL);
+	ck_assert_int_eq(uffd_snap_read(s, 8192, img, 0), 0);
+	ck_assert_int_eq(uffd_snap_read(NULL, 0, img, 1), -EINVAL);
+	ck_assert_int_eq(uffd_snap_info(s, 1, &i), -EINVAL);
+	ck_assert_int_eq(uffd_snap_info(s, 0, &i), -EINVAL);	/* size too small */
+	ck_assert_int_eq(uffd_snap_extent(NULL, 0, NULL), -EINVAL);
+	ck_assert_int_eq(uffd_snap_merge(NULL, s, NULL), -EINVAL);
+	o.flags = UFFD_SNAP_PACK_DIFF;
+	ck_assert_int_eq(uffd_snap_merge(path("c.snap"), s, &o), -EINVAL);
+	uffd_snap_close(s);
+	uffd_snap_close(NULL);
+	ck_assert_int_eq(uffd_snap_verify(NULL), -EINVAL);
+}
+END_TEST
+
+/* ---- the tool ---- */
+
+/* Run uffd-snap with args (NULL-terminated); its exit status, its output in out. */
+static int run_tool(char *out, size_t cap, const char *const *argl)
+{
+	const char *tool = getenv("UFFD_SNAP");
+	char *argv[16];
+	int pipefd[2], status;
+	size_t n = 0, i = 0;
+	ssize_t k;
+	pid_t pid;
+
+	argv[i++] = (char *)tool;
+	for (; argl[i - 1]; i++)
+		argv[i] = (char *)argl[i - 1];
+	argv[i] = NULL;
+	ck_assert_int_eq(pipe2(pipefd, O_CLOEXEC), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (!pid) {
+		dup2(pipefd[1], 1);
+		dup2(pipefd[1], 2);
+		execv(tool, argv);
+		_exit(127);
+	}
+	close(pipefd[1]);
+	while ((k = read(pipefd[0], out + n, cap - 1 - n)) > 0)
+		n += (size_t)k;
+	out[n] = 0;
+	close(pipefd[0]);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
+
+#define TOOL(out, ...) run_tool(out, sizeof(out), (const char *const[]){ __VA_ARGS__, NULL })
+
+START_TEST(tool)
+{
+	size_t len = 10 * MIB, flen;
+	uint8_t *base, *next, *f, *got;
+	char out[8192];
+	const char *mem = path("mem"), *diff = path("diff.mem");
+	const char *b = path("b.snap"), *d = path("d.snap");
+	int fd;
+
+	if (!getenv("UFFD_SNAP"))
+		SKIP_TEST("UFFD_SNAP is not set: uffd-snap was not built (-Dtools=false)");
+	diff_images(&base, &next, len);
+	write_file(mem, base, len);
+	fd = open(diff, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+	for (size_t p = 0; p < len; p += 4 * KIB)
+		if (memcmp(base + p, next + p, 4 * KIB))
+			ck_assert_int_eq(pwrite(fd, next + p, 4 * KIB, (off_t)p), 4 * KIB);
+	close(fd);
+
+	ck_assert_int_eq(TOOL(out, "pack", "--frame-size", "1M", mem, b), 0);
+	ck_assert_int_eq(TOOL(out, "pack", "--parent", b, "--diff", diff, d), 0);
+	ck_assert_int_eq(TOOL(out, "info", b, d), 0);
+	ck_assert_msg(strstr(out, "layer 1: ") && strstr(out, "(diff)") &&
+		      strstr(out, "parent 6 (60.0%)") && strstr(out, "10485760 bytes in 10 frames of 1048576 bytes, 2 layers"),
+		      "info said:\n%s", out);
+	ck_assert_int_eq(TOOL(out, "verify", b, d), 0);
+	ck_assert_msg(strstr(out, "ok: "), "%s", out);
+
+	/* unpack the chain: the new image, byte for byte */
+	ck_assert_int_eq(TOOL(out, "unpack", b, d, path("out")), 0);
+	got = slurp(path("out"), &flen);
+	ck_assert_uint_eq(flen, len);
+	ck_assert(!memcmp(got, next, len));
+	free(got);
+	/* merge, then unpack the merged one */
+	ck_assert_int_eq(TOOL(out, "merge", b, d, path("m.snap")), 0);
+	ck_assert_int_eq(TOOL(out, "unpack", path("m.snap"), path("out2")), 0);
+	got = slurp(path("out2"), &flen);
+	ck_assert(flen == len && !memcmp(got, next, len));
+	free(got);
+
+	/* a damaged frame: verify fails with exit 1 and names file and frame */
+	f = slurp(b, &flen);
+	f[HDR + 100] ^= 1;
+	write_file(path("bad.snap"), f, flen);
+	ck_assert_int_eq(TOOL(out, "verify", path("bad.snap")), 1);
+	ck_assert_msg(strstr(out, path("bad.snap")) && strstr(out, "frame "), "%s", out);
+	ck_assert_int_eq(TOOL(out, "unpack", path("bad.snap"), path("out3")), 1);
+	/* a diff on the wrong base */
+	ck_assert_int_eq(TOOL(out, "info", path("m.snap"), d), 1);
+	ck_assert_msg(strstr(out, "not of"), "%s", out);
+	/* usage */
+	ck_assert_int_eq(TOOL(out, "pack", mem), 2);
+	ck_assert_int_eq(TOOL(out, "frobnicate"), 2);
+	ck_assert_int_eq(TOOL(out, "pack", "--frame-size", "lots", mem, b), 2);
+	ck_assert_int_eq(TOOL(out, "pack", "--frame-size", "3M", mem, path("x.snap")), 1);
+	ck_assert_msg(strstr(out, "power of two"), "%s", out);
+	ck_assert_int_eq(TOOL(out, "--help"), 0);
+	free(f);
+	free(base);
+	free(next);
+}
+END_TEST
+
+static Suite *snapfmt_suite(void)
+{
+	Suite *s = suite_create("snapfmt");
+	TCase *tc;
+
+	tc = CASE(round_trip, 30);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, round_trip);
+	tc = CASE(zero_frames, 10);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, zero_frames);
+	tc = CASE(dedup, 10);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, dedup);
+	tc = CASE(parent_diff, 30);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, parent_diff);
+	tc = CASE(sparse_diff, 20);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, sparse_diff);
+	tc = CASE(cache_bound, 10);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, cache_bound);
+	tc = CASE(bad_files, 10);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, bad_files);
+	tc = CASE(bad_frame, 10);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, bad_frame);
+	tc = CASE(bad_chain, 20);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, bad_chain);
+	tc = CASE(args, 10);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, args);
+	tc = CASE(tool, 30);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, tool);
+	return s;
+}
+
+int main(void)
+{
+	return harness_run(snapfmt_suite());
+}
