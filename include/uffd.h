@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <poll.h>
 #include <sys/types.h>
 #include <linux/userfaultfd.h>
 
@@ -918,10 +919,13 @@ struct uffd_restore_stats {
 	uint64_t read_errors;      /**< failed or short reads */
 	uint64_t pages_recorded;   /**< in the trace being recorded */
 	uint64_t complete_ns;      /**< start to every page present; 0 while not */
+	/** Since 0.4: pages the source holds no data for (holes, no layer), zeros with no read; known at start */
+	uint64_t pages_hole;
 };
 /**
- * Copy the restore's counters into @p s (set s->size first).
- * @return 0, or -EINVAL (NULL, size this library cannot fill).
+ * Copy the restore's counters into @p s (set s->size first; a 0.3 caller's
+ * smaller struct gets the fields it knows).
+ * @return 0, or -EINVAL (NULL, size smaller than the 0.3 struct).
  */
 int uffd_restore_stats(const struct uffd_restore *rs, struct uffd_restore_stats *s);
 
@@ -940,7 +944,285 @@ uint64_t uffd_hist_quantile(const uint64_t *h, double q);
 void uffd_restore_free(struct uffd_restore *rs);
 
 /* ------------------------------------------------------------------ */
-/* 10. Compressed snapshots (since 0.4)                                */
+/* 10. Page sources: where a restore's bytes come from (since 0.4)     */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A page source is the one door between the restore engine and where a
+ * page's bytes live: a local file, layers of files (a base and diffs), a
+ * compressed snapshot, a server. The engine starts asynchronous reads of
+ * byte ranges into buffers it owns and is told when each one completes; it
+ * asks once, at uffd_restore_start(), what the source knows about each range
+ * (data, zero, not in this layer) so that ranges without data are served
+ * as zero pages with no read at all.
+ *
+ * Built-in sources: uffd_source_file() (reads on the restore thread's
+ * io_uring), uffd_source_layered() (newest layer wins, holes fall through,
+ * ranges no layer holds are zeros). Anyone can write another one: fill a
+ * struct uffd_source_ops and call uffd_source_new(); libuffd-source(7)
+ * explains how, with an example.
+ *
+ * Event loop: every read runs on the restore thread; many are in flight at
+ * once with no thread per read. A source that waits on file descriptors
+ * (sockets of an HTTP or NBD client) gives them, and a timeout, through its
+ * poll op; the restore thread waits on them in its io_uring
+ * (IORING_OP_POLL_ADD) next to its own reads and calls process when one is
+ * ready, when the timeout has passed, or after uffd_source_notify() (the way
+ * in for a source completing reads on threads of its own).
+ *
+ * Threading: read, advise, poll, process, attach, detach, and every done
+ * and partial callback a source calls, run on the thread of the restore the
+ * source is attached to (the restore thread), one at a time. extent and
+ * read_nowait may be called from any thread, concurrently, and must not
+ * block. uffd_source_notify() is for any thread. A source serves one
+ * restore at a time (several regions of it at once); give another restore
+ * its own source object.
+ *
+ * Memory: the engine bounds the reads it has in flight (queue_depth and its
+ * demand slots); a source bounds its own memory by refusing a read with
+ * -EAGAIN (the engine submits it again after a completion). Built-in sources
+ * allocate everything when created or attached, nothing on the restore
+ * thread: a fork() of the served process may hold malloc's lock while the
+ * restore runs. A user source that allocates in read or process may stall
+ * while a fork() is in progress, no more.
+ */
+struct uffd_source;
+/** The restore a source is attached to (opaque); see uffd_source_attach(). */
+struct uffd_source_env;
+
+/** What a source holds for a range: uffd_source_extent(). */
+enum uffd_extent {
+	UFFD_EXTENT_DATA = 0,   /**< bytes to read (they may be zeros too) */
+	UFFD_EXTENT_ZERO = 1,   /**< zeros, known without reading; hides older layers */
+	UFFD_EXTENT_ABSENT = 2, /**< not in this layer: an older layer's bytes show; zeros if none */
+};
+
+/**
+ * One asynchronous read, owned by whoever starts it (the engine, or a source
+ * reading from another): it stays valid, with its buffer, until done runs.
+ */
+struct uffd_source_req {
+	uint64_t off;   /**< first byte, in the source */
+	size_t   len;   /**< bytes; the source fills all of buf[0, len) */
+	void    *buf;   /**< where they go */
+	/**
+	 * Called once, on the restore thread: @p res 0 when every byte is in
+	 * buf, else -errno (-EIO for data the source cannot give, -ECANCELED
+	 * when the source is detached first). It may be called before
+	 * uffd_source_read() returns, and may start other reads.
+	 */
+	void   (*done)(struct uffd_source_req *req, int res);
+	/**
+	 * Optional (NULL: none). A source whose bytes arrive in pieces (a
+	 * remote chunk) may call it, before done, each time more of the start
+	 * of buf holds its final bytes: buf[0, @p ready), ready growing. The
+	 * engine maps the pages in that prefix at once, so faults waiting on
+	 * them wake before the rest arrives.
+	 */
+	void   (*partial)(struct uffd_source_req *req, size_t ready);
+	void    *ctx;     /**< the starter's */
+	uintptr_t priv[4]; /**< the source's, while the read is in flight */
+};
+
+/**
+ * A source's operations, versioned by size (set size to
+ * sizeof(struct uffd_source_ops)). Only read is required; impl is the
+ * pointer given to uffd_source_new().
+ */
+struct uffd_source_ops {
+	size_t size; /**< sizeof(struct uffd_source_ops) */
+	/**
+	 * Start reading req->len bytes at req->off into req->buf. Return 0:
+	 * req->done will run exactly once. Return -errno: it will not run;
+	 * -EAGAIN means "at my limit of reads in flight, try again after a
+	 * completion" (the way a source bounds its memory). The range is
+	 * within the source's length. Restore thread.
+	 */
+	int  (*read)(void *impl, struct uffd_source_req *req);
+	/**
+	 * Optional. Copy @p len bytes at @p off into @p buf now if that costs
+	 * no waiting (a page cache hit, a decompressed frame in a cache), else
+	 * return -EAGAIN. 0 or -errno (-EAGAIN, or an error the source knows
+	 * already). Any thread; must not block. The engine calls it from the
+	 * fault handler before queueing a read.
+	 */
+	int  (*read_nowait)(void *impl, uint64_t off, size_t len, void *buf);
+	/**
+	 * Optional (NULL: everything is data). What the source holds at @p off:
+	 * return an enum uffd_extent and set *run to the bytes from off, at
+	 * most @p len and at least 1, that are all of that kind; or -errno.
+	 * Any thread; must not block or read (extents are known at open).
+	 */
+	int  (*extent)(void *impl, uint64_t off, uint64_t len, uint64_t *run);
+	/** Optional. A hint: [off, off+len) will be read soon (read-ahead). Restore thread. */
+	void (*advise)(void *impl, uint64_t off, uint64_t len);
+	/**
+	 * Optional. The source joins a restore: set up what needs its loop
+	 * (connections, rings), and uffd_source_attach() the sources it reads
+	 * from with the same @p env. 0 or -errno (the restore does not start).
+	 * Called on the thread of uffd_restore_start().
+	 */
+	int  (*attach)(void *impl, struct uffd_source_env *env);
+	/**
+	 * Optional. The restore ends: complete every read still in flight
+	 * (done with -ECANCELED); no callback after it returns. Sources it
+	 * attached are detached before it (the innermost first).
+	 */
+	void (*detach)(void *impl);
+	/**
+	 * Optional. The descriptors to wait on now: fill at most @p max of
+	 * @p fds (fd and events), return how many; set *timeout_ns to when
+	 * process must run even if none is ready (-1: no timeout; 0: at
+	 * once). Asked again after each process. Restore thread.
+	 */
+	int  (*poll)(void *impl, struct pollfd *fds, unsigned max, int64_t *timeout_ns);
+	/**
+	 * Optional. Make progress (read sockets, complete reads): @p fds are
+	 * the @p n descriptors the last poll gave, revents set for those that
+	 * are ready (all 0 after a timeout or a notify). Must not block.
+	 * Restore thread.
+	 */
+	void (*process)(void *impl, const struct pollfd *fds, unsigned n);
+	/** Optional. Free impl: the last reference is gone (never while attached). */
+	void (*destroy)(void *impl);
+};
+
+/** What uffd_source_new() needs to know of a source, versioned by size. */
+struct uffd_source_info {
+	size_t      size;       /**< sizeof(struct uffd_source_info) */
+	const char *name;       /**< for messages, e.g. the file name (copied); NULL: "source" */
+	uint64_t    length;     /**< bytes the source holds; reads stay below it */
+	size_t      block_size; /**< natural unit (a chunk, a frame); 0: 4096. The engine aligns its reads to it */
+	unsigned    max_fds;    /**< most descriptors poll gives at once; 0 without poll */
+};
+
+/**
+ * Create a source from @p ops and @p impl. On success it holds one
+ * reference; on failure nothing of impl is freed (destroy is not called).
+ * @return 0; -EINVAL (NULL ops, read or info, sizes, length 0, block_size
+ *         not a power of two, max_fds above 64 or 0 with poll); -ENOMEM.
+ */
+int uffd_source_new(struct uffd_source **out, const struct uffd_source_ops *ops,
+		    void *impl, const struct uffd_source_info *info);
+
+/** Take one more reference to @p src (a restore and a layered source take their own). @return src. */
+struct uffd_source *uffd_source_ref(struct uffd_source *src);
+
+/** Drop a reference; the last one destroys the source. NULL is fine. */
+void uffd_source_unref(struct uffd_source *src);
+
+/** Bytes the source holds; 0 for NULL. */
+uint64_t uffd_source_length(const struct uffd_source *src);
+
+/** The source's natural block size; 0 for NULL. */
+size_t uffd_source_block_size(const struct uffd_source *src);
+
+/** The source's name, for messages ("" for NULL). */
+const char *uffd_source_name(const struct uffd_source *src);
+
+/**
+ * Start a read (for sources that read from other sources, and tests): the
+ * range is checked, then the source's read op is called. Restore thread
+ * of an attached source.
+ * @return 0 (req->done will run once); -EINVAL (NULL, empty, beyond the
+ *         length); -ENOTCONN (not attached); -EAGAIN and errors of the op.
+ */
+int uffd_source_read(struct uffd_source *src, struct uffd_source_req *req);
+
+/**
+ * The read_nowait op, range checked. @return 0; -EAGAIN (no op, or the
+ * bytes are not at hand); -EINVAL; errors of the op.
+ */
+int uffd_source_read_nowait(struct uffd_source *src, uint64_t off, size_t len, void *buf);
+
+/**
+ * What @p src holds at @p off: an enum uffd_extent, *run bytes from off
+ * (1 <= *run <= len) all of that kind. Without an extent op: all data.
+ * @return the kind; -EINVAL (NULL, len 0, beyond the length); errors of the op.
+ */
+int uffd_source_extent(struct uffd_source *src, uint64_t off, uint64_t len, uint64_t *run);
+
+/** The advise op, if any, for a range within the source. */
+void uffd_source_advise(struct uffd_source *src, uint64_t off, uint64_t len);
+
+/**
+ * Attach @p src to the restore behind @p env, from a source's attach op
+ * (the engine attaches the sources of its regions itself). Attaching a
+ * source twice to the same env counts, and is one attachment.
+ * @return 0; -EBUSY (attached to another restore); -EINVAL; -ENOMEM;
+ *         errors of the attach op.
+ */
+int uffd_source_attach(struct uffd_source *src, struct uffd_source_env *env);
+
+/**
+ * Have process called soon on the restore thread, e.g. after a thread of
+ * the source's own queued a completion. Any thread; async-signal-safe.
+ * Nothing happens while the source is not attached.
+ */
+void uffd_source_notify(struct uffd_source *src);
+
+/** Options of uffd_source_file(). */
+struct uffd_source_file_opts {
+	size_t   size;       /**< sizeof(struct uffd_source_file_opts) */
+	unsigned flags;      /**< UFFD_SOURCE_FILE_* */
+	uint64_t offset;     /**< the source's byte 0 is the file's byte offset */
+	uint64_t length;     /**< 0: to the end of the file */
+	const char *name;    /**< for messages; NULL: "fd N" */
+};
+/**
+ * Holes of the file (found once with SEEK_DATA/SEEK_HOLE) are "not in this
+ * layer" (UFFD_EXTENT_ABSENT), as in a Firecracker Diff snapshot, instead of
+ * zeros (UFFD_EXTENT_ZERO, the default).
+ */
+#define UFFD_SOURCE_FILE_DIFF (1u << 0)
+
+/**
+ * A source reading a regular file or block device @p fd (duplicated; open
+ * for reading) with the restore thread's io_uring; read_nowait is a
+ * page-cache hit (RWF_NOWAIT). Its extents are found once here: holes of a
+ * regular file read as zeros with no I/O (or fall through, with
+ * UFFD_SOURCE_FILE_DIFF).
+ * @return 0; -EBADF (fd not open for reading); -EINVAL (not a regular file
+ *         or block device, range beyond its end, empty, unknown flags);
+ *         -ENOMEM; -errno of lseek.
+ */
+int uffd_source_file(struct uffd_source **out, int fd, const struct uffd_source_file_opts *o);
+
+/** Options of uffd_source_layered(). */
+struct uffd_source_layered_opts {
+	size_t      size;      /**< sizeof(struct uffd_source_layered_opts) */
+	unsigned    max_reads; /**< reads of the layers in flight at once; 0: 256 */
+	const char *name;      /**< for messages; NULL: "layered" */
+};
+
+/**
+ * A source made of @p n layers, @p layers[0] the oldest (the base) and
+ * layers[n-1] the newest, all of one length: each byte comes from the
+ * newest layer whose extent there is DATA or ZERO; ranges no layer holds
+ * are zeros (ABSENT from the whole, so a restore serves them with no read).
+ * The layers' extents are merged once, here. Takes a reference to each
+ * layer. Layers may be any sources, layered ones too.
+ * @return 0; -EINVAL (NULL, n 0 or above 64, lengths differ: the message
+ *         names the layer); -ENOMEM; errors of a layer's extent op.
+ */
+int uffd_source_layered(struct uffd_source **out, struct uffd_source *const *layers,
+			unsigned n, const struct uffd_source_layered_opts *o);
+
+/**
+ * Serve region @p r of restore @p rs from @p src at @p offset: the region's
+ * page at off is the source's bytes at offset + off. Like
+ * uffd_restore_add_region() otherwise (which is this with
+ * uffd_source_file()). Takes a reference to @p src; one source may serve
+ * several regions of a restore.
+ * @return 0; -EINVAL (NULL, unaligned offset, region mode, source too
+ *         short, restore started); -EBUSY (the region is in a loop or
+ *         restore already, or the source serves another restore); -ENOMEM.
+ */
+int uffd_restore_add_region_source(struct uffd_restore *rs, struct uffd_region *r,
+				   struct uffd_source *src, uint64_t offset);
+
+/* ------------------------------------------------------------------ */
+/* 11. Compressed snapshots (since 0.4)                                */
 /* ------------------------------------------------------------------ */
 
 /*

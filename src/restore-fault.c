@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The restore's handlers, on loop threads inside a fork-gate section:
- * demand faults (resolved at once when the page is in the file's page
- * cache, else queued for the restore thread, or deferred on a read in
+ * demand faults (resolved at once when the source has the page at hand,
+ * e.g. in the file's page cache, else queued for the restore thread, or deferred on a read in
  * flight), pages the owner gives back (REMOVE) and ranges it unmaps.
  * Cheap and non-blocking: one non-blocking read, one resolution.
  */
@@ -50,6 +50,8 @@ static int serve_zero(struct uffd_restore *rs, struct rs_region *g, size_t page,
 	if (!err && was == PG_ZERO && rs__page_cas(rs, g, page, PG_ZERO, PG_PRESENT) &&
 	    kind != UFFD_FAULT_MINOR)
 		atomic_fetch_add(&rs->pages_zero, 1);
+	if (!err && was == PG_HOLE)	/* counted in pages_hole at the start */
+		rs__page_cas(rs, g, page, PG_HOLE, PG_PRESENT);
 	return err;
 }
 
@@ -92,44 +94,31 @@ static int install_one(struct uffd_restore *rs, struct rs_region *g, size_t page
 	return UFFD_HANDLED;
 }
 
-/* Blocking read on this thread: only when the restore thread's queue is full. */
-static int read_blocking(struct uffd_restore *rs, struct rs_region *g, size_t page,
-			 char *dst, const struct rs_fault *f)
-{
-	ssize_t n = pread(g->fd, dst, g->ps, (off_t)(g->offset + page * g->ps));
-
-	if (n == (ssize_t)g->ps)
-		return install_one(rs, g, page, g->cont ? NULL : dst, f);
-	rs__page_cas(rs, g, page, PG_INFLIGHT, PG_BAD);
-	rs__io_failed(rs);
-	return uffd__err(n < 0 ? -errno : -EIO, "restore: reading page %zu of region %u from the file failed (%s)",
-			 page, g->idx, n < 0 ? uffd__errname(-errno) : "short read");
-}
-
 /*
- * The page is ours to read (INFLIGHT). From the page cache at once when it
- * is there (RWF_NOWAIT), else on the restore thread's ring.
+ * The page is ours to read (INFLIGHT). At once when its source has the
+ * bytes at hand (a page-cache hit, a cached frame), else on the restore
+ * thread; when that thread's queue is full the fault comes back later.
  */
 static int read_page(struct uffd_restore *rs, struct rs_region *g, size_t page,
 		     const struct rs_fault *f)
 {
 	char *buf = g->cont ? NULL : lbuf_take(rs);
 	char *dst = g->cont ? (char *)uffd_region_alias(g->r) + page * g->ps : buf;
-	struct iovec iov = { dst, g->ps };
-	ssize_t n = dst ? preadv2(g->fd, &iov, 1, (off_t)(g->offset + page * g->ps), RWF_NOWAIT) : -1;
+	int err = dst ? uffd_source_read_nowait(g->src, g->offset + page * g->ps, g->ps, dst) : -EAGAIN;
 	int v;
 
-	if (n == (ssize_t)g->ps)
+	if (!err)
 		v = install_one(rs, g, page, buf, f);
-	else if (n < 0 && dst && errno != EAGAIN && errno != EOPNOTSUPP)
-		v = read_blocking(rs, g, page, dst, f);	/* a real error: let a plain read say it */
-	else if (rs__io_demand(rs, f))
+	else if (err != -EAGAIN) {
+		rs__page_cas(rs, g, page, PG_INFLIGHT, PG_BAD);
+		rs__io_failed(rs);
+		v = uffd__err(err, "restore: reading page %zu of region %u from %s failed (%s)",
+			      page, g->idx, uffd_source_name(g->src), uffd__errname(err));
+	} else if (rs__io_demand(rs, f))
 		v = UFFD_DEFER;
-	else if (dst)
-		v = read_blocking(rs, g, page, dst, f);
 	else {
 		rs__page_cas(rs, g, page, PG_INFLIGHT, PG_ABSENT);
-		v = UFFD_RETRY;	/* no buffer, queue full: once the restore thread caught up */
+		v = UFFD_RETRY;	/* the queue is full: once the restore thread caught up */
 	}
 	lbuf_put(rs, buf);
 	return v;
@@ -148,7 +137,8 @@ static int on_fault(void *ctx, struct uffd_fault *uf)
 	for (;;) {
 		switch (rs__page(g, f.page)) {
 		case PG_PRESENT:
-		case PG_ZERO: {
+		case PG_ZERO:
+		case PG_HOLE: {
 			int err = serve_zero(rs, g, f.page, f.kind);
 
 			if (err == -EAGAIN)
@@ -165,8 +155,8 @@ static int on_fault(void *ctx, struct uffd_fault *uf)
 			atomic_fetch_add(&rs->inflight_hits, 1);
 			return UFFD_DEFER;
 		case PG_BAD:
-			return uffd__err(-EIO, "restore: page %zu of region %u could not be read from the file",
-					 f.page, g->idx);
+			return uffd__err(-EIO, "restore: page %zu of region %u could not be read from %s",
+					 f.page, g->idx, uffd_source_name(g->src));
 		case PG_ABSENT:
 			if (rs__page_cas(rs, g, f.page, PG_ABSENT, PG_INFLIGHT))
 				return read_page(rs, g, f.page, &f);

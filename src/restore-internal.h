@@ -6,7 +6,8 @@
  * its io_uring), restore-trace.c (record and replay) and restore-state.c
  * (page states, counters, resolving a run, the end). Calls go one way:
  * restore.c -> restore-fault.c -> restore-io.c -> restore-trace.c ->
- * restore-state.c (a file may skip steps, never go back).
+ * restore-state.c (a file may skip steps, never go back); all of them may
+ * call the page sources (source-internal.h), which call none of them.
  *
  * Memory rule: the restore thread allocates nothing after start (a fork()
  * may hold malloc's lock while it waits for the loop); what it needs is
@@ -20,6 +21,7 @@
 #include <stdatomic.h>
 
 #include "internal.h"
+#include "source-internal.h"
 #include "trace.h"
 
 /* A page's state, one atomic byte per page. */
@@ -29,6 +31,7 @@ enum rs_page {
 	PG_PRESENT,	/* mapped with the file's contents or a zero page; or gone */
 	PG_ZERO,	/* given back by the owner (REMOVE): zeros from now on */
 	PG_BAD,		/* its demand read failed: faults on it fail (-EIO) */
+	PG_HOLE,	/* the source holds no data for it: a zero page, never a read */
 };
 
 /* One served region. */
@@ -36,8 +39,8 @@ struct rs_region {
 	struct uffd_restore *rs;	/* the restore it belongs to */
 	struct uffd_region *r;	/* its handlers get this rs_region as ctx */
 	unsigned idx;		/* in the restore's order (traces name it so) */
-	int fd;			/* our duplicate of the file */
-	uint64_t offset;	/* of the region's page 0 in the file */
+	struct uffd_source *src;	/* a reference */
+	uint64_t offset;	/* of the region's page 0 in the source */
 	size_t ps;		/* page size */
 	size_t npages;
 	bool cont;		/* MINOR with alias: read into the alias, CONTINUE */
@@ -58,11 +61,13 @@ struct rs_fault {
 
 /* One read slot of the restore thread (its buffer, if MISSING, is its own). */
 struct rs_read {
+	struct uffd_source_req req;	/* ctx: the restore */
 	struct rs_region *g;
 	size_t first, n;	/* pages */
 	char *buf;		/* bounce buffer; the read goes to the alias when cont */
 	enum rs_why why;
 	bool busy;		/* a read or a retry is pending */
+	bool refused;		/* the source said -EAGAIN: submit again after a completion */
 	bool retry;		/* resolution hit -EAGAIN: resolve again at retry_ns */
 	uint64_t retry_ns;
 	size_t done;		/* bytes resolved before the retry */
@@ -80,7 +85,7 @@ struct uffd_restore {
 
 	/* counters */
 	atomic_uint_fast64_t faults[3], lat[3][UFFD_HIST_BUCKETS];
-	atomic_uint_fast64_t pages_demand, pages_prefetched, pages_filled, pages_zero;
+	atomic_uint_fast64_t pages_demand, pages_prefetched, pages_filled, pages_zero, pages_hole;
 	atomic_uint_fast64_t bytes_read, inflight_hits, read_errors;
 	atomic_uint_fast64_t done;	/* pages PRESENT or ZERO */
 	atomic_uint_fast64_t complete_ns;
@@ -108,12 +113,14 @@ struct uffd_restore {
 	atomic_bool stop;
 	char *bufs;		/* the read slots' bounce buffers */
 	size_t bufs_len, slot_len;
+	bool keep_bufs;		/* a source kept reads into them past the end */
 	struct rs_read *rd;	/* queue_depth prefetch slots, then demand slots */
 	unsigned nrd, ndemand;
 	unsigned prefetch_busy;
 	uint64_t efd_val;
 	bool efd_armed;
-	unsigned advising;	/* fadvise requests in flight */
+	struct uffd_source_env env;	/* the sources attached to this restore */
+	bool env_ok;
 	uint64_t fill_due_ns;	/* token bucket of the fill */
 
 	/* end */
@@ -141,6 +148,8 @@ void rs__latency(struct uffd_restore *rs, int kind, uint64_t t0);
 /* CAS of one page's state; on success to PRESENT/ZERO from ABSENT/INFLIGHT, the page counts as done. */
 bool rs__page_cas(struct uffd_restore *rs, struct rs_region *g, size_t page,
 		  enum rs_page from, enum rs_page to);
+/* Start: pages of g its source holds no data for become HOLE (done, no read). -errno. */
+int rs__holes(struct uffd_restore *rs, struct rs_region *g);
 /* Marks a page ZERO whatever it was (a REMOVE). */
 void rs__page_zero(struct uffd_restore *rs, struct rs_region *g, size_t page);
 /* Marks a page PRESENT whatever it was (unmapped: nothing to bring in). */

@@ -4,7 +4,11 @@
  * limited but by their slots), then the trace's pages, then the fill,
  * merged into runs of adjacent absent pages; read-ahead hints a window
  * ahead of the replay; each completed read resolved with one COPY (from
- * its bounce buffer) or CONTINUE (it was read into the alias view).
+ * its bounce buffer) or CONTINUE (it was read into the alias view), and
+ * the part of a run that arrived first resolved before the rest when the
+ * source says so (partial). Reads go to the regions' page sources, which
+ * run in this thread's ring (source-env.c): their own requests, their
+ * descriptors polled, their process calls.
  * Everything it uses is allocated by rs__io_start(): it allocates nothing.
  */
 #include <errno.h>
@@ -18,15 +22,15 @@
 
 #include "restore-internal.h"
 
-#define TAG_EFD    (~0ull)
-#define TAG_ADVISE (~0ull - 1)
-#define ADVISE_MAX 8			/* read-ahead hints in flight */
+#define TAG_EFD    1ull			/* low 3 bits not 0, POLL or IGNORE: see source-internal.h */
 #define ADVISE_WINDOW (8u << 20)	/* bytes of the trace hinted ahead of the replay */
 #define ADVISE_RUN (1u << 20)		/* bytes per hint at most */
 #define RETRY_NS 200000ull		/* a resolution that met pending events: again after this */
 #define LBUFS 4				/* loop threads reading at once without queueing */
 #define QCAP 4096			/* demand faults queued */
 #define WAITERS 1024			/* deferred faults whose latency is recorded */
+#define REFUSED_NS 1000000ull		/* a read the source refused: again after this at the latest */
+#define STOP_NS 2000000000ull		/* at the end, how long sources may take to complete their reads */
 
 /* ---- demand queue (any loop thread -> the restore thread) ---- */
 
@@ -92,19 +96,51 @@ static void arm_efd(struct uffd_restore *rs)
 	rs->efd_armed = true;
 }
 
-static void submit_read(struct uffd_restore *rs, struct rs_read *s)
+static void read_done(struct uffd_restore *rs, struct rs_read *s, int res);
+static void on_partial(struct uffd_source_req *req, size_t ready);
+
+static void on_done(struct uffd_source_req *req, int res)
+{
+	read_done(req->ctx, (struct rs_read *)(void *)req, res);
+}
+
+/* Hands the slot's run to its source; a refusal (-EAGAIN) is tried again later. */
+static void issue(struct uffd_restore *rs, struct rs_read *s)
 {
 	struct rs_region *g = s->g;
-	struct io_uring_sqe *sqe = sqe_get(rs);
-	char *dst = g->cont ? (char *)uffd_region_alias(g->r) + s->first * g->ps : s->buf;
+	int err;
 
+	s->refused = false;
+	s->req = (struct uffd_source_req){
+		.off = g->offset + s->first * g->ps, .len = s->n * g->ps,
+		.buf = g->cont ? (char *)uffd_region_alias(g->r) + s->first * g->ps : s->buf,
+		.done = on_done, .partial = on_partial, .ctx = rs };
+	err = uffd_source_read(g->src, &s->req);
+	if (err == -EAGAIN)
+		s->refused = true;
+	else if (err)
+		read_done(rs, s, err);
+}
+
+static void submit_read(struct uffd_restore *rs, struct rs_read *s)
+{
 	s->busy = true;
 	s->retry = false;
 	s->done = 0;
-	io_uring_prep_read(sqe, g->fd, dst, (unsigned)(s->n * g->ps), g->offset + s->first * g->ps);
-	io_uring_sqe_set_data64(sqe, (uint64_t)(s - rs->rd));
 	if (s->why != RD_DEMAND)
 		rs->prefetch_busy++;
+	issue(rs, s);
+}
+
+/* Reads the sources refused: again now; *wait_ns bounded while some remain. */
+static void resubmit(struct uffd_restore *rs, uint64_t *wait_ns)
+{
+	for (unsigned i = 0; i < rs->nrd; i++)
+		if (rs->rd[i].busy && rs->rd[i].refused)
+			issue(rs, &rs->rd[i]);
+	for (unsigned i = 0; i < rs->nrd; i++)
+		if (rs->rd[i].busy && rs->rd[i].refused && *wait_ns > REFUSED_NS)
+			*wait_ns = REFUSED_NS;
 }
 
 static struct rs_read *free_slot(struct uffd_restore *rs, bool demand)
@@ -140,9 +176,11 @@ static void submit_demand(struct uffd_restore *rs)
  */
 static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t page, bool traced)
 {
-	size_t n = 1, max = rs->slot_len / g->ps;
+	size_t n = 1, max = rs->slot_len / g->ps, block = uffd_source_block_size(g->src);
+	bool align = block > g->ps && block <= rs->slot_len;	/* runs end where the source's blocks do */
 
 	while (n < max && page + n < g->npages &&
+	       !(align && (g->offset + (page + n) * g->ps) % block == 0) &&
 	       (!traced || trace__has(&rs->replay, g->idx, page + n)) &&
 	       rs__page_cas(rs, g, page + n, PG_ABSENT, PG_INFLIGHT))
 		n++;
@@ -233,10 +271,9 @@ static void submit_advice(struct uffd_restore *rs)
 
 	if (rs->advise_next < rs->replay_next)
 		rs->advise_next = rs->replay_next;
-	while (rs->advising < ADVISE_MAX && rs->advise_next < rs->replay_next + window &&
+	while (rs->advise_next < rs->replay_next + window &&
 	       rs__replay_at(rs, rs->advise_next, &g, &page)) {
 		size_t n = 1;
-		struct io_uring_sqe *sqe;
 
 		rs->advise_next++;
 		if (rs__page(g, page) != PG_ABSENT)
@@ -246,12 +283,7 @@ static void submit_advice(struct uffd_restore *rs)
 			n++;
 			rs->advise_next++;
 		}
-		if (!(sqe = sqe_get(rs)))
-			return;
-		io_uring_prep_fadvise(sqe, g->fd, g->offset + page * g->ps, (off_t)(n * g->ps),
-				      POSIX_FADV_WILLNEED);
-		io_uring_sqe_set_data64(sqe, TAG_ADVISE);
-		rs->advising++;
+		uffd_source_advise(g->src, g->offset + page * g->ps, n * g->ps);
 	}
 }
 
@@ -275,15 +307,18 @@ static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto)
 	struct rs_region *g = s->g;
 	uint64_t in = 0;
 
+	bool ending = atomic_load(&rs->stop);	/* reads cancelled at the end are no failure */
+
 	for (size_t i = 0; i < s->n; i++) {
-		enum rs_page to = i < upto ? PG_PRESENT : s->why == RD_DEMAND ? PG_BAD : PG_ABSENT;
+		enum rs_page to = i < upto ? PG_PRESENT : s->why == RD_DEMAND && !ending ? PG_BAD : PG_ABSENT;
 
 		in += rs__page_cas(rs, g, s->first + i, PG_INFLIGHT, to) && to == PG_PRESENT;
 	}
 	if (upto < s->n) {
 		uffd_wake(uffd_region_uffd(g->r), (void *)rs__addr(g, s->first + upto),
 			  (s->n - upto) * g->ps);
-		rs__io_failed(rs);
+		if (!ending)
+			rs__io_failed(rs);
 	}
 	count_pages(rs, s->why, in);
 	rs__waiters_done(rs, g, s->first, s->n);
@@ -292,6 +327,7 @@ static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto)
 	else
 		rs->prefetch_busy--;
 	s->busy = false;
+	s->refused = false;
 }
 
 /* Resolves the run (again, after -EAGAIN), or schedules a retry. */
@@ -311,12 +347,32 @@ static void install_run(struct uffd_restore *rs, struct rs_read *s)
 
 static void read_done(struct uffd_restore *rs, struct rs_read *s, int res)
 {
-	if (res == (int)(s->n * s->g->ps)) {
-		atomic_fetch_add(&rs->bytes_read, (uint64_t)res);
+	if (!res) {
+		atomic_fetch_add(&rs->bytes_read, (uint64_t)(s->n * s->g->ps));
 		install_run(rs, s);
 	} else {
-		run_end(rs, s, 0);	/* error, short read: nothing installed */
+		run_end(rs, s, s->done / s->g->ps);	/* what arrived in part is in; the rest failed */
 	}
+}
+
+/* The first bytes of the run are there: resolve their pages now, and wake their waiters. */
+static void on_partial(struct uffd_source_req *req, size_t ready)
+{
+	struct rs_read *s = (struct rs_read *)(void *)req;
+	struct uffd_restore *rs = req->ctx;
+	struct rs_region *g = s->g;
+	size_t n = ready / g->ps, was = s->done / g->ps;
+	int err;
+
+	if (n > s->n)
+		n = s->n;
+	if (s->retry || n <= was)
+		return;
+	err = rs__install(rs, g, s->first, n, g->cont ? NULL : s->buf, &s->done);
+	if (err == -ESRCH)
+		rs__owner_gone(rs);
+	if (s->done / g->ps > was)
+		rs__waiters_done(rs, g, s->first + was, s->done / g->ps - was);
 }
 
 static void reap(struct uffd_restore *rs)
@@ -330,10 +386,8 @@ static void reap(struct uffd_restore *rs)
 		io_uring_cqe_seen(&rs->ring, cqe);
 		if (tag == TAG_EFD)
 			rs->efd_armed = false;
-		else if (tag == TAG_ADVISE)
-			rs->advising--;
-		else if (tag < rs->nrd)
-			read_done(rs, &rs->rd[tag], res);
+		else
+			uffd__env_cqe(&rs->env, tag, res);
 	}
 }
 
@@ -354,14 +408,6 @@ static void retry_due(struct uffd_restore *rs, uint64_t *wait_ns)
 	}
 }
 
-static bool reads_busy(const struct uffd_restore *rs)
-{
-	for (unsigned i = 0; i < rs->nrd; i++)
-		if (rs->rd[i].busy && !rs->rd[i].retry)
-			return true;
-	return rs->advising > 0;
-}
-
 static void wait_cqe(struct uffd_restore *rs, uint64_t wait_ns)
 {
 	struct __kernel_timespec ts = { .tv_sec = (long long)(wait_ns / 1000000000u),
@@ -369,6 +415,48 @@ static void wait_cqe(struct uffd_restore *rs, uint64_t wait_ns)
 	struct io_uring_cqe *cqe;
 
 	io_uring_submit_and_wait_timeout(&rs->ring, &cqe, 1, wait_ns == UINT64_MAX ? NULL : &ts, NULL);
+}
+
+/* Slots whose source still has their read. */
+static bool reads_busy(const struct uffd_restore *rs)
+{
+	for (unsigned i = 0; i < rs->nrd; i++)
+		if (rs->rd[i].busy && !rs->rd[i].retry && !rs->rd[i].refused)
+			return true;
+	return false;
+}
+
+/* Slots not handed to a source (refused, or waiting to resolve again) end here. */
+static void end_idle_slots(struct uffd_restore *rs)
+{
+	for (unsigned i = 0; i < rs->nrd; i++) {
+		struct rs_read *s = &rs->rd[i];
+
+		if (s->busy && (s->refused || s->retry))
+			run_end(rs, s, s->done / s->g->ps);
+	}
+}
+
+/*
+ * The end: the sources are detached (each completes what it can, with
+ * -ECANCELED), then every read still out is waited for: those of the
+ * ring always (they write into our buffers), those of other sources for
+ * STOP_NS at most -- past it the buffers are kept, never freed under a
+ * late write.
+ */
+static void drain(struct uffd_restore *rs)
+{
+	uint64_t until = rs__now_ns() + STOP_NS;
+
+	uffd__env_detach(&rs->env);
+	end_idle_slots(rs);
+	while (rs->env.ring_inflight || (reads_busy(rs) && rs__now_ns() < until)) {
+		wait_cqe(rs, 10000000);
+		reap(rs);
+		uffd__env_process(&rs->env);
+		end_idle_slots(rs);
+	}
+	rs->keep_bufs = reads_busy(rs);
 }
 
 static void *thread_main(void *arg)
@@ -379,6 +467,7 @@ static void *thread_main(void *arg)
 		uint64_t wait_ns = UINT64_MAX;
 
 		arm_efd(rs);
+		resubmit(rs, &wait_ns);
 		submit_demand(rs);
 		retry_due(rs, &wait_ns);
 		submit_prefetch(rs, &wait_ns);
@@ -386,14 +475,12 @@ static void *thread_main(void *arg)
 			submit_advice(rs);
 		if (rs__all_done(rs))
 			rs__finish(rs);
+		uffd__env_prepare(&rs->env, &wait_ns);
 		wait_cqe(rs, wait_ns);
 		reap(rs);
+		uffd__env_process(&rs->env);
 	}
-	/* No read may land in freed buffers: wait for every one (file reads end). */
-	while (reads_busy(rs)) {
-		io_uring_submit_and_wait(&rs->ring, 1);
-		reap(rs);
-	}
+	drain(rs);
 	return NULL;
 }
 
@@ -450,7 +537,7 @@ static int ring(struct uffd_restore *rs)
 	unsigned entries = 16;
 	int err;
 
-	while (entries < rs->nrd + ADVISE_MAX + 4)
+	while (entries < rs->nrd + 16)
 		entries *= 2;
 	rs->efd = eventfd(0, EFD_CLOEXEC);	/* blocking: io_uring polls it */
 	if (rs->efd < 0)
@@ -460,6 +547,20 @@ static int ring(struct uffd_restore *rs)
 		return uffd__err(err, "uffd_restore_start: io_uring_queue_init: %s; io_uring may be disabled (sysctl kernel.io_uring_disabled)",
 				 uffd__errname(err));
 	rs->ring_ok = true;
+	rs->env.ring = &rs->ring;
+	rs->env.efd = rs->efd;
+	return 0;
+}
+
+/* Each region's source joins this restore's thread (once, however many regions it serves). */
+static int attach(struct uffd_restore *rs)
+{
+	int err;
+
+	rs->env_ok = true;
+	for (unsigned i = 0; i < rs->nregs; i++)
+		if ((err = uffd_source_attach(rs->regs[i].src, &rs->env)))
+			return err;
 	return 0;
 }
 
@@ -483,7 +584,8 @@ int rs__io_start(struct uffd_restore *rs)
 {
 	int err;
 
-	if ((err = tables(rs)) || (err = buffers(rs)) || (err = ring(rs)) || (err = spawn(rs)))
+	if ((err = tables(rs)) || (err = buffers(rs)) || (err = ring(rs)) || (err = attach(rs)) ||
+	    (err = spawn(rs)))
 		return err;
 	return 0;
 }
@@ -496,13 +598,19 @@ void rs__io_stop(struct uffd_restore *rs)
 		pthread_join(rs->thread, NULL);
 		rs->thread_ok = false;
 	}
+	if (rs->env_ok) {
+		uffd__env_detach(&rs->env);	/* no-op when the thread detached them */
+		uffd__env_free(&rs->env);	/* the sources may serve another restore now */
+		rs->env = (struct uffd_source_env){ 0 };
+		rs->env_ok = false;
+	}
 	if (rs->ring_ok)
 		io_uring_queue_exit(&rs->ring);	/* after the thread waited for its reads */
 	rs->ring_ok = false;
 	if (rs->efd >= 0)
 		close(rs->efd);
 	rs->efd = -1;
-	if (rs->bufs)
+	if (rs->bufs && !rs->keep_bufs)	/* kept: a source never completed a read into them */
 		munmap(rs->bufs, rs->bufs_len);
 	rs->bufs = NULL;
 	free(rs->rd);

@@ -28,7 +28,7 @@ enum rs_page rs__page(const struct rs_region *g, size_t page)
 
 static bool is_done(enum rs_page s)
 {
-	return s == PG_PRESENT || s == PG_ZERO;
+	return s == PG_PRESENT || s == PG_ZERO || s == PG_HOLE;
 }
 
 /* A page went from not done to done: count it (the last one ends the restore). */
@@ -52,6 +52,33 @@ bool rs__page_cas(struct uffd_restore *rs, struct rs_region *g, size_t page,
 static void page_set(struct uffd_restore *rs, struct rs_region *g, size_t page, enum rs_page to)
 {
 	count_done(rs, (enum rs_page)atomic_exchange(&g->st[page], (unsigned char)to), to);
+}
+
+/*
+ * Pages wholly inside ranges the source says are zeros or not there: HOLE,
+ * done from the start, served as zero pages, never read, and left alone by
+ * a detach (an absent page reads zeros, as a served one would).
+ */
+int rs__holes(struct uffd_restore *rs, struct rs_region *g)
+{
+	uint64_t off = g->offset, end = g->offset + (uint64_t)g->npages * g->ps, run;
+
+	while (off < end) {
+		int kind = uffd_source_extent(g->src, off, end - off, &run);
+
+		if (kind < 0)
+			return kind;
+		if (kind != UFFD_EXTENT_DATA) {
+			size_t first = (size_t)((off - g->offset + g->ps - 1) / g->ps);
+			size_t last = (size_t)((off + run - g->offset) / g->ps);
+
+			for (size_t p = first; p < last; p++)
+				if (rs__page_cas(rs, g, p, PG_ABSENT, PG_HOLE))
+					atomic_fetch_add(&rs->pages_hole, 1);
+		}
+		off += run;
+	}
+	return 0;
 }
 
 void rs__page_zero(struct uffd_restore *rs, struct rs_region *g, size_t page)

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <linux/fs.h>
@@ -20,6 +21,8 @@
 #define DEFAULT_DEPTH 32
 #define DEFAULT_MAX_READ (256u << 10)
 #define FLAGS_ALL (UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH | UFFD_RESTORE_RECORD)
+/* sizeof(struct uffd_restore_stats) in 0.3, which ended with complete_ns */
+#define STATS_03 (offsetof(struct uffd_restore_stats, complete_ns) + sizeof(uint64_t))
 
 /* ---- the API ---- */
 
@@ -87,27 +90,9 @@ static struct rs_region *region_of(struct uffd_restore *rs, const struct uffd_re
 	return NULL;
 }
 
-/* The file's size (regular file or block device), leaving its offset alone. */
-static int file_size(int fd, uint64_t *size)
+/* What every region needs, whatever serves it. */
+static int check_region(const char *call, struct uffd_restore *rs, struct uffd_region *r, uint64_t offset)
 {
-	struct stat st;
-
-	if (fstat(fd, &st))
-		return -errno;
-	if (S_ISBLK(st.st_mode))
-		return ioctl(fd, BLKGETSIZE64, size) ? -errno : 0;
-	if (!S_ISREG(st.st_mode))
-		return -EINVAL;
-	*size = (uint64_t)st.st_size;
-	return 0;
-}
-
-static int check_region(struct uffd_restore *rs, struct uffd_region *r, int fd, uint64_t offset)
-{
-	const char *call = "uffd_restore_add_region";
-	uint64_t size;
-	int acc;
-
 	if (!rs || !r)
 		return uffd__err(-EINVAL, "%s: %s is NULL", call, rs ? "region" : "restore");
 	if (rs->started)
@@ -121,19 +106,12 @@ static int check_region(struct uffd_restore *rs, struct uffd_region *r, int fd, 
 	if (offset % r->page_size)
 		return uffd__err(-EINVAL, "%s: offset 0x%llx is not a multiple of the region's page size %zu",
 				 call, (unsigned long long)offset, r->page_size);
-	if ((acc = fcntl(fd, F_GETFL)) < 0 || (acc & O_ACCMODE) == O_WRONLY)
-		return uffd__err(-EBADF, "%s: fd %d is %s", call, fd, acc < 0 ? "not open" : "not open for reading");
 	if (__atomic_load_n(&r->loop, __ATOMIC_ACQUIRE) || region_of(rs, r))
 		return uffd__err(-EBUSY, "%s: the region at %p is in a loop or a restore already", call, uffd_region_base(r));
-	if ((acc = file_size(fd, &size)))
-		return uffd__err(acc, "%s: the size of fd %d is unknown (%s)", call, fd, uffd__errname(acc));
-	if (size < offset || size - offset < r->length)
-		return uffd__err(-EINVAL, "%s: the file (%llu bytes) does not cover the region: %zu bytes from offset %llu",
-				 call, (unsigned long long)size, r->length, (unsigned long long)offset);
 	return 0;
 }
 
-static int regs_grow(struct uffd_restore *rs)
+static int regs_grow(const char *call, struct uffd_restore *rs)
 {
 	struct rs_region *v;
 	unsigned cap = rs->regs_cap ? rs->regs_cap * 2 : 4;
@@ -142,36 +120,74 @@ static int regs_grow(struct uffd_restore *rs)
 		return 0;
 	v = realloc(rs->regs, cap * sizeof(*v));
 	if (!v)
-		return uffd__err(-ENOMEM, "uffd_restore_add_region: out of memory");
+		return uffd__err(-ENOMEM, "%s: out of memory", call);
 	rs->regs = v;
 	rs->regs_cap = cap;
 	return 0;
 }
 
-UFFD_EXPORT int uffd_restore_add_region(struct uffd_restore *rs, struct uffd_region *r,
-					int fd, uint64_t offset)
+static int add_source(const char *call, struct uffd_restore *rs, struct uffd_region *r,
+		      struct uffd_source *src, uint64_t offset)
 {
+	uint64_t size = uffd_source_length(src);
 	struct rs_region *g;
 	int err;
 
-	if ((err = check_region(rs, r, fd, offset)) || (err = regs_grow(rs)))
+	if (!src)
+		return uffd__err(-EINVAL, "%s: source is NULL", call);
+	if (size < offset || size - offset < r->length)
+		return uffd__err(-EINVAL, "%s: %s (%llu bytes) does not cover the region: %zu bytes from offset %llu",
+				 call, uffd_source_name(src), (unsigned long long)size, r->length,
+				 (unsigned long long)offset);
+	if (atomic_load(&src->env))
+		return uffd__err(-EBUSY, "%s: %s serves a started restore; give each restore its own source",
+				 call, uffd_source_name(src));
+	if ((err = regs_grow(call, rs)))
 		return err;
 	g = &rs->regs[rs->nregs];
 	*g = (struct rs_region){ .rs = rs, .r = r, .idx = rs->nregs, .offset = offset, .ps = r->page_size,
 				 .npages = r->length / r->page_size,
 				 .cont = (r->modes & UFFDIO_REGISTER_MODE_MINOR) != 0 };
-	g->st = calloc(g->npages, sizeof(*g->st));
-	g->fd = g->st ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
-	if (g->fd < 0) {
-		err = g->st ? -errno : -ENOMEM;
-		free(g->st);
-		return uffd__err(err, "uffd_restore_add_region: %s", g->st ? "cannot duplicate fd" : "out of memory");
-	}
+	if (!(g->st = calloc(g->npages, sizeof(*g->st))))
+		return uffd__err(-ENOMEM, "%s: out of memory", call);
+	g->src = uffd_source_ref(src);
 	rs->total += g->npages;
 	if (g->ps > rs->maxps)
 		rs->maxps = g->ps;
 	rs->nregs++;
 	return 0;
+}
+
+UFFD_EXPORT int uffd_restore_add_region_source(struct uffd_restore *rs, struct uffd_region *r,
+					       struct uffd_source *src, uint64_t offset)
+{
+	const char *call = "uffd_restore_add_region_source";
+	int err;
+
+	if ((err = check_region(call, rs, r, offset)))
+		return err;
+	return add_source(call, rs, r, src, offset);
+}
+UFFD_EXPORT_OWN(restore_add_region_source);
+
+/* The 0.3 call: a file source over the whole of fd. */
+UFFD_EXPORT int uffd_restore_add_region(struct uffd_restore *rs, struct uffd_region *r,
+					int fd, uint64_t offset)
+{
+	const char *call = "uffd_restore_add_region";
+	struct uffd_source *src;
+	char why[256];
+	int err;
+
+	if ((err = check_region(call, rs, r, offset)))
+		return err;
+	if ((err = uffd_source_file(&src, fd, NULL))) {
+		snprintf(why, sizeof(why), "%s", uffd_last_error());
+		return uffd__err(err, "%s: %s", call, why);
+	}
+	err = add_source(call, rs, r, src, offset);
+	uffd_source_unref(src);
+	return err;
 }
 UFFD_EXPORT_OWN(restore_add_region);
 
@@ -210,7 +226,9 @@ UFFD_EXPORT int uffd_restore_start(struct uffd_restore *rs, struct uffd_loop *l)
 	rs->loop = l;
 	rs->start_ns = rs__now_ns();
 	uffd__gate_init();
-	if ((err = rs__trace_start(rs)) || (err = rs__io_start(rs)))
+	for (unsigned i = 0; i < rs->nregs && !err; i++)
+		err = rs__holes(rs, &rs->regs[i]);
+	if (err || (err = rs__trace_start(rs)) || (err = rs__io_start(rs)))
 		goto fail;
 	for (unsigned i = 0; i < rs->nregs && !err; i++)
 		err = uffd_loop_add_region(l, rs->regs[i].r, &rs__handlers, &rs->regs[i]);
@@ -251,7 +269,7 @@ UFFD_EXPORT int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms)
 	if (err == -ESRCH)
 		return uffd__err(err, "uffd_restore_wait: the process owning the memory exited before the restore completed");
 	if (err == -EIO)
-		return uffd__err(err, "uffd_restore_wait: %llu reads of the file failed or came back short; the restore cannot complete",
+		return uffd__err(err, "uffd_restore_wait: %llu reads of the source failed or came back short; the restore cannot complete",
 				 (unsigned long long)atomic_load(&rs->read_errors));
 	return err;
 }
@@ -264,9 +282,9 @@ UFFD_EXPORT int uffd_restore_stats(const struct uffd_restore *rsc, struct uffd_r
 
 	if (!rs || !s)
 		return uffd__err(-EINVAL, "uffd_restore_stats: %s is NULL", rs ? "stats" : "restore");
-	if (s->size < sizeof(v))
-		return uffd__err(-EINVAL, "uffd_restore_stats: size %zu is smaller than this libuffd fills (%zu); set it to sizeof(struct uffd_restore_stats)",
-				 s->size, sizeof(v));
+	if (s->size < STATS_03)
+		return uffd__err(-EINVAL, "uffd_restore_stats: size %zu is smaller than struct uffd_restore_stats ever was (%zu); set it to sizeof(struct uffd_restore_stats)",
+				 s->size, STATS_03);
 	for (int k = 0; k < 3; k++) {
 		v.faults[k] = atomic_load(&rs->faults[k]);
 		for (int b = 0; b < UFFD_HIST_BUCKETS; b++)
@@ -283,8 +301,11 @@ UFFD_EXPORT int uffd_restore_stats(const struct uffd_restore *rsc, struct uffd_r
 	v.read_errors = atomic_load(&rs->read_errors);
 	v.pages_recorded = rs__recorded(rs);
 	v.complete_ns = atomic_load(&rs->complete_ns);
-	memcpy(s, &v, sizeof(v));
-	memset((char *)s + sizeof(v), 0, s->size - sizeof(v));	/* a newer caller's fields */
+	v.pages_hole = atomic_load(&rs->pages_hole);
+	v.size = s->size;
+	memcpy(s, &v, s->size < sizeof(v) ? s->size : sizeof(v));	/* a 0.3 caller's fields */
+	if (s->size > sizeof(v))
+		memset((char *)s + sizeof(v), 0, s->size - sizeof(v));	/* a newer caller's fields */
 	return 0;
 }
 UFFD_EXPORT_OWN(restore_stats);
@@ -322,7 +343,7 @@ UFFD_EXPORT void uffd_restore_free(struct uffd_restore *rs)
 		wake_all(rs);
 	}
 	for (unsigned i = 0; i < rs->nregs; i++) {
-		close(rs->regs[i].fd);
+		uffd_source_unref(rs->regs[i].src);
 		free(rs->regs[i].st);
 	}
 	rs__trace_free(rs);

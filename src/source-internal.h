@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Page sources (uffd.h section 10): the source object (source.c), the
+ * environment a source runs in on a restore thread (source-env.c: the
+ * attached sources, their descriptors polled in the restore's io_uring,
+ * process calls), and the built-in sources (source-file.c,
+ * source-layered.c). Calls go one way: the restore files -> source-file.c,
+ * source-layered.c -> source.c -> source-env.c.
+ */
+#ifndef LIBUFFD_SOURCE_INTERNAL_H
+#define LIBUFFD_SOURCE_INTERNAL_H
+
+#include <liburing.h>
+#include <stdatomic.h>
+
+#include "internal.h"
+
+struct uffd_source {
+	atomic_uint refs;
+	struct uffd_source_ops ops;	/* the caller's, zero-extended */
+	void *impl;
+	char *name;
+	uint64_t length;
+	size_t block;
+	unsigned max_fds;
+	/* attachment: set and cleared by the thread that starts and stops the restore */
+	_Atomic(struct uffd_source_env *) env;
+	unsigned slot;			/* index in env->v */
+	atomic_bool notified;
+};
+
+/*
+ * A completion of the restore's io_uring owned by a source: the SQE's
+ * user_data is the address of a word holding a pointer to one of these
+ * (8-aligned, so its low 3 bits are 0; the restore's own tags are not).
+ */
+struct uffd__ring_op {
+	void (*complete)(uintptr_t *word, int res);
+};
+
+/* One attached source, as the restore thread polls it. */
+struct env_src {
+	struct uffd_source *src;
+	struct pollfd *fds;	/* max_fds: what poll gave last (revents: what fired) */
+	unsigned nfds;
+	struct pollfd *armed;	/* max_fds: the poll request in the ring per slot (fd -1: none) */
+	uint32_t *gen;		/* max_fds: the armed request's generation */
+	int64_t due_ns;		/* process at this time (monotonic), -1: none */
+	bool run;		/* process is due */
+};
+
+struct uffd_source_env {
+	struct io_uring *ring;	/* the restore thread's */
+	int efd;		/* written by uffd_source_notify() */
+	struct env_src *v;	/* in order of attachment */
+	unsigned n, cap;
+	unsigned ring_inflight;	/* SQEs of sources not completed yet */
+	atomic_bool notified;
+	bool detached;
+};
+
+/* ---- source-env.c ---- */
+
+/* Tags of the restore's SQEs: low 3 bits, never 0 (0 is a source's ring op). */
+#define ENV_TAG_POLL   4u
+#define ENV_TAG_IGNORE 5u
+#define ENV_TAG_MASK   7u
+
+/* Adds src to env (allocates; not on the restore thread). -errno. */
+int uffd__env_add(struct uffd_source_env *env, struct uffd_source *src);
+/* Forgets the sources added from slot n on (an attach op failed): they are not attached. */
+void uffd__env_truncate(struct uffd_source_env *env, unsigned n);
+/* An SQE of the ring, submitting what is queued when it is full; counted in flight. */
+struct io_uring_sqe *uffd__env_sqe(struct uffd_source_env *env);
+/* Restore thread, before waiting: poll requests armed, *wait_ns lowered to the next due process. */
+void uffd__env_prepare(struct uffd_source_env *env, uint64_t *wait_ns);
+/* Restore thread: a CQE whose tag is not the restore's own. */
+void uffd__env_cqe(struct uffd_source_env *env, uint64_t tag, int res);
+/* Restore thread, after waiting: process for the sources that are due. */
+void uffd__env_process(struct uffd_source_env *env);
+/* Restore thread, at the end: every source's detach op, the innermost first. */
+void uffd__env_detach(struct uffd_source_env *env);
+/* Frees what env_add allocated (not env itself); clears the sources' attachment. */
+void uffd__env_free(struct uffd_source_env *env);
+/* Nanoseconds on the monotonic clock. */
+uint64_t uffd__env_now(void);
+
+#endif /* LIBUFFD_SOURCE_INTERNAL_H */
