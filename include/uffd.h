@@ -1357,6 +1357,19 @@ struct uffd_snap_pack_opts {
 int uffd_snap_pack(const char *path, int fd, const struct uffd_snap_pack_opts *o);
 
 /**
+ * A page source (section 10) serving the image of @p s, all its layers
+ * resolved: zero frames are ZERO extents (zero pages, no read), a frame is
+ * decompressed once into the snapshot's cache and the faults on it are
+ * served from there, on the fault handler's thread when it is cached. The
+ * block size is the frame size. On success the source owns @p s: it is
+ * closed with the source's last reference (the caller may use it until it
+ * drops its own). A frame that fails its checks completes its read with
+ * -EIO, never wrong bytes.
+ * @return 0; -EINVAL (NULL); errors of uffd_source_new().
+ */
+int uffd_source_snap(struct uffd_source **out, struct uffd_snap *s);
+
+/**
  * Write the image of @p s (all its layers squashed) to @p path as a
  * snapshot of one layer (or, with o->parent, a diff of that), atomically.
  * @return as uffd_snap_pack().

@@ -116,6 +116,7 @@ UFFD_OWN(snap_verify);
 UFFD_OWN(snap_close);
 UFFD_OWN(snap_pack);
 UFFD_OWN(snap_merge);
+UFFD_OWN(source_snap);
 
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 

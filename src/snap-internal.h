@@ -44,4 +44,14 @@ struct uffd_snap {
 	uint64_t hits, misses;
 };
 
+/* uffd_snap_read() without the argument checks: [off, off+len) is in the image. */
+int snap__read(struct uffd_snap *s, uint64_t off, void *buf, size_t len);
+/*
+ * The same if it needs no decompression (zero or cached frames) and no
+ * wait for the lock; else -EAGAIN. Any thread.
+ */
+int snap__read_nowait(struct uffd_snap *s, uint64_t off, void *buf, size_t len);
+/* Whether frame i of the image is zero (no layer holds data for it). No lock. */
+bool snap__frame_zero(const struct uffd_snap *s, uint64_t i);
+
 #endif /* LIBUFFD_SNAP_INTERNAL_H */

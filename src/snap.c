@@ -354,19 +354,64 @@ static int read_locked(struct uffd_snap *s, uint64_t off, uint8_t *p, size_t len
 	return 0;
 }
 
-UFFD_EXPORT int uffd_snap_read(struct uffd_snap *s, uint64_t offset, void *buf, size_t len)
+int snap__read_nowait(struct uffd_snap *s, uint64_t off, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	int err = 0;
+
+	if (pthread_mutex_trylock(&s->lock))
+		return -EAGAIN;	/* a read is decompressing: never wait for it */
+	while (len && !err) {
+		uint64_t i = off >> s->shift, in = off - (i << s->shift);
+		size_t flen = (size_t)snap__frame_len(&s->l[0].h, i);
+		size_t n = flen - in < len ? (size_t)(flen - in) : len;
+		const struct snap_entry *e;
+		unsigned k = 0;
+		uint32_t slot;
+
+		e = resolve(s, i, &k);
+		if (!e) {
+			memset(p, 0, n);
+		} else if ((slot = s->l[k].slot[s->l[k].canon[i]]) != NO_SLOT) {
+			s->slots[slot].ref = true;
+			s->hits++;
+			memcpy(p, s->slots[slot].buf + in, n);
+		} else {
+			err = -EAGAIN;
+		}
+		p += n;
+		off += n;
+		len -= n;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+int snap__read(struct uffd_snap *s, uint64_t off, void *buf, size_t len)
 {
 	int err;
 
+	pthread_mutex_lock(&s->lock);
+	err = read_locked(s, off, buf, len);
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+bool snap__frame_zero(const struct uffd_snap *s, uint64_t i)
+{
+	unsigned k;
+
+	return !resolve(s, i, &k);
+}
+
+UFFD_EXPORT int uffd_snap_read(struct uffd_snap *s, uint64_t offset, void *buf, size_t len)
+{
 	if (!s || (!buf && len))
 		return uffd__err(-EINVAL, "uffd_snap_read: NULL snapshot or buffer");
 	if (offset > s->size || len > s->size - offset)
 		return uffd__err(-EINVAL, "uffd_snap_read: %zu bytes at %" PRIu64 " are beyond the image of %s (%" PRIu64 " bytes)",
 				 len, offset, s->l[s->n - 1].path, s->size);
-	pthread_mutex_lock(&s->lock);
-	err = read_locked(s, offset, buf, len);
-	pthread_mutex_unlock(&s->lock);
-	return err;
+	return snap__read(s, offset, buf, len);
 }
 UFFD_EXPORT_OWN(snap_read);
 

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -784,6 +785,291 @@ START_TEST(args)
 }
 END_TEST
 
+
+/* ---- restoring through the restore engine ---- */
+
+/* Anonymous memory registered MISSING, served as a foreign region, its loop running. */
+struct served {
+	struct uffd *u;
+	struct uffd_region *r;
+	struct uffd_loop *l;
+	struct uffd_restore *rs;
+	uint8_t *mem;
+	size_t len, ps;
+};
+
+static bool serve_open(struct served *v, size_t len, size_t ps)
+{
+	struct uffd_opts uo = { .size = sizeof(uo), .want_features = UFFD_FEATURES_DEFAULT |
+				UFFD_FEATURE_EVENT_UNMAP };
+	struct uffd_foreign_opts fo = { .size = sizeof(fo), .modes = UFFDIO_REGISTER_MODE_MISSING, .fd = -1 };
+	int err;
+
+	memset(v, 0, sizeof(*v));
+	err = uffd_open(&v->u, &uo);
+	if (err == -EPERM || err == -EACCES)
+		return false;
+	ASSERT_OK(err);
+	if (ps > harness_page_size() && !(uffd_features(v->u) & UFFD_FEATURE_MISSING_HUGETLBFS)) {
+		uffd_close(v->u);
+		return false;
+	}
+	v->len = len;
+	v->ps = ps;
+	v->mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | (ps > harness_page_size() ? MAP_HUGETLB : 0), -1, 0);
+	ck_assert_ptr_ne(v->mem, MAP_FAILED);
+	ASSERT_OK(uffd_register(v->u, v->mem, len, UFFDIO_REGISTER_MODE_MISSING, NULL));
+	fo.owner_addr = (uintptr_t)v->mem;
+	fo.length = len;
+	fo.page_size = ps;
+	ASSERT_OK(uffd_region_create_foreign(v->u, &fo, &v->r));
+	ASSERT_OK(uffd_loop_new(&v->l, NULL));
+	ASSERT_OK(uffd_loop_add(v->l, v->u, NULL, NULL));
+	ASSERT_OK(uffd_loop_start(v->l, 1));
+	return true;
+}
+
+/* A restore of v from the snapshot files chain[0..n), with opts and an optional trace. */
+static struct uffd_source *serve_snap(struct served *v, const char *const *chain, unsigned n,
+				      const struct uffd_restore_opts *o, const char *trace,
+				      struct uffd_snap **snap)
+{
+	struct uffd_snap *s;
+	struct uffd_source *src;
+
+	ASSERT_OK(uffd_snap_open(&s, chain, n, NULL));
+	ASSERT_OK(uffd_source_snap(&src, s));
+	ck_assert_uint_eq(uffd_source_block_size(src), info_of(s, 0).frame_size);
+	ASSERT_OK(uffd_restore_new(&v->rs, o));
+	ASSERT_OK(uffd_restore_add_region_source(v->rs, v->r, src, 0));
+	if (trace)
+		ASSERT_OK(uffd_restore_load_trace(v->rs, trace));
+	ASSERT_OK(uffd_restore_start(v->rs, v->l));
+	if (snap)
+		*snap = s;	/* the source's: usable while the caller holds its reference */
+	return src;
+}
+
+static void serve_free(struct served *v, struct uffd_source *src)
+{
+	uffd_restore_free(v->rs);
+	uffd_source_unref(src);
+	munmap(v->mem, v->len);	/* waits until its UNMAP event is read: while the loop runs */
+	uffd_loop_free(v->l);
+	uffd_region_destroy(v->r);
+	uffd_close(v->u);
+}
+
+static struct uffd_restore_stats stats_of(struct uffd_restore *rs)
+{
+	struct uffd_restore_stats st = { .size = sizeof(st) };
+
+	ASSERT_OK(uffd_restore_stats(rs, &st));
+	return st;
+}
+
+/* The snapshot of the source's impl is not reachable: open the chain again for its facts. */
+static uint64_t zero_pages(const char *const *chain, unsigned n, size_t ps)
+{
+	struct uffd_snap *s;
+	uint64_t pages = 0, run, len;
+
+	ASSERT_OK(uffd_snap_open(&s, chain, n, NULL));
+	len = info_of(s, 0).image_size;
+	for (uint64_t off = 0; off < len; off += ps) {
+		uint64_t end = off + ps;
+		bool zero = true;
+
+		for (uint64_t o = off; zero && o < end; o += run)
+			zero = uffd_snap_extent(s, o, &run) == UFFD_SNAP_ZERO;
+		pages += zero;
+	}
+	uffd_snap_close(s);
+	return pages;
+}
+
+/*
+ * A base and a diff of 24 MiB in frames of 1 MiB, whole frames of zeros in
+ * both (frames 4 and 5: one 2 MiB page), restored with demand faults in a
+ * scattered order, then the fill: every byte checked; zero pages never
+ * read; each frame decompressed once.
+ */
+static void restore_case(size_t ps)
+{
+	size_t len = 24 * MIB, npages = len / ps;
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL };
+	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = MIB };
+	const char *chain[2] = { path("base.snap"), path("diff.snap") };
+	uint8_t *base = make_image(len), *next = malloc(len);
+	struct uffd_restore_stats st;
+	struct uffd_source *src;
+	struct uffd_snap *b, *s;
+	struct served v;
+	uint64_t holes, data_frames = 0;
+
+	SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock");
+	memset(base + 4 * MIB, 0, 2 * MIB);
+	memcpy(next, base, len);
+	for (size_t f = 0; f < 24; f += 3)	/* every third frame changed in the diff */
+		next[f * MIB + 777 + f] ^= 0x11;
+	memset(next + 12 * MIB, 0, MIB);	/* and one zeroed */
+	pack_buf(chain[0], base, len, &po);
+	b = open1(chain[0]);
+	po.parent = b;
+	pack_buf(chain[1], next, len, &po);
+	uffd_snap_close(b);
+	for (size_t f = 0; f < 24; f++)
+		data_frames += !(f == 4 || f == 5 || f == 12);
+
+	if (!serve_open(&v, len, ps))
+		SKIP_TEST("userfaultfd (or MISSING on hugetlbfs) is not available to this process");
+	src = serve_snap(&v, chain, 2, &o, NULL, &s);
+	for (size_t k = 0; k < npages; k++) {
+		size_t p = (k * 7) % npages;	/* 7 and npages are coprime */
+
+		ck_assert_msg(!memcmp(v.mem + p * ps, next + p * ps, ps), "page %zu differs", p);
+	}
+	ASSERT_OK(uffd_restore_wait(v.rs, 20000));
+	ck_assert(!memcmp(v.mem, next, len));
+	st = stats_of(v.rs);
+	holes = zero_pages(chain, 2, ps);
+	ck_assert_uint_eq(holes, ps == 4096 ? 3 * 256 : 1);	/* frames 4, 5, 12; one 2 MiB page */
+	ck_assert_uint_eq(st.pages_hole, holes);
+	ck_assert_uint_eq(st.bytes_read, (npages - holes) * ps);	/* no byte read for a zero page */
+	ck_assert_uint_eq(st.pages_present, npages);
+	ck_assert_uint_eq(st.read_errors, 0);
+	/* the source's cache (64 MiB, the image is 24): each frame decompressed once */
+	ck_assert_uint_le(info_of(s, 0).cache_misses, data_frames);
+	if (ps < MIB)	/* pages of a frame read in runs: the frame from the cache */
+		ck_assert_uint_gt(info_of(s, 0).cache_hits, 0);
+	serve_free(&v, src);
+	fprintf(stderr, "restore %zu-byte pages: %llu holes, %llu bytes read, %llu data frames\n", ps,
+		(unsigned long long)holes, (unsigned long long)st.bytes_read, (unsigned long long)data_frames);
+	free(base);
+	free(next);
+}
+
+START_TEST(restore_4k)
+{
+	restore_case(4096);
+}
+END_TEST
+
+START_TEST(restore_2m)
+{
+	const char *why = NULL;
+	size_t hps = harness_hugepages(14, &why);
+
+	if (hps != 2 * MIB)
+		SKIP_TEST("no 2 MiB huge pages: %s", why ? why : "another huge page size");
+	restore_case(hps);
+}
+END_TEST
+
+/*
+ * Record the pages a run touches on a base + two diffs, replay the trace
+ * into a new restore: the pages come ahead of the guest (no fault on
+ * them), every byte right.
+ */
+START_TEST(record_replay_layered)
+{
+	size_t len = 8 * MIB, ps = 4096, set = 0;
+	struct uffd_restore_opts rec = { .size = sizeof(rec), .flags = UFFD_RESTORE_RECORD };
+	struct uffd_restore_opts rep = { .size = sizeof(rep) };
+	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = 256 * KIB };
+	const char *chain[3] = { path("b.snap"), path("d1.snap"), path("d2.snap") };
+	const char *trace = path("trace");
+	uint8_t *img = make_image(len);
+	struct uffd_restore_stats st;
+	struct uffd_source *src;
+	struct uffd_snap *s;
+	struct served v;
+	double end;
+
+	SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock");
+	pack_buf(chain[0], img, len, &po);
+	for (unsigned d = 1; d <= 2; d++) {
+		for (size_t f = d; f < len / (256 * KIB); f += 4)
+			img[f * 256 * KIB + 5 * d] ^= 0x42;
+		ASSERT_OK(uffd_snap_open(&s, chain, d, NULL));
+		po.parent = s;
+		pack_buf(chain[d], img, len, &po);
+		uffd_snap_close(s);
+	}
+
+	if (!serve_open(&v, len, ps))
+		SKIP_TEST("userfaultfd is not available to this process");
+	src = serve_snap(&v, chain, 3, &rec, NULL, NULL);
+	for (size_t p = 5; p < len / ps; p += 11, set++)
+		ck_assert(!memcmp(v.mem + p * ps, img + p * ps, ps));
+	end = harness_now() + 5;
+	while (stats_of(v.rs).pages_recorded < set && harness_now() < end)
+		usleep(1000);
+	ck_assert_uint_eq(stats_of(v.rs).pages_recorded, set);
+	ASSERT_OK(uffd_restore_save_trace(v.rs, trace));
+	serve_free(&v, src);
+
+	ck_assert(serve_open(&v, len, ps));
+	src = serve_snap(&v, chain, 3, &rep, trace, NULL);
+	end = harness_now() + 10;
+	while (stats_of(v.rs).pages_prefetched < set && harness_now() < end)
+		usleep(1000);
+	for (size_t p = 5; p < len / ps; p += 11)
+		ck_assert(!memcmp(v.mem + p * ps, img + p * ps, ps));
+	st = stats_of(v.rs);
+	ck_assert_uint_eq(st.pages_prefetched, set);
+	ck_assert_uint_eq(st.faults[UFFD_FAULT_MISSING], 0);
+	ck_assert_uint_eq(st.read_errors, 0);
+	serve_free(&v, src);
+	free(img);
+}
+END_TEST
+
+/*
+ * A frame damaged in the file: the fill's read of it fails, the restore
+ * says so (-EIO), and none of its pages is mapped (no wrong bytes in the
+ * guest); the other frames are served.
+ */
+START_TEST(restore_bad_frame)
+{
+	size_t len = 4 * MIB, ps = 4096, flen;
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL };
+	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = MIB };
+	const char *p = path("bad.snap");
+	uint8_t *img = make_image(len), *f;
+	struct uffd_restore_stats st;
+	struct uffd_source *src;
+	struct served v;
+	uint64_t idx, e;
+
+	SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock");
+	pack_buf(p, img, len, &po);
+	f = slurp(p, &flen);
+	idx = get64(f + 40);
+	e = get64(f + idx + 2 * ENTRY);	/* frame 2 */
+	f[e + 30] ^= 0x08;
+	write_file(p, f, flen);
+	free(f);
+	if (!serve_open(&v, len, ps))
+		SKIP_TEST("userfaultfd is not available to this process");
+	src = serve_snap(&v, &p, 1, &o, NULL, NULL);
+	ck_assert_int_eq(uffd_restore_wait(v.rs, 20000), -EIO);
+	st = stats_of(v.rs);
+	ck_assert_uint_gt(st.read_errors, 0);
+	ck_assert_uint_ge(st.pages_present, 2 * MIB / ps);	/* the fill went in order up to the bad frame */
+	ck_assert_uint_le(st.pages_present, (len - MIB) / ps);
+	for (size_t q = 2 * MIB / ps; q < 3 * MIB / ps; q++)
+		ck_assert_msg(!(harness_pagemap(v.mem + q * ps) >> 63), "page %zu of the bad frame is mapped", q);
+	ck_assert(!memcmp(v.mem, img, 2 * MIB));
+	for (size_t q = 3 * MIB / ps; q < len / ps; q++)	/* what the fill brought of frame 3 */
+		if (harness_pagemap(v.mem + q * ps) >> 63)
+			ck_assert(!memcmp(v.mem + q * ps, img + q * ps, ps));
+	serve_free(&v, src);
+	free(img);
+}
+END_TEST
+
 /* ---- the tool ---- */
 
 /* Run uffd-snap with args (NULL-terminated); its exit status, its output in out. */
@@ -921,6 +1207,18 @@ static Suite *snapfmt_suite(void)
 	tc = CASE(args, 10);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, args);
+	tc = CASE(restore_4k, 30);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, restore_4k);
+	tc = CASE(restore_2m, 30);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, restore_2m);
+	tc = CASE(record_replay_layered, 30);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, record_replay_layered);
+	tc = CASE(restore_bad_frame, 30);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, restore_bad_frame);
 	tc = CASE(tool, 30);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, tool);
