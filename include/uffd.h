@@ -1332,7 +1332,7 @@ struct uffd_snap_pack_opts {
 	size_t   size;       /**< sizeof(struct uffd_snap_pack_opts) */
 	unsigned flags;      /**< UFFD_SNAP_PACK_* */
 	int      level;      /**< zstd level, 1..19; 0: 3 */
-	uint64_t frame_size; /**< a power of two, 64 KiB..4 MiB; 0: the parent's, else 1 MiB */
+	uint64_t frame_size; /**< a power of two, 64 KiB..4 MiB; 0: the parent's, else 256 KiB */
 	/** Store only the frames that differ from this snapshot's image. */
 	struct uffd_snap *parent;
 };

@@ -201,7 +201,7 @@ START_TEST(round_trip)
 	{
 		struct uffd_snap *s = open1(path("b.snap"));
 
-		ck_assert_uint_eq(info_of(s, 0).frame_size, MIB);
+		ck_assert_uint_eq(info_of(s, 0).frame_size, 256 * KIB);
 		check_image(s, img, len);
 		uffd_snap_close(s);
 	}
@@ -312,7 +312,7 @@ START_TEST(parent_diff)
 
 	diff_images(&base, &next, len);
 	ck_assert(memcmp(base + 7 * MIB, next + 7 * MIB, MIB));	/* frame 7 was not zero */
-	pack_buf(chain[0], base, len, NULL);
+	pack_buf(chain[0], base, len, &(struct uffd_snap_pack_opts){ .size = sizeof(o), .frame_size = MIB });
 	b = open1(chain[0]);
 	o.parent = b;
 	pack_buf(chain[1], next, len, &o);
@@ -366,7 +366,7 @@ START_TEST(sparse_diff)
 	int fd;
 
 	diff_images(&base, &next, len);
-	pack_buf(chain[0], base, len, NULL);
+	pack_buf(chain[0], base, len, &(struct uffd_snap_pack_opts){ .size = sizeof(o), .frame_size = MIB });
 	fd = open(path("diff.mem"), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);

@@ -31,7 +31,7 @@ static const char usage_text[] =
 	"SNAP...: a snapshot's files, base first, each next one a diff of the one before.\n"
 	"--parent: the snapshot (base first, repeat for its diffs) the output is a diff of;\n"
 	"--diff: INPUT is a Firecracker Diff file, its holes unchanged from the parent.\n"
-	"SIZE: bytes, or with K or M (a power of two, 64K..4M; default: the parent's, else 1M).\n";
+	"SIZE: bytes, or with K or M (a power of two, 64K..4M; default: the parent's, else 256K).\n";
 
 static int usage(const char *why)
 {
