@@ -728,6 +728,88 @@ START_TEST(bad_chain)
 }
 END_TEST
 
+/* L(d) = crc(a ^ d) ^ crc(a) for messages of n bytes: linear in d. */
+static uint32_t crc_delta(const uint8_t *a, uint8_t *scratch, size_t n, size_t at, uint32_t bits)
+{
+	memcpy(scratch, a, n);
+	for (int i = 0; i < 4; i++)
+		scratch[at + i] ^= (uint8_t)(bits >> (8 * i));
+	return crc32c(scratch, n) ^ crc32c(a, n);
+}
+
+/*
+ * Two different frames with one CRC32C (the second forged by solving for
+ * its last 4 bytes): stored twice, not deduplicated on the checksum alone.
+ */
+START_TEST(dedup_same_crc)
+{
+	size_t fs = 64 * KIB;
+	uint8_t *img = malloc(2 * fs), *scratch = malloc(fs);
+	struct uffd_snap_pack_opts o = { .size = sizeof(o), .frame_size = fs };
+	uint32_t col[32], want, x = 0;
+	struct uffd_snap *s;
+	size_t flen;
+	uint8_t *f;
+	uint64_t idx;
+
+	for (size_t i = 0; i < fs; i++)
+		img[i] = (uint8_t)("a frame of text to compress "[i % 28]);
+	want = crc_delta(img, scratch, fs, 0, 0x01020304);	/* the change at the start */
+	for (int b = 0; b < 32; b++)
+		col[b] = crc_delta(img, scratch, fs, fs - 4, 1u << b);
+	/* solve sum of x_b * col[b] = want over GF(2): rows of bit r, bit 32 the right side */
+	{
+		uint64_t row[32];
+		int pivcol[32], rank = 0;
+
+		for (int r = 0; r < 32; r++) {
+			row[r] = (uint64_t)(want >> r & 1) << 32;
+			for (int b = 0; b < 32; b++)
+				row[r] |= (uint64_t)(col[b] >> r & 1) << b;
+		}
+		for (int c = 0; c < 32; c++) {
+			int piv = rank;
+			uint64_t t;
+
+			while (piv < 32 && !(row[piv] >> c & 1))
+				piv++;
+			if (piv == 32)
+				continue;
+			t = row[piv];
+			row[piv] = row[rank];
+			row[rank] = t;
+			for (int r = 0; r < 32; r++)
+				if (r != rank && (row[r] >> c & 1))
+					row[r] ^= row[rank];
+			pivcol[rank++] = c;
+		}
+		ck_assert_int_eq(rank, 32);	/* the last 4 bytes reach every CRC */
+		for (int r = 0; r < 32; r++)
+			x |= (uint32_t)(row[r] >> 32 & 1) << pivcol[r];
+	}
+	memcpy(img + fs, img, fs);
+	for (int i = 0; i < 4; i++) {
+		img[fs + i] ^= (uint8_t)(0x01020304u >> (8 * i));
+		img[2 * fs - 4 + i] ^= (uint8_t)(x >> (8 * i));
+	}
+	ck_assert(memcmp(img, img + fs, fs));
+	ck_assert_uint_eq(crc32c(img, fs), crc32c(img + fs, fs));
+
+	pack_buf(path("c.snap"), img, 2 * fs, &o);
+	f = slurp(path("c.snap"), &flen);
+	idx = get64(f + 40);
+	ck_assert(!memcmp(f + idx + 12, f + idx + ENTRY + 12, 4));	/* one CRC in the index */
+	ck_assert_uint_ne(get64(f + idx), get64(f + idx + ENTRY));	/* two stored frames */
+	s = open1(path("c.snap"));
+	ck_assert_uint_eq(info_of(s, 0).frames_dedup, 0);
+	check_image(s, img, 2 * fs);
+	uffd_snap_close(s);
+	free(f);
+	free(img);
+	free(scratch);
+}
+END_TEST
+
 START_TEST(args)
 {
 	struct uffd_snap *s = (struct uffd_snap *)1;
@@ -1204,6 +1286,9 @@ static Suite *snapfmt_suite(void)
 	tc = CASE(bad_chain, 20);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, bad_chain);
+	tc = CASE(dedup_same_crc, 10);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, dedup_same_crc);
 	tc = CASE(args, 10);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, args);
