@@ -1247,7 +1247,7 @@ struct uffd_snap;
 /** Options of uffd_snap_open(). */
 struct uffd_snap_opts {
 	size_t size;        /**< sizeof(struct uffd_snap_opts) */
-	size_t cache_bytes; /**< bound of the decompressed-frame cache; 0: 64 MiB; at least one frame */
+	size_t cache_bytes; /**< bound of the decompressed-frame cache, taken at open; 0: 16 MiB; at least one frame */
 };
 
 /**

@@ -38,7 +38,8 @@ struct uffd_snap {
 	unsigned shift;		/* log2 of the frame size */
 	struct snap_slot *slots;
 	size_t nslots, hand;
-	uint8_t *mem;		/* the slots' frames, allocated at open */
+	uint8_t *mem;		/* the slots' frames, mapped and populated at open */
+	size_t mem_len;
 	uint8_t *cbuf;		/* a compressed frame, read */
 	ZSTD_DCtx *dctx;
 	uint64_t hits, misses;
