@@ -989,7 +989,7 @@ static void restore_case(size_t ps)
 	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL };
 	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = MIB };
 	const char *chain[2] = { path("base.snap"), path("diff.snap") };
-	uint8_t *base = make_image(len), *next = malloc(len);
+	uint8_t *base, *next;
 	struct uffd_restore_stats st;
 	struct uffd_source *src;
 	struct uffd_snap *b, *s;
@@ -997,6 +997,8 @@ static void restore_case(size_t ps)
 	uint64_t holes, data_frames = 0;
 
 	SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock");
+	base = make_image(len);
+	next = malloc(len);
 	memset(base + 4 * MIB, 0, 2 * MIB);
 	memcpy(next, base, len);
 	for (size_t f = 0; f < 24; f += 3)	/* every third frame changed in the diff */
@@ -1068,7 +1070,7 @@ START_TEST(record_replay_layered)
 	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = 256 * KIB };
 	const char *chain[3] = { path("b.snap"), path("d1.snap"), path("d2.snap") };
 	const char *trace = path("trace");
-	uint8_t *img = make_image(len);
+	uint8_t *img;
 	struct uffd_restore_stats st;
 	struct uffd_source *src;
 	struct uffd_snap *s;
@@ -1076,6 +1078,7 @@ START_TEST(record_replay_layered)
 	double end;
 
 	SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock");
+	img = make_image(len);
 	pack_buf(chain[0], img, len, &po);
 	for (unsigned d = 1; d <= 2; d++) {
 		for (size_t f = d; f < len / (256 * KIB); f += 4)
@@ -1125,13 +1128,14 @@ START_TEST(restore_bad_frame)
 	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL };
 	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = MIB };
 	const char *p = path("bad.snap");
-	uint8_t *img = make_image(len), *f;
+	uint8_t *img, *f;
 	struct uffd_restore_stats st;
 	struct uffd_source *src;
 	struct served v;
 	uint64_t idx, e;
 
 	SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock");
+	img = make_image(len);
 	pack_buf(p, img, len, &po);
 	f = slurp(p, &flen);
 	idx = get64(f + 40);
