@@ -13,6 +13,7 @@ runs=(
 	"snapshot --mib 64"
 	"dirty_precopy --mib 64"
 	"handoff --mib 64"
+	"gen_source --mib 64"
 )
 # Firecracker's stand-in served by uffd-serve, where the tools were built with json-c.
 [ -x "$bin/fc-serve" ] && runs+=("fc-serve --mib 64")

@@ -794,7 +794,9 @@ void uffd_handoff_free(struct uffd_handoff *h);
 
 /*
  * A restore serves the faults of some regions from a file (a memory
- * snapshot) and brings their pages in ahead of the faults: the pages of a
+ * snapshot), or since 0.4 from any page source (section 10: layers of Diff
+ * snapshots, a compressed snapshot, a source of your own), and brings their
+ * pages in ahead of the faults: the pages of a
  * recorded trace first (the working set of an earlier run, in first-touch
  * order), then optionally all the rest, after which the regions can be
  * unregistered and the served process no longer depends on the handler.
@@ -1035,8 +1037,9 @@ struct uffd_source_ops {
 	 * Start reading req->len bytes at req->off into req->buf. Return 0:
 	 * req->done will run exactly once. Return -errno: it will not run;
 	 * -EAGAIN means "at my limit of reads in flight, try again after a
-	 * completion" (the way a source bounds its memory). The range is
-	 * within the source's length. Restore thread.
+	 * completion" (the way a source bounds its memory; the engine tries
+	 * again after its next completion, or within a millisecond). The
+	 * range is within the source's length. Restore thread.
 	 */
 	int  (*read)(void *impl, struct uffd_source_req *req);
 	/**
@@ -1065,8 +1068,12 @@ struct uffd_source_ops {
 	int  (*attach)(void *impl, struct uffd_source_env *env);
 	/**
 	 * Optional. The restore ends: complete every read still in flight
-	 * (done with -ECANCELED); no callback after it returns. Sources it
-	 * attached are detached before it (the innermost first).
+	 * (done with -ECANCELED), except those waiting only on reads of the
+	 * sources it reads from, which end as those do. Sources it attached
+	 * are detached before it (the innermost first). Reads in the restore
+	 * thread's io_uring are waited for; a source keeping another read
+	 * past 2 s makes the restore keep its buffers rather than free them
+	 * under a late write.
 	 */
 	void (*detach)(void *impl);
 	/**
@@ -1093,14 +1100,14 @@ struct uffd_source_info {
 	const char *name;       /**< for messages, e.g. the file name (copied); NULL: "source" */
 	uint64_t    length;     /**< bytes the source holds; reads stay below it */
 	size_t      block_size; /**< natural unit (a chunk, a frame); 0: 4096. The engine aligns its reads to it */
-	unsigned    max_fds;    /**< most descriptors poll gives at once; 0 without poll */
+	unsigned    max_fds;    /**< most descriptors poll gives at once (at most 64); 0: poll gives only a timeout */
 };
 
 /**
  * Create a source from @p ops and @p impl. On success it holds one
  * reference; on failure nothing of impl is freed (destroy is not called).
  * @return 0; -EINVAL (NULL ops, read or info, sizes, length 0, block_size
- *         not a power of two, max_fds above 64 or 0 with poll); -ENOMEM.
+ *         not a power of two, max_fds above 64); -ENOMEM.
  */
 int uffd_source_new(struct uffd_source **out, const struct uffd_source_ops *ops,
 		    void *impl, const struct uffd_source_info *info);

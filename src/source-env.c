@@ -4,7 +4,8 @@
  * to a restore, in order of attachment; the descriptors each one's poll op
  * gives, watched with IORING_OP_POLL_ADD next to the restore's own reads
  * (a request stays armed while the source keeps giving the same descriptor
- * and events); process called when one fired, when the source's timeout
+ * and events and neither read nor process ran on it -- they may close a
+ * descriptor and open another of that number); process called when one fired, when the source's timeout
  * passed, or after uffd_source_notify(). What it needs is allocated when a
  * source is attached, before the restore thread runs.
  */
@@ -152,10 +153,14 @@ static void prepare_one(struct uffd_source_env *env, unsigned k, uint64_t now, u
 	int64_t timeout = -1;
 	int n = s->ops.poll(s->impl, e->fds, s->max_fds, &timeout);
 
+	bool fresh = e->rearm || s->touched;
+
+	e->rearm = s->touched = false;
 	e->nfds = n < 0 ? 0 : (unsigned)n > s->max_fds ? s->max_fds : (unsigned)n;
 	for (unsigned i = 0; i < s->max_fds; i++) {
 		bool want = i < e->nfds && e->fds[i].fd >= 0;
-		bool same = want && e->armed[i].fd == e->fds[i].fd && e->armed[i].events == e->fds[i].events;
+		bool same = want && !fresh && e->armed[i].fd == e->fds[i].fd &&
+			    e->armed[i].events == e->fds[i].events;
 
 		e->fds[i].revents = 0;
 		if (e->armed[i].fd >= 0 && !same)
@@ -226,6 +231,7 @@ void uffd__env_process(struct uffd_source_env *env)
 			continue;
 		e->run = false;
 		e->due_ns = -1;
+		e->rearm = true;	/* it may have closed a descriptor and opened another of that number */
 		s->ops.process(s->impl, e->fds, e->nfds);
 		for (unsigned i = 0; i < e->nfds; i++)
 			e->fds[i].revents = 0;

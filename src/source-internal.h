@@ -27,6 +27,7 @@ struct uffd_source {
 	_Atomic(struct uffd_source_env *) env;
 	unsigned slot;			/* index in env->v */
 	atomic_bool notified;
+	bool touched;			/* read since its descriptors were armed: they may be new */
 };
 
 /*
@@ -47,6 +48,7 @@ struct env_src {
 	uint32_t *gen;		/* max_fds: the armed request's generation */
 	int64_t due_ns;		/* process at this time (monotonic), -1: none */
 	bool run;		/* process is due */
+	bool rearm;		/* process ran: a descriptor of the same number may be another file now */
 };
 
 struct uffd_source_env {

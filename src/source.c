@@ -25,8 +25,6 @@ static int check_info(const struct uffd_source_ops *ops, const struct uffd_sourc
 		return uffd__err(-EINVAL, "%s: block_size %zu is not a power of two", call, in->block_size);
 	if (in->max_fds > MAX_FDS)
 		return uffd__err(-EINVAL, "%s: max_fds %u is above %d", call, in->max_fds, MAX_FDS);
-	if (ops->poll && !in->max_fds)
-		return uffd__err(-EINVAL, "%s: the source has a poll op but max_fds is 0", call);
 	return 0;
 }
 
@@ -59,7 +57,7 @@ UFFD_EXPORT int uffd_source_new(struct uffd_source **out, const struct uffd_sour
 	s->impl = impl;
 	s->length = in.length;
 	s->block = in.block_size ? in.block_size : 4096;
-	s->max_fds = s->ops.poll ? in.max_fds : 0;
+	s->max_fds = s->ops.poll ? in.max_fds : 0;	/* poll with none: a timer only */
 	*out = s;
 	return 0;
 }
@@ -123,6 +121,7 @@ UFFD_EXPORT int uffd_source_read(struct uffd_source *src, struct uffd_source_req
 		return err;
 	if (!atomic_load(&src->env))
 		return uffd__err(-ENOTCONN, "uffd_source_read: source %s is not attached to a restore", src->name);
+	src->touched = src->max_fds > 0;	/* restore thread, as the env's polling */
 	return src->ops.read(src->impl, req);
 }
 UFFD_EXPORT_OWN(source_read);

@@ -681,6 +681,122 @@ START_TEST(test_socket_path)
 }
 END_TEST
 
+
+/* ---- layers: a base and two Diff files, newest wins ---- */
+
+/*
+ * The truth (what fc-vmm checks): the snapshot with pages p % 16 == 7
+ * punched to zeros. The base holds it but for garbage where the diffs
+ * hold the truth: diff 1 at p % 4 == 1 (and garbage at p % 8 == 2, which
+ * diff 2 hides), diff 2 at p % 8 == 2; none holds p % 16 == 7.
+ */
+static void write_layers(const struct env *e, const char *base, const char *d1, const char *d2)
+{
+	const char *paths[3] = { base, d1, d2 };
+	size_t ps = 4096, npages = SNAP_MIB * MIB / ps;
+	char *page = malloc(ps), *junk = malloc(ps);
+	int t = open(e->snap, O_RDWR | O_CLOEXEC), fd[3];
+
+	ck_assert_ptr_nonnull(page);
+	ck_assert_ptr_nonnull(junk);
+	ck_assert_int_ge(t, 0);
+	memset(junk, 0xa5, ps);
+	for (int i = 0; i < 3; i++) {
+		fd[i] = open(paths[i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		ck_assert_int_ge(fd[i], 0);
+		ck_assert_int_eq(ftruncate(fd[i], (off_t)(SNAP_MIB * MIB)), 0);
+	}
+	for (size_t p = 0; p < npages; p++) {
+		off_t at = (off_t)(p * ps);
+
+		if (p % 16 == 7) {
+			ck_assert_int_eq(fallocate(t, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, (off_t)ps), 0);
+			continue;
+		}
+		ck_assert_int_eq(pread(t, page, ps, at), (ssize_t)ps);
+		if (p % 4 == 1) {
+			ck_assert_int_eq(pwrite(fd[0], junk, ps, at), (ssize_t)ps);
+			ck_assert_int_eq(pwrite(fd[1], page, ps, at), (ssize_t)ps);
+		} else if (p % 8 == 2) {
+			ck_assert_int_eq(pwrite(fd[0], junk, ps, at), (ssize_t)ps);
+			ck_assert_int_eq(pwrite(fd[1], junk, ps, at), (ssize_t)ps);
+			ck_assert_int_eq(pwrite(fd[2], page, ps, at), (ssize_t)ps);
+		} else {
+			ck_assert_int_eq(pwrite(fd[0], page, ps, at), (ssize_t)ps);
+		}
+	}
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(close(fd[i]), 0);
+	close(t);
+	free(page);
+	free(junk);
+}
+
+START_TEST(test_layers)
+{
+	static const char *const vo1[] = { "--touch-pct", "50", NULL };
+	static const char *const vo2[] = { "--touch-pct", "50", "--after-handler", NULL };
+	char base[112], d1[112], d2[112];
+	const char *so1[] = { "--memory", base, "--layer", d1, "--layer", d2, "--record", NULL, NULL };
+	const char *so2[] = { "--memory", base, "--layer", d1, "--layer", d2, "--replay", NULL, "--fill", NULL };
+	struct env e;
+	struct run r1, r2;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, base, sizeof(base), "base");
+	path_in(&e, d1, sizeof(d1), "diff1");
+	path_in(&e, d2, sizeof(d2), "diff2");
+	write_layers(&e, base, d1, d2);
+	so1[7] = so2[7] = e.trace;
+	/* Demand faults and a recording on the layers: every byte the guest reads is the truth. */
+	restore(&e, &r1, "layers-record", so1, vo1);
+	assert_clean(&r1, "vm-exit");
+	ck_assert_uint_eq(num(r1.json, "\"hole\""), SNAP_MIB * MIB / 4096 / 16);
+	ck_assert_uint_gt(num(r1.json, "\"pages_recorded\""), 0);
+	/* Replay and fill on the layers, then detach: every page checked after the serve left. */
+	restore(&e, &r2, "layers-replay", so2, vo2);
+	assert_clean(&r2, "detached");
+	ck_assert_uint_eq(num(r2.vmm_out, "after_handler_bad"), 0);
+	ck_assert_uint_gt(num(r2.json, "\"replay\""), 0);
+	ck_assert_uint_eq(num(r2.json, "\"present\""), num(r2.json, "\"total\""));
+	/* Hole pages are never read. */
+	ck_assert_uint_le(num(r2.json, "\"bytes_read\""), SNAP_MIB * MIB / 16 * 15);
+	run_free(&r1);
+	run_free(&r2);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* Checked before any VM connects: one line naming the file, exit 3. */
+START_TEST(test_bad_layers)
+{
+	char shorter[112], missing[112], dir[112];
+	const char *bad[] = { shorter, missing, dir };
+	const char *why[] = { "bytes", "cannot open", "not a regular file" };
+	struct env e;
+	struct proc sv;
+	char *err;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, shorter, sizeof(shorter), "short-diff");
+	path_in(&e, missing, sizeof(missing), "no-such-diff");
+	path_in(&e, dir, sizeof(dir), "a-directory");
+	write_snapshot(shorter, SNAP_MIB / 2);
+	ck_assert_int_eq(mkdir(dir, 0700), 0);
+	for (int i = 0; i < 3; i++) {
+		spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
+						    "--layer", e.snap, "--layer", (char *)bad[i], "--timeout", "5000", NULL });
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 3);
+		err = slurp(sv.err);
+		ck_assert_msg(strstr(err, bad[i]) && strstr(err, why[_i * 0 + i]), "%s", err);
+		ck_assert_msg(!strchr(strchr(err, '\n') + 1, '\n'), "more than one line: %s", err);
+		ck_assert_int_ne(access(e.sock, F_OK), 0);	/* it never listened */
+		free(err);
+	}
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -710,6 +826,10 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_wrong_mapping, 0, 2);
 	tc = CASE(connect_timeout, 20);
 	tcase_add_test(tc, test_connect_timeout);
+	tc = CASE(layers, 60);
+	tcase_add_test(tc, test_layers);
+	tc = CASE(bad_layers, 20);
+	tcase_add_test(tc, test_bad_layers);
 	tc = CASE(socket_path, 20);
 	tcase_add_test(tc, test_socket_path);
 	return s;

@@ -36,6 +36,8 @@ static void usage(FILE *f)
 		"\n"
 		"  -s, --socket PATH     Unix socket to listen on (give it to PUT /snapshot/load)\n"
 		"  -m, --memory FILE     the memory snapshot file (mem_file_path of the snapshot)\n"
+		"  -l, --layer DIFF      a Diff snapshot's memory file over it (repeatable, newest\n"
+		"                        last): its pages win, its holes show the older layers\n"
 		"  -r, --record TRACE    record the pages the VM touches, in order, into TRACE\n"
 		"      --record-ms MS    record only MS milliseconds after the first fault\n"
 		"  -p, --replay TRACE    bring in the pages of TRACE ahead of the faults (repeatable)\n"
@@ -93,14 +95,14 @@ static uint64_t number(const char *opt, const char *s, uint64_t min, uint64_t ma
 	return v << shift;
 }
 
-static void add_replay(struct serve_opts *o, const char *path)
+static void add_path(const char ***v, size_t *n, const char *path)
 {
-	const char **v = realloc(o->replay, (o->nreplay + 1) * sizeof(*v));
+	const char **w = realloc(*v, (*n + 1) * sizeof(*w));
 
-	if (!v)
+	if (!w)
 		bad("out of memory");
-	o->replay = v;
-	o->replay[o->nreplay++] = path;
+	*v = w;
+	w[(*n)++] = path;
 }
 
 void serve_args(int argc, char **argv, struct serve_opts *o)
@@ -109,6 +111,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
+		{ "layer", required_argument, NULL, 'l' },
 		{ "record", required_argument, NULL, 'r' },
 		{ "record-ms", required_argument, NULL, OPT_RECORD_MS },
 		{ "replay", required_argument, NULL, 'p' },
@@ -126,7 +129,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 	int c;
 
 	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS };
-	while ((c = getopt_long(argc, argv, "s:m:r:p:f::t:SjMT:hV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:m:l:r:p:f::t:SjMT:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 's': o->socket = optarg; break;
 		case 'm': o->memory = optarg; break;
@@ -134,7 +137,12 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		case OPT_RECORD_MS:
 			o->record_ms = (unsigned)number("--record-ms", optarg, 1, UINT_MAX, false);
 			break;
-		case 'p': add_replay(o, optarg); break;
+		case 'p': add_path(&o->replay, &o->nreplay, optarg); break;
+		case 'l':
+			if (o->nlayers == 63)
+				bad("at most 63 --layer files over --memory");
+			add_path(&o->layers, &o->nlayers, optarg);
+			break;
 		case 'f':
 			o->fill = true;
 			o->fill_rate = optarg ? number("--fill", optarg, 4096, UINT64_MAX >> 1, true) : 0;

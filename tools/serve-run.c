@@ -101,8 +101,8 @@ static int lib_fail(const char *what, int err)
 	return serve_fail(EXIT_SERVE, "%s: %s (%s)", what, strerror(-err), uffd_last_error());
 }
 
-/* The handle and one foreign region per row, each served from the snapshot. */
-static int setup_regions(struct serve *sv, int snap_fd)
+/* The handle and one foreign region per row, each served from the snapshot's source. */
+static int setup_regions(struct serve *sv, struct uffd_source *src)
 {
 	const struct fc_handshake *h = sv->h;
 	int err;
@@ -122,7 +122,7 @@ static int setup_regions(struct serve *sv, int snap_fd)
 
 		if ((err = uffd_region_create_foreign(sv->u, &fo, &sv->r[i])))
 			return lib_fail("declaring a region", err);
-		if ((err = uffd_restore_add_region(sv->rs, sv->r[i], snap_fd, g->offset)))
+		if ((err = uffd_restore_add_region_source(sv->rs, sv->r[i], src, g->offset)))
 			return lib_fail("serving a region from the snapshot", err);
 	}
 	return 0;
@@ -253,6 +253,7 @@ static void summarize(const struct serve *sv, struct serve_summary *s)
 		s->pages_replay = st.pages_prefetched;
 		s->pages_fill = st.pages_filled;
 		s->pages_zero = st.pages_zero;
+		s->pages_hole = st.pages_hole;
 		s->bytes_read = st.bytes_read;
 		s->inflight_hits = st.inflight_hits;
 		s->read_errors = st.read_errors;
@@ -281,7 +282,7 @@ static void teardown(struct serve *sv)
 		close(sv->done_fd);
 }
 
-int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, int sigfd,
+int serve_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd_source *src, int sigfd,
 	     int conn, struct serve_summary *s)
 {
 	struct serve sv = { .o = o, .h = h, .t0 = now_ns(),
@@ -292,7 +293,7 @@ int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, in
 	if (!rc)
 		rc = setup_restore(&sv);
 	if (!rc)
-		rc = setup_regions(&sv, snap_fd);
+		rc = setup_regions(&sv, src);
 	if (!rc)
 		rc = load_traces(&sv);
 	if (!rc)

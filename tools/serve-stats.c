@@ -18,10 +18,11 @@ static void print_text(const struct serve_summary *s)
 	printf("  %-14s missing %llu, minor %llu, wp %llu; %llu found their read in flight\n", "faults",
 	       (unsigned long long)s->faults[0], (unsigned long long)s->faults[1],
 	       (unsigned long long)s->faults[2], (unsigned long long)s->inflight_hits);
-	printf("  %-14s %llu of %llu present: demand %llu, replay %llu, fill %llu, zero %llu\n", "pages",
+	printf("  %-14s %llu of %llu present: demand %llu, replay %llu, fill %llu, zero %llu, holes %llu\n", "pages",
 	       (unsigned long long)s->pages_present, (unsigned long long)s->pages_total,
 	       (unsigned long long)s->pages_demand, (unsigned long long)s->pages_replay,
-	       (unsigned long long)s->pages_fill, (unsigned long long)s->pages_zero);
+	       (unsigned long long)s->pages_fill, (unsigned long long)s->pages_zero,
+	       (unsigned long long)s->pages_hole);
 	printf("  %-14s %.1f MiB (%llu read errors)\n", "bytes read", s->bytes_read / 1048576.0,
 	       (unsigned long long)s->read_errors);
 	printf("  %-14s p50 %.1f us, p99 %.1f us\n", "service time", s->p50_ns / 1e3, s->p99_ns / 1e3);
@@ -58,6 +59,7 @@ static void print_json(const struct serve_summary *s)
 	add_u64(p, "replay", s->pages_replay);
 	add_u64(p, "fill", s->pages_fill);
 	add_u64(p, "zero", s->pages_zero);
+	add_u64(p, "hole", s->pages_hole);
 	json_object_object_add(o, "pages", p);
 	add_u64(o, "bytes_read", s->bytes_read);
 	add_u64(o, "inflight_hits", s->inflight_hits);

@@ -30,6 +30,8 @@ enum {
 struct serve_opts {
 	const char *socket;	/* the Unix socket to listen on */
 	const char *memory;	/* the memory snapshot file */
+	const char **layers;	/* Diff snapshots over it, oldest first */
+	size_t nlayers;
 	const char *record;	/* trace to write, or NULL */
 	const char **replay;	/* traces to replay */
 	size_t nreplay;
@@ -97,7 +99,7 @@ struct serve_summary {
 	enum serve_end end;
 	uint64_t faults[3];	/* by enum uffd_fault_kind */
 	uint64_t removes;	/* REMOVE events (balloon) */
-	uint64_t pages_total, pages_present, pages_demand, pages_replay, pages_fill, pages_zero;
+	uint64_t pages_total, pages_present, pages_demand, pages_replay, pages_fill, pages_zero, pages_hole;
 	uint64_t bytes_read, inflight_hits, read_errors, pages_recorded, errors;
 	uint64_t p50_ns, p99_ns;	/* service time of demand faults */
 	uint64_t complete_ns;	/* start to every page present; 0 if never */
@@ -105,8 +107,9 @@ struct serve_summary {
 	int fds_leaked;		/* descriptors open after cleanup that were not before */
 };
 
-/* Serves the VM of h until it exits, the serve detaches, or a signal. Returns an EXIT_* code. */
-int serve_vm(const struct serve_opts *o, struct fc_handshake *h, int snap_fd, int sigfd,
+struct uffd_source;
+/* Serves the VM of h from src until it exits, the serve detaches, or a signal. Returns an EXIT_* code. */
+int serve_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd_source *src, int sigfd,
 	     int conn, struct serve_summary *s);
 
 /* ---- serve-stats.c ---- */

@@ -19,6 +19,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <uffd.h>
+
 #include "serve.h"
 
 #define MAX_CHILDREN 1024
@@ -38,22 +40,74 @@ static int count_fds(void)
 	return n;
 }
 
-/* The snapshot, read-only: fd, and its size in *size; or an EXIT_* code negated. */
-static int open_snapshot(const char *path, uint64_t *size)
+/* A snapshot file, read-only: fd, and its size in *size; or an EXIT_* code negated. */
+static int open_snapshot(const char *what, const char *path, uint64_t *size)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
 	off_t end;
 
 	if (fd < 0)
-		return -serve_fail(EXIT_SETUP, "cannot open the snapshot %s: %s", path, strerror(errno));
+		return -serve_fail(EXIT_SETUP, "cannot open the %s %s: %s", what, path, strerror(errno));
 	if (fstat(fd, &st) || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
 		close(fd);
-		return -serve_fail(EXIT_SETUP, "the snapshot %s is not a regular file or block device", path);
+		return -serve_fail(EXIT_SETUP, "the %s %s is not a regular file or block device", what, path);
 	}
 	end = lseek(fd, 0, SEEK_END);
 	*size = end > 0 ? (uint64_t)end : 0;
 	return fd;
+}
+
+/* The file source of one snapshot file (a Diff layer's holes fall through); NULL after printing why. */
+static struct uffd_source *file_layer(const char *what, const char *path, bool diff, uint64_t *size)
+{
+	struct uffd_source_file_opts fo = { .size = sizeof(fo), .flags = diff ? UFFD_SOURCE_FILE_DIFF : 0,
+					    .name = path };
+	struct uffd_source *src = NULL;
+	int fd = open_snapshot(what, path, size), err;
+
+	if (fd < 0)
+		return NULL;
+	if (!*size)
+		serve_fail(EXIT_SETUP, "the %s %s is empty", what, path);
+	else if ((err = uffd_source_file(&src, fd, &fo)))
+		serve_fail(EXIT_SETUP, "cannot read the %s %s: %s", what, path, uffd_last_error());
+	close(fd);	/* the source has its own */
+	return src;
+}
+
+/*
+ * Where the guest's bytes come from, checked before any VM connects: the
+ * memory file, or it and its Diff layers (each readable, each of its
+ * size; their holes found once, here). NULL after printing one line.
+ */
+static struct uffd_source *open_source(const struct serve_opts *o, uint64_t *size)
+{
+	struct uffd_source *l[64] = { NULL }, *src = NULL;
+	size_t n = 0;
+	uint64_t sz;
+	int err;
+
+	if (!(l[n++] = file_layer("snapshot", o->memory, false, size)))
+		return NULL;
+	for (size_t i = 0; i < o->nlayers; i++, n++) {
+		if (!(l[n] = file_layer("layer", o->layers[i], true, &sz)))
+			goto out;
+		if (sz != *size) {
+			serve_fail(EXIT_SETUP, "the layer %s is %llu bytes, the snapshot %s %llu; a Diff snapshot's memory file has the size of the one it applies to",
+				   o->layers[i], (unsigned long long)sz, o->memory, (unsigned long long)*size);
+			n++;
+			goto out;
+		}
+	}
+	if (n == 1)
+		return l[0];
+	if ((err = uffd_source_layered(&src, l, (unsigned)n, NULL)))
+		serve_fail(EXIT_SETUP, "cannot layer the snapshot files: %s", uffd_last_error());
+out:
+	for (size_t i = 0; i < n; i++)
+		uffd_source_unref(l[i]);
+	return src;
 }
 
 /* Signals arrive on a descriptor: SIGTERM and SIGINT end, SIGCHLD reaps (--multi). */
@@ -74,7 +128,7 @@ static int signals_fd(void)
 }
 
 /* One VM on connection conn, from its message to the summary. */
-static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_t size, int sigfd)
+static int serve_conn(const struct serve_opts *o, int conn, struct uffd_source *src, uint64_t size, int sigfd)
 {
 	struct serve_summary s;
 	struct fc_handshake h;
@@ -85,8 +139,9 @@ static int serve_conn(const struct serve_opts *o, int conn, int snap_fd, uint64_
 		return EXIT_OK;		/* stopped before the VM said anything */
 	if (rc)
 		return rc;
-	fprintf(stderr, PROG ": serving VM pid %d: %zu regions from %s\n", (int)h.pid, h.n, o->memory);
-	rc = serve_vm(o, &h, snap_fd, sigfd, conn, &s);
+	fprintf(stderr, PROG ": serving VM pid %d: %zu regions from %s%s\n", (int)h.pid, h.n, o->memory,
+		o->nlayers ? " and its layers" : "");
+	rc = serve_vm(o, &h, src, sigfd, conn, &s);
 	fc_handshake_free(&h);
 	s.fds_leaked = count_fds() - before;
 	if (o->stats || o->json)
@@ -131,7 +186,7 @@ static bool stop_signal(int sigfd, pid_t *kids, size_t *n)
  * --multi: accept until a signal, a child per VM. The fork happens in this
  * single-threaded process before the child creates any thread.
  */
-static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint64_t size, int sigfd)
+static int serve_multi(const struct serve_opts *o, int lsock, struct uffd_source *src, uint64_t size, int sigfd)
 {
 	static pid_t kids[MAX_CHILDREN];
 	size_t n = 0;
@@ -151,7 +206,7 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 		}
 		if (!pid) {
 			close(lsock);
-			_exit(serve_conn(o, conn, snap_fd, size, sigfd));
+			_exit(serve_conn(o, conn, src, size, sigfd));	/* the child's copy of the source */
 		}
 		kids[n++] = pid;
 		close(conn);
@@ -164,34 +219,42 @@ static int serve_multi(const struct serve_opts *o, int lsock, int snap_fd, uint6
 
 int main(int argc, char **argv)
 {
+	struct uffd_source *src;
 	struct serve_opts o;
 	uint64_t size = 0;
-	int snap, sigfd, lsock, conn, rc;
+	int sigfd = -1, lsock, conn, rc;
 
 	serve_args(argc, argv, &o);
-	if ((snap = open_snapshot(o.memory, &size)) < 0)
-		return -snap;
-	if ((sigfd = signals_fd()) < 0)
-		return -sigfd;
-	if ((lsock = fc_listen(o.socket)) < 0)
-		return -lsock;
+	if (!(src = open_source(&o, &size))) {
+		rc = EXIT_SETUP;
+		goto out;
+	}
+	if ((sigfd = signals_fd()) < 0) {
+		rc = -sigfd;
+		goto out;
+	}
+	if ((lsock = fc_listen(o.socket)) < 0) {
+		rc = -lsock;
+		goto out;
+	}
 	fprintf(stderr, PROG ": listening on %s\n", o.socket);
 	if (o.multi) {
-		rc = serve_multi(&o, lsock, snap, size, sigfd);
+		rc = serve_multi(&o, lsock, src, size, sigfd);
+		close(lsock);
+		unlink(o.socket);
 	} else {
 		conn = fc_accept(lsock, sigfd, o.timeout_ms);
 		close(lsock);
 		unlink(o.socket);	/* one VM: nobody else may connect */
-		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, snap, size, sigfd);
+		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, src, size, sigfd);
 		if (conn >= 0)
 			close(conn);
 	}
-	if (o.multi) {
-		close(lsock);
-		unlink(o.socket);
-	}
-	close(sigfd);
-	close(snap);
+out:
+	if (sigfd >= 0)
+		close(sigfd);
+	uffd_source_unref(src);
 	free(o.replay);
+	free(o.layers);
 	return rc;
 }
