@@ -9,8 +9,11 @@
  * parent references), so the whole chain is one source.
  *
  * Reads run on a thread of the source's own (started at attach, stopped at
- * detach), in the order they came: pread(2) of the compressed frame and
- * its decompression never stall the restore thread, and run next to it.
+ * detach): pread(2) of the compressed frame and its decompression never
+ * stall the restore thread, and run next to it. Reads shorter than a frame
+ * (the engine's demand reads are one page; its prefetch and fill reads are
+ * whole frames) go first, each queue in the order it came: a fault does not
+ * wait behind the prefetch reads the engine keeps in flight.
  * A finished read is handed back through uffd_source_notify(); process
  * calls its done on the restore thread. The queues are the requests
  * themselves (priv[0] links them): nothing is allocated per read.
@@ -47,7 +50,8 @@ struct snap_source {
 	struct uffd_source *src;	/* for notify; no reference (it owns us) */
 	pthread_mutex_t lock;		/* the queues and stop; the restore thread and the worker only */
 	pthread_cond_t cond;
-	struct queue todo, done;
+	struct queue urgent, todo, done;	/* shorter than a frame, the others, finished */
+	size_t frame;
 	bool running, stop;
 	pthread_t worker;
 };
@@ -70,21 +74,27 @@ static struct uffd_source_req *take_all(struct queue *q)
 	return r;
 }
 
+static struct uffd_source_req *take_one(struct queue *q)
+{
+	struct uffd_source_req *r = q->head;
+
+	if (r && !(q->head = next_of(r)))
+		q->tail = NULL;
+	return r;
+}
+
 static void *worker_main(void *arg)
 {
 	struct snap_source *ss = arg;
 
 	pthread_mutex_lock(&ss->lock);
 	while (!ss->stop) {
-		struct uffd_source_req *r = ss->todo.head;
+		struct uffd_source_req *r = take_one(&ss->urgent);
 
-		if (!r) {
+		if (!r && !(r = take_one(&ss->todo))) {
 			pthread_cond_wait(&ss->cond, &ss->lock);
 			continue;
 		}
-		ss->todo.head = next_of(r);
-		if (!ss->todo.head)
-			ss->todo.tail = NULL;
 		pthread_mutex_unlock(&ss->lock);
 		/* the sentence (file, frame) stays with this thread: -EIO is all done gets */
 		RES(r) = (uintptr_t)(snap__read(ss->s, r->off, r->buf, r->len) ? -EIO : 0);
@@ -103,7 +113,7 @@ static int ss_read(void *impl, struct uffd_source_req *req)
 	if (!ss->running)
 		return -ENOTCONN;
 	pthread_mutex_lock(&ss->lock);
-	push(&ss->todo, req);
+	push(req->len < ss->frame ? &ss->urgent : &ss->todo, req);
 	pthread_cond_signal(&ss->cond);
 	pthread_mutex_unlock(&ss->lock);
 	return 0;
@@ -175,6 +185,10 @@ static void ss_detach(void *impl)
 	pthread_join(ss->worker, NULL);
 	ss->running = false;
 	ss_process(ss, NULL, 0);
+	for (r = take_all(&ss->urgent); r; r = next) {
+		next = next_of(r);
+		r->done(r, -ECANCELED);
+	}
 	for (r = take_all(&ss->todo); r; r = next) {
 		next = next_of(r);
 		r->done(r, -ECANCELED);
@@ -213,6 +227,7 @@ UFFD_EXPORT int uffd_source_snap(struct uffd_source **out, struct uffd_snap *s)
 	if (!(ss = calloc(1, sizeof(*ss))))
 		return uffd__err(-ENOMEM, "uffd_source_snap: out of memory");
 	ss->s = s;
+	ss->frame = (size_t)1 << s->shift;
 	pthread_mutex_init(&ss->lock, NULL);
 	pthread_cond_init(&ss->cond, NULL);
 	info.name = s->l[s->n - 1].path;
