@@ -1315,7 +1315,7 @@ struct uffd_snap_info {
 	uint64_t stored_bytes;  /**< bytes of the layer's stored frames */
 	uint64_t file_bytes;    /**< bytes of the layer's file */
 	uint64_t cache_hits;    /**< whole snapshot: reads served by a cached frame */
-	uint64_t cache_misses;  /**< whole snapshot: frames decompressed */
+	uint64_t cache_misses;  /**< whole snapshot: frames decompressed (into the cache or a whole-frame read) */
 };
 
 /**

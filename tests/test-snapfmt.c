@@ -1162,6 +1162,52 @@ START_TEST(restore_bad_frame)
 }
 END_TEST
 
+/*
+ * Demand first: the fill keeps 32 whole-frame reads in flight (frames of
+ * 1 MiB, reads of 1 MiB); a fault on the last frame, right after the
+ * start, is decompressed before them, not behind them: when it returns,
+ * far fewer than 32 frames have been filled.
+ */
+START_TEST(restore_demand_first)
+{
+	size_t len = 64 * MIB, ps = 4096, fpages = MIB / ps;
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL,
+				       .queue_depth = 32, .max_read = MIB };
+	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = MIB, .level = 1 };
+	const char *p = path("big.snap");
+	struct uffd_restore_stats st;
+	struct uffd_source *src;
+	struct served v;
+	uint8_t *img;
+	uint64_t filled;
+
+	SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock");
+	/* text: every frame compressed (not stored raw), so each costs a decompression */
+	img = malloc(len);
+	for (size_t i = 0; i < len; i += 8) {
+		uint64_t r = next_rand();
+
+		memcpy(img + i, "abcdefgh", 8);
+		img[i + (r & 7)] = (uint8_t)('a' + (r >> 8) % 26);
+	}
+	pack_buf(p, img, len, &po);
+	if (!serve_open(&v, len, ps))
+		SKIP_TEST("userfaultfd is not available to this process");
+	src = serve_snap(&v, &p, 1, &o, NULL, NULL);
+	ck_assert(!memcmp(v.mem + len - ps, img + len - ps, ps));
+	st = stats_of(v.rs);
+	filled = st.pages_filled;
+	ASSERT_OK(uffd_restore_wait(v.rs, 30000));
+	ck_assert(!memcmp(v.mem, img, len));
+	serve_free(&v, src);
+	fprintf(stderr, "demand first: %llu of 64 frames filled when the fault on the last one returned\n",
+		(unsigned long long)(filled / fpages));
+	ck_assert_msg(filled < 16 * fpages, "the fault waited for %llu frames of the fill",
+		      (unsigned long long)(filled / fpages));
+	free(img);
+}
+END_TEST
+
 /* ---- the tool ---- */
 
 /* Run uffd-snap with args (NULL-terminated); its exit status, its output in out. */
@@ -1314,6 +1360,9 @@ static Suite *snapfmt_suite(void)
 	tc = CASE(restore_bad_frame, 30);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, restore_bad_frame);
+	tc = CASE(restore_demand_first, 30);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, restore_demand_first);
 	tc = CASE(tool, 30);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, tool);
