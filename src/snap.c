@@ -68,11 +68,13 @@ static int build_canon(struct snap_layer *l)
 		l->canon[ord[k]] = ord[k];
 		if (e->kind != SNAP_ZSTD && e->kind != SNAP_RAW)
 			continue;
+		/* the same bytes for a frame of the same length: decompressed and checked once */
 		if (k && l->e[ord[k - 1]].offset == e->offset &&
 		    l->e[ord[k - 1]].kind == e->kind && l->e[ord[k - 1]].length == e->length &&
-		    l->e[ord[k - 1]].crc == e->crc)
+		    l->e[ord[k - 1]].crc == e->crc &&
+		    snap__frame_len(&l->h, ord[k - 1]) == snap__frame_len(&l->h, ord[k]))
 			l->canon[ord[k]] = l->canon[ord[k - 1]];
-		/* the same offset read another way: a frame of its own, checked on its own */
+		/* otherwise (the same offset read another way): a frame of its own, checked on its own */
 	}
 	free(ord);
 	return 0;
