@@ -643,6 +643,27 @@ START_TEST(bad_frame)
 	ASSERT_ERR(uffd_snap_read(s, 64 * KIB, page, sizeof(page)), -EBADMSG, "frame 1 (bytes 65536..131071 of the image) fails its checksum");
 	uffd_snap_close(s);
 
+	/* the short last frame forged to name frame 0's bytes and checksum: refused */
+	{
+		size_t ilen = 64 * KIB + 4096, slen;
+		uint8_t *sf;
+		uint64_t sidx;
+
+		pack_buf(path("short.snap"), img + 64 * KIB, ilen, &o);	/* text, then bytes */
+		sf = slurp(path("short.snap"), &slen);
+		sidx = get64(sf + 40);
+		ck_assert_uint_eq(sf[sidx + 16], 1);	/* frame 0: zstd */
+		memcpy(sf + sidx + ENTRY, sf + sidx, ENTRY);
+		reseal_index(sf, slen);
+		write_file(bad, sf, slen);
+		free(sf);
+		ck_assert_int_eq(try_open(bad, &s), 0);
+		ASSERT_ERR(uffd_snap_read(s, 64 * KIB, page, 4096), -EBADMSG, "frame 1 ");
+		ASSERT_OK(uffd_snap_read(s, 0, page, 4096));
+		ASSERT_ERR(uffd_snap_read(s, 64 * KIB, page, 4096), -EBADMSG, "frame 1 ");
+		uffd_snap_close(s);
+	}
+
 	/* the file cut after open: the read says so, naming file and frame */
 	write_file(bad, f, flen);
 	ck_assert_int_eq(try_open(bad, &s), 0);
