@@ -1315,6 +1315,7 @@ START_TEST(tool)
 	ck_assert_int_eq(TOOL(out, "verify", path("bad.snap")), 1);
 	ck_assert_msg(strstr(out, path("bad.snap")) && strstr(out, "frame "), "%s", out);
 	ck_assert_int_eq(TOOL(out, "unpack", path("bad.snap"), path("out3")), 1);
+	ck_assert_int_eq(access(path("out3"), F_OK), -1);	/* no half-written image */
 	/* a diff on the wrong base */
 	ck_assert_int_eq(TOOL(out, "info", path("m.snap"), d), 1);
 	ck_assert_msg(strstr(out, "not of"), "%s", out);

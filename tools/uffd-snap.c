@@ -172,12 +172,17 @@ static int cmd_merge(int argc, char **argv)
 	return rc;
 }
 
-/* The image into a file: zero runs as holes, data in runs of frames. */
+/*
+ * The image into a file: zero runs as holes, data frame by frame; written
+ * to a temporary file next to it (mode 0600, like the snapshots: memory
+ * holds secrets) and renamed.
+ */
 static int cmd_unpack(int argc, char **argv)
 {
 	struct args a = { 0 };
 	struct uffd_snap_info si = { .size = sizeof(si) };
 	struct uffd_snap *s;
+	char *tmp = NULL;
 	const char *out;
 	uint8_t *buf = NULL;
 	int rc, fd = -1;
@@ -191,9 +196,8 @@ static int cmd_unpack(int argc, char **argv)
 		return fail("unpack");
 	uffd_snap_info(s, 0, &si);
 	rc = EXIT_FAILURE;
-	fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	buf = malloc(si.frame_size);
-	if (fd < 0 || !buf) {
+	if (!buf || asprintf(&tmp, "%s.XXXXXX", out) < 0 || (fd = mkostemp(tmp, O_CLOEXEC)) < 0) {
 		fprintf(stderr, "uffd-snap: %s: %s\n", out, strerror(errno));
 		goto out;
 	}
@@ -213,14 +217,17 @@ static int cmd_unpack(int argc, char **argv)
 			goto out;
 		}
 	}
-	if (ftruncate(fd, (off_t)si.image_size) || fsync(fd)) {
+	if (ftruncate(fd, (off_t)si.image_size) || fsync(fd) || rename(tmp, out)) {
 		fprintf(stderr, "uffd-snap: %s: %s\n", out, strerror(errno));
 		goto out;
 	}
 	rc = 0;
 out:
+	if (rc && fd >= 0)
+		unlink(tmp);
 	if (fd >= 0)
 		close(fd);
+	free(tmp);
 	free(buf);
 	uffd_snap_close(s);
 	return rc;
