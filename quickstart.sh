@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(gcc g++ libc6-dev pkg-config meson ninja-build liburing-dev libjson-c-dev libsystemd-dev check python3)
+PACKAGES=(gcc g++ libc6-dev pkg-config meson ninja-build liburing-dev libjson-c-dev libsystemd-dev libzstd-dev check python3)
 BUILD=build
 
 usage() {

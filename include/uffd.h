@@ -58,7 +58,7 @@ extern "C" {
  * meson.build (tests/check-version.py keeps them equal).
  */
 #define LIBUFFD_VERSION_MAJOR 0
-#define LIBUFFD_VERSION_MINOR 3
+#define LIBUFFD_VERSION_MINOR 4
 #define LIBUFFD_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------ */
@@ -1357,6 +1357,161 @@ int uffd_fc_handshake_recv(int conn, const struct uffd_fc_opts *o, struct uffd_f
 
 /** Close what @p h still holds (uffd unless -1, pidfd) and free it. NULL is fine. */
 void uffd_fc_handshake_free(struct uffd_fc_handshake *h);
+
+/* ------------------------------------------------------------------ */
+/* 12. Compressed snapshots (since 0.4)                                */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A compressed snapshot (format: libuffd-snapshot(5)) holds a memory image
+ * in frames of a power-of-two size, each compressed on its own with zstd
+ * and checked with a CRC32C on every read; all-zero frames take no space,
+ * identical frames are stored once, and a diff names its parent and stores
+ * only the frames that differ from it. A snapshot is opened as a chain of
+ * layers, base first, newest last: a frame comes from the newest layer
+ * that has it. Everything a file says is checked at open (sizes, offsets,
+ * versions, the chain's identities) and a frame's bytes on every read: a
+ * bad file is an error naming the file and frame, never wrong data.
+ *
+ * Decompressed frames are kept in a cache of a fixed size, allocated at
+ * open, so that a frame is decompressed once however many pages of it are
+ * read. Threading: a struct uffd_snap may be used from several threads
+ * (its reads are serialised); the buffer of a read must not be memory the
+ * snapshot itself serves.
+ */
+struct uffd_snap;
+
+/** Options of uffd_snap_open(). */
+struct uffd_snap_opts {
+	size_t size;        /**< sizeof(struct uffd_snap_opts) */
+	size_t cache_bytes; /**< bound of the decompressed-frame cache, taken at open; 0: 16 MiB; at least one frame */
+};
+
+/**
+ * Open the snapshot made of the @p n files @p paths, its base first, each
+ * next one a diff of the one before (uffd_snap_pack() with a parent).
+ * Every header and index is read and checked here, before any page is
+ * served.
+ * @return 0; -EINVAL (NULL, n 0, bad options; a diff whose parent is not
+ *         the file before it, a file of another image size or frame size
+ *         than the one before, a diff given as base); -EBADMSG (not a
+ *         snapshot, truncated, header or index corrupt);
+ *         -EPROTONOSUPPORT (a format version or flag this libuffd does not
+ *         know); -errno of open/read; -ENOMEM. uffd_last_error() names the
+ *         file.
+ */
+int uffd_snap_open(struct uffd_snap **out, const char *const *paths, unsigned n,
+		   const struct uffd_snap_opts *o);
+
+/**
+ * Read @p len bytes of the image at @p offset into @p buf: each frame from
+ * the newest layer that has it, checked against its CRC32C.
+ * @return 0; -EINVAL (NULL, range beyond the image); -EBADMSG (a frame does
+ *         not decompress to its size or fails its checksum: the sentence
+ *         names the file and frame); -EIO (file shorter than its index
+ *         says); -errno of pread.
+ */
+int uffd_snap_read(struct uffd_snap *s, uint64_t offset, void *buf, size_t len);
+
+/** What uffd_snap_extent() found. */
+enum uffd_snap_kind {
+	UFFD_SNAP_DATA = 1, /**< stored bytes (read them) */
+	UFFD_SNAP_ZERO = 2, /**< all zero: nothing stored, nothing to read */
+};
+
+/**
+ * What the image holds at @p offset: the kind, and in @p len the length of
+ * the run of frames from @p offset of that kind (through all layers).
+ * @return UFFD_SNAP_DATA or UFFD_SNAP_ZERO; -EINVAL (NULL, offset beyond
+ *         the image).
+ */
+int uffd_snap_extent(const struct uffd_snap *s, uint64_t offset, uint64_t *len);
+
+/** A layer of a snapshot, and the snapshot's cache (uffd_snap_info()). */
+struct uffd_snap_info {
+	size_t   size;          /**< sizeof(struct uffd_snap_info) */
+	uint64_t image_size;    /**< bytes of the image */
+	uint64_t frame_size;    /**< bytes of a frame */
+	unsigned layers;        /**< files of the snapshot */
+	unsigned version;       /**< of the layer's format */
+	uint8_t  id[16];        /**< the layer's identity */
+	uint8_t  parent_id[16]; /**< its parent's; zeros for a base */
+	uint64_t frames;        /**< frames of the image */
+	uint64_t frames_data;   /**< frames the layer holds bytes for (dedup'ed ones too) */
+	uint64_t frames_zero;   /**< all-zero frames: stored as nothing */
+	uint64_t frames_parent; /**< frames left to the parent (unchanged in a diff) */
+	uint64_t frames_dedup;  /**< data frames stored once for several frames, counted past the first */
+	uint64_t frames_raw;    /**< data frames stored uncompressed (zstd made them no smaller) */
+	uint64_t stored_bytes;  /**< bytes of the layer's stored frames */
+	uint64_t file_bytes;    /**< bytes of the layer's file */
+	uint64_t cache_hits;    /**< whole snapshot: reads served by a cached frame */
+	uint64_t cache_misses;  /**< whole snapshot: frames decompressed (into the cache or a whole-frame read) */
+};
+
+/**
+ * Describe layer @p layer (0: the base) of @p s, and the snapshot's cache.
+ * @return 0; -EINVAL (NULL, layer out of range, size this library cannot fill).
+ */
+int uffd_snap_info(const struct uffd_snap *s, unsigned layer, struct uffd_snap_info *info);
+
+/**
+ * Decompress and check every frame stored in every layer (also those a
+ * newer layer hides).
+ * @return 0; the first error of uffd_snap_read() (file and frame named).
+ */
+int uffd_snap_verify(struct uffd_snap *s);
+
+/** Close the files and free @p s. NULL is fine. */
+void uffd_snap_close(struct uffd_snap *s);
+
+/** Options of uffd_snap_pack() and uffd_snap_merge(). */
+struct uffd_snap_pack_opts {
+	size_t   size;       /**< sizeof(struct uffd_snap_pack_opts) */
+	unsigned flags;      /**< UFFD_SNAP_PACK_* */
+	int      level;      /**< zstd level, 1..19; 0: 3 */
+	uint64_t frame_size; /**< a power of two, 64 KiB..4 MiB; 0: the parent's, else 256 KiB */
+	/** Store only the frames that differ from this snapshot's image. */
+	struct uffd_snap *parent;
+};
+/**
+ * The input is a Firecracker Diff snapshot: its holes are the parent's
+ * bytes (unchanged pages), not zeros. Needs a parent.
+ */
+#define UFFD_SNAP_PACK_DIFF (1u << 0)
+
+/**
+ * Write the memory image read from @p fd (a regular file: a Firecracker
+ * memory file, or with UFFD_SNAP_PACK_DIFF a sparse Diff file, extents
+ * found with SEEK_DATA/SEEK_HOLE) to @p path as a compressed snapshot,
+ * replacing it atomically (a temporary file, then rename(2)). With a
+ * parent, the image must be of its size and the file stores the frames
+ * that differ from it.
+ * @return 0; -EINVAL (NULL, bad options, an image not a nonzero multiple of
+ *         4 KiB, of another size than the parent, DIFF without parent);
+ *         errors of uffd_snap_read() on the parent; -errno of the file
+ *         calls; -ENOMEM.
+ */
+int uffd_snap_pack(const char *path, int fd, const struct uffd_snap_pack_opts *o);
+
+/**
+ * A page source (section 10) serving the image of @p s, all its layers
+ * resolved: zero frames are ZERO extents (zero pages, no read), a frame is
+ * decompressed once into the snapshot's cache and the faults on it are
+ * served from there, on the fault handler's thread when it is cached. The
+ * block size is the frame size. On success the source owns @p s: it is
+ * closed with the source's last reference (the caller may use it until it
+ * drops its own). A frame that fails its checks completes its read with
+ * -EIO, never wrong bytes.
+ * @return 0; -EINVAL (NULL); errors of uffd_source_new().
+ */
+int uffd_source_snap(struct uffd_source **out, struct uffd_snap *s);
+
+/**
+ * Write the image of @p s (all its layers squashed) to @p path as a
+ * snapshot of one layer (or, with o->parent, a diff of that), atomically.
+ * @return as uffd_snap_pack().
+ */
+int uffd_snap_merge(const char *path, struct uffd_snap *s, const struct uffd_snap_pack_opts *o);
 
 #ifdef __cplusplus
 }

@@ -113,6 +113,15 @@ UFFD_OWN(source_notify);
 UFFD_OWN(source_file);
 UFFD_OWN(source_layered);
 UFFD_OWN(restore_add_region_source);
+UFFD_OWN(snap_open);
+UFFD_OWN(snap_read);
+UFFD_OWN(snap_extent);
+UFFD_OWN(snap_info);
+UFFD_OWN(snap_verify);
+UFFD_OWN(snap_close);
+UFFD_OWN(snap_pack);
+UFFD_OWN(snap_merge);
+UFFD_OWN(source_snap);
 
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 

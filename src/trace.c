@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "crc32c.h"
 #include "trace.h"
 
 #define MAGIC "UFFDTRC"		/* with its NUL: 8 bytes */
@@ -55,33 +55,6 @@ static size_t file_size(const struct trace *t, uint64_t count)
 	    __builtin_add_overflow(s, order, &s))
 		return SIZE_MAX;
 	return s;
-}
-
-/* ---- CRC32C, one table ---- */
-
-static uint32_t crc_table[256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-
-static void crc_init(void)
-{
-	for (uint32_t i = 0; i < 256; i++) {
-		uint32_t c = i;
-
-		for (int k = 0; k < 8; k++)
-			c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-		crc_table[i] = c;
-	}
-}
-
-uint32_t trace__crc32c(const void *buf, size_t len)
-{
-	const uint8_t *b = buf;
-	uint32_t c = ~0u;
-
-	pthread_once(&crc_once, crc_init);
-	while (len--)
-		c = crc_table[(c ^ *b++) & 0xff] ^ (c >> 8);
-	return ~c;
 }
 
 /* ---- little-endian fields ---- */
@@ -214,7 +187,7 @@ static uint8_t *encode(const struct trace *t, size_t *len)
 		put_le(p + 4, 0, 4);
 		put_le(p + 8, t->order[k].page, 8);
 	}
-	put_le(p, trace__crc32c(buf, (size_t)(p - buf)), 4);
+	put_le(p, uffd__crc32c(buf, (size_t)(p - buf)), 4);
 	*len = size;
 	return buf;
 }
@@ -334,7 +307,7 @@ static int check_file(const struct trace *t, const uint8_t *b, size_t len, uint6
 		return truncated(t, len, *count);
 	if (len > need)
 		return uffd__err(-EBADMSG, "the trace has %zu bytes after its checksum", len - need);
-	if (get_le(b + need - CRC_SIZE, CRC_SIZE) != trace__crc32c(b, need - CRC_SIZE))
+	if (get_le(b + need - CRC_SIZE, CRC_SIZE) != uffd__crc32c(b, need - CRC_SIZE))
 		return uffd__err(-EBADMSG, "the trace's checksum is wrong: the file is damaged");
 	return 0;
 }

@@ -87,9 +87,6 @@ int trace__merge_file(struct trace *t, const char *path);
  */
 int trace__merge_buf(struct trace *t, const void *buf, size_t len);
 
-/* CRC32C (Castagnoli, reflected, init and final xor ~0) of a trace file. */
-uint32_t trace__crc32c(const void *buf, size_t len);
-
 /* Orders t->order by the merged relative positions (stable). */
 void trace__sort(struct trace *t);
 

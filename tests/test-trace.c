@@ -13,6 +13,7 @@
 
 #include "harness.h"
 #include "internal.h"
+#include "crc32c.h"
 #include "trace.h"
 
 #define KIB4 4096u
@@ -143,7 +144,7 @@ START_TEST(test_round_trip)
 	uint8_t *buf;
 	size_t len;
 
-	ck_assert_uint_eq(trace__crc32c("123456789", 9), 0xe3069283u);	/* the CRC32C check value */
+	ck_assert_uint_eq(uffd__crc32c("123456789", 9), 0xe3069283u);	/* the CRC32C check value */
 	buf = saved("t", some, NSOME, &len);
 	ck_assert_uint_eq(len, FILE_SIZE(NSOME));
 	ck_assert_mem_eq(buf, "UFFDTRC\0\1\0\0\0\2\0\0\0\5\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 32);

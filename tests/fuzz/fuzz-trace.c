@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "crc32c.h"
 #include "trace.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -65,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	len = size - 1;
 	memcpy(file, data + 1, len);
 	if ((data[0] & 1) && len >= 4) {
-		uint32_t c = trace__crc32c(file, len - 4);
+		uint32_t c = uffd__crc32c(file, len - 4);
 
 		for (int i = 0; i < 4; i++)
 			file[len - 4 + i] = (uint8_t)(c >> (8 * i));

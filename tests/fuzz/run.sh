@@ -2,19 +2,19 @@
 # SPDX-License-Identifier: MIT
 # Builds the fuzz targets with libFuzzer (clang -fsanitize=fuzzer,address,
 # undefined, the library compiled in) and fuzzes each for a bounded time.
-#   tests/fuzz/run.sh BUILD_DIR [SECONDS_API] [SECONDS_DECODE] [SECONDS_HANDOFF] [SECONDS_TRACE] [SECONDS_FC]
+#   tests/fuzz/run.sh BUILD_DIR [SECONDS_API] [SECONDS_DECODE] [SECONDS_HANDOFF] [SECONDS_TRACE] [SECONDS_FC] [SECONDS_SNAP]
 # A crash leaves its input in BUILD_DIR/crash-*; once fixed, copy it to
 # tests/fuzz/regressions/<target>/ so that meson test replays it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=${1:?usage: $0 BUILD_DIR [SECONDS_API] [SECONDS_DECODE] [SECONDS_HANDOFF] [SECONDS_TRACE] [SECONDS_FC]}
-declare -A secs=([api]=${2:-40} [decode]=${3:-20} [handoff]=${4:-20} [trace]=${5:-20} [fc]=${6:-20})
+out=${1:?usage: $0 BUILD_DIR [SECONDS_API] [SECONDS_DECODE] [SECONDS_HANDOFF] [SECONDS_TRACE] [SECONDS_FC] [SECONDS_SNAP]}
+declare -A secs=([api]=${2:-40} [decode]=${3:-20} [handoff]=${4:-20} [trace]=${5:-20} [fc]=${6:-20} [snap]=${7:-20})
 mkdir -p "$out"
 flags=(-g -O1 -D_GNU_SOURCE -Iinclude -Isrc -Wall -Wextra -Werror
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 status=0
-for t in api decode handoff trace fc; do
-	clang "${flags[@]}" -o "$out/fuzz-$t" "tests/fuzz/fuzz-$t.c" src/*.c -luring -lpthread
+for t in api decode handoff trace fc snap; do
+	clang "${flags[@]}" -o "$out/fuzz-$t" "tests/fuzz/fuzz-$t.c" src/*.c -luring -lzstd -lpthread
 	mkdir -p "$out/corpus-$t"
 	# New inputs go to the build dir; the kept corpus and regressions seed it
 	# (a target may have no regression folder: git keeps no empty folder).
