@@ -196,7 +196,13 @@ struct uffd_region {
 	struct uffd_loop *loop;
 	struct uffd_handlers loop_handlers;
 	void *loop_ctx;
-	/* loop-dispatch.c: handlers running for it; destroy waits for them */
+	/*
+	 * Set by the loop with `loop`, before it: how the region leaves the
+	 * loop when destroyed. A hook, so that the region layer never names
+	 * the loop (calls go one way).
+	 */
+	void (*leave_loop)(struct uffd_region *r);
+	/* region-pin.c: handlers running for it; destroy waits for them */
 	unsigned pins;
 	bool doomed;		/* destroyed by its own handler: freed at the last unpin */
 	/* sigbus.c: in-thread resolution, if added */
@@ -365,17 +371,24 @@ void uffd__gate_init(void);
 bool uffd__gate_enter(void);
 void uffd__gate_leave(void);
 
+/* ---- region-pin.c: handlers running for a region vs its destroy ---- */
+
+/* Around a handler or callback for r, on a loop thread (one pin per thread). */
+void uffd__region_pin(struct uffd_region *r);
+/* The last unpin of a region its own handler destroyed frees the struct. */
+void uffd__region_unpin(struct uffd_region *r);
+/*
+ * After r left the region map, waits until no handler of r runs on
+ * another thread. True when this thread runs one (a handler destroys its
+ * own region): the caller releases everything but the struct, which the
+ * last unpin frees when the handler returns.
+ */
+bool uffd__region_unpin_wait(struct uffd_region *r);
+
 /* ---- loop.c ---- */
 
-/* The region leaves the loop it was added to (uffd_region_destroy calls it). */
+/* The region leaves the loop it was added to (uffd_region_destroy, via r->leave_loop). */
 void uffd__loop_forget_region(struct uffd_region *r);
-/*
- * loop-dispatch.c: after r left the region map, waits until no handler of
- * r runs on another thread. True when this thread runs one (a handler
- * destroys its own region): the caller releases everything but the struct,
- * which the loop frees when the handler returns.
- */
-bool uffd__loop_unpin_wait(struct uffd_region *r);
 
 /* ---- event.c ---- */
 

@@ -35,9 +35,6 @@ static const char *const kind_names[] = {
 	[UFFD_FAULT_MISSING] = "missing", [UFFD_FAULT_MINOR] = "minor", [UFFD_FAULT_WP] = "wp",
 };
 
-/* The region a handler of this thread is running for (destroy waits for it). */
-static __thread struct uffd_region *tl_pinned;
-
 /* ---- storage, made with the runner ---- */
 
 static size_t max_sz(size_t a, size_t b)
@@ -637,35 +634,6 @@ static void handle_event(struct loop_runner *rn, struct loop_watch *w,
 	}
 }
 
-static void pin(struct uffd_region *r)
-{
-	__atomic_add_fetch(&r->pins, 1, __ATOMIC_ACQ_REL);
-	tl_pinned = r;
-}
-
-static void unpin(struct uffd_region *r)
-{
-	/* Destroyed by its own handler (this thread): the struct was left for us to free. */
-	bool doomed = __atomic_load_n(&r->doomed, __ATOMIC_ACQUIRE);
-
-	tl_pinned = NULL;
-	/* Otherwise a destroy on another thread may free r as soon as pins drops: no touching after. */
-	if (!__atomic_sub_fetch(&r->pins, 1, __ATOMIC_ACQ_REL) && doomed)
-		free(r);
-}
-
-bool uffd__loop_unpin_wait(struct uffd_region *r)
-{
-	struct timespec nap = { .tv_nsec = 20000 };
-	unsigned own = tl_pinned == r;
-
-	while (__atomic_load_n(&r->pins, __ATOMIC_ACQUIRE) > own)
-		nanosleep(&nap, NULL);
-	if (own)
-		__atomic_store_n(&r->doomed, true, __ATOMIC_RELEASE);
-	return own;
-}
-
 /* One message, inside a gate section. prev: the queue entry of a retried fault. */
 static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m,
 		       const struct loop_qmsg *prev)
@@ -686,7 +654,7 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	else if (!err && ev.type != UFFD_EV_FORK)
 		r = region_of(w->u, (uintptr_t)ev.remove.start, ev.remove.len, &e);
 	if (r)
-		pin(r);
+		uffd__region_pin(r);
 	rangemap_read_end(&w->u->regions, t);
 	if (err) {
 		if (m->event == UFFD_EVENT_FORK)	/* never leak the fd */
@@ -701,7 +669,7 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	else
 		handle_event(rn, w, &ev, r, &e);
 	if (r)
-		unpin(r);
+		uffd__region_unpin(r);
 }
 
 /* While a fork holds the gate shut: in order, behind whatever waits already. */

@@ -351,6 +351,7 @@ UFFD_EXPORT int uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 	else if (!(err = regions_push(l, r))) {
 		r->loop_handlers = h ? *h : none;
 		r->loop_ctx = ctx;
+		r->leave_loop = uffd__loop_forget_region;
 		__atomic_store_n(&r->loop, l, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock(&l->api);

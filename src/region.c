@@ -451,9 +451,10 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 		return;
 	/* No SIGBUS handler or loop may find r once it is freed. */
 	uffd__sigbus_forget(r);
-	uffd__loop_forget_region(r);
+	if (__atomic_load_n(&r->loop, __ATOMIC_ACQUIRE))
+		r->leave_loop(r);	/* set before loop, never cleared */
 	rangemap_remove(&r->uffd->regions, r);
-	own = uffd__loop_unpin_wait(r);	/* no loop handler of r runs elsewhere */
+	own = uffd__region_unpin_wait(r);	/* no loop handler of r runs elsewhere */
 	/* The owner registered a foreign region and keeps it registered. */
 	if (!r->foreign) {
 		/*

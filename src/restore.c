@@ -184,7 +184,7 @@ static void leave_loop(struct uffd_restore *rs)
 		if (__atomic_load_n(&g->r->loop, __ATOMIC_ACQUIRE) != rs->loop)
 			continue;
 		uffd__loop_forget_region(g->r);
-		uffd__loop_unpin_wait(g->r);
+		uffd__region_unpin_wait(g->r);
 	}
 }
 
