@@ -739,6 +739,20 @@ void loop__run_queued(struct loop_runner *rn)
 	uffd__gate_leave();
 }
 
+void loop__drop_dead_forks(struct loop_runner *rn)
+{
+	for (size_t n = rn->gated.n; n; n--) {
+		struct loop_qmsg m = q_pop(&rn->gated);
+
+		if (m.m.event == UFFD_EVENT_FORK && loop__child_exited((int)m.m.arg.fork.ufd)) {
+			close((int)m.m.arg.fork.ufd);
+			COUNT(rn, reaped);
+		} else {
+			q_push(&rn->gated, &m);
+		}
+	}
+}
+
 /* A watch leaves (NULL: every watch): its queued messages go, FORK fds closed. */
 void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w)
 {

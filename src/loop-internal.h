@@ -170,6 +170,7 @@ struct uffd_loop {
 	atomic_int stop;
 	atomic_bool driving;	/* a thread is in uffd_loop_run*() */
 	atomic_llong next_reap;	/* µs: next look for exited fork children */
+	atomic_llong fd_short_until;	/* µs: a read hit EMFILE; runners drop dead queued FORKs */
 	atomic_uint nowned;
 	_Atomic(struct loop_runner *) runners;
 	struct loop_runner *caller;	/* the ring of uffd_loop_run*() */
@@ -206,8 +207,12 @@ void loop__owner_exits(struct loop_runner *rn);
 void loop__wake_runners(struct uffd_loop *l);
 /* Frees slots and zombie watches that runners let go of (l->api held). */
 void loop__collect(struct uffd_loop *l);
-/* On a loop thread, in a gate section: drops fork children that exited. */
+/* On a loop thread, gate or not (no allocation): drops fork children that exited. */
 void loop__reap(struct loop_runner *rn, bool force);
+/* Gate or not (no allocation): closes the fds of dropped children no runner holds. */
+void loop__close_dead(struct uffd_loop *l);
+/* Whether the process behind a fork child's userfaultfd has exited (one ioctl). */
+bool loop__child_exited(int fd);
 
 /* loop-dispatch.c */
 /* Allocates the runner's vectors and queues from l->o (batch). */
@@ -222,6 +227,12 @@ void loop__run_queued(struct loop_runner *rn);
 void loop__resolve(struct loop_runner *rn);
 /* Retries rn->retry once; fails entries older than the limit. */
 void loop__retry(struct loop_runner *rn);
+/*
+ * Gate or not (no allocation): FORK messages waiting for the gate whose
+ * child exited go, their fds closed (a fork at the descriptor limit waits
+ * for one). Counted as reaped; the fork handler never sees those children.
+ */
+void loop__drop_dead_forks(struct loop_runner *rn);
 /* Drops queued messages of a watch that leaves (l->lock held). */
 void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w);
 /* A problem that is no fault's: counted, reported to the hook. */

@@ -389,6 +389,9 @@ static void slot_pause(struct loop_runner *rn, struct loop_slot *s, int err)
 		s->pause_us = 100000;
 	s->pause_until = loop__now_us() + s->pause_us;
 	rn->want_reap = true;
+	/* Every runner looks at its queued FORKs: a dead child's fd is the one to free. */
+	atomic_store(&rn->l->fd_short_until, s->pause_until + 1000000);
+	loop__wake_runners(rn->l);
 	loop__fail(rn, err, "uffd loop: reading userfaultfd %d failed: %s; a fork child's userfaultfd "
 		   "needs a descriptor: the loop drops exited children and tries again in %u ms; "
 		   "raise RLIMIT_NOFILE or close descriptors", s->w->u->fd, uffd__errname(err),
@@ -639,14 +642,26 @@ static int plain_wait(struct loop_runner *rn, int timeout_ms)
 	return 0;
 }
 
-/* Inside a gate section: error reports, exited children, memory let go of. */
+/*
+ * Exited children first, with the gate shut too: a fork that waits for a
+ * descriptor keeps it shut, and only their closing frees one. Then, inside
+ * a gate section: error reports, owners that exited, memory let go of.
+ */
 static void housekeeping(struct loop_runner *rn)
 {
 	struct uffd_loop *l = rn->l;
 
+	long long short_until = atomic_load(&l->fd_short_until);
+
+	if (short_until && loop__now_us() < short_until)
+		loop__drop_dead_forks(rn);
 	if (!rn->nerrq && !rn->want_reap && !rn->owner_pending && !atomic_load(&l->nowned) &&
 	    !atomic_load(&l->garbage))
 		return;
+	loop__reap(rn, rn->want_reap);
+	rn->want_reap = false;
+	if (atomic_load(&l->garbage))
+		loop__close_dead(l);
 	if (!uffd__gate_enter())
 		return;
 	if (rn->owner_pending) {
@@ -654,8 +669,6 @@ static void housekeeping(struct loop_runner *rn)
 		loop__owner_exits(rn);
 	}
 	loop__flush_errors(rn);
-	loop__reap(rn, rn->want_reap);
-	rn->want_reap = false;
 	if (atomic_load(&l->garbage) && !pthread_mutex_trylock(&l->api)) {
 		loop__collect(l);
 		pthread_mutex_unlock(&l->api);

@@ -467,8 +467,26 @@ static void wait_released(struct uffd_loop *l, struct loop_watch *w)
 static void watch_free(struct loop_watch *w)
 {
 	if (w->owned)
-		uffd_close(w->u);
+		uffd_close(w->u);	/* its fd is -1 when loop__close_dead() closed it */
 	free(w);
+}
+
+/*
+ * Closes the userfaultfds of fork children that left the loop and that no
+ * runner holds any more: a close, no allocation, so this runs with the
+ * fork gate shut too; the structs are freed later by loop__collect().
+ * That is what lets a fork at the descriptor limit go on: its FORK
+ * message needs a descriptor, and the fork keeps the gate shut.
+ */
+void loop__close_dead(struct uffd_loop *l)
+{
+	pthread_mutex_lock(&l->lock);
+	for (struct loop_watch *w = l->zombies; w; w = w->next)
+		if (w->owned && !w->holders && w->u->fd >= 0) {
+			close(w->u->fd);
+			w->u->fd = -1;	/* the number may be reused at once: never close it again */
+		}
+	pthread_mutex_unlock(&l->lock);
 }
 
 /* Frees what runners let go of: dead slots, and zombies no runner holds (l->api held). */
@@ -570,19 +588,20 @@ UFFD_EXPORT_OWN(loop_remove);
  * 0 can change nothing in a live child: it fails with ENOENT (nothing
  * registered there), EFAULT (the source) or EEXIST.
  */
-static bool child_exited(const struct uffd *u)
+bool loop__child_exited(int fd)
 {
-	struct uffdio_copy c = { .dst = PROBE_ADDR, .src = 0, .len = u->page_size,
+	struct uffdio_copy c = { .dst = PROBE_ADDR, .src = 0, .len = uffd__base_page_size(),
 				 .mode = UFFDIO_COPY_MODE_DONTWAKE };
 
-	return ioctl(u->fd, UFFDIO_COPY, &c) < 0 && errno == ESRCH;
+	return ioctl(fd, UFFDIO_COPY, &c) < 0 && errno == ESRCH;
 }
 
 /*
- * On a loop thread, inside a gate section: unlinks owned watches whose
- * process exited; they are freed once every runner let go of them. Runs
- * when a fork arrives, when a read hits EMFILE (force) and at most once a
- * second otherwise.
+ * On a loop thread, gate or not (it allocates and frees nothing): unlinks
+ * owned watches whose process exited; their fds are closed by
+ * loop__close_dead() once every runner let go of them, the structs freed
+ * by loop__collect(). Runs when a fork arrives, when a read hits EMFILE
+ * (force) and at most once a second otherwise.
  */
 void loop__reap(struct loop_runner *rn, bool force)
 {
@@ -599,7 +618,7 @@ void loop__reap(struct loop_runner *rn, bool force)
 	pthread_mutex_lock(&l->lock);
 	for (struct loop_watch *w = l->watches, *next; w && n < 16; w = next) {
 		next = w->next;
-		if (!w->owned || !child_exited(w->u))
+		if (!w->owned || !loop__child_exited(w->u->fd))
 			continue;
 		watch_unlink(l, w);
 		w->next = l->zombies;
@@ -612,10 +631,11 @@ void loop__reap(struct loop_runner *rn, bool force)
 	pthread_mutex_unlock(&l->lock);
 	for (size_t i = 0; i < n; i++)
 		release_undriven(l, reaped[i], false);
-	loop__collect(l);
 	pthread_mutex_unlock(&l->api);
-	if (n)
-		loop__wake_runners(l);
+	if (n) {
+		loop__close_dead(l);	/* those no runner held */
+		loop__wake_runners(l);	/* the others let go, then their fds close */
+	}
 }
 
 /* ---- owners that exited ---- */

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -526,6 +527,120 @@ END_TEST
 START_TEST(test_fork_storm_plain) { fork_storm(MODE_PLAIN); }
 END_TEST
 
+/* ---- fork at the descriptor limit ---- */
+
+#define FD_LIMIT_SPARE 3
+#define FD_LIMIT_ROUNDS 4
+
+/*
+ * Lowers RLIMIT_NOFILE and takes every descriptor below it but `spare`:
+ * exactly `spare` fds can still be made. Returns the fillers, *n of them.
+ */
+static int *fds_fill(unsigned spare, unsigned *n, struct rlimit *old)
+{
+	struct rlimit lim;
+	int *fill = calloc(4096, sizeof(*fill)), fd;
+
+	ck_assert_ptr_nonnull(fill);
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, old), 0);
+	lim = *old;
+	lim.rlim_cur = (rlim_t)harness_count_fds() + 64;
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &lim), 0);
+	*n = 0;
+	while (*n < 4096 && (fd = fcntl(0, F_DUPFD_CLOEXEC, 0)) >= 0)
+		fill[(*n)++] = fd;
+	ck_assert_int_eq(errno, EMFILE);
+	ck_assert_uint_ge(*n, spare);
+	for (unsigned i = 0; i < spare; i++)
+		close(fill[--*n]);
+	return fill;
+}
+
+static void fds_unfill(int *fill, unsigned n, const struct rlimit *old)
+{
+	while (n)
+		close(fill[--n]);
+	free(fill);
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, old), 0);
+}
+
+/*
+ * Each round: FD_LIMIT_SPARE children, alive until released, take the
+ * last descriptors with their adopted uffds; they exit; then one more
+ * fork, whose FORK message needs a descriptor. The loop must drop the
+ * exited children and close their uffds while that fork keeps the fork
+ * gate shut: the fork returns, no other descriptor is closed.
+ */
+static void fork_fd_limit(enum mode mode)
+{
+	struct uffd_handlers h = { .missing = missing, .fork = adopt_child };
+	struct uffd_loop_counters c = { .size = sizeof(c) };
+	int fds_before = harness_count_fds(), go[2], *fill;
+	pid_t kids[FD_LIMIT_SPARE];
+	struct rlimit old;
+	struct uffd_loop *l;
+	struct world wd;
+	unsigned nfill;
+	long long t0, worst = 0;
+
+	SKIP_UNDER_VALGRIND("fork events: children touch memory that loop threads resolve");
+	set_mode(mode);
+	if (!world_init(&wd, true, false))
+		SKIP_TEST("no userfaultfd with EVENT_FORK here (needs CAP_SYS_PTRACE or root)");
+	l = new_loop();
+	ck_assert_int_eq(uffd_loop_add(l, wd.u, &h, &wd), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	ck_assert_int_eq(pipe2(go, O_CLOEXEC), 0);
+	fill = fds_fill(FD_LIMIT_SPARE, &nfill, &old);
+	for (unsigned round = 0; round < FD_LIMIT_ROUNDS; round++) {
+		pid_t pid;
+		int st;
+		char b = 0;
+
+		for (unsigned i = 0; i < FD_LIMIT_SPARE; i++) {
+			kids[i] = fork();
+			if (kids[i] == 0)
+				_exit(read(go[0], &b, 1) == 1 ? 0 : 3);
+			ck_assert_int_gt(kids[i], 0);
+		}
+		for (unsigned i = 0; i < FD_LIMIT_SPARE; i++)
+			ck_assert_int_eq(write(go[1], &b, 1), 1);
+		for (unsigned i = 0; i < FD_LIMIT_SPARE; i++) {
+			ck_assert_int_eq(waitpid(kids[i], &st, 0), kids[i]);
+			ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status 0x%x", st);
+		}
+		t0 = now_us();
+		pid = fork();	/* the old loop: hangs here, its reaping waits for this fork */
+		if (pid == 0)
+			_exit(0);
+		ck_assert_int_gt(pid, 0);
+		worst = now_us() - t0 > worst ? now_us() - t0 : worst;
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	}
+	fds_unfill(fill, nfill, &old);
+	ck_assert_int_eq(uffd_loop_counters(l, &c), 0);
+	fprintf(stderr, "mode %d: %u forks at the fd limit, slowest %lld us, %llu adopted, %llu reaped\n",
+		mode, FD_LIMIT_ROUNDS, worst, (unsigned long long)c.children_adopted,
+		(unsigned long long)c.children_reaped);
+	/* Each blocked fork needed a dead child's fd closed (adopted or still queued: reaped). */
+	ck_assert_uint_ge(c.children_reaped, FD_LIMIT_ROUNDS);
+	ck_assert_uint_ge(c.errors, 1);	/* the EMFILE, reported */
+	ck_assert_int_lt(worst, 5000000);
+	uffd_loop_free(l);
+	close(go[0]);
+	close(go[1]);
+	world_free(&wd);
+	ck_assert_int_eq(harness_count_fds(), fds_before);
+}
+
+START_TEST(test_fork_fd_limit)
+{
+	fork_fd_limit(MODE_URING);
+	fork_fd_limit(MODE_POLL);
+	fork_fd_limit(MODE_PLAIN);
+}
+END_TEST
+
 static Suite *stress_suite(void)
 {
 	Suite *s = suite_create("stress");
@@ -564,6 +679,9 @@ static Suite *stress_suite(void)
 	tc = CASE(fork_storm_plain, 60);
 	tcase_add_unchecked_fixture(tc, setup, NULL);
 	tcase_add_test(tc, test_fork_storm_plain);
+	tc = CASE(fork_fd_limit, 60);
+	tcase_add_unchecked_fixture(tc, setup, NULL);
+	tcase_add_test(tc, test_fork_fd_limit);
 	return s;
 }
 
