@@ -18,6 +18,7 @@
 #include "internal.h"
 
 static atomic_int forking;	/* fork() calls between prepare and parent */
+static atomic_int wanting;	/* loop threads whose queue fills: new forks wait */
 static atomic_int open_sections;	/* threads inside a section */
 static __thread int depth;	/* this thread's nesting */
 
@@ -43,12 +44,28 @@ void uffd__gate_leave(void)
 		atomic_fetch_sub(&open_sections, 1);
 }
 
+void uffd__gate_want(bool *wants, bool on)
+{
+	if (*wants == on)
+		return;
+	*wants = on;
+	atomic_fetch_add(&wanting, on ? 1 : -1);
+}
+
 static void prepare(void)
 {
 	/* A handler that forks waits for the others, not for itself. */
 	int own = depth ? 1 : 0;
 	struct timespec nap = { .tv_nsec = 20000 };
 
+	/*
+	 * glibc runs one fork's handlers at a time, back to back: the gate
+	 * would open for microseconds between them, and a loop thread whose
+	 * queue fills could starve. A fork not yet begun waits for it here,
+	 * holding no lock but glibc's atfork list (a handler must not fork).
+	 */
+	while (!own && atomic_load(&wanting) > 0)
+		nanosleep(&nap, NULL);
 	atomic_fetch_add(&forking, 1);
 	while (atomic_load(&open_sections) > own)
 		nanosleep(&nap, NULL);
@@ -63,6 +80,7 @@ static void child(void)
 {
 	/* The child has only this thread: nobody else holds a section. */
 	atomic_store(&forking, 0);
+	atomic_store(&wanting, 0);
 	atomic_store(&open_sections, depth ? 1 : 0);
 }
 

@@ -370,6 +370,11 @@ void uffd__gate_init(void);
  */
 bool uffd__gate_enter(void);
 void uffd__gate_leave(void);
+/*
+ * A loop thread whose queue fills asks for the gate (on) until it drained
+ * (off); forks not yet begun wait meanwhile. *wants: the thread's flag.
+ */
+void uffd__gate_want(bool *wants, bool on);
 
 /* ---- region-pin.c: handlers running for a region vs its destroy ---- */
 

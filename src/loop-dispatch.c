@@ -682,25 +682,50 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 	if ((m->event != UFFD_EVENT_PAGEFAULT || rn->gated.n + GATE_EVENT_ROOM < rn->gated.cap) &&
 	    q_push(&rn->gated, &q))
 		return;
-	if (m->event == UFFD_EVENT_PAGEFAULT) {	/* full: the thread faults again later */
-		uffd_wake(w->u, (void *)(uintptr_t)(m->arg.pagefault.address & ~(uint64_t)(w->u->page_size - 1)),
-			  w->u->page_size);
-		return;
-	}
-	/* An event cannot be read again: it runs now, gate or not (a documented limit). */
-	handle_one(rn, w, m, NULL);
+	/* Full (events were counted in first: only a fault gets here): it faults again later. */
+	uffd_wake(w->u, (void *)(uintptr_t)(m->arg.pagefault.address & ~(uint64_t)(w->u->page_size - 1)),
+		  w->u->page_size);
+}
+
+/*
+ * Room in rn->gated for w's events while the gate is shut. A watch of
+ * another process (an adopted fork child, a received handle) leaves a
+ * quarter free: the FORK message a fork of this process waits for comes
+ * on one of its own handles, behind at most one event per thread, and
+ * must find room, or the gate would never open.
+ */
+static size_t gate_room(const struct loop_runner *rn, const struct loop_watch *w)
+{
+	size_t cap = rn->gated.cap - (w->owned || w->u->ranges_unknown ? rn->gated.cap / 4 : 0);
+
+	return cap > rn->gated.n ? cap - rn->gated.n : 0;
+}
+
+static size_t count_events(const struct uffd_msg *m, size_t n)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		k += m[i].event != UFFD_EVENT_PAGEFAULT;
+	return k;
 }
 
 /*
  * A read's events first, then its faults (the kernel returns faults
  * first): a fault read with a REMOVE was raised before it, and must be
- * served against the memory as it is after it.
+ * served against the memory as it is after it. Never outside the gate:
+ * what does not fit in the queue stays where it is.
  */
-void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
+bool loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		       const struct uffd_msg *m, size_t n)
 {
 	bool open = !rn->gated.n && uffd__gate_enter();
 
+	/* A quarter full: forks not yet begun wait until the queue drained. */
+	if (!open && rn->gated.n + n >= rn->gated.cap / 4)
+		uffd__gate_want(&rn->wants_gate, true);
+	if (!open && count_events(m, n) > gate_room(rn, w))
+		return false;
 	for (int faults = 0; faults < 2; faults++)
 		for (size_t i = 0; i < n; i++) {
 			if ((m[i].event == UFFD_EVENT_PAGEFAULT) != faults)
@@ -712,21 +737,48 @@ void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		}
 	if (open)
 		uffd__gate_leave();
+	return true;
 }
 
-/* Messages that waited for the gate, then faults due for their retry. */
+bool loop__has_kept(const struct loop_runner *rn)
+{
+	for (const struct loop_slot *s = rn->slots; s; s = s->next)
+		if (s->kept)
+			return true;
+	return false;
+}
+
+/* Slots that kept their messages for the gate: behind the queue, in order. */
+static void run_kept(struct loop_runner *rn)
+{
+	for (struct loop_slot *s = rn->slots; s; s = s->next)
+		if (s->kept && !s->dying && loop__handle_msgs(rn, s->w, s->buf, s->kept))
+			s->kept = 0;
+}
+
+void loop__close_forks(const struct uffd_msg *m, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (m[i].event == UFFD_EVENT_FORK)
+			close((int)m[i].arg.fork.ufd);
+}
+
+/* Messages that waited for the gate, then kept ones, then faults due for their retry. */
 void loop__run_queued(struct loop_runner *rn)
 {
 	long long now;
 	size_t n;
 
-	if ((!rn->gated.n && !rn->refault.n) || !uffd__gate_enter())
+	if ((!rn->gated.n && !rn->refault.n && !loop__has_kept(rn)) || !uffd__gate_enter())
 		return;
 	while (rn->gated.n) {
 		struct loop_qmsg q = q_pop(&rn->gated);
 
 		handle_one(rn, q.w, &q.m, NULL);
 	}
+	run_kept(rn);
+	if (!rn->gated.n && !loop__has_kept(rn))
+		uffd__gate_want(&rn->wants_gate, false);
 	now = loop__now_us();
 	for (n = rn->refault.n; n; n--) {	/* each entry once: a retry may queue itself again */
 		struct loop_qmsg q = q_pop(&rn->refault);
@@ -739,8 +791,29 @@ void loop__run_queued(struct loop_runner *rn)
 	uffd__gate_leave();
 }
 
+/* FORKs kept in a slot's buffer: compacted in place. */
+static void drop_dead_kept(struct loop_runner *rn, struct loop_slot *s)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < s->kept; i++) {
+		const struct uffd_msg *m = &s->buf[i];
+
+		if (m->event == UFFD_EVENT_FORK && loop__child_exited((int)m->arg.fork.ufd)) {
+			close((int)m->arg.fork.ufd);
+			COUNT(rn, reaped);
+		} else {
+			s->buf[k++] = *m;
+		}
+	}
+	s->kept = k;
+}
+
 void loop__drop_dead_forks(struct loop_runner *rn)
 {
+	for (struct loop_slot *s = rn->slots; s; s = s->next)
+		if (s->kept)
+			drop_dead_kept(rn, s);
 	for (size_t n = rn->gated.n; n; n--) {
 		struct loop_qmsg m = q_pop(&rn->gated);
 

@@ -47,6 +47,7 @@ struct loop_slot {
 	bool dying;		/* let go of on its next completion */
 	bool cancelled;		/* the cancel request is submitted */
 	bool owner_cancelled;
+	size_t kept;		/* messages left in buf for the fork gate: not re-armed until handled */
 	long long pause_until;	/* EMFILE on a FORK read: re-arm after this (µs) */
 	unsigned pause_us;
 	struct loop_slot *next;
@@ -140,6 +141,7 @@ struct loop_runner {
 	struct loop_msgq refault;	/* UFFD_RETRY verdicts */
 	struct loop_errrep errq[LOOP_ERRQ];
 	unsigned nerrq;
+	bool wants_gate;	/* its queue fills: forks not yet begun wait (forkgate.c) */
 	bool want_reap;		/* a read hit EMFILE: look for exited children */
 	bool owner_pending;	/* an owner_fd fired: handle the exit */
 	unsigned backoff_us;
@@ -218,11 +220,20 @@ bool loop__child_exited(int fd);
 /* Allocates the runner's vectors and queues from l->o (batch). */
 int loop__dispatch_init(struct loop_runner *rn);
 void loop__dispatch_free(struct loop_runner *rn);
-/* Decodes and dispatches n messages of w; resolutions go to rn->res. */
-void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
+/*
+ * Decodes and dispatches n messages of w; resolutions go to rn->res.
+ * False: a fork holds the gate shut and the queue has no room for their
+ * events; nothing was taken, the caller keeps them in place and reads w no
+ * more until they are handled (loop__run_kept()).
+ */
+bool loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		       const struct uffd_msg *m, size_t n);
-/* Runs what waited for the gate or for events. */
+/* Runs what waited for the gate or for events, then the slots' kept messages. */
 void loop__run_queued(struct loop_runner *rn);
+/* Whether a slot of rn keeps messages for the gate. */
+bool loop__has_kept(const struct loop_runner *rn);
+/* Messages that will never be handled: FORK fds closed (no leak). */
+void loop__close_forks(const struct uffd_msg *m, size_t n);
 /* Resolves rn->res, sorted and merged; -EAGAIN runs go to rn->retry. */
 void loop__resolve(struct loop_runner *rn);
 /* Retries rn->retry once; fails entries older than the limit. */

@@ -206,6 +206,7 @@ void loop__slots_free(struct loop_slot *s)
 	while (s) {
 		struct loop_slot *next = s->next;
 
+		loop__close_forks(s->buf, s->kept);
 		free(s->buf);
 		free(s);
 		s = next;
@@ -214,6 +215,7 @@ void loop__slots_free(struct loop_slot *s)
 
 void loop__runner_free(struct loop_runner *rn)
 {
+	uffd__gate_want(&rn->wants_gate, false);
 	if (!rn->l->plain)
 		io_uring_queue_exit(&rn->ring);
 	close(rn->efd);
@@ -249,6 +251,8 @@ bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w)
 
 void loop__slot_bury(struct uffd_loop *l, struct loop_slot *s)
 {
+	loop__close_forks(s->buf, s->kept);	/* its watch left: never handled */
+	s->kept = 0;
 	if (!--s->w->holders)
 		pthread_cond_broadcast(&l->cond);
 	s->next = l->dead_slots;
@@ -332,7 +336,7 @@ static bool slot_arm(struct loop_runner *rn, struct loop_slot *s, long long now)
 		io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)s | OWNER_TAG);
 		s->owner_busy = true;
 	}
-	if (s->busy || !slot_ready(s, now))
+	if (s->busy || s->kept || !slot_ready(s, now))
 		return true;
 	if (!(sqe = get_sqe(rn)))
 		return false;
@@ -407,7 +411,8 @@ static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 	if (n > 0) {
 		s->pause_us = 0;
 		atomic_fetch_add_explicit(&rn->c.reads, 1, memory_order_relaxed);
-		loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
+		if (!loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg)))
+			s->kept = (size_t)n / sizeof(struct uffd_msg);	/* no read until handled */
 	} else if (n == -EMFILE || n == -ENFILE) {
 		slot_pause(rn, s, (int)n);
 	} else if (n < 0) {
@@ -530,7 +535,7 @@ static long long wait_budget_us(struct loop_runner *rn, int timeout_ms)
 	long long wait_us = timeout_ms < 0 ? -1 : timeout_ms * 1000ll, now = loop__now_us();
 	long long cap = -1;
 
-	if (rn->retry.n || rn->refault.n || rn->gated.n || rn->nerrq) {
+	if (rn->retry.n || rn->refault.n || rn->gated.n || rn->nerrq || loop__has_kept(rn)) {
 		/* -EAGAIN can outlive its event, a fork can take a while: back off briefly */
 		rn->backoff_us = rn->backoff_us ? rn->backoff_us * 2 : 50;
 		if (rn->backoff_us > BACKOFF_MAX_US)
@@ -602,8 +607,9 @@ static size_t plain_fill(struct loop_runner *rn)
 
 	rn->pfd[0] = (struct pollfd){ .fd = rn->efd, .events = POLLIN };
 	for (struct loop_slot *s = rn->slots; s; s = s->next) {
-		/* A negative fd is skipped by poll(2): a paused slot. */
-		rn->pfd[n] = (struct pollfd){ .fd = slot_ready(s, now) ? s->w->u->fd : -1, .events = POLLIN };
+		/* A negative fd is skipped by poll(2): a paused slot, or one keeping messages. */
+		rn->pfd[n] = (struct pollfd){ .fd = slot_ready(s, now) && !s->kept ? s->w->u->fd : -1,
+					      .events = POLLIN };
 		rn->pfd_tag[n++] = (uintptr_t)s;
 		if (has_owner(s) && !atomic_load(&s->w->owner_fired)) {
 			rn->pfd[n] = (struct pollfd){ .fd = s->w->wo.owner_fd, .events = POLLIN };
@@ -683,7 +689,7 @@ static void step_finish(struct loop_runner *rn)
 	loop__resolve(rn);
 	loop__retry(rn);
 	housekeeping(rn);
-	if (!rn->retry.n && !rn->refault.n && !rn->gated.n)
+	if (!rn->retry.n && !rn->refault.n && !rn->gated.n && !loop__has_kept(rn))
 		rn->backoff_us = 0;
 }
 
@@ -717,7 +723,7 @@ int loop__step(struct loop_runner *rn, int timeout_ms)
 /* Finishes queued work and cancels every request; the slots stay for a later drive. */
 void loop__drain(struct loop_runner *rn)
 {
-	for (int i = 0; (rn->retry.n || rn->refault.n || rn->gated.n) && i < 1000; i++)
+	for (int i = 0; (rn->retry.n || rn->refault.n || rn->gated.n || loop__has_kept(rn)) && i < 1000; i++)
 		if (loop__step(rn, 10))
 			break;
 	for (int i = 0; !rn->l->plain && i < 1000; i++) {	/* bounded if the ring fails */

@@ -709,6 +709,7 @@ static int drive_begin(struct uffd_loop *l, const char *call)
 
 static void drive_end(struct uffd_loop *l)
 {
+	uffd__gate_want(&l->caller->wants_gate, false);	/* nobody drains it now */
 	set_active(l->caller, false);
 	tl_runner = NULL;
 	pthread_mutex_unlock(&l->caller->drive);
@@ -757,7 +758,8 @@ UFFD_EXPORT int uffd_loop_run_once(struct uffd_loop *l, int timeout_ms)
 			break;
 	}
 	/* Retries of this wake are finished here, after the events they wait for. */
-	while (!err && (rn->retry.n || rn->refault.n || rn->gated.n) && !atomic_load(&l->stop))
+	while (!err && (rn->retry.n || rn->refault.n || rn->gated.n || loop__has_kept(rn)) &&
+	       !atomic_load(&l->stop))
 		err = loop__step(rn, 10);	/* sleeps the back-off, no spinning */
 	if (!err && rn->fail)
 		err = rn->fail;
@@ -780,6 +782,7 @@ static void *thread_main(void *arg)
 		rn->fail = 0;	/* reported to the hook and counted; no caller to return to */
 	}
 	loop__drain(rn);
+	uffd__gate_want(&rn->wants_gate, false);	/* nobody drains it now */
 	set_active(rn, false);
 	tl_runner = NULL;
 	pthread_mutex_unlock(&rn->drive);

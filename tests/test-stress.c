@@ -641,6 +641,158 @@ START_TEST(test_fork_fd_limit)
 }
 END_TEST
 
+/* ---- the fork gate's queue under a flood of events ---- */
+
+#define FLOOD_THREADS 4		/* in the flooding child, each on its own pages */
+#define FLOOD_EACH 6000		/* MADV_DONTNEED calls per thread: a REMOVE each */
+#define FLOOD_PAGES 64		/* per thread */
+#define FLOOD_FORKERS 3
+
+struct flood {
+	char *area;		/* FLOOD_THREADS * FLOOD_PAGES pages, registered */
+	uintptr_t *seen[FLOOD_THREADS];	/* each thread's REMOVE starts, in callback order */
+	atomic_uint nseen[FLOOD_THREADS];
+	atomic_uint total, outside, forks;
+	atomic_bool stop;
+};
+
+static struct flood *flood_now;
+static atomic_int in_fork;	/* forks between this test's prepare and parent hooks */
+
+/* Registered before the library's: these run inside the window its gate is shut. */
+static void flood_prepare(void) { atomic_fetch_add(&in_fork, 1); }
+static void flood_parent(void) { atomic_fetch_sub(&in_fork, 1); }
+static void flood_child(void) { atomic_store(&in_fork, 0); }
+
+static void flood_remove(void *ctx, void *start, size_t len)
+{
+	struct flood *fl = ctx;
+	size_t t = ((uintptr_t)start - (uintptr_t)fl->area) / ps / FLOOD_PAGES;
+	unsigned i;
+
+	(void)len;
+	if (atomic_load(&in_fork))
+		atomic_fetch_add(&fl->outside, 1);	/* a callback while a fork holds the gate */
+	if (t >= FLOOD_THREADS)
+		return;
+	i = atomic_fetch_add(&fl->nseen[t], 1);
+	if (i < FLOOD_EACH)
+		fl->seen[t][i] = (uintptr_t)start;
+	atomic_fetch_add(&fl->total, 1);
+}
+
+static void *flood_thread(void *arg)
+{
+	size_t t = (size_t)(uintptr_t)arg;
+	char *base = flood_now->area + t * FLOOD_PAGES * ps;
+
+	for (unsigned i = 0; i < FLOOD_EACH; i++)
+		if (madvise(base + (i % FLOOD_PAGES) * ps, ps, MADV_DONTNEED))
+			_exit(4);
+	return NULL;
+}
+
+/* The flooding child: FLOOD_THREADS threads giving pages back without pause. */
+static void flood_child_main(void)
+{
+	pthread_t th[FLOOD_THREADS];
+
+	for (size_t t = 0; t < FLOOD_THREADS; t++)
+		if (pthread_create(&th[t], NULL, flood_thread, (void *)(uintptr_t)t))
+			_exit(5);
+	for (size_t t = 0; t < FLOOD_THREADS; t++)
+		pthread_join(th[t], NULL);
+	_exit(0);
+}
+
+static void *flood_forker(void *arg)
+{
+	struct flood *fl = arg;
+
+	while (!atomic_load(&fl->stop)) {
+		pid_t pid = fork();
+		int st;
+
+		if (pid == 0)
+			_exit(0);
+		if (pid < 0 || waitpid(pid, &st, 0) != pid)
+			return (void *)1;
+		atomic_fetch_add(&fl->forks, 1);
+	}
+	return NULL;
+}
+
+/*
+ * An adopted child floods REMOVE events while threads of the parent fork
+ * without pause: the fork gate's queue fills. No event may run while a
+ * fork holds the gate shut (the old loop ran them at once, a FORK among
+ * them allocating under the forker's malloc locks), none may hang, and
+ * every REMOVE reaches its callback, each thread's in the order it made them.
+ */
+START_TEST(test_fork_gate_flood)
+{
+	struct uffd_handlers h = { .fork = adopt_child, .remove = flood_remove };
+	struct uffd_opts o = { .size = sizeof(o), .features = UFFD_FEATURE_EVENT_FORK |
+			       UFFD_FEATURE_EVENT_REMOVE };
+	size_t len = FLOOD_THREADS * FLOOD_PAGES * ps;
+	struct flood fl = { 0 };
+	void *th[FLOOD_FORKERS];
+	struct uffd_loop *l;
+	struct uffd *u = NULL;
+	long long end;
+	pid_t pid;
+	int st, err;
+
+	SKIP_UNDER_VALGRIND("fork events: children touch memory that loop threads resolve");
+	if (getenv("CK_FORK") && strcmp(getenv("CK_FORK"), "no") == 0)
+		SKIP_TEST("needs its atfork hooks installed before the library's (a fresh process per case)");
+	pthread_atfork(flood_prepare, flood_parent, flood_child);
+	err = uffd_open(&u, &o);
+	if (err == -EOPNOTSUPP || err == -EPERM)
+		SKIP_TEST("no userfaultfd with EVENT_FORK and EVENT_REMOVE here (needs CAP_SYS_PTRACE or root)");
+	ck_assert_msg(err == 0, "uffd_open: %s", uffd_last_error());
+	fl.area = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(fl.area, MAP_FAILED);
+	ck_assert_int_eq(uffd_register(u, fl.area, len, UFFDIO_REGISTER_MODE_MISSING, NULL), 0);
+	for (size_t t = 0; t < FLOOD_THREADS; t++)
+		ck_assert_ptr_nonnull(fl.seen[t] = calloc(FLOOD_EACH, sizeof(uintptr_t)));
+	flood_now = &fl;
+	l = new_loop();
+	ck_assert_int_eq(uffd_loop_add(l, u, &h, &fl), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	pid = fork();
+	if (pid == 0)
+		flood_child_main();
+	ck_assert_int_gt(pid, 0);
+	for (unsigned i = 0; i < FLOOD_FORKERS; i++)
+		th[i] = harness_thread_start(flood_forker, &fl);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	atomic_store(&fl.stop, true);
+	for (unsigned i = 0; i < FLOOD_FORKERS; i++)
+		ck_assert_ptr_null(harness_thread_join(th[i]));
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "flooding child status 0x%x", st);
+	end = now_us() + 20000000;
+	while (atomic_load(&fl.total) < FLOOD_THREADS * FLOOD_EACH && now_us() < end)
+		usleep(1000);
+	fprintf(stderr, "%u REMOVEs during %u forks, %u callbacks while a fork was in progress\n",
+		atomic_load(&fl.total), atomic_load(&fl.forks), atomic_load(&fl.outside));
+	ck_assert_uint_eq(atomic_load(&fl.outside), 0);
+	ck_assert_uint_gt(atomic_load(&fl.forks), 0);
+	ck_assert_uint_eq(atomic_load(&fl.total), FLOOD_THREADS * FLOOD_EACH);
+	for (size_t t = 0; t < FLOOD_THREADS; t++)
+		for (unsigned i = 0; i < FLOOD_EACH; i++)
+			ck_assert_msg(fl.seen[t][i] == (uintptr_t)(fl.area + (t * FLOOD_PAGES + i % FLOOD_PAGES) * ps),
+				      "thread %zu: REMOVE %u out of order", t, i);
+	uffd_loop_free(l);
+	flood_now = NULL;
+	for (size_t t = 0; t < FLOOD_THREADS; t++)
+		free(fl.seen[t]);
+	ck_assert_int_eq(uffd_unregister(u, fl.area, len), 0);
+	munmap(fl.area, len);
+	uffd_close(u);
+}
+END_TEST
+
 static Suite *stress_suite(void)
 {
 	Suite *s = suite_create("stress");
@@ -682,6 +834,9 @@ static Suite *stress_suite(void)
 	tc = CASE(fork_fd_limit, 60);
 	tcase_add_unchecked_fixture(tc, setup, NULL);
 	tcase_add_test(tc, test_fork_fd_limit);
+	tc = CASE(fork_gate_flood, 60);
+	tcase_add_unchecked_fixture(tc, setup, NULL);
+	tcase_add_test(tc, test_fork_gate_flood);
 	return s;
 }
 
