@@ -21,6 +21,13 @@ static atomic_int forking;	/* fork() calls between prepare and parent */
 static atomic_int wanting;	/* loop threads whose queue fills: new forks wait */
 static atomic_int open_sections;	/* threads inside a section */
 static __thread int depth;	/* this thread's nesting */
+static __thread const struct uffd__gate_reader *tl_reader;	/* a loop thread's */
+static __thread void *tl_token;	/* its reader, while this thread forks */
+
+void uffd__gate_set_reader(const struct uffd__gate_reader *r)
+{
+	tl_reader = r;
+}
 
 bool uffd__gate_enter(void)
 {
@@ -69,10 +76,16 @@ static void prepare(void)
 	atomic_fetch_add(&forking, 1);
 	while (atomic_load(&open_sections) > own)
 		nanosleep(&nap, NULL);
+	/* A handler forks: its loop thread reads nothing until it returns; a stand-in reads. */
+	if (own && tl_reader)
+		tl_token = tl_reader->start(tl_reader->arg);
 }
 
 static void parent(void)
 {
+	if (tl_token)
+		tl_reader->stop(tl_token);
+	tl_token = NULL;
 	atomic_fetch_sub(&forking, 1);
 }
 
@@ -81,6 +94,7 @@ static void child(void)
 	/* The child has only this thread: nobody else holds a section. */
 	atomic_store(&forking, 0);
 	atomic_store(&wanting, 0);
+	tl_token = NULL;	/* the reader thread is not in the child; its memory stays */
 	atomic_store(&open_sections, depth ? 1 : 0);
 }
 

@@ -375,6 +375,18 @@ void uffd__gate_leave(void);
  * (off); forks not yet begun wait meanwhile. *wants: the thread's flag.
  */
 void uffd__gate_want(bool *wants, bool on);
+/*
+ * A loop thread's reader for forks from its own handlers: start() runs in
+ * the prepare hook of a fork on a thread inside a section (it may
+ * allocate; NULL: nothing to read), stop() in the parent hook. Set by
+ * the loop for the thread that drives a runner, NULL when it stops.
+ */
+struct uffd__gate_reader {
+	void *(*start)(void *arg);
+	void (*stop)(void *token);
+	void *arg;
+};
+void uffd__gate_set_reader(const struct uffd__gate_reader *r);
 
 /* ---- region-pin.c: handlers running for a region vs its destroy ---- */
 

@@ -701,6 +701,20 @@ static size_t gate_room(const struct loop_runner *rn, const struct loop_watch *w
 	return cap > rn->gated.n ? cap - rn->gated.n : 0;
 }
 
+size_t loop__gate_room_own(const struct loop_runner *rn)
+{
+	return rn->gated.cap - rn->gated.n;
+}
+
+void loop__queue_msgs(struct loop_runner *rn, struct loop_watch *w,
+		      const struct uffd_msg *m, size_t n)
+{
+	for (int faults = 0; faults < 2; faults++)
+		for (size_t i = 0; i < n; i++)
+			if ((m[i].event == UFFD_EVENT_PAGEFAULT) == faults)
+				gate_queue(rn, w, &m[i]);
+}
+
 static size_t count_events(const struct uffd_msg *m, size_t n)
 {
 	size_t k = 0;
@@ -726,17 +740,15 @@ bool loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		uffd__gate_want(&rn->wants_gate, true);
 	if (!open && count_events(m, n) > gate_room(rn, w))
 		return false;
+	if (!open) {
+		loop__queue_msgs(rn, w, m, n);
+		return true;
+	}
 	for (int faults = 0; faults < 2; faults++)
-		for (size_t i = 0; i < n; i++) {
-			if ((m[i].event == UFFD_EVENT_PAGEFAULT) != faults)
-				continue;
-			if (open)
+		for (size_t i = 0; i < n; i++)
+			if ((m[i].event == UFFD_EVENT_PAGEFAULT) == faults)
 				handle_one(rn, w, &m[i], NULL);
-			else
-				gate_queue(rn, w, &m[i]);
-		}
-	if (open)
-		uffd__gate_leave();
+	uffd__gate_leave();
 	return true;
 }
 

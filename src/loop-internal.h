@@ -142,6 +142,7 @@ struct loop_runner {
 	struct loop_errrep errq[LOOP_ERRQ];
 	unsigned nerrq;
 	bool wants_gate;	/* its queue fills: forks not yet begun wait (forkgate.c) */
+	struct uffd__gate_reader reader;	/* loop-forkread.c, for forks from its handlers */
 	bool want_reap;		/* a read hit EMFILE: look for exited children */
 	bool owner_pending;	/* an owner_fd fired: handle the exit */
 	unsigned backoff_us;
@@ -230,6 +231,11 @@ bool loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
 		       const struct uffd_msg *m, size_t n);
 /* Runs what waited for the gate or for events, then the slots' kept messages. */
 void loop__run_queued(struct loop_runner *rn);
+/* Queues n messages of w for the gate, events first (they must fit: see below). */
+void loop__queue_msgs(struct loop_runner *rn, struct loop_watch *w,
+		      const struct uffd_msg *m, size_t n);
+/* Room in rn's fork-gate queue for the events of this process's own handles. */
+size_t loop__gate_room_own(const struct loop_runner *rn);
 /* Whether a slot of rn keeps messages for the gate. */
 bool loop__has_kept(const struct loop_runner *rn);
 /* Messages that will never be handled: FORK fds closed (no leak). */
@@ -251,5 +257,9 @@ void loop__fail(struct loop_runner *rn, int err, const char *fmt, ...)
 	UFFD_PRINTF(3, 4);
 /* Delivers error reports that waited for the gate. */
 void loop__flush_errors(struct loop_runner *rn);
+
+/* loop-forkread.c: the stand-in reader while a handler of rn forks (forkgate.c hooks). */
+void *loop__fork_reader_start(void *rn);
+void loop__fork_reader_stop(void *token);
 
 #endif /* LIBUFFD_LOOP_INTERNAL_H */

@@ -150,6 +150,7 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 		return uffd__err(-ENOMEM, "uffd loop: out of memory");
 	rn->l = l;
 	rn->gen = ~0u;
+	rn->reader = (struct uffd__gate_reader){ loop__fork_reader_start, loop__fork_reader_stop, rn };
 	rn->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (rn->efd < 0) {
 		err = -errno;

@@ -703,6 +703,7 @@ static int drive_begin(struct uffd_loop *l, const char *call)
 							       : "another thread");
 	pthread_mutex_lock(&l->caller->drive);
 	tl_runner = l->caller;
+	uffd__gate_set_reader(&l->caller->reader);
 	set_active(l->caller, true);
 	return 0;
 }
@@ -711,6 +712,7 @@ static void drive_end(struct uffd_loop *l)
 {
 	uffd__gate_want(&l->caller->wants_gate, false);	/* nobody drains it now */
 	set_active(l->caller, false);
+	uffd__gate_set_reader(NULL);
 	tl_runner = NULL;
 	pthread_mutex_unlock(&l->caller->drive);
 	atomic_store(&l->driving, false);
@@ -776,6 +778,7 @@ static void *thread_main(void *arg)
 
 	pthread_mutex_lock(&rn->drive);
 	tl_runner = rn;
+	uffd__gate_set_reader(&rn->reader);
 	while (!atomic_load(&l->stop)) {
 		if (loop__step(rn, -1))
 			break;	/* the ring failed: counted, nothing else to do */

@@ -646,6 +646,86 @@ START_TEST(test_fork_close)
 }
 END_TEST
 
+/* ---- fork() from a handler of a one-thread loop ---- */
+
+struct fork_in_handler {
+	char *area;
+	size_t len;
+	atomic_int forks;	/* fork handler calls: the child adopted */
+	pid_t pid;
+	double fork_s;		/* how long fork() took in the handler */
+};
+
+static int fih_fork(void *c, struct uffd *child)
+{
+	struct fork_in_handler *x = c;
+
+	ck_assert_ptr_nonnull(child);
+	atomic_fetch_add(&x->forks, 1);
+	return 0;	/* adopted: the loop serves the child */
+}
+
+/* The first fault forks, from the loop's only thread. */
+static int fih_missing(void *c, struct uffd_fault *f)
+{
+	struct fork_in_handler *x = c;
+	double t0;
+
+	if (x->pid)
+		return UFFD_RESOLVE;
+	t0 = harness_now();
+	x->pid = fork();
+	if (x->pid == 0) {	/* its faults need the loop, after this handler returns */
+		int bad = 0;
+
+		alarm(10);
+		for (size_t i = 1; i < x->len / ps; i++)
+			bad |= x->area[i * ps] != 0;
+		_exit(bad);
+	}
+	x->fork_s = harness_now() - t0;
+	(void)f;
+	return UFFD_RESOLVE;
+}
+
+/*
+ * A handler that forks on a loop of one thread: the old loop hung in
+ * fork(), its only thread being the one that would read the FORK message.
+ * Now fork returns at once and the child is adopted and served after the
+ * handler returns.
+ */
+START_TEST(test_fork_in_handler)
+{
+	struct uffd_handlers h = { .missing = fih_missing, .fork = fih_fork };
+	struct fork_in_handler x = { .len = 64 * ps };
+	int fds_before = harness_count_fds(), status;
+	struct uffd *u;
+	struct uffd_loop *l;
+
+	SKIP_UNDER_VALGRIND("valgrind runs fork(2), mremap(2) and munmap(2) without letting other threads run, so the loop never reads the event these wait for");
+	u = open_uffd(UFFD_FEATURE_EVENT_FORK);
+	if (!(uffd_features(u) & UFFD_FEATURE_EVENT_FORK)) {
+		uffd_close(u);
+		SKIP_TEST("no UFFD_FEATURE_EVENT_FORK here (needs CAP_SYS_PTRACE or root)");
+	}
+	x.area = anon_registered(u, x.len);
+	l = new_loop(0, 0);
+	ck_assert_int_eq(uffd_loop_add(l, u, &h, &x), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	ck_assert_int_eq(*(volatile char *)x.area, 0);	/* the fault whose handler forks */
+	ck_assert_int_gt(x.pid, 0);
+	ck_assert_msg(x.fork_s < 2.0, "fork() from the handler took %.3f s", x.fork_s);
+	ck_assert_int_eq(waitpid(x.pid, &status, 0), x.pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status 0x%x", status);
+	ck_assert_int_eq(atomic_load(&x.forks), 1);
+	ck_assert_uint_ge(stats(l).faults_missing, x.len / ps);	/* the parent's and the child's */
+	uffd_loop_free(l);
+	munmap(x.area, x.len);
+	uffd_close(u);
+	ck_assert_int_eq(harness_count_fds(), fds_before);
+}
+END_TEST
+
 struct remap_job {
 	void *from, *to;
 	size_t len;
@@ -1087,6 +1167,7 @@ static void add_event_tests(TCase *tc)
 {
 	tcase_add_test(tc, test_fork_adopt);
 	tcase_add_test(tc, test_fork_close);
+	tcase_add_test(tc, test_fork_in_handler);
 	tcase_add_test(tc, test_remap);
 	tcase_add_test(tc, test_remove_dontneed);
 	tcase_add_test(tc, test_remove_shmem);
