@@ -79,6 +79,8 @@ UFFD_OWN(loop_stop);
 UFFD_OWN(loop_stats);
 UFFD_OWN(loop_counters);
 UFFD_OWN(loop_free);
+UFFD_OWN(loop_join);
+UFFD_OWN(loop_current);
 UFFD_OWN(handoff_send);
 UFFD_OWN(handoff_recv);
 UFFD_OWN(handoff_free);

@@ -634,6 +634,15 @@ static void handle_event(struct loop_runner *rn, struct loop_watch *w,
 	}
 }
 
+/* The handle of the message this thread handles (uffd_loop_current()). */
+static __thread struct uffd *tl_current;
+
+UFFD_EXPORT struct uffd *uffd_loop_current(void)
+{
+	return tl_current;
+}
+UFFD_EXPORT_OWN(loop_current);
+
 /* One message, inside a gate section. prev: the queue entry of a retried fault. */
 static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *m,
 		       const struct loop_qmsg *prev)
@@ -641,6 +650,7 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	struct uffd_event ev;
 	struct uffd_region *r = NULL;
 	struct rangemap_entry e = { 0 };
+	struct uffd *was;
 	unsigned t;
 	int err;
 
@@ -664,10 +674,13 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	}
 	if (!prev)
 		rn->handled++;
+	was = tl_current;	/* a handler may fork: a nested message is not ours */
+	tl_current = w->u;
 	if (ev.type == UFFD_EV_FAULT)
 		handle_fault(rn, w, m, &ev.fault, prev);
 	else
 		handle_event(rn, w, &ev, r, &e);
+	tl_current = was;
 	if (r)
 		uffd__region_unpin(r);
 }

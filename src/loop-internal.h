@@ -160,6 +160,7 @@ struct uffd_loop {
 	bool poll_mode;		/* poll request + read(2) */
 	bool plain;		/* io_uring refused: poll(2) + read(2), no rings */
 	pthread_mutex_t api;	/* watch-set changes and runner creation */
+	pthread_mutex_t join;	/* one thread joins the loop's threads at a time */
 	pthread_mutex_t lock;	/* watches, slots, regions: held briefly, never allocating */
 	pthread_cond_t cond;	/* a watch's holders dropped to 0 */
 	struct loop_watch *watches;

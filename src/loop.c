@@ -94,6 +94,7 @@ UFFD_EXPORT int uffd_loop_new(struct uffd_loop **out, const struct uffd_loop_opt
 	l->poll_mode = l->plain || (l->o.flags & UFFD_LOOP_FORCE_POLL) ||
 		       env_is_1("LIBUFFD_LOOP_FORCE_POLL") || !loop__nowait_reads();
 	pthread_mutex_init(&l->api, NULL);
+	pthread_mutex_init(&l->join, NULL);
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->cond, NULL);
 	l->zero = mmap(NULL, ZERO_LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -796,11 +797,13 @@ static void *thread_main(void *arg)
 
 static void join_threads(struct uffd_loop *l)
 {
+	pthread_mutex_lock(&l->join);
 	for (unsigned i = 0; i < l->nthreads; i++)
 		if (l->threads[i]->joinable) {
 			pthread_join(l->threads[i]->thread, NULL);
 			l->threads[i]->joinable = false;
 		}
+	pthread_mutex_unlock(&l->join);
 }
 
 /* A new runner gets a slot of every watch (l->api held). */
@@ -908,6 +911,18 @@ UFFD_EXPORT int uffd_loop_start(struct uffd_loop *l, unsigned nthreads)
 }
 UFFD_EXPORT_OWN(loop_start);
 
+UFFD_EXPORT int uffd_loop_join(struct uffd_loop *l)
+{
+	if (!l)
+		return uffd__err(-EINVAL, "uffd_loop_join: the loop is NULL");
+	if (called_from_handler(l))
+		return uffd__err(-EDEADLK, "uffd_loop_join: called from a handler of the same loop, "
+				 "whose thread would wait for itself; join from another thread");
+	join_threads(l);
+	return 0;
+}
+UFFD_EXPORT_OWN(loop_join);
+
 UFFD_EXPORT int uffd_loop_stop(struct uffd_loop *l)
 {
 	if (!l)
@@ -979,6 +994,31 @@ UFFD_EXPORT int uffd_loop_counters(const struct uffd_loop *l, struct uffd_loop_c
 }
 UFFD_EXPORT_OWN(loop_counters);
 
+#define WAITING_EVENTS (UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | \
+			UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP)
+
+/*
+ * Handles left watched at free whose events make the application wait
+ * for a reader: said through the hook and uffd_last_error(). Not refused:
+ * free-then-close is a safe order, and the call returns nothing.
+ */
+static void warn_unread(struct uffd_loop *l)
+{
+	const struct uffd_loop_opts *o = &l->o;
+
+	for (struct loop_watch *w = l->watches; w; w = w->next) {
+		if (w->owned || !(w->u->features & WAITING_EVENTS))
+			continue;
+		uffd__err(-EBUSY, "uffd_loop_free: userfaultfd %d is still watched and has event features "
+			  "(0x%llx): with nobody reading it, fork(), mremap(), munmap() and madvise() on its "
+			  "registered ranges wait until it is closed; uffd_close() it, or "
+			  "uffd_loop_remove() it and read it otherwise, before freeing the loop",
+			  w->u->fd, (unsigned long long)(w->u->features & WAITING_EVENTS));
+		if (o->on_error)
+			o->on_error(o->error_ctx, NULL, -EBUSY, uffd_last_error());
+	}
+}
+
 UFFD_EXPORT void uffd_loop_free(struct uffd_loop *l)
 {
 	struct loop_runner *rn, *next;
@@ -987,6 +1027,7 @@ UFFD_EXPORT void uffd_loop_free(struct uffd_loop *l)
 	if (!l)
 		return;
 	stop_threads(l);
+	warn_unread(l);
 	pthread_mutex_lock(&l->caller->drive);
 	tl_runner = l->caller;
 	loop__drain(l->caller);
@@ -1014,6 +1055,7 @@ UFFD_EXPORT void uffd_loop_free(struct uffd_loop *l)
 	free(l->regions);
 	pthread_cond_destroy(&l->cond);
 	pthread_mutex_destroy(&l->lock);
+	pthread_mutex_destroy(&l->join);
 	pthread_mutex_destroy(&l->api);
 	free(l);
 }

@@ -1154,6 +1154,170 @@ START_TEST(test_args)
 }
 END_TEST
 
+/* ---- the handle behind a callback, joining, freeing with events unread ---- */
+
+struct cur_ctx {
+	struct uffd *parent, *child;	/* the watched handle, the adopted child's */
+	struct uffd *at_fork;		/* uffd_loop_current() in the fork callback */
+	struct uffd *at_remove[2];	/* ... in the remove callback: the parent's, the child's */
+	atomic_int removes;
+};
+
+static int cur_fork(void *c, struct uffd *child)
+{
+	struct cur_ctx *x = c;
+
+	x->at_fork = uffd_loop_current();
+	x->child = child;
+	return 0;
+}
+
+static void cur_remove(void *c, void *start, size_t len)
+{
+	struct cur_ctx *x = c;
+	int i = atomic_load(&x->removes);
+
+	(void)start;
+	(void)len;
+	if (i < 2)
+		x->at_remove[i] = uffd_loop_current();
+	atomic_fetch_add(&x->removes, 1);
+}
+
+/* A REMOVE from the process itself names its handle; one from an adopted child, the child's. */
+START_TEST(test_current)
+{
+	struct uffd_handlers h = { .fork = cur_fork, .remove = cur_remove };
+	struct cur_ctx x = { 0 };
+	size_t len = 4 * ps;
+	struct uffd *u;
+	struct uffd_loop *l;
+	char *a;
+	pid_t pid;
+	int status;
+
+	SKIP_UNDER_VALGRIND("valgrind runs fork(2), mremap(2) and munmap(2) without letting other threads run, so the loop never reads the event these wait for");
+	u = open_uffd(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMOVE);
+	if (!(uffd_features(u) & UFFD_FEATURE_EVENT_FORK)) {
+		uffd_close(u);
+		SKIP_TEST("no UFFD_FEATURE_EVENT_FORK here (needs CAP_SYS_PTRACE or root)");
+	}
+	x.parent = u;
+	a = anon_registered(u, len);
+	l = new_loop(0, 0);
+	ck_assert_ptr_null(uffd_loop_current());	/* not in a callback */
+	ck_assert_int_eq(uffd_loop_add(l, u, &h, &x), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	ck_assert_int_eq(madvise(a, ps, MADV_DONTNEED), 0);	/* returns once the loop read it */
+	ck_assert_int_eq(wait_count(&x.removes, 1), 1);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(madvise(a + ps, ps, MADV_DONTNEED) != 0);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status 0x%x", status);
+	ck_assert_int_eq(wait_count(&x.removes, 2), 2);
+	ck_assert_ptr_eq(x.at_fork, u);
+	ck_assert_ptr_eq(x.at_remove[0], u);
+	ck_assert_ptr_nonnull(x.child);
+	ck_assert_ptr_eq(x.at_remove[1], x.child);
+	ck_assert_ptr_null(uffd_loop_current());
+	ck_assert_int_eq(uffd_loop_remove(l, u), 0);
+	uffd_loop_free(l);
+	munmap(a, len);
+	uffd_close(u);
+}
+END_TEST
+
+static int count_threads(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* After a stop, join waits for the threads; the loop stays usable. */
+START_TEST(test_join)
+{
+	struct uffd *u = open_uffd(0);
+	char *a = anon_registered(u, 4 * ps);
+	struct uffd_loop *l = new_loop(0, 0);
+	int before = count_threads();
+
+	ck_assert_int_eq(uffd_loop_join(NULL), -EINVAL);
+	ck_assert_int_eq(uffd_loop_join(l), 0);	/* no thread: at once */
+	ck_assert_int_eq(uffd_loop_add(l, u, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 3), 0);
+	ck_assert_int_eq(count_threads(), before + 3);
+	ck_assert_int_eq(harness_load8(a), 0);		/* served */
+	ck_assert_int_eq(uffd_loop_stop(l), 0);
+	ck_assert_int_eq(uffd_loop_join(l), 0);
+	ck_assert_int_eq(count_threads(), before);	/* joined: gone, not just told */
+	ck_assert_uint_eq(stats(l).faults_missing, 1);	/* the loop and its counters stay */
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);	/* and it runs again */
+	ck_assert_int_eq(harness_load8(a + ps), 0);
+	ck_assert_uint_eq(stats(l).faults_missing, 2);
+	ck_assert_int_eq(uffd_loop_stop(l), 0);
+	ck_assert_int_eq(uffd_loop_join(l), 0);
+	ck_assert_int_eq(uffd_loop_remove(l, u), 0);
+	uffd_loop_free(l);
+	munmap(a, 4 * ps);
+	uffd_close(u);
+}
+END_TEST
+
+struct free_report {
+	int calls, err;
+	char sentence[512];
+};
+
+static void free_hook(void *ctx, const struct uffd_fault *f, int err, const char *sentence)
+{
+	struct free_report *r = ctx;
+
+	ck_assert_ptr_null(f);
+	r->calls++;
+	r->err = err;
+	snprintf(r->sentence, sizeof(r->sentence), "%s", sentence);
+}
+
+/*
+ * Freeing a loop that still watches a handle with EVENT_UNMAP: afterwards
+ * munmap() of its ranges would wait for a reader with no warning. Now the
+ * hook and uffd_last_error() say so; a handle removed first is not reported.
+ */
+START_TEST(test_free_unread)
+{
+	struct free_report rep = { 0 };
+	struct uffd_loop_opts o = { .size = sizeof(o), .on_error = free_hook, .error_ctx = &rep };
+	struct uffd *u = open_uffd(UFFD_FEATURE_EVENT_UNMAP);
+	struct uffd_loop *l = NULL;
+
+	ck_assert_int_eq(uffd_loop_new(&l, &o), 0);
+	ck_assert_int_eq(uffd_loop_add(l, u, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	uffd_loop_free(l);
+	ck_assert_int_eq(rep.calls, 1);
+	ck_assert_int_eq(rep.err, -EBUSY);
+	ck_assert_ptr_nonnull(strstr(rep.sentence, "munmap()"));
+	ck_assert_ptr_nonnull(strstr(uffd_last_error(), "uffd_close()"));
+
+	memset(&rep, 0, sizeof(rep));
+	ck_assert_int_eq(uffd_loop_new(&l, &o), 0);
+	ck_assert_int_eq(uffd_loop_add(l, u, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_remove(l, u), 0);
+	uffd_loop_free(l);
+	ck_assert_int_eq(rep.calls, 0);
+	uffd_close(u);
+}
+END_TEST
+
 /* A case of this suite: every one needs setup, some the forced poll path. */
 static TCase *loop_case(TCase *tc, bool poll)
 {
@@ -1193,6 +1357,10 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_poison);
 	tcase_add_test(tc, test_handler_error);
 	tcase_add_test(loop_case(CASE(args, 20), false), test_args);
+	tc = loop_case(CASE(join_current, 30), false);
+	tcase_add_test(tc, test_current);
+	tcase_add_test(tc, test_join);
+	tcase_add_test(tc, test_free_unread);
 	return s;
 }
 
