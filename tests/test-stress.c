@@ -643,7 +643,7 @@ END_TEST
 
 /* ---- the fork gate's queue under a flood of events ---- */
 
-#define FLOOD_THREADS 4		/* in the flooding child, each on its own pages */
+#define FLOOD_THREADS 4		/* flooding children, each on its own pages */
 #define FLOOD_EACH 6000		/* MADV_DONTNEED calls per thread: a REMOVE each */
 #define FLOOD_PAGES 64		/* per thread */
 #define FLOOD_FORKERS 3
@@ -681,27 +681,14 @@ static void flood_remove(void *ctx, void *start, size_t len)
 	atomic_fetch_add(&fl->total, 1);
 }
 
-static void *flood_thread(void *arg)
+/* A flooding child: gives its pages back without pause, one REMOVE each time. */
+static void flood_child_main(size_t t)
 {
-	size_t t = (size_t)(uintptr_t)arg;
 	char *base = flood_now->area + t * FLOOD_PAGES * ps;
 
 	for (unsigned i = 0; i < FLOOD_EACH; i++)
 		if (madvise(base + (i % FLOOD_PAGES) * ps, ps, MADV_DONTNEED))
 			_exit(4);
-	return NULL;
-}
-
-/* The flooding child: FLOOD_THREADS threads giving pages back without pause. */
-static void flood_child_main(void)
-{
-	pthread_t th[FLOOD_THREADS];
-
-	for (size_t t = 0; t < FLOOD_THREADS; t++)
-		if (pthread_create(&th[t], NULL, flood_thread, (void *)(uintptr_t)t))
-			_exit(5);
-	for (size_t t = 0; t < FLOOD_THREADS; t++)
-		pthread_join(th[t], NULL);
 	_exit(0);
 }
 
@@ -723,11 +710,11 @@ static void *flood_forker(void *arg)
 }
 
 /*
- * An adopted child floods REMOVE events while threads of the parent fork
+ * Adopted children flood REMOVE events while threads of the parent fork
  * without pause: the fork gate's queue fills. No event may run while a
  * fork holds the gate shut (the old loop ran them at once, a FORK among
  * them allocating under the forker's malloc locks), none may hang, and
- * every REMOVE reaches its callback, each thread's in the order it made them.
+ * every REMOVE reaches its callback, each child's in the order it made them.
  */
 START_TEST(test_fork_gate_flood)
 {
@@ -740,7 +727,7 @@ START_TEST(test_fork_gate_flood)
 	struct uffd_loop *l;
 	struct uffd *u = NULL;
 	long long end;
-	pid_t pid;
+	pid_t pid[FLOOD_THREADS];
 	int st, err;
 
 	SKIP_UNDER_VALGRIND("fork events: children touch memory that loop threads resolve");
@@ -760,17 +747,21 @@ START_TEST(test_fork_gate_flood)
 	l = new_loop();
 	ck_assert_int_eq(uffd_loop_add(l, u, &h, &fl), 0);
 	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
-	pid = fork();
-	if (pid == 0)
-		flood_child_main();
-	ck_assert_int_gt(pid, 0);
+	for (size_t t = 0; t < FLOOD_THREADS; t++) {
+		pid[t] = fork();
+		if (pid[t] == 0)
+			flood_child_main(t);
+		ck_assert_int_gt(pid[t], 0);
+	}
 	for (unsigned i = 0; i < FLOOD_FORKERS; i++)
 		th[i] = harness_thread_start(flood_forker, &fl);
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	for (size_t t = 0; t < FLOOD_THREADS; t++) {
+		ck_assert_int_eq(waitpid(pid[t], &st, 0), pid[t]);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "flooding child status 0x%x", st);
+	}
 	atomic_store(&fl.stop, true);
 	for (unsigned i = 0; i < FLOOD_FORKERS; i++)
 		ck_assert_ptr_null(harness_thread_join(th[i]));
-	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "flooding child status 0x%x", st);
 	end = now_us() + 20000000;
 	while (atomic_load(&fl.total) < FLOOD_THREADS * FLOOD_EACH && now_us() < end)
 		usleep(1000);
@@ -782,7 +773,7 @@ START_TEST(test_fork_gate_flood)
 	for (size_t t = 0; t < FLOOD_THREADS; t++)
 		for (unsigned i = 0; i < FLOOD_EACH; i++)
 			ck_assert_msg(fl.seen[t][i] == (uintptr_t)(fl.area + (t * FLOOD_PAGES + i % FLOOD_PAGES) * ps),
-				      "thread %zu: REMOVE %u out of order", t, i);
+				      "child %zu: REMOVE %u out of order", t, i);
 	uffd_loop_free(l);
 	flood_now = NULL;
 	for (size_t t = 0; t < FLOOD_THREADS; t++)
