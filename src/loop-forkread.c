@@ -22,6 +22,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loop-internal.h"
@@ -55,8 +56,15 @@ static void read_one(struct fork_reader *fr, size_t i)
 	if (!room)
 		return;		/* full: this fork waits for the handler (a documented limit) */
 	got = read(fr->pfd[i].fd, fr->buf, (room < batch ? room : batch) * sizeof(*fr->buf));
-	if (got > 0)
+	if (got > 0) {
 		loop__queue_msgs(rn, fr->w[i], fr->buf, (size_t)got / sizeof(*fr->buf));
+	} else if (got < 0 && (errno == EMFILE || errno == ENFILE)) {
+		/* No descriptor for the child: free those of queued dead children, then retry. */
+		struct timespec nap = { .tv_nsec = 1000000 };
+
+		loop__drop_dead_forks(rn);
+		nanosleep(&nap, NULL);
+	}
 }
 
 static void *reader_main(void *arg)
