@@ -66,10 +66,12 @@ static void prepare(void)
 	struct timespec nap = { .tv_nsec = 20000 };
 
 	/*
-	 * glibc runs one fork's handlers at a time, back to back: the gate
-	 * would open for microseconds between them, and a loop thread whose
-	 * queue fills could starve. A fork not yet begun waits for it here,
-	 * holding no lock but glibc's atfork list (a handler must not fork).
+	 * glibc serializes forks (its atfork lock is held from the end of the
+	 * prepare handlers to the parent handlers), so concurrent forks run
+	 * back to back: the gate would open for microseconds between them,
+	 * and a loop thread whose queue fills could starve. A fork not yet
+	 * begun waits for it here, holding no lock (glibc releases its lock
+	 * around each handler). A handler's own fork does not wait.
 	 */
 	while (!own && atomic_load(&wanting) > 0)
 		nanosleep(&nap, NULL);

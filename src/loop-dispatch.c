@@ -794,6 +794,8 @@ void loop__run_queued(struct loop_runner *rn)
 	long long now;
 	size_t n;
 
+	if (!rn->gated.n && !loop__has_kept(rn))	/* drained, or dropped (a watch left) */
+		uffd__gate_want(&rn->wants_gate, false);
 	if ((!rn->gated.n && !rn->refault.n && !loop__has_kept(rn)) || !uffd__gate_enter())
 		return;
 	while (rn->gated.n) {
