@@ -643,9 +643,9 @@ END_TEST
 
 /* ---- the fork gate's queue under a flood of events ---- */
 
-#define FLOOD_THREADS 4		/* flooding children, each on its own pages */
-#define FLOOD_EACH 6000		/* MADV_DONTNEED calls per thread: a REMOVE each */
-#define FLOOD_PAGES 64		/* per thread */
+#define FLOOD_THREADS 8		/* flooding children, each on its own pages */
+#define FLOOD_EACH 6000		/* MADV_DONTNEED calls per child: a REMOVE each */
+#define FLOOD_PAGES 64		/* per child */
 #define FLOOD_FORKERS 3
 
 struct flood {
@@ -702,8 +702,10 @@ static void *flood_forker(void *arg)
 
 		if (pid == 0)
 			_exit(0);
-		if (pid < 0 || waitpid(pid, &st, 0) != pid)
+		if (pid < 0 || waitpid(pid, &st, 0) != pid) {
+			fprintf(stderr, "forker: %s failed: %s\n", pid < 0 ? "fork" : "waitpid", strerror(errno));
 			return (void *)1;
+		}
 		atomic_fetch_add(&fl->forks, 1);
 	}
 	return NULL;
