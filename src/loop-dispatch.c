@@ -693,8 +693,10 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 	COUNT(rn, queued);
 	/* Faults leave room for events, which cannot be read again. */
 	if ((m->event != UFFD_EVENT_PAGEFAULT || rn->gated.n + GATE_EVENT_ROOM < rn->gated.cap) &&
-	    q_push(&rn->gated, &q))
+	    q_push(&rn->gated, &q)) {
+		atomic_fetch_add(&w->pending, 1);	/* an exited child's last events still come */
 		return;
+	}
 	/* Full (events were counted in first: only a fault gets here): it faults again later. */
 	uffd_wake(w->u, (void *)(uintptr_t)(m->arg.pagefault.address & ~(uint64_t)(w->u->page_size - 1)),
 		  w->u->page_size);
@@ -777,8 +779,10 @@ bool loop__has_kept(const struct loop_runner *rn)
 static void run_kept(struct loop_runner *rn)
 {
 	for (struct loop_slot *s = rn->slots; s; s = s->next)
-		if (s->kept && !s->dying && loop__handle_msgs(rn, s->w, s->buf, s->kept))
+		if (s->kept && !s->dying && loop__handle_msgs(rn, s->w, s->buf, s->kept)) {
+			atomic_fetch_sub(&s->w->pending, (unsigned)s->kept);
 			s->kept = 0;
+		}
 }
 
 void loop__close_forks(const struct uffd_msg *m, size_t n)
@@ -802,6 +806,7 @@ void loop__run_queued(struct loop_runner *rn)
 		struct loop_qmsg q = q_pop(&rn->gated);
 
 		handle_one(rn, q.w, &q.m, NULL);
+		atomic_fetch_sub(&q.w->pending, 1);
 	}
 	run_kept(rn);
 	if (!rn->gated.n && !loop__has_kept(rn))
@@ -828,6 +833,7 @@ static void drop_dead_kept(struct loop_runner *rn, struct loop_slot *s)
 
 		if (m->event == UFFD_EVENT_FORK && loop__child_exited((int)m->arg.fork.ufd)) {
 			close((int)m->arg.fork.ufd);
+			atomic_fetch_sub(&s->w->pending, 1);
 			COUNT(rn, reaped);
 		} else {
 			s->buf[k++] = *m;
@@ -846,6 +852,7 @@ void loop__drop_dead_forks(struct loop_runner *rn)
 
 		if (m.m.event == UFFD_EVENT_FORK && loop__child_exited((int)m.m.arg.fork.ufd)) {
 			close((int)m.m.arg.fork.ufd);
+			atomic_fetch_sub(&m.w->pending, 1);
 			COUNT(rn, reaped);
 		} else {
 			q_push(&rn->gated, &m);
@@ -874,9 +881,13 @@ void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w)
 		for (size_t n = q->v ? q->n : 0; n; n--) {
 			struct loop_qmsg m = q_pop(q);
 
-			if (w && m.w != w)
+			if (w && m.w != w) {
 				q_push(q, &m);
-			else if (m.m.event == UFFD_EVENT_FORK)
+				continue;
+			}
+			if (q == &rn->gated)
+				atomic_fetch_sub(&m.w->pending, 1);
+			if (m.m.event == UFFD_EVENT_FORK)
 				close((int)m.m.arg.fork.ufd);
 		}
 	}

@@ -35,6 +35,7 @@ struct loop_watch {
 	bool removed;		/* runners let go of it; freed at holders == 0 */
 	bool broken;		/* its read failed for good: no runner reads it again */
 	unsigned holders;	/* slots for it (under l->lock) */
+	atomic_uint pending;	/* its messages read but waiting (gate queue, kept): not reaped */
 	struct loop_watch *next;
 };
 

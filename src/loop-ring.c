@@ -253,6 +253,7 @@ bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w)
 void loop__slot_bury(struct uffd_loop *l, struct loop_slot *s)
 {
 	loop__close_forks(s->buf, s->kept);	/* its watch left: never handled */
+	atomic_fetch_sub(&s->w->pending, (unsigned)s->kept);
 	s->kept = 0;
 	if (!--s->w->holders)
 		pthread_cond_broadcast(&l->cond);
@@ -412,8 +413,10 @@ static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 	if (n > 0) {
 		s->pause_us = 0;
 		atomic_fetch_add_explicit(&rn->c.reads, 1, memory_order_relaxed);
-		if (!loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg)))
+		if (!loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg))) {
 			s->kept = (size_t)n / sizeof(struct uffd_msg);	/* no read until handled */
+			atomic_fetch_add(&s->w->pending, (unsigned)s->kept);
+		}
 	} else if (n == -EMFILE || n == -ENFILE) {
 		slot_pause(rn, s, (int)n);
 	} else if (n < 0) {

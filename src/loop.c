@@ -619,7 +619,8 @@ void loop__reap(struct loop_runner *rn, bool force)
 	pthread_mutex_lock(&l->lock);
 	for (struct loop_watch *w = l->watches, *next; w && n < 16; w = next) {
 		next = w->next;
-		if (!w->owned || !loop__child_exited(w->u->fd))
+		/* Not while events it sent before exiting wait for the gate: they would be lost. */
+		if (!w->owned || atomic_load(&w->pending) || !loop__child_exited(w->u->fd))
 			continue;
 		watch_unlink(l, w);
 		w->next = l->zombies;
