@@ -458,11 +458,12 @@ struct uffd_loop_opts {
  */
 int  uffd_loop_new(struct uffd_loop **out, const struct uffd_loop_opts *o);
 /**
- * Stop the loop, join its threads and free it. NULL is fine. A watched
- * handle (not an adopted child) with UFFD_FEATURE_EVENT_FORK, _REMAP,
- * _REMOVE or _UNMAP is reported (since 0.4): once nobody reads it, fork(),
- * mremap(), munmap() and madvise() on its registered ranges wait until it
- * is closed; on_error is called with -EBUSY and uffd_last_error() says so.
+ * Stop the loop, join its threads and free it. NULL is fine. Since 0.4, a
+ * handle left watched (not an adopted child) with UFFD_FEATURE_EVENT_FORK,
+ * _REMAP, _REMOVE or _UNMAP is named in uffd_last_error() (-EBUSY): once
+ * nobody reads it, fork(), mremap(), munmap() and madvise() on its
+ * registered ranges wait until it is closed. The loop is freed all the
+ * same; closing the handle next is a safe order.
  */
 void uffd_loop_free(struct uffd_loop *l);
 /** Watch @p u with handlers @p h (NULL: default resolution). */

@@ -1000,13 +1000,12 @@ UFFD_EXPORT_OWN(loop_counters);
 
 /*
  * Handles left watched at free whose events make the application wait
- * for a reader: said through the hook and uffd_last_error(). Not refused:
- * free-then-close is a safe order, and the call returns nothing.
+ * for a reader: said in uffd_last_error(). Neither refused nor sent to the
+ * error hook: free-then-close is a safe and common order (uffd-serve's),
+ * which must neither leak the loop nor log an error.
  */
 static void warn_unread(struct uffd_loop *l)
 {
-	const struct uffd_loop_opts *o = &l->o;
-
 	for (struct loop_watch *w = l->watches; w; w = w->next) {
 		if (w->owned || !(w->u->features & WAITING_EVENTS))
 			continue;
@@ -1015,8 +1014,6 @@ static void warn_unread(struct uffd_loop *l)
 			  "registered ranges wait until it is closed; uffd_close() it, or "
 			  "uffd_loop_remove() it and read it otherwise, before freeing the loop",
 			  w->u->fd, (unsigned long long)(w->u->features & WAITING_EVENTS));
-		if (o->on_error)
-			o->on_error(o->error_ctx, NULL, -EBUSY, uffd_last_error());
 	}
 }
 
