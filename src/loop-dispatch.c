@@ -6,8 +6,10 @@
  *
  * Everything here works in storage the runner got when it was made: the
  * vectors have a fixed capacity (a full one is flushed), the sort is in
- * place. Handlers and events run inside a fork-gate section; while a fork
- * holds the gate shut, messages wait in rn->gated, in order.
+ * place. Handlers and events run inside a fork-gate section, never
+ * outside; while a fork holds the gate shut, messages wait in rn->gated,
+ * in order, or, when their events do not fit, in their slot's buffer,
+ * which is not read into again until they are handled.
  *
  * Failures end in one place (fail_page()): a page some thread faulted on
  * is poisoned (UFFD_LOOP_POISON_ON_ERROR) or reported; a neighbour that a

@@ -8,7 +8,9 @@
  * uses between arming a read and arming the next is allocated beforehand
  * by the thread that adds a watch or starts the loop. A loop thread
  * allocates, frees or runs user code only inside a fork-gate section
- * (forkgate.c); while a fork() closes the gate it keeps reading and queues.
+ * (forkgate.c); while a fork() closes the gate it keeps reading and queues
+ * (or keeps a read in place), and drops exited fork children without
+ * allocating. A handler that forks gets a stand-in reader (loop-forkread.c).
  */
 #ifndef LIBUFFD_LOOP_INTERNAL_H
 #define LIBUFFD_LOOP_INTERNAL_H
