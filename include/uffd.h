@@ -472,7 +472,14 @@ struct uffd_loop_opts {
  * it then returns 0 and uffd_last_error() says so. @return 0 or -errno.
  */
 int  uffd_loop_new(struct uffd_loop **out, const struct uffd_loop_opts *o);
-/** Stop the loop, join its threads and free it. NULL is fine. */
+/**
+ * Stop the loop, join its threads and free it. NULL is fine. Since 0.4, a
+ * handle left watched (not an adopted child) with UFFD_FEATURE_EVENT_FORK,
+ * _REMAP, _REMOVE or _UNMAP is named in uffd_last_error() (-EBUSY): once
+ * nobody reads it, fork(), mremap(), munmap() and madvise() on its
+ * registered ranges wait until it is closed. The loop is freed all the
+ * same; closing the handle next is a safe order.
+ */
 void uffd_loop_free(struct uffd_loop *l);
 /** Watch @p u with handlers @p h (NULL: default resolution). */
 int  uffd_loop_add(struct uffd_loop *l, struct uffd *u,
@@ -547,6 +554,24 @@ int  uffd_loop_stop(struct uffd_loop *l);
  *         from a handler of @p l); -ETIMEDOUT.
  */
 int  uffd_loop_sync(struct uffd_loop *l, int timeout_ms);
+/**
+ * Wait until the threads of uffd_loop_start() have ended (after
+ * uffd_loop_stop(), from any thread, or a UFFD_WATCH_STOP_LOOP owner exit),
+ * without freeing the loop: its watches, regions and counters stay, and
+ * uffd_loop_start() or uffd_loop_run() may drive it again. Returns at once
+ * when no thread runs. Not from a handler of @p l (-EDEADLK). Since 0.4.
+ * @return 0 or -errno.
+ */
+int  uffd_loop_join(struct uffd_loop *l);
+/**
+ * On a loop thread, inside a handler or callback (fault handlers, fork,
+ * remap, remove, unmap, the watch's event callback): the handle the
+ * message being handled came from -- the watched one, or an adopted fork
+ * child's (for a FORK, the parent's). NULL anywhere else. The handle is
+ * valid during the call only (an adopted child's is closed by the loop).
+ * Since 0.4.
+ */
+struct uffd *uffd_loop_current(void);
 
 /** Counters of a loop. */
 struct uffd_loop_stats {

@@ -82,6 +82,8 @@ UFFD_OWN(features_of_fd);
 UFFD_OWN(fc_handshake_recv);
 UFFD_OWN(fc_handshake_free);
 UFFD_OWN(loop_free);
+UFFD_OWN(loop_join);
+UFFD_OWN(loop_current);
 UFFD_OWN(handoff_send);
 UFFD_OWN(handoff_recv);
 UFFD_OWN(handoff_free);
@@ -263,7 +265,13 @@ struct uffd_region {
 	 * region is out of the loop.
 	 */
 	void (*given_back)(void *ctx, uint64_t off, uint64_t len);
-	/* loop-dispatch.c: handlers running for it; destroy waits for them */
+	/*
+	 * Set by the loop with `loop`, before it: how the region leaves the
+	 * loop when destroyed. A hook, so that the region layer never names
+	 * the loop (calls go one way).
+	 */
+	void (*leave_loop)(struct uffd_region *r);
+	/* region-pin.c: handlers running for it; destroy waits for them */
 	unsigned pins;
 	bool doomed;		/* destroyed by its own handler: freed at the last unpin */
 	/* sigbus.c: in-thread resolution, if added */
@@ -526,18 +534,42 @@ void uffd__gate_init(void);
  */
 bool uffd__gate_enter(void);
 void uffd__gate_leave(void);
+/*
+ * A loop thread whose queue fills asks for the gate (on) until it drained
+ * (off); forks not yet begun wait meanwhile. *wants: the thread's flag.
+ */
+void uffd__gate_want(bool *wants, bool on);
+/*
+ * A loop thread's reader for forks from its own handlers: start() runs in
+ * the prepare hook of a fork on a thread inside a section (it may
+ * allocate; NULL: nothing to read), stop() in the parent hook. Set by
+ * the loop for the thread that drives a runner, NULL when it stops.
+ */
+struct uffd__gate_reader {
+	void *(*start)(void *arg);
+	void (*stop)(void *token);
+	void *arg;
+};
+void uffd__gate_set_reader(const struct uffd__gate_reader *r);
+
+/* ---- region-pin.c: handlers running for a region vs its destroy ---- */
+
+/* Around a handler or callback for r, on a loop thread (one pin per thread). */
+void uffd__region_pin(struct uffd_region *r);
+/* The last unpin of a region its own handler destroyed frees the struct. */
+void uffd__region_unpin(struct uffd_region *r);
+/*
+ * After r left the region map, waits until no handler of r runs on
+ * another thread. True when this thread runs one (a handler destroys its
+ * own region): the caller releases everything but the struct, which the
+ * last unpin frees when the handler returns.
+ */
+bool uffd__region_unpin_wait(struct uffd_region *r);
 
 /* ---- loop.c ---- */
 
-/* The region leaves the loop it was added to (uffd_region_destroy calls it). */
+/* The region leaves the loop it was added to (uffd_region_destroy, via r->leave_loop). */
 void uffd__loop_forget_region(struct uffd_region *r);
-/*
- * loop-dispatch.c: after r left the region map, waits until no handler of
- * r runs on another thread. True when this thread runs one (a handler
- * destroys its own region): the caller releases everything but the struct,
- * which the loop frees when the handler returns.
- */
-bool uffd__loop_unpin_wait(struct uffd_region *r);
 
 /* ---- event.c ---- */
 

@@ -6,8 +6,10 @@
  *
  * Everything here works in storage the runner got when it was made: the
  * vectors have a fixed capacity (a full one is flushed), the sort is in
- * place. Handlers and events run inside a fork-gate section; while a fork
- * holds the gate shut, messages wait in rn->gated, in order.
+ * place. Handlers and events run inside a fork-gate section, never
+ * outside; while a fork holds the gate shut, messages wait in rn->gated,
+ * in order, or, when their events do not fit, in their slot's buffer,
+ * which is not read into again until they are handled.
  *
  * Failures end in one place (fail_page()): a page some thread faulted on
  * is poisoned (UFFD_LOOP_POISON_ON_ERROR) or reported; a neighbour that a
@@ -33,8 +35,6 @@ static const char *const kind_names[] = {
 	[UFFD_FAULT_MISSING] = "missing", [UFFD_FAULT_MINOR] = "minor", [UFFD_FAULT_WP] = "wp",
 };
 
-/* The region a handler of this thread is running for (destroy waits for it). */
-static __thread struct uffd_region *tl_pinned;
 /* The loop whose messages this thread handles (uffd_loop_sync() cannot wait for itself). */
 static __thread const struct uffd_loop *tl_loop;
 
@@ -590,34 +590,14 @@ static void handle_event(struct loop_runner *rn, struct loop_watch *w,
 	}
 }
 
-static void pin(struct uffd_region *r)
+/* The handle of the message this thread handles (uffd_loop_current()). */
+static __thread struct uffd *tl_current;
+
+UFFD_EXPORT struct uffd *uffd_loop_current(void)
 {
-	__atomic_add_fetch(&r->pins, 1, __ATOMIC_ACQ_REL);
-	tl_pinned = r;
+	return tl_current;
 }
-
-static void unpin(struct uffd_region *r)
-{
-	/* Destroyed by its own handler (this thread): the struct was left for us to free. */
-	bool doomed = __atomic_load_n(&r->doomed, __ATOMIC_ACQUIRE);
-
-	tl_pinned = NULL;
-	/* Otherwise a destroy on another thread may free r as soon as pins drops: no touching after. */
-	if (!__atomic_sub_fetch(&r->pins, 1, __ATOMIC_ACQ_REL) && doomed)
-		free(r);
-}
-
-bool uffd__loop_unpin_wait(struct uffd_region *r)
-{
-	struct timespec nap = { .tv_nsec = 20000 };
-	unsigned own = tl_pinned == r;
-
-	while (__atomic_load_n(&r->pins, __ATOMIC_ACQUIRE) > own)
-		nanosleep(&nap, NULL);
-	if (own)
-		__atomic_store_n(&r->doomed, true, __ATOMIC_RELEASE);
-	return own;
-}
+UFFD_EXPORT_OWN(loop_current);
 
 /* One message, inside a gate section. prev: the queue entry of a retried fault. */
 static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struct uffd_msg *msg,
@@ -627,6 +607,7 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	struct uffd_region *r = NULL;
 	struct rangemap_entry e = { 0 };
 	struct uffd_msg mm = *msg, *m = &mm;
+	struct uffd *was;
 	unsigned t;
 	int err;
 
@@ -645,7 +626,7 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	else if (!err && ev.type != UFFD_EV_FORK)
 		r = region_of(w->u, (uintptr_t)ev.remove.start, ev.remove.len, &e);
 	if (r)
-		pin(r);
+		uffd__region_pin(r);
 	rangemap_read_end(&w->u->regions, t);
 	if (err) {
 		if (m->event == UFFD_EVENT_FORK)	/* never leak the fd */
@@ -655,12 +636,15 @@ static void handle_one(struct loop_runner *rn, struct loop_watch *w, const struc
 	}
 	if (!prev)
 		rn->handled++;
+	was = tl_current;	/* a handler may fork: a nested message is not ours */
+	tl_current = w->u;
 	if (ev.type == UFFD_EV_FAULT)
 		handle_fault(rn, w, m, &ev.fault, prev);
 	else
 		handle_event(rn, w, &ev, r);
+	tl_current = was;
 	if (r)
-		unpin(r);
+		uffd__region_unpin(r);
 }
 
 /* While a fork holds the gate shut: in order, behind whatever waits already. */
@@ -671,15 +655,50 @@ static void gate_queue(struct loop_runner *rn, struct loop_watch *w, const struc
 	COUNT(rn, queued);
 	/* Faults leave room for events, which cannot be read again. */
 	if ((m->event != UFFD_EVENT_PAGEFAULT || rn->gated.n + GATE_EVENT_ROOM < rn->gated.cap) &&
-	    q_push(&rn->gated, &q))
-		return;
-	if (m->event == UFFD_EVENT_PAGEFAULT) {	/* full: the thread faults again later */
-		uffd_wake(w->u, (void *)(uintptr_t)(m->arg.pagefault.address & ~(uint64_t)(w->u->page_size - 1)),
-			  w->u->page_size);
+	    q_push(&rn->gated, &q)) {
+		atomic_fetch_add(&w->pending, 1);	/* an exited child's last events still come */
 		return;
 	}
-	/* An event cannot be read again: it runs now, gate or not (a documented limit). */
-	handle_one(rn, w, m, NULL);
+	/* Full (events were counted in first: only a fault gets here): it faults again later. */
+	uffd_wake(w->u, (void *)(uintptr_t)(m->arg.pagefault.address & ~(uint64_t)(w->u->page_size - 1)),
+		  w->u->page_size);
+}
+
+/*
+ * Room in rn->gated for w's events while the gate is shut. A watch of
+ * another process (an adopted fork child, a received handle) leaves a
+ * quarter free: the FORK message a fork of this process waits for comes
+ * on one of its own handles, behind at most one event per thread, and
+ * must find room, or the gate would never open.
+ */
+static size_t gate_room(const struct loop_runner *rn, const struct loop_watch *w)
+{
+	size_t cap = rn->gated.cap - (w->owned || w->u->ranges_unknown ? rn->gated.cap / 4 : 0);
+
+	return cap > rn->gated.n ? cap - rn->gated.n : 0;
+}
+
+size_t loop__gate_room_own(const struct loop_runner *rn)
+{
+	return rn->gated.cap - rn->gated.n;
+}
+
+void loop__queue_msgs(struct loop_runner *rn, struct loop_watch *w,
+		      const struct uffd_msg *m, size_t n)
+{
+	for (int faults = 0; faults < 2; faults++)
+		for (size_t i = 0; i < n; i++)
+			if ((m[i].event == UFFD_EVENT_PAGEFAULT) == faults)
+				gate_queue(rn, w, &m[i]);
+}
+
+static size_t count_events(const struct uffd_msg *m, size_t n)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		k += m[i].event != UFFD_EVENT_PAGEFAULT;
+	return k;
 }
 
 /*
@@ -699,11 +718,11 @@ static void given_back(struct loop_runner *rn, struct loop_watch *w, const struc
 		uintptr_t s = a > e.start ? a : e.start, x = end < e.end ? end : e.end;
 		void (*fn)(void *, uint64_t, uint64_t);
 
-		pin(r);
+		uffd__region_pin(r);
 		fn = __atomic_load_n(&r->given_back, __ATOMIC_ACQUIRE);
 		if (fn && __atomic_load_n(&r->loop, __ATOMIC_ACQUIRE) == rn->l)
 			fn(r->loop_ctx, s - e.start + e.off, x - s);
-		unpin(r);
+		uffd__region_unpin(r);
 	}
 	rangemap_read_end(&w->u->regions, t);
 }
@@ -718,7 +737,7 @@ static void given_back(struct loop_runner *rn, struct loop_watch *w, const struc
  * kernel's order. REMOVEs go to given_back() in the same pass, so that
  * each sees the regions where the REMAPs before it put them.
  */
-static void read_early(struct loop_runner *rn, struct loop_watch *w, struct uffd_msg *m, size_t n)
+void loop__read_early(struct loop_runner *rn, struct loop_watch *w, struct uffd_msg *m, size_t n)
 {
 	/* A fork child's page sizes are copied from the table as it was at the FORK. */
 	bool fork_first = false;
@@ -740,45 +759,80 @@ static void read_early(struct loop_runner *rn, struct loop_watch *w, struct uffd
 /*
  * A read's events first, then its faults (the kernel returns faults
  * first): a fault read with a REMOVE was raised before it, and must be
- * served against the memory as it is after it.
+ * served against the memory as it is after it. Never outside the gate:
+ * what does not fit in the queue stays where it is.
  */
-void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
-		       struct uffd_msg *m, size_t n)
+bool loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
+		       const struct uffd_msg *m, size_t n)
 {
 	bool open;
 
-	read_early(rn, w, m, n);
 	open = !rn->gated.n && uffd__gate_enter();
-	tl_loop = rn->l;
 
+	/* A quarter full: forks not yet begun wait until the queue drained. */
+	if (!open && rn->gated.n + n >= rn->gated.cap / 4)
+		uffd__gate_want(&rn->wants_gate, true);
+	if (!open && count_events(m, n) > gate_room(rn, w))
+		return false;
+	if (!open) {
+		loop__queue_msgs(rn, w, m, n);
+		return true;
+	}
+	tl_loop = rn->l;
 	for (int faults = 0; faults < 2; faults++)
-		for (size_t i = 0; i < n; i++) {
-			if ((m[i].event == UFFD_EVENT_PAGEFAULT) != faults)
-				continue;
-			if (open)
+		for (size_t i = 0; i < n; i++)
+			if ((m[i].event == UFFD_EVENT_PAGEFAULT) == faults)
 				handle_one(rn, w, &m[i], NULL);
-			else
-				gate_queue(rn, w, &m[i]);
-		}
 	tl_loop = NULL;
-	if (open)
-		uffd__gate_leave();
+	uffd__gate_leave();
+	return true;
 }
 
-/* Messages that waited for the gate, then faults due for their retry. */
+bool loop__has_kept(const struct loop_runner *rn)
+{
+	for (const struct loop_slot *s = rn->slots; s; s = s->next)
+		if (s->kept)
+			return true;
+	return false;
+}
+
+/* Slots that kept their messages for the gate: behind the queue, in order. */
+static void run_kept(struct loop_runner *rn)
+{
+	for (struct loop_slot *s = rn->slots; s; s = s->next)
+		if (s->kept && !s->dying && loop__handle_msgs(rn, s->w, s->buf, s->kept)) {
+			atomic_fetch_sub(&s->w->pending, (unsigned)s->kept);
+			s->kept = 0;
+		}
+}
+
+void loop__close_forks(const struct uffd_msg *m, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (m[i].event == UFFD_EVENT_FORK)
+			close((int)m[i].arg.fork.ufd);
+}
+
+/* Messages that waited for the gate, then kept ones, then faults due for their retry. */
 void loop__run_queued(struct loop_runner *rn)
 {
 	long long now;
 	size_t n;
 
-	if ((!rn->gated.n && !rn->refault.n) || !uffd__gate_enter())
+	if (!rn->gated.n && !loop__has_kept(rn))	/* drained, or dropped (a watch left) */
+		uffd__gate_want(&rn->wants_gate, false);
+	if ((!rn->gated.n && !rn->refault.n && !loop__has_kept(rn)) || !uffd__gate_enter())
 		return;
 	tl_loop = rn->l;
 	while (rn->gated.n) {
 		struct loop_qmsg q = q_pop(&rn->gated);
 
 		handle_one(rn, q.w, &q.m, NULL);
+		atomic_fetch_sub(&q.w->pending, 1);
 	}
+	run_kept(rn);
+	if (!rn->gated.n && !loop__has_kept(rn))
+		uffd__gate_want(&rn->wants_gate, false);
 	now = loop__now_us();
 	for (n = rn->refault.n; n; n--) {	/* each entry once: a retry may queue itself again */
 		struct loop_qmsg q = q_pop(&rn->refault);
@@ -790,6 +844,43 @@ void loop__run_queued(struct loop_runner *rn)
 	}
 	tl_loop = NULL;
 	uffd__gate_leave();
+}
+
+/* FORKs kept in a slot's buffer: compacted in place. */
+static void drop_dead_kept(struct loop_runner *rn, struct loop_slot *s)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < s->kept; i++) {
+		const struct uffd_msg *m = &s->buf[i];
+
+		if (m->event == UFFD_EVENT_FORK && loop__child_exited((int)m->arg.fork.ufd)) {
+			close((int)m->arg.fork.ufd);
+			atomic_fetch_sub(&s->w->pending, 1);
+			COUNT(rn, reaped);
+		} else {
+			s->buf[k++] = *m;
+		}
+	}
+	s->kept = k;
+}
+
+void loop__drop_dead_forks(struct loop_runner *rn)
+{
+	for (struct loop_slot *s = rn->slots; s; s = s->next)
+		if (s->kept)
+			drop_dead_kept(rn, s);
+	for (size_t n = rn->gated.n; n; n--) {
+		struct loop_qmsg m = q_pop(&rn->gated);
+
+		if (m.m.event == UFFD_EVENT_FORK && loop__child_exited((int)m.m.arg.fork.ufd)) {
+			close((int)m.m.arg.fork.ufd);
+			atomic_fetch_sub(&m.w->pending, 1);
+			COUNT(rn, reaped);
+		} else {
+			q_push(&rn->gated, &m);
+		}
+	}
 }
 
 /* A watch leaves (NULL: every watch): its queued messages go, FORK fds closed. */
@@ -814,9 +905,13 @@ void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w)
 		for (size_t n = q->v ? q->n : 0; n; n--) {
 			struct loop_qmsg m = q_pop(q);
 
-			if (w && m.w != w)
+			if (w && m.w != w) {
 				q_push(q, &m);
-			else if (m.m.event == UFFD_EVENT_FORK)
+				continue;
+			}
+			if (q == &rn->gated)
+				atomic_fetch_sub(&m.w->pending, 1);
+			if (m.m.event == UFFD_EVENT_FORK)
 				close((int)m.m.arg.fork.ufd);
 		}
 	}

@@ -8,7 +8,9 @@
  * uses between arming a read and arming the next is allocated beforehand
  * by the thread that adds a watch or starts the loop. A loop thread
  * allocates, frees or runs user code only inside a fork-gate section
- * (forkgate.c); while a fork() closes the gate it keeps reading and queues.
+ * (forkgate.c); while a fork() closes the gate it keeps reading and queues
+ * (or keeps a read in place), and drops exited fork children without
+ * allocating. A handler that forks gets a stand-in reader (loop-forkread.c).
  */
 #ifndef LIBUFFD_LOOP_INTERNAL_H
 #define LIBUFFD_LOOP_INTERNAL_H
@@ -35,6 +37,7 @@ struct loop_watch {
 	bool removed;		/* runners let go of it; freed at holders == 0 */
 	bool broken;		/* its read failed for good: no runner reads it again */
 	unsigned holders;	/* slots for it (under l->lock) */
+	atomic_uint pending;	/* its messages read but waiting (gate queue, kept): not reaped */
 	struct loop_watch *next;
 };
 
@@ -47,6 +50,7 @@ struct loop_slot {
 	bool dying;		/* let go of on its next completion */
 	bool cancelled;		/* the cancel request is submitted */
 	bool owner_cancelled;
+	size_t kept;		/* messages left in buf for the fork gate: not re-armed until handled */
 	long long pause_until;	/* EMFILE on a FORK read: re-arm after this (µs) */
 	unsigned pause_us;
 	struct loop_slot *next;
@@ -142,6 +146,8 @@ struct loop_runner {
 	unsigned nerrq;
 	unsigned remaps_behind;	/* REMAPs read but not moved yet (__atomic: uffd_loop_sync reads it) */
 	atomic_uint_fast64_t passes;	/* wakes handled to the end: uffd_loop_sync() */
+	bool wants_gate;	/* its queue fills: forks not yet begun wait (forkgate.c) */
+	struct uffd__gate_reader reader;	/* loop-forkread.c, for forks from its handlers */
 	bool want_reap;		/* a read hit EMFILE: look for exited children */
 	bool owner_pending;	/* an owner_fd fired: handle the exit */
 	unsigned backoff_us;
@@ -159,6 +165,7 @@ struct uffd_loop {
 	bool poll_mode;		/* poll request + read(2) */
 	bool plain;		/* io_uring refused: poll(2) + read(2), no rings */
 	pthread_mutex_t api;	/* watch-set changes and runner creation */
+	pthread_mutex_t join;	/* one thread joins the loop's threads at a time */
 	pthread_mutex_t lock;	/* watches, slots, regions: held briefly, never allocating */
 	pthread_cond_t cond;	/* a watch's holders dropped to 0 */
 	struct loop_watch *watches;
@@ -172,6 +179,7 @@ struct uffd_loop {
 	atomic_int stop;
 	atomic_bool driving;	/* a thread is in uffd_loop_run*() */
 	atomic_llong next_reap;	/* µs: next look for exited fork children */
+	atomic_llong fd_short_until;	/* µs: a read hit EMFILE; runners drop dead queued FORKs */
 	atomic_uint nowned;
 	_Atomic(struct loop_runner *) runners;
 	struct loop_runner *caller;	/* the ring of uffd_loop_run*() */
@@ -208,24 +216,54 @@ void loop__owner_exits(struct loop_runner *rn);
 void loop__wake_runners(struct uffd_loop *l);
 /* Frees slots and zombie watches that runners let go of (l->api held). */
 void loop__collect(struct uffd_loop *l);
-/* On a loop thread, in a gate section: drops fork children that exited. */
+/* On a loop thread, gate or not (no allocation): drops fork children that exited. */
 void loop__reap(struct loop_runner *rn, bool force);
+/* Gate or not (no allocation): closes the fds of dropped children no runner holds. */
+void loop__close_dead(struct uffd_loop *l);
+/* Whether the process behind a fork child's userfaultfd has exited (one ioctl). */
+bool loop__child_exited(int fd);
 
 /* loop-dispatch.c */
 /* Allocates the runner's vectors and queues from l->o (batch). */
 int loop__dispatch_init(struct loop_runner *rn);
 void loop__dispatch_free(struct loop_runner *rn);
-/* Decodes and dispatches n messages of w; resolutions go to rn->res. */
-void loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
-		       struct uffd_msg *m, size_t n);
-/* Runs what waited for the gate or for events. */
+/*
+ * Right after n messages of w were read, once, on the reading thread,
+ * before anything else: REMAPs move the regions, REMOVEs reach the
+ * regions' given_back hooks. Lock-free and allocation-free.
+ */
+void loop__read_early(struct loop_runner *rn, struct loop_watch *w, struct uffd_msg *m, size_t n);
+/*
+ * Decodes and dispatches n messages of w; resolutions go to rn->res.
+ * False: a fork holds the gate shut and the queue has no room for their
+ * events; nothing was taken, the caller keeps them in place and reads w no
+ * more until they are handled (loop__run_kept()).
+ */
+bool loop__handle_msgs(struct loop_runner *rn, struct loop_watch *w,
+		       const struct uffd_msg *m, size_t n);
+/* Runs what waited for the gate or for events, then the slots' kept messages. */
 void loop__run_queued(struct loop_runner *rn);
+/* Queues n messages of w for the gate, events first (they must fit: see below). */
+void loop__queue_msgs(struct loop_runner *rn, struct loop_watch *w,
+		      const struct uffd_msg *m, size_t n);
+/* Room in rn's fork-gate queue for the events of this process's own handles. */
+size_t loop__gate_room_own(const struct loop_runner *rn);
+/* Whether a slot of rn keeps messages for the gate. */
+bool loop__has_kept(const struct loop_runner *rn);
+/* Messages that will never be handled: FORK fds closed (no leak). */
+void loop__close_forks(const struct uffd_msg *m, size_t n);
 /* Whether this thread is handling messages of l (a handler or callback runs). */
 bool loop__in_handlers(const struct uffd_loop *l);
 /* Resolves rn->res, sorted and merged; -EAGAIN runs go to rn->retry. */
 void loop__resolve(struct loop_runner *rn);
 /* Retries rn->retry once; fails entries older than the limit. */
 void loop__retry(struct loop_runner *rn);
+/*
+ * Gate or not (no allocation): FORK messages waiting for the gate whose
+ * child exited go, their fds closed (a fork at the descriptor limit waits
+ * for one). Counted as reaped; the fork handler never sees those children.
+ */
+void loop__drop_dead_forks(struct loop_runner *rn);
 /* Drops queued messages of a watch that leaves (l->lock held). */
 void loop__forget_watch(struct loop_runner *rn, struct loop_watch *w);
 /* A problem that is no fault's: counted, reported to the hook. */
@@ -233,5 +271,9 @@ void loop__fail(struct loop_runner *rn, int err, const char *fmt, ...)
 	UFFD_PRINTF(3, 4);
 /* Delivers error reports that waited for the gate. */
 void loop__flush_errors(struct loop_runner *rn);
+
+/* loop-forkread.c: the stand-in reader while a handler of rn forks (forkgate.c hooks). */
+void *loop__fork_reader_start(void *rn);
+void loop__fork_reader_stop(void *token);
 
 #endif /* LIBUFFD_LOOP_INTERNAL_H */

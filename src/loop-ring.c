@@ -150,6 +150,7 @@ int loop__runner_new(struct uffd_loop *l, struct loop_runner **out)
 		return uffd__err(-ENOMEM, "uffd loop: out of memory");
 	rn->l = l;
 	rn->gen = ~0u;
+	rn->reader = (struct uffd__gate_reader){ loop__fork_reader_start, loop__fork_reader_stop, rn };
 	rn->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (rn->efd < 0) {
 		err = -errno;
@@ -206,6 +207,7 @@ void loop__slots_free(struct loop_slot *s)
 	while (s) {
 		struct loop_slot *next = s->next;
 
+		loop__close_forks(s->buf, s->kept);
 		free(s->buf);
 		free(s);
 		s = next;
@@ -214,6 +216,7 @@ void loop__slots_free(struct loop_slot *s)
 
 void loop__runner_free(struct loop_runner *rn)
 {
+	uffd__gate_want(&rn->wants_gate, false);
 	if (!rn->l->plain)
 		io_uring_queue_exit(&rn->ring);
 	close(rn->efd);
@@ -249,6 +252,9 @@ bool loop__has_slot(const struct loop_runner *rn, const struct loop_watch *w)
 
 void loop__slot_bury(struct uffd_loop *l, struct loop_slot *s)
 {
+	loop__close_forks(s->buf, s->kept);	/* its watch left: never handled */
+	atomic_fetch_sub(&s->w->pending, (unsigned)s->kept);
+	s->kept = 0;
 	if (!--s->w->holders)
 		pthread_cond_broadcast(&l->cond);
 	s->next = l->dead_slots;
@@ -332,7 +338,7 @@ static bool slot_arm(struct loop_runner *rn, struct loop_slot *s, long long now)
 		io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)s | OWNER_TAG);
 		s->owner_busy = true;
 	}
-	if (s->busy || !slot_ready(s, now))
+	if (s->busy || s->kept || !slot_ready(s, now))
 		return true;
 	if (!(sqe = get_sqe(rn)))
 		return false;
@@ -389,6 +395,9 @@ static void slot_pause(struct loop_runner *rn, struct loop_slot *s, int err)
 		s->pause_us = 100000;
 	s->pause_until = loop__now_us() + s->pause_us;
 	rn->want_reap = true;
+	/* Every runner looks at its queued FORKs: a dead child's fd is the one to free. */
+	atomic_store(&rn->l->fd_short_until, s->pause_until + 1000000);
+	loop__wake_runners(rn->l);
 	loop__fail(rn, err, "uffd loop: reading userfaultfd %d failed: %s; a fork child's userfaultfd "
 		   "needs a descriptor: the loop drops exited children and tries again in %u ms; "
 		   "raise RLIMIT_NOFILE or close descriptors", s->w->u->fd, uffd__errname(err),
@@ -404,7 +413,11 @@ static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 	if (n > 0) {
 		s->pause_us = 0;
 		atomic_fetch_add_explicit(&rn->c.reads, 1, memory_order_relaxed);
-		loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
+		loop__read_early(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
+		if (!loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg))) {
+			s->kept = (size_t)n / sizeof(struct uffd_msg);	/* no read until handled */
+			atomic_fetch_add(&s->w->pending, (unsigned)s->kept);
+		}
 	} else if (n == -EMFILE || n == -ENFILE) {
 		slot_pause(rn, s, (int)n);
 	} else if (n < 0) {
@@ -527,7 +540,7 @@ static long long wait_budget_us(struct loop_runner *rn, int timeout_ms)
 	long long wait_us = timeout_ms < 0 ? -1 : timeout_ms * 1000ll, now = loop__now_us();
 	long long cap = -1;
 
-	if (rn->retry.n || rn->refault.n || rn->gated.n || rn->nerrq) {
+	if (rn->retry.n || rn->refault.n || rn->gated.n || rn->nerrq || loop__has_kept(rn)) {
 		/* -EAGAIN can outlive its event, a fork can take a while: back off briefly */
 		rn->backoff_us = rn->backoff_us ? rn->backoff_us * 2 : 50;
 		if (rn->backoff_us > BACKOFF_MAX_US)
@@ -599,8 +612,9 @@ static size_t plain_fill(struct loop_runner *rn)
 
 	rn->pfd[0] = (struct pollfd){ .fd = rn->efd, .events = POLLIN };
 	for (struct loop_slot *s = rn->slots; s; s = s->next) {
-		/* A negative fd is skipped by poll(2): a paused slot. */
-		rn->pfd[n] = (struct pollfd){ .fd = slot_ready(s, now) ? s->w->u->fd : -1, .events = POLLIN };
+		/* A negative fd is skipped by poll(2): a paused slot, or one keeping messages. */
+		rn->pfd[n] = (struct pollfd){ .fd = slot_ready(s, now) && !s->kept ? s->w->u->fd : -1,
+					      .events = POLLIN };
 		rn->pfd_tag[n++] = (uintptr_t)s;
 		if (has_owner(s) && !atomic_load(&s->w->owner_fired)) {
 			rn->pfd[n] = (struct pollfd){ .fd = s->w->wo.owner_fd, .events = POLLIN };
@@ -639,14 +653,26 @@ static int plain_wait(struct loop_runner *rn, int timeout_ms)
 	return 0;
 }
 
-/* Inside a gate section: error reports, exited children, memory let go of. */
+/*
+ * Exited children first, with the gate shut too: a fork that waits for a
+ * descriptor keeps it shut, and only their closing frees one. Then, inside
+ * a gate section: error reports, owners that exited, memory let go of.
+ */
 static void housekeeping(struct loop_runner *rn)
 {
 	struct uffd_loop *l = rn->l;
 
+	long long short_until = atomic_load(&l->fd_short_until);
+
+	if (short_until && loop__now_us() < short_until)
+		loop__drop_dead_forks(rn);
 	if (!rn->nerrq && !rn->want_reap && !rn->owner_pending && !atomic_load(&l->nowned) &&
 	    !atomic_load(&l->garbage))
 		return;
+	loop__reap(rn, rn->want_reap);
+	rn->want_reap = false;
+	if (atomic_load(&l->garbage))
+		loop__close_dead(l);
 	if (!uffd__gate_enter())
 		return;
 	if (rn->owner_pending) {
@@ -654,8 +680,6 @@ static void housekeeping(struct loop_runner *rn)
 		loop__owner_exits(rn);
 	}
 	loop__flush_errors(rn);
-	loop__reap(rn, rn->want_reap);
-	rn->want_reap = false;
 	if (atomic_load(&l->garbage) && !pthread_mutex_trylock(&l->api)) {
 		loop__collect(l);
 		pthread_mutex_unlock(&l->api);
@@ -670,7 +694,7 @@ static void step_finish(struct loop_runner *rn)
 	loop__resolve(rn);
 	loop__retry(rn);
 	housekeeping(rn);
-	if (!rn->retry.n && !rn->refault.n && !rn->gated.n)
+	if (!rn->retry.n && !rn->refault.n && !rn->gated.n && !loop__has_kept(rn))
 		rn->backoff_us = 0;
 	atomic_fetch_add(&rn->passes, 1);	/* what this wake brought is handled */
 }
@@ -705,7 +729,7 @@ int loop__step(struct loop_runner *rn, int timeout_ms)
 /* Finishes queued work and cancels every request; the slots stay for a later drive. */
 void loop__drain(struct loop_runner *rn)
 {
-	for (int i = 0; (rn->retry.n || rn->refault.n || rn->gated.n) && i < 1000; i++)
+	for (int i = 0; (rn->retry.n || rn->refault.n || rn->gated.n || loop__has_kept(rn)) && i < 1000; i++)
 		if (loop__step(rn, 10))
 			break;
 	for (int i = 0; !rn->l->plain && i < 1000; i++) {	/* bounded if the ring fails */

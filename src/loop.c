@@ -94,6 +94,7 @@ UFFD_EXPORT int uffd_loop_new(struct uffd_loop **out, const struct uffd_loop_opt
 	l->poll_mode = l->plain || (l->o.flags & UFFD_LOOP_FORCE_POLL) ||
 		       env_is_1("LIBUFFD_LOOP_FORCE_POLL") || !loop__nowait_reads();
 	pthread_mutex_init(&l->api, NULL);
+	pthread_mutex_init(&l->join, NULL);
 	pthread_mutex_init(&l->lock, NULL);
 	pthread_cond_init(&l->cond, NULL);
 	l->zero = mmap(NULL, ZERO_LEN, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -351,6 +352,7 @@ UFFD_EXPORT int uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 	else if (!(err = regions_push(l, r))) {
 		r->loop_handlers = h ? *h : none;
 		r->loop_ctx = ctx;
+		r->leave_loop = uffd__loop_forget_region;
 		__atomic_store_n(&r->loop, l, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock(&l->api);
@@ -466,8 +468,26 @@ static void wait_released(struct uffd_loop *l, struct loop_watch *w)
 static void watch_free(struct loop_watch *w)
 {
 	if (w->owned)
-		uffd_close(w->u);
+		uffd_close(w->u);	/* its fd is -1 when loop__close_dead() closed it */
 	free(w);
+}
+
+/*
+ * Closes the userfaultfds of fork children that left the loop and that no
+ * runner holds any more: a close, no allocation, so this runs with the
+ * fork gate shut too; the structs are freed later by loop__collect().
+ * That is what lets a fork at the descriptor limit go on: its FORK
+ * message needs a descriptor, and the fork keeps the gate shut.
+ */
+void loop__close_dead(struct uffd_loop *l)
+{
+	pthread_mutex_lock(&l->lock);
+	for (struct loop_watch *w = l->zombies; w; w = w->next)
+		if (w->owned && !w->holders && w->u->fd >= 0) {
+			close(w->u->fd);
+			w->u->fd = -1;	/* the number may be reused at once: never close it again */
+		}
+	pthread_mutex_unlock(&l->lock);
 }
 
 /* Frees what runners let go of: dead slots, and zombies no runner holds (l->api held). */
@@ -569,19 +589,20 @@ UFFD_EXPORT_OWN(loop_remove);
  * 0 can change nothing in a live child: it fails with ENOENT (nothing
  * registered there), EFAULT (the source) or EEXIST.
  */
-static bool child_exited(const struct uffd *u)
+bool loop__child_exited(int fd)
 {
-	struct uffdio_copy c = { .dst = PROBE_ADDR, .src = 0, .len = u->page_size,
+	struct uffdio_copy c = { .dst = PROBE_ADDR, .src = 0, .len = uffd__base_page_size(),
 				 .mode = UFFDIO_COPY_MODE_DONTWAKE };
 
-	return ioctl(u->fd, UFFDIO_COPY, &c) < 0 && errno == ESRCH;
+	return ioctl(fd, UFFDIO_COPY, &c) < 0 && errno == ESRCH;
 }
 
 /*
- * On a loop thread, inside a gate section: unlinks owned watches whose
- * process exited; they are freed once every runner let go of them. Runs
- * when a fork arrives, when a read hits EMFILE (force) and at most once a
- * second otherwise.
+ * On a loop thread, gate or not (it allocates and frees nothing): unlinks
+ * owned watches whose process exited; their fds are closed by
+ * loop__close_dead() once every runner let go of them, the structs freed
+ * by loop__collect(). Runs when a fork arrives, when a read hits EMFILE
+ * (force) and at most once a second otherwise.
  */
 void loop__reap(struct loop_runner *rn, bool force)
 {
@@ -598,7 +619,8 @@ void loop__reap(struct loop_runner *rn, bool force)
 	pthread_mutex_lock(&l->lock);
 	for (struct loop_watch *w = l->watches, *next; w && n < 16; w = next) {
 		next = w->next;
-		if (!w->owned || !child_exited(w->u))
+		/* Not while events it sent before exiting wait for the gate: they would be lost. */
+		if (!w->owned || atomic_load(&w->pending) || !loop__child_exited(w->u->fd))
 			continue;
 		watch_unlink(l, w);
 		w->next = l->zombies;
@@ -611,10 +633,11 @@ void loop__reap(struct loop_runner *rn, bool force)
 	pthread_mutex_unlock(&l->lock);
 	for (size_t i = 0; i < n; i++)
 		release_undriven(l, reaped[i], false);
-	loop__collect(l);
 	pthread_mutex_unlock(&l->api);
-	if (n)
-		loop__wake_runners(l);
+	if (n) {
+		loop__close_dead(l);	/* those no runner held */
+		loop__wake_runners(l);	/* the others let go, then their fds close */
+	}
 }
 
 /* ---- owners that exited ---- */
@@ -682,13 +705,16 @@ static int drive_begin(struct uffd_loop *l, const char *call)
 							       : "another thread");
 	pthread_mutex_lock(&l->caller->drive);
 	tl_runner = l->caller;
+	uffd__gate_set_reader(&l->caller->reader);
 	set_active(l->caller, true);
 	return 0;
 }
 
 static void drive_end(struct uffd_loop *l)
 {
+	uffd__gate_want(&l->caller->wants_gate, false);	/* nobody drains it now */
 	set_active(l->caller, false);
+	uffd__gate_set_reader(NULL);
 	tl_runner = NULL;
 	pthread_mutex_unlock(&l->caller->drive);
 	atomic_store(&l->driving, false);
@@ -736,7 +762,8 @@ UFFD_EXPORT int uffd_loop_run_once(struct uffd_loop *l, int timeout_ms)
 			break;
 	}
 	/* Retries of this wake are finished here, after the events they wait for. */
-	while (!err && (rn->retry.n || rn->refault.n || rn->gated.n) && !atomic_load(&l->stop))
+	while (!err && (rn->retry.n || rn->refault.n || rn->gated.n || loop__has_kept(rn)) &&
+	       !atomic_load(&l->stop))
 		err = loop__step(rn, 10);	/* sleeps the back-off, no spinning */
 	if (!err && rn->fail)
 		err = rn->fail;
@@ -753,12 +780,14 @@ static void *thread_main(void *arg)
 
 	pthread_mutex_lock(&rn->drive);
 	tl_runner = rn;
+	uffd__gate_set_reader(&rn->reader);
 	while (!atomic_load(&l->stop)) {
 		if (loop__step(rn, -1))
 			break;	/* the ring failed: counted, nothing else to do */
 		rn->fail = 0;	/* reported to the hook and counted; no caller to return to */
 	}
 	loop__drain(rn);
+	uffd__gate_want(&rn->wants_gate, false);	/* nobody drains it now */
 	set_active(rn, false);
 	tl_runner = NULL;
 	pthread_mutex_unlock(&rn->drive);
@@ -769,11 +798,13 @@ static void *thread_main(void *arg)
 
 static void join_threads(struct uffd_loop *l)
 {
+	pthread_mutex_lock(&l->join);
 	for (unsigned i = 0; i < l->nthreads; i++)
 		if (l->threads[i]->joinable) {
 			pthread_join(l->threads[i]->thread, NULL);
 			l->threads[i]->joinable = false;
 		}
+	pthread_mutex_unlock(&l->join);
 }
 
 /* A new runner gets a slot of every watch (l->api held). */
@@ -880,6 +911,18 @@ UFFD_EXPORT int uffd_loop_start(struct uffd_loop *l, unsigned nthreads)
 	return err;
 }
 UFFD_EXPORT_OWN(loop_start);
+
+UFFD_EXPORT int uffd_loop_join(struct uffd_loop *l)
+{
+	if (!l)
+		return uffd__err(-EINVAL, "uffd_loop_join: the loop is NULL");
+	if (called_from_handler(l))
+		return uffd__err(-EDEADLK, "uffd_loop_join: called from a handler of the same loop, "
+				 "whose thread would wait for itself; join from another thread");
+	join_threads(l);
+	return 0;
+}
+UFFD_EXPORT_OWN(loop_join);
 
 UFFD_EXPORT int uffd_loop_stop(struct uffd_loop *l)
 {
@@ -1005,6 +1048,28 @@ UFFD_EXPORT int uffd_loop_counters(const struct uffd_loop *l, struct uffd_loop_c
 }
 UFFD_EXPORT_OWN(loop_counters);
 
+#define WAITING_EVENTS (UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | \
+			UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP)
+
+/*
+ * Handles left watched at free whose events make the application wait
+ * for a reader: said in uffd_last_error(). Neither refused nor sent to the
+ * error hook: free-then-close is a safe and common order (uffd-serve's),
+ * which must neither leak the loop nor log an error.
+ */
+static void warn_unread(struct uffd_loop *l)
+{
+	for (struct loop_watch *w = l->watches; w; w = w->next) {
+		if (w->owned || !(w->u->features & WAITING_EVENTS))
+			continue;
+		uffd__err(-EBUSY, "uffd_loop_free: userfaultfd %d is still watched and has event features "
+			  "(0x%llx): with nobody reading it, fork(), mremap(), munmap() and madvise() on its "
+			  "registered ranges wait until it is closed; uffd_close() it, or "
+			  "uffd_loop_remove() it and read it otherwise, before freeing the loop",
+			  w->u->fd, (unsigned long long)(w->u->features & WAITING_EVENTS));
+	}
+}
+
 UFFD_EXPORT void uffd_loop_free(struct uffd_loop *l)
 {
 	struct loop_runner *rn, *next;
@@ -1013,6 +1078,7 @@ UFFD_EXPORT void uffd_loop_free(struct uffd_loop *l)
 	if (!l)
 		return;
 	stop_threads(l);
+	warn_unread(l);
 	pthread_mutex_lock(&l->caller->drive);
 	tl_runner = l->caller;
 	loop__drain(l->caller);
@@ -1040,6 +1106,7 @@ UFFD_EXPORT void uffd_loop_free(struct uffd_loop *l)
 	free(l->regions);
 	pthread_cond_destroy(&l->cond);
 	pthread_mutex_destroy(&l->lock);
+	pthread_mutex_destroy(&l->join);
 	pthread_mutex_destroy(&l->api);
 	free(l);
 }

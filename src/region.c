@@ -493,12 +493,13 @@ UFFD_EXPORT void uffd_region_destroy(struct uffd_region *r)
 		return;
 	/* No SIGBUS handler or loop may find r once it is freed. */
 	uffd__sigbus_forget(r);
-	uffd__loop_forget_region(r);
+	if (__atomic_load_n(&r->loop, __ATOMIC_ACQUIRE))
+		r->leave_loop(r);	/* set before loop, never cleared */
 	if (__atomic_load_n(&r->split, __ATOMIC_ACQUIRE))
 		collect_pieces(r);
 	while (!rangemap_remove(&r->uffd->regions, r))
 		;	/* every part */
-	own = uffd__loop_unpin_wait(r);	/* no loop handler of r runs elsewhere */
+	own = uffd__region_unpin_wait(r);	/* no loop handler of r runs elsewhere */
 	/* The owner registered a foreign region and keeps it registered. */
 	for (size_t i = 0; !r->foreign && i < (r->split ? r->npieces : 1); i++) {
 		/*

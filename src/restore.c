@@ -199,7 +199,7 @@ static void leave_loop(struct uffd_restore *rs)
 
 		if (__atomic_load_n(&g->r->loop, __ATOMIC_ACQUIRE) == rs->loop) {
 			uffd__loop_forget_region(g->r);
-			uffd__loop_unpin_wait(g->r);
+			uffd__region_unpin_wait(g->r);
 		}
 		/* out of the loop, with no hook running: it may go */
 		__atomic_store_n(&g->r->given_back, NULL, __ATOMIC_RELEASE);

@@ -322,7 +322,8 @@ UFFD_EXPORT void uffd_close(struct uffd *u)
 		close(pm);
 	rangemap_destroy(&u->regions);
 	rangemap_destroy(&u->ranges);
-	close(u->fd);
+	if (u->fd >= 0)		/* -1: the loop closed a dead fork child's fd early */
+		close(u->fd);
 	free(u);
 }
 UFFD_EXPORT_OWN(close);

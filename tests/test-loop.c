@@ -880,6 +880,86 @@ START_TEST(test_fork_close)
 }
 END_TEST
 
+/* ---- fork() from a handler of a one-thread loop ---- */
+
+struct fork_in_handler {
+	char *area;
+	size_t len;
+	atomic_int forks;	/* fork handler calls: the child adopted */
+	pid_t pid;
+	double fork_s;		/* how long fork() took in the handler */
+};
+
+static int fih_fork(void *c, struct uffd *child)
+{
+	struct fork_in_handler *x = c;
+
+	ck_assert_ptr_nonnull(child);
+	atomic_fetch_add(&x->forks, 1);
+	return 0;	/* adopted: the loop serves the child */
+}
+
+/* The first fault forks, from the loop's only thread. */
+static int fih_missing(void *c, struct uffd_fault *f)
+{
+	struct fork_in_handler *x = c;
+	double t0;
+
+	if (x->pid)
+		return UFFD_RESOLVE;
+	t0 = harness_now();
+	x->pid = fork();
+	if (x->pid == 0) {	/* its faults need the loop, after this handler returns */
+		int bad = 0;
+
+		alarm(10);
+		for (size_t i = 1; i < x->len / ps; i++)
+			bad |= x->area[i * ps] != 0;
+		_exit(bad);
+	}
+	x->fork_s = harness_now() - t0;
+	(void)f;
+	return UFFD_RESOLVE;
+}
+
+/*
+ * A handler that forks on a loop of one thread: the old loop hung in
+ * fork(), its only thread being the one that would read the FORK message.
+ * Now fork returns at once and the child is adopted and served after the
+ * handler returns.
+ */
+START_TEST(test_fork_in_handler)
+{
+	struct uffd_handlers h = { .missing = fih_missing, .fork = fih_fork };
+	struct fork_in_handler x = { .len = 64 * ps };
+	int fds_before = harness_count_fds(), status;
+	struct uffd *u;
+	struct uffd_loop *l;
+
+	SKIP_UNDER_VALGRIND("valgrind runs fork(2), mremap(2) and munmap(2) without letting other threads run, so the loop never reads the event these wait for");
+	u = open_uffd(UFFD_FEATURE_EVENT_FORK);
+	if (!(uffd_features(u) & UFFD_FEATURE_EVENT_FORK)) {
+		uffd_close(u);
+		SKIP_TEST("no UFFD_FEATURE_EVENT_FORK here (needs CAP_SYS_PTRACE or root)");
+	}
+	x.area = anon_registered(u, x.len);
+	l = new_loop(0, 0);
+	ck_assert_int_eq(uffd_loop_add(l, u, &h, &x), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	ck_assert_int_eq(*(volatile char *)x.area, 0);	/* the fault whose handler forks */
+	ck_assert_int_gt(x.pid, 0);
+	ck_assert_msg(x.fork_s < 2.0, "fork() from the handler took %.3f s", x.fork_s);
+	ck_assert_int_eq(waitpid(x.pid, &status, 0), x.pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status 0x%x", status);
+	ck_assert_int_eq(atomic_load(&x.forks), 1);
+	ck_assert_uint_ge(stats(l).faults_missing, x.len / ps);	/* the parent's and the child's */
+	uffd_loop_free(l);
+	munmap(x.area, x.len);
+	uffd_close(u);
+	ck_assert_int_eq(harness_count_fds(), fds_before);
+}
+END_TEST
+
 struct remap_job {
 	void *from, *to;
 	size_t len;
@@ -1308,6 +1388,152 @@ START_TEST(test_args)
 }
 END_TEST
 
+/* ---- the handle behind a callback, joining, freeing with events unread ---- */
+
+struct cur_ctx {
+	struct uffd *parent, *child;	/* the watched handle, the adopted child's */
+	struct uffd *at_fork;		/* uffd_loop_current() in the fork callback */
+	struct uffd *at_remove[2];	/* ... in the remove callback: the parent's, the child's */
+	atomic_int removes;
+};
+
+static int cur_fork(void *c, struct uffd *child)
+{
+	struct cur_ctx *x = c;
+
+	x->at_fork = uffd_loop_current();
+	x->child = child;
+	return 0;
+}
+
+static void cur_remove(void *c, void *start, size_t len)
+{
+	struct cur_ctx *x = c;
+	int i = atomic_load(&x->removes);
+
+	(void)start;
+	(void)len;
+	if (i < 2)
+		x->at_remove[i] = uffd_loop_current();
+	atomic_fetch_add(&x->removes, 1);
+}
+
+/* A REMOVE from the process itself names its handle; one from an adopted child, the child's. */
+START_TEST(test_current)
+{
+	struct uffd_handlers h = { .fork = cur_fork, .remove = cur_remove };
+	struct cur_ctx x = { 0 };
+	size_t len = 4 * ps;
+	struct uffd *u;
+	struct uffd_loop *l;
+	char *a;
+	pid_t pid;
+	int status;
+
+	SKIP_UNDER_VALGRIND("valgrind runs fork(2), mremap(2) and munmap(2) without letting other threads run, so the loop never reads the event these wait for");
+	u = open_uffd(UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMOVE);
+	if (!(uffd_features(u) & UFFD_FEATURE_EVENT_FORK)) {
+		uffd_close(u);
+		SKIP_TEST("no UFFD_FEATURE_EVENT_FORK here (needs CAP_SYS_PTRACE or root)");
+	}
+	x.parent = u;
+	a = anon_registered(u, len);
+	l = new_loop(0, 0);
+	ck_assert_ptr_null(uffd_loop_current());	/* not in a callback */
+	ck_assert_int_eq(uffd_loop_add(l, u, &h, &x), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	ck_assert_int_eq(madvise(a, ps, MADV_DONTNEED), 0);	/* returns once the loop read it */
+	ck_assert_int_eq(wait_count(&x.removes, 1), 1);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(madvise(a + ps, ps, MADV_DONTNEED) != 0);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status 0x%x", status);
+	ck_assert_int_eq(wait_count(&x.removes, 2), 2);
+	ck_assert_ptr_eq(x.at_fork, u);
+	ck_assert_ptr_eq(x.at_remove[0], u);
+	ck_assert_ptr_nonnull(x.child);
+	ck_assert_ptr_eq(x.at_remove[1], x.child);
+	ck_assert_ptr_null(uffd_loop_current());
+	ck_assert_int_eq(uffd_loop_remove(l, u), 0);
+	uffd_loop_free(l);
+	munmap(a, len);
+	uffd_close(u);
+}
+END_TEST
+
+static int count_threads(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* After a stop, join waits for the threads; the loop stays usable. */
+START_TEST(test_join)
+{
+	struct uffd *u = open_uffd(0);
+	char *a = anon_registered(u, 4 * ps);
+	struct uffd_loop *l = new_loop(0, 0);
+	int before = count_threads();
+
+	ck_assert_int_eq(uffd_loop_join(NULL), -EINVAL);
+	ck_assert_int_eq(uffd_loop_join(l), 0);	/* no thread: at once */
+	ck_assert_int_eq(uffd_loop_add(l, u, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 3), 0);
+	ck_assert_int_eq(count_threads(), before + 3);
+	ck_assert_int_eq(harness_load8(a), 0);		/* served */
+	ck_assert_int_eq(uffd_loop_stop(l), 0);
+	ck_assert_int_eq(uffd_loop_join(l), 0);
+	ck_assert_int_eq(count_threads(), before);	/* joined: gone, not just told */
+	ck_assert_uint_eq(stats(l).faults_missing, 1);	/* the loop and its counters stay */
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);	/* and it runs again */
+	ck_assert_int_eq(harness_load8(a + ps), 0);
+	ck_assert_uint_eq(stats(l).faults_missing, 2);
+	ck_assert_int_eq(uffd_loop_stop(l), 0);
+	ck_assert_int_eq(uffd_loop_join(l), 0);
+	ck_assert_int_eq(uffd_loop_remove(l, u), 0);
+	uffd_loop_free(l);
+	munmap(a, 4 * ps);
+	uffd_close(u);
+}
+END_TEST
+
+/*
+ * Freeing a loop that still watches a handle with EVENT_UNMAP: afterwards
+ * munmap() of its ranges would wait for a reader with no word said. Now
+ * uffd_last_error() names the handle; one removed first is not named.
+ */
+START_TEST(test_free_unread)
+{
+	struct uffd *u = open_uffd(UFFD_FEATURE_EVENT_UNMAP);
+	struct uffd_loop *l = new_loop(0, 0);
+	char fd[32];
+
+	snprintf(fd, sizeof(fd), "userfaultfd %d ", uffd_fd(u));
+	ck_assert_int_eq(uffd_loop_add(l, u, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	uffd_loop_free(l);
+	ck_assert_ptr_nonnull(strstr(uffd_last_error(), fd));
+	ck_assert_ptr_nonnull(strstr(uffd_last_error(), "munmap()"));
+
+	l = new_loop(0, 0);
+	ck_assert_int_eq(uffd_loop_add(l, u, NULL, NULL), 0);
+	ck_assert_int_eq(uffd_loop_remove(l, u), 0);
+	ck_assert_int_eq(uffd_loop_join(NULL), -EINVAL);	/* a sentence of its own */
+	uffd_loop_free(l);
+	ck_assert_ptr_nonnull(strstr(uffd_last_error(), "uffd_loop_join"));	/* not replaced */
+	uffd_close(u);
+}
+END_TEST
+
 /* A case of this suite: every one needs setup, some the forced poll path. */
 static TCase *loop_case(TCase *tc, bool poll)
 {
@@ -1321,6 +1547,7 @@ static void add_event_tests(TCase *tc)
 {
 	tcase_add_test(tc, test_fork_adopt);
 	tcase_add_test(tc, test_fork_close);
+	tcase_add_test(tc, test_fork_in_handler);
 	tcase_add_test(tc, test_remap);
 	tcase_add_test(tc, test_remove_dontneed);
 	tcase_add_test(tc, test_remove_shmem);
@@ -1349,6 +1576,10 @@ static Suite *make_suite(void)
 	tcase_add_test(tc, test_poison);
 	tcase_add_test(tc, test_handler_error);
 	tcase_add_test(loop_case(CASE(args, 20), false), test_args);
+	tc = loop_case(CASE(join_current, 30), false);
+	tcase_add_test(tc, test_current);
+	tcase_add_test(tc, test_join);
+	tcase_add_test(tc, test_free_unread);
 	return s;
 }
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -526,6 +527,265 @@ END_TEST
 START_TEST(test_fork_storm_plain) { fork_storm(MODE_PLAIN); }
 END_TEST
 
+/* ---- fork at the descriptor limit ---- */
+
+#define FD_LIMIT_SPARE 3
+#define FD_LIMIT_ROUNDS 4
+
+/*
+ * Lowers RLIMIT_NOFILE and takes every descriptor below it but `spare`:
+ * exactly `spare` fds can still be made. Returns the fillers, *n of them.
+ */
+static int *fds_fill(unsigned spare, unsigned *n, struct rlimit *old)
+{
+	struct rlimit lim;
+	int *fill = calloc(4096, sizeof(*fill)), fd;
+
+	ck_assert_ptr_nonnull(fill);
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, old), 0);
+	lim = *old;
+	lim.rlim_cur = (rlim_t)harness_count_fds() + 64;
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &lim), 0);
+	*n = 0;
+	while (*n < 4096 && (fd = fcntl(0, F_DUPFD_CLOEXEC, 0)) >= 0)
+		fill[(*n)++] = fd;
+	ck_assert_int_eq(errno, EMFILE);
+	ck_assert_uint_ge(*n, spare);
+	for (unsigned i = 0; i < spare; i++)
+		close(fill[--*n]);
+	return fill;
+}
+
+static void fds_unfill(int *fill, unsigned n, const struct rlimit *old)
+{
+	while (n)
+		close(fill[--n]);
+	free(fill);
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, old), 0);
+}
+
+/*
+ * Each round: FD_LIMIT_SPARE children, alive until released, take the
+ * last descriptors with their adopted uffds; they exit; then one more
+ * fork, whose FORK message needs a descriptor. The loop must drop the
+ * exited children and close their uffds while that fork keeps the fork
+ * gate shut: the fork returns, no other descriptor is closed.
+ */
+static void fork_fd_limit(enum mode mode)
+{
+	struct uffd_handlers h = { .missing = missing, .fork = adopt_child };
+	struct uffd_loop_counters c = { .size = sizeof(c) };
+	int fds_before = harness_count_fds(), go[2], *fill;
+	pid_t kids[FD_LIMIT_SPARE];
+	struct rlimit old;
+	struct uffd_loop *l;
+	struct world wd;
+	unsigned nfill;
+	long long t0, worst = 0;
+
+	SKIP_UNDER_VALGRIND("fork events: children touch memory that loop threads resolve");
+	set_mode(mode);
+	if (!world_init(&wd, true, false))
+		SKIP_TEST("no userfaultfd with EVENT_FORK here (needs CAP_SYS_PTRACE or root)");
+	l = new_loop();
+	ck_assert_int_eq(uffd_loop_add(l, wd.u, &h, &wd), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	ck_assert_int_eq(pipe2(go, O_CLOEXEC), 0);
+	fill = fds_fill(FD_LIMIT_SPARE, &nfill, &old);
+	for (unsigned round = 0; round < FD_LIMIT_ROUNDS; round++) {
+		pid_t pid;
+		int st;
+		char b = 0;
+
+		for (unsigned i = 0; i < FD_LIMIT_SPARE; i++) {
+			kids[i] = fork();
+			if (kids[i] == 0)
+				_exit(read(go[0], &b, 1) == 1 ? 0 : 3);
+			ck_assert_int_gt(kids[i], 0);
+		}
+		for (unsigned i = 0; i < FD_LIMIT_SPARE; i++)
+			ck_assert_int_eq(write(go[1], &b, 1), 1);
+		for (unsigned i = 0; i < FD_LIMIT_SPARE; i++) {
+			ck_assert_int_eq(waitpid(kids[i], &st, 0), kids[i]);
+			ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status 0x%x", st);
+		}
+		t0 = now_us();
+		pid = fork();	/* the old loop: hangs here, its reaping waits for this fork */
+		if (pid == 0)
+			_exit(0);
+		ck_assert_int_gt(pid, 0);
+		worst = now_us() - t0 > worst ? now_us() - t0 : worst;
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	}
+	fds_unfill(fill, nfill, &old);
+	ck_assert_int_eq(uffd_loop_counters(l, &c), 0);
+	fprintf(stderr, "mode %d: %u forks at the fd limit, slowest %lld us, %llu adopted, %llu reaped\n",
+		mode, FD_LIMIT_ROUNDS, worst, (unsigned long long)c.children_adopted,
+		(unsigned long long)c.children_reaped);
+	/* Each blocked fork needed a dead child's fd closed (adopted or still queued: reaped). */
+	ck_assert_uint_ge(c.children_reaped, FD_LIMIT_ROUNDS);
+	ck_assert_uint_ge(c.errors, 1);	/* the EMFILE, reported */
+	ck_assert_int_lt(worst, 5000000);
+	uffd_loop_free(l);
+	close(go[0]);
+	close(go[1]);
+	world_free(&wd);
+	ck_assert_int_eq(harness_count_fds(), fds_before);
+}
+
+START_TEST(test_fork_fd_limit)
+{
+	fork_fd_limit(MODE_URING);
+	fork_fd_limit(MODE_POLL);
+	fork_fd_limit(MODE_PLAIN);
+}
+END_TEST
+
+/* ---- the fork gate's queue under a flood of events ---- */
+
+#define FLOOD_THREADS 8		/* flooding children, each on its own pages */
+#define FLOOD_EACH 6000		/* MADV_DONTNEED calls per child: a REMOVE each */
+#define FLOOD_PAGES 64		/* per child */
+#define FLOOD_FORKERS 3
+
+struct flood {
+	char *area;		/* FLOOD_THREADS * FLOOD_PAGES pages, registered */
+	uintptr_t *seen[FLOOD_THREADS];	/* each thread's REMOVE starts, in callback order */
+	atomic_uint nseen[FLOOD_THREADS];
+	atomic_uint total, outside, forks;
+	atomic_bool stop;
+};
+
+static struct flood *flood_now;
+static atomic_int in_fork;	/* forks between this test's prepare and parent hooks */
+
+/* Registered before the library's: these run inside the window its gate is shut. */
+static void flood_prepare(void) { atomic_fetch_add(&in_fork, 1); }
+static void flood_parent(void) { atomic_fetch_sub(&in_fork, 1); }
+static void flood_child(void) { atomic_store(&in_fork, 0); }
+
+static void flood_remove(void *ctx, void *start, size_t len)
+{
+	struct flood *fl = ctx;
+	size_t t = ((uintptr_t)start - (uintptr_t)fl->area) / ps / FLOOD_PAGES;
+	unsigned i;
+
+	(void)len;
+	if (atomic_load(&in_fork))
+		atomic_fetch_add(&fl->outside, 1);	/* a callback while a fork holds the gate */
+	if (t >= FLOOD_THREADS)
+		return;
+	i = atomic_fetch_add(&fl->nseen[t], 1);
+	if (i < FLOOD_EACH)
+		fl->seen[t][i] = (uintptr_t)start;
+	atomic_fetch_add(&fl->total, 1);
+}
+
+/* A flooding child: gives its pages back without pause, one REMOVE each time. */
+static void flood_child_main(size_t t)
+{
+	char *base = flood_now->area + t * FLOOD_PAGES * ps;
+
+	for (unsigned i = 0; i < FLOOD_EACH; i++)
+		if (madvise(base + (i % FLOOD_PAGES) * ps, ps, MADV_DONTNEED))
+			_exit(4);
+	_exit(0);
+}
+
+static void *flood_forker(void *arg)
+{
+	struct flood *fl = arg;
+
+	while (!atomic_load(&fl->stop)) {
+		pid_t pid = fork();
+		int st;
+
+		if (pid == 0)
+			_exit(0);
+		if (pid < 0 || waitpid(pid, &st, 0) != pid) {
+			fprintf(stderr, "forker: %s failed: %s\n", pid < 0 ? "fork" : "waitpid", strerror(errno));
+			return (void *)1;
+		}
+		atomic_fetch_add(&fl->forks, 1);
+	}
+	return NULL;
+}
+
+/*
+ * Adopted children flood REMOVE events while threads of the parent fork
+ * without pause: the fork gate's queue fills. No event may run while a
+ * fork holds the gate shut (the old loop ran them at once, a FORK among
+ * them allocating under the forker's malloc locks), none may hang, and
+ * every REMOVE reaches its callback, each child's in the order it made them.
+ */
+START_TEST(test_fork_gate_flood)
+{
+	struct uffd_handlers h = { .fork = adopt_child, .remove = flood_remove };
+	struct uffd_opts o = { .size = sizeof(o), .features = UFFD_FEATURE_EVENT_FORK |
+			       UFFD_FEATURE_EVENT_REMOVE };
+	size_t len = FLOOD_THREADS * FLOOD_PAGES * ps;
+	struct flood fl = { 0 };
+	void *th[FLOOD_FORKERS];
+	struct uffd_loop *l;
+	struct uffd *u = NULL;
+	long long end;
+	pid_t pid[FLOOD_THREADS];
+	int st, err;
+
+	SKIP_UNDER_VALGRIND("fork events: children touch memory that loop threads resolve");
+	if (getenv("CK_FORK") && strcmp(getenv("CK_FORK"), "no") == 0)
+		SKIP_TEST("needs its atfork hooks installed before the library's (a fresh process per case)");
+	pthread_atfork(flood_prepare, flood_parent, flood_child);
+	err = uffd_open(&u, &o);
+	if (err == -EOPNOTSUPP || err == -EPERM)
+		SKIP_TEST("no userfaultfd with EVENT_FORK and EVENT_REMOVE here (needs CAP_SYS_PTRACE or root)");
+	ck_assert_msg(err == 0, "uffd_open: %s", uffd_last_error());
+	fl.area = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(fl.area, MAP_FAILED);
+	ck_assert_int_eq(uffd_register(u, fl.area, len, UFFDIO_REGISTER_MODE_MISSING, NULL), 0);
+	for (size_t t = 0; t < FLOOD_THREADS; t++)
+		ck_assert_ptr_nonnull(fl.seen[t] = calloc(FLOOD_EACH, sizeof(uintptr_t)));
+	flood_now = &fl;
+	l = new_loop();
+	ck_assert_int_eq(uffd_loop_add(l, u, &h, &fl), 0);
+	ck_assert_int_eq(uffd_loop_start(l, 1), 0);
+	for (size_t t = 0; t < FLOOD_THREADS; t++) {
+		pid[t] = fork();
+		if (pid[t] == 0)
+			flood_child_main(t);
+		ck_assert_int_gt(pid[t], 0);
+	}
+	for (unsigned i = 0; i < FLOOD_FORKERS; i++)
+		th[i] = harness_thread_start(flood_forker, &fl);
+	for (size_t t = 0; t < FLOOD_THREADS; t++) {
+		ck_assert_int_eq(waitpid(pid[t], &st, 0), pid[t]);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "flooding child status 0x%x", st);
+	}
+	atomic_store(&fl.stop, true);
+	for (unsigned i = 0; i < FLOOD_FORKERS; i++)
+		ck_assert_ptr_null(harness_thread_join(th[i]));
+	end = now_us() + 20000000;
+	while (atomic_load(&fl.total) < FLOOD_THREADS * FLOOD_EACH && now_us() < end)
+		usleep(1000);
+	fprintf(stderr, "%u REMOVEs during %u forks, %u callbacks while a fork was in progress\n",
+		atomic_load(&fl.total), atomic_load(&fl.forks), atomic_load(&fl.outside));
+	ck_assert_uint_eq(atomic_load(&fl.outside), 0);
+	ck_assert_uint_gt(atomic_load(&fl.forks), 0);
+	ck_assert_uint_eq(atomic_load(&fl.total), FLOOD_THREADS * FLOOD_EACH);
+	for (size_t t = 0; t < FLOOD_THREADS; t++)
+		for (unsigned i = 0; i < FLOOD_EACH; i++)
+			ck_assert_msg(fl.seen[t][i] == (uintptr_t)(fl.area + (t * FLOOD_PAGES + i % FLOOD_PAGES) * ps),
+				      "child %zu: REMOVE %u out of order", t, i);
+	uffd_loop_free(l);
+	flood_now = NULL;
+	for (size_t t = 0; t < FLOOD_THREADS; t++)
+		free(fl.seen[t]);
+	ck_assert_int_eq(uffd_unregister(u, fl.area, len), 0);
+	munmap(fl.area, len);
+	uffd_close(u);
+}
+END_TEST
+
 static Suite *stress_suite(void)
 {
 	Suite *s = suite_create("stress");
@@ -564,6 +824,12 @@ static Suite *stress_suite(void)
 	tc = CASE(fork_storm_plain, 60);
 	tcase_add_unchecked_fixture(tc, setup, NULL);
 	tcase_add_test(tc, test_fork_storm_plain);
+	tc = CASE(fork_fd_limit, 60);
+	tcase_add_unchecked_fixture(tc, setup, NULL);
+	tcase_add_test(tc, test_fork_fd_limit);
+	tc = CASE(fork_gate_flood, 60);
+	tcase_add_unchecked_fixture(tc, setup, NULL);
+	tcase_add_test(tc, test_fork_gate_flood);
 	return s;
 }
 
