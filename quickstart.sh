@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PACKAGES=(gcc g++ libc6-dev pkg-config meson ninja-build liburing-dev libjson-c-dev libsystemd-dev libzstd-dev check python3)
+# What the test suites run against, beyond the build: promtool checks
+# uffd-serve's metrics (prometheus).
+TEST_PACKAGES=(prometheus)
 BUILD=build
 
 usage() {
@@ -101,6 +104,7 @@ demo)
 test)
 	[ $# -eq 1 ] || usage
 	install_missing
+	install_missing "${TEST_PACKAGES[@]}"
 	build
 	exec meson test -C "$BUILD" --print-errorlogs
 	;;
