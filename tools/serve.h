@@ -8,6 +8,7 @@
  * serve-fatal.c  what becomes of a VM that cannot be served (--on-fatal)
  * serve-check.c  the checks at start: traces and output paths
  * serve-auth.c   who may connect: the socket's owner and mode, the peers allowed
+ * serve-source.c where the guest's bytes come from: the snapshot and its layers
  */
 #ifndef UFFD_SERVE_H
 #define UFFD_SERVE_H
@@ -172,6 +173,15 @@ const char *fatal_policy_name(enum fatal_policy p);
  */
 int serve_fatal(const struct serve_opts *o, const struct fc_handshake *h, int sigfd, int code,
 		const char *why, uint64_t failed_ns);
+
+/* ---- serve-source.c ---- */
+
+/*
+ * Where the guest's bytes come from, checked before any VM connects: the
+ * snapshot (--memory) and its layers (--layer), one source; its size in
+ * *size. NULL after printing one line.
+ */
+struct uffd_source *open_source(const struct serve_opts *o, uint64_t *size);
 
 /* ---- serve-check.c ---- */
 
