@@ -49,6 +49,7 @@ struct serve_opts {
 	const char **replay;	/* traces to replay */
 	size_t nreplay;
 	bool fill;		/* bring in every page, then detach */
+	bool verify;		/* check every frame of a compressed snapshot at start */
 	uint64_t fill_rate;	/* bytes per second; 0: as fast as demand allows */
 	unsigned record_ms;	/* record window after the first fault; 0: until exit */
 	unsigned threads;	/* loop threads */
