@@ -27,6 +27,30 @@ struct guest {
 	const char *mem;
 };
 
+/* Word w of page p as the snapshot holds it: the image's (--image) or the pattern's. */
+static uint64_t want_word(const struct rs_env *e, size_t p, size_t w)
+{
+	uint64_t v;
+
+	if (!e->truth)
+		return pattern(e->seed, p, w);
+	memcpy(&v, e->truth + p * PAGE + w * sizeof(v), sizeof(v));
+	return v;
+}
+
+/* Every byte of page p of mem against the snapshot's; false after reporting. */
+static bool page_right(const struct rs_env *e, const char *name, const char *mem, size_t p)
+{
+	if (!e->truth) {
+		check_pages(name, mem + p * PAGE, p, 1, e->seed);
+		return true;
+	}
+	if (!memcmp(mem + p * PAGE, e->truth + p * PAGE, PAGE))
+		return true;
+	bench_fail(name, "page %zu differs from the image's", p);
+	return false;
+}
+
 /* Thread i touches every threads-th page of the order; the fault is the read of word 0. */
 static void guest_thread(void *arg, unsigned i)
 {
@@ -38,10 +62,9 @@ static void guest_thread(void *arg, unsigned i)
 		size_t p = e->order[k];
 		const volatile uint64_t *w = (const volatile uint64_t *)(g->mem + p * PAGE);
 
-		if ((w[0] != pattern(e->seed, p, 0) || w[WORDS - 1] != pattern(e->seed, p, WORDS - 1)) &&
-		    !bad++)
+		if ((w[0] != want_word(e, p, 0) || w[WORDS - 1] != want_word(e, p, WORDS - 1)) && !bad++)
 			bench_fail(g->name, "page %zu reads 0x%llx at the touch, expected 0x%llx", p,
-				   (unsigned long long)w[0], (unsigned long long)pattern(e->seed, p, 0));
+				   (unsigned long long)w[0], (unsigned long long)want_word(e, p, 0));
 	}
 }
 
@@ -63,7 +86,7 @@ int rs_guest(const struct rs_env *e, const char *name, const char *mem, struct r
 	res->v[RS_MAJFLT] = (double)(b.ru_majflt - a.ru_majflt);
 	res->v[RS_MAPPED] = rs_present_pages(mem, e->len);
 	for (size_t k = 0; k < e->nset && bench_failures == before; k++)
-		check_pages(name, mem + e->order[k] * PAGE, e->order[k], 1, e->seed);
+		page_right(e, name, mem, e->order[k]);
 	return res->v[RS_US] < 0 || bench_failures != before ? -1 : 0;
 }
 

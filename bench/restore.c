@@ -9,7 +9,7 @@
  * 4 KiB or 2 MiB pages; the contenders interleaved (the first one
  * rotating), median reported.
  *
- * usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--around N]
+ * usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--image PATH] [--around N]
  *                     [--threads N] [--cache warm|cold|both]
  *                     [--memory anon|memfd|both] [--page 4k|2m|both]
  *                     [--only NAME,...] [--timeline FILE] [--latency FILE]
@@ -51,6 +51,14 @@ static const struct contender {
 	  "(uffd_restore_load_trace) recorded by an untimed run of another order (UFFD_RESTORE_RECORD)" },
 	{ "libuffd_fill", rs_libuffd_fill, false, "the restore engine, no trace, every page brought "
 	  "in the background (UFFD_RESTORE_FILL)" },
+	/* restore-snap.c: the compressed snapshot (libuffd-snapshot(5)) and layers */
+	{ "snap", rs_snap, true, "the engine, demand faults only, from the snapshot packed (uffd_source_snap)" },
+	{ "snap_replay", rs_snap_replay, true, "the same replaying libuffd_replay's trace" },
+	{ "snap_fill", rs_snap_fill, true, "the same with UFFD_RESTORE_FILL" },
+	{ "layers_replay", rs_layers_replay, true, "replay from a base file and 2 Firecracker Diff "
+	  "files (uffd_source_layered)" },
+	{ "snap_layers_replay", rs_snap_layers_replay, true, "replay from those packed: a compressed "
+	  "base and 2 compressed diffs" },
 	{ "kernel", rs_kernel, false, "snapshot mapped MAP_PRIVATE, no userfaultfd (the same "
 	  "for every memory and page variant)" },
 };
@@ -59,7 +67,7 @@ static const struct contender {
 struct opts {
 	size_t mib, around;
 	unsigned reps, threads, sample_ms;
-	const char *file, *cache, *memory, *page, *only, *placement;
+	const char *file, *image, *cache, *memory, *page, *only, *placement;
 	FILE *timeline, *latency;
 	bool json;
 };
@@ -338,6 +346,7 @@ static int run_one(const struct state *st, struct rs_env *e, size_t i, bool warm
 		return warm ? -1 : 1;
 	}
 	no_result(res);
+	e->cold = !warm;
 	watchdog(name, 300);
 	return contenders[i].fn(e, name, res);
 }
@@ -403,7 +412,7 @@ static int run_state(const struct opts *o, struct rs_env *e, size_t *order, cons
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--around N]\n"
+	fprintf(f, "usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--image PATH] [--around N]\n"
 		"                    [--threads N] [--cache warm|cold|both]\n"
 		"                    [--memory anon|memfd|both] [--page 4k|2m|both]\n"
 		"                    [--only NAME,...] [--timeline FILE] [--latency FILE]\n"
@@ -411,6 +420,8 @@ static void usage(FILE *f)
 		"  --mib N         snapshot size (default 1024); the guest touches a quarter\n"
 		"  --reps N        runs per contender and state, median reported (default 5)\n"
 		"  --file PATH     the snapshot file to write (default: an unlinked file in /var/tmp)\n"
+		"  --image PATH    the snapshot is this memory image (bench/snap-image.py), at most\n"
+		"                  --mib of it, not the pattern\n"
 		"  --around N      4 KiB pages per fault of libuffd_around (default 16, as the\n"
 		"                  kernel's fault_around_bytes)\n"
 		"  --threads N     guest threads (default 2)\n"
@@ -455,6 +466,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		{ "mib", required_argument, NULL, 'm' },
 		{ "reps", required_argument, NULL, 'r' },
 		{ "file", required_argument, NULL, 'f' },
+		{ "image", required_argument, NULL, 'I' },
 		{ "around", required_argument, NULL, 'a' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "cache", required_argument, NULL, 'c' },
@@ -480,6 +492,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'm': ok = parse_size(optarg, 2, 65536, &o->mib) && o->mib % 2 == 0; break;
 		case 'r': ok = parse_size(optarg, 1, MAX_REPS, &v); o->reps = (unsigned)v; break;
 		case 'f': o->file = optarg; break;
+		case 'I': o->image = optarg; break;
 		case 'a': ok = parse_size(optarg, 1, 512, &o->around); break;
 		case 't': ok = parse_size(optarg, 1, 64, &v); o->threads = (unsigned)v; break;
 		case 'c': ok = one_of(optarg, "warm", "cold"); o->cache = optarg; break;
@@ -614,7 +627,9 @@ int main(int argc, char **argv)
 	e.npages = e.len / PAGE;
 	e.threads = o.threads;
 	e.around = o.around;
-	if (!(order = working_set(e.npages, &e.nset)) || (e.fd = make_snapshot(&o, e.len)) < 0)
+	if (o.image && (e.fd = rs_image_open(&e, o.image, o.mib)) < 0)
+		return 1;
+	if (!(order = working_set(e.npages, &e.nset)) || (!o.image && (e.fd = make_snapshot(&o, e.len)) < 0))
 		return 1;
 	e.order = order;
 	header(&o);
@@ -625,6 +640,7 @@ int main(int argc, char **argv)
 	legend(&o, e.nset, t0);
 	if (e.trace)
 		unlink(e.trace);
+	rs_snap_cleanup();
 	close(e.fd);
 	free(order);
 	if (o.timeline)

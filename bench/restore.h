@@ -32,6 +32,8 @@ struct rs_env {
 	size_t page;		/* the guest memory's page size: PAGE, or HUGE (hugetlb) */
 	struct rs_sampler *sampler; /* NULL, or counts pages present during the guest's run */
 	const char *trace;	/* the trace the replay contender loads (restore-engine.c) */
+	const char *truth;	/* --image: the image's bytes (pages checked against them); NULL: the pattern */
+	bool cold;		/* this run's cache state: the contenders' own files follow it (restore-snap.c) */
 };
 
 /* The figures of one run, in the table's column order after the ratios. */
@@ -67,6 +69,21 @@ int rs_kernel(const struct rs_env *e, const char *name, struct rs_result *res);
 int rs_libuffd(const struct rs_env *e, const char *name, struct rs_result *res);
 int rs_libuffd_replay(const struct rs_env *e, const char *name, struct rs_result *res);
 int rs_libuffd_fill(const struct rs_env *e, const char *name, struct rs_result *res);
+/* restore-snap.c: compressed snapshots (uffd_source_snap) and layers (uffd_source_layered) */
+int rs_snap(const struct rs_env *e, const char *name, struct rs_result *res);
+int rs_snap_replay(const struct rs_env *e, const char *name, struct rs_result *res);
+int rs_snap_fill(const struct rs_env *e, const char *name, struct rs_result *res);
+int rs_layers_replay(const struct rs_env *e, const char *name, struct rs_result *res);
+int rs_snap_layers_replay(const struct rs_env *e, const char *name, struct rs_result *res);
+/*
+ * --image: the snapshot is a copy of the image at path (a memory dump,
+ * bench/snap-image.py), at most mib MiB of it, whole 2 MiB; sets e->len,
+ * e->npages and e->truth. The copy's fd (unlinked, fsync'ed), or -1
+ * (reported).
+ */
+int rs_image_open(struct rs_env *e, const char *path, size_t mib);
+/* Removes the files the contenders of restore-snap.c made. */
+void rs_snap_cleanup(void);
 /* The untimed recording pass: a demand-only run with UFFD_RESTORE_RECORD, its trace saved to path. */
 int rs_record(const struct rs_env *e, const char *name, const char *path);
 /*

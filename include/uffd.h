@@ -935,7 +935,11 @@ int uffd_restore_add_region(struct uffd_restore *rs, struct uffd_region *r,
  * Add the pages of the trace file @p path (written by
  * uffd_restore_save_trace(), format in libuffd-trace(5)) to the prefetch
  * order. Several traces merge: the union of their pages, each at its
- * earliest relative position. Before uffd_restore_start().
+ * earliest relative position. From a source whose blocks are larger than a
+ * page (a compressed snapshot's frames, uffd_source_block_size()), the read
+ * of a traced page brings the absent pages of its whole block with it: a
+ * block is read once, however often the trace comes back to it.
+ * Before uffd_restore_start().
  * @return 0; -EINVAL (NULL, restore started, the trace names regions of
  *         other sizes or page sizes than those added); -EBADMSG (not a
  *         trace, truncated, checksum wrong); -EPROTONOSUPPORT (another

@@ -175,13 +175,13 @@ static void submit_demand(struct uffd_restore *rs)
 }
 
 /*
- * Claims the absent pages following page of g (file bytes contiguous) into
- * a run: for the replay only pages of the trace, wherever they are in its
- * order; for the fill every one.
+ * Claims the absent pages following the n claimed at page of g (file bytes
+ * contiguous) into a run: for the replay only pages of the trace, wherever
+ * they are in its order; for the fill (and a replay's whole block) every one.
  */
-static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t page, bool traced)
+static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t page, size_t n, bool traced)
 {
-	size_t n = 1, max = rs->slot_len / g->ps, block = uffd_source_block_size(g->src);
+	size_t max = rs->slot_len / g->ps, block = uffd_source_block_size(g->src);
 	bool align = block > g->ps && block <= rs->slot_len;	/* runs end where the source's blocks do */
 
 	while (n < max && page + n < g->npages &&
@@ -190,6 +190,25 @@ static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t pa
 	       rs__page_cas(rs, g, page + n, PG_ABSENT, PG_INFLIGHT))
 		n++;
 	return n;
+}
+
+/*
+ * A source whose blocks are larger than a page (a compressed frame) gives a
+ * whole block for about the cost of one page of it (the decompression), and
+ * a replay's trace visits a block's pages at many moments: the read of a
+ * traced page takes the absent pages of its whole block with it, so that a
+ * block is read once, not once per trace run in it. Claims the absent pages
+ * before page back to its block's start; the first page of the run.
+ */
+static size_t widen_to_block(struct uffd_restore *rs, struct rs_region *g, size_t page, bool *widened)
+{
+	size_t block = uffd_source_block_size(g->src);
+
+	*widened = block > g->ps && block <= rs->slot_len;
+	while (*widened && page > 0 && (g->offset + page * g->ps) % block &&
+	       rs__page_cas(rs, g, page - 1, PG_ABSENT, PG_INFLIGHT))
+		page--;
+	return page;
 }
 
 /* The next absent page of the trace, claimed; false at its end. */
@@ -247,6 +266,7 @@ static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 	bool fill = (rs->o.flags & UFFD_RESTORE_FILL) || atomic_load(&rs->finishing);
 	struct rs_region *g;
 	struct rs_read *s;
+	bool widened = false;
 	size_t page;
 
 	while ((s = free_slot(rs, false))) {
@@ -259,8 +279,8 @@ static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 		else
 			return;
 		s->g = g;
-		s->first = page;
-		s->n = extend_run(rs, g, page, s->why == RD_PREFETCH);
+		s->first = s->why == RD_PREFETCH ? widen_to_block(rs, g, page, &widened) : page;
+		s->n = extend_run(rs, g, s->first, page - s->first + 1, s->why == RD_PREFETCH && !widened);
 		if (s->why == RD_FILL)
 			fill_charge(rs, now, s->n * g->ps);
 		submit_read(rs, s);

@@ -52,6 +52,12 @@ int snap__read(struct uffd_snap *s, uint64_t off, void *buf, size_t len);
  * wait for the lock; else -EAGAIN. Any thread.
  */
 int snap__read_nowait(struct uffd_snap *s, uint64_t off, void *buf, size_t len);
+/*
+ * Frame i of layer k decoded from its stored bytes (e->length of them, as
+ * the layer's file holds them at e->offset) into dst, checked against its
+ * CRC32C: 0 or -EBADMSG (file and frame named). Under s->lock.
+ */
+int snap__decode_frame(struct uffd_snap *s, unsigned k, uint64_t i, const uint8_t *stored, uint8_t *dst);
 /* Whether frame i of the image is zero (no layer holds data for it). No lock. */
 bool snap__frame_zero(const struct uffd_snap *s, uint64_t i);
 

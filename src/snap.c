@@ -271,35 +271,49 @@ static const struct snap_entry *resolve(const struct uffd_snap *s, uint64_t i, u
 	return NULL;	/* a base has no PARENT entries (checked at open) */
 }
 
-/* Read, decompress and check frame i of layer k into dst (its whole length). */
-static int load_frame(struct uffd_snap *s, unsigned k, uint64_t i, uint8_t *dst)
+/*
+ * Decompress (or copy) and check frame i of layer k from its stored bytes
+ * @p stored (e->length of them) into dst (its whole length). Apart from
+ * where the stored bytes come from (load_frame(): the layer's file), so
+ * that they may come from elsewhere: a compressed layer read through
+ * another page source is the same decoding of other bytes.
+ */
+int snap__decode_frame(struct uffd_snap *s, unsigned k, uint64_t i, const uint8_t *stored, uint8_t *dst)
 {
 	const struct snap_layer *l = &s->l[k];
 	const struct snap_entry *e = &l->e[i];
 	size_t flen = (size_t)snap__frame_len(&l->h, i), got;
-	int err;
 
 	if (e->kind == SNAP_RAW) {
-		err = pread_all(l->fd, dst, flen, e->offset);
+		if (stored != dst)
+			memcpy(dst, stored, flen);
 	} else {
-		err = pread_all(l->fd, s->cbuf, e->length, e->offset);
-		if (!err) {
-			got = ZSTD_decompressDCtx(s->dctx, dst, flen, s->cbuf, e->length);
-			if (ZSTD_isError(got) || got != flen)
-				return uffd__err(-EBADMSG, "%s: frame %" PRIu64 " (bytes %" PRIu64 "..%" PRIu64 " of the image) does not decompress to its %zu bytes (%s): the file is corrupt",
-						 l->path, i, i << s->shift, (i << s->shift) + flen - 1, flen,
-						 ZSTD_isError(got) ? ZSTD_getErrorName(got) : "wrong length");
-		}
+		got = ZSTD_decompressDCtx(s->dctx, dst, flen, stored, e->length);
+		if (ZSTD_isError(got) || got != flen)
+			return uffd__err(-EBADMSG, "%s: frame %" PRIu64 " (bytes %" PRIu64 "..%" PRIu64 " of the image) does not decompress to its %zu bytes (%s): the file is corrupt",
+					 l->path, i, i << s->shift, (i << s->shift) + flen - 1, flen,
+					 ZSTD_isError(got) ? ZSTD_getErrorName(got) : "wrong length");
 	}
-	if (err)
-		return uffd__err(err, "%s: frame %" PRIu64 ": reading %u bytes at %" PRIu64 ": %s",
-				 l->path, i, e->length, e->offset,
-				 err == -EIO ? "the file is shorter than its index says" : uffd__errname(err));
 	if (uffd__crc32c(dst, flen) != e->crc)
 		return uffd__err(-EBADMSG, "%s: frame %" PRIu64 " (bytes %" PRIu64 "..%" PRIu64 " of the image) fails its checksum: the file is corrupt",
 				 l->path, i, i << s->shift, (i << s->shift) + flen - 1);
 	s->misses++;
 	return 0;
+}
+
+/* Read frame i of layer k from its file, then decode it into dst (its whole length). */
+static int load_frame(struct uffd_snap *s, unsigned k, uint64_t i, uint8_t *dst)
+{
+	const struct snap_layer *l = &s->l[k];
+	const struct snap_entry *e = &l->e[i];
+	uint8_t *stored = e->kind == SNAP_RAW ? dst : s->cbuf;	/* raw bytes: read in place */
+	int err = pread_all(l->fd, stored, e->length, e->offset);
+
+	if (err)
+		return uffd__err(err, "%s: frame %" PRIu64 ": reading %u bytes at %" PRIu64 ": %s",
+				 l->path, i, e->length, e->offset,
+				 err == -EIO ? "the file is shorter than its index says" : uffd__errname(err));
+	return snap__decode_frame(s, k, i, stored, dst);
 }
 
 /* Frame i of layer k in the cache (CLOCK replacement), loaded if absent. */

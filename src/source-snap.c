@@ -17,6 +17,12 @@
  * A finished read is handed back through uffd_source_notify(); process
  * calls its done on the restore thread. The queues are the requests
  * themselves (priv[0] links them): nothing is allocated per read.
+ *
+ * Today the stored bytes come from the layers' files (snap.c, pread(2) on
+ * the worker). Over another page source (a layer fetched over HTTP) the
+ * stored bytes of a frame would be read with that source's asynchronous
+ * reads on the restore thread, attached here, and handed to the worker for
+ * snap__decode_frame(), which takes the stored bytes from wherever they came.
  */
 #include <errno.h>
 #include <pthread.h>

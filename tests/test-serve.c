@@ -1851,6 +1851,194 @@ START_TEST(test_bad_layers)
 }
 END_TEST
 
+/* ---- compressed snapshots (libuffd-snapshot(5)) ---- */
+
+/*
+ * Packs the image in file in into the compressed snapshot out, of frames
+ * of 64 KiB; a diff of the compressed snapshot made of the chain parent
+ * (base first, NULL-ended) when it is not NULL (in then a Firecracker Diff
+ * file: its holes are the parent's pages).
+ */
+static void pack_chain(const char *in, const char *out, const char *const *parent)
+{
+	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = 64 << 10 };
+	struct uffd_snap *ps = NULL;
+	int fd = open(in, O_RDONLY | O_CLOEXEC);
+
+	ck_assert_int_ge(fd, 0);
+	if (parent) {
+		unsigned n = 0;
+
+		while (parent[n])
+			n++;
+		ck_assert_msg(uffd_snap_open(&ps, parent, n, NULL) == 0, "%s", uffd_last_error());
+		po.parent = ps;
+		po.flags = UFFD_SNAP_PACK_DIFF;
+	}
+	ck_assert_msg(uffd_snap_pack(out, fd, &po) == 0, "%s", uffd_last_error());
+	uffd_snap_close(ps);
+	close(fd);
+}
+
+static void pack(const char *in, const char *out, const char *parent)
+{
+	pack_chain(in, out, parent ? (const char *[]){ parent, NULL } : NULL);
+}
+
+/* Demand faults and a recording, then replay + fill and detach: every byte the guest saw checked. */
+static void record_then_replay(const struct env *e, const char *tag, const char **so1, const char **so2)
+{
+	static const char *const vo1[] = { "--touch-pct", "50", NULL };
+	static const char *const vo2[] = { "--touch-pct", "50", "--after-handler", NULL };
+	char t1[32], t2[32];
+	struct run r1, r2;
+
+	snprintf(t1, sizeof(t1), "%s-record", tag);
+	snprintf(t2, sizeof(t2), "%s-replay", tag);
+	restore(e, &r1, t1, so1, vo1);
+	assert_clean(&r1, "vm-exit");
+	ck_assert_uint_gt(num(r1.json, "\"pages_recorded\""), 0);
+	restore(e, &r2, t2, so2, vo2);
+	assert_clean(&r2, "detached");
+	ck_assert_uint_eq(num(r2.vmm_out, "after_handler_bad"), 0);
+	ck_assert_uint_gt(num(r2.vmm_out, "touched"), 0);
+	ck_assert_uint_gt(num(r2.json, "\"replay\""), 0);
+	ck_assert_uint_eq(num(r2.json, "\"present\""), num(r2.json, "\"total\""));
+	run_free(&r1);
+	run_free(&r2);
+}
+
+/* The snapshot packed whole: fc-vmm restored from it, demand then replay + fill. */
+START_TEST(test_compressed)
+{
+	char z[112];
+	const char *so1[] = { "--memory", z, "--record", NULL, NULL };
+	const char *so2[] = { "--memory", z, "--replay", NULL, "--fill", NULL };
+	struct env e;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, z, sizeof(z), "snap.uffdsnap");
+	pack(e.snap, z, NULL);
+	so1[3] = so2[3] = e.trace;
+	record_then_replay(&e, "compressed", so1, so2);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The layers of test_layers packed: a compressed base, diff 1 as a
+ * compressed diff of it, and diff 2 as a compressed diff of diff 1 (_i 0)
+ * or left a Firecracker Diff file over the compressed chain (_i 1).
+ */
+START_TEST(test_compressed_layers)
+{
+	char base[112], d1[112], d2[112], zb[112], z1[112], z2[112];
+	const char *so1[] = { "--memory", zb, "--layer", z1, "--layer", _i ? d2 : z2, "--record", NULL, NULL };
+	const char *so2[] = { "--memory", zb, "--layer", z1, "--layer", _i ? d2 : z2, "--replay", NULL, "--fill", NULL };
+	struct env e;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, base, sizeof(base), "base");
+	path_in(&e, d1, sizeof(d1), "diff1");
+	path_in(&e, d2, sizeof(d2), "diff2");
+	path_in(&e, zb, sizeof(zb), "base.uffdsnap");
+	path_in(&e, z1, sizeof(z1), "diff1.uffdsnap");
+	path_in(&e, z2, sizeof(z2), "diff2.uffdsnap");
+	write_layers(&e, base, d1, d2);
+	pack(base, zb, NULL);
+	pack(d1, z1, zb);
+	pack_chain(d2, z2, (const char *[]){ zb, z1, NULL });
+	so1[7] = so2[7] = e.trace;
+	record_then_replay(&e, _i ? "zlayers-fc" : "zlayers", so1, so2);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* A copy of file from with len bytes at off replaced by bytes (or the file cut at off when bytes is NULL). */
+static void damaged_copy(const char *from, const char *to, off_t off, const void *bytes, size_t len)
+{
+	char cmd[256];
+	int fd;
+
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s'", from, to);
+	ck_assert_int_eq(system(cmd), 0);
+	fd = open(to, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	if (bytes)
+		ck_assert_int_eq(pwrite(fd, bytes, len, off), (ssize_t)len);
+	else
+		ck_assert_int_eq(ftruncate(fd, off), 0);
+	close(fd);
+}
+
+/*
+ * Bad compressed files are refused before any VM connects: one line
+ * naming the file (and the frame), exit 3, the socket never made.
+ */
+START_TEST(test_bad_compressed)
+{
+	char zb[112], z1[112], other[112], zo[112], zd[112], bad[112], small[112];
+	struct env e;
+	struct proc sv;
+	char *err;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, zb, sizeof(zb), "base.uffdsnap");
+	path_in(&e, z1, sizeof(z1), "diff.uffdsnap");
+	path_in(&e, other, sizeof(other), "other");
+	path_in(&e, zo, sizeof(zo), "other.uffdsnap");
+	path_in(&e, zd, sizeof(zd), "diff-of-other.uffdsnap");
+	path_in(&e, bad, sizeof(bad), "bad.uffdsnap");
+	path_in(&e, small, sizeof(small), "small");
+	pack(e.snap, zb, NULL);
+	pack(e.snap, z1, zb);	/* a diff of zb (it stores nothing) */
+	write_snapshot(other, SNAP_MIB);
+	ck_assert_int_eq(truncate(other, 4096), 0);
+	ck_assert_int_eq(truncate(other, SNAP_MIB * MIB), 0);	/* another image, of the same size */
+	pack(other, zo, NULL);
+	pack(e.snap, zd, zo);	/* a diff of zo */
+	write_snapshot(small, SNAP_MIB / 2);
+
+	struct {
+		const char *tag, *args[6], *file, *why;
+		off_t off;		/* damage to zb at, in bad */
+		const void *bytes;	/* NULL: zb cut at off */
+		size_t len;
+	} c[] = {
+		{ "truncated", { "--memory", bad }, bad, "truncated", 1000, NULL, 0 },
+		{ "header", { "--memory", bad }, bad, "header's checksum", 30, "\x7f", 1 },
+		{ "version", { "--memory", bad }, bad, "version 2", 8, "\x02", 1 },
+		{ "index", { "--memory", bad }, bad, "index", -100, "\xff\xff", 2 },
+		{ "frame", { "--memory", bad, "--verify" }, bad, "frame 0 ", 200, "\x00\x11\x22\x33", 4 },
+		{ "parent", { "--memory", zb, "--layer", zd }, zd, "not of", 0, NULL, 0 },
+		{ "no-parent", { "--memory", e.snap, "--layer", z1 }, z1, "given as the base", 0, NULL, 0 },
+		{ "base-as-diff", { "--memory", zb, "--layer", zo }, zo, "a base, given as a diff", 0, NULL, 0 },
+		{ "base-as-layer", { "--memory", e.snap, "--layer", zo }, zo, "not a diff", 0, NULL, 0 },
+		{ "size", { "--memory", zb, "--layer", small }, small, "bytes", 0, NULL, 0 },
+	};
+	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+		char *argv[16] = { (char *)e.serve, "--socket", e.sock, "--timeout", "5000" };
+		int n = 5;
+		struct stat st;
+
+		if (c[i].bytes || c[i].off) {
+			ck_assert_int_eq(stat(zb, &st), 0);
+			damaged_copy(zb, bad, c[i].off < 0 ? st.st_size + c[i].off : c[i].off, c[i].bytes, c[i].len);
+		}
+		for (int k = 0; c[i].args[k]; k++)
+			argv[n++] = (char *)c[i].args[k];
+		spawn(&e, &sv, c[i].tag, argv);
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 3);
+		err = slurp(sv.err);
+		ck_assert_msg(strstr(err, c[i].file) && strstr(err, c[i].why), "%s: %s", c[i].tag, err);
+		ck_assert_msg(!strchr(strchr(err, '\n') + 1, '\n'), "%s: more than one line: %s", c[i].tag, err);
+		ck_assert_int_ne(access(e.sock, F_OK), 0);	/* it never listened */
+		free(err);
+	}
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -1886,6 +2074,12 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_layers);
 	tc = CASE(bad_layers, 20);
 	tcase_add_test(tc, test_bad_layers);
+	tc = CASE(compressed, 60);
+	tcase_add_test(tc, test_compressed);
+	tc = CASE(compressed_layers, 90);
+	tcase_add_loop_test(tc, test_compressed_layers, 0, 2);
+	tc = CASE(bad_compressed, 30);
+	tcase_add_test(tc, test_bad_compressed);
 	tc = CASE(socket_path, 20);
 	tcase_add_test(tc, test_socket_path);
 	tc = CASE(fatal_mismatch, 30);

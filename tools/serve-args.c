@@ -26,9 +26,12 @@ static void usage(FILE *f)
 		"guest's pages from the file until the VM exits.\n"
 		"\n"
 		"  -s, --socket PATH     Unix socket to listen on (give it to PUT /snapshot/load)\n"
-		"  -m, --memory FILE     the memory snapshot file (mem_file_path of the snapshot)\n"
+		"  -m, --memory FILE     the memory snapshot file (mem_file_path of the snapshot),\n"
+		"                        or a compressed snapshot (uffd-snap pack)\n"
 		"  -l, --layer DIFF      a Diff snapshot's memory file over it (repeatable, newest\n"
-		"                        last): its pages win, its holes show the older layers\n"
+		"                        last): its pages win, its holes show the older layers;\n"
+		"                        or a compressed diff, right after its parent\n"
+		"      --verify          check every frame of a compressed snapshot before listening\n"
 		"  -r, --record TRACE    record the pages the VM touches, in order, into TRACE\n"
 		"      --record-ms MS    record only MS milliseconds after the first fault\n"
 		"  -p, --replay TRACE    bring in the pages of TRACE ahead of the faults (repeatable)\n"
@@ -139,7 +142,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 {
 	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
 	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
-	       OPT_METRICS };
+	       OPT_METRICS, OPT_VERIFY };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -148,6 +151,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "record-ms", required_argument, NULL, OPT_RECORD_MS },
 		{ "replay", required_argument, NULL, 'p' },
 		{ "fill", optional_argument, NULL, 'f' },
+		{ "verify", no_argument, NULL, OPT_VERIFY },
 		{ "threads", required_argument, NULL, 't' },
 		{ "spin-us", required_argument, NULL, OPT_SPIN_US },
 		{ "stats", no_argument, NULL, 'S' },
@@ -190,6 +194,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 			o->fill = true;
 			o->fill_rate = optarg ? number("--fill", optarg, 4096, UINT64_MAX >> 1, true) : 0;
 			break;
+		case OPT_VERIFY: o->verify = true; break;
 		case 't': o->threads = (unsigned)number("--threads", optarg, 1, 64, false); break;
 		case OPT_SPIN_US: o->spin_us = (unsigned)number("--spin-us", optarg, 0, 1000000, false); break;
 		case 'S': o->stats = true; break;

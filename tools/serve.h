@@ -8,6 +8,7 @@
  * serve-fatal.c  what becomes of a VM that cannot be served (--on-fatal)
  * serve-check.c  the checks at start: traces and output paths
  * serve-auth.c   who may connect: the socket's owner and mode, the peers allowed
+ * serve-source.c where the guest's bytes come from: the snapshot and its layers
  */
 #ifndef UFFD_SERVE_H
 #define UFFD_SERVE_H
@@ -48,6 +49,7 @@ struct serve_opts {
 	const char **replay;	/* traces to replay */
 	size_t nreplay;
 	bool fill;		/* bring in every page, then detach */
+	bool verify;		/* check every frame of a compressed snapshot at start */
 	uint64_t fill_rate;	/* bytes per second; 0: as fast as demand allows */
 	unsigned record_ms;	/* record window after the first fault; 0: until exit */
 	unsigned threads;	/* loop threads */
@@ -172,6 +174,15 @@ const char *fatal_policy_name(enum fatal_policy p);
  */
 int serve_fatal(const struct serve_opts *o, const struct fc_handshake *h, int sigfd, int code,
 		const char *why, uint64_t failed_ns);
+
+/* ---- serve-source.c ---- */
+
+/*
+ * Where the guest's bytes come from, checked before any VM connects: the
+ * snapshot (--memory) and its layers (--layer), one source; its size in
+ * *size. NULL after printing one line.
+ */
+struct uffd_source *open_source(const struct serve_opts *o, uint64_t *size);
 
 /* ---- serve-check.c ---- */
 
