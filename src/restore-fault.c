@@ -19,14 +19,14 @@ static char *lbuf_take(struct uffd_restore *rs)
 {
 	for (unsigned i = 0; i < rs->nlbufs; i++)
 		if (!atomic_exchange(&rs->lbusy[i], true))
-			return rs->lbufs + (size_t)i * rs->dlen;
+			return rs->lbufs + (size_t)i * rs->maxps;
 	return NULL;
 }
 
 static void lbuf_put(struct uffd_restore *rs, char *b)
 {
 	if (b)
-		atomic_store(&rs->lbusy[(size_t)(b - rs->lbufs) / rs->dlen], false);
+		atomic_store(&rs->lbusy[(size_t)(b - rs->lbufs) / rs->maxps], false);
 }
 
 /*

@@ -548,7 +548,7 @@ static int buffers(struct uffd_restore *rs)
 
 	rs->slot_len = (slot + ps - 1) / ps * ps;
 	slots_len = (size_t)rs->o.queue_depth * rs->slot_len + (size_t)rs->ndemand * rs->dlen;
-	lbufs_len = LBUFS * rs->dlen;
+	lbufs_len = LBUFS * ps;	/* the handlers read single pages only */
 	rs->bufs_len = slots_len + lbufs_len + ps;
 	p = mmap(NULL, rs->bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)

@@ -21,7 +21,7 @@
 #define DEFAULT_DEPTH 32
 #define DEFAULT_MAX_READ (256u << 10)
 #define FLAGS_ALL (UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH | UFFD_RESTORE_RECORD | UFFD_RESTORE_NO_AROUND)
-#define DEFAULT_AROUND (64u << 10)	/* measured: bench/RESULTS.md, issue 24 */
+#define DEFAULT_AROUND (64u << 10)	/* the kernel's fault_around_bytes; bench/RESULTS.md, issue 24 */
 #define AROUND_MAX (1u << 20)
 /* sizeof(struct uffd_restore_stats) in 0.3, which ended with complete_ns */
 #define STATS_03 (offsetof(struct uffd_restore_stats, complete_ns) + sizeof(uint64_t))

@@ -329,14 +329,14 @@ static uint64_t faults_of(struct uffd_restore *rs)
 }
 
 /*
- * One fault brings its aligned 64 KiB window (the default) in: the
+ * One fault brings its aligned 64 KiB window in: the
  * neighbours read right with no fault of their own. A fault right after
  * that window doubles it (sequential); a window is cut at the region's
  * end. Every byte of every page checked.
  */
 static void around_case(bool memfd, bool cold)
 {
-	struct uffd_restore_opts o = { .size = sizeof(o) };
+	struct uffd_restore_opts o = { .size = sizeof(o), .fault_around = 64u << 10 };
 	size_t npages = 72, w;
 	struct uffd_restore_stats s;
 	struct env e;
