@@ -23,7 +23,7 @@ struct engine_how {
 static void engine_figures(const struct uffd_restore_stats *st, struct rs_result *res)
 {
 	res->v[RS_IOCTLS] = NAN;	/* the engine's resolutions are not the loop's */
-	res->v[RS_AHEAD] = (double)(st->pages_prefetched + st->pages_filled);
+	res->v[RS_AHEAD] = (double)(st->pages_prefetched + st->pages_filled + st->pages_around);
 	res->has_hist = true;
 	for (size_t k = 0; k < 3; k++)
 		for (size_t b = 0; b < UFFD_HIST_BUCKETS; b++)
@@ -33,13 +33,16 @@ static void engine_figures(const struct uffd_restore_stats *st, struct rs_result
 static int engine_run(const struct rs_env *e, const char *name, const struct engine_how *how,
 		      struct rs_result *res)
 {
-	struct uffd_restore_opts ro = { .size = sizeof(ro), .flags = how->flags };
+	struct uffd_restore_opts ro = { .size = sizeof(ro), .flags = how->flags,
+					.fault_around = e->fault_around };
 	struct uffd_restore_stats st = { .size = sizeof(st) };
 	struct uffd_restore *rs = NULL;
 	struct rs_lib lb;
-	int err = rs_lib_open(e, name, &lb);
+	int err;
 
-	if (err)
+	if (e->fault_around_set && e->fault_around <= e->page)
+		ro.flags |= UFFD_RESTORE_NO_AROUND;
+	if ((err = rs_lib_open(e, name, &lb)))
 		goto out;
 	place(true);		/* the restore thread runs beside the loop's */
 	if ((err = uffd_restore_new(&rs, &ro)) || (err = uffd_restore_add_region(rs, lb.r, e->fd, 0)) ||
@@ -72,7 +75,11 @@ int rs_libuffd(const struct rs_env *e, const char *name, struct rs_result *res)
 {
 	struct engine_how how = { 0 };
 
-	return engine_run(e, name, &how, res) || rs_check_demand(e, name, res) ? -1 : 0;
+	if (engine_run(e, name, &how, res))
+		return -1;
+	if (e->fault_around_set && e->fault_around <= e->page)
+		return rs_check_demand(e, name, res);
+	return rs_check_around(e, name, res);
 }
 
 int rs_libuffd_replay(const struct rs_env *e, const char *name, struct rs_result *res)

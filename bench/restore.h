@@ -28,6 +28,9 @@ struct rs_env {
 	size_t nunits;		/* distinct pages of e->page size the working set touches */
 	unsigned threads;	/* guest threads */
 	size_t around;		/* PAGE pages per fault of the libuffd fault-around contender */
+	unsigned write_pct;	/* share of the touched pages the guest writes (rs_written()) */
+	size_t fault_around;	/* the engine's fault_around option (bytes; 0: off) */
+	bool fault_around_set;	/* else the engine's default */
 	bool memfd;		/* guest memory: a memfd mapped twice (MINOR/CONTINUE), else anon (COPY) */
 	size_t page;		/* the guest memory's page size: PAGE, or HUGE (hugetlb) */
 	struct rs_sampler *sampler; /* NULL, or counts pages present during the guest's run */
@@ -61,6 +64,12 @@ struct rs_result {
 typedef int (*rs_fn)(const struct rs_env *e, const char *name, struct rs_result *res);
 
 /* restore-contenders.c */
+/* Whether the guest writes page p (PAGE pages): a fixed hash of p below write_pct. */
+bool rs_written(const struct rs_env *e, size_t p);
+/* The word the guest writes at word w of page p (every RS_WSTRIDE-th word of written pages). */
+uint64_t rs_wpattern(const struct rs_env *e, size_t p, size_t w);
+#define RS_WSTRIDE 64
+int rs_ideal(const struct rs_env *e, const char *name, struct rs_result *res);
 int rs_baseline(const struct rs_env *e, const char *name, struct rs_result *res);
 int rs_libuffd_source(const struct rs_env *e, const char *name, struct rs_result *res);
 int rs_libuffd_around(const struct rs_env *e, const char *name, struct rs_result *res);
@@ -96,6 +105,8 @@ int rs_guest(const struct rs_env *e, const char *name, const char *mem, struct r
 const char *rs_map_snapshot(const struct rs_env *e, const char *name);
 /* Demand faults only: the touched pages mapped, no fewer messages than pages. */
 int rs_check_demand(const struct rs_env *e, const char *name, const struct rs_result *res);
+/* Demand faults with fault-around: every touched page mapped, at most one message per page. */
+int rs_check_around(const struct rs_env *e, const char *name, const struct rs_result *res);
 
 /* restore-mem.c: the guest memory of a run. */
 struct rs_mem {

@@ -901,6 +901,19 @@ struct uffd_restore_opts {
 	 */
 	void   (*on_complete)(void *ctx, struct uffd_restore *rs);
 	void    *ctx;         /**< ctx of on_complete */
+	/**
+	 * Since 0.4: demand fault-around. A demand fault brings in, with its
+	 * page, the absent pages around it in the aligned window of this many
+	 * bytes (a power of two; 0: 64 KiB), in one read and one resolution;
+	 * the window stops at the region's end and at any page that is not
+	 * absent (present, given back, in flight). A fault right after the
+	 * previous window doubles it, up to 256 KiB (or the window when
+	 * larger), as the kernel's readahead does. Windows no larger than the
+	 * page size, and UFFD_RESTORE_NO_AROUND, bring in the faulting page only;
+	 * so does a restore while it records (UFFD_RESTORE_RECORD), whose trace
+	 * must name every page touched.
+	 */
+	size_t   fault_around;
 };
 /** After the trace, bring in every other page, at fill_rate. */
 #define UFFD_RESTORE_FILL   (1u << 0)
@@ -908,6 +921,8 @@ struct uffd_restore_opts {
 #define UFFD_RESTORE_DETACH (1u << 1)
 /** Record the pages of demand faults in first-touch order (uffd_restore_save_trace()). */
 #define UFFD_RESTORE_RECORD (1u << 2)
+/** Since 0.4: no demand fault-around (fault_around): a demand fault brings in its page only. */
+#define UFFD_RESTORE_NO_AROUND (1u << 3)
 
 /**
  * Create a restore. @return 0, or -EINVAL (bad options; DETACH without
@@ -1008,6 +1023,8 @@ struct uffd_restore_stats {
 	uint64_t complete_ns;      /**< start to every page present; 0 while not */
 	/** Since 0.4: pages the source holds no data for (holes, no layer), zeros with no read; known at start */
 	uint64_t pages_hole;
+	/** Since 0.4: of pages_demand, those brought in around a faulting page (fault_around) */
+	uint64_t pages_around;
 };
 /**
  * Copy the restore's counters into @p s (set s->size first; a 0.3 caller's

@@ -46,6 +46,9 @@ struct rs_region {
 	bool cont;		/* MINOR with alias: read into the alias, CONTINUE */
 	atomic_uchar *st;	/* enum rs_page per page */
 	size_t fill_next;	/* restore thread: the fill's cursor */
+	atomic_size_t seq_next;	/* the page after the last fault-around window (a hint) */
+	atomic_size_t seq_win;	/* that window's pages */
+	atomic_bool gave_back;	/* the owner gave pages back (REMOVE): no fault-around from then on */
 };
 
 /* What a run of pages was read for. */
@@ -55,6 +58,7 @@ enum rs_why { RD_DEMAND, RD_PREFETCH, RD_FILL };
 struct rs_fault {
 	struct rs_region *g;
 	size_t page;
+	size_t first, n;	/* the run claimed for it (INFLIGHT): page and its fault-around window */
 	uint64_t t0;		/* handler entry, CLOCK_MONOTONIC ns */
 	int kind;		/* enum uffd_fault_kind */
 };
@@ -86,6 +90,7 @@ struct uffd_restore {
 	/* counters */
 	atomic_uint_fast64_t faults[3], lat[3][UFFD_HIST_BUCKETS];
 	atomic_uint_fast64_t pages_demand, pages_prefetched, pages_filled, pages_zero, pages_hole;
+	atomic_uint_fast64_t pages_around;	/* of pages_demand, around the faulting page */
 	atomic_uint_fast64_t bytes_read, inflight_hits, read_errors;
 	atomic_uint_fast64_t done;	/* pages PRESENT or ZERO */
 	atomic_uint_fast64_t complete_ns;
@@ -103,6 +108,8 @@ struct uffd_restore {
 	atomic_bool *lbusy;
 	unsigned nlbufs;
 	size_t maxps;		/* the largest page size of the regions */
+	size_t around_max;	/* bytes of the widest fault-around window; 0: none */
+	size_t dlen;		/* bytes of a demand buffer: maxps, or around_max when larger */
 	char *zero;		/* maxps zero bytes, for huge zero pages */
 
 	/* the restore thread */
@@ -177,6 +184,15 @@ void rs__waiters_done(struct uffd_restore *rs, struct rs_region *g, size_t first
 /* Resolves [first, first+n) of g from data at src (COPY) or the alias (CONTINUE), skipping ZERO pages. */
 int rs__install(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n,
 		const char *src, size_t *done);
+
+/*
+ * Demand read [f->first, f->first+f->n) of g is over: pages before `upto`
+ * are in (counted), the rest go back to ABSENT and are woken (their faults
+ * come again), the faulting page to `bad_to` when not in; waiters of the
+ * run leave.
+ */
+void rs__demand_end(struct uffd_restore *rs, const struct rs_fault *f, size_t upto,
+		    enum rs_page bad_to);
 
 /* ---- restore-fault.c ---- */
 

@@ -30,6 +30,7 @@
 #define QCAP 4096			/* demand faults queued */
 #define WAITERS 1024			/* deferred faults whose latency is recorded */
 #define REFUSED_NS 1000000ull		/* a read the source refused: again after this at the latest */
+#define AROUND_SEQ_MAX (256u << 10)	/* a sequential fault-around window grows up to this */
 #define STOP_NS 2000000000ull		/* at the end, how long sources may take to complete their reads */
 
 /* ---- demand queue (any loop thread -> the restore thread) ---- */
@@ -166,8 +167,8 @@ static void submit_demand(struct uffd_restore *rs)
 
 	while ((s = free_slot(rs, true)) && demand_pop(rs, &f)) {
 		s->g = f.g;
-		s->first = f.page;
-		s->n = 1;
+		s->first = f.first;
+		s->n = f.n;
 		s->why = RD_DEMAND;
 		s->f = f;
 		submit_read(rs, s);
@@ -323,6 +324,27 @@ static void count_pages(struct uffd_restore *rs, enum rs_why why, uint64_t n)
 }
 
 /*
+ * A fault-around window failed before its faulting page was in: a
+ * neighbour's bytes may be what failed, so the neighbours go back to
+ * absent (their own faults read them alone) and the faulting page, still
+ * in flight, is read again alone in the same slot: only its own failure
+ * fails it.
+ */
+static void window_failed(struct uffd_restore *rs, struct rs_read *s, size_t upto)
+{
+	struct rs_fault *f = &s->f;
+
+	rs__demand_end(rs, f, upto, PG_INFLIGHT);	/* the faulting page stays ours */
+	f->first = f->page;
+	f->n = 1;
+	s->first = f->page;
+	s->n = 1;
+	s->retry = false;
+	s->done = 0;
+	issue(rs, s);
+}
+
+/*
  * The run is over: pages before `upto` are in; the rest failed (back to
  * absent for a later demand fault, or bad when a demand read failed) and
  * their waiters are woken to fault again; a failure counts as a read
@@ -335,23 +357,31 @@ static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto, int
 	bool ending = atomic_load(&rs->stop);	/* reads cancelled at the end are no failure */
 	uint64_t in = 0;
 
+	if (s->why == RD_DEMAND && upto < s->n && s->n > 1 && !ending && err != -ESRCH &&
+	    s->f.page >= s->first + upto) {
+		window_failed(rs, s, upto);
+		return;
+	}
+	if (upto < s->n && !ending && err != -ESRCH)
+		rs__io_failed(rs);
+	if (s->why == RD_DEMAND) {	/* its fault-around neighbours go back to absent */
+		rs__demand_end(rs, &s->f, upto, ending ? PG_ABSENT : PG_BAD);
+		rs__latency(rs, s->f.kind, s->f.t0);
+		s->busy = false;
+		s->refused = false;
+		return;
+	}
 	for (size_t i = 0; i < s->n; i++) {
-		enum rs_page to = i < upto ? PG_PRESENT : s->why == RD_DEMAND && !ending ? PG_BAD : PG_ABSENT;
+		enum rs_page to = i < upto ? PG_PRESENT : PG_ABSENT;
 
 		in += rs__page_cas(rs, g, s->first + i, PG_INFLIGHT, to) && to == PG_PRESENT;
 	}
-	if (upto < s->n) {
+	if (upto < s->n)
 		uffd_wake(uffd_region_uffd(g->r), (void *)rs__addr(g, s->first + upto),
 			  (s->n - upto) * g->ps);
-		if (!ending && err != -ESRCH)
-			rs__io_failed(rs);
-	}
 	count_pages(rs, s->why, in);
 	rs__waiters_done(rs, g, s->first, s->n);
-	if (s->why == RD_DEMAND)
-		rs__latency(rs, s->f.kind, s->f.t0);
-	else
-		rs->prefetch_busy--;
+	rs->prefetch_busy--;
 	s->busy = false;
 	s->refused = false;
 }
@@ -522,9 +552,9 @@ static void *thread_main(void *arg)
 
 /* ---- start and stop ---- */
 
-static unsigned demand_slots(size_t ps)
+static unsigned demand_slots(size_t len)
 {
-	size_t n = (8u << 20) / ps;
+	size_t n = (8u << 20) / len;
 
 	return n < 4 ? 4 : n > 64 ? 64 : (unsigned)n;
 }
@@ -537,8 +567,8 @@ static int buffers(struct uffd_restore *rs)
 	char *p;
 
 	rs->slot_len = (slot + ps - 1) / ps * ps;
-	slots_len = (size_t)rs->o.queue_depth * rs->slot_len + (size_t)rs->ndemand * ps;
-	lbufs_len = LBUFS * ps;
+	slots_len = (size_t)rs->o.queue_depth * rs->slot_len + (size_t)rs->ndemand * rs->dlen;
+	lbufs_len = LBUFS * ps;	/* the handlers read single pages only */
 	rs->bufs_len = slots_len + lbufs_len + ps;
 	p = mmap(NULL, rs->bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
@@ -546,7 +576,7 @@ static int buffers(struct uffd_restore *rs)
 	rs->bufs = p;
 	for (unsigned i = 0; i < rs->nrd; i++)
 		rs->rd[i].buf = i < rs->o.queue_depth ? p + (size_t)i * rs->slot_len
-			: p + (size_t)rs->o.queue_depth * rs->slot_len + (size_t)(i - rs->o.queue_depth) * ps;
+			: p + (size_t)rs->o.queue_depth * rs->slot_len + (size_t)(i - rs->o.queue_depth) * rs->dlen;
 	rs->lbufs = p + slots_len;
 	rs->nlbufs = LBUFS;
 	rs->zero = p + slots_len + lbufs_len;	/* never written */
@@ -555,7 +585,11 @@ static int buffers(struct uffd_restore *rs)
 
 static int tables(struct uffd_restore *rs)
 {
-	rs->ndemand = demand_slots(rs->maxps);
+	size_t seq = rs->o.fault_around > AROUND_SEQ_MAX ? rs->o.fault_around : AROUND_SEQ_MAX;
+
+	rs->around_max = rs->o.fault_around ? seq : 0;	/* fault_around <= around_max <= dlen */
+	rs->dlen = rs->around_max > rs->maxps ? rs->around_max : rs->maxps;
+	rs->ndemand = demand_slots(rs->dlen);
 	rs->nrd = rs->o.queue_depth + rs->ndemand;
 	rs->rd = calloc(rs->nrd, sizeof(*rs->rd));
 	rs->q = calloc(QCAP, sizeof(*rs->q));

@@ -146,6 +146,28 @@ void rs__waiters_done(struct uffd_restore *rs, struct rs_region *g, size_t first
 	pthread_mutex_unlock(&rs->qlock);
 }
 
+void rs__demand_end(struct uffd_restore *rs, const struct rs_fault *f, size_t upto,
+		    enum rs_page bad_to)
+{
+	struct rs_region *g = f->g;
+	uint64_t in = 0, around = 0;
+
+	for (size_t i = 0; i < f->n; i++) {
+		size_t p = f->first + i;
+		enum rs_page to = i < upto ? PG_PRESENT : p == f->page ? bad_to : PG_ABSENT;
+
+		if (rs__page_cas(rs, g, p, PG_INFLIGHT, to) && to == PG_PRESENT) {
+			in++;
+			around += p != f->page;
+		}
+	}
+	if (upto < f->n)	/* faults deferred on them come again */
+		uffd_wake(uffd_region_uffd(g->r), (void *)rs__addr(g, f->first + upto), (f->n - upto) * g->ps);
+	atomic_fetch_add(&rs->pages_demand, in);
+	atomic_fetch_add(&rs->pages_around, around);
+	rs__waiters_done(rs, g, f->first, f->n);
+}
+
 /* The end: wake uffd_restore_wait() with err unless it has a result already. */
 static void settle(struct uffd_restore *rs, int err)
 {

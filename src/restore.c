@@ -20,7 +20,9 @@
 
 #define DEFAULT_DEPTH 32
 #define DEFAULT_MAX_READ (256u << 10)
-#define FLAGS_ALL (UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH | UFFD_RESTORE_RECORD)
+#define FLAGS_ALL (UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH | UFFD_RESTORE_RECORD | UFFD_RESTORE_NO_AROUND)
+#define DEFAULT_AROUND (64u << 10)	/* the kernel's fault_around_bytes; bench/RESULTS.md, issue 24 */
+#define AROUND_MAX (1u << 20)
 /* sizeof(struct uffd_restore_stats) in 0.3, which ended with complete_ns */
 #define STATS_03 (offsetof(struct uffd_restore_stats, complete_ns) + sizeof(uint64_t))
 
@@ -34,6 +36,13 @@ static int check_opts(struct uffd_restore_opts *o)
 		return uffd__err(-EINVAL, "uffd_restore_new: queue_depth %u is above 4096", o->queue_depth);
 	if (o->max_read > (64u << 20))
 		return uffd__err(-EINVAL, "uffd_restore_new: max_read %zu is above 64 MiB", o->max_read);
+	if (o->fault_around > AROUND_MAX || (o->fault_around & (o->fault_around - 1)))
+		return uffd__err(-EINVAL, "uffd_restore_new: fault_around %zu is not a power of two up to 1 MiB (0: the default)",
+				 o->fault_around);
+	if (!o->fault_around)
+		o->fault_around = DEFAULT_AROUND;
+	if (o->flags & UFFD_RESTORE_NO_AROUND)
+		o->fault_around = 0;
 	if (!o->queue_depth)
 		o->queue_depth = DEFAULT_DEPTH;
 	if (!o->max_read)
@@ -339,6 +348,7 @@ UFFD_EXPORT int uffd_restore_stats(const struct uffd_restore *rsc, struct uffd_r
 	v.pages_recorded = rs__recorded(rs);
 	v.complete_ns = atomic_load(&rs->complete_ns);
 	v.pages_hole = atomic_load(&rs->pages_hole);
+	v.pages_around = atomic_load(&rs->pages_around);
 	v.size = s->size;
 	memcpy(s, &v, s->size < sizeof(v) ? s->size : sizeof(v));	/* a 0.3 caller's fields */
 	if (s->size > sizeof(v))

@@ -272,7 +272,7 @@ static bool present_at_least(const struct uffd_restore_stats *s, uint64_t n)
 
 static void demand_case(bool memfd, bool cold)
 {
-	struct uffd_restore_opts o = { .size = sizeof(o) };
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_NO_AROUND };
 	struct uffd_restore_stats s;
 	size_t npages = 96, touched = 0;
 	struct env e;
@@ -312,6 +312,173 @@ END_TEST
 START_TEST(demand_anon_cold) { demand_case(false, true); }
 END_TEST
 START_TEST(demand_memfd_cold) { demand_case(true, true); }
+END_TEST
+
+/* ---- demand fault-around ---- */
+
+static bool demand_at_least(const struct uffd_restore_stats *s, uint64_t n)
+{
+	return s->pages_demand >= n;
+}
+
+static uint64_t faults_of(struct uffd_restore *rs)
+{
+	struct uffd_restore_stats s = stats_of(rs);
+
+	return s.faults[UFFD_FAULT_MISSING] + s.faults[UFFD_FAULT_MINOR];
+}
+
+/*
+ * One fault brings its aligned 64 KiB window in: the
+ * neighbours read right with no fault of their own. A fault right after
+ * that window doubles it (sequential); a window is cut at the region's
+ * end. Every byte of every page checked.
+ */
+static void around_case(bool memfd, bool cold)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .fault_around = 64u << 10 };
+	size_t npages = 72, w;
+	struct uffd_restore_stats s;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!(memfd ? env_memfd(&e, npages, cold) : env_anon(&e, npages, harness_page_size(), cold)))
+		SKIP_NO_UFFD();
+	if (e.ps != 4096) {
+		env_free(&e);
+		SKIP_TEST("the windows below are counted in 4 KiB pages");
+	}
+	w = (64u << 10) / e.ps;
+	env_restore(&e, &o);
+	env_start(&e);
+	check_page(e.mem, e.ps, w + 5, false);		/* window [w, 2w) */
+	ck_assert(wait_for(e.rs, demand_at_least, w, 2));
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_demand, w);
+	ck_assert_uint_eq(s.pages_around, w - 1);
+	ck_assert_uint_eq(s.pages_present, w);
+	for (size_t p = w; p < 2 * w; p++)
+		check_page(e.mem, e.ps, p, false);
+	ck_assert_uint_eq(faults_of(e.rs), 1);
+	check_page(e.mem, e.ps, 2 * w, false);		/* sequential: [2w, 4w) */
+	ck_assert(wait_for(e.rs, demand_at_least, 3 * w, 2));
+	for (size_t p = 2 * w; p < 4 * w; p++)
+		check_page(e.mem, e.ps, p, false);
+	ck_assert_uint_eq(faults_of(e.rs), 2);
+	check_page(e.mem, e.ps, npages - 2, false);	/* [4w, npages): cut at the end */
+	ck_assert(wait_for(e.rs, demand_at_least, npages - w, 2));
+	for (size_t p = 4 * w; p < npages; p++)
+		check_page(e.mem, e.ps, p, false);
+	ck_assert_uint_eq(faults_of(e.rs), 3);
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_demand, npages - w);
+	ck_assert_uint_eq(s.pages_present, npages - w);	/* [0, w) never touched: absent */
+	ck_assert_uint_eq(s.bytes_read, (npages - w) * e.ps);
+	for (size_t p = 0; p < npages; p++)	/* [0, w): one fault more */
+		check_page(e.mem, e.ps, p, false);
+	ck_assert_uint_eq(faults_of(e.rs), 4);
+	ck_assert(wait_for(e.rs, demand_at_least, npages, 2));
+	ck_assert_uint_eq(stats_of(e.rs).read_errors, 0);
+	env_free(&e);
+}
+
+START_TEST(around_anon_warm) { around_case(false, false); }
+END_TEST
+START_TEST(around_anon_cold) { around_case(false, true); }
+END_TEST
+START_TEST(around_memfd_warm) { around_case(true, false); }
+END_TEST
+START_TEST(around_memfd_cold) { around_case(true, true); }
+END_TEST
+
+/*
+ * A window never covers a page that is not absent: cut at a present page
+ * (here a sequential window meeting an earlier one). A region whose owner
+ * gave pages back (REMOVE) gets no windows any more: a fault brings its
+ * page only, and a given-back page reads zeros, with no read.
+ */
+START_TEST(around_stops_at_present_and_given_back)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .fault_around = 16 * 4096 };
+	size_t npages = 64;
+	struct uffd_restore_stats s;
+	uint64_t f;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	if (!env_anon(&e, npages, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE) || e.ps != 4096) {
+		env_free(&e);
+		SKIP_TEST("needs UFFD_FEATURE_EVENT_REMOVE and 4 KiB pages");
+	}
+	env_restore(&e, &o);
+	env_start(&e);
+	check_page(e.mem, e.ps, 40, false);	/* [32, 48) */
+	ck_assert(wait_for(e.rs, demand_at_least, 16, 2));
+	check_page(e.mem, e.ps, 0, false);	/* [0, 16) */
+	ck_assert(wait_for(e.rs, demand_at_least, 32, 2));
+	check_page(e.mem, e.ps, 16, false);	/* sequential [16, 48), cut at 32 */
+	ck_assert(wait_for(e.rs, demand_at_least, 48, 2));
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_demand, 48);
+	ck_assert_uint_eq(s.pages_around, 45);
+	ck_assert_uint_eq(s.bytes_read, 48 * e.ps);
+	for (size_t p = 0; p < 48; p++)
+		check_page(e.mem, e.ps, p, false);
+	ck_assert_uint_eq(faults_of(e.rs), 3);
+	ck_assert_int_eq(madvise(e.mem + 50 * e.ps, e.ps, MADV_DONTNEED), 0);	/* page 50 given back */
+	check_page(e.mem, e.ps, 52, false);	/* its page only */
+	ck_assert(wait_for(e.rs, demand_at_least, 49, 2));
+	check_page(e.mem, e.ps, 50, true);	/* zeros, no read */
+	check_page(e.mem, e.ps, 51, false);
+	ck_assert(wait_for(e.rs, demand_at_least, 50, 2));
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_demand, 50);
+	ck_assert_uint_eq(s.pages_around, 45);
+	ck_assert_uint_eq(s.bytes_read, 50 * e.ps);
+	f = faults_of(e.rs);
+	for (size_t p = 0; p < 53; p++)	/* present but 48 and 49: no fault */
+		if (p < 48 || p > 49)
+			check_page(e.mem, e.ps, p, p == 50);
+	ck_assert_uint_eq(faults_of(e.rs), f);
+	check_page(e.mem, e.ps, 48, false);	/* one page each */
+	check_page(e.mem, e.ps, 49, false);
+	ck_assert_uint_eq(faults_of(e.rs), f + 2);
+	ck_assert(wait_for(e.rs, demand_at_least, 52, 2));
+	ck_assert_uint_eq(stats_of(e.rs).pages_around, 45);
+	env_free(&e);
+}
+END_TEST
+
+/* UFFD_RESTORE_NO_AROUND and small windows: one page per fault; bad windows refused. */
+START_TEST(around_off)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_NO_AROUND };
+	struct uffd_restore *rs;
+	struct env e;
+
+	SKIP_VALGRIND();
+
+	o.fault_around = 3 * 4096;
+	ASSERT_ERR(uffd_restore_new(&rs, &o), -EINVAL, "power of two");
+	o.fault_around = 2u << 20;
+	ASSERT_ERR(uffd_restore_new(&rs, &o), -EINVAL, "power of two");
+	o.fault_around = 0;
+	if (!env_anon(&e, 32, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	env_restore(&e, &o);
+	env_start(&e);
+	for (size_t p = 0; p < 32; p += 2)
+		check_page(e.mem, e.ps, p, false);
+	ck_assert(wait_for(e.rs, demand_at_least, 16, 2));
+	ck_assert_uint_eq(stats_of(e.rs).pages_demand, 16);
+	ck_assert_uint_eq(stats_of(e.rs).pages_around, 0);
+	ck_assert_uint_eq(faults_of(e.rs), 16);
+	env_free(&e);
+}
 END_TEST
 
 /* ---- record, then replay ---- */
@@ -1226,6 +1393,18 @@ static Suite *suite(void)
 	tcase_add_test(tc, demand_anon_cold);
 	tc = CASE(demand_memfd_cold, 20);
 	tcase_add_test(tc, demand_memfd_cold);
+	tc = CASE(around_anon_warm, 20);
+	tcase_add_test(tc, around_anon_warm);
+	tc = CASE(around_anon_cold, 20);
+	tcase_add_test(tc, around_anon_cold);
+	tc = CASE(around_memfd_warm, 20);
+	tcase_add_test(tc, around_memfd_warm);
+	tc = CASE(around_memfd_cold, 20);
+	tcase_add_test(tc, around_memfd_cold);
+	tc = CASE(around_stops_at_present_and_given_back, 20);
+	tcase_add_test(tc, around_stops_at_present_and_given_back);
+	tc = CASE(around_off, 20);
+	tcase_add_test(tc, around_off);
 	tc = CASE(record_replay, 30);
 	tcase_add_test(tc, record_replay);
 	tc = CASE(demand_during_fill, 20);

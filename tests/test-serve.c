@@ -1368,7 +1368,8 @@ static void promtool_ok(const struct env *e, const char *body)
 /*
  * Metrics scraped while restores run: _i 0, --multi with two VMs on a Unix
  * socket; 1, one VM on 127.0.0.1 (any free port). Each VM's series carry
- * its pid; promtool check metrics accepts the text; the counters move.
+ * its pid; promtool check metrics accepts the text; the counters move
+ * (one fault per page: --fault-around 0, so that a paced VM keeps faulting).
  */
 START_TEST(test_metrics)
 {
@@ -1383,7 +1384,8 @@ START_TEST(test_metrics)
 	path_in(&e, msock, sizeof(msock), "metrics.sock");
 	snprintf(addr, sizeof(addr), _i ? "127.0.0.1:0" : "unix:%s", msock);
 	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap,
-					    "--metrics", addr, _i ? NULL : "--multi", NULL });
+					    "--metrics", addr, "--fault-around", "0",
+					    _i ? NULL : "--multi", NULL });
 	await_text(sv.err, "listening on", 5);
 	assert_log_line(sv.err, "listening on", "info", 0);
 	if (_i) {

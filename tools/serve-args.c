@@ -38,6 +38,9 @@ static void usage(FILE *f)
 		"  -f, --fill[=RATE]     then bring in every other page (RATE bytes/s, suffix K, M\n"
 		"                        or G; default as fast as the faults allow) and detach\n"
 		"  -t, --threads N       loop threads serving faults (default 1)\n"
+		"      --fault-around BYTES  a demand fault brings in the absent pages of its\n"
+		"                        aligned window of BYTES (a power of two up to 1M, suffix\n"
+		"                        K or M; default 64K; 0: the faulting page only)\n"
 		"      --spin-us US      a loop thread polls US microseconds before it sleeps\n"
 		"                        (default 0; spinning saves the wake-up of an idle CPU)\n"
 		"  -S, --stats           print a summary when the serve ends\n"
@@ -140,7 +143,7 @@ static void add_path(const char ***v, size_t *n, const char *path)
 
 void serve_args(int argc, char **argv, struct serve_opts *o)
 {
-	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
+	enum { OPT_RECORD_MS = 256, OPT_FAULT_AROUND, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
 	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
 	       OPT_METRICS, OPT_VERIFY };
 	static const struct option opts[] = {
@@ -154,6 +157,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "verify", no_argument, NULL, OPT_VERIFY },
 		{ "threads", required_argument, NULL, 't' },
 		{ "spin-us", required_argument, NULL, OPT_SPIN_US },
+		{ "fault-around", required_argument, NULL, OPT_FAULT_AROUND },
 		{ "stats", no_argument, NULL, 'S' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "multi", no_argument, NULL, 'M' },
@@ -196,6 +200,12 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 			break;
 		case OPT_VERIFY: o->verify = true; break;
 		case 't': o->threads = (unsigned)number("--threads", optarg, 1, 64, false); break;
+		case OPT_FAULT_AROUND:
+			o->fault_around = (size_t)number("--fault-around", optarg, 0, 1u << 20, true);
+			if (o->fault_around & (o->fault_around - 1))
+				bad("--fault-around %s is not a power of two (0: none)", optarg);
+			o->fault_around_set = true;
+			break;
 		case OPT_SPIN_US: o->spin_us = (unsigned)number("--spin-us", optarg, 0, 1000000, false); break;
 		case 'S': o->stats = true; break;
 		case 'j': o->json = true; break;

@@ -138,7 +138,9 @@ static int setup_restore(struct serve *sv)
 		.size = sizeof(ro), .fill_rate = o->fill_rate, .record_ms = o->record_ms,
 		/* While recording, no fill: it starts when the window ends (tick). */
 		.flags = (o->fill && !o->record ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
-			 (o->record ? UFFD_RESTORE_RECORD : 0),
+			 (o->record ? UFFD_RESTORE_RECORD : 0) |
+			 (o->fault_around_set && !o->fault_around ? UFFD_RESTORE_NO_AROUND : 0),
+		.fault_around = o->fault_around,
 		.on_complete = on_complete, .ctx = sv,
 	};
 	int err = uffd_restore_new(&sv->rs, &ro);

@@ -54,6 +54,8 @@ struct serve_opts {
 	unsigned record_ms;	/* record window after the first fault; 0: until exit */
 	unsigned threads;	/* loop threads */
 	unsigned spin_us;	/* a loop thread polls this long before sleeping */
+	size_t fault_around;	/* --fault-around: bytes of a demand fault's window */
+	bool fault_around_set;	/* else the library's default; set and 0: none */
 	bool stats, json, multi;
 	int timeout_ms;		/* for the connection and for the message; 0: none */
 	enum fatal_policy on_fatal;
