@@ -45,6 +45,7 @@ struct rs_region {
 	size_t npages;
 	bool cont;		/* MINOR with alias: read into the alias, CONTINUE */
 	atomic_uchar *st;	/* enum rs_page per page */
+	bool st_map;		/* st is the caller's (uffd_restore_region_state): not ours to free */
 	size_t fill_next;	/* restore thread: the fill's cursor */
 };
 
