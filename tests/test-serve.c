@@ -1851,6 +1851,189 @@ START_TEST(test_bad_layers)
 }
 END_TEST
 
+/* ---- --supervise: the worker's crash and the upgrade ---- */
+
+/* The pid of the n-th worker (from 0) the supervisor logged, waiting up to seconds for the line. */
+static pid_t worker_pid(const char *errfile, int n, double seconds)
+{
+	double end = harness_now() + seconds;
+
+	for (;;) {
+		char *s = slurp(errfile), *p = s;
+		pid_t pid = 0;
+
+		for (int i = 0; p && i <= n; i++)
+			if ((p = strstr(p, "worker process ")))
+				p += strlen("worker process ");
+		if (p)
+			pid = (pid_t)strtol(p, NULL, 10);
+		free(s);
+		if (pid > 0)
+			return pid;
+		ck_assert_msg(harness_now() < end, "worker %d was not started within %.0f s", n, seconds);
+		usleep(5000);
+	}
+}
+
+/* Times text occurs in the file. */
+static int count_text(const char *file, const char *text)
+{
+	char *s = slurp(file), *p = s;
+	int n = 0;
+
+	while ((p = strstr(p, text)) && ++n)
+		p += strlen(text);
+	free(s);
+	return n;
+}
+
+/* uffd-serve --supervise and a slow VM (3 ms a page: about 6 s for its 2,048 pages), resumed. */
+static void supervised_start(const struct env *e, struct proc *sv, struct proc *vm, const char *extra)
+{
+	spawn(e, sv, "serve", (char *[]){ (char *)e->serve, "--socket", (char *)e->sock, "--memory", (char *)e->snap,
+					  "--json", "--supervise", (char *)extra, NULL });
+	spawn(e, vm, "vmm", (char *[]){ (char *)e->vmm, "--socket", (char *)e->sock, "--memory", (char *)e->snap,
+					"--pace-us", "3000", "--deadline", "40", NULL });
+	await_text(vm->out, "FCVMM resumed", 10);
+}
+
+/* The VM read every byte right and ran to its end; the serve ended with it, everything present, nothing leaked. */
+static void assert_supervised_whole(const struct env *e, struct proc *sv, struct proc *vm)
+{
+	char *out, *json;
+
+	(void)e;
+	ck_assert_int_eq(finish(vm, 40, "fc-vmm"), 0);
+	ck_assert_int_eq(finish(sv, 10, "uffd-serve"), 0);
+	out = slurp(vm->out);
+	json = slurp(sv->out);
+	ck_assert_uint_eq(num(out, "touched"), num(out, "pages"));	/* every page read and checked */
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	ck_assert_msg(strstr(json, "\"end\":\"vm-exit\""), "%s", json);
+	ck_assert_uint_eq(num(json, "\"present\""), num(json, "\"total\""));
+	ck_assert_uint_eq(num(json, "\"fds_leaked\""), 0);
+	ck_assert_uint_eq(num(json, "\"errors\""), 0);
+	free(out);
+	free(json);
+}
+
+/*
+ * kill -9 of the worker in the middle of the restore (_i: 0 once, 1 three
+ * times in a row, 2 three times with the VM's balloon giving pages back):
+ * a new worker adopts the VM each time, the faults the dead one had read
+ * are raised again, and the VM ends with every byte right. Without the
+ * supervisor the VM would hang on its next fault (fc-vmm's deadline).
+ */
+START_TEST(test_supervise_kill)
+{
+	int kills = _i ? 3 : 1;
+	struct env e;
+	struct proc sv, vm;
+	char *out;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--json",
+					    "--supervise", NULL });
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--pace-us", "3000",
+					  "--deadline", "40", _i == 2 ? "--balloon" : NULL, NULL });
+	await_text(vm.out, "FCVMM resumed", 10);
+	for (int k = 0; k < kills; k++) {
+		usleep(400000);
+		ck_assert_int_eq(kill(worker_pid(sv.err, k, 5), SIGKILL), 0);
+		worker_pid(sv.err, k + 1, 5);	/* its successor took over */
+	}
+	assert_supervised_whole(&e, &sv, &vm);
+	ck_assert_int_eq(count_text(sv.err, "died of signal 9"), kills);
+	out = slurp(vm.out);
+	if (_i == 2)
+		ck_assert_uint_eq(num(out, "balloon_nonzero"), 0);
+	free(out);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The upgrade: SIGUSR2 to the supervisor in the middle of the restore
+ * re-executes uffd-serve, which takes the VM over (its userfaultfd, pidfd
+ * and page states kept across exec) and replaces the worker; every byte
+ * right. _i: 0 once, 1 an upgrade and then a worker crash.
+ */
+START_TEST(test_supervise_upgrade)
+{
+	struct env e;
+	struct proc sv, vm;
+
+	SETUP(&e, SNAP_MIB);
+	supervised_start(&e, &sv, &vm, NULL);
+	usleep(500000);
+	ck_assert_int_eq(kill(sv.pid, SIGUSR2), 0);
+	worker_pid(sv.err, 1, 5);
+	await_text(sv.err, "upgrade: this binary takes over VM pid", 1);
+	if (_i) {
+		usleep(400000);
+		ck_assert_int_eq(kill(worker_pid(sv.err, 1, 1), SIGKILL), 0);
+		worker_pid(sv.err, 2, 5);
+	}
+	assert_supervised_whole(&e, &sv, &vm);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The VM killed while the supervisor replaces its worker: the new worker
+ * finds it gone, and the serve ends at once, with 0, leaking nothing.
+ */
+START_TEST(test_supervise_vm_gone)
+{
+	struct env e;
+	struct proc sv, vm;
+	char *json;
+
+	SETUP(&e, SNAP_MIB);
+	supervised_start(&e, &sv, &vm, NULL);
+	usleep(300000);
+	ck_assert_int_eq(kill(worker_pid(sv.err, 0, 1), SIGKILL), 0);
+	ck_assert_int_eq(kill(vm.pid, SIGKILL), 0);
+	reap_within(&vm, 5, "fc-vmm");
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	ck_assert_msg(strstr(json, "\"end\":\"vm-exit\""), "%s", json);
+	ck_assert_uint_eq(num(json, "\"fds_leaked\""), 0);
+	free(json);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * SIGTERM to a supervisor goes to its worker, which drains the VM as
+ * without --supervise: every page in, the regions unregistered, exit 0.
+ */
+START_TEST(test_supervise_drain)
+{
+	struct env e;
+	struct proc sv, vm;
+	char *json;
+
+	SETUP(&e, SNAP_MIB);
+	supervised_start(&e, &sv, &vm, NULL);
+	usleep(300000);
+	ck_assert_int_eq(kill(worker_pid(sv.err, 0, 1), SIGKILL), 0);
+	worker_pid(sv.err, 1, 5);
+	ck_assert_int_eq(kill(sv.pid, SIGTERM), 0);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	ck_assert_msg(strstr(json, "\"end\":\"detached\""), "%s", json);
+	ck_assert_uint_eq(num(json, "\"present\""), num(json, "\"total\""));
+	ck_assert_uint_eq(num(json, "\"fds_leaked\""), 0);
+	free(json);
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	json = slurp(vm.out);
+	ck_assert_uint_eq(num(json, "bad_pages"), 0);
+	free(json);
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -1922,6 +2105,14 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_custom_handler, 0, 2);
 	tc = CASE(bad_trace, 60);
 	tcase_add_loop_test(tc, test_bad_trace, 0, 4);
+	tc = CASE(supervise_kill, 60);
+	tcase_add_loop_test(tc, test_supervise_kill, 0, 3);
+	tc = CASE(supervise_upgrade, 60);
+	tcase_add_loop_test(tc, test_supervise_upgrade, 0, 2);
+	tc = CASE(supervise_vm_gone, 30);
+	tcase_add_test(tc, test_supervise_vm_gone);
+	tc = CASE(supervise_drain, 60);
+	tcase_add_test(tc, test_supervise_drain);
 	return s;
 }
 

@@ -58,6 +58,9 @@ static void usage(FILE *f)
 		"                        (default %d)\n"
 		"      --metrics ADDR    live metrics of every VM in the Prometheus text format, over\n"
 		"                        HTTP on unix:PATH or 127.0.0.1:PORT (0: any free port)\n"
+		"      --supervise       a supervisor process keeps each VM's userfaultfd and page\n"
+		"                        states and restarts the worker serving it when it dies;\n"
+		"                        SIGUSR2 or SIGHUP to it re-executes this program (upgrade)\n"
 		"      --config FILE     options from FILE first, one a line: \"name\" or\n"
 		"                        \"name = value\" (long names; '#' comments)\n"
 		"  -h, --help            print this help\n"
@@ -139,7 +142,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 {
 	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
 	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
-	       OPT_METRICS };
+	       OPT_METRICS, OPT_SUPERVISE };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -163,6 +166,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
 		{ "metrics", required_argument, NULL, OPT_METRICS },
+		{ "supervise", no_argument, NULL, OPT_SUPERVISE },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
@@ -216,6 +220,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 			o->max_per_peer = (unsigned)number("--max-per-peer", optarg, 0, 1024, false);
 			break;
 		case OPT_METRICS: o->metrics_addr = optarg; break;
+		case OPT_SUPERVISE: o->supervise = true; break;
 		case OPT_HANDSHAKE_TIMEOUT:
 			o->handshake_ms = (int)number("--handshake-timeout", optarg, 1, INT_MAX, false);
 			break;

@@ -67,6 +67,7 @@ struct serve_opts {
 	const char *metrics_addr;	/* --metrics: unix:PATH or 127.0.0.1:PORT, or NULL */
 	struct metrics *metrics;	/* its endpoint and slots, once open (main) */
 	bool activated;		/* the socket came from systemd: not ours to remove */
+	bool supervise;		/* --supervise: a supervisor process restarts the worker that dies */
 };
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
@@ -96,6 +97,9 @@ struct fc_handshake {
 	bool vm_waits;		/* it handed over its userfaultfd: without us it hangs */
 	struct uffd_fc_region *r;
 	size_t n;
+	/* --supervise (serve-supervise.c): the page states, shared with the supervisor */
+	unsigned char *pstate;	/* one byte per page, the regions' pages one after another; or NULL */
+	bool adopted;		/* a worker that died served it before: wake every range */
 };
 
 /*
@@ -212,6 +216,24 @@ void sd_state(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char **config_argv(int *argc, char **argv);
 /* What config_argv() allocated. */
 void config_free(void);
+
+/* ---- serve-supervise.c ---- */
+
+/* Before config_argv(): the command line a re-executed supervisor starts with. */
+void supervise_init(int argc, char **argv);
+/*
+ * --supervise: this process holds the VM of h (its userfaultfd, pidfd,
+ * region table and a shared page-state map) and runs a worker process that
+ * serves it (serve_vm), restarted when it dies; SIGUSR2 or SIGHUP re-execute
+ * this program keeping all of it. Returns an EXIT_* code.
+ */
+int supervise_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd_source *src, int sigfd,
+		 int conn, struct serve_summary *s);
+/*
+ * A supervisor re-executed for an upgrade: true when the environment hands
+ * over a VM, then supervises it (*rc its exit status); false otherwise.
+ */
+bool supervise_resume(const struct serve_opts *o, struct uffd_source *src, int sigfd, int *rc);
 
 /* ---- serve-stats.c ---- */
 

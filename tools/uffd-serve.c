@@ -155,7 +155,7 @@ static int serve_conn(const struct serve_opts *o, int conn, struct uffd_source *
 	}
 	serve_log(LOG_INFO, "serving VM pid %d: %zu regions from %s%s", (int)h.pid, h.n, o->memory,
 		  o->nlayers ? " and its layers" : "");
-	rc = serve_vm(o, &h, src, sigfd, conn, &s);
+	rc = o->supervise ? supervise_vm(o, &h, src, sigfd, conn, &s) : serve_vm(o, &h, src, sigfd, conn, &s);
 	fc_handshake_free(&h);
 	s.fds_leaked = count_fds() - before;
 	if (o->stats || o->json)
@@ -391,6 +391,7 @@ int main(int argc, char **argv)
 	uint64_t size = 0;
 	int sigfd = -1, lsock, conn, rc;
 
+	supervise_init(argc, argv);	/* what an upgrade re-executes */
 	argv = config_argv(&argc, argv);
 	serve_args(argc, argv, &o);
 	if ((rc = check_outputs(&o)))
@@ -404,6 +405,8 @@ int main(int argc, char **argv)
 		rc = -sigfd;
 		goto out;
 	}
+	if (supervise_resume(&o, src, sigfd, &rc))	/* re-executed by an upgrade: its VM, nothing else */
+		goto out;
 	if ((lsock = open_listener(&o)) < 0) {
 		rc = -lsock;
 		goto out;
