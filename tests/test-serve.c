@@ -2034,6 +2034,35 @@ START_TEST(test_supervise_drain)
 }
 END_TEST
 
+/*
+ * --multi supervises by default: the worker of one of two VMs killed, both
+ * VMs end with every byte right, and the serve drains and exits 0.
+ */
+START_TEST(test_supervise_multi)
+{
+	struct env e;
+	struct proc sv, vm[2];
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--json",
+					    "--multi", NULL });
+	for (int i = 0; i < 2; i++)
+		spawn(&e, &vm[i], i ? "vmm1" : "vmm0", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory",
+				e.snap, "--pace-us", "3000", "--deadline", "40", NULL });
+	for (int i = 0; i < 2; i++)
+		await_text(vm[i].out, "FCVMM resumed", 10);
+	usleep(400000);
+	ck_assert_int_eq(kill(worker_pid(sv.err, 0, 5), SIGKILL), 0);
+	worker_pid(sv.err, 2, 5);	/* two first workers, then the successor */
+	assert_vms_whole(vm, 2);
+	ck_assert_int_eq(kill(sv.pid, SIGTERM), 0);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	ck_assert_int_eq(count_text(sv.err, "died of signal 9"), 1);
+	ck_assert_int_eq(count_text(sv.out, "\"fds_leaked\":0"), 2);
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -2111,6 +2140,8 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_supervise_upgrade, 0, 2);
 	tc = CASE(supervise_vm_gone, 30);
 	tcase_add_test(tc, test_supervise_vm_gone);
+	tc = CASE(supervise_multi, 60);
+	tcase_add_test(tc, test_supervise_multi);
 	tc = CASE(supervise_drain, 60);
 	tcase_add_test(tc, test_supervise_drain);
 	return s;
