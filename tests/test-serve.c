@@ -1956,19 +1956,43 @@ END_TEST
  * The upgrade: SIGUSR2 to the supervisor in the middle of the restore
  * re-executes uffd-serve, which takes the VM over (its userfaultfd, pidfd
  * and page states kept across exec) and replaces the worker; every byte
- * right. _i: 0 once, 1 an upgrade and then a worker crash.
+ * right. _i: 0 once, 1 an upgrade and then a worker crash, 2 --multi (the
+ * VM's own supervisor is signalled, a child of the main process).
  */
 START_TEST(test_supervise_upgrade)
 {
 	struct env e;
 	struct proc sv, vm;
+	pid_t supervisor;
+	char *err, *p;
 
 	SETUP(&e, SNAP_MIB);
-	supervised_start(&e, &sv, &vm, NULL);
+	supervised_start(&e, &sv, &vm, _i == 2 ? "--multi" : NULL);
 	usleep(500000);
-	ck_assert_int_eq(kill(sv.pid, SIGUSR2), 0);
+	worker_pid(sv.err, 0, 1);
+	err = slurp(sv.err);
+	ck_assert_ptr_nonnull((p = strstr(err, "(supervisor process ")));
+	supervisor = (pid_t)strtol(p + strlen("(supervisor process "), NULL, 10);
+	free(err);
+	ck_assert_int_eq(supervisor == sv.pid, _i != 2);	/* --multi: a child of the main process */
+	ck_assert_int_eq(kill(supervisor, SIGUSR2), 0);
 	worker_pid(sv.err, 1, 5);
 	await_text(sv.err, "upgrade: this binary takes over VM pid", 1);
+	if (_i == 2) {	/* the VM ends; then the main process drains nothing and exits */
+		ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+		err = slurp(vm.out);
+		ck_assert_uint_eq(num(err, "bad_pages"), 0);
+		ck_assert_uint_eq(num(err, "touched"), num(err, "pages"));
+		free(err);
+		kill(sv.pid, SIGTERM);
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+		err = slurp(sv.out);
+		ck_assert_msg(strstr(err, "\"end\":\"vm-exit\""), "%s", err);
+		ck_assert_uint_eq(num(err, "\"fds_leaked\""), 0);
+		free(err);
+		env_cleanup(&e);
+		return;
+	}
 	if (_i) {
 		usleep(400000);
 		ck_assert_int_eq(kill(worker_pid(sv.err, 1, 1), SIGKILL), 0);
@@ -2137,7 +2161,7 @@ static Suite *serve_suite(void)
 	tc = CASE(supervise_kill, 60);
 	tcase_add_loop_test(tc, test_supervise_kill, 0, 3);
 	tc = CASE(supervise_upgrade, 60);
-	tcase_add_loop_test(tc, test_supervise_upgrade, 0, 2);
+	tcase_add_loop_test(tc, test_supervise_upgrade, 0, 3);
 	tc = CASE(supervise_vm_gone, 30);
 	tcase_add_test(tc, test_supervise_vm_gone);
 	tc = CASE(supervise_multi, 60);

@@ -190,8 +190,8 @@ static pid_t start_worker(const struct serve_opts *o, struct fc_handshake *h, st
 		rc = serve_vm(o, h, src, sigfd, conn, st->sum);
 		_exit(rc);
 	}
-	serve_log(LOG_INFO, "worker process %d serves the VM%s", (int)pid,
-		  adopt ? ", taking over from the one before" : "");
+	serve_log(LOG_INFO, "worker process %d serves the VM%s (supervisor process %d)", (int)pid,
+		  adopt ? ", taking over from the one before" : "", (int)getpid());
 	return pid;
 }
 
