@@ -1977,7 +1977,7 @@ START_TEST(test_supervise_upgrade)
 	ck_assert_int_eq(supervisor == sv.pid, _i != 2);	/* --multi: a child of the main process */
 	ck_assert_int_eq(kill(supervisor, SIGUSR2), 0);
 	worker_pid(sv.err, 1, 5);
-	await_text(sv.err, "upgrade: this binary takes over VM pid", 1);
+	await_text(sv.err, "after an upgrade; replacing the old worker", 1);
 	if (_i == 2) {	/* the VM ends; then the main process drains nothing and exits */
 		ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
 		err = slurp(vm.out);
@@ -2087,6 +2087,149 @@ START_TEST(test_supervise_multi)
 }
 END_TEST
 
+/* One notification with its descriptors: the text, and up to 4 fds (-1 for none). */
+static bool notify_fds(int fd, char *buf, size_t len, int fds[4], double seconds)
+{
+	char cbuf[CMSG_SPACE(4 * sizeof(int))] __attribute__((aligned(8)));
+	struct iovec iov = { .iov_base = buf, .iov_len = len - 1 };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	ssize_t n;
+
+	for (int i = 0; i < 4; i++)
+		fds[i] = -1;
+	if (poll(&p, 1, (int)(seconds * 1000)) != 1 || (n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC)) < 0)
+		return false;
+	buf[n] = '\0';
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			memcpy(fds, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0));
+	return true;
+}
+
+/* uffd-serve --multi as systemd starts it: ls as fd 3, then the stored fds named in names (NULL: none). */
+static pid_t start_activated(const struct env *e, struct proc *sv, const char *tag, int ls, const int *stored,
+			     int nstored, const char *names, const char *nsock)
+{
+	pid_t pid;
+
+	snprintf(sv->out, sizeof(sv->out), "%s/%s.out", e->dir, tag);
+	snprintf(sv->err, sizeof(sv->err), "%s/%s.err", e->dir, tag);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (!pid) {
+		char buf[16];
+		int high[8];
+
+		/* Out of the way of 3..7 first: the fds may sit there now. */
+		high[0] = fcntl(ls, F_DUPFD, 100);
+		for (int i = 0; i < nstored; i++)
+			high[i + 1] = fcntl(stored[i], F_DUPFD, 100);
+		for (int i = 0; i <= nstored; i++)
+			if (dup2(high[i], 3 + i) != 3 + i)
+				_exit(99);
+		if (!freopen(sv->out, "w", stdout) || !freopen(sv->err, "w", stderr))
+			_exit(99);
+		snprintf(buf, sizeof(buf), "%d", (int)getpid());
+		setenv("LISTEN_PID", buf, 1);
+		snprintf(buf, sizeof(buf), "%d", nstored + 1);
+		setenv("LISTEN_FDS", buf, 1);
+		if (names)
+			setenv("LISTEN_FDNAMES", names, 1);
+		setenv("NOTIFY_SOCKET", nsock, 1);
+		signal(SIGTERM, SIG_DFL);
+		execl(e->serve, e->serve, "--memory", e->snap, "--multi", "--json", (char *)NULL);
+		_exit(98);
+	}
+	sv->pid = pid;
+	return pid;
+}
+
+/*
+ * Even the supervisor can die: under systemd each supervised VM's fds go to
+ * the service's fd store (FDSTORE=1, FDNAME=uffdvm.KEY.ROLE). The main
+ * process, the VM's supervisor and its worker all killed with SIGKILL in the
+ * middle of the restore (the VM hangs on its faults), the service started
+ * again with the socket and the stored fds (LISTEN_FDS, LISTEN_FDNAMES)
+ * takes the VM back: it ends with every byte right, its fds are removed
+ * from the store (FDSTOREREMOVE=1), and nothing leaks.
+ */
+START_TEST(test_supervise_fd_store)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	char nsock[96], buf[512], names[512] = "uffd-serve.socket", *out, *p;
+	int ls, ns, stored[4], nstored = 0, fds[4], removed = 0;
+	struct proc sv, sv2, vm;
+	pid_t sup, worker;
+	struct env e;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, nsock, sizeof(nsock), "notify");
+	ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", e.sock);
+	ck_assert_int_eq(bind(ls, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(ls, 16), 0);
+	ns = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", nsock);
+	ck_assert_int_eq(bind(ns, (struct sockaddr *)&a, sizeof(a)), 0);
+	start_activated(&e, &sv, "serve", ls, NULL, 0, NULL, nsock);
+	if (!notify_next(ns, buf, sizeof(buf), 5)) {
+		kill(sv.pid, SIGKILL);
+		waitpid(sv.pid, NULL, 0);
+		out = slurp(sv.err);
+		if (strstr(out, "built without libsystemd"))
+			SKIP_TEST("uffd-serve is built without libsystemd");
+		ck_abort_msg("no READY=1 from uffd-serve: %s", out);
+	}
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--pace-us", "3000",
+					  "--deadline", "40", NULL });
+	while (nstored < 4) {
+		ck_assert_msg(notify_fds(ns, buf, sizeof(buf), fds, 5), "%d of the VM's 4 fds stored", nstored);
+		if (!strstr(buf, "FDSTORE=1"))
+			continue;
+		ck_assert_int_ge(fds[0], 0);
+		ck_assert_int_eq(fds[1], -1);
+		ck_assert_ptr_nonnull((p = strstr(buf, "FDNAME=uffdvm.")));
+		strcat(names, ":");
+		strncat(names, p + strlen("FDNAME="), strcspn(p + strlen("FDNAME="), "\n"));
+		stored[nstored++] = fds[0];
+	}
+	await_text(vm.out, "FCVMM resumed", 10);
+	usleep(400000);
+	worker = worker_pid(sv.err, 0, 1);
+	out = slurp(sv.err);
+	ck_assert_ptr_nonnull((p = strstr(out, "(supervisor process ")));
+	sup = (pid_t)strtol(p + strlen("(supervisor process "), NULL, 10);
+	free(out);
+	ck_assert_int_eq(kill(sv.pid, SIGKILL), 0);
+	ck_assert_int_eq(kill(sup, SIGKILL), 0);
+	ck_assert_int_eq(kill(worker, SIGKILL), 0);
+	reap_within(&sv, 5, "uffd-serve");
+	still_running(&vm, 0.3, "fc-vmm without a handler");
+	start_activated(&e, &sv2, "serve2", ls, stored, nstored, names, nsock);
+	for (int i = 0; i < nstored; i++)
+		close(stored[i]);
+	close(ls);
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	out = slurp(vm.out);
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	ck_assert_uint_eq(num(out, "touched"), num(out, "pages"));
+	free(out);
+	await_text(sv2.out, "\"end\":\"vm-exit\"", 10);
+	while (removed < 4 && notify_fds(ns, buf, sizeof(buf), fds, 2))
+		removed += strstr(buf, "FDSTOREREMOVE=1") != NULL;
+	ck_assert_int_eq(removed, 4);
+	await_text(sv2.err, "from systemd's fd store", 1);
+	kill(sv2.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv2, 10, "uffd-serve"), 0);
+	out = slurp(sv2.out);
+	ck_assert_uint_eq(num(out, "\"fds_leaked\""), 0);
+	free(out);
+	close(ns);
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -2166,6 +2309,8 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_supervise_vm_gone);
 	tc = CASE(supervise_multi, 60);
 	tcase_add_test(tc, test_supervise_multi);
+	tc = CASE(supervise_fd_store, 60);
+	tcase_add_test(tc, test_supervise_fd_store);
 	tc = CASE(supervise_drain, 60);
 	tcase_add_test(tc, test_supervise_drain);
 	return s;

@@ -308,6 +308,14 @@ static int supervise(const struct serve_opts *o, struct fc_handshake *h, struct 
 	}
 }
 
+/* The key of a VM in systemd's fd store: its state file's inode, the same across upgrades and takeovers. */
+static unsigned long long store_key(const struct state *st)
+{
+	struct stat sb;
+
+	return fstat(st->fd, &sb) ? 0 : (unsigned long long)sb.st_ino;
+}
+
 int supervise_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd_source *src, int sigfd,
 		 int conn, struct serve_summary *s)
 {
@@ -315,10 +323,16 @@ int supervise_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd
 	int rc = state_create(&st, h);
 
 	*s = (struct serve_summary){ .end = END_ERROR };
-	if (rc)
+	if (rc) {
 		rc = serve_fatal(o, h, sigfd, rc, "the supervisor cannot keep the VM's page states", 0);
-	else
+	} else {
+		/* --multi under systemd: a restarted service takes the VM back from the fd store. */
+		if (o->multi)
+			sd_store_vm(store_key(&st), (const int[VMFD_N]){ h->uffd, h->pidfd, conn, st.fd });
 		rc = supervise(o, h, src, sigfd, conn, &st, -1, false);
+		if (o->multi)
+			sd_unstore_vm(store_key(&st));
+	}
 	if (st.sum)
 		*s = *st.sum;
 	h->pstate = NULL;
@@ -341,66 +355,108 @@ static int open_fds(void)
 	return n;
 }
 
+/*
+ * A VM handed over with its fds (fd[VMFD_*], taken: closed at the end): by
+ * an upgrade (old_worker: the running worker, replaced once this program is
+ * ready) or by systemd's fd store (old_worker 0: none left). Supervised to
+ * its end; the summary printed as the first program would have. Its exit status.
+ */
+static int adopt(const struct serve_opts *o, struct uffd_source *src, int sigfd, int fd[VMFD_N], pid_t old_worker)
+{
+	struct fc_handshake h = { .uffd = fd[VMFD_UFFD], .pidfd = fd[VMFD_PIDFD], .vm_waits = true };
+	struct state st = { .fd = fd[VMFD_STATE] };
+	struct serve_summary sum = { .end = END_ERROR };
+	int handed = 0, before = open_fds(), ws, rc;
+	unsigned long long key = store_key(&st);
+
+	for (int r = 0; r < VMFD_N; r++)
+		handed += fd[r] >= 0;
+	rc = st.fd >= 0 && h.uffd >= 0 ? state_load(&st, &h) :
+	     serve_fail(EXIT_SETUP, "a VM handed over without its userfaultfd or state file");
+	if (rc) {
+		rc = serve_fatal(o, &h, sigfd, rc, "this supervisor cannot take the VM over", 0);
+	} else {
+		serve_log_vm(h.pid);
+		serve_log(LOG_INFO, "taking over VM pid %d (%zu regions) %s", (int)h.pid, h.n,
+			  old_worker ? "after an upgrade; replacing the old worker" : "from systemd's fd store");
+		if (old_worker)
+			kill(old_worker, SIGKILL);
+		/* The old worker may have ended on its own meanwhile: then its status is the serve's. */
+		if (old_worker && waitpid(old_worker, &ws, 0) == old_worker && WIFEXITED(ws))
+			rc = WEXITSTATUS(ws);
+		else
+			rc = supervise(o, &h, src, sigfd, fd[VMFD_CONN], &st, -1, true);
+		if (o->multi)
+			sd_unstore_vm(key);
+	}
+	if (st.sum)
+		sum = *st.sum;
+	h.pstate = NULL;
+	state_close(&st);
+	if (fd[VMFD_CONN] >= 0)
+		close(fd[VMFD_CONN]);
+	fc_handshake_free(&h);
+	if (o->stats || o->json) {
+		sum.fds_leaked = open_fds() - (before - handed);
+		stats_print(&sum, o->json);
+	}
+	return rc;
+}
+
 /* "uffd:pidfd:conn:state:worker" from the environment; false when absent or unusable (said). */
-static bool adopt_env(int v[5])
+static bool adopt_env(int fd[VMFD_N], pid_t *worker)
 {
 	const char *e = getenv(ADOPT_ENV);
+	int w;
 
 	if (!e)
 		return false;
-	if (sscanf(e, "%d:%d:%d:%d:%d", &v[0], &v[1], &v[2], &v[3], &v[4]) != 5 || v[0] < 0 || v[3] < 0 || v[4] <= 0) {
+	if (sscanf(e, "%d:%d:%d:%d:%d", &fd[VMFD_UFFD], &fd[VMFD_PIDFD], &fd[VMFD_CONN], &fd[VMFD_STATE], &w) != 5 ||
+	    fd[VMFD_UFFD] < 0 || fd[VMFD_STATE] < 0 || w <= 0) {
 		serve_fail(0, "warning: %s=%s is not what a supervisor hands over; ignored", ADOPT_ENV, e);
 		unsetenv(ADOPT_ENV);
 		return false;
 	}
 	unsetenv(ADOPT_ENV);	/* the workers and any later exec do not see it */
-	for (int i = 0; i < 4; i++)
-		keep_on_exec(v[i], false);
+	for (int r = 0; r < VMFD_N; r++)
+		keep_on_exec(fd[r], false);
+	*worker = w;
 	return true;
 }
 
 bool supervise_resume(const struct serve_opts *o, struct uffd_source *src, int sigfd, int *rc)
 {
-	struct fc_handshake h = { .uffd = -1, .pidfd = -1, .vm_waits = true };
-	struct state st = { .fd = -1 };
-	int v[5], ws, before = open_fds(), handed;
+	int fd[VMFD_N];
+	pid_t worker;
 
-	if (!adopt_env(v))
+	if (!adopt_env(fd, &worker))
 		return false;
-	handed = 2 + (v[1] >= 0) + (v[2] >= 0);	/* closed at the end, like the connection of a serve */
-	h.uffd = v[0];
-	h.pidfd = v[1];
-	st.fd = v[3];
-	*rc = state_load(&st, &h);
-	if (!*rc) {
-		serve_log_vm(h.pid);
-		serve_log(LOG_INFO, "upgrade: this binary takes over VM pid %d (%zu regions); replacing the old worker (process %d)",
-			  (int)h.pid, h.n, v[4]);
-		kill(v[4], SIGKILL);
-		/* The old worker may have ended on its own meanwhile: then its status is the serve's. */
-		if (waitpid(v[4], &ws, 0) == v[4] && WIFEXITED(ws))
-			*rc = WEXITSTATUS(ws);
-		else
-			*rc = supervise(o, &h, src, sigfd, v[2], &st, -1, true);
-	} else {
-		*rc = serve_fatal(o, &h, sigfd, *rc, "the upgraded supervisor cannot take the VM over", 0);
-	}
-	if (st.sum && (o->stats || o->json)) {	/* the summary the first program would have printed */
-		struct serve_summary sum = *st.sum;
-
-		h.pstate = NULL;
-		state_close(&st);
-		if (v[2] >= 0)
-			close(v[2]);
-		v[2] = -1;
-		fc_handshake_free(&h);
-		sum.fds_leaked = open_fds() - (before - handed);
-		stats_print(&sum, o->json);
-	}
-	h.pstate = NULL;
-	state_close(&st);
-	if (v[2] >= 0)
-		close(v[2]);
-	fc_handshake_free(&h);
+	*rc = adopt(o, src, sigfd, fd, worker);
 	return true;
+}
+
+size_t supervise_stored(const struct serve_opts *o, struct uffd_source *src, int sigfd, int lsock,
+			pid_t *kids, size_t room)
+{
+	int (*fds)[VMFD_N];
+	size_t n = sd_stored_vms(&fds), started = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		pid_t pid = started < room ? fork() : -1;
+
+		if (!pid) {
+			close(lsock);
+			metrics_child(o->metrics);
+			_exit(adopt(o, src, sigfd, fds[i], 0));
+		}
+		if (pid < 0)
+			serve_fail(0, "cannot take back a VM from systemd's fd store: %s; it hangs until it is killed",
+				   started < room ? strerror(errno) : "too many VMs");
+		else
+			kids[started++] = pid;
+		for (int r = 0; r < VMFD_N; r++)	/* the child's now */
+			if (fds[i][r] >= 0)
+				close(fds[i][r]);
+	}
+	return started;
 }

@@ -207,6 +207,18 @@ void metrics_forget(struct metrics *m, pid_t pid);
 
 /* The socket systemd passed (fd), -1 when none, or an EXIT_* code negated after a line. */
 int sd_activated_socket(struct serve_opts *o);
+/* The descriptors of one VM in systemd's fd store, by role. */
+enum { VMFD_UFFD, VMFD_PIDFD, VMFD_CONN, VMFD_STATE, VMFD_N };
+/*
+ * --multi under systemd: the fds of a supervised VM kept in the service's fd
+ * store (FDSTORE=1), under names "uffdvm.KEY.ROLE", so that a restarted
+ * service takes the VM back; removed (FDSTOREREMOVE=1) when its serve ends.
+ * Nothing without systemd (the unit needs FileDescriptorStoreMax=).
+ */
+void sd_store_vm(unsigned long long key, const int fds[VMFD_N]);
+void sd_unstore_vm(unsigned long long key);
+/* The VMs systemd passed back from its store at start (sd_activated_socket): how many; fds[i][role], -1 when missing. */
+size_t sd_stored_vms(int (**fds)[VMFD_N]);
 /* sd_notify(3) of the formatted state ("READY=1", "STATUS=..."); nothing without systemd. */
 void sd_state(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -234,6 +246,14 @@ int supervise_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd
  * over a VM, then supervises it (*rc its exit status); false otherwise.
  */
 bool supervise_resume(const struct serve_opts *o, struct uffd_source *src, int sigfd, int *rc);
+
+/*
+ * --multi: a supervisor (a child, its pid in kids[]) for each VM that systemd
+ * passed back from its fd store; the VM is adopted as after a worker's
+ * crash. lsock is closed in the children. Returns how many were started.
+ */
+size_t supervise_stored(const struct serve_opts *o, struct uffd_source *src, int sigfd, int lsock,
+			pid_t *kids, size_t room);
 
 /* ---- serve-stats.c ---- */
 

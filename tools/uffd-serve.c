@@ -326,6 +326,10 @@ static int serve_multi(const struct serve_opts *o, int lsock, struct uffd_source
 
 	kid_uids = uids;
 	kid_metrics = o->metrics;
+	/* VMs of a service that crashed, passed back from systemd's fd store: supervised again. */
+	n = supervise_stored(o, src, sigfd, lsock, kids, MAX_CHILDREN);
+	for (size_t i = 0; i < n; i++)
+		uids[i] = (uid_t)-1;	/* nobody's: counted against no peer */
 	for (;;) {
 		int conn = wait_conn(o, lsock, sigfd, 0) ? -EXIT_SETUP : fc_accept(lsock, sigfd, 0);
 		struct ucred cr;
