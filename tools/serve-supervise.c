@@ -276,6 +276,7 @@ static int supervise(const struct serve_opts *o, struct fc_handshake *h, struct 
 	struct pollfd p = { .fd = sigfd, .events = POLLIN };
 	unsigned quick = 0;
 	int64_t started = mono_ms();
+	int stop = 0;	/* SIGTERM or SIGINT passed on: a worker started later gets it too */
 
 	upgrade_signals(sigfd);
 	for (;;) {
@@ -288,6 +289,8 @@ static int supervise(const struct serve_opts *o, struct fc_handshake *h, struct 
 				return serve_fatal(o, h, sigfd, EXIT_SERVE, "no worker can serve the VM", 0);
 			started = mono_ms();
 			adopt = true;	/* every later worker takes over from a dead one */
+			if (stop)	/* the dead one was draining: so does this one */
+				kill(worker, stop);
 		}
 		if (poll(&p, 1, -1) < 0 && errno != EINTR)
 			return serve_fatal(o, h, sigfd, EXIT_SERVE, "the supervisor cannot wait", 0);
@@ -295,7 +298,7 @@ static int supervise(const struct serve_opts *o, struct fc_handshake *h, struct 
 			if (si.ssi_signo == SIGUSR2 || si.ssi_signo == SIGHUP)
 				reexec(h, conn, st, worker);
 			else if (si.ssi_signo != SIGCHLD)
-				kill(worker, (int)si.ssi_signo);	/* the worker drains */
+				kill(worker, stop = (int)si.ssi_signo);	/* the worker drains */
 		}
 		if ((pid = waitpid(worker, &ws, WNOHANG)) != worker)
 			continue;
