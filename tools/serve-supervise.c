@@ -266,14 +266,15 @@ static void upgrade_signals(int sigfd)
 }
 
 /*
- * The supervisor's loop: a worker always runs; SIGTERM and SIGINT go to it
- * (it drains), SIGUSR2 and SIGHUP upgrade. worker: one running already (an
- * upgrade), or -1. Returns the serve's EXIT_* code.
+ * The supervisor's loop: a worker always runs (the first adopts the VM when
+ * adopt says so); SIGTERM and SIGINT go to it (it drains), SIGUSR2 and
+ * SIGHUP upgrade. Returns the serve's EXIT_* code.
  */
 static int supervise(const struct serve_opts *o, struct fc_handshake *h, struct uffd_source *src, int sigfd,
-		     int conn, struct state *st, pid_t worker, bool adopt)
+		     int conn, struct state *st, bool adopt)
 {
 	struct pollfd p = { .fd = sigfd, .events = POLLIN };
+	pid_t worker = -1;
 	unsigned quick = 0;
 	int64_t started = mono_ms();
 	int stop = 0;	/* SIGTERM or SIGINT passed on: a worker started later gets it too */
@@ -332,7 +333,7 @@ int supervise_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd
 		/* --multi under systemd: a restarted service takes the VM back from the fd store. */
 		if (o->multi)
 			sd_store_vm(store_key(&st), (const int[VMFD_N]){ h->uffd, h->pidfd, conn, st.fd });
-		rc = supervise(o, h, src, sigfd, conn, &st, -1, false);
+		rc = supervise(o, h, src, sigfd, conn, &st, false);
 		if (o->multi)
 			sd_unstore_vm(store_key(&st));
 	}
@@ -388,7 +389,7 @@ static int adopt(const struct serve_opts *o, struct uffd_source *src, int sigfd,
 		if (old_worker && waitpid(old_worker, &ws, 0) == old_worker && WIFEXITED(ws))
 			rc = WEXITSTATUS(ws);
 		else
-			rc = supervise(o, &h, src, sigfd, fd[VMFD_CONN], &st, -1, true);
+			rc = supervise(o, &h, src, sigfd, fd[VMFD_CONN], &st, true);
 		if (o->multi)
 			sd_unstore_vm(key);
 	}
