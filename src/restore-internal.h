@@ -4,7 +4,9 @@
  * options, regions, start, wait and statistics), restore-fault.c (the
  * handlers running on loop threads), restore-io.c (the restore thread and
  * its io_uring), restore-trace.c (record and replay) and restore-state.c
- * (page states, counters, resolving a run, the end). Calls go one way:
+ * (page states, counters, resolving a run, the end); restore-adopt.c (the
+ * caller's page-state map, uffd_restore_region_state) calls none of them.
+ * Calls go one way:
  * restore.c -> restore-fault.c -> restore-io.c -> restore-trace.c ->
  * restore-state.c (a file may skip steps, never go back); all of them may
  * call the page sources (source-internal.h), which call none of them.

@@ -8,6 +8,7 @@
  * serve-fatal.c  what becomes of a VM that cannot be served (--on-fatal)
  * serve-check.c  the checks at start: traces and output paths
  * serve-auth.c   who may connect: the socket's owner and mode, the peers allowed
+ * serve-supervise.c  --supervise: the supervisor, its workers, the upgrade, the fd store
  */
 #ifndef UFFD_SERVE_H
 #define UFFD_SERVE_H
