@@ -979,6 +979,38 @@ int uffd_restore_start(struct uffd_restore *rs, struct uffd_loop *l);
 int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms);
 
 /**
+ * States of the page-state map of uffd_restore_region_state(): one byte
+ * per page of the region (since 0.4). A handler that dies leaves each page
+ * of the map in one of them; its successor adopts the map.
+ */
+enum uffd_page_state {
+	UFFD_PAGE_ABSENT = 0,   /**< not brought in yet */
+	UFFD_PAGE_INFLIGHT = 1, /**< a read was under way (adopted: ABSENT again) */
+	UFFD_PAGE_PRESENT = 2,  /**< installed with the source's bytes or a zero page */
+	UFFD_PAGE_ZERO = 3,     /**< given back by the owner (REMOVE): zeros from now on */
+	UFFD_PAGE_BAD = 4,      /**< its read failed (adopted: ABSENT again, read anew) */
+	UFFD_PAGE_HOLE = 5,     /**< the source holds no data: a zero page, never a read */
+};
+
+/**
+ * Keep the page states of region @p r (added to @p rs) in @p map, @p len
+ * bytes, at least one per page, owned by the caller and left mapped until
+ * uffd_restore_free(): e.g. a MAP_SHARED mapping of a memfd that a
+ * supervising process keeps, so that the states outlive the handler. What
+ * the map holds is adopted now: PRESENT, ZERO and HOLE pages count as done
+ * and are never read again (a fault on one of them gets a zero page, or
+ * only a wake-up when the page is mapped); INFLIGHT and BAD ones become
+ * ABSENT. From then on the restore writes every state change into the map
+ * (a REMOVE's ZERO as soon as its message is read). Before
+ * uffd_restore_start() (since 0.4).
+ * @return 0; -EINVAL (NULL, @p r not a region of @p rs, @p len shorter than
+ *         its pages, a byte that is no enum uffd_page_state, restore
+ *         started); -EBUSY (the region has a map already).
+ */
+int uffd_restore_region_state(struct uffd_restore *rs, struct uffd_region *r,
+			      void *map, size_t len);
+
+/**
  * Finish the restore now, for a handler that must go (a drain before its
  * exit or upgrade): from this call on it brings in every page not yet
  * present as fast as the demand faults allow, whatever UFFD_RESTORE_FILL

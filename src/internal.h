@@ -95,6 +95,7 @@ UFFD_OWN(restore_load_trace);
 UFFD_OWN(restore_start);
 UFFD_OWN(restore_wait);
 UFFD_OWN(restore_finish);
+UFFD_OWN(restore_region_state);
 UFFD_OWN(restore_save_trace);
 UFFD_OWN(restore_stats);
 UFFD_OWN(hist_quantile);

@@ -4,7 +4,9 @@
  * options, regions, start, wait and statistics), restore-fault.c (the
  * handlers running on loop threads), restore-io.c (the restore thread and
  * its io_uring), restore-trace.c (record and replay) and restore-state.c
- * (page states, counters, resolving a run, the end). Calls go one way:
+ * (page states, counters, resolving a run, the end); restore-adopt.c (the
+ * caller's page-state map, uffd_restore_region_state) calls none of them.
+ * Calls go one way:
  * restore.c -> restore-fault.c -> restore-io.c -> restore-trace.c ->
  * restore-state.c (a file may skip steps, never go back); all of them may
  * call the page sources (source-internal.h), which call none of them.
@@ -45,6 +47,7 @@ struct rs_region {
 	size_t npages;
 	bool cont;		/* MINOR with alias: read into the alias, CONTINUE */
 	atomic_uchar *st;	/* enum rs_page per page */
+	bool st_map;		/* st is the caller's (uffd_restore_region_state): not ours to free */
 	size_t fill_next;	/* restore thread: the fill's cursor */
 	atomic_size_t seq_next;	/* the page after the last fault-around window (a hint) */
 	atomic_size_t seq_win;	/* that window's pages */

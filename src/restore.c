@@ -391,7 +391,8 @@ UFFD_EXPORT void uffd_restore_free(struct uffd_restore *rs)
 	}
 	for (unsigned i = 0; i < rs->nregs; i++) {
 		uffd_source_unref(rs->regs[i].src);
-		free(rs->regs[i].st);
+		if (!rs->regs[i].st_map)
+			free(rs->regs[i].st);
 	}
 	rs__trace_free(rs);
 	free(rs->regs);

@@ -59,6 +59,8 @@ struct plan {
 	unsigned long seed;
 	const char *fill_rate;	/* --fill=RATE; NULL: as fast as demand allows */
 	int kill_vm_ms;		/* > 0: SIGKILL the VM this long after it runs */
+	unsigned kill_workers;	/* uffd-serve --supervise: SIGKILL its worker this many times, */
+	int kill_worker_ms;	/* ... this long apart, from the VM's start */
 	unsigned deadline_s;	/* the VM's own deadline: a fault never served ends it */
 };
 
@@ -236,6 +238,39 @@ static void finish_vmm(const struct env *e, const struct plan *p, pid_t vmm, str
 
 /* ---- backend 1: uffd-serve, the real binary ---- */
 
+/* The pid of the n-th worker (from 0) uffd-serve --supervise logged, waiting up to 5 s for the line. */
+static pid_t worker_pid(const struct env *e, unsigned n)
+{
+	double end = harness_now() + 5;
+	char err[16384];
+
+	for (;;) {
+		char *p = err;
+
+		slurp(e, "serve.err", err, sizeof(err));
+		for (unsigned i = 0; p && i <= n; i++)
+			if ((p = strstr(p, "worker process ")))
+				p += strlen("worker process ");
+		if (p)
+			return (pid_t)strtol(p, NULL, 10);
+		ck_assert_msg(harness_now() < end, "uffd-serve did not start worker %u", n);
+		usleep(2000);
+	}
+}
+
+/* kill -9 of the worker, p->kill_workers times, each after the next worker took over. */
+static void kill_workers(const struct env *e, const struct plan *p)
+{
+	if (!p->kill_workers)
+		return;
+	await_running(e, 20);
+	for (unsigned k = 0; k < p->kill_workers; k++) {
+		usleep((useconds_t)p->kill_worker_ms * 1000);
+		ck_assert_int_eq(kill(worker_pid(e, k), SIGKILL), 0);
+		worker_pid(e, k + 1);
+	}
+}
+
 static void run_serve(const struct env *e, const struct plan *p, struct outcome *o)
 {
 	char fill[64];
@@ -254,9 +289,12 @@ static void run_serve(const struct env *e, const struct plan *p, struct outcome 
 		snprintf(fill, sizeof(fill), "--fill%s%s", p->fill_rate ? "=" : "", p->fill_rate ? p->fill_rate : "");
 		argv[n++] = fill;
 	}
+	if (p->kill_workers)
+		argv[n++] = "--supervise";
 	argv[n] = NULL;
 	serve = spawn(e, "serve", argv);
 	vmm = start_vmm(e, p, false);
+	kill_workers(e, p);
 	finish_vmm(e, p, vmm, o);
 	if (o->vmm_rc == EXIT_SKIP)
 		kill(serve, SIGTERM);
@@ -825,6 +863,39 @@ START_TEST(test_hundred)
 }
 END_TEST
 
+/*
+ * uffd-serve --supervise with the worker killed (kill -9) three times while
+ * the guest runs, the balloon gives pages back and a slow fill goes on:
+ * each new worker adopts the VM, and the guest and the host's check find
+ * every byte right (zeros where given back), the VM detached at the end.
+ */
+START_TEST(test_worker_killed)
+{
+	struct env e;
+	struct outcome o;
+	struct plan p = base_plan;
+	char err[16384];
+
+	SETUP(&e);
+	NEED_SERVE(&e, SERVE);
+	make_snapshot(&e, SNAP_MIB);
+	p.mode = FILL;
+	p.fill_rate = "4M";	/* 4 s for the whole: the kills come first */
+	p.give_back = 200;
+	p.balloon_at = 0;
+	p.kill_workers = 3;
+	p.kill_worker_ms = 150;
+	if (restore(&e, SERVE, &p, &o)) {
+		assert_clean(&o, SERVE, "detached");
+		ck_assert_uint_eq(num(o.vmm_out, "wrong_zero"), 0);
+		ck_assert_uint_eq(o.present, o.total);
+		slurp(&e, "serve.err", err, sizeof(err));
+		ck_assert_msg(strstr(err, "died of signal 9"), "%s", err);
+	}
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *kvm_suite(void)
 {
 	Suite *s = suite_create("kvm");
@@ -846,6 +917,8 @@ static Suite *kvm_suite(void)
 	tcase_add_loop_test(tc, test_huge, SERVE, ENGINE + 1);
 	tc = CASE(vm_killed, 60);
 	tcase_add_loop_test(tc, test_vm_killed, SERVE, ENGINE + 1);
+	tc = CASE(worker_killed, 60);
+	tcase_add_test(tc, test_worker_killed);
 	tc = CASE(hundred, 120);
 	tcase_add_test(tc, test_hundred);
 	return s;

@@ -1382,6 +1382,73 @@ START_TEST(args)
 }
 END_TEST
 
+/*
+ * uffd_restore_region_state: a map left by a handler that died is adopted.
+ * PRESENT pages that are mapped are not read again; PRESENT ones that are
+ * not (a give-back unmapped them) and ZERO ones read zeros; INFLIGHT and
+ * BAD ones are read again; the engine writes its states into the map and
+ * never frees it. Bad maps and calls are refused, the map untouched.
+ */
+START_TEST(region_state)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	size_t npages = 64;
+	unsigned char *map = calloc(npages, 1), *copy = malloc(npages);
+	struct uffd_restore *other = NULL;
+	char *page = malloc(harness_page_size());
+	struct env e;
+
+	SKIP_VALGRIND();
+	if (!env_anon(&e, npages, harness_page_size(), false))
+		SKIP_NO_UFFD();
+	ck_assert_ptr_nonnull(map);
+	env_restore(&e, &o);
+	for (size_t p = 16; p < 24; p++)
+		map[p] = UFFD_PAGE_PRESENT;	/* installed, then given back and zapped */
+	for (size_t p = 24; p < 32; p++)
+		map[p] = UFFD_PAGE_ZERO;
+	for (size_t p = 32; p < 40; p++)
+		map[p] = UFFD_PAGE_INFLIGHT;
+	for (size_t p = 40; p < 48; p++)
+		map[p] = UFFD_PAGE_BAD;
+	for (size_t p = 48; p < 56; p++) {	/* installed by the dead handler */
+		ck_assert_int_eq(pread(e.snap.fd, page, e.ps, (off_t)(p * e.ps)), (ssize_t)e.ps);
+		ASSERT_OK(uffd_copy(e.u, e.mem + p * e.ps, page, e.ps, 0, NULL));
+		map[p] = UFFD_PAGE_PRESENT;
+	}
+	/* refused, and nothing changed */
+	ck_assert_int_eq(uffd_restore_region_state(NULL, e.r, map, npages), -EINVAL);
+	ck_assert_int_eq(uffd_restore_region_state(e.rs, e.r, NULL, npages), -EINVAL);
+	ck_assert_int_eq(uffd_restore_region_state(e.rs, e.r, map, npages - 1), -EINVAL);
+	ASSERT_OK(uffd_restore_new(&other, &o));
+	ck_assert_int_eq(uffd_restore_region_state(other, e.r, map, npages), -EINVAL);
+	uffd_restore_free(other);
+	map[5] = 9;
+	memcpy(copy, map, npages);
+	ck_assert_int_eq(uffd_restore_region_state(e.rs, e.r, map, npages), -EINVAL);
+	ck_assert(strstr(uffd_last_error(), "byte 5"));
+	ck_assert_int_eq(memcmp(copy, map, npages), 0);
+	map[5] = UFFD_PAGE_ABSENT;
+	ASSERT_OK(uffd_restore_region_state(e.rs, e.r, map, npages));
+	ck_assert_int_eq(uffd_restore_region_state(e.rs, e.r, map, npages), -EBUSY);
+	for (size_t p = 32; p < 48; p++)
+		ck_assert_uint_eq(map[p], UFFD_PAGE_ABSENT);
+	env_start(&e);
+	ck_assert_int_eq(uffd_restore_region_state(e.rs, e.r, map, npages), -EINVAL);
+	ck_assert_uint_eq(stats_of(e.rs).pages_present, 24);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, p >= 16 && p < 32);
+	ck_assert(wait_for(e.rs, present_at_least, npages, 2));
+	ck_assert_uint_eq(stats_of(e.rs).pages_demand, npages - 24);	/* 48..55 were not read again */
+	for (size_t p = 0; p < npages; p++)
+		ck_assert_msg(map[p] == UFFD_PAGE_PRESENT, "page %zu: state %u", p, map[p]);
+	env_free(&e);
+	free(map);	/* the caller's: the restore left it */
+	free(copy);
+	free(page);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("restore");
@@ -1389,6 +1456,8 @@ static Suite *suite(void)
 
 	tc = CASE(demand_anon_warm, 20);
 	tcase_add_test(tc, demand_anon_warm);
+	tc = CASE(region_state, 20);
+	tcase_add_test(tc, region_state);
 	tc = CASE(demand_anon_cold, 20);
 	tcase_add_test(tc, demand_anon_cold);
 	tc = CASE(demand_memfd_cold, 20);

@@ -2041,6 +2041,391 @@ START_TEST(test_bad_compressed)
 }
 END_TEST
 
+/* ---- --supervise: the worker's crash and the upgrade ---- */
+
+/* The pid of the n-th worker (from 0) the supervisor logged, waiting up to seconds for the line. */
+static pid_t worker_pid(const char *errfile, int n, double seconds)
+{
+	double end = harness_now() + seconds;
+
+	for (;;) {
+		char *s = slurp(errfile), *p = s;
+		pid_t pid = 0;
+
+		for (int i = 0; p && i <= n; i++)
+			if ((p = strstr(p, "worker process ")))
+				p += strlen("worker process ");
+		if (p)
+			pid = (pid_t)strtol(p, NULL, 10);
+		free(s);
+		if (pid > 0)
+			return pid;
+		ck_assert_msg(harness_now() < end, "worker %d was not started within %.0f s", n, seconds);
+		usleep(5000);
+	}
+}
+
+/* Times text occurs in the file. */
+static int count_text(const char *file, const char *text)
+{
+	char *s = slurp(file), *p = s;
+	int n = 0;
+
+	while ((p = strstr(p, text)) && ++n)
+		p += strlen(text);
+	free(s);
+	return n;
+}
+
+/* uffd-serve --supervise and a slow VM (3 ms a page: about 6 s for its 2,048 pages), resumed. */
+static void supervised_start(const struct env *e, struct proc *sv, struct proc *vm, const char *extra)
+{
+	spawn(e, sv, "serve", (char *[]){ (char *)e->serve, "--socket", (char *)e->sock, "--memory", (char *)e->snap,
+					  "--json", "--supervise", (char *)extra, NULL });
+	spawn(e, vm, "vmm", (char *[]){ (char *)e->vmm, "--socket", (char *)e->sock, "--memory", (char *)e->snap,
+					"--pace-us", "3000", "--deadline", "40", NULL });
+	await_text(vm->out, "FCVMM resumed", 10);
+}
+
+/* The VM read every byte right and ran to its end; the serve ended with it, everything present, nothing leaked. */
+static void assert_supervised_whole(const struct env *e, struct proc *sv, struct proc *vm)
+{
+	char *out, *json;
+
+	(void)e;
+	ck_assert_int_eq(finish(vm, 40, "fc-vmm"), 0);
+	ck_assert_int_eq(finish(sv, 10, "uffd-serve"), 0);
+	out = slurp(vm->out);
+	json = slurp(sv->out);
+	ck_assert_uint_eq(num(out, "touched"), num(out, "pages"));	/* every page read and checked */
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	ck_assert_msg(strstr(json, "\"end\":\"vm-exit\""), "%s", json);
+	/*
+	 * Not every page need count as present: one the killed worker had
+	 * installed but not yet marked stays ABSENT in the states, and being
+	 * mapped it never faults again (only a fill or a drain would find it,
+	 * EEXIST, and count it). The VM's byte checks are what count.
+	 */
+	ck_assert_uint_gt(num(json, "\"present\""), num(json, "\"total\"") / 2);
+	ck_assert_uint_eq(num(json, "\"fds_leaked\""), 0);
+	ck_assert_uint_eq(num(json, "\"errors\""), 0);
+	free(out);
+	free(json);
+}
+
+/*
+ * kill -9 of the worker in the middle of the restore (_i: 0 once, 1 three
+ * times in a row, 2 three times with the VM's balloon giving pages back):
+ * a new worker adopts the VM each time, the faults the dead one had read
+ * are raised again, and the VM ends with every byte right. Without the
+ * supervisor the VM would hang on its next fault (fc-vmm's deadline).
+ */
+START_TEST(test_supervise_kill)
+{
+	int kills = _i ? 3 : 1;
+	struct env e;
+	struct proc sv, vm;
+	char *out;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--json",
+					    "--supervise", NULL });
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--pace-us", "3000",
+					  "--deadline", "40", _i == 2 ? "--balloon" : NULL, NULL });
+	await_text(vm.out, "FCVMM resumed", 10);
+	for (int k = 0; k < kills; k++) {
+		usleep(400000);
+		ck_assert_int_eq(kill(worker_pid(sv.err, k, 5), SIGKILL), 0);
+		worker_pid(sv.err, k + 1, 5);	/* its successor took over */
+	}
+	assert_supervised_whole(&e, &sv, &vm);
+	ck_assert_int_eq(count_text(sv.err, "died of signal 9"), kills);
+	out = slurp(vm.out);
+	if (_i == 2)
+		ck_assert_uint_eq(num(out, "balloon_nonzero"), 0);
+	free(out);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The upgrade: SIGUSR2 to the supervisor in the middle of the restore
+ * re-executes uffd-serve, which takes the VM over (its userfaultfd, pidfd
+ * and page states kept across exec) and replaces the worker; every byte
+ * right. _i: 0 once, 1 an upgrade and then a worker crash, 2 --multi (the
+ * VM's own supervisor is signalled, a child of the main process).
+ */
+START_TEST(test_supervise_upgrade)
+{
+	struct env e;
+	struct proc sv, vm;
+	pid_t supervisor;
+	char *err, *p;
+
+	SETUP(&e, SNAP_MIB);
+	supervised_start(&e, &sv, &vm, _i == 2 ? "--multi" : NULL);
+	usleep(500000);
+	worker_pid(sv.err, 0, 1);
+	err = slurp(sv.err);
+	ck_assert_ptr_nonnull((p = strstr(err, "(supervisor process ")));
+	supervisor = (pid_t)strtol(p + strlen("(supervisor process "), NULL, 10);
+	free(err);
+	ck_assert_int_eq(supervisor == sv.pid, _i != 2);	/* --multi: a child of the main process */
+	ck_assert_int_eq(kill(supervisor, SIGUSR2), 0);
+	worker_pid(sv.err, 1, 5);
+	await_text(sv.err, "after an upgrade; replacing the old worker", 1);
+	if (_i == 2) {	/* the VM ends; then the main process drains nothing and exits */
+		ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+		err = slurp(vm.out);
+		ck_assert_uint_eq(num(err, "bad_pages"), 0);
+		ck_assert_uint_eq(num(err, "touched"), num(err, "pages"));
+		free(err);
+		kill(sv.pid, SIGTERM);
+		ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+		err = slurp(sv.out);
+		ck_assert_msg(strstr(err, "\"end\":\"vm-exit\""), "%s", err);
+		ck_assert_uint_eq(num(err, "\"fds_leaked\""), 0);
+		free(err);
+		env_cleanup(&e);
+		return;
+	}
+	if (_i) {
+		usleep(400000);
+		ck_assert_int_eq(kill(worker_pid(sv.err, 1, 1), SIGKILL), 0);
+		worker_pid(sv.err, 2, 5);
+	}
+	assert_supervised_whole(&e, &sv, &vm);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * The VM killed while the supervisor replaces its worker: the new worker
+ * finds it gone, and the serve ends at once, with 0, leaking nothing.
+ */
+START_TEST(test_supervise_vm_gone)
+{
+	struct env e;
+	struct proc sv, vm;
+	char *json;
+
+	SETUP(&e, SNAP_MIB);
+	supervised_start(&e, &sv, &vm, NULL);
+	usleep(300000);
+	ck_assert_int_eq(kill(worker_pid(sv.err, 0, 1), SIGKILL), 0);
+	ck_assert_int_eq(kill(vm.pid, SIGKILL), 0);
+	reap_within(&vm, 5, "fc-vmm");
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	ck_assert_msg(strstr(json, "\"end\":\"vm-exit\""), "%s", json);
+	ck_assert_uint_eq(num(json, "\"fds_leaked\""), 0);
+	free(json);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * SIGTERM to a supervisor goes to its worker, which drains the VM as
+ * without --supervise: every page in, the regions unregistered, exit 0.
+ */
+START_TEST(test_supervise_drain)
+{
+	struct env e;
+	struct proc sv, vm;
+	char *json;
+
+	SETUP(&e, SNAP_MIB);
+	supervised_start(&e, &sv, &vm, NULL);
+	usleep(300000);
+	ck_assert_int_eq(kill(worker_pid(sv.err, 0, 1), SIGKILL), 0);
+	worker_pid(sv.err, 1, 5);
+	ck_assert_int_eq(kill(sv.pid, SIGTERM), 0);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	ck_assert_msg(strstr(json, "\"end\":\"detached\""), "%s", json);
+	ck_assert_uint_eq(num(json, "\"present\""), num(json, "\"total\""));
+	ck_assert_uint_eq(num(json, "\"fds_leaked\""), 0);
+	free(json);
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	json = slurp(vm.out);
+	ck_assert_uint_eq(num(json, "bad_pages"), 0);
+	free(json);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * --multi supervises by default: the worker of one of two VMs killed, both
+ * VMs end with every byte right, and the serve drains and exits 0.
+ */
+START_TEST(test_supervise_multi)
+{
+	struct env e;
+	struct proc sv, vm[2];
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--json",
+					    "--multi", NULL });
+	for (int i = 0; i < 2; i++)
+		spawn(&e, &vm[i], i ? "vmm1" : "vmm0", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory",
+				e.snap, "--pace-us", "3000", "--deadline", "40", NULL });
+	for (int i = 0; i < 2; i++)
+		await_text(vm[i].out, "FCVMM resumed", 10);
+	usleep(400000);
+	ck_assert_int_eq(kill(worker_pid(sv.err, 0, 5), SIGKILL), 0);
+	worker_pid(sv.err, 2, 5);	/* two first workers, then the successor */
+	assert_vms_whole(vm, 2);
+	ck_assert_int_eq(kill(sv.pid, SIGTERM), 0);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	ck_assert_int_eq(count_text(sv.err, "died of signal 9"), 1);
+	ck_assert_int_eq(count_text(sv.out, "\"fds_leaked\":0"), 2);
+	env_cleanup(&e);
+}
+END_TEST
+
+/* One notification with its descriptors: the text, and up to 4 fds (-1 for none). */
+static bool notify_fds(int fd, char *buf, size_t len, int fds[4], double seconds)
+{
+	char cbuf[CMSG_SPACE(4 * sizeof(int))] __attribute__((aligned(8)));
+	struct iovec iov = { .iov_base = buf, .iov_len = len - 1 };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	ssize_t n;
+
+	for (int i = 0; i < 4; i++)
+		fds[i] = -1;
+	if (poll(&p, 1, (int)(seconds * 1000)) != 1 || (n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC)) < 0)
+		return false;
+	buf[n] = '\0';
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+			memcpy(fds, CMSG_DATA(c), c->cmsg_len - CMSG_LEN(0));
+	return true;
+}
+
+/* uffd-serve --multi as systemd starts it: ls as fd 3, then the stored fds named in names (NULL: none). */
+static pid_t start_activated(const struct env *e, struct proc *sv, const char *tag, int ls, const int *stored,
+			     int nstored, const char *names, const char *nsock)
+{
+	pid_t pid;
+
+	snprintf(sv->out, sizeof(sv->out), "%s/%s.out", e->dir, tag);
+	snprintf(sv->err, sizeof(sv->err), "%s/%s.err", e->dir, tag);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (!pid) {
+		char buf[16];
+		int high[8];
+
+		/* Out of the way of 3..7 first: the fds may sit there now. */
+		high[0] = fcntl(ls, F_DUPFD, 100);
+		for (int i = 0; i < nstored; i++)
+			high[i + 1] = fcntl(stored[i], F_DUPFD, 100);
+		for (int i = 0; i <= nstored; i++)
+			if (dup2(high[i], 3 + i) != 3 + i)
+				_exit(99);
+		if (!freopen(sv->out, "w", stdout) || !freopen(sv->err, "w", stderr))
+			_exit(99);
+		snprintf(buf, sizeof(buf), "%d", (int)getpid());
+		setenv("LISTEN_PID", buf, 1);
+		snprintf(buf, sizeof(buf), "%d", nstored + 1);
+		setenv("LISTEN_FDS", buf, 1);
+		if (names)
+			setenv("LISTEN_FDNAMES", names, 1);
+		setenv("NOTIFY_SOCKET", nsock, 1);
+		signal(SIGTERM, SIG_DFL);
+		execl(e->serve, e->serve, "--memory", e->snap, "--multi", "--json", (char *)NULL);
+		_exit(98);
+	}
+	sv->pid = pid;
+	return pid;
+}
+
+/*
+ * Even the supervisor can die: under systemd each supervised VM's fds go to
+ * the service's fd store (FDSTORE=1, FDNAME=uffdvm.KEY.ROLE). The main
+ * process, the VM's supervisor and its worker all killed with SIGKILL in the
+ * middle of the restore (the VM hangs on its faults), the service started
+ * again with the socket and the stored fds (LISTEN_FDS, LISTEN_FDNAMES)
+ * takes the VM back: it ends with every byte right, its fds are removed
+ * from the store (FDSTOREREMOVE=1), and nothing leaks.
+ */
+START_TEST(test_supervise_fd_store)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	char nsock[96], buf[512], names[512] = "uffd-serve.socket", *out, *p;
+	int ls, ns, stored[4], nstored = 0, fds[4], removed = 0;
+	struct proc sv, sv2, vm;
+	pid_t sup, worker;
+	struct env e;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, nsock, sizeof(nsock), "notify");
+	ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", e.sock);
+	ck_assert_int_eq(bind(ls, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(ls, 16), 0);
+	ns = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", nsock);
+	ck_assert_int_eq(bind(ns, (struct sockaddr *)&a, sizeof(a)), 0);
+	start_activated(&e, &sv, "serve", ls, NULL, 0, NULL, nsock);
+	if (!notify_next(ns, buf, sizeof(buf), 5)) {
+		kill(sv.pid, SIGKILL);
+		waitpid(sv.pid, NULL, 0);
+		out = slurp(sv.err);
+		if (strstr(out, "built without libsystemd"))
+			SKIP_TEST("uffd-serve is built without libsystemd");
+		ck_abort_msg("no READY=1 from uffd-serve: %s", out);
+	}
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--pace-us", "3000",
+					  "--deadline", "40", NULL });
+	while (nstored < 4) {
+		ck_assert_msg(notify_fds(ns, buf, sizeof(buf), fds, 5), "%d of the VM's 4 fds stored", nstored);
+		if (!strstr(buf, "FDSTORE=1"))
+			continue;
+		ck_assert_int_ge(fds[0], 0);
+		ck_assert_int_eq(fds[1], -1);
+		ck_assert_ptr_nonnull((p = strstr(buf, "FDNAME=uffdvm.")));
+		strcat(names, ":");
+		strncat(names, p + strlen("FDNAME="), strcspn(p + strlen("FDNAME="), "\n"));
+		stored[nstored++] = fds[0];
+	}
+	await_text(vm.out, "FCVMM resumed", 10);
+	usleep(400000);
+	worker = worker_pid(sv.err, 0, 1);
+	out = slurp(sv.err);
+	ck_assert_ptr_nonnull((p = strstr(out, "(supervisor process ")));
+	sup = (pid_t)strtol(p + strlen("(supervisor process "), NULL, 10);
+	free(out);
+	ck_assert_int_eq(kill(sv.pid, SIGKILL), 0);
+	ck_assert_int_eq(kill(sup, SIGKILL), 0);
+	ck_assert_int_eq(kill(worker, SIGKILL), 0);
+	reap_within(&sv, 5, "uffd-serve");
+	still_running(&vm, 0.3, "fc-vmm without a handler");
+	start_activated(&e, &sv2, "serve2", ls, stored, nstored, names, nsock);
+	for (int i = 0; i < nstored; i++)
+		close(stored[i]);
+	close(ls);
+	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	out = slurp(vm.out);
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	ck_assert_uint_eq(num(out, "touched"), num(out, "pages"));
+	free(out);
+	await_text(sv2.out, "\"end\":\"vm-exit\"", 10);
+	while (removed < 4 && notify_fds(ns, buf, sizeof(buf), fds, 2))
+		removed += strstr(buf, "FDSTOREREMOVE=1") != NULL;
+	ck_assert_int_eq(removed, 4);
+	await_text(sv2.err, "from systemd's fd store", 1);
+	kill(sv2.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv2, 10, "uffd-serve"), 0);
+	out = slurp(sv2.out);
+	ck_assert_uint_eq(num(out, "\"fds_leaked\""), 0);
+	free(out);
+	close(ns);
+	env_cleanup(&e);
+}
+END_TEST
+
 static Suite *serve_suite(void)
 {
 	Suite *s = suite_create("serve");
@@ -2118,6 +2503,18 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_custom_handler, 0, 2);
 	tc = CASE(bad_trace, 60);
 	tcase_add_loop_test(tc, test_bad_trace, 0, 4);
+	tc = CASE(supervise_kill, 60);
+	tcase_add_loop_test(tc, test_supervise_kill, 0, 3);
+	tc = CASE(supervise_upgrade, 60);
+	tcase_add_loop_test(tc, test_supervise_upgrade, 0, 3);
+	tc = CASE(supervise_vm_gone, 30);
+	tcase_add_test(tc, test_supervise_vm_gone);
+	tc = CASE(supervise_multi, 60);
+	tcase_add_test(tc, test_supervise_multi);
+	tc = CASE(supervise_fd_store, 60);
+	tcase_add_test(tc, test_supervise_fd_store);
+	tc = CASE(supervise_drain, 60);
+	tcase_add_test(tc, test_supervise_drain);
 	return s;
 }
 

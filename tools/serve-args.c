@@ -64,6 +64,10 @@ static void usage(FILE *f)
 		"                        (default %d)\n"
 		"      --metrics ADDR    live metrics of every VM in the Prometheus text format, over\n"
 		"                        HTTP on unix:PATH or 127.0.0.1:PORT (0: any free port)\n"
+		"      --supervise       a supervisor process keeps each VM's userfaultfd and page\n"
+		"                        states and restarts the worker serving it when it dies;\n"
+		"                        SIGUSR2 or SIGHUP to it re-executes this program (upgrade);\n"
+		"                        the default with --multi (--no-supervise: not)\n"
 		"      --config FILE     options from FILE first, one a line: \"name\" or\n"
 		"                        \"name = value\" (long names; '#' comments)\n"
 		"  -h, --help            print this help\n"
@@ -145,7 +149,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 {
 	enum { OPT_RECORD_MS = 256, OPT_FAULT_AROUND, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
 	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
-	       OPT_METRICS, OPT_VERIFY };
+	       OPT_METRICS, OPT_VERIFY, OPT_SUPERVISE, OPT_NO_SUPERVISE };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -171,11 +175,13 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
 		{ "metrics", required_argument, NULL, OPT_METRICS },
+		{ "supervise", no_argument, NULL, OPT_SUPERVISE },
+		{ "no-supervise", no_argument, NULL, OPT_NO_SUPERVISE },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
-	int c;
+	int c, supervise = -1;	/* --supervise: 1, --no-supervise: 0, neither: -1 */
 
 	*o = (struct serve_opts){ .threads = 1, .timeout_ms = DEFAULT_TIMEOUT_MS, .drain_ms = DEFAULT_DRAIN_MS,
 				  .sock_mode = 0600, .max_per_peer = DEFAULT_PER_PEER,
@@ -231,6 +237,8 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 			o->max_per_peer = (unsigned)number("--max-per-peer", optarg, 0, 1024, false);
 			break;
 		case OPT_METRICS: o->metrics_addr = optarg; break;
+		case OPT_SUPERVISE: supervise = 1; break;
+		case OPT_NO_SUPERVISE: supervise = 0; break;
 		case OPT_HANDSHAKE_TIMEOUT:
 			o->handshake_ms = (int)number("--handshake-timeout", optarg, 1, INT_MAX, false);
 			break;
@@ -248,6 +256,8 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 	}
 	if (optind < argc)
 		bad("unexpected argument '%s'", argv[optind]);
+	/* --multi serves many VMs: a crash of one serve must not hang its VM (see uffd-serve(1), SUPERVISOR). */
+	o->supervise = supervise < 0 ? o->multi : supervise;
 	if ((!o->socket && !getenv("LISTEN_FDS")) || !o->memory)
 		bad("--socket and --memory are required (--socket not under socket activation)");
 	if (o->record_ms && !o->record)

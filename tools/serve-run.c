@@ -108,6 +108,7 @@ static int lib_fail(const char *what, int err)
 static int setup_regions(struct serve *sv, struct uffd_source *src)
 {
 	const struct fc_handshake *h = sv->h;
+	size_t pages = 0;
 	int err;
 
 	if ((err = uffd_open_fd(&sv->u, h->uffd, h->features)))
@@ -127,6 +128,11 @@ static int setup_regions(struct serve *sv, struct uffd_source *src)
 			return lib_fail("declaring a region", err);
 		if ((err = uffd_restore_add_region_source(sv->rs, sv->r[i], src, g->offset)))
 			return lib_fail("serving a region from the snapshot", err);
+		/* --supervise: the states live in the supervisor's memfd; what a dead worker did is adopted */
+		if (h->pstate && (err = uffd_restore_region_state(sv->rs, sv->r[i], h->pstate + pages,
+								  g->length / g->page_size)))
+			return lib_fail("adopting the page states", err);
+		pages += g->length / g->page_size;
 	}
 	return 0;
 }
@@ -201,6 +207,9 @@ static int start_loop(struct serve *sv, int conn)
 		return lib_fail("starting the restore", err);
 	if ((err = uffd_loop_start(sv->l, loop_threads(sv))))
 		return lib_fail("starting the loop threads", err);
+	/* Faults the dead worker had read and never resolved: raised again, to this loop. */
+	for (size_t i = 0; sv->h->adopted && i < sv->nr; i++)
+		uffd_wake(sv->u, uffd_region_base(sv->r[i]), uffd_region_length(sv->r[i]));
 	return 0;
 }
 

@@ -9,6 +9,7 @@
  * serve-check.c  the checks at start: traces and output paths
  * serve-auth.c   who may connect: the socket's owner and mode, the peers allowed
  * serve-source.c where the guest's bytes come from: the snapshot and its layers
+ * serve-supervise.c  --supervise: the supervisor, its workers, the upgrade, the fd store
  */
 #ifndef UFFD_SERVE_H
 #define UFFD_SERVE_H
@@ -71,6 +72,7 @@ struct serve_opts {
 	const char *metrics_addr;	/* --metrics: unix:PATH or 127.0.0.1:PORT, or NULL */
 	struct metrics *metrics;	/* its endpoint and slots, once open (main) */
 	bool activated;		/* the socket came from systemd: not ours to remove */
+	bool supervise;		/* --supervise: a supervisor process restarts the worker that dies */
 };
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
@@ -100,6 +102,9 @@ struct fc_handshake {
 	bool vm_waits;		/* it handed over its userfaultfd: without us it hangs */
 	struct uffd_fc_region *r;
 	size_t n;
+	/* --supervise (serve-supervise.c): the page states, shared with the supervisor */
+	unsigned char *pstate;	/* one byte per page, the regions' pages one after another; or NULL */
+	bool adopted;		/* a worker that died served it before: wake every range */
 };
 
 /*
@@ -216,6 +221,18 @@ void metrics_forget(struct metrics *m, pid_t pid);
 
 /* The socket systemd passed (fd), -1 when none, or an EXIT_* code negated after a line. */
 int sd_activated_socket(struct serve_opts *o);
+/* The descriptors of one VM in systemd's fd store, by role. */
+enum { VMFD_UFFD, VMFD_PIDFD, VMFD_CONN, VMFD_STATE, VMFD_N };
+/*
+ * --multi under systemd: the fds of a supervised VM kept in the service's fd
+ * store (FDSTORE=1), under names "uffdvm.KEY.ROLE", so that a restarted
+ * service takes the VM back; removed (FDSTOREREMOVE=1) when its serve ends.
+ * Nothing without systemd (the unit needs FileDescriptorStoreMax=).
+ */
+void sd_store_vm(unsigned long long key, const int fds[VMFD_N]);
+void sd_unstore_vm(unsigned long long key);
+/* The VMs systemd passed back from its store at start (sd_activated_socket): how many; fds[i][role], -1 when missing. */
+size_t sd_stored_vms(int (**fds)[VMFD_N]);
 /* sd_notify(3) of the formatted state ("READY=1", "STATUS=..."); nothing without systemd. */
 void sd_state(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -225,6 +242,32 @@ void sd_state(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char **config_argv(int *argc, char **argv);
 /* What config_argv() allocated. */
 void config_free(void);
+
+/* ---- serve-supervise.c ---- */
+
+/* Before config_argv(): the command line a re-executed supervisor starts with. */
+void supervise_init(int argc, char **argv);
+/*
+ * --supervise: this process holds the VM of h (its userfaultfd, pidfd,
+ * region table and a shared page-state map) and runs a worker process that
+ * serves it (serve_vm), restarted when it dies; SIGUSR2 or SIGHUP re-execute
+ * this program keeping all of it. Returns an EXIT_* code.
+ */
+int supervise_vm(const struct serve_opts *o, struct fc_handshake *h, struct uffd_source *src, int sigfd,
+		 int conn, struct serve_summary *s);
+/*
+ * A supervisor re-executed for an upgrade: true when the environment hands
+ * over a VM, then supervises it (*rc its exit status); false otherwise.
+ */
+bool supervise_resume(const struct serve_opts *o, struct uffd_source *src, int sigfd, int *rc);
+
+/*
+ * --multi: a supervisor (a child, its pid in kids[]) for each VM that systemd
+ * passed back from its fd store; the VM is adopted as after a worker's
+ * crash. lsock is closed in the children. Returns how many were started.
+ */
+size_t supervise_stored(const struct serve_opts *o, struct uffd_source *src, int sigfd, int lsock,
+			pid_t *kids, size_t room);
 
 /* ---- serve-stats.c ---- */
 

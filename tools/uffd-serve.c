@@ -79,7 +79,7 @@ static int serve_conn(const struct serve_opts *o, int conn, struct uffd_source *
 	}
 	serve_log(LOG_INFO, "serving VM pid %d: %zu regions from %s%s", (int)h.pid, h.n, o->memory,
 		  o->nlayers ? " and its layers" : "");
-	rc = serve_vm(o, &h, src, sigfd, conn, &s);
+	rc = o->supervise ? supervise_vm(o, &h, src, sigfd, conn, &s) : serve_vm(o, &h, src, sigfd, conn, &s);
 	fc_handshake_free(&h);
 	s.fds_leaked = count_fds() - before;
 	if (o->stats || o->json)
@@ -250,6 +250,10 @@ static int serve_multi(const struct serve_opts *o, int lsock, struct uffd_source
 
 	kid_uids = uids;
 	kid_metrics = o->metrics;
+	/* VMs of a service that crashed, passed back from systemd's fd store: supervised again. */
+	n = supervise_stored(o, src, sigfd, lsock, kids, MAX_CHILDREN);
+	for (size_t i = 0; i < n; i++)
+		uids[i] = (uid_t)-1;	/* nobody's: counted against no peer */
 	for (;;) {
 		int conn = wait_conn(o, lsock, sigfd, 0) ? -EXIT_SETUP : fc_accept(lsock, sigfd, 0);
 		struct ucred cr;
@@ -315,6 +319,7 @@ int main(int argc, char **argv)
 	uint64_t size = 0;
 	int sigfd = -1, lsock, conn, rc;
 
+	supervise_init(argc, argv);	/* what an upgrade re-executes */
 	argv = config_argv(&argc, argv);
 	serve_args(argc, argv, &o);
 	if ((rc = check_outputs(&o)))
@@ -328,6 +333,8 @@ int main(int argc, char **argv)
 		rc = -sigfd;
 		goto out;
 	}
+	if (supervise_resume(&o, src, sigfd, &rc))	/* re-executed by an upgrade: its VM, nothing else */
+		goto out;
 	if ((lsock = open_listener(&o)) < 0) {
 		rc = -lsock;
 		goto out;
