@@ -9,7 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(gcc g++ libc6-dev pkg-config meson ninja-build liburing-dev libjson-c-dev libsystemd-dev libzstd-dev check python3)
+PACKAGES=(gcc g++ libc6-dev pkg-config meson ninja-build liburing-dev libjson-c-dev libsystemd-dev libzstd-dev libcurl4-openssl-dev libnbd-dev check python3)
+# What the test suites run as real servers (the remote suite: nginx, nbdkit with its filters).
+TEST_PACKAGES=(nginx nbdkit)
 BUILD=build
 
 usage() {
@@ -101,6 +103,7 @@ demo)
 test)
 	[ $# -eq 1 ] || usage
 	install_missing
+	install_missing "${TEST_PACKAGES[@]}"
 	build
 	exec meson test -C "$BUILD" --print-errorlogs
 	;;
