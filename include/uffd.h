@@ -1602,6 +1602,12 @@ struct uffd_source_nbd_opts {
 };
 /** Do not ask for block status: every byte is read. */
 #define UFFD_SOURCE_NBD_NO_BLOCK_STATUS (1u << 0)
+/**
+ * The export is a Diff layer (a Firecracker Diff snapshot's memory file):
+ * its holes (LIBNBD_STATE_HOLE) are "not in this layer"
+ * (UFFD_EXTENT_ABSENT), for uffd_source_layered().
+ */
+#define UFFD_SOURCE_NBD_DIFF (1u << 1)
 
 /**
  * A source reading the NBD export at @p uri (nbd://, nbds://, nbd+unix://,

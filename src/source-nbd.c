@@ -53,6 +53,7 @@ struct nsrc {
 	char *uri, *name;
 	struct nbd_handle *h;	/* NULL: no connection */
 	bool closing;		/* completions during nbd_close are not ours to act on */
+	bool diff;		/* holes are ABSENT (a Diff layer), not ZERO */
 	bool was_ready;		/* the connection got ready (else a drop spends the waiting reads' tries) */
 	int64_t connect_at;	/* no connection: make one at this time (-1: none needed) */
 	unsigned conn_fails;
@@ -292,7 +293,7 @@ static int n_extent(void *impl, uint64_t off, uint64_t len, uint64_t *run)
 	if (lo < n->nz && n->z[lo].start <= off) {
 		if (n->z[lo].end < end)
 			*run = n->z[lo].end - off;
-		return UFFD_EXTENT_ZERO;
+		return n->diff ? UFFD_EXTENT_ABSENT : UFFD_EXTENT_ZERO;
 	}
 	if (lo < n->nz && n->z[lo].start < end)
 		*run = n->z[lo].start - off;
@@ -372,8 +373,11 @@ static int on_extent(void *user, const char *ctx, uint64_t offset, uint32_t *e, 
 
 		if (end > b->n->length)
 			end = b->n->length;
-		/* Only what the server says reads as zeros: a hole alone may not. Whole pages only. */
-		if (e[i + 1] & LIBNBD_STATE_ZERO) {
+		/*
+		 * Only what the server says reads as zeros (a hole alone may not), or for
+		 * a Diff layer its holes. Whole pages only.
+		 */
+		if (e[i + 1] & (b->n->diff ? LIBNBD_STATE_HOLE : LIBNBD_STATE_ZERO)) {
 			uint64_t s = (pos + 4095) / 4096 * 4096, t = end / 4096 * 4096;
 
 			if (s < t)
@@ -439,8 +443,11 @@ UFFD_EXPORT int uffd_source_nbd(struct uffd_source **out, const char *uri, const
 	*out = NULL;
 	if (opts && (err = uffd__opts_copy(&o, sizeof(o), opts, opts->size, "uffd_source_nbd_opts")))
 		return err;
-	if (o.flags & ~UFFD_SOURCE_NBD_NO_BLOCK_STATUS)
-		return uffd__err(-EINVAL, "uffd_source_nbd: unknown flags 0x%x", o.flags & ~UFFD_SOURCE_NBD_NO_BLOCK_STATUS);
+	if (o.flags & ~(UFFD_SOURCE_NBD_NO_BLOCK_STATUS | UFFD_SOURCE_NBD_DIFF))
+		return uffd__err(-EINVAL, "uffd_source_nbd: unknown flags 0x%x",
+				 o.flags & ~(UFFD_SOURCE_NBD_NO_BLOCK_STATUS | UFFD_SOURCE_NBD_DIFF));
+	if ((o.flags & UFFD_SOURCE_NBD_DIFF) && (o.flags & UFFD_SOURCE_NBD_NO_BLOCK_STATUS))
+		return uffd__err(-EINVAL, "uffd_source_nbd: UFFD_SOURCE_NBD_DIFF needs block status (its holes are the layer's map)");
 	if (o.max_reads > 4096)
 		return uffd__err(-EINVAL, "uffd_source_nbd: max_reads %u is above 4096", o.max_reads);
 	if (strncmp(uri, "nbd", 3))
@@ -449,6 +456,7 @@ UFFD_EXPORT int uffd_source_nbd(struct uffd_source **out, const char *uri, const
 		return uffd__err(-ENOMEM, "uffd_source_nbd: out of memory");
 	n->rt = (struct remote_retry){ o.tries, o.timeout_ms, o.backoff_min_ms, o.backoff_max_ms };
 	n->nslots = o.max_reads ? o.max_reads : 64;
+	n->diff = o.flags & UFFD_SOURCE_NBD_DIFF;
 	n->connect_at = -1;
 	n->seed = (uintptr_t)n ^ uffd__env_now();
 	if (!(n->uri = strdup(uri)) || !(n->name = strdup(o.name ? o.name : uri)) ||

@@ -705,6 +705,81 @@ END_TEST
 START_TEST(nbd_slow) { slow_case(true); }
 END_TEST
 
+/* ---- latency: nginx behind the delaying relay ---- */
+
+/* The relay in front of port, rtt_us per round trip; its pid in *pid, its port returned. */
+static int relay_start(int port, unsigned rtt_us, pid_t *pid)
+{
+	char ps[16], rtt[16], buf[16] = "";
+	int fds[2];
+	ssize_t n;
+
+	snprintf(ps, sizeof(ps), "%d", port);
+	snprintf(rtt, sizeof(rtt), "%u", rtt_us);
+	ck_assert_int_eq(pipe2(fds, O_CLOEXEC), 0);
+	*pid = fork();
+	ck_assert_int_ge(*pid, 0);
+	if (*pid == 0) {
+		dup2(fds[1], 1);
+		execl(getenv("DELAY_RELAY"), "delay-relay", ps, rtt, (char *)NULL);
+		_exit(127);
+	}
+	close(fds[1]);
+	n = read(fds[0], buf, sizeof(buf) - 1);
+	close(fds[0]);
+	ck_assert_int_gt(n, 0);
+	return atoi(buf);
+}
+
+/* 10 ms per round trip: a demand fault costs about one, never a queue of them; every byte right. */
+START_TEST(http_rtt)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	size_t ps = harness_page_size(), npages = 4096;
+	double worst = 0, best = 1e9, t0, dt;
+	struct uffd_source *src;
+	struct server sv;
+	struct env e;
+	char url[128];
+	pid_t relay;
+	int port;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	if (!getenv("DELAY_RELAY"))
+		SKIP_TEST("DELAY_RELAY is not set: the test runs outside meson");
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	nginx_start(&sv, NULL);
+	port = relay_start(sv.port, 10000, &relay);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/snap.img", port);
+	t0 = harness_now();
+	src = http_source(url, 3, 0);
+	ck_assert_double_ge(harness_now() - t0, 0.010);	/* the size probe crossed the relay */
+	env_serve(&e, src, &o);
+	for (size_t p = 1; p < npages; p += 97) {	/* demand only: each fault its own GET */
+		t0 = harness_now();
+		check_page(e.mem, ps, p, false);
+		dt = harness_now() - t0;
+		worst = dt > worst ? dt : worst;
+		best = dt < best ? dt : best;
+	}
+	ck_assert_msg(best >= 0.0095, "a fault took %.1f ms through a 10 ms relay", best * 1e3);
+	ck_assert_msg(worst < 0.2, "a fault took %.1f ms through a 10 ms relay", worst * 1e3);
+	fprintf(stderr, "http through a 10 ms relay: demand faults %.1f..%.1f ms\n", best * 1e3, worst * 1e3);
+	ASSERT_OK(uffd_restore_finish(e.rs));
+	ASSERT_OK(uffd_restore_wait(e.rs, 30000));
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, ps, p, false);
+	uffd_source_unref(src);
+	env_free(&e);
+	kill(relay, SIGKILL);
+	waitpid(relay, NULL, 0);
+	server_free(&sv);
+}
+END_TEST
+
 /* ---- the chunk cache ---- */
 
 START_TEST(cache_second)
@@ -812,6 +887,163 @@ START_TEST(compressed_http)
 }
 END_TEST
 
+/* ---- uffd-serve with --memory URL, a Firecracker-like VM (fc-vmm) ---- */
+
+struct vmrun {
+	pid_t serve, vmm;
+	char sock[128], serve_err[128], vmm_out[128];
+};
+
+static pid_t spawn_to(char *const argv[], const char *out, const char *err)
+{
+	pid_t pid = fork();
+
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		dup2(o, 1);
+		dup2(e, 2);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* Waits up to seconds for pid; its waitpid status. */
+static int reap(pid_t pid, double seconds)
+{
+	double end = harness_now() + seconds;
+	int st;
+
+	while (waitpid(pid, &st, WNOHANG) == 0) {
+		if (harness_now() > end) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &st, 0);
+			ck_abort_msg("process %d did not end within %.0f s", (int)pid, seconds);
+		}
+		usleep(2000);
+	}
+	return st;
+}
+
+static bool file_has(const char *path, const char *text)
+{
+	char buf[8192] = "";
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	return n > 0 && strstr(buf, text);
+}
+
+/* uffd-serve --memory url (and extra options), fc-vmm checking against the local copy. */
+static void vm_start(struct vmrun *v, const struct server *sv, const char *url, const char *const *extra,
+		     const char *pace)
+{
+	char *sa[24] = { getenv("UFFD_SERVE"), "--socket", v->sock, "--memory", (char *)url, "--timeout", "20000" };
+	char out[160];
+	int n = 7;
+
+	snprintf(v->sock, sizeof(v->sock), "%s/vm.sock", sv->dir);
+	snprintf(v->serve_err, sizeof(v->serve_err), "%s/serve.err", sv->dir);
+	snprintf(v->vmm_out, sizeof(v->vmm_out), "%s/vmm.out", sv->dir);
+	snprintf(out, sizeof(out), "%s/serve.out", sv->dir);
+	while (extra && *extra)
+		sa[n++] = (char *)*extra++;
+	v->serve = spawn_to(sa, out, v->serve_err);
+	snprintf(out, sizeof(out), "%s/vmm.err", sv->dir);
+	v->vmm = spawn_to((char *[]){ getenv("FC_VMM"), "--socket", v->sock, "--memory", (char *)sv->img, "--touch-pct", "100",
+				      "--pace-us", (char *)pace, "--deadline", "40", NULL }, v->vmm_out, out);
+}
+
+#define SKIP_NO_SERVE() do { if (!getenv("UFFD_SERVE") || !getenv("FC_VMM")) \
+	SKIP_TEST("UFFD_SERVE or FC_VMM is not set: uffd-serve or fc-vmm is not built, or the test runs outside meson"); } while (0)
+
+/* Every page of a VM served from nginx through the cache, then from the cache alone. */
+START_TEST(serve_http)
+{
+	const char *const extra[] = { "--cache-dir", NULL, "--fill", NULL };
+	struct server sv;
+	struct vmrun v;
+	char cache[160];
+	unsigned logged;
+	int st;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, 32u << 20, SUB);
+	nginx_start(&sv, NULL);
+	snprintf(cache, sizeof(cache), "%s/cache", sv.dir);
+	((const char **)extra)[1] = cache;
+	for (int round = 0; round < 2; round++) {
+		logged = ranges_logged(&sv);
+		vm_start(&v, &sv, sv.url, extra, "0");
+		st = reap(v.vmm, 45);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fc-vmm status 0x%x", st);
+		ck_assert_msg(file_has(v.vmm_out, "touched=8192 ") && file_has(v.vmm_out, " bad_pages=0 "),
+			      "fc-vmm did not see every byte right");
+		st = reap(v.serve, 15);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "uffd-serve status 0x%x", st);
+		if (round == 1)	/* the second serve: only its size probe went to the server */
+			ck_assert_uint_eq(ranges_logged(&sv), logged + 1);
+		else
+			ck_assert_uint_gt(ranges_logged(&sv), logged + 1);
+	}
+	server_free(&sv);
+}
+END_TEST
+
+/* The server dies while the VM runs: the VM is killed (--on-fatal kill), never fed wrong bytes. */
+START_TEST(serve_killed)
+{
+	struct server sv;
+	struct vmrun v;
+	int st;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, 64u << 20, SUB);
+	nginx_start(&sv, NULL);
+	vm_start(&v, &sv, sv.url, (const char *const[]){ "--remote-tries", "2", NULL }, "1000");
+	for (double end = harness_now() + 10; !file_has(v.vmm_out, "FCVMM resumed"); usleep(5000))
+		ck_assert(harness_now() < end);
+	usleep(200000);
+	server_kill(&sv);
+	st = reap(v.vmm, 10);
+	ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "fc-vmm status 0x%x", st);
+	st = reap(v.serve, 10);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "uffd-serve status 0x%x", st);
+	server_free(&sv);
+}
+END_TEST
+
+/* A server that is not there: uffd-serve says so and exits 3 before its socket exists. */
+START_TEST(serve_down)
+{
+	char url[128], out[160];
+	struct server sv;
+	pid_t pid;
+	int st;
+
+	SKIP_NO_SERVE();
+	server_dir(&sv, 64 * SUB, SUB);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/snap.img", free_port());
+	snprintf(out, sizeof(out), "%s/serve.out", sv.dir);
+	snprintf(sv.url, sizeof(sv.url), "%s/serve.err", sv.dir);
+	pid = spawn_to((char *[]){ getenv("UFFD_SERVE"), "--socket", "/var/tmp/uffd-remote-never.sock", "--memory", url, NULL },
+		       out, sv.url);
+	st = reap(pid, 10);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 3, "uffd-serve status 0x%x", st);
+	ck_assert(file_has(sv.url, "cannot read the snapshot http://127.0.0.1"));
+	ck_assert_int_ne(access("/var/tmp/uffd-remote-never.sock", F_OK), 0);
+	server_free(&sv);
+}
+END_TEST
+
 /* ---- arguments ---- */
 
 START_TEST(remote_args)
@@ -881,12 +1113,20 @@ static Suite *suite(void)
 	tcase_add_test(tc, http_slow);
 	tc = CASE(nbd_slow, 60);
 	tcase_add_test(tc, nbd_slow);
+	tc = CASE(http_rtt, 60);
+	tcase_add_test(tc, http_rtt);
 	tc = CASE(cache_second, 60);
 	tcase_add_test(tc, cache_second);
 	tc = CASE(layered_http, 60);
 	tcase_add_test(tc, layered_http);
 	tc = CASE(compressed_http, 10);
 	tcase_add_test(tc, compressed_http);
+	tc = CASE(serve_http, 60);
+	tcase_add_test(tc, serve_http);
+	tc = CASE(serve_killed, 40);
+	tcase_add_test(tc, serve_killed);
+	tc = CASE(serve_down, 20);
+	tcase_add_test(tc, serve_down);
 	tc = CASE(remote_args, 20);
 	tcase_add_test(tc, remote_args);
 	return s;

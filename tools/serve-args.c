@@ -58,6 +58,13 @@ static void usage(FILE *f)
 		"                        (default %d)\n"
 		"      --metrics ADDR    live metrics of every VM in the Prometheus text format, over\n"
 		"                        HTTP on unix:PATH or 127.0.0.1:PORT (0: any free port)\n"
+		"      --cache-dir DIR   keep the chunks of a remote snapshot (http://, https://,\n"
+		"                        s3://, nbd://, nbd+unix://) in DIR, shared by serves\n"
+		"      --cache-size BYTES  bound of that cache (suffix K, M, G; default 4G)\n"
+		"      --header LINE     \"Name: value\" sent with every HTTP request (repeatable)\n"
+		"      --s3-endpoint URL  an S3-compatible store for s3:// snapshots\n"
+		"      --remote-timeout MS  per try of a remote read (default 60000)\n"
+		"      --remote-tries N  tries of a remote read before it fails (default 3)\n"
 		"      --config FILE     options from FILE first, one a line: \"name\" or\n"
 		"                        \"name = value\" (long names; '#' comments)\n"
 		"  -h, --help            print this help\n"
@@ -139,7 +146,8 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 {
 	enum { OPT_RECORD_MS = 256, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
 	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
-	       OPT_METRICS };
+	       OPT_METRICS, OPT_CACHE_DIR, OPT_CACHE_SIZE, OPT_HEADER, OPT_S3_ENDPOINT, OPT_REMOTE_TIMEOUT,
+	       OPT_REMOTE_TRIES };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -163,6 +171,12 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "max-per-peer", required_argument, NULL, OPT_MAX_PER_PEER },
 		{ "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
 		{ "metrics", required_argument, NULL, OPT_METRICS },
+		{ "cache-dir", required_argument, NULL, OPT_CACHE_DIR },
+		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
+		{ "header", required_argument, NULL, OPT_HEADER },
+		{ "s3-endpoint", required_argument, NULL, OPT_S3_ENDPOINT },
+		{ "remote-timeout", required_argument, NULL, OPT_REMOTE_TIMEOUT },
+		{ "remote-tries", required_argument, NULL, OPT_REMOTE_TRIES },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
@@ -216,6 +230,14 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 			o->max_per_peer = (unsigned)number("--max-per-peer", optarg, 0, 1024, false);
 			break;
 		case OPT_METRICS: o->metrics_addr = optarg; break;
+		case OPT_CACHE_DIR: o->cache_dir = optarg; break;
+		case OPT_CACHE_SIZE: o->cache_size = number("--cache-size", optarg, 1 << 20, UINT64_MAX >> 1, true); break;
+		case OPT_HEADER: add_path(&o->headers, &o->nheaders, optarg); break;
+		case OPT_S3_ENDPOINT: o->s3_endpoint = optarg; break;
+		case OPT_REMOTE_TIMEOUT:
+			o->remote_timeout_ms = (unsigned)number("--remote-timeout", optarg, 1, INT_MAX, false);
+			break;
+		case OPT_REMOTE_TRIES: o->remote_tries = (unsigned)number("--remote-tries", optarg, 1, 100, false); break;
 		case OPT_HANDSHAKE_TIMEOUT:
 			o->handshake_ms = (int)number("--handshake-timeout", optarg, 1, INT_MAX, false);
 			break;

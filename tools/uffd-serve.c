@@ -81,6 +81,13 @@ static struct uffd_source *file_layer(const char *what, const char *path, bool d
 	return src;
 }
 
+/* A URL is read remotely (serve-remote.c), anything else is a file. */
+static struct uffd_source *layer(const struct serve_opts *o, const char *what, const char *path, bool diff,
+				 uint64_t *size)
+{
+	return serve_is_url(path) ? serve_remote_layer(o, what, path, diff, size) : file_layer(what, path, diff, size);
+}
+
 /*
  * Where the guest's bytes come from, checked before any VM connects: the
  * memory file, or it and its Diff layers (each readable, each of its
@@ -92,10 +99,10 @@ static struct uffd_source *open_source(const struct serve_opts *o, uint64_t *siz
 	size_t n = 0;
 	uint64_t sz;
 
-	if (!(l[n++] = file_layer("snapshot", o->memory, false, size)))
+	if (!(l[n++] = layer(o, "snapshot", o->memory, false, size)))
 		return NULL;
 	for (size_t i = 0; i < o->nlayers; i++, n++) {
-		if (!(l[n] = file_layer("layer", o->layers[i], true, &sz)))
+		if (!(l[n] = layer(o, "layer", o->layers[i], true, &sz)))
 			goto out;
 		if (sz != *size) {
 			serve_fail(EXIT_SETUP, "the layer %s is %llu bytes, the snapshot %s %llu; a Diff snapshot's memory file has the size of the one it applies to",
@@ -433,6 +440,7 @@ out:
 	uffd_source_unref(src);
 	free(o.replay);
 	free(o.layers);
+	free(o.headers);
 	config_free();
 	return rc;
 }
