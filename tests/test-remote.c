@@ -705,6 +705,43 @@ END_TEST
 START_TEST(nbd_slow) { slow_case(true); }
 END_TEST
 
+/* A server slower than the timeout: each try times out, is counted, the read fails; bounded. */
+START_TEST(nbd_timeout)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL, .queue_depth = 2 };
+	struct uffd_source_nbd_opts no = { .size = sizeof(no), .tries = 2, .timeout_ms = 100, .backoff_min_ms = 10,
+					   .backoff_max_ms = 20 };
+	size_t ps = harness_page_size(), npages = 64;
+	struct uffd_source_remote_stats r;
+	struct uffd_source *src;
+	struct server sv;
+	struct env e;
+	double t0;
+	int err;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NBDKIT);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	nbdkit_start(&sv, "--filter=delay", "delay-read=2000ms");
+	ASSERT_OK(uffd_source_nbd(&src, sv.url, &no));
+	t0 = harness_now();
+	env_serve(&e, src, &o);
+	err = uffd_restore_wait(e.rs, 20000);
+	ck_assert_msg(err == -EIO, "restore_wait = %d (%s), want -EIO", err, uffd_last_error());
+	r = rstats(src);
+	ck_assert_uint_ge(r.timeouts, 2);
+	ck_assert_uint_ge(r.errors, 1);
+	ck_assert_msg(harness_now() - t0 < 1.5, "two tries of 100 ms took %.2f s", harness_now() - t0);
+	fprintf(stderr, "nbd, 2 s a read, 100 ms timeout: %llu timeouts, %llu requests, failed in %.0f ms\n",
+		(unsigned long long)r.timeouts, (unsigned long long)r.requests, (harness_now() - t0) * 1e3);
+	uffd_source_unref(src);
+	env_free(&e);
+	server_free(&sv);
+}
+END_TEST
+
 /* ---- latency: nginx behind the delaying relay ---- */
 
 /* The relay in front of port, rtt_us per round trip; its pid in *pid, its port returned. */
@@ -828,6 +865,70 @@ START_TEST(cache_second)
 	/* Another object at the same URL (a new size) does not read the old cache. */
 	env_free(&e);
 	uffd_source_unref(src);
+	server_free(&sv);
+}
+END_TEST
+
+/* Two restores of one snapshot at once on one cache: each chunk fetched once in all. */
+struct half {
+	struct env e;
+	struct uffd_source *src;
+};
+
+static void *run_half(void *arg)
+{
+	struct half *h = arg;
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH };
+
+	env_serve(&h->e, h->src, &o);
+	ASSERT_OK(uffd_restore_wait(h->e.rs, 30000));
+	return NULL;
+}
+
+START_TEST(cache_shared)
+{
+	size_t ps = harness_page_size(), npages = 4096, chunks = npages * ps / (1 << 20);
+	struct uffd_source_cache_opts co = { .size = sizeof(co), .chunk_size = 1 << 20 };
+	struct uffd_source_remote_stats r[2];
+	struct uffd_source *http;
+	struct half h[2];
+	void *t[2];
+	struct server sv;
+	char dir[160];
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	server_dir(&sv, npages * ps, ps);
+	/* 16 MiB/s a connection: the two restores overlap for the whole fill. */
+	nginx_start(&sv, "limit_rate 16m;");
+	snprintf(dir, sizeof(dir), "%s/cache", sv.dir);
+	co.dir = dir;
+	for (int i = 0; i < 2; i++) {
+		if (!env_anon(&h[i].e, npages * ps, ps, 0))
+			SKIP_NO_UFFD();
+		http = http_source(sv.url, 3, 0);
+		ASSERT_OK(uffd_source_cache(&h[i].src, http, &co));	/* each its own files' descriptions, as two processes */
+		uffd_source_unref(http);
+	}
+	for (int i = 0; i < 2; i++)
+		t[i] = harness_thread_start(run_half, &h[i]);
+	for (int i = 0; i < 2; i++)
+		harness_thread_join(t[i]);
+	for (int i = 0; i < 2; i++) {
+		for (size_t p = 0; p < npages; p++)
+			check_page(h[i].e.mem, ps, p, false);
+		r[i] = rstats(h[i].src);
+	}
+	ck_assert_uint_eq(r[0].cache_fills + r[1].cache_fills, chunks);
+	ck_assert_uint_eq(r[0].bytes + r[1].bytes, chunks << 20);
+	ck_assert_uint_gt(r[0].cache_hits + r[1].cache_hits, 0);	/* the chunks the other one fetched */
+	fprintf(stderr, "two restores on one cache: %llu + %llu chunks fetched (%zu in all), %llu + %llu hits\n",
+		(unsigned long long)r[0].cache_fills, (unsigned long long)r[1].cache_fills, chunks,
+		(unsigned long long)r[0].cache_hits, (unsigned long long)r[1].cache_hits);
+	for (int i = 0; i < 2; i++) {
+		uffd_source_unref(h[i].src);
+		env_free(&h[i].e);
+	}
 	server_free(&sv);
 }
 END_TEST
@@ -1113,10 +1214,14 @@ static Suite *suite(void)
 	tcase_add_test(tc, http_slow);
 	tc = CASE(nbd_slow, 60);
 	tcase_add_test(tc, nbd_slow);
+	tc = CASE(nbd_timeout, 30);
+	tcase_add_test(tc, nbd_timeout);
 	tc = CASE(http_rtt, 60);
 	tcase_add_test(tc, http_rtt);
 	tc = CASE(cache_second, 60);
 	tcase_add_test(tc, cache_second);
+	tc = CASE(cache_shared, 60);
+	tcase_add_test(tc, cache_shared);
 	tc = CASE(layered_http, 60);
 	tcase_add_test(tc, layered_http);
 	tc = CASE(compressed_http, 10);
