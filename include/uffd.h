@@ -1556,7 +1556,7 @@ int uffd_source_remote_stats(struct uffd_source *src, struct uffd_source_remote_
 /** Options of uffd_source_http(), versioned by size; 0 is the default everywhere. */
 struct uffd_source_http_opts {
 	size_t      size;           /**< sizeof(struct uffd_source_http_opts) */
-	size_t      chunk_size;     /**< adjacent reads are coalesced into one range GET up to this; 0: 4 MiB */
+	size_t      chunk_size;     /**< queued reads within one chunk are coalesced into one range GET; 0: 4 MiB */
 	unsigned    connections;    /**< transfers at once (HTTP/2 multiplexes them where offered); 0: 8 */
 	unsigned    timeout_ms;     /**< per try of a request; 0: 60000 */
 	unsigned    connect_timeout_ms; /**< per connection; 0: 10000 */
@@ -1574,8 +1574,10 @@ struct uffd_source_http_opts {
  * "s3://bucket/key") with range GETs. Its size is found here (a GET of
  * byte 0, which must answer 206 with a Content-Range). Reads run on the
  * restore thread through libcurl's multi interface: several connections,
- * kept alive, HTTP/2 where offered; adjacent reads are coalesced up to the
- * chunk size and each read completes as soon as its bytes are in (partial
+ * kept alive, HTTP/2 where offered; the queued reads within a chunk are
+ * coalesced into one GET (the gaps between them fetched and dropped; a
+ * demand read's GET spans at most 256 KiB), and each read completes as
+ * soon as its bytes are in (partial
  * callbacks as they arrive). s3:// URLs are signed with AWS SigV4 from
  * $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY and $AWS_SESSION_TOKEN. A
  * response that is not 206 for the range asked (a server ignoring Range)

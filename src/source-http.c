@@ -9,8 +9,9 @@
  * A read waits in one of two queues (linked through req->priv[0]): reads
  * shorter than a block (the engine's demand faults) go first and have two
  * transfers of their own beyond the prefetch's, so a fault never waits
- * behind queued prefetch. A transfer is one range GET of contiguous reads,
- * coalesced up to the chunk size; bytes go straight into the reads'
+ * behind queued prefetch. A transfer is one range GET of the queued reads
+ * within a window (the chunk holding a prefetch read, 256 KiB for a demand
+ * read), the gaps between them fetched and dropped; bytes go straight into the reads'
  * buffers as they arrive, partial() after each page and done() as soon as
  * a read is whole. A try that fails (a broken or refused connection, a
  * timeout, 5xx, 429, a short body) is repeated from the first byte not
@@ -35,6 +36,7 @@ UFFD_OWN(source_new);
 #define DEMAND_XFERS 2		/* transfers only demand reads may use */
 #define MAX_SOCKS 64
 #define PAGE 4096u
+#define WINDOW_DEMAND (256u << 10)	/* a demand read's GET covers at most this */
 
 struct hsrc;
 
@@ -43,6 +45,7 @@ struct xfer {
 	CURL *e;
 	struct uffd_source_req *head, *tail;	/* reads, contiguous; head's priv[1] bytes are in */
 	uint64_t want_start;		/* first byte asked in this try */
+	uint64_t pos;			/* the next byte the response brings */
 	unsigned tries;			/* tries made */
 	int64_t retry_ns;		/* waiting to try again at this time; -1: not waiting */
 	bool used, active, demand;
@@ -185,15 +188,25 @@ static size_t on_data(char *p, size_t size, size_t n, void *userp)
 		return 0;	/* aborts the transfer: nothing of it reaches a buffer */
 	while (left) {
 		struct uffd_source_req *r = x->head;
+		uint64_t at;
 		size_t in, k;
 
 		if (!r)
 			return 0;	/* more than asked */
 		in = r->priv[1];
+		at = r->off + in;
+		if (x->pos < at) {	/* a gap between two coalesced reads: nobody's bytes */
+			k = at - x->pos < left ? (size_t)(at - x->pos) : left;
+			p += k;
+			left -= k;
+			x->pos += k;
+			continue;
+		}
 		k = r->len - in < left ? r->len - in : left;
 		memcpy((char *)r->buf + in, p, k);
 		p += k;
 		left -= k;
+		x->pos += k;
 		r->priv[1] = in + k;
 		if (r->priv[1] == r->len) {
 			pop(&x->head, &x->tail);
@@ -220,7 +233,7 @@ static int start(struct hsrc *h, struct xfer *x)
 	uint64_t first = x->head->off + x->head->priv[1], last = end_of(x->tail) - 1;
 
 	snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, first, last);
-	x->want_start = first;
+	x->want_start = x->pos = first;
 	x->checked = x->bad = false;
 	x->status = 0;
 	x->range_start = -1;
@@ -237,24 +250,65 @@ static int start(struct hsrc *h, struct xfer *x)
 	return 0;
 }
 
-/* Takes reads of queue q into free transfer x: the head, then those that follow it, up to the chunk. */
+/* Moves r from queue q into x's list, which stays sorted by offset. */
+static void take(struct xfer *x, struct uffd_source_req **q, struct uffd_source_req **qt,
+		 struct uffd_source_req *prev, struct uffd_source_req *r)
+{
+	struct uffd_source_req **at = &x->head;
+
+	if (prev)
+		prev->priv[0] = r->priv[0];
+	else
+		*q = next_of(r);
+	if (*qt == r)
+		*qt = prev;
+	while (*at && (*at)->off < r->off)
+		at = (struct uffd_source_req **)&(*at)->priv[0];
+	r->priv[0] = (uintptr_t)*at;
+	r->priv[1] = 0;
+	*at = r;
+	if (!r->priv[0])
+		x->tail = r;
+}
+
+/* The queued reads of q lying within [lo, hi), into x. */
+static void take_window(struct xfer *x, struct uffd_source_req **q, struct uffd_source_req **qt, uint64_t lo,
+			uint64_t hi)
+{
+	struct uffd_source_req *prev = NULL, *r = *q;
+
+	while (r) {
+		struct uffd_source_req *n = next_of(r);
+
+		if (r->off >= lo && end_of(r) <= hi)
+			take(x, q, qt, prev, r);
+		else
+			prev = r;
+		r = n;
+	}
+}
+
+/*
+ * Takes the head of queue q into free transfer x, with every queued read
+ * (of either queue) in its window: the chunk-aligned chunk holding it for a
+ * prefetch read, WINDOW_DEMAND bytes for a demand read (a fault must not
+ * wait for much more than its page). One range GET covers them; the gaps
+ * between them are fetched and dropped (cheaper than a round trip each).
+ */
 static void fill(struct hsrc *h, struct xfer *x, struct uffd_source_req **q, struct uffd_source_req **qt, bool demand)
 {
-	struct uffd_source_req *r = pop(q, qt);
-	uint64_t len = r->len;
+	struct uffd_source_req *r = *q;
+	uint64_t w = demand ? WINDOW_DEMAND : h->chunk, lo = r->off / w * w, hi = lo + w;
 
+	if (end_of(r) > hi)
+		hi = end_of(r);
 	x->used = true;
 	x->demand = demand;
 	x->tries = 0;
 	x->head = x->tail = NULL;
-	r->priv[1] = 0;
-	push(&x->head, &x->tail, r);
-	while (*q && (*q)->off == end_of(x->tail) && len + (*q)->len <= h->chunk) {
-		r = pop(q, qt);
-		r->priv[1] = 0;
-		len += r->len;
-		push(&x->head, &x->tail, r);
-	}
+	take(x, q, qt, NULL, r);
+	take_window(x, &h->dq, &h->dq_tail, lo, hi);
+	take_window(x, &h->pq, &h->pq_tail, lo, hi);
 	if (start(h, x)) {
 		x->used = false;
 		fail_list(h, x->head, -ENOMEM, true);

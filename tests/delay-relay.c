@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -203,6 +204,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: delay-relay TARGET_PORT RTT_US\n");
 		return 2;
 	}
+	signal(SIGPIPE, SIG_IGN);	/* a peer gone mid-write is an error of that write, not the relay's end */
 	port = atoi(argv[1]);
 	delay_ns = strtoull(argv[2], NULL, 10) * 1000u / 2;	/* half each way */
 	ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -421,7 +421,7 @@ static void every_byte_case(bool nbd, bool hugepages)
 		ck_assert_uint_eq(s.pages_hole, (npages + 1) / 5);
 		ck_assert_uint_eq(r.bytes, (npages - s.pages_hole) * ps);
 	} else {	/* coalesced: fewer range GETs than the engine's reads */
-		ck_assert_uint_eq(r.bytes, npages * ps);
+		ck_assert_uint_ge(r.bytes, npages * ps);	/* and the gaps of coalesced reads */
 		ck_assert_uint_eq(ranges_logged(&sv), r.requests + 1);	/* and the size probe */
 	}
 	fprintf(stderr, "%s, %zu pages of %zu: %llu requests, %llu bytes, %llu hole pages, %.1f ms\n", nbd ? "nbd" : "http",
