@@ -205,9 +205,11 @@ static int n_read(void *impl, struct uffd_source_req *req)
 static int n_poll(void *impl, struct pollfd *fds, unsigned max, int64_t *timeout_ns)
 {
 	struct nsrc *n = impl;
-	int64_t now = (int64_t)uffd__env_now(), due = n->h ? -1 : n->connect_at;
+	int64_t now = (int64_t)uffd__env_now(), due = -1;
 	bool ready = n->h && nbd_aio_is_ready(n->h) + nbd_aio_is_processing(n->h) > 0;
 
+	if (!n->h && waiting(n))	/* no connection (dropped, or detached from a restore before): make one */
+		due = n->connect_at >= 0 ? n->connect_at : now;
 	for (unsigned i = 0; i < n->nslots; i++) {
 		const struct slot *s = &n->s[i];
 		int64_t t = s->state == S_ACTIVE ? s->at_ns + (int64_t)n->rt.timeout_ms * 1000000

@@ -441,6 +441,39 @@ END_TEST
 START_TEST(nbd_2m) { every_byte_case(true, true); }
 END_TEST
 
+/* One source, two restores one after the other (the NBD connection is closed at the first's end). */
+static void reuse_case(bool nbd)
+{
+	size_t ps = harness_page_size(), npages = 512;
+	struct uffd_source *src;
+	struct server sv;
+	struct env e;
+
+	SKIP_VALGRIND();
+	SKIP_NO(nbd ? NBDKIT : NGINX);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	if (nbd)
+		nbdkit_start(&sv, NULL, NULL);
+	else
+		nginx_start(&sv, NULL);
+	src = nbd ? nbd_source(sv.url, 3) : http_source(sv.url, 3, 0);
+	every_byte(&e, src);
+	env_free(&e);
+	ck_assert(env_anon(&e, npages * ps, ps, 0));
+	every_byte(&e, src);
+	ck_assert_uint_eq(rstats(src).errors, 0);
+	uffd_source_unref(src);
+	env_free(&e);
+	server_free(&sv);
+}
+
+START_TEST(http_reuse) { reuse_case(false); }
+END_TEST
+START_TEST(nbd_reuse) { reuse_case(true); }
+END_TEST
+
 /* ---- server down at start, a server ignoring Range ---- */
 
 START_TEST(server_down)
@@ -1200,6 +1233,10 @@ static Suite *suite(void)
 	tcase_add_test(tc, nbd_4k);
 	tc = CASE(nbd_2m, 60);
 	tcase_add_test(tc, nbd_2m);
+	tc = CASE(http_reuse, 30);
+	tcase_add_test(tc, http_reuse);
+	tc = CASE(nbd_reuse, 30);
+	tcase_add_test(tc, nbd_reuse);
 	tc = CASE(server_down, 30);
 	tcase_add_test(tc, server_down);
 	tc = CASE(http_killed, 60);
