@@ -532,6 +532,8 @@ static CURLcode setup(struct hsrc *h, CURL *e)
 	SET(CURLOPT_TCP_NODELAY, 1L);
 	SET(CURLOPT_CONNECTTIMEOUT_MS, h->connect_ms);
 	SET(CURLOPT_TIMEOUT_MS, (long)h->rt.timeout_ms);
+	/* curl reads at most this per socket event: each event is a turn of the restore thread's loop */
+	SET(CURLOPT_BUFFERSIZE, 512L << 10);
 	SET(CURLOPT_ACCEPT_ENCODING, NULL);	/* bytes as stored: a range of an encoded body is not the range asked */
 	if (h->hdrs)
 		SET(CURLOPT_HTTPHEADER, h->hdrs);
