@@ -9,10 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PACKAGES=(gcc g++ libc6-dev pkg-config meson ninja-build liburing-dev libjson-c-dev libsystemd-dev libzstd-dev check python3)
-# What the test suites run against, beyond the build: promtool checks
+PACKAGES=(gcc g++ libc6-dev pkg-config meson ninja-build liburing-dev libjson-c-dev libsystemd-dev libzstd-dev libcurl4-openssl-dev libnbd-dev check python3)
+# What the test suites run against, beyond the build: real servers (the
+# remote suite: nginx, nbdkit with its filters) and promtool, which checks
 # uffd-serve's metrics (prometheus).
-TEST_PACKAGES=(prometheus)
+TEST_PACKAGES=(nginx nbdkit prometheus)
 BUILD=build
 
 usage() {

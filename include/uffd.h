@@ -1591,6 +1591,140 @@ int uffd_source_snap(struct uffd_source **out, struct uffd_snap *s);
  */
 int uffd_snap_merge(const char *path, struct uffd_snap *s, const struct uffd_snap_pack_opts *o);
 
+/* ------------------------------------------------------------------ */
+/* 13. Remote sources: HTTP(S), S3, NBD, a local chunk cache (since 0.4) */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Page sources (section 10) that read a snapshot from another machine, run
+ * on the restore thread's loop like any source (no thread per request):
+ * an HTTP(S) or S3 object read with range GETs on libcurl's multi interface,
+ * an NBD export read with libnbd's asynchronous calls. Both find the size
+ * at creation, before any VM connects; a server that cannot be reached is
+ * an error then. Each request has a timeout and is tried again after a
+ * jittered backoff, a bounded number of times; then its read completes
+ * with -EIO and the restore applies its failure policy (the page is never
+ * mapped with wrong bytes). uffd_source_cache() keeps what a remote source
+ * fetched in a local sparse file that several restores of the same
+ * snapshot on one host share. libuffd-remote(7) explains the setup.
+ */
+
+/** Counters of a remote or caching source: uffd_source_remote_stats(). */
+struct uffd_source_remote_stats {
+	size_t   size;         /**< sizeof(struct uffd_source_remote_stats) */
+	uint64_t requests;     /**< requests sent to the server (tries included) */
+	uint64_t bytes;        /**< bytes received from the server */
+	uint64_t retries;      /**< requests sent again after a failure */
+	uint64_t timeouts;     /**< tries that ran out of time */
+	uint64_t errors;       /**< reads completed with an error after their last try */
+	uint64_t cache_hits;   /**< reads served from the local cache (uffd_source_cache()) */
+	uint64_t cache_bytes;  /**< bytes of those */
+	uint64_t cache_fills;  /**< chunks this source fetched into the cache */
+};
+
+/**
+ * Read the counters of @p src: a source of uffd_source_http(),
+ * uffd_source_nbd() or uffd_source_cache() (the cache's own and its inner
+ * source's). Any thread; the figures are read without stopping the source.
+ * @return 0; -EINVAL (NULL, size this library cannot fill); -ENOTSUP (not a
+ *         remote or caching source).
+ */
+int uffd_source_remote_stats(struct uffd_source *src, struct uffd_source_remote_stats *st);
+
+/** Options of uffd_source_http(), versioned by size; 0 is the default everywhere. */
+struct uffd_source_http_opts {
+	size_t      size;           /**< sizeof(struct uffd_source_http_opts) */
+	size_t      chunk_size;     /**< queued reads within one chunk are coalesced into one range GET; 0: 4 MiB */
+	unsigned    connections;    /**< transfers at once (HTTP/2 multiplexes them where offered); 0: 8 */
+	unsigned    timeout_ms;     /**< per try of a request; 0: 60000 */
+	unsigned    connect_timeout_ms; /**< per connection; 0: 10000 */
+	unsigned    tries;          /**< tries per request; 0: 3 */
+	unsigned    backoff_min_ms; /**< first backoff; 0: 50 */
+	unsigned    backoff_max_ms; /**< bound of a backoff; 0: 500 */
+	const char *const *headers; /**< NULL-terminated "Name: value" lines sent with every request (bearer tokens) */
+	const char *endpoint;       /**< s3:// only: "http(s)://host[:port]" of an S3-compatible store (path-style) */
+	const char *region;         /**< s3:// only; NULL: $AWS_REGION, else us-east-1 */
+	const char *name;           /**< for messages; NULL: the URL */
+};
+
+/**
+ * A source reading the object at @p url ("http://", "https://" or
+ * "s3://bucket/key") with range GETs. Its size is found here (a GET of
+ * byte 0, which must answer 206 with a Content-Range). Reads run on the
+ * restore thread through libcurl's multi interface: several connections,
+ * kept alive, HTTP/2 where offered; the queued reads within a chunk are
+ * coalesced into one GET (the gaps between them fetched and dropped; a
+ * demand read's GET spans at most 256 KiB), and each read completes as
+ * soon as its bytes are in (partial
+ * callbacks as they arrive). s3:// URLs are signed with AWS SigV4 from
+ * $AWS_ACCESS_KEY_ID, $AWS_SECRET_ACCESS_KEY and $AWS_SESSION_TOKEN. A
+ * response that is not 206 for the range asked (a server ignoring Range)
+ * fails the read; server errors (5xx, 429), timeouts and broken
+ * connections are tried again.
+ * @return 0; -EINVAL (NULL, bad options, unknown scheme, bad URL, no
+ *         credentials for s3://); -ECONNREFUSED, -EHOSTUNREACH, -ETIMEDOUT
+ *         (server not reachable); -EPROTO (no range support: the sentence
+ *         says what the server answered); -ENOENT (404), -EACCES (401, 403);
+ *         -ENOMEM.
+ */
+int uffd_source_http(struct uffd_source **out, const char *url, const struct uffd_source_http_opts *o);
+
+/** Options of uffd_source_nbd(), versioned by size; 0 is the default everywhere. */
+struct uffd_source_nbd_opts {
+	size_t      size;           /**< sizeof(struct uffd_source_nbd_opts) */
+	unsigned    max_reads;      /**< reads in flight; 0: 64 */
+	unsigned    timeout_ms;     /**< per try of a read; 0: 60000 */
+	unsigned    tries;          /**< tries per read; 0: 3 */
+	unsigned    backoff_min_ms; /**< first backoff; 0: 50 */
+	unsigned    backoff_max_ms; /**< bound of a backoff; 0: 500 */
+	unsigned    flags;          /**< UFFD_SOURCE_NBD_* */
+	const char *name;           /**< for messages; NULL: the URI */
+};
+/** Do not ask for block status: every byte is read. */
+#define UFFD_SOURCE_NBD_NO_BLOCK_STATUS (1u << 0)
+/**
+ * The export is a Diff layer (a Firecracker Diff snapshot's memory file):
+ * its holes (LIBNBD_STATE_HOLE) are "not in this layer"
+ * (UFFD_EXTENT_ABSENT), for uffd_source_layered().
+ */
+#define UFFD_SOURCE_NBD_DIFF (1u << 1)
+
+/**
+ * A source reading the NBD export at @p uri (nbd://, nbds://, nbd+unix://,
+ * as nbd_connect_uri(3) takes) with libnbd's asynchronous reads, driven by
+ * the restore thread's loop. The connection is made, the size read and the
+ * export's allocation ("base:allocation" block status) fetched here: ranges
+ * the server reports as zero are UFFD_EXTENT_ZERO (zero pages, no read). A
+ * read that fails, or a connection that breaks or stalls past the timeout
+ * (the connection is then made again), is tried again after a backoff.
+ * @return 0; -EINVAL (NULL, bad options, bad URI); -ECONNREFUSED, -ENOENT
+ *         (no socket) and other errors of the connection; -ENOMEM.
+ */
+int uffd_source_nbd(struct uffd_source **out, const char *uri, const struct uffd_source_nbd_opts *o);
+
+/** Options of uffd_source_cache(), versioned by size. */
+struct uffd_source_cache_opts {
+	size_t      size;       /**< sizeof(struct uffd_source_cache_opts) */
+	const char *dir;        /**< cache directory (created if missing); required */
+	uint64_t    max_bytes;  /**< bound of the cache file's allocated bytes; 0: 4 GiB */
+	size_t      chunk_size; /**< unit of caching, a power of two >= 4096; 0: the inner block size, at least 1 MiB */
+	const char *key;        /**< what identifies the snapshot; NULL: the inner source's name, length and version (an HTTP ETag) */
+};
+
+/**
+ * A source serving @p inner's bytes through a cache on this host: a sparse
+ * file in @p o->dir named after the key, and a state file of one byte per
+ * chunk whose locks (open file description locks) say which restore is
+ * fetching a chunk, so that restores of the same snapshot by several
+ * processes fetch each chunk once and a later restore reads the chunks
+ * from the local file. A chunk is written, then marked present; a process
+ * that dies while fetching leaves it absent. Past max_bytes, chunks are
+ * served without being kept. Takes a reference to @p inner.
+ * @return 0; -EINVAL (NULL, no dir, bad chunk size); -errno of the cache
+ *         files; -ENOMEM.
+ */
+int uffd_source_cache(struct uffd_source **out, struct uffd_source *inner, const struct uffd_source_cache_opts *o);
+
 #ifdef __cplusplus
 }
 #endif

@@ -125,6 +125,10 @@ UFFD_OWN(snap_close);
 UFFD_OWN(snap_pack);
 UFFD_OWN(snap_merge);
 UFFD_OWN(source_snap);
+UFFD_OWN(source_remote_stats);
+UFFD_OWN(source_http);
+UFFD_OWN(source_nbd);
+UFFD_OWN(source_cache);
 
 /* ---- rangemap.c: address -> object lookup, lock-free for readers ---- */
 

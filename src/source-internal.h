@@ -15,6 +15,8 @@
 
 #include "internal.h"
 
+struct remote_hooks;
+
 struct uffd_source {
 	atomic_uint refs;
 	struct uffd_source_ops ops;	/* the caller's, zero-extended */
@@ -28,6 +30,7 @@ struct uffd_source {
 	unsigned slot;			/* index in env->v */
 	atomic_bool notified;
 	bool touched;			/* read since its descriptors were armed: they may be new */
+	const struct remote_hooks *remote;	/* remote and caching sources (source-remote.h), else NULL */
 };
 
 /*

@@ -68,6 +68,13 @@ static void usage(FILE *f)
 		"                        states and restarts the worker serving it when it dies;\n"
 		"                        SIGUSR2 or SIGHUP to it re-executes this program (upgrade);\n"
 		"                        the default with --multi (--no-supervise: not)\n"
+		"      --cache-dir DIR   keep the chunks of a remote snapshot (http://, https://,\n"
+		"                        s3://, nbd://, nbd+unix://) in DIR, shared by serves\n"
+		"      --cache-size BYTES  bound of that cache (suffix K, M, G; default 4G)\n"
+		"      --header LINE     \"Name: value\" sent with every HTTP request (repeatable)\n"
+		"      --s3-endpoint URL  an S3-compatible store for s3:// snapshots\n"
+		"      --remote-timeout MS  per try of a remote read (default 60000)\n"
+		"      --remote-tries N  tries of a remote read before it fails (default 3)\n"
 		"      --config FILE     options from FILE first, one a line: \"name\" or\n"
 		"                        \"name = value\" (long names; '#' comments)\n"
 		"  -h, --help            print this help\n"
@@ -149,7 +156,8 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 {
 	enum { OPT_RECORD_MS = 256, OPT_FAULT_AROUND, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
 	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
-	       OPT_METRICS, OPT_VERIFY, OPT_SUPERVISE, OPT_NO_SUPERVISE };
+	       OPT_METRICS, OPT_VERIFY, OPT_SUPERVISE, OPT_NO_SUPERVISE, OPT_CACHE_DIR, OPT_CACHE_SIZE,
+	       OPT_HEADER, OPT_S3_ENDPOINT, OPT_REMOTE_TIMEOUT, OPT_REMOTE_TRIES };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "memory", required_argument, NULL, 'm' },
@@ -177,6 +185,12 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "metrics", required_argument, NULL, OPT_METRICS },
 		{ "supervise", no_argument, NULL, OPT_SUPERVISE },
 		{ "no-supervise", no_argument, NULL, OPT_NO_SUPERVISE },
+		{ "cache-dir", required_argument, NULL, OPT_CACHE_DIR },
+		{ "cache-size", required_argument, NULL, OPT_CACHE_SIZE },
+		{ "header", required_argument, NULL, OPT_HEADER },
+		{ "s3-endpoint", required_argument, NULL, OPT_S3_ENDPOINT },
+		{ "remote-timeout", required_argument, NULL, OPT_REMOTE_TIMEOUT },
+		{ "remote-tries", required_argument, NULL, OPT_REMOTE_TRIES },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
@@ -239,6 +253,14 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		case OPT_METRICS: o->metrics_addr = optarg; break;
 		case OPT_SUPERVISE: supervise = 1; break;
 		case OPT_NO_SUPERVISE: supervise = 0; break;
+		case OPT_CACHE_DIR: o->cache_dir = optarg; break;
+		case OPT_CACHE_SIZE: o->cache_size = number("--cache-size", optarg, 1 << 20, UINT64_MAX >> 1, true); break;
+		case OPT_HEADER: add_path(&o->headers, &o->nheaders, optarg); break;
+		case OPT_S3_ENDPOINT: o->s3_endpoint = optarg; break;
+		case OPT_REMOTE_TIMEOUT:
+			o->remote_timeout_ms = (unsigned)number("--remote-timeout", optarg, 1, INT_MAX, false);
+			break;
+		case OPT_REMOTE_TRIES: o->remote_tries = (unsigned)number("--remote-tries", optarg, 1, 100, false); break;
 		case OPT_HANDSHAKE_TIMEOUT:
 			o->handshake_ms = (int)number("--handshake-timeout", optarg, 1, INT_MAX, false);
 			break;

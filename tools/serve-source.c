@@ -11,7 +11,9 @@
  *                  its parent (--layer); consecutive compressed files are
  *                  one chain (uffd_snap_open()), a diff right after its
  *                  parent: uffd_source_snap()
- * Each kind has one opener below; open_source() dispatches on the kind and
+ *   remote         a URL (http://, https://, s3://, nbd://, nbd+unix://,
+ *                  nbds://): serve_remote_layer() of serve-remote.c
+ * Each kind has one opener; open_source() dispatches on the kind and
  * stacks what they give with uffd_source_layered(), newest last.
  */
 #include <errno.h>
@@ -25,7 +27,7 @@
 
 #define MAX_FILES 64	/* --memory and 63 --layer */
 
-enum kind { KIND_FILE, KIND_COMPRESSED };
+enum kind { KIND_FILE, KIND_COMPRESSED, KIND_REMOTE };
 
 /* The magic of libuffd-snapshot(5), with its NUL. */
 static const char snap_magic[8] = "UFFDSNP";
@@ -63,9 +65,13 @@ static int kind_of(const char *what, const char *path, enum kind *k)
 {
 	char head[sizeof(snap_magic)] = { 0 };
 	uint64_t size;
-	int fd = open_snapshot(what, path, &size);
+	int fd;
 
-	if (fd < 0)
+	if (serve_is_url(path)) {	/* asked when its source is made */
+		*k = KIND_REMOTE;
+		return 0;
+	}
+	if ((fd = open_snapshot(what, path, &size)) < 0)
 		return -fd;
 	*k = pread(fd, head, sizeof(head), 0) == (ssize_t)sizeof(head) && !memcmp(head, snap_magic, sizeof(head))
 		? KIND_COMPRESSED : KIND_FILE;
@@ -153,6 +159,9 @@ struct uffd_source *open_source(const struct serve_opts *o, uint64_t *size)
 		switch (k[i]) {
 		case KIND_FILE:
 			l[n] = file_layer(what, path[i], i > 0);
+			break;
+		case KIND_REMOTE:
+			l[n] = serve_remote_layer(o, what, path[i], i > 0, &sz);
 			break;
 		case KIND_COMPRESSED:
 			while (j < nfiles && k[j] == KIND_COMPRESSED)

@@ -73,7 +73,22 @@ struct serve_opts {
 	struct metrics *metrics;	/* its endpoint and slots, once open (main) */
 	bool activated;		/* the socket came from systemd: not ours to remove */
 	bool supervise;		/* --supervise: a supervisor process restarts the worker that dies */
+	/* remote snapshots (serve-remote.c) */
+	const char *cache_dir;	/* --cache-dir: chunk cache of remote snapshots, or NULL */
+	uint64_t cache_size;	/* its bound in bytes; 0: the library's */
+	const char **headers;	/* --header lines sent with every HTTP request */
+	size_t nheaders;
+	const char *s3_endpoint;	/* --s3-endpoint: an S3-compatible store */
+	unsigned remote_timeout_ms, remote_tries;	/* 0: the library's */
 };
+
+/* ---- serve-remote.c ---- */
+
+/* Whether --memory or --layer names a remote snapshot (http://, https://, s3://, nbd://, nbd+unix://, nbds://). */
+bool serve_is_url(const char *path);
+/* The source of a remote snapshot or Diff layer, its size found now; NULL after printing why. */
+struct uffd_source *serve_remote_layer(const struct serve_opts *o, const char *what, const char *url, bool diff,
+				       uint64_t *size);
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
 void serve_args(int argc, char **argv, struct serve_opts *o);

@@ -364,6 +364,7 @@ out:
 	uffd_source_unref(src);
 	free(o.replay);
 	free(o.layers);
+	free(o.headers);
 	config_free();
 	return rc;
 }

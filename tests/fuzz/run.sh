@@ -14,7 +14,7 @@ flags=(-g -O1 -D_GNU_SOURCE -Iinclude -Isrc -Wall -Wextra -Werror
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 status=0
 for t in api decode handoff trace fc snap; do
-	clang "${flags[@]}" -o "$out/fuzz-$t" "tests/fuzz/fuzz-$t.c" src/*.c -luring -lzstd -lpthread
+	clang "${flags[@]}" -o "$out/fuzz-$t" "tests/fuzz/fuzz-$t.c" src/*.c -luring -lzstd -lcurl -lnbd -lpthread
 	mkdir -p "$out/corpus-$t"
 	# New inputs go to the build dir; the kept corpus and regressions seed it
 	# (a target may have no regression folder: git keeps no empty folder).
