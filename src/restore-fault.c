@@ -245,9 +245,9 @@ static void each_page(struct uffd_restore *rs, void *start, size_t len,
 
 /*
  * Given back: zeros from now on (a read in flight must not install file
- * data on them). Called by the loop thread that read the REMOVE, right
- * after the read, before the fork gate and any handler (see rs__install()):
- * only atomic stores, no lock, no allocation.
+ * data on them). Called by the loop thread that read the REMOVE, in the
+ * same step of the resolve gate as the read, before the fork gate and any
+ * handler (see rs__install()): only atomic stores, no lock, no allocation.
  */
 void rs__given_back(void *ctx, uint64_t off, uint64_t len)
 {
