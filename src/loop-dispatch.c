@@ -747,8 +747,10 @@ void loop__read_early(struct loop_runner *rn, struct loop_watch *w, struct uffd_
 	bool fork_first = false;
 
 #ifdef LIBUFFD_TEST_HOOKS
-	if (uffd__test_read_early)	/* a reader held up between its read and the hooks */
-		uffd__test_read_early(m, n);
+	void (*hook)(const struct uffd_msg *, size_t) = __atomic_load_n(&uffd__test_read_early, __ATOMIC_ACQUIRE);
+
+	if (hook)	/* a reader held up between its read and the hooks */
+		hook(m, n);
 #endif
 
 	for (size_t i = 0; !fork_first && i < rn->gated.n; i++)

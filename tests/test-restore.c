@@ -1144,7 +1144,7 @@ START_TEST(given_back_reader_held)
 	hold.start = (uintptr_t)e.mem + t.first * e.ps;
 	atomic_store(&hold.held, 0);
 	atomic_store(&hold.release, false);
-	uffd__test_read_early = hold_remove;
+	__atomic_store_n(&uffd__test_read_early, hold_remove, __ATOMIC_RELEASE);
 	/* Returns once the REMOVE is read: the pages are zapped, the reader held up. */
 	ck_assert_int_eq(madvise(e.mem + t.first * e.ps, HELD_PAGES * e.ps, MADV_DONTNEED), 0);
 	th = harness_thread_start(toucher_pages, &t);
@@ -1153,7 +1153,7 @@ START_TEST(given_back_reader_held)
 	usleep(300000);		/* time to serve the faults, if anything does */
 	atomic_store(&hold.release, true);
 	harness_thread_join(th);
-	uffd__test_read_early = NULL;
+	__atomic_store_n(&uffd__test_read_early, NULL, __ATOMIC_RELEASE);
 	ck_assert_int_eq(atomic_load(&hold.held), 1);
 	for (size_t p = 0; p < HELD_PAGES; p++)
 		stale += t.seen[p][0] != 0 || t.seen[p][1] != 0;
