@@ -232,6 +232,13 @@ struct uffd {
 	/* wpstate.c: default resolutions mapping pages, by epoch parity */
 	atomic_uint wp_epoch;
 	atomic_uint wp_sections[2];
+	/*
+	 * resolve-gate.c: open install sections (low half) and reading steps
+	 * (high half); rgate_users: regions in a loop with a given_back hook
+	 * (their handle's reads go through the gate while there are some).
+	 */
+	_Atomic uint64_t rgate;
+	atomic_uint rgate_users;
 };
 
 /* ---- the region (region.c); loop.c and sigbus.c read it ---- */
@@ -270,6 +277,8 @@ struct uffd_region {
 	 * region is out of the loop.
 	 */
 	void (*given_back)(void *ctx, uint64_t off, uint64_t len);
+	/* loop.c: joined the loop with given_back set: counted in uffd->rgate_users */
+	bool reads_gated;
 	/*
 	 * Set by the loop with `loop`, before it: how the region leaves the
 	 * loop when destroyed. A hook, so that the region layer never names
@@ -524,6 +533,11 @@ struct pm_scan_arg;
 extern long (*uffd__test_pagemap_scan)(int fd, struct pm_scan_arg *arg);
 #endif
 
+#ifdef LIBUFFD_TEST_HOOKS
+/* White-box tests only: called by a loop thread right after it read n messages, before their early step. */
+extern void (*uffd__test_read_early)(const struct uffd_msg *m, size_t n);
+#endif
+
 /* ---- sigbus.c ---- */
 
 /* Drops r from in-thread resolution if it was added; for region destroy. */
@@ -570,6 +584,25 @@ void uffd__region_unpin(struct uffd_region *r);
  * last unpin frees when the handler returns.
  */
 bool uffd__region_unpin_wait(struct uffd_region *r);
+
+/* ---- resolve-gate.c: installs vs reads that may give pages back ---- */
+
+/* A region with a given_back hook joins (on) or leaves (off) a loop on u. */
+void uffd__rgate_use(struct uffd *u, bool on);
+/* Whether u's reads are steps of the gate: poll, then read and hooks. */
+bool uffd__rgate_used(const struct uffd *u);
+/*
+ * Around the look at pages' states and the ioctl that installs data
+ * there; waits while a reading step is under way. Never around a read.
+ */
+void uffd__rgate_install_begin(struct uffd *u);
+void uffd__rgate_install_end(struct uffd *u);
+/*
+ * Around a non-blocking read of u and the given_back hooks of what it
+ * brought; waits for the open install sections. Never around an install.
+ */
+void uffd__rgate_read_begin(struct uffd *u);
+void uffd__rgate_read_end(struct uffd *u);
 
 /* ---- loop.c ---- */
 

@@ -737,10 +737,21 @@ static void given_back(struct loop_runner *rn, struct loop_watch *w, const struc
  * kernel's order. REMOVEs go to given_back() in the same pass, so that
  * each sees the regions where the REMAPs before it put them.
  */
+#ifdef LIBUFFD_TEST_HOOKS
+void (*uffd__test_read_early)(const struct uffd_msg *m, size_t n);
+#endif
+
 void loop__read_early(struct loop_runner *rn, struct loop_watch *w, struct uffd_msg *m, size_t n)
 {
 	/* A fork child's page sizes are copied from the table as it was at the FORK. */
 	bool fork_first = false;
+
+#ifdef LIBUFFD_TEST_HOOKS
+	void (*hook)(const struct uffd_msg *, size_t) = __atomic_load_n(&uffd__test_read_early, __ATOMIC_ACQUIRE);
+
+	if (hook)	/* a reader held up between its read and the hooks */
+		hook(m, n);
+#endif
 
 	for (size_t i = 0; !fork_first && i < rn->gated.n; i++)
 		fork_first = q_at(&rn->gated, i)->m.event == UFFD_EVENT_FORK;

@@ -51,15 +51,24 @@ static void read_one(struct fork_reader *fr, size_t i)
 {
 	struct loop_runner *rn = fr->rn;
 	size_t room = loop__gate_room_own(rn), batch = rn->l->o.batch;
+	struct uffd *u = fr->w[i]->u;
+	bool gated = uffd__rgate_used(u);	/* read and hooks: one step (resolve-gate.c) */
 	ssize_t got;
+	int err;
 
 	if (!room)
 		return;		/* full: this fork waits for the handler (a documented limit) */
+	if (gated)
+		uffd__rgate_read_begin(u);
 	got = read(fr->pfd[i].fd, fr->buf, (room < batch ? room : batch) * sizeof(*fr->buf));
-	if (got > 0) {
+	err = got < 0 ? errno : 0;
+	if (got > 0)
 		loop__read_early(rn, fr->w[i], fr->buf, (size_t)got / sizeof(*fr->buf));
+	if (gated)
+		uffd__rgate_read_end(u);
+	if (got > 0) {
 		loop__queue_msgs(rn, fr->w[i], fr->buf, (size_t)got / sizeof(*fr->buf));
-	} else if (got < 0 && (errno == EMFILE || errno == ENFILE)) {
+	} else if (err == EMFILE || err == ENFILE) {
 		/* No descriptor for the child: free those of queued dead children, then retry. */
 		struct timespec nap = { .tv_nsec = 1000000 };
 

@@ -46,6 +46,7 @@ struct loop_slot {
 	struct loop_watch *w;
 	struct uffd_msg *buf;	/* batch messages */
 	bool busy;		/* a request is in flight */
+	bool polled;		/* it is a poll: read(2) follows (poll mode, a gated handle) */
 	bool owner_busy;	/* the poll of the watch's owner_fd is in flight */
 	bool dying;		/* let go of on its next completion */
 	bool cancelled;		/* the cancel request is submitted */

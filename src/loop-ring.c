@@ -326,6 +326,19 @@ static bool slot_cancel(struct loop_runner *rn, struct loop_slot *s)
 	return true;
 }
 
+/*
+ * An io_uring read of s armed before its handle became gated (a region
+ * with a given_back hook joined the loop): cancelled, and armed again as
+ * a poll once it completes. False until then, so that the API call that
+ * gated the handle (waiting for this runner to publish) waits for it.
+ */
+static bool slot_regate(struct loop_runner *rn, struct loop_slot *s)
+{
+	if (!s->cancelled && prep_cancel(rn, (uint64_t)(uintptr_t)s))
+		s->cancelled = true;
+	return false;
+}
+
 /* A read (or poll) for s, and a poll of its owner_fd; false when no entry was free. */
 static bool slot_arm(struct loop_runner *rn, struct loop_slot *s, long long now)
 {
@@ -338,11 +351,15 @@ static bool slot_arm(struct loop_runner *rn, struct loop_slot *s, long long now)
 		io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)s | OWNER_TAG);
 		s->owner_busy = true;
 	}
+	if (s->busy && !s->polled && uffd__rgate_used(s->w->u))
+		return slot_regate(rn, s);
 	if (s->busy || s->kept || !slot_ready(s, now))
 		return true;
 	if (!(sqe = get_sqe(rn)))
 		return false;
-	if (rn->l->poll_mode)
+	/* A gated handle is read by read(2) after a poll, in a step of its gate. */
+	s->polled = rn->l->poll_mode || uffd__rgate_used(s->w->u);
+	if (s->polled)
 		io_uring_prep_poll_add(sqe, s->w->u->fd, POLLIN);
 	else
 		io_uring_prep_read(sqe, s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg), 0);
@@ -359,28 +376,50 @@ static void owner_fired(struct loop_runner *rn, struct loop_slot *s, int res)
 		rn->owner_pending = true;
 }
 
-/* Bytes of messages a completed request brought, or -errno for a broken uffd. */
-static ssize_t slot_bytes(struct loop_runner *rn, struct loop_slot *s, int res)
+/* A userfaultfd never reads 0 bytes or a part of a message: not a uffd (any more). */
+static bool whole_msgs(ssize_t n)
 {
-	ssize_t n;
+	return n > 0 && n % sizeof(struct uffd_msg) == 0;
+}
 
+/*
+ * read(2) after a poll said s's handle is readable. On a gated handle the
+ * read and the early step of what it brought (the given_back hooks) are
+ * one step of the resolve gate, which no install overlaps; *early says
+ * the step ran. Bytes, 0 when another runner took the messages, -errno.
+ */
+static ssize_t slot_read(struct loop_runner *rn, struct loop_slot *s, bool *early)
+{
+	struct uffd *u = s->w->u;
+	bool gated = uffd__rgate_used(u);
+	ssize_t n;
+	int err;
+
+	if (gated)
+		uffd__rgate_read_begin(u);
+	n = read(u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg));
+	err = n < 0 ? errno : 0;
+	if (gated && whole_msgs(n)) {
+		loop__read_early(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
+		*early = true;
+	}
+	if (gated)
+		uffd__rgate_read_end(u);
+	if (err == EAGAIN || err == EINTR)
+		return 0;	/* another runner took them */
+	return err ? -err : whole_msgs(n) ? n : -EIO;
+}
+
+/* Bytes of messages a completed request brought, or -errno for a broken uffd. */
+static ssize_t slot_bytes(struct loop_runner *rn, struct loop_slot *s, int res, bool *early)
+{
 	if (res == -ECANCELED || res == -EAGAIN || res == -EINTR)
 		return 0;
 	if (res < 0)
 		return res;
-	if (!rn->l->poll_mode) {
-		n = res;
-	} else if (res & (POLLERR | POLLNVAL)) {
-		return -EBADF;
-	} else {
-		n = read(s->w->u->fd, s->buf, rn->l->o.batch * sizeof(struct uffd_msg));
-		if (n < 0 && (errno == EAGAIN || errno == EINTR))
-			return 0;	/* another runner took them */
-		if (n < 0)
-			return -errno;
-	}
-	/* A userfaultfd never reads 0 bytes or a part of a message: not a uffd (any more). */
-	return n == 0 || n % sizeof(struct uffd_msg) ? -EIO : n;
+	if (rn->l->plain || s->polled)
+		return res & (POLLERR | POLLNVAL) ? -EBADF : slot_read(rn, s, early);
+	return whole_msgs(res) ? res : -EIO;
 }
 
 /*
@@ -406,14 +445,16 @@ static void slot_pause(struct loop_runner *rn, struct loop_slot *s, int err)
 
 static void slot_done(struct loop_runner *rn, struct loop_slot *s, int res)
 {
-	ssize_t n = slot_bytes(rn, s, res);
+	bool early = false;
+	ssize_t n = slot_bytes(rn, s, res, &early);
 
 	s->busy = false;
 	s->cancelled = false;
 	if (n > 0) {
 		s->pause_us = 0;
 		atomic_fetch_add_explicit(&rn->c.reads, 1, memory_order_relaxed);
-		loop__read_early(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
+		if (!early)
+			loop__read_early(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg));
 		if (!loop__handle_msgs(rn, s->w, s->buf, (size_t)n / sizeof(struct uffd_msg))) {
 			s->kept = (size_t)n / sizeof(struct uffd_msg);	/* no read until handled */
 			atomic_fetch_add(&s->w->pending, (unsigned)s->kept);

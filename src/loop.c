@@ -333,11 +333,29 @@ static int regions_push(struct uffd_loop *l, struct uffd_region *r)
 	return 0;
 }
 
+/*
+ * With l->api: a region with a given_back hook in the loop, on a handle
+ * that hears of pages given back (EVENT_REMOVE), makes that handle's reads
+ * steps of the resolve gate (resolve-gate.c: no install overlaps a read
+ * and the hooks of what it brought). True when counted.
+ */
+static bool region_gate(struct uffd_region *r, bool joins)
+{
+	if (joins == r->reads_gated ||
+	    (joins && (!__atomic_load_n(&r->given_back, __ATOMIC_ACQUIRE) ||
+		       !(r->uffd->features & UFFD_FEATURE_EVENT_REMOVE))))
+		return false;
+	r->reads_gated = joins;
+	uffd__rgate_use(r->uffd, joins);
+	return true;
+}
+
 UFFD_EXPORT int uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 				     const struct uffd_handlers *h, void *ctx)
 {
 	static const struct uffd_handlers none;
 	struct uffd_loop *cur;
+	bool gate = false;
 	int err;
 
 	if (!r)
@@ -353,12 +371,17 @@ UFFD_EXPORT int uffd_loop_add_region(struct uffd_loop *l, struct uffd_region *r,
 		r->loop_handlers = h ? *h : none;
 		r->loop_ctx = ctx;
 		r->leave_loop = uffd__loop_forget_region;
+		gate = region_gate(r, true);
 		__atomic_store_n(&r->loop, l, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock(&l->api);
 	if (!err && (err = loop__watch_add(l, r->uffd, NULL, NULL, NULL, false))) {
 		uffd__loop_forget_region(r);
 		return err;
+	}
+	if (!err && gate) {	/* reads armed before: each runner replaces them with polls */
+		atomic_fetch_add(&l->gen, 1);
+		loop__wake_runners(l);
 	}
 	if (!err)
 		wait_ready(l);
@@ -377,6 +400,7 @@ void uffd__loop_forget_region(struct uffd_region *r)
 		if (l->regions[i] == r)
 			l->regions[i] = l->regions[--l->nregions];
 	__atomic_store_n(&r->loop, NULL, __ATOMIC_RELEASE);
+	region_gate(r, false);
 	pthread_mutex_unlock(&l->api);
 }
 
@@ -388,10 +412,12 @@ static void regions_drop(struct uffd_loop *l, const struct uffd *u)
 	for (size_t i = 0; i < l->nregions; i++) {
 		struct uffd_region *r = l->regions[i];
 
-		if (u && r->uffd != u)
+		if (u && r->uffd != u) {
 			l->regions[k++] = r;
-		else
+		} else {
 			__atomic_store_n(&r->loop, NULL, __ATOMIC_RELEASE);
+			region_gate(r, false);
+		}
 	}
 	l->nregions = k;
 }

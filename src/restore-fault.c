@@ -101,11 +101,11 @@ static int install_now(struct uffd_restore *rs, struct rs_region *g, const char 
  * sequential one: the window doubles, forward from it, up to around_max.
  * None while recording: a page brought in around a fault is never
  * faulted on, and the trace must name every page the guest touched.
- * None in a region whose owner gives pages back: a window installs pages
- * no thread waits for, which the owner may be giving back right then,
- * and the window left between the kernel's zap and rs__given_back() (see
- * rs__install()) would then leave the snapshot's bytes where zeros
- * belong; a page a thread faults on is rarely given back meanwhile.
+ * None in a region whose owner gives pages back: a window reads pages
+ * no thread waits for, which the owner may be giving back right then
+ * (reads for nothing; the resolve gate keeps their bytes off pages given
+ * back either way, see rs__install()); a page a thread faults on is
+ * rarely given back meanwhile.
  * seq_next and seq_win are hints shared by the loop threads: a race only
  * changes a window's size.
  */
@@ -245,9 +245,9 @@ static void each_page(struct uffd_restore *rs, void *start, size_t len,
 
 /*
  * Given back: zeros from now on (a read in flight must not install file
- * data on them). Called by the loop thread that read the REMOVE, right
- * after the read, before the fork gate and any handler (see rs__install()):
- * only atomic stores, no lock, no allocation.
+ * data on them). Called by the loop thread that read the REMOVE, in the
+ * same step of the resolve gate as the read, before the fork gate and any
+ * handler (see rs__install()): only atomic stores, no lock, no allocation.
  */
 void rs__given_back(void *ctx, uint64_t off, uint64_t len)
 {

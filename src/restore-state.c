@@ -232,27 +232,20 @@ static int resolve(struct uffd_restore *rs, struct rs_region *g, size_t first, s
  * A page given back (ZERO) must never get the file's contents again, and
  * the kernel zaps it when the REMOVE message is *read*, before anyone
  * could look at it. The loop thread that reads the message marks its
- * pages ZERO right after that read (rs__given_back(), ahead of the fork
- * gate and the handlers), and every ioctl here covers only pages seen not
- * ZERO just before it, looked at again after any partial progress. For a
- * page of a run, against a REMOVE covering it:
- *  - queued after our ioctl began: the kernel holds the REMOVE back until
- *    the ioctl is over (map_changing_lock), so our mapping is in place
- *    before the zap, which removes it;
- *  - queued before, and unread or its raising thread not yet resumed when
- *    the ioctl starts: mmap_changing fails the ioctl (-EAGAIN), and the
- *    retry looks at the page again;
- *  - read, and its raising thread resumed, before the ioctl starts: seen
- *    ZERO if the loop thread got from that read to rs__given_back()
- *    before our look. The read completes in the loop thread's io_uring
- *    task work (in its wait, or on the return of any of its system calls)
- *    and the hook runs when the thread reaches that completion: that
- *    stretch, microseconds unless the thread is preempted there, is the
- *    window left, where the owner's thread may zap and our COPY land after
- *    it. (It was a whole fork, with the handlers behind the fork gate.)
- *    Closing it takes ordering the loop's reads with these installs (the
- *    reading thread installing, its task work run only in its own wait),
- *    not a check here: a mapped page of another process cannot be undone.
+ * pages ZERO (rs__given_back()) in the same step of the handle's resolve
+ * gate as the read (resolve-gate.c), and each run here, the look at its
+ * pages' states and its ioctl, is a section of that gate: the two never
+ * overlap. Every ioctl covers only pages seen not ZERO in its section,
+ * looked at again after any partial progress. For a page of a run,
+ * against a REMOVE covering it:
+ *  - read after our section: our ioctl is over before the read, and the
+ *    zap, which follows the read, removes what it mapped;
+ *  - read before our section: its reading step, hooks included, ended
+ *    before our look, which sees the page ZERO and skips it.
+ * (And a REMOVE queued but unread during the ioctl fails it with -EAGAIN
+ * through mmap_changing; the retry looks again.) A page mapped in another
+ * process cannot be taken back: this is why the order is enforced before
+ * the ioctl, not checked after it.
  * ZERO pages get no file data: their resolution is skipped (a CONTINUE
  * region's alias gets its hole back) and their waiters are woken, to
  * fault again for a zero page.
@@ -260,22 +253,26 @@ static int resolve(struct uffd_restore *rs, struct rs_region *g, size_t first, s
 int rs__install(struct uffd_restore *rs, struct rs_region *g, size_t first, size_t n,
 		const char *src, size_t *done)
 {
+	struct uffd *u = uffd_region_uffd(g->r);
 	size_t i = *done / g->ps;
 
 	while (i < n) {
-		size_t j = i, k;
-		int err;
+		size_t j = i, k = 0;
+		int err = 0;
 
+		uffd__rgate_install_begin(u);
 		while (j < n && rs__page(g, first + j) != PG_ZERO)
 			j++;
+		if (j > i)
+			err = resolve(rs, g, first, i, j, src, &k);
+		uffd__rgate_install_end(u);
 		if (j == i) {
 			if (g->cont)
 				uffd_region_discard(g->r, (first + i) * g->ps, g->ps);
-			uffd_wake(uffd_region_uffd(g->r), (void *)rs__addr(g, first + i), g->ps);
+			uffd_wake(u, (void *)rs__addr(g, first + i), g->ps);
 			*done = ++i * g->ps;
 			continue;
 		}
-		err = resolve(rs, g, first, i, j, src, &k);
 		i += k;
 		*done = i * g->ps;
 		if (err)

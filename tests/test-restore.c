@@ -130,12 +130,15 @@ static struct uffd *open_uffd(void)
 	return u;
 }
 
+/* Loop threads of the next env_*() (one unless a case says otherwise). */
+static unsigned env_threads = 1;
+
 /* The loop runs from the start (a restore may join a running loop): munmap waits for it. */
 static void env_loop(struct env *e)
 {
 	ASSERT_OK(uffd_loop_new(&e->l, NULL));
 	ASSERT_OK(uffd_loop_add(e->l, e->u, NULL, NULL));
-	ASSERT_OK(uffd_loop_start(e->l, 1));
+	ASSERT_OK(uffd_loop_start(e->l, env_threads));
 }
 
 /* Anonymous memory, registered MISSING, served as a foreign region (fd -1). */
@@ -1051,6 +1054,118 @@ START_TEST(given_back_across_regions)
 }
 END_TEST
 
+/* ---- a reader held up between its read of a REMOVE and the hooks ---- */
+
+#ifdef LIBUFFD_TEST_HOOKS
+/* The white-box build's hook (src/internal.h). */
+extern void (*uffd__test_read_early)(const struct uffd_msg *m, size_t n);
+
+static struct {
+	uint64_t start;		/* the REMOVE to hold up */
+	atomic_int held;
+	atomic_bool release;
+} hold;
+
+/* On a loop thread: the read that brought the REMOVE waits (2 s at most) before its early step. */
+static void hold_remove(const struct uffd_msg *m, size_t n)
+{
+	struct timespec nap = { .tv_nsec = 1000000 };
+
+	for (size_t i = 0; i < n; i++) {
+		if (m[i].event != UFFD_EVENT_REMOVE || m[i].arg.remove.start != hold.start)
+			continue;
+		atomic_fetch_add(&hold.held, 1);
+		for (int t = 0; t < 2000 && !atomic_load(&hold.release); t++)
+			nanosleep(&nap, NULL);
+	}
+}
+#endif
+
+#define HELD_PAGES 8
+
+/* Reads the first and last word of each page, as a guest thread would. */
+struct held_toucher {
+	const char *mem;
+	size_t ps, first;
+	uint64_t seen[HELD_PAGES][2];
+	atomic_bool done;
+};
+
+static void *toucher_pages(void *arg)
+{
+	struct held_toucher *t = arg;
+
+	for (size_t p = 0; p < HELD_PAGES; p++) {
+		const volatile uint64_t *w = (const volatile uint64_t *)(t->mem + (t->first + p) * t->ps);
+
+		t->seen[p][0] = w[0];
+		t->seen[p][1] = w[t->ps / 8 - 1];
+	}
+	atomic_store(&t->done, true);
+	return NULL;
+}
+
+/*
+ * The kernel zaps given-back pages as soon as their REMOVE is read, and
+ * lets a COPY in right after, while the reading loop thread has yet to
+ * mark them given back. Here that thread is held up there (the white-box
+ * hook) while a guest thread touches those pages, never touched before:
+ * the other loop thread serves the faults, and must not map the file's
+ * data. They read zeros, held up or not.
+ */
+START_TEST(given_back_reader_held)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	struct held_toucher t = { .first = 16 };
+	size_t npages = 64, stale = 0;
+	struct env e;
+	void *th;
+
+	SKIP_VALGRIND();
+#ifndef LIBUFFD_TEST_HOOKS
+	SKIP_TEST("needs the test hooks of the white-box build (LIBUFFD_TEST_HOOKS)");
+#else
+	/* Two loop threads: one held up with the REMOVE, the other serving the faults. */
+	env_threads = 2;
+	if (!env_anon(&e, npages, harness_page_size(), false)) {
+		env_threads = 1;
+		SKIP_NO_UFFD();
+	}
+	env_threads = 1;
+	if (!(uffd_features(e.u) & UFFD_FEATURE_EVENT_REMOVE)) {
+		env_free(&e);
+		SKIP_TEST("UFFD_FEATURE_EVENT_REMOVE is not available");
+	}
+	env_restore(&e, &o);
+	env_start(&e);
+	check_page(e.mem, e.ps, 0, false);
+	t.mem = e.mem;
+	t.ps = e.ps;
+	hold.start = (uintptr_t)e.mem + t.first * e.ps;
+	atomic_store(&hold.held, 0);
+	atomic_store(&hold.release, false);
+	__atomic_store_n(&uffd__test_read_early, hold_remove, __ATOMIC_RELEASE);
+	/* Returns once the REMOVE is read: the pages are zapped, the reader held up. */
+	ck_assert_int_eq(madvise(e.mem + t.first * e.ps, HELD_PAGES * e.ps, MADV_DONTNEED), 0);
+	th = harness_thread_start(toucher_pages, &t);
+	for (int i = 0; i < 2000 && !atomic_load(&hold.held); i++)
+		usleep(1000);
+	usleep(300000);		/* time to serve the faults, if anything does */
+	atomic_store(&hold.release, true);
+	harness_thread_join(th);
+	__atomic_store_n(&uffd__test_read_early, NULL, __ATOMIC_RELEASE);
+	ck_assert_int_eq(atomic_load(&hold.held), 1);
+	for (size_t p = 0; p < HELD_PAGES; p++)
+		stale += t.seen[p][0] != 0 || t.seen[p][1] != 0;
+	ck_assert_msg(stale == 0, "%zu of %d given-back pages came back with the snapshot's data "
+		      "while the loop thread that read the REMOVE was held up", stale, HELD_PAGES);
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, e.ps, p, p >= t.first && p < t.first + HELD_PAGES);
+	env_free(&e);
+#endif
+}
+END_TEST
+
 /* ---- the owner exits during the fill ---- */
 
 /* The owner of len bytes of registered memory: sends its uffd and their address, then waits to be killed. */
@@ -1494,6 +1609,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, given_back_during_fork);
 	tc = CASE(given_back_across_regions, 20);
 	tcase_add_test(tc, given_back_across_regions);
+	tc = CASE(given_back_reader_held, 20);
+	tcase_add_test(tc, given_back_reader_held);
 	tc = CASE(owner_exit_during_fill, 30);
 	tcase_add_test(tc, owner_exit_during_fill);
 	tc = CASE(save_trace_does_not_stall_faults, 20);
