@@ -764,7 +764,8 @@ START_TEST(nbd_timeout)
 	err = uffd_restore_wait(e.rs, 20000);
 	ck_assert_msg(err == -EIO, "restore_wait = %d (%s), want -EIO", err, uffd_last_error());
 	r = rstats(src);
-	ck_assert_uint_ge(r.timeouts, 2);
+	/* The first try times out; the second is spent on the new connection, which may time out too or fail to be made. */
+	ck_assert_uint_ge(r.timeouts, 1);
 	ck_assert_uint_ge(r.errors, 1);
 	ck_assert_msg(harness_now() - t0 < 1.5, "two tries of 100 ms took %.2f s", harness_now() - t0);
 	fprintf(stderr, "nbd, 2 s a read, 100 ms timeout: %llu timeouts, %llu requests, failed in %.0f ms\n",
