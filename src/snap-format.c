@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include "crc32c.h"
@@ -191,6 +192,24 @@ int snap__parse_index(const struct snap_hdr *h, const uint8_t *buf, const char *
 		e[i].kind = p[16];
 		if ((err = check_entry(h, &e[i], i, p, name)))
 			return err;
+	}
+	return 0;
+}
+
+int snap__pread_all(int fd, void *buf, size_t len, uint64_t off)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t k = pread(fd, p, len, (off_t)off);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		p += k;
+		off += (uint64_t)k;
+		len -= (size_t)k;
 	}
 	return 0;
 }

@@ -53,6 +53,8 @@ struct snap_entry {
 /* Bytes of frame i (the last one may be shorter). */
 uint64_t snap__frame_len(const struct snap_hdr *h, uint64_t i);
 
+/* All of [off, off+len) of fd, retried on EINTR and short reads: 0, -errno, or -EIO at the end of the file. */
+int snap__pread_all(int fd, void *buf, size_t len, uint64_t off);
 void snap__put_header(uint8_t buf[SNAP_HEADER_SIZE], const struct snap_hdr *h);
 void snap__put_entry(uint8_t buf[SNAP_ENTRY_SIZE], const struct snap_entry *e);
 

@@ -68,24 +68,6 @@ static int write_all(int fd, const void *buf, size_t n)
 	return 0;
 }
 
-static int pread_all(int fd, void *buf, size_t len, uint64_t off)
-{
-	uint8_t *p = buf;
-
-	while (len) {
-		ssize_t k = pread(fd, p, len, (off_t)off);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? -errno : -EIO;
-		p += k;
-		off += (uint64_t)k;
-		len -= (size_t)k;
-	}
-	return 0;
-}
-
 static bool all_zero(const uint8_t *p, size_t n)
 {
 	static const uint8_t z[4096];
@@ -153,7 +135,7 @@ static int src_frame(struct writer *w, struct src *src, uint64_t off, size_t len
 		uint64_t a = src->ext[2 * k] > off ? src->ext[2 * k] : off;
 		uint64_t b = src->ext[2 * k + 1] < off + len ? src->ext[2 * k + 1] : off + len;
 
-		err = pread_all(src->fd, w->buf + (a - off), (size_t)(b - a), a);
+		err = snap__pread_all(src->fd, w->buf + (a - off), (size_t)(b - a), a);
 		if (err == -EIO)
 			err = uffd__err(-EIO, "pack: the input file ended inside bytes %" PRIu64 "..%" PRIu64 " while packing %s",
 					a, b - 1, w->path);
@@ -173,7 +155,7 @@ static uint32_t find_dup(struct writer *w, uint32_t crc, size_t len)
 
 		if (e->crc != crc || snap__frame_len(&w->h, j) != len)
 			continue;
-		if (pread_all(w->fd, w->cbuf, e->length, e->offset))
+		if (snap__pread_all(w->fd, w->cbuf, e->length, e->offset))
 			continue;
 		if (e->kind == SNAP_RAW) {
 			if (!memcmp(w->cbuf, w->buf, len))

@@ -22,24 +22,6 @@
 #define DEFAULT_CACHE (16u << 20)	/* 64 frames of the default 256 KiB */
 
 
-static int pread_all(int fd, void *buf, size_t len, uint64_t off)
-{
-	uint8_t *p = buf;
-
-	while (len) {
-		ssize_t k = pread(fd, p, len, (off_t)off);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? -errno : -EIO;
-		p += k;
-		off += (uint64_t)k;
-		len -= (size_t)k;
-	}
-	return 0;
-}
-
 /* Frames of a layer sharing stored bytes share a cache slot: canon[i] is
  * the first frame with frame i's offset. */
 static int cmp_by_offset(const void *a, const void *b, void *arg)
@@ -96,7 +78,7 @@ static int layer_load(struct snap_layer *l, const char *path)
 		return uffd__err(-EINVAL, "%s: not a regular file", path);
 	l->file_size = (uint64_t)st.st_size;
 	memset(hb, 0, sizeof(hb));
-	if (l->file_size >= SNAP_HEADER_SIZE && (err = pread_all(l->fd, hb, sizeof(hb), 0)))
+	if (l->file_size >= SNAP_HEADER_SIZE && (err = snap__pread_all(l->fd, hb, sizeof(hb), 0)))
 		return uffd__err(err, "%s: reading the header: %s", path, uffd__errname(err));
 	if ((err = snap__parse_header(hb, l->file_size, path, &l->h)))
 		return err;
@@ -109,7 +91,7 @@ static int layer_load(struct snap_layer *l, const char *path)
 		err = uffd__err(-ENOMEM, "%s: no memory for an index of %" PRIu64 " frames", path, l->h.nframes);
 		goto out;
 	}
-	if ((err = pread_all(l->fd, ib, l->h.nframes * SNAP_ENTRY_SIZE, l->h.index_offset))) {
+	if ((err = snap__pread_all(l->fd, ib, l->h.nframes * SNAP_ENTRY_SIZE, l->h.index_offset))) {
 		err = uffd__err(err, "%s: reading the index: %s", path, uffd__errname(err));
 		goto out;
 	}
@@ -307,7 +289,7 @@ static int load_frame(struct uffd_snap *s, unsigned k, uint64_t i, uint8_t *dst)
 	const struct snap_layer *l = &s->l[k];
 	const struct snap_entry *e = &l->e[i];
 	uint8_t *stored = e->kind == SNAP_RAW ? dst : s->cbuf;	/* raw bytes: read in place */
-	int err = pread_all(l->fd, stored, e->length, e->offset);
+	int err = snap__pread_all(l->fd, stored, e->length, e->offset);
 
 	if (err)
 		return uffd__err(err, "%s: frame %" PRIu64 ": reading %u bytes at %" PRIu64 ": %s",
