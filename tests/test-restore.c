@@ -1508,12 +1508,15 @@ START_TEST(region_state)
 {
 	struct uffd_restore_opts o = { .size = sizeof(o) };
 	size_t npages = 64;
-	unsigned char *map = calloc(npages, 1), *copy = malloc(npages);
+	unsigned char *map, *copy;
 	struct uffd_restore *other = NULL;
-	char *page = malloc(harness_page_size());
+	char *page;
 	struct env e;
 
-	SKIP_VALGRIND();
+	SKIP_VALGRIND();	/* before anything is allocated: a skip returns at once */
+	map = calloc(npages, 1);
+	copy = malloc(npages);
+	page = malloc(harness_page_size());
 	if (!env_anon(&e, npages, harness_page_size(), false))
 		SKIP_NO_UFFD();
 	ck_assert_ptr_nonnull(map);

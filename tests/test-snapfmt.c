@@ -1155,7 +1155,7 @@ START_TEST(replay_frame_once)
 	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = frame };
 	const char *chain[1] = { path("scatter.snap") };
 	const char *trace = path("scatter.trace");
-	uint8_t *img = make_image(len);
+	uint8_t *img;
 	struct uffd_restore_stats st;
 	struct uffd_source *src;
 	struct uffd_snap *s;
@@ -1164,6 +1164,7 @@ START_TEST(replay_frame_once)
 	double end;
 
 	SKIP_UNDER_VALGRIND("the restore thread waits in io_uring_enter(2) holding valgrind's thread lock");
+	img = make_image(len);
 	pack_buf(chain[0], img, len, &po);
 	if (!serve_open(&v, len, ps))
 		SKIP_TEST("userfaultfd is not available to this process");
