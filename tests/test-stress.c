@@ -619,12 +619,16 @@ static void fork_fd_limit(enum mode mode)
 	}
 	fds_unfill(fill, nfill, &old);
 	ck_assert_int_eq(uffd_loop_counters(l, &c), 0);
-	fprintf(stderr, "mode %d: %u forks at the fd limit, slowest %lld us, %llu adopted, %llu reaped\n",
+	fprintf(stderr, "mode %d: %u forks at the fd limit, slowest %lld us, %llu adopted, %llu reaped, %llu errors (EMFILE)\n",
 		mode, FD_LIMIT_ROUNDS, worst, (unsigned long long)c.children_adopted,
-		(unsigned long long)c.children_reaped);
-	/* Each blocked fork needed a dead child's fd closed (adopted or still queued: reaped). */
+		(unsigned long long)c.children_reaped, (unsigned long long)c.errors);
+	/*
+	 * Each blocked fork needed a dead child's fd closed (adopted or still
+	 * queued: reaped). Whether a FORK read met EMFILE first (an error
+	 * reported) depends on whether the once-a-second check had reaped the
+	 * dead children already: not asserted (seen 0 under ThreadSanitizer).
+	 */
 	ck_assert_uint_ge(c.children_reaped, FD_LIMIT_ROUNDS);
-	ck_assert_uint_ge(c.errors, 1);	/* the EMFILE, reported */
 	ck_assert_int_lt(worst, 5000000);
 	uffd_loop_free(l);
 	close(go[0]);
