@@ -119,8 +119,15 @@ static int finish(struct proc *p, double seconds, const char *what)
 
 	while (waitpid(p->pid, &p->status, WNOHANG) == 0) {
 		if (harness_now() > end) {
+			char cmd[sizeof(p->err) + 32];
+
 			kill(p->pid, SIGKILL);
 			waitpid(p->pid, &p->status, 0);
+			/* What it said, for whoever reads the failure (the folder goes with the test). */
+			snprintf(cmd, sizeof(cmd), "tail -n 40 '%s' >&2", p->err);
+			if (system(cmd)) {
+				/* nothing to show */
+			}
 			ck_abort_msg("%s did not end within %.0f s", what, seconds);
 		}
 		usleep(2000);
