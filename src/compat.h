@@ -133,4 +133,24 @@ struct procmap_query {
 /* Pagemap entry bit: the PTE is uffd-wp write-protected. */
 #define PM_UFFD_WP (1ull << 57)
 
+/* cachestat(2), Linux 6.5: the same number on every architecture. */
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+struct uffd__cachestat_range {
+	__u64 off;
+	__u64 len;
+};
+struct uffd__cachestat {
+	__u64 nr_cache;
+	__u64 nr_dirty;
+	__u64 nr_writeback;
+	__u64 nr_evicted;
+	__u64 nr_recently_evicted;
+};
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
 #endif /* LIBUFFD_COMPAT_H */

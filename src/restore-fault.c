@@ -138,7 +138,8 @@ static void claim_around(struct uffd_restore *rs, struct rs_region *g, struct rs
 
 /*
  * The run is ours to read (INFLIGHT). A single page at once when its
- * source has the bytes at hand (a page-cache hit, a cached frame), else
+ * source has the bytes at hand (a page-cache hit, a cached frame: a COPY
+ * straight from the page cache when the source maps its file), else
  * on the restore thread; when that thread's queue is full the fault comes
  * back later. A fault-around window always goes to the restore thread:
  * installed here, on the loop thread, windows left KVM guests hanging on
@@ -148,15 +149,17 @@ static void claim_around(struct uffd_restore *rs, struct rs_region *g, struct rs
  */
 static int read_run(struct uffd_restore *rs, struct rs_region *g, const struct rs_fault *f)
 {
+	uint64_t off = g->offset + f->first * g->ps, len = f->n * g->ps;
 	bool now = f->n == 1;
-	char *buf = g->cont || !now ? NULL : lbuf_take(rs);
-	char *dst = !now ? NULL : g->cont ? (char *)uffd_region_alias(g->r) + f->first * g->ps : buf;
-	int err = dst ? uffd_source_read_nowait(g->src, g->offset + f->first * g->ps, f->n * g->ps, dst)
-		      : -EAGAIN;
+	const char *map = now && !g->cont && uffd__source_cached(g->src, off, len) ?
+			  uffd__source_map(g->src, off, len) : NULL;
+	char *buf = g->cont || !now || map ? NULL : lbuf_take(rs);
+	char *dst = !now || map ? NULL : g->cont ? (char *)uffd_region_alias(g->r) + f->first * g->ps : buf;
+	int err = map ? 0 : dst ? uffd_source_read_nowait(g->src, off, len, dst) : -EAGAIN;
 	int v;
 
 	if (!err)
-		v = install_now(rs, g, buf, f);
+		v = install_now(rs, g, map ? map : buf, f);
 	else if (err != -EAGAIN) {
 		rs__demand_end(rs, f, 0, PG_BAD);
 		rs__io_failed(rs);

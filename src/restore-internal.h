@@ -72,10 +72,13 @@ struct rs_read {
 	struct rs_region *g;
 	size_t first, n;	/* pages */
 	char *buf;		/* bounce buffer; the read goes to the alias when cont */
+	const char *from;	/* what a COPY installs from: buf, or the source's mapping */
 	enum rs_why why;
 	bool busy;		/* a read or a retry is pending */
 	bool refused;		/* the source said -EAGAIN: submit again after a completion */
 	bool retry;		/* resolution hit -EAGAIN: resolve again at retry_ns */
+	bool fetching;		/* a fetch of the source's mapping is under way */
+	bool counted;		/* ... in rs->fetching (a prefetch's, waiting on the disk) */
 	uint64_t retry_ns;
 	size_t done;		/* bytes resolved before the retry */
 	struct rs_fault f;	/* RD_DEMAND: the fault that asked */
@@ -102,6 +105,7 @@ struct uffd_restore {
 	pthread_mutex_t qlock;
 	struct rs_fault *q;	/* ring of qcap */
 	size_t qhead, qn, qcap;
+	atomic_uint dq;		/* demand faults queued: the restore thread looks between runs */
 	struct rs_fault *waiters;
 	size_t nwaiters, wcap;
 	int efd;		/* eventfd: demand queued, or stop */
@@ -127,6 +131,7 @@ struct uffd_restore {
 	struct rs_read *rd;	/* queue_depth prefetch slots, then demand slots */
 	unsigned nrd, ndemand;
 	unsigned prefetch_busy;
+	unsigned fetching;	/* prefetch fetches waiting on the disk (an io_uring worker each) */
 	uint64_t efd_val;
 	bool efd_armed;
 	struct uffd_source_env env;	/* the sources attached to this restore */

@@ -32,6 +32,13 @@
 #define REFUSED_NS 1000000ull		/* a read the source refused: again after this at the latest */
 #define AROUND_SEQ_MAX (256u << 10)	/* a sequential fault-around window grows up to this */
 #define STOP_NS 2000000000ull		/* at the end, how long sources may take to complete their reads */
+#define SLICE_NS 1000000ull		/* prefetch installed in one turn at most, then the loop's other work */
+/*
+ * Prefetch fetches of a mapped source waiting on the disk at once: each
+ * takes an io_uring worker, and a demand fault's fetch queues behind
+ * every one of them when the workers (4 per CPU) are all taken.
+ */
+#define FETCH_MAX 4
 
 /* ---- demand queue (any loop thread -> the restore thread) ---- */
 
@@ -55,8 +62,10 @@ bool rs__io_demand(struct uffd_restore *rs, const struct rs_fault *f)
 
 	pthread_mutex_lock(&rs->qlock);
 	ok = rs->qn < rs->qcap;
-	if (ok)
+	if (ok) {
 		rs->q[(rs->qhead + rs->qn++) % rs->qcap] = *f;
+		atomic_fetch_add(&rs->dq, 1);
+	}
 	pthread_mutex_unlock(&rs->qlock);
 	if (ok)
 		poke(rs);
@@ -73,6 +82,7 @@ static bool demand_pop(struct uffd_restore *rs, struct rs_fault *f)
 		*f = rs->q[rs->qhead];
 		rs->qhead = (rs->qhead + 1) % rs->qcap;
 		rs->qn--;
+		atomic_fetch_sub(&rs->dq, 1);
 	}
 	pthread_mutex_unlock(&rs->qlock);
 	return ok;
@@ -107,21 +117,45 @@ static void on_partial(struct uffd_source_req *req, size_t ready);
 
 static void on_done(struct uffd_source_req *req, int res)
 {
-	read_done(req->ctx, (struct rs_read *)(void *)req, res);
+	struct rs_read *s = (struct rs_read *)(void *)req;
+	struct uffd_restore *rs = req->ctx;
+
+	if (s->counted)
+		rs->fetching--;
+	s->fetching = s->counted = false;
+	read_done(rs, s, res);
 }
 
-/* Hands the slot's run to its source; a refusal (-EAGAIN) is tried again later. */
+/*
+ * Hands the slot's run to its source; a refusal (-EAGAIN) is tried again
+ * later. A COPY from a source with a mapping of its file (the file source)
+ * installs from that mapping, the page cache: the source only makes sure
+ * the pages are in (at once when cached), and no byte goes through the
+ * bounce buffer. A CONTINUE region's read goes straight into the alias
+ * view: one copy either way.
+ */
 static void issue(struct uffd_restore *rs, struct rs_read *s)
 {
 	struct rs_region *g = s->g;
+	uint64_t off = g->offset + s->first * g->ps, len = s->n * g->ps;
+	const char *map = g->cont ? NULL : uffd__source_map(g->src, off, len);
 	int err;
 
 	s->refused = false;
+	s->from = map ? map : s->buf;
 	s->req = (struct uffd_source_req){
-		.off = g->offset + s->first * g->ps, .len = s->n * g->ps,
+		.off = off, .len = len,
 		.buf = g->cont ? (char *)uffd_region_alias(g->r) + s->first * g->ps : s->buf,
 		.done = on_done, .partial = on_partial, .ctx = rs };
-	err = uffd_source_read(g->src, &s->req);
+	s->fetching = map != NULL;
+	s->counted = false;
+	err = map ? uffd__source_fetch(g->src, &s->req) : uffd_source_read(g->src, &s->req);
+	if (!err && s->fetching && s->why != RD_DEMAND) {	/* not done at once: it waits on the disk */
+		s->counted = true;
+		rs->fetching++;
+	}
+	if (err)
+		s->fetching = false;
 	if (err == -EAGAIN)
 		s->refused = true;
 	else if (err)
@@ -261,7 +295,11 @@ static void fill_charge(struct uffd_restore *rs, uint64_t now, uint64_t bytes)
 	rs->fill_due_ns += bytes * 1000000000ull / rs->o.fill_rate;
 }
 
-/* Trace pages, then (UFFD_RESTORE_FILL) the rest, while prefetch slots are free. */
+/*
+ * Trace pages, then (UFFD_RESTORE_FILL) the rest, while prefetch slots are
+ * free. Demand faults queued meanwhile go first, between two runs: a run
+ * of a cached mapped source is installed at once, in this loop.
+ */
 static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 {
 	bool fill = (rs->o.flags & UFFD_RESTORE_FILL) || atomic_load(&rs->finishing);
@@ -270,9 +308,17 @@ static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 	bool widened = false;
 	size_t page;
 
-	while ((s = free_slot(rs, false))) {
+	uint64_t t0 = rs__now_ns();
+
+	while (rs->fetching < FETCH_MAX && (s = free_slot(rs, false))) {
 		uint64_t now = rs__now_ns();
 
+		if (atomic_load(&rs->dq))	/* demand first: a fault waits for one run at most */
+			submit_demand(rs);
+		if (now - t0 > SLICE_NS) {	/* runs installed at once (cached): the rest next turn */
+			*wait_ns = 0;
+			return;
+		}
 		if (next_traced(rs, &g, &page))
 			s->why = RD_PREFETCH;
 		else if (fill && fill_allowed(rs, now, wait_ns) && next_unfilled(rs, &g, &page))
@@ -389,7 +435,7 @@ static void run_end(struct uffd_restore *rs, struct rs_read *s, size_t upto, int
 /* Resolves the run (again, after -EAGAIN), or schedules a retry. */
 static void install_run(struct uffd_restore *rs, struct rs_read *s)
 {
-	int err = rs__install(rs, s->g, s->first, s->n, s->g->cont ? NULL : s->buf, &s->done);
+	int err = rs__install(rs, s->g, s->first, s->n, s->g->cont ? NULL : s->from, &s->done);
 
 	if (err == -EAGAIN) {
 		s->retry = true;
@@ -424,7 +470,7 @@ static void on_partial(struct uffd_source_req *req, size_t ready)
 		n = s->n;
 	if (s->retry || n <= was)
 		return;
-	err = rs__install(rs, g, s->first, n, g->cont ? NULL : s->buf, &s->done);
+	err = rs__install(rs, g, s->first, n, g->cont ? NULL : s->from, &s->done);
 	if (err == -ESRCH)
 		rs__owner_gone(rs);
 	if (s->done / g->ps > was)
@@ -444,6 +490,11 @@ static void reap(struct uffd_restore *rs)
 			rs->efd_armed = false;
 		else
 			uffd__env_cqe(&rs->env, tag, res);
+		if (atomic_load(&rs->dq)) {	/* demand first: not behind the other completions' installs */
+			submit_demand(rs);
+			if (io_uring_sq_ready(&rs->ring))
+				io_uring_submit(&rs->ring);
+		}
 	}
 }
 
@@ -537,6 +588,7 @@ static void *thread_main(void *arg)
 		submit_demand(rs);
 		retry_due(rs, &wait_ns);
 		submit_prefetch(rs, &wait_ns);
+		retry_due(rs, &wait_ns);	/* runs installed at once just now may have met -EAGAIN */
 		if (rs->has_replay)
 			submit_advice(rs);
 		if (rs__all_done(rs))

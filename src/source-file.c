@@ -6,6 +6,14 @@
  * read-ahead hints (fadvise in the ring). A regular file's data extents are
  * found once, at creation, with SEEK_DATA/SEEK_HOLE: holes read as zeros,
  * or are "not in this layer" for a Diff snapshot.
+ * The file is also mapped read-only and shared (when its offset is
+ * page-aligned and mmap works on it): the engine's COPY installs take the
+ * bytes from that mapping, the page cache itself, one copy per page (see
+ * struct uffd__map_hooks). Pages not cached are brought in first, off the
+ * restore thread: MADV_POPULATE_READ on the mapping, in the ring (an
+ * io_uring worker waits on the disk). The mapping is never read from user
+ * space: a file cut short under it makes the kernel's copy fail (-EFAULT),
+ * never a SIGBUS.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +22,8 @@
 #include <string.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -40,6 +50,9 @@ struct fsrc {
 	size_t nx, capx;
 	struct uffd_source_env *env;
 	struct fadv adv[ADVISE_MAX];
+	char *map;		/* the file from base on, read-only, shared; NULL: none */
+	size_t map_len;
+	atomic_bool no_cachestat;	/* cachestat(2) is missing: nothing counts as cached */
 };
 
 /* ---- reads in the ring ---- */
@@ -219,10 +232,85 @@ static int scan(struct fsrc *f, uint64_t len)
 	return 0;
 }
 
+/* ---- the mapping ---- */
+
+static const char *m_addr(void *impl, uint64_t off)
+{
+	return ((struct fsrc *)impl)->map + off;
+}
+
+static bool m_cached(void *impl, uint64_t off, uint64_t len)
+{
+	struct fsrc *f = impl;
+	struct uffd__cachestat_range r = { f->base + off, len };
+	struct uffd__cachestat cs = { 0 };
+	long ps = sysconf(_SC_PAGESIZE);
+
+	if (atomic_load_explicit(&f->no_cachestat, memory_order_relaxed))
+		return false;
+	if (syscall(__NR_cachestat, f->fd, &r, &cs, 0)) {
+		if (errno == ENOSYS || errno == EPERM)	/* no cachestat (or a seccomp filter): fetch everything */
+			atomic_store(&f->no_cachestat, true);
+		return false;
+	}
+	return cs.nr_cache >= (len + (uint64_t)ps - 1) / (uint64_t)ps;
+}
+
+static void fetch_complete(uintptr_t *word, int res);
+static const struct uffd__ring_op fetch_op = { fetch_complete };
+
+/*
+ * The populate is over: the pages are in. A file shorter than the mapping
+ * (-EFAULT) or a bad page fails the range; any other refusal of the
+ * populate (an io_uring without MADV_POPULATE_READ) leaves the COPY to
+ * fault the pages in itself, correct and only slower.
+ */
+static void fetch_complete(uintptr_t *word, int res)
+{
+	struct uffd_source_req *req = req_of(word);
+
+	req->done(req, res == -EFAULT || res == -EHWPOISON || res == -EIO || res == -ENOMEM ? -EIO : 0);
+}
+
+static int m_fetch(void *impl, struct uffd_source_req *req)
+{
+	struct fsrc *f = impl;
+	struct io_uring_sqe *sqe;
+
+	if (m_cached(f, req->off, req->len)) {
+		req->done(req, 0);
+		return 0;
+	}
+	if (!(sqe = uffd__env_sqe(f->env)))
+		return -EAGAIN;
+	req->priv[0] = (uintptr_t)&fetch_op;
+	req->priv[2] = (uintptr_t)f;
+	io_uring_prep_madvise(sqe, f->map + req->off, (off_t)req->len, MADV_POPULATE_READ);
+	io_uring_sqe_set_data(sqe, &req->priv[0]);
+	return 0;
+}
+
+static const struct uffd__map_hooks map_hooks = { .addr = m_addr, .cached = m_cached, .fetch = m_fetch };
+
+/* Maps the file from base on, when base is page-aligned; no mapping is no error (reads then). */
+static void map_file(struct fsrc *f, uint64_t len)
+{
+	long ps = sysconf(_SC_PAGESIZE);
+	void *p;
+
+	if (ps <= 0 || f->base % (uint64_t)ps || len > SIZE_MAX - (uint64_t)ps)
+		return;
+	f->map_len = (size_t)(len + (uint64_t)ps - 1) / (size_t)ps * (size_t)ps;
+	p = mmap(NULL, f->map_len, PROT_READ, MAP_SHARED, f->fd, (off_t)f->base);
+	f->map = p == MAP_FAILED ? NULL : p;
+}
+
 static void f_destroy(void *impl)
 {
 	struct fsrc *f = impl;
 
+	if (f->map)
+		munmap(f->map, f->map_len);
 	close(f->fd);
 	free(f->x);
 	free(f);
@@ -310,11 +398,14 @@ UFFD_EXPORT int uffd_source_file(struct uffd_source **out, int fd, const struct 
 		return uffd__err(err, "uffd_source_file: %s: %s", name,
 				 err == -ENOMEM ? "out of memory" : uffd__errname(err));
 	}
+	map_file(f, len);
 	info.name = name;
 	info.length = len;
 	info.block_size = 4096;
 	if ((err = uffd_source_new(out, &file_ops, f, &info)))
 		f_destroy(f);
+	else if (f->map)
+		(*out)->map = &map_hooks;
 	return err;
 }
 UFFD_EXPORT_OWN(source_file);

@@ -17,6 +17,26 @@
 
 struct remote_hooks;
 
+/*
+ * A source whose bytes are a file the engine may map (the file source):
+ * a COPY installs straight from a read-only shared mapping of the file, so
+ * each page is copied once, from the page cache, instead of read into a
+ * buffer and copied again from it. Optional; other sources keep the
+ * buffer.
+ */
+struct uffd__map_hooks {
+	/* Address of source byte off in the mapping. Any thread. */
+	const char *(*addr)(void *impl, uint64_t off);
+	/* Whether [off, off+len) is in the page cache now: a COPY from it waits on no disk. Any thread, never blocks. */
+	bool (*cached)(void *impl, uint64_t off, uint64_t len);
+	/*
+	 * Brings [req->off, +req->len) into the page cache and the mapping;
+	 * req->done when it is there (req->buf is not used). 0 or -errno as
+	 * the read op. Restore thread.
+	 */
+	int (*fetch)(void *impl, struct uffd_source_req *req);
+};
+
 struct uffd_source {
 	atomic_uint refs;
 	struct uffd_source_ops ops;	/* the caller's, zero-extended */
@@ -31,6 +51,7 @@ struct uffd_source {
 	atomic_bool notified;
 	bool touched;			/* read since its descriptors were armed: they may be new */
 	const struct remote_hooks *remote;	/* remote and caching sources (source-remote.h), else NULL */
+	const struct uffd__map_hooks *map;	/* a mapped file's, else NULL */
 };
 
 /*
@@ -63,6 +84,15 @@ struct uffd_source_env {
 	atomic_bool notified;
 	bool detached;
 };
+
+/* ---- source.c ---- */
+
+/* Where [off, off+len) of src can be copied from, or NULL (no mapping: read it into a buffer). */
+const char *uffd__source_map(struct uffd_source *src, uint64_t off, uint64_t len);
+/* Whether a COPY from uffd__source_map(src, off, len) waits on no disk now. */
+bool uffd__source_cached(struct uffd_source *src, uint64_t off, uint64_t len);
+/* Brings req's range into the mapping (sources with one only); req->done when there. 0 or -errno. */
+int uffd__source_fetch(struct uffd_source *src, struct uffd_source_req *req);
 
 /* ---- source-env.c ---- */
 

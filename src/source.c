@@ -203,3 +203,25 @@ UFFD_EXPORT void uffd_source_notify(struct uffd_source *src)
 	}
 }
 UFFD_EXPORT_OWN(source_notify);
+
+const char *uffd__source_map(struct uffd_source *src, uint64_t off, uint64_t len)
+{
+	if (!src || !src->map || !len || off >= src->length || len > src->length - off)
+		return NULL;
+	return src->map->addr(src->impl, off);
+}
+
+bool uffd__source_cached(struct uffd_source *src, uint64_t off, uint64_t len)
+{
+	return uffd__source_map(src, off, len) && src->map->cached(src->impl, off, len);
+}
+
+int uffd__source_fetch(struct uffd_source *src, struct uffd_source_req *req)
+{
+	if (!req || !req->done || !uffd__source_map(src, req->off, req->len))
+		return uffd__err(-EINVAL, "uffd_source_read: source %s has no mapping for [%llu, +%zu)",
+				 src ? src->name : "NULL", req ? (unsigned long long)req->off : 0ull, req ? req->len : 0);
+	if (!atomic_load(&src->env))
+		return uffd__err(-ENOTCONN, "uffd_source_read: source %s is not attached to a restore", src->name);
+	return src->map->fetch(src->impl, req);
+}
