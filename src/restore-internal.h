@@ -155,6 +155,7 @@ struct uffd_restore {
 	bool has_replay;
 	struct trace replay;
 	size_t replay_next, advise_next;
+	size_t replay_block;	/* bytes of a block-wise replay's blocks; 0: none */
 };
 
 /* ---- restore-state.c ---- */

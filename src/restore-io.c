@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The restore thread and its io_uring: demand reads first (never
- * limited but by their slots), then the trace's pages, then the fill,
- * merged into runs of adjacent absent pages; read-ahead hints a window
+ * limited but by their slots, and looked for between two prefetch runs
+ * and two completions), then the trace's pages (a dense block of it
+ * whole), then the fill, merged into runs of adjacent absent pages;
+ * read-ahead hints a window
  * ahead of the replay; each completed read resolved with one COPY (from
  * its bounce buffer) or CONTINUE (it was read into the alias view), and
  * the part of a run that arrived first resolved before the rest when the
@@ -39,6 +41,8 @@
  * every one of them when the workers (4 per CPU) are all taken.
  */
 #define FETCH_MAX 4
+#define DENSE_PCT 75			/* a replay block this dense in the trace is read whole */
+#define REPLAY_BLOCK (64u << 10)		/* bytes of a block-wise replay's blocks (bench/RESULTS.md, issue 24) */
 
 /* ---- demand queue (any loop thread -> the restore thread) ---- */
 
@@ -211,16 +215,20 @@ static void submit_demand(struct uffd_restore *rs)
 
 /*
  * Claims the absent pages following the n claimed at page of g (file bytes
- * contiguous) into a run: for the replay only pages of the trace, wherever
- * they are in its order; for the fill (and a replay's whole block) every one.
+ * contiguous) into a run, up to the end of its block (blk bytes, aligned in
+ * the source; 0: the slot's length): for the replay only pages of the
+ * trace, wherever they are in its order; for the fill and a replay's whole
+ * block every one. Runs also end where the source's blocks do.
  */
-static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t page, size_t n, bool traced)
+static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t page, size_t n, bool traced,
+			 size_t blk)
 {
 	size_t max = rs->slot_len / g->ps, block = uffd_source_block_size(g->src);
 	bool align = block > g->ps && block <= rs->slot_len;	/* runs end where the source's blocks do */
 
 	while (n < max && page + n < g->npages &&
 	       !(align && (g->offset + (page + n) * g->ps) % block == 0) &&
+	       !(blk && (g->offset + (page + n) * g->ps) % blk == 0) &&
 	       (!traced || trace__has(&rs->replay, g->idx, page + n)) &&
 	       rs__page_cas(rs, g, page + n, PG_ABSENT, PG_INFLIGHT))
 		n++;
@@ -228,19 +236,35 @@ static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t pa
 }
 
 /*
- * A source whose blocks are larger than a page (a compressed frame) gives a
- * whole block for about the cost of one page of it (the decompression), and
- * a replay's trace visits a block's pages at many moments: the read of a
- * traced page takes the absent pages of its whole block with it, so that a
- * block is read once, not once per trace run in it. Claims the absent pages
- * before page back to its block's start; the first page of the run.
+ * The block a replay's read of page widens to, in bytes (0: none: the
+ * run takes the trace's pages only). A source whose blocks are larger
+ * than a page (a compressed frame) gives a whole block for about the cost
+ * of one page of it (the decompression), and a replay's trace visits a
+ * block's pages at many moments: the read of a traced page takes the
+ * absent pages of its whole block with it, so that a block is read once,
+ * not once per trace run in it. Block-wise replay: where the trace is
+ * dense (at least DENSE_PCT of the pages of the aligned replay block are
+ * in it), the block is read and resolved whole, its few untraced pages
+ * with it: one read and one ioctl instead of one per trace run.
  */
-static size_t widen_to_block(struct uffd_restore *rs, struct rs_region *g, size_t page, bool *widened)
+static size_t replay_block(struct uffd_restore *rs, struct rs_region *g, size_t page)
 {
-	size_t block = uffd_source_block_size(g->src);
+	size_t block = uffd_source_block_size(g->src), b = rs->replay_block / g->ps, lo, n = 0;
 
-	*widened = block > g->ps && block <= rs->slot_len;
-	while (*widened && page > 0 && (g->offset + page * g->ps) % block &&
+	if (block > g->ps && block <= rs->slot_len)
+		return block;
+	if (b < 2 || rs->replay_block > rs->slot_len)
+		return 0;
+	lo = page - (g->offset / g->ps + page) % b;
+	for (size_t p = lo; p < lo + b && p < g->npages; p++)
+		n += trace__has(&rs->replay, g->idx, p);
+	return n * 100 >= b * DENSE_PCT ? rs->replay_block : 0;
+}
+
+/* Claims the absent pages before page back to its block's start (blk bytes); the first page of the run. */
+static size_t widen_to_block(struct uffd_restore *rs, struct rs_region *g, size_t page, size_t blk)
+{
+	while (blk && page > 0 && (g->offset + page * g->ps) % blk &&
 	       rs__page_cas(rs, g, page - 1, PG_ABSENT, PG_INFLIGHT))
 		page--;
 	return page;
@@ -305,9 +329,7 @@ static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 	bool fill = (rs->o.flags & UFFD_RESTORE_FILL) || atomic_load(&rs->finishing);
 	struct rs_region *g;
 	struct rs_read *s;
-	bool widened = false;
-	size_t page;
-
+	size_t page, blk;
 	uint64_t t0 = rs__now_ns();
 
 	while (rs->fetching < FETCH_MAX && (s = free_slot(rs, false))) {
@@ -325,9 +347,10 @@ static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 			s->why = RD_FILL;
 		else
 			return;
+		blk = s->why == RD_PREFETCH ? replay_block(rs, g, page) : 0;
 		s->g = g;
-		s->first = s->why == RD_PREFETCH ? widen_to_block(rs, g, page, &widened) : page;
-		s->n = extend_run(rs, g, s->first, page - s->first + 1, s->why == RD_PREFETCH && !widened);
+		s->first = widen_to_block(rs, g, page, blk);
+		s->n = extend_run(rs, g, s->first, page - s->first + 1, s->why == RD_PREFETCH && !blk, blk);
 		if (s->why == RD_FILL)
 			fill_charge(rs, now, s->n * g->ps);
 		submit_read(rs, s);
@@ -637,6 +660,7 @@ static int buffers(struct uffd_restore *rs)
 
 static int tables(struct uffd_restore *rs)
 {
+	rs->replay_block = REPLAY_BLOCK;
 	size_t seq = rs->o.fault_around > AROUND_SEQ_MAX ? rs->o.fault_around : AROUND_SEQ_MAX;
 
 	rs->around_max = rs->o.fault_around ? seq : 0;	/* fault_around <= around_max <= dlen */

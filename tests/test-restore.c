@@ -1535,6 +1535,74 @@ END_TEST
 START_TEST(mapped_source_truncated_cold) { truncated_case(true); }
 END_TEST
 
+/* ---- block-wise replay ---- */
+
+/* One restore of 64 pages: records the pages of set (saved to save) or replays load. */
+static struct uffd_restore_stats bw_run(const char *save, const char *load, const size_t *set, size_t n)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o),
+				       .flags = UFFD_RESTORE_NO_AROUND | (save ? UFFD_RESTORE_RECORD : 0) };
+	struct uffd_restore_stats s;
+	struct env e;
+
+	ck_assert(env_anon(&e, 64, harness_page_size(), false));
+	env_restore(&e, &o);
+	if (load)
+		ASSERT_OK(uffd_restore_load_trace(e.rs, load));
+	env_start(&e);
+	if (load)
+		ck_assert_msg(wait_for(e.rs, present_at_least, 16 + 4, 5), "the replay did not finish");
+	for (size_t k = 0; k < n; k++)
+		check_page(e.mem, e.ps, set[k], false);
+	if (save)
+		ASSERT_OK(uffd_restore_save_trace(e.rs, save));
+	if (load) {	/* every page of both blocks: the dense block's untraced pages are there */
+		ck_assert_uint_eq(stats_of(e.rs).pages_prefetched, 16 + 4);
+		for (size_t p = 16; p < 48; p++)
+			check_page(e.mem, e.ps, p, false);
+	}
+	s = stats_of(e.rs);
+	env_free(&e);
+	return s;
+}
+
+/*
+ * A replay block (64 KiB) 13/16 in the trace is read and resolved whole,
+ * its 3 untraced pages with it (no fault on them later); one 4/16 in it
+ * gets the traced pages only, its other 12 pages fault.
+ */
+START_TEST(blockwise_replay)
+{
+	size_t set[13 + 4], n = 0;
+	struct uffd_restore_stats s;
+	struct uffd *probe;
+	struct snap tmp;
+	char path[160];
+
+	SKIP_VALGRIND();
+
+	if (!(probe = open_uffd()))
+		SKIP_NO_UFFD();
+	uffd_close(probe);
+	if (harness_page_size() != 4096)
+		SKIP_TEST("the blocks below are counted in 4 KiB pages");
+	for (size_t p = 31; p >= 16; p--)	/* dense: all but 19, 24, 30; visited from its end */
+		if (p != 19 && p != 24 && p != 30)
+			set[n++] = p;
+	for (size_t p = 32; p < 48; p += 4)	/* sparse */
+		set[n++] = p;
+	snap_make(&tmp, 1, harness_page_size(), false);
+	snap_path(&tmp, "bw.trace", path, sizeof(path));
+	s = bw_run(path, NULL, set, n);
+	ck_assert_uint_eq(s.pages_recorded, 13 + 4);
+	s = bw_run(NULL, path, set, n);
+	ck_assert_uint_eq(s.pages_prefetched, 16 + 4);
+	ck_assert_uint_eq(s.faults[UFFD_FAULT_MISSING], 12);	/* the sparse block's untraced pages */
+	ck_assert_uint_eq(s.read_errors, 0);
+	snap_free(&tmp);
+}
+END_TEST
+
 /* ---- demand first ---- */
 
 /*
@@ -1762,6 +1830,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, mapped_source_truncated_warm);
 	tc = CASE(mapped_source_truncated_cold, 30);
 	tcase_add_test(tc, mapped_source_truncated_cold);
+	tc = CASE(blockwise_replay, 20);
+	tcase_add_test(tc, blockwise_replay);
 	tc = CASE(demand_first_during_fill, 30);
 	tcase_add_test(tc, demand_first_during_fill);
 	return s;
