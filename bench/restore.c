@@ -71,6 +71,7 @@ struct opts {
 	size_t mib, around, fault_around;
 	bool fault_around_set;
 	unsigned write_pct;
+	size_t cluster;
 	unsigned reps, threads, sample_ms;
 	const char *file, *image, *cache, *memory, *page, *only, *placement;
 	FILE *timeline, *latency;
@@ -106,16 +107,26 @@ static void shuffle(size_t *v, size_t n, uint64_t seed)
 	}
 }
 
-/* A quarter of the pages, scattered: the same set for every run and contender. */
-static size_t *working_set(size_t npages, size_t *nset)
+/*
+ * A quarter of the pages, the same set for every run and contender:
+ * scattered (cluster 1), or in aligned clusters of `cluster` pages chosen
+ * at random (a guest's working set is often in runs: a dense trace).
+ */
+static size_t *working_set(size_t npages, size_t cluster, size_t *nset)
 {
-	size_t *all = malloc(npages * sizeof(*all));
+	size_t nc = npages / cluster, *all = malloc(npages * sizeof(*all)), *cl = malloc(nc * sizeof(*cl));
 
-	if (!all)
+	if (!all || !cl) {
+		free(all);
+		free(cl);
 		return NULL;
+	}
+	for (size_t i = 0; i < nc; i++)
+		cl[i] = i;
+	shuffle(cl, nc, SEED);
 	for (size_t i = 0; i < npages; i++)
-		all[i] = i;
-	shuffle(all, npages, SEED);
+		all[i] = cl[i / cluster] * cluster + i % cluster;
+	free(cl);
 	*nset = npages / 4;
 	return all;
 }
@@ -424,7 +435,7 @@ static int run_state(const struct opts *o, struct rs_env *e, size_t *order, cons
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--image PATH] [--around N]\n"
-		"                    [--write-pct P] [--fault-around BYTES] [--threads N] [--cache warm|cold|both]\n"
+		"                    [--write-pct P] [--cluster N] [--fault-around BYTES] [--threads N] [--cache warm|cold|both]\n"
 		"                    [--memory anon|memfd|both] [--page 4k|2m|both]\n"
 		"                    [--only NAME,...] [--timeline FILE] [--latency FILE]\n"
 		"                    [--sample-ms N] [--json] [--placement split|same|free]\n"
@@ -438,6 +449,8 @@ static void usage(FILE *f)
 		"  --threads N     guest threads (default 2)\n"
 		"  --write-pct P   share of the touched pages the guest writes after reading\n"
 		"                  them (default 40; 0: a read-only guest)\n"
+		"  --cluster N     the working set in aligned clusters of N 4 KiB pages (a power\n"
+		"                  of two, default 1: scattered pages)\n"
 		"  --fault-around B  the engine's demand fault-around window in bytes\n"
 		"                  (uffd_restore_opts.fault_around; default: the engine's)\n"
 		"  --cache C       page cache states to run (default both; cold is skipped when\n"
@@ -485,6 +498,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		{ "around", required_argument, NULL, 'a' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "write-pct", required_argument, NULL, 'w' },
+		{ "cluster", required_argument, NULL, 'C' },
 		{ "fault-around", required_argument, NULL, 'F' },
 		{ "cache", required_argument, NULL, 'c' },
 		{ "memory", required_argument, NULL, 'M' },
@@ -513,6 +527,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'a': ok = parse_size(optarg, 1, 512, &o->around); break;
 		case 't': ok = parse_size(optarg, 1, 64, &v); o->threads = (unsigned)v; break;
 		case 'w': ok = parse_size(optarg, 0, 100, &v); o->write_pct = (unsigned)v; break;
+		case 'C': ok = parse_size(optarg, 1, 512, &o->cluster) && !(o->cluster & (o->cluster - 1)); break;
 		case 'F':
 			ok = parse_size(optarg, 0, 1u << 20, &o->fault_around);
 			o->fault_around_set = true;
@@ -633,13 +648,13 @@ static void legend(const struct opts *o, size_t nset, double t0)
 	for (size_t i = 0; i < NCONT; i++)
 		printf("# %-15s %s\n", contenders[i].name, contenders[i].note);
 	printf("# %zu MiB snapshot, %zu pages touched by %u threads, %u runs each, median; "
-	       "--around %zu; %u%% of them written; fault-around %s; placement %s; %.1f s\n", o->mib, nset,
-	       o->threads, o->reps, o->around, o->write_pct, fa, o->placement, (now_us() - t0) / 1e6);
+	       "--around %zu; %u%% of them written; clusters of %zu; fault-around %s; placement %s; %.1f s\n", o->mib, nset,
+	       o->threads, o->reps, o->around, o->write_pct, o->cluster, fa, o->placement, (now_us() - t0) / 1e6);
 }
 
 int main(int argc, char **argv)
 {
-	struct opts o = { .mib = 1024, .around = 16, .write_pct = 40, .reps = 5, .threads = 2, .sample_ms = 20,
+	struct opts o = { .mib = 1024, .around = 16, .write_pct = 40, .cluster = 1, .reps = 5, .threads = 2, .sample_ms = 20,
 			  .cache = "both", .memory = "both", .page = "both", .placement = "split" };
 	struct rs_env e = { .seed = SEED };
 	size_t *order = NULL;
@@ -658,7 +673,7 @@ int main(int argc, char **argv)
 	e.fault_around_set = o.fault_around_set;
 	if (o.image && (e.fd = rs_image_open(&e, o.image, o.mib)) < 0)
 		return 1;
-	if (!(order = working_set(e.npages, &e.nset)) || (!o.image && (e.fd = make_snapshot(&o, e.len)) < 0))
+	if (!(order = working_set(e.npages, o.cluster, &e.nset)) || (!o.image && (e.fd = make_snapshot(&o, e.len)) < 0))
 		return 1;
 	e.order = order;
 	header(&o);
