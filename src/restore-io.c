@@ -197,6 +197,18 @@ static struct rs_read *free_slot(struct uffd_restore *rs, bool demand)
 	return NULL;
 }
 
+/*
+ * Reads queued in the ring go to the kernel now. A read of cached pages
+ * is done inside the submit (the copy happens there): submitted one by
+ * one, not as a batch of queue_depth, each costs one run's copy before
+ * the next look at the demand queue.
+ */
+static void flush_sq(struct uffd_restore *rs)
+{
+	if (io_uring_sq_ready(&rs->ring))
+		io_uring_submit(&rs->ring);
+}
+
 /* Demand faults queued by the loop threads: each its page, read now. */
 static void submit_demand(struct uffd_restore *rs)
 {
@@ -211,6 +223,7 @@ static void submit_demand(struct uffd_restore *rs)
 		s->f = f;
 		submit_read(rs, s);
 	}
+	flush_sq(rs);
 }
 
 /*
@@ -354,6 +367,7 @@ static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 		if (s->why == RD_FILL)
 			fill_charge(rs, now, s->n * g->ps);
 		submit_read(rs, s);
+		flush_sq(rs);
 	}
 }
 
@@ -513,11 +527,8 @@ static void reap(struct uffd_restore *rs)
 			rs->efd_armed = false;
 		else
 			uffd__env_cqe(&rs->env, tag, res);
-		if (atomic_load(&rs->dq)) {	/* demand first: not behind the other completions' installs */
+		if (atomic_load(&rs->dq))	/* demand first: not behind the other completions' installs */
 			submit_demand(rs);
-			if (io_uring_sq_ready(&rs->ring))
-				io_uring_submit(&rs->ring);
-		}
 	}
 }
 

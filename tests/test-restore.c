@@ -1612,7 +1612,7 @@ END_TEST
  * whole batch: when it returns, most of the region is still absent.
  * Counted, not timed: a loaded machine changes the times, not the order.
  */
-START_TEST(demand_first_during_fill)
+static void demand_first_case(bool memfd)
 {
 	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_NO_AROUND,
 				       .max_read = 1 << 20, .queue_depth = 128 };
@@ -1623,7 +1623,7 @@ START_TEST(demand_first_during_fill)
 
 	SKIP_VALGRIND();
 
-	if (!env_anon(&e, npages, harness_page_size(), false))
+	if (!(memfd ? env_memfd(&e, npages, false) : env_anon(&e, npages, harness_page_size(), false)))
 		SKIP_NO_UFFD();
 	env_restore(&e, &o);
 	env_start(&e);
@@ -1634,8 +1634,9 @@ START_TEST(demand_first_during_fill)
 	}
 	ASSERT_OK(uffd_restore_wait(e.rs, 20000));
 	s = stats_of(e.rs);
-	fprintf(stderr, "demand first: %zu of 9 faults served with half the region absent, p99 %llu ns\n",
-		ahead, (unsigned long long)uffd_hist_quantile(s.latency[UFFD_FAULT_MISSING], 0.99));
+	fprintf(stderr, "demand first %s: %zu of 9 faults served with half the region absent, p99 %llu ns\n",
+		memfd ? "memfd" : "anon", ahead,
+		(unsigned long long)uffd_hist_quantile(s.latency[UFFD_FAULT_MISSING], 0.99));
 	ck_assert_uint_ge(ahead, 1);
 	ck_assert_uint_ge(s.pages_demand, 1);
 	for (size_t p = 0; p < npages; p += 61)
@@ -1643,6 +1644,10 @@ START_TEST(demand_first_during_fill)
 	check_page(e.mem, e.ps, npages - 1, false);
 	env_free(&e);
 }
+
+START_TEST(demand_first_during_fill_anon) { demand_first_case(false); }
+END_TEST
+START_TEST(demand_first_during_fill_memfd) { demand_first_case(true); }
 END_TEST
 
 /* ---- arguments ---- */
@@ -1832,8 +1837,10 @@ static Suite *suite(void)
 	tcase_add_test(tc, mapped_source_truncated_cold);
 	tc = CASE(blockwise_replay, 20);
 	tcase_add_test(tc, blockwise_replay);
-	tc = CASE(demand_first_during_fill, 30);
-	tcase_add_test(tc, demand_first_during_fill);
+	tc = CASE(demand_first_during_fill_anon, 30);
+	tcase_add_test(tc, demand_first_during_fill_anon);
+	tc = CASE(demand_first_during_fill_memfd, 30);
+	tcase_add_test(tc, demand_first_during_fill_memfd);
 	return s;
 }
 
