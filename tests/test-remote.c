@@ -710,11 +710,15 @@ static void slow_case(bool nbd)
 	if (!env_anon(&e, npages * ps, ps, 0))
 		SKIP_NO_UFFD();
 	server_dir(&sv, npages * ps, ps);
-	/* 32 MiB at 8 MiB/s a connection: the fill takes seconds. */
+	/*
+	 * The fill takes seconds: nbdkit holds each read 20 ms; nginx sends
+	 * each response at 512 KiB/s (the fill reads whole 1 MiB chunks, 8 at
+	 * once: 4 MiB/s; a fault's 64 KiB window takes 125 ms).
+	 */
 	if (nbd)
 		nbdkit_start(&sv, "--filter=delay", "delay-read=20ms");
 	else
-		nginx_start(&sv, "limit_rate 2m;");
+		nginx_start(&sv, "limit_rate 512k;");
 	src = nbd ? nbd_source(sv.url, 3) : http_source(sv.url, 3, 1 << 20);
 	env_serve(&e, src, &o);
 	usleep(200000);
