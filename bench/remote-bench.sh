@@ -9,22 +9,28 @@
 # each as demand-only, --replay of a trace recorded by a first run (local),
 # and --replay + --fill (the fill's bandwidth: image bytes / completion time).
 # Also: what curl alone fetches of the whole image over the same relay, one
-# connection (the fill's reference). A snapshot of --mib MiB (default 256),
-# --pct percent of its pages touched (default 25), by 2 guest threads; the
-# guest only reads (fc-vmm checks every byte of each page it touches).
-# usage: bench/remote-bench.sh [BUILD_DIR] [--mib N] [--pct P] [--rtts "1 10"]
+# connection (the fill's reference). A snapshot of --mib MiB (default 1024),
+# --pct percent of its pages touched (default 25) by 2 guest threads, of
+# which --write-pct percent are written (default 40: the first touch of such
+# a page writes its first word, a write fault); fc-vmm checks every byte of
+# each page it touches, and with --fill every page after the serve left.
+# Last, the issue's targets: replay at 1 ms over the local cold replay, the
+# fill's bandwidth over curl's.
+# usage: bench/remote-bench.sh [BUILD_DIR] [--mib N] [--pct P] [--write-pct W] [--rtts "1 10"]
 set -euo pipefail
 
 build=build
-mib=256
+mib=1024
 pct=25
+wpct=40
 rtts="1 10"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--mib) mib=$2; shift 2 ;;
 	--pct) pct=$2; shift 2 ;;
+	--write-pct) wpct=$2; shift 2 ;;
 	--rtts) rtts=$2; shift 2 ;;
-	-*) echo "usage: $0 [BUILD_DIR] [--mib N] [--pct P] [--rtts \"1 10\"]" >&2; exit 2 ;;
+	-*) echo "usage: $0 [BUILD_DIR] [--mib N] [--pct P] [--write-pct W] [--rtts \"1 10\"]" >&2; exit 2 ;;
 	*) build=$1; shift ;;
 	esac
 done
@@ -85,7 +91,8 @@ run() {
 	[[ " $* " == *" --fill "* ]] && after=(--after-handler)
 	"$serve" --socket "$sock" --memory "$url" --json "$@" >"$dir/h.out" 2>"$dir/h.err" &
 	local hpid=$!
-	"$vmm" --socket "$sock" --memory "$snap" --touch-pct "$pct" --threads 2 --deadline 600 "${after[@]}" >"$dir/v.out"
+	"$vmm" --socket "$sock" --memory "$snap" --touch-pct "$pct" --write-pct "$wpct" --threads 2 --deadline 1800 \
+		"${after[@]}" >"$dir/v.out"
 	wait "$hpid" || { echo "$0: $name: uffd-serve failed: $(cat "$dir/h.err")" >&2; exit 1; }
 	grep -q 'bad_pages=0 .*after_handler_bad=0' "$dir/v.out" || { echo "$0: $name: wrong bytes: $(cat "$dir/v.out")" >&2; exit 1; }
 	us=$(kv "$dir/v.out" restore_us)
@@ -93,15 +100,21 @@ run() {
 	local c
 	c=$(kv "$dir/h.out" complete_ns)
 	fill_mbs=-
-	if [ -n "$c" ] && [ "$c" -gt 0 ]; then
+	if [ ${#after[@]} -gt 0 ] && [ -n "$c" ] && [ "$c" -gt 0 ]; then
 		fill_mbs=$(awk -v b=$((mib << 20)) -v c="$c" 'BEGIN { printf "%.0f", b / 1048576 / (c / 1e9) }')
 	fi
 }
 
 cold() { dd if="$snap" iflag=nocache count=0 status=none; }
+stop() { kill -9 "$1"; wait "$1" 2>/dev/null || true; }	# quietly: no "Killed" line from the shell
 
 rows=()
-row() { rows+=("$(printf '%-16s %-12s %12.1f %8s %10s' "$1" "$2" "$(awk -v u="$us" 'BEGIN { print u / 1000 }')" "$faults" "$fill_mbs")"); }
+declare -A res	# NAME/MODE -> restore ms, NAME/fill -> MiB/s
+row() {
+	res["$1/$2"]=$(awk -v u="$us" 'BEGIN { printf "%.1f", u / 1000 }')
+	[ "$fill_mbs" != - ] && res["$1/fill"]=$fill_mbs
+	rows+=("$(printf '%-16s %-12s %12s %8s %10s' "$1" "$2" "${res["$1/$2"]}" "$faults" "$fill_mbs")")
+}
 
 # The working set, recorded once from the local file.
 run record "$snap" --record "$dir/trace"
@@ -122,17 +135,27 @@ for r in $rtts; do
 	rp=$(cat "$dir/relay.port")
 	measure "nginx ${r}ms" "http://127.0.0.1:$rp/snap.img"
 	bw=$(curl -s -o /dev/null -w '%{speed_download}' "http://127.0.0.1:$rp/snap.img")
-	curlrows+=("$(printf 'curl alone, one connection, %2s ms relay: %.0f MiB/s' "$r" "$(awk -v b="$bw" 'BEGIN { print b / 1048576 }')")")
-	kill -9 "${pids[-1]}"; rm -f "$dir/relay.port"
+	res["curl ${r}ms"]=$(awk -v b="$bw" 'BEGIN { printf "%.0f", b / 1048576 }')
+	curlrows+=("$(printf 'curl alone, one connection, %2s ms relay: %s MiB/s' "$r" "${res["curl ${r}ms"]}")")
+	stop "${pids[-1]}"; rm -f "$dir/relay.port"
 	rm -f "$dir/nbd.sock"
 	nbdkit -f --exit-with-parent -U "$dir/nbd.sock" --filter=delay file "$snap" delay-read="${r}ms" &
 	pids+=($!)
 	until [ -S "$dir/nbd.sock" ]; do sleep 0.01; done
 	measure "nbdkit ${r}ms" "nbd+unix:///?socket=$dir/nbd.sock"
-	kill -9 "${pids[-1]}"
+	stop "${pids[-1]}"
 done
 
-echo "fc-vmm restored by uffd-serve --memory URL: $mib MiB, $pct% working set (reads), 2 guest threads"
+echo "fc-vmm restored by uffd-serve --memory URL: $mib MiB, $pct% working set, $wpct% of it written, 2 guest threads"
 printf '%-16s %-12s %12s %8s %10s\n' source mode "restore ms" faults "fill MiB/s"
 printf '%s\n' "${rows[@]}"
 printf '%s\n' "${curlrows[@]}"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo "targets: replay over the local cold replay (<= 1.5); fill over curl alone (>= 0.70)"
+for r in $rtts; do
+	for s in nginx nbdkit; do
+		printf '  %-7s %2s ms: replay %sx local cold' "$s" "$r" "$(ratio "${res["$s ${r}ms/replay"]}" "${res["local cold/replay"]}")"
+		[ $s = nginx ] && printf ', fill %s of curl' "$(ratio "${res["$s ${r}ms/fill"]:-0}" "${res["curl ${r}ms"]}")"
+		echo
+	done
+done

@@ -9,7 +9,11 @@
  * which stays open. Then a "guest" of threads touches a working set (a
  * seeded, scattered subset of the pages, in a new order each run) and checks
  * every byte against the snapshot file; a balloon gives a range back
- * (MADV_DONTNEED) and expects zeros there.
+ * (MADV_DONTNEED) and expects zeros there. With --write-pct, that share of
+ * the working set (a seeded subset, outside the balloon) is written: the
+ * first touch of such a page is a write of its first word (a write fault),
+ * and from then on the page must hold that word and the snapshot's other
+ * bytes.
  *
  * --kernel maps the snapshot MAP_PRIVATE instead (no handler: the kernel's
  * file paging, the reference). --make-snapshot writes a snapshot to serve.
@@ -50,7 +54,7 @@ enum json_form { JSON_CURRENT, JSON_OLD, JSON_BOTH };
 
 struct opts {
 	const char *socket, *memory;
-	unsigned regions, threads, pct, pace_us, deadline_s;
+	unsigned regions, threads, pct, write_pct, pace_us, deadline_s;
 	uint64_t seed;
 	bool huge, kernel, balloon, after_handler, summary;
 	enum json_form json;
@@ -69,7 +73,7 @@ struct vm {
 	uint32_t *set;		/* the working set, in this run's order */
 	uint64_t nset;
 	uint64_t balloon_off, balloon_len;	/* guest-physical range given back */
-	atomic_ulong touched, bad, balloon_bad;
+	atomic_ulong touched, bad, balloon_bad, written;
 	unsigned long mark;	/* touches before the balloon inflates */
 	pthread_mutex_t lock;
 	pthread_cond_t marked;
@@ -264,6 +268,12 @@ static int hand_over(const struct vm *v)
 
 /* ---- the guest ---- */
 
+/* A page of the working set (a fixed seeded subset of --touch-pct). */
+static bool in_set(const struct vm *v, uint64_t page)
+{
+	return ex_pattern(v->o.seed ^ 0x5e7, page, 0) % 100 < v->o.pct;
+}
+
 /* The working set: pages of a fixed seeded subset (the same each run), in a new order each run. */
 static void choose_set(struct vm *v)
 {
@@ -273,7 +283,7 @@ static void choose_set(struct vm *v)
 	if (!v->set)
 		die(3, "out of memory");
 	for (uint64_t p = 0; p < pages; p++)
-		if (ex_pattern(v->o.seed ^ 0x5e7, p, 0) % 100 < v->o.pct)
+		if (in_set(v, p))
 			v->set[v->nset++] = (uint32_t)p;
 	for (uint64_t i = v->nset; i > 1; i--) {	/* Fisher-Yates */
 		uint64_t j = ex_rand(&rnd) % i, x = v->set[i - 1];
@@ -287,6 +297,19 @@ static void choose_set(struct vm *v)
 static bool in_balloon(const struct vm *v, uint64_t gpa)
 {
 	return v->o.balloon && gpa - v->balloon_off < v->balloon_len;
+}
+
+/* Whether the guest writes the UNIT at gpa: a fixed seeded share of the working set, never in the balloon. */
+static bool unit_written(const struct vm *v, uint64_t gpa)
+{
+	return v->o.write_pct && !in_balloon(v, gpa) && in_set(v, gpa / UNIT) &&
+	       ex_pattern(v->o.seed ^ 0x3417, gpa / UNIT, 1) % 100 < v->o.write_pct;
+}
+
+/* What a written UNIT's first word becomes: never the snapshot's. */
+static uint64_t written_word(const struct vm *v, uint64_t gpa)
+{
+	return ~*(const uint64_t *)(v->ref + gpa);
 }
 
 static bool unit_zero(const struct vm *v, uint64_t gpa)
@@ -305,6 +328,8 @@ static bool unit_ok(const struct vm *v, uint64_t gpa)
 	const volatile uint64_t *p = (const volatile uint64_t *)guest_addr(v, gpa);
 	const uint64_t *ref = (const uint64_t *)(v->ref + gpa);
 
+	if (unit_written(v, gpa))	/* written once touched; check_all runs after every touch */
+		return p[0] == written_word(v, gpa) && !memcmp((const char *)p + 8, ref + 1, UNIT - 8);
 	if (!in_balloon(v, gpa))
 		return !memcmp((const void *)p, ref, UNIT);
 	for (unsigned w = 0; w < UNIT / 8; w++)
@@ -321,7 +346,12 @@ static void *toucher(void *arg)
 	for (uint64_t i = t; i < v->nset; i += v->o.threads) {
 		uint64_t gpa = (uint64_t)v->set[i] * UNIT;
 
-		(void)*(volatile char *)guest_addr(v, gpa);	/* the fault, if any */
+		if (unit_written(v, gpa)) {	/* a write fault: the snapshot's page comes in first */
+			*(volatile uint64_t *)guest_addr(v, gpa) = written_word(v, gpa);
+			atomic_fetch_add(&v->written, 1);
+		} else {
+			(void)*(volatile char *)guest_addr(v, gpa);	/* the fault, if any */
+		}
 		atomic_fetch_add(&v->bad, !unit_ok(v, gpa));
 		if (atomic_fetch_add(&v->touched, 1) + 1 == v->mark) {
 			pthread_mutex_lock(&v->lock);
@@ -396,6 +426,7 @@ static void usage(void)
 		"usage: " PROG " --memory SNAPSHOT (--socket PATH | --kernel) [--regions N] [--huge]\n"
 		"              [--old-json | --both-json] [--touch-pct P] [--seed S] [--threads N]\n"
 		"              [--balloon] [--pace-us N] [--after-handler] [--deadline S] [--summary]\n"
+		"              [--write-pct W]\n"
 		"       " PROG " --make-snapshot FILE --mib N [--seed S]\n");
 	exit(2);
 }
@@ -420,6 +451,8 @@ static void parse(int argc, char **argv, struct opts *o, const char **make, unsi
 			o->threads = (unsigned)ex_count(PROG, "--threads", val, 1, MAX_THREADS);
 		else if ((val = ex_opt(argc, argv, &i, "--touch-pct")))
 			o->pct = (unsigned)ex_count(PROG, "--touch-pct", val, 1, 100);
+		else if ((val = ex_opt(argc, argv, &i, "--write-pct")))
+			o->write_pct = (unsigned)ex_count(PROG, "--write-pct", val, 0, 100);
 		else if ((val = ex_opt(argc, argv, &i, "--seed")))
 			o->seed = ex_count(PROG, "--seed", val, 0, ~0ul);
 		else if ((val = ex_opt(argc, argv, &i, "--pace-us")))
@@ -482,11 +515,11 @@ int main(int argc, char **argv)
 		all_bad = check_all(&v, sock);
 	ok = !atomic_load(&v.bad) && !atomic_load(&v.balloon_bad) && !all_bad;
 	printf("FCVMM mode=%s huge=%s regions=%u pages=%llu touched=%llu restore_us=%.0f bad_pages=%lu "
-	       "balloon_pages=%llu balloon_nonzero=%lu after_handler_bad=%lu\n",
+	       "balloon_pages=%llu balloon_nonzero=%lu after_handler_bad=%lu written=%lu\n",
 	       v.o.kernel ? "kernel" : "uffd", v.o.huge ? "yes" : "no", v.o.regions,
 	       (unsigned long long)(v.len / UNIT), (unsigned long long)v.nset, ns / 1e3,
 	       atomic_load(&v.bad), (unsigned long long)(v.o.balloon ? v.balloon_len / UNIT : 0),
-	       atomic_load(&v.balloon_bad), all_bad);
+	       atomic_load(&v.balloon_bad), all_bad, atomic_load(&v.written));
 	if (v.o.summary) {
 		snprintf(fig, sizeof(fig), "%llu pages in %.1f ms", (unsigned long long)v.nset, ns / 1e6);
 		ex_summary("fc-vmm", ok, "Firecracker stand-in restored by uffd-serve", fig);

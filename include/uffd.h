@@ -1235,13 +1235,22 @@ struct uffd_source_info {
 	uint64_t    length;     /**< bytes the source holds; reads stay below it */
 	size_t      block_size; /**< natural unit (a chunk, a frame); 0: 4096. The engine aligns its reads to it */
 	unsigned    max_fds;    /**< most descriptors poll gives at once (at most 64); 0: poll gives only a timeout */
+	/**
+	 * Blocks the source serves best in flight at once (a remote source:
+	 * enough of them to cover its round trip); at most 256. 0: none. When
+	 * set, a restore reads this source's prefetch and fill a whole block
+	 * at a time (its prefetch read slots are a block long, block_size at
+	 * most 64 MiB then) with this many such reads in flight.
+	 */
+	unsigned    read_depth;
 };
 
 /**
  * Create a source from @p ops and @p impl. On success it holds one
  * reference; on failure nothing of impl is freed (destroy is not called).
  * @return 0; -EINVAL (NULL ops, read or info, sizes, length 0, block_size
- *         not a power of two, max_fds above 64); -ENOMEM.
+ *         not a power of two, max_fds above 64, read_depth above 256 or
+ *         set with block_size above 64 MiB); -ENOMEM.
  */
 int uffd_source_new(struct uffd_source **out, const struct uffd_source_ops *ops,
 		    void *impl, const struct uffd_source_info *info);

@@ -669,6 +669,36 @@ static int buffers(struct uffd_restore *rs)
 	return 0;
 }
 
+/*
+ * A source with a read depth (a remote one: a round trip costs what a
+ * large read does) is read a whole block at a time: the prefetch slots
+ * grow to its block, and their number becomes its depth (the largest
+ * among the regions' sources), so that the bytes in flight are what it
+ * asked for, not queue_depth blocks. With the slots a block long, a
+ * replay's read of a traced page takes the absent pages of its block
+ * (widen_to_block) and the fill's reads are whole blocks (extend_run).
+ */
+static void fit_sources(struct uffd_restore *rs)
+{
+	size_t slot = rs->o.max_read;
+	unsigned depth = 0;
+
+	for (unsigned i = 0; i < rs->nregs; i++) {
+		struct uffd_source *s = rs->regs[i].src;
+
+		if (!s->depth || s->block <= rs->o.max_read)
+			continue;
+		if (s->block > slot)
+			slot = s->block;
+		if (s->depth > depth)
+			depth = s->depth;
+	}
+	if (!depth)
+		return;
+	rs->o.max_read = slot;
+	rs->o.queue_depth = depth;
+}
+
 static int tables(struct uffd_restore *rs)
 {
 	rs->replay_block = REPLAY_BLOCK;
@@ -741,6 +771,7 @@ int rs__io_start(struct uffd_restore *rs)
 {
 	int err;
 
+	fit_sources(rs);
 	if ((err = tables(rs)) || (err = buffers(rs)) || (err = ring(rs)) || (err = attach(rs)) ||
 	    (err = spawn(rs)))
 		return err;

@@ -15,8 +15,8 @@
  *
  * In this process, a chunk is fetched once into one of FETCHES buffers
  * (allocated at attach) however many reads wait on it; each waiter gets
- * its bytes copied as they arrive (partial). A demand read (shorter than
- * a block) of a chunk nobody fetches goes straight to the inner source so
+ * its bytes copied as they arrive (partial). A demand read (at most
+ * 256 KiB, shorter than a chunk) of a chunk nobody fetches goes straight to the inner source so
  * a fault never waits for a whole chunk; the fill brings the chunk.
  * A read is served one chunk at a time: req->priv[0] links it in a list,
  * priv[1] is the bytes done, priv[2] the bytes of the current piece copied,
@@ -50,7 +50,7 @@ UFFD_OWN(source_advise);
 #define FETCHES 16		/* chunks fetched at once */
 #define HEADER 4096u		/* of the state file */
 #define BLOCKED_NS 2000000	/* another process fetches: look again after this */
-#define DEMAND (64u << 10)	/* reads shorter than this are demand reads */
+#define DEMAND (256u << 10)	/* reads of at most this, shorter than a chunk, are demand reads (fault-around) */
 #define PATIENCE_NS 500000000	/* waiting longer on another process's fetch: fetch it too (not kept) */
 
 struct fetch {
@@ -318,7 +318,7 @@ static int c_read(void *impl, struct uffd_source_req *req)
 	uint64_t k0 = req->off / c->chunk, k1 = (req->off + req->len - 1) / c->chunk;
 
 	/* A fault on a chunk nobody brings: straight from the inner source, at once. */
-	if (req->len < DEMAND && k0 == k1 && !present(c, k0) && !fetching(c, k0))
+	if (req->len <= DEMAND && req->len < c->chunk && k0 == k1 && !present(c, k0) && !fetching(c, k0))
 		return uffd_source_read(c->inner, req);
 	req->priv[1] = req->priv[2] = req->priv[3] = 0;
 	step(c, req);
@@ -547,6 +547,7 @@ UFFD_EXPORT int uffd_source_cache(struct uffd_source **out, struct uffd_source *
 	info.name = name;
 	info.length = c->length;
 	info.block_size = c->chunk;
+	info.read_depth = uffd__source_depth(inner) < FETCHES ? uffd__source_depth(inner) : FETCHES;	/* whole chunks, as the inner asks */
 	if ((err = uffd_source_new(out, &cache_ops, c, &info))) {
 		c_free(c);
 		return err;

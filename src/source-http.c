@@ -7,9 +7,10 @@
  * io_uring, process hands what fired to curl_multi_socket_action().
  *
  * A read waits in one of two queues (linked through req->priv[0]): reads
- * shorter than a block (the engine's demand faults) go first and have two
- * transfers of their own beyond the prefetch's, so a fault never waits
- * behind queued prefetch. A transfer is one range GET of the queued reads
+ * of at most 256 KiB and shorter than a chunk (the engine's demand faults
+ * and their fault-around; its prefetch and fill read whole chunks) go
+ * first and have two transfers of their own beyond the prefetch's, so a
+ * fault never waits behind queued prefetch. A transfer is one range GET of the queued reads
  * within a window (the chunk holding a prefetch read, 256 KiB for a demand
  * read), the gaps between them fetched and dropped; bytes go straight into the reads'
  * buffers as they arrive, partial() after each page and done() as soon as
@@ -32,7 +33,7 @@
 
 UFFD_OWN(source_new);
 
-#define BLOCK (64u << 10)	/* reads shorter than this are demand reads */
+#define BLOCK (64u << 10)	/* the block of a chunk size a restore cannot read whole */
 #define DEMAND_XFERS 2		/* transfers only demand reads may use */
 #define MAX_SOCKS 64
 #define PAGE 4096u
@@ -391,7 +392,7 @@ static int h_read(void *impl, struct uffd_source_req *req)
 {
 	struct hsrc *h = impl;
 
-	if (req->len < BLOCK)
+	if (req->len <= WINDOW_DEMAND && req->len < h->chunk)
 		push(&h->dq, &h->dq_tail, req);
 	else
 		push(&h->pq, &h->pq_tail, req);
@@ -789,8 +790,14 @@ UFFD_EXPORT int uffd_source_http(struct uffd_source **out, const char *url, cons
 	}
 	info.name = h->name;
 	info.length = h->length;
-	info.block_size = BLOCK;
 	info.max_fds = MAX_SOCKS;
+	if (!(h->chunk & (h->chunk - 1)) && h->chunk >= BLOCK && h->chunk <= (64u << 20)) {
+		/* a restore reads whole chunks, one per connection at once: a round trip buys a chunk */
+		info.block_size = h->chunk;
+		info.read_depth = h->nconn;
+	} else {
+		info.block_size = BLOCK;
+	}
 	if ((err = uffd_source_new(out, &http_ops, h, &info))) {
 		h_free(h);
 		return err;

@@ -45,6 +45,7 @@ struct uffd_source {
 	uint64_t length;
 	size_t block;
 	unsigned max_fds;
+	unsigned depth;			/* read_depth: blocks read whole, this many at once (0: none) */
 	/* attachment: set and cleared by the thread that starts and stops the restore */
 	_Atomic(struct uffd_source_env *) env;
 	unsigned slot;			/* index in env->v */
@@ -119,5 +120,8 @@ void uffd__env_detach(struct uffd_source_env *env);
 void uffd__env_free(struct uffd_source_env *env);
 /* Nanoseconds on the monotonic clock. */
 uint64_t uffd__env_now(void);
+
+/* The read_depth a source was made with (0: none); for sources over other sources. */
+unsigned uffd__source_depth(const struct uffd_source *src);
 
 #endif /* LIBUFFD_SOURCE_INTERNAL_H */

@@ -408,6 +408,7 @@ UFFD_EXPORT int uffd_source_layered(struct uffd_source **out, struct uffd_source
 	struct uffd_source_info info = { .size = sizeof(info) };
 	struct lsrc *L;
 	size_t block = 0;
+	unsigned depth = 0;
 	int err;
 
 	if (!out)
@@ -425,12 +426,16 @@ UFFD_EXPORT int uffd_source_layered(struct uffd_source **out, struct uffd_source
 		l_destroy(L);
 		return err;
 	}
-	for (unsigned i = 0; i < n; i++)
+	for (unsigned i = 0; i < n; i++) {
 		if (uffd_source_block_size(layers[i]) > block)
 			block = uffd_source_block_size(layers[i]);
+		if (uffd__source_depth(layers[i]) > depth)
+			depth = uffd__source_depth(layers[i]);
+	}
 	info.name = o.name ? o.name : "layered";
 	info.length = uffd_source_length(layers[0]);
 	info.block_size = block;
+	info.read_depth = block <= (64u << 20) ? depth : 0;	/* a remote layer's round trips: read whole blocks */
 	if ((err = uffd_source_new(out, &layered_ops, L, &info)))
 		l_destroy(L);
 	return err;

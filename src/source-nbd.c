@@ -29,6 +29,8 @@
 UFFD_OWN(source_new);
 
 #define MAX_CMD (16u << 20)	/* bytes per command: below every server's maximum payload we know */
+#define CHUNK (4u << 20)	/* a restore reads whole chunks, DEPTH at once: a round trip each (bench/RESULTS.md, remote-bench) */
+#define DEPTH 8
 
 enum slot_state { S_FREE, S_ACTIVE, S_WAIT };
 
@@ -472,8 +474,9 @@ UFFD_EXPORT int uffd_source_nbd(struct uffd_source **out, const char *uri, const
 	}
 	info.name = n->name;
 	info.length = n->length;
-	info.block_size = 4096;
+	info.block_size = CHUNK;
 	info.max_fds = 1;
+	info.read_depth = DEPTH;
 	if ((err = uffd_source_new(out, &nbd_ops, n, &info))) {
 		n_free(n);
 		return err;

@@ -12,6 +12,8 @@
 #include "source-internal.h"
 
 #define MAX_FDS 64
+#define MAX_DEPTH 256
+#define MAX_DEPTH_BLOCK (64u << 20)	/* a restore's read slots are at most max_read's bound */
 
 static int check_info(const struct uffd_source_ops *ops, const struct uffd_source_info *in)
 {
@@ -25,6 +27,11 @@ static int check_info(const struct uffd_source_ops *ops, const struct uffd_sourc
 		return uffd__err(-EINVAL, "%s: block_size %zu is not a power of two", call, in->block_size);
 	if (in->max_fds > MAX_FDS)
 		return uffd__err(-EINVAL, "%s: max_fds %u is above %d", call, in->max_fds, MAX_FDS);
+	if (in->read_depth > MAX_DEPTH)
+		return uffd__err(-EINVAL, "%s: read_depth %u is above %d", call, in->read_depth, MAX_DEPTH);
+	if (in->read_depth && in->block_size > MAX_DEPTH_BLOCK)
+		return uffd__err(-EINVAL, "%s: block_size %zu is above 64 MiB; a restore reads whole blocks of a source with read_depth",
+				 call, in->block_size);
 	return 0;
 }
 
@@ -57,7 +64,8 @@ UFFD_EXPORT int uffd_source_new(struct uffd_source **out, const struct uffd_sour
 	s->impl = impl;
 	s->length = in.length;
 	s->block = in.block_size ? in.block_size : 4096;
-	s->max_fds = s->ops.poll ? in.max_fds : 0;	/* poll with none: a timer only */
+	s->max_fds = s->ops.poll ? in.max_fds : 0;
+	s->depth = in.read_depth;	/* poll with none: a timer only */
 	*out = s;
 	return 0;
 }
@@ -93,6 +101,11 @@ UFFD_EXPORT size_t uffd_source_block_size(const struct uffd_source *src)
 	return src ? src->block : 0;
 }
 UFFD_EXPORT_OWN(source_block_size);
+
+unsigned uffd__source_depth(const struct uffd_source *src)
+{
+	return src ? src->depth : 0;
+}
 
 UFFD_EXPORT const char *uffd_source_name(const struct uffd_source *src)
 {

@@ -396,6 +396,34 @@ START_TEST(test_fill_detach)
 }
 END_TEST
 
+/*
+ * A guest that writes: 40% of its quarter of the pages are written at
+ * their first touch (write faults), while the fill runs; after the serve
+ * left, every page holds the snapshot's bytes, and each written page its
+ * written word too (the fill never maps a page over a write).
+ */
+START_TEST(test_fill_writes)
+{
+	static const char *const so[] = { "--fill", NULL };
+	static const char *const vo[] = { "--touch-pct", "25", "--write-pct", "40", "--after-handler", NULL };
+	uint64_t touched, written;
+	struct env e;
+	struct run r;
+
+	SETUP(&e, SNAP_MIB);
+	restore(&e, &r, "writes", so, vo);
+	assert_clean(&r, "detached");
+	touched = num(r.vmm_out, "touched");
+	written = num(r.vmm_out, "written");
+	ck_assert_uint_eq(num(r.vmm_out, "after_handler_bad"), 0);
+	ck_assert_uint_gt(written, touched / 4);	/* 40% of the set, give or take the seeded draw */
+	ck_assert_uint_lt(written, touched / 2);
+	ck_assert_uint_eq(num(r.json, "\"present\""), num(r.json, "\"total\""));
+	run_free(&r);
+	env_cleanup(&e);
+}
+END_TEST
+
 START_TEST(test_balloon)
 {
 	static const char *const vo[] = { "--balloon", "--touch-pct", "60", NULL };
@@ -2453,6 +2481,8 @@ static Suite *serve_suite(void)
 	tcase_add_test(tc, test_record_replay);
 	tc = CASE(fill_detach, 30);
 	tcase_add_test(tc, test_fill_detach);
+	tc = CASE(fill_writes, 30);
+	tcase_add_test(tc, test_fill_writes);
 	tc = CASE(balloon, 30);
 	tcase_add_test(tc, test_balloon);
 	tc = CASE(vm_killed, 30);

@@ -515,6 +515,10 @@ struct gen {
 	uint64_t due[GEN_MAX], seq[GEN_MAX];
 	unsigned n;
 	uint64_t next_seq, last_done_seq, inversions, reads;
+	unsigned max_n;			/* most reads in flight at once */
+	size_t min_len, max_len;	/* shortest and longest read */
+	uint64_t unaligned;		/* reads not starting at a multiple of the block */
+	size_t block;
 	uint64_t rng;
 	unsigned min_us, max_us;	/* injected delay per read */
 	uint64_t bad_off, bad_len;	/* reads touching this range fail with -EIO */
@@ -552,6 +556,13 @@ static int g_read(void *impl, struct uffd_source_req *req)
 	g->half[g->n] = false;
 	g->n++;
 	g->reads++;
+	if (g->n > g->max_n)
+		g->max_n = g->n;
+	if (!g->min_len || req->len < g->min_len)
+		g->min_len = req->len;
+	if (req->len > g->max_len)
+		g->max_len = req->len;
+	g->unaligned += g->block && req->off % g->block;
 	return 0;
 }
 
@@ -662,6 +673,59 @@ static void check_gen(const char *mem, size_t ps, size_t p)
 			ck_abort_msg("page %zu word %zu: 0x%llx, want 0x%llx", p, i, (unsigned long long)w[i],
 				     (unsigned long long)gen_word(p * ps + i * 8));
 }
+
+/*
+ * A source with a read depth (a remote one) is read whole blocks at a time,
+ * that many at once: a replay of one page per block and the fill read every
+ * block whole, never more than the depth in flight, every byte right.
+ * Without the depth the same source is read max_read at a time.
+ */
+static void depth_case(unsigned depth)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH };
+	size_t ps = harness_page_size(), npages = 4096, block = 1u << 20, bpages = block / ps;
+	struct uffd_source_info info = { .size = sizeof(info), .name = "deep", .length = npages * ps,
+					 .block_size = block, .read_depth = depth };
+	struct uffd_restore_stats s;
+	struct uffd_source *src;
+	struct gen *g = calloc(1, sizeof(*g));
+	struct env e;
+
+	SKIP_VALGRIND();
+	ck_assert_ptr_nonnull(g);
+	if (!env_anon(&e, npages * ps, ps, 0)) {
+		free(g);
+		SKIP_NO_UFFD();
+	}
+	g->rng = 88172645463325252ull;
+	g->min_us = 1000;
+	g->max_us = 3000;
+	g->block = block;
+	ASSERT_OK(uffd_source_new(&src, &gen_ops, g, &info));
+	env_serve(&e, src, &o);
+	ASSERT_OK(uffd_restore_wait(e.rs, 20000));
+	for (size_t p = 0; p < npages; p++)
+		check_gen(e.mem, ps, p);
+	s = stats_of(e.rs);
+	ck_assert_uint_eq(s.pages_present, npages);
+	ck_assert_uint_eq(s.bytes_read, npages * ps);
+	fprintf(stderr, "read_depth %u: %llu reads of %zu..%zu bytes, %u at once at most, %llu unaligned\n", depth,
+		(unsigned long long)g->reads, g->min_len, g->max_len, g->max_n, (unsigned long long)g->unaligned);
+	if (depth) {
+		ck_assert_uint_eq(g->reads, npages / bpages);	/* a read per block */
+		ck_assert_uint_eq(g->min_len, block);
+		ck_assert_uint_eq(g->max_len, block);
+		ck_assert_uint_eq(g->unaligned, 0);
+		ck_assert_uint_le(g->max_n, depth);
+		ck_assert_uint_ge(g->max_n, 2);
+	} else {
+		ck_assert_uint_le(g->max_len, 256u << 10);	/* max_read's default */
+	}
+	env_free(&e);
+}
+
+START_TEST(read_depth_blocks) { depth_case(_i ? 0 : 3); }
+END_TEST
 
 /* Reads complete 1..5 ms late, out of order: every byte still right, the fill completes. */
 START_TEST(late_every_byte)
@@ -1127,6 +1191,13 @@ START_TEST(bad_layers)
 	ops.read = g_read;
 	info.block_size = 3000;
 	ASSERT_ERR(uffd_source_new(&s, &ops, NULL, &info), -EINVAL, "power of two");
+	info.block_size = 4096;
+	info.read_depth = 257;
+	ASSERT_ERR(uffd_source_new(&s, &ops, NULL, &info), -EINVAL, "read_depth 257 is above 256");
+	info.block_size = 128u << 20;
+	info.read_depth = 4;
+	ASSERT_ERR(uffd_source_new(&s, &ops, NULL, &info), -EINVAL, "above 64 MiB");
+	info.read_depth = 0;
 	/* Ranges are checked; a source not attached does not read. */
 	req.buf = buf;
 	req.done = never_done;
@@ -1207,6 +1278,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, zero_no_read);
 	tc = CASE(late_every_byte, 30);
 	tcase_add_test(tc, late_every_byte);
+	tc = CASE(read_depth_blocks, 30);
+	tcase_add_loop_test(tc, read_depth_blocks, 0, 2);
 	tc = CASE(late_demand_first, 30);
 	tcase_add_test(tc, late_demand_first);
 	tc = CASE(late_demand_during_replay, 30);

@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -235,6 +236,38 @@ static size_t snapshot(const struct metrics *m, struct slot *copy)
 
 #define FAMILY(o, name, type, help) put(o, "# HELP " name " " help "\n# TYPE " name " " type "\n")
 
+/* The remote sources' counters, for the VMs served from a remote snapshot (none: no families). */
+static void remote(struct out *o, const struct slot *v, size_t n)
+{
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} f[] = {
+#define R(name, field, help) { "uffd_serve_remote_" name "_total", help, offsetof(struct uffd_source_remote_stats, field) }
+		R("requests", requests, "Requests sent to the snapshot's server (tries included)."),
+		R("bytes", bytes, "Bytes received from the snapshot's server."),
+		R("retries", retries, "Requests sent again after a failure."),
+		R("timeouts", timeouts, "Tries that ran out of time."),
+		R("errors", errors, "Reads that failed after their last try."),
+		R("cache_hits", cache_hits, "Reads served from the local chunk cache (--cache-dir)."),
+		R("cache_hit_bytes", cache_bytes, "Bytes of those."),
+		R("cache_fills", cache_fills, "Chunks fetched into the local chunk cache."),
+#undef R
+	};
+	size_t remotes = 0;
+
+	for (size_t i = 0; i < n; i++)
+		remotes += v[i].s.remote;
+	for (size_t k = 0; remotes && k < sizeof(f) / sizeof(f[0]); k++) {
+		put(o, "# HELP %s %s Counted by the process serving the VM, since it started.\n# TYPE %s counter\n",
+		    f[k].name, f[k].help, f[k].name);
+		for (size_t i = 0; i < n; i++)
+			if (v[i].s.remote)
+				put(o, "%s{vm=\"%d\"} %llu\n", f[k].name, (int)v[i].s.pid,
+				    (unsigned long long)*(const uint64_t *)(const void *)((const char *)&v[i].s.rstats + f[k].off));
+	}
+}
+
 static void counters(struct out *o, const struct slot *v, size_t n)
 {
 	static const char *const kinds[] = { "missing", "minor", "wp" };
@@ -279,6 +312,7 @@ static void counters(struct out *o, const struct slot *v, size_t n)
 	ONE("uffd_serve_detached", "gauge", "1 once every page is present and the regions are unregistered.",
 	    v[i].detached);
 #undef ONE
+	remote(o, v, n);
 	FAMILY(o, "uffd_serve_ready_seconds", "gauge", "From the start of the serve to every page present; absent while not.");
 	for (size_t i = 0; i < n; i++)
 		if (v[i].s.complete_ns)

@@ -4,7 +4,9 @@
  * (uffd_source_http) or an NBD export (uffd_source_nbd), behind the chunk
  * cache of --cache-dir when given; opened, sized and checked here, before
  * any VM connects. The server's failures later are the restore's read
- * errors: --on-fatal decides the VM's fate.
+ * errors: --on-fatal decides the VM's fate. Each such source is kept here
+ * too (a reference), for the counters of the summary and --metrics: the
+ * layered source over them is no remote source itself.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,11 @@
 #include <uffd.h>
 
 #include "serve.h"
+
+#define MAX_REMOTE 64	/* --memory and --layer's (serve-args.c bounds the layers below this) */
+
+static struct uffd_source *remotes[MAX_REMOTE];
+static size_t nremotes;
 
 static bool has_prefix(const char *s, const char *p)
 {
@@ -77,10 +84,40 @@ struct uffd_source *serve_remote_layer(const struct serve_opts *o, const char *w
 	if (!src)
 		return NULL;
 	*size = uffd_source_length(src);
-	if (!o->cache_dir)
-		return src;
-	if (uffd_source_cache(&cached, src, &co))
-		serve_fail(EXIT_SETUP, "cannot cache the %s %s in %s: %s", what, url, o->cache_dir, uffd_last_error());
-	uffd_source_unref(src);	/* the cache holds it */
-	return cached;
+	if (o->cache_dir) {
+		if (uffd_source_cache(&cached, src, &co))
+			serve_fail(EXIT_SETUP, "cannot cache the %s %s in %s: %s", what, url, o->cache_dir,
+				   uffd_last_error());
+		uffd_source_unref(src);	/* the cache holds it */
+		src = cached;
+	}
+	if (src && nremotes < MAX_REMOTE)
+		remotes[nremotes++] = uffd_source_ref(src);
+	return src;
+}
+
+bool serve_remote_stats(struct uffd_source_remote_stats *st)
+{
+	*st = (struct uffd_source_remote_stats){ .size = sizeof(*st) };
+	for (size_t i = 0; i < nremotes; i++) {
+		struct uffd_source_remote_stats one = { .size = sizeof(one) };
+
+		if (uffd_source_remote_stats(remotes[i], &one))
+			continue;
+		st->requests += one.requests;
+		st->bytes += one.bytes;
+		st->retries += one.retries;
+		st->timeouts += one.timeouts;
+		st->errors += one.errors;
+		st->cache_hits += one.cache_hits;
+		st->cache_bytes += one.cache_bytes;
+		st->cache_fills += one.cache_fills;
+	}
+	return nremotes > 0;
+}
+
+void serve_remote_release(void)
+{
+	while (nremotes)
+		uffd_source_unref(remotes[--nremotes]);
 }

@@ -394,6 +394,7 @@ static void summarize(const struct serve *sv, struct serve_summary *s)
 	}
 	if (sv->l && !uffd_loop_counters(sv->l, &lc))
 		s->removes = lc.events;
+	s->remote = serve_remote_stats(&s->rstats);
 }
 
 /* The restore leaves the loop before the loop goes; the regions before their handle. */

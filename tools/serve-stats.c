@@ -33,6 +33,12 @@ static void print_text(const struct serve_summary *s)
 	printf("  %-14s %.1f ms; %llu removes, %llu recorded pages, %llu errors, %d descriptors leaked\n",
 	       "served", s->served_ns / 1e6, (unsigned long long)s->removes,
 	       (unsigned long long)s->pages_recorded, (unsigned long long)s->errors, s->fds_leaked);
+	if (s->remote)
+		printf("  %-14s %llu requests, %.1f MiB, %llu retries, %llu timeouts, %llu errors; cache: %llu hits (%.1f MiB), %llu chunks fetched\n",
+		       "remote", (unsigned long long)s->rstats.requests, s->rstats.bytes / 1048576.0,
+		       (unsigned long long)s->rstats.retries, (unsigned long long)s->rstats.timeouts,
+		       (unsigned long long)s->rstats.errors, (unsigned long long)s->rstats.cache_hits,
+		       s->rstats.cache_bytes / 1048576.0, (unsigned long long)s->rstats.cache_fills);
 }
 
 static void add_u64(struct json_object *o, const char *key, uint64_t v)
@@ -73,6 +79,19 @@ static void print_json(const struct serve_summary *s)
 	add_u64(o, "pages_recorded", s->pages_recorded);
 	add_u64(o, "errors", s->errors);
 	json_object_object_add(o, "fds_leaked", json_object_new_int(s->fds_leaked));
+	if (s->remote) {	/* only for a remote snapshot: the object of a local one is as it was */
+		struct json_object *r = json_object_new_object();
+
+		add_u64(r, "requests", s->rstats.requests);
+		add_u64(r, "bytes", s->rstats.bytes);
+		add_u64(r, "retries", s->rstats.retries);
+		add_u64(r, "timeouts", s->rstats.timeouts);
+		add_u64(r, "errors", s->rstats.errors);
+		add_u64(r, "cache_hits", s->rstats.cache_hits);
+		add_u64(r, "cache_bytes", s->rstats.cache_bytes);
+		add_u64(r, "cache_fills", s->rstats.cache_fills);
+		json_object_object_add(o, "remote", r);
+	}
 	/* One line: with --multi every VM's summary is one line of JSON. */
 	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);

@@ -89,6 +89,10 @@ bool serve_is_url(const char *path);
 /* The source of a remote snapshot or Diff layer, its size found now; NULL after printing why. */
 struct uffd_source *serve_remote_layer(const struct serve_opts *o, const char *what, const char *url, bool diff,
 				       uint64_t *size);
+/* The counters of the remote sources serve_remote_layer() made, summed into *st; false when it made none. */
+bool serve_remote_stats(struct uffd_source_remote_stats *st);
+/* Drops the references serve_remote_layer() kept for serve_remote_stats(). */
+void serve_remote_release(void);
 
 /* serve-args.c: parses argv into o, or prints why and exits with EXIT_USAGE. */
 void serve_args(int argc, char **argv, struct serve_opts *o);
@@ -162,6 +166,8 @@ struct serve_summary {
 	uint64_t served_ns;	/* handshake to end */
 	int fds_leaked;		/* descriptors open after cleanup that were not before */
 	uint64_t hist[UFFD_HIST_BUCKETS];	/* service time of demand faults, the engine's buckets */
+	bool remote;		/* the snapshot or a layer is remote: rstats holds their counters */
+	struct uffd_source_remote_stats rstats;	/* of this process's remote sources, since it started */
 };
 
 /*

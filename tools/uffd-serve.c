@@ -362,6 +362,7 @@ out:
 	if (sigfd >= 0)
 		close(sigfd);
 	uffd_source_unref(src);
+	serve_remote_release();
 	free(o.replay);
 	free(o.layers);
 	free(o.headers);
