@@ -1334,6 +1334,129 @@ START_TEST(serve_http)
 }
 END_TEST
 
+/*
+ * uffd-serve --memory URL of a compressed snapshot (told by its first
+ * bytes), from nginx with a compressed diff as --layer URL, or from
+ * nbdkit: every page of the VM right.
+ */
+static void serve_compressed_case(bool nbd)
+{
+	const char *const extra[] = { "--layer", NULL, NULL };
+	size_t len = 32u << 20;
+	char base[128], dsnap[160], diff[160], plain[128], url[256], lurl[256];
+	uint64_t buf[SUB / 8];
+	struct server sv;
+	struct vmrun v;
+	int st, fd;
+
+	SKIP_VALGRIND();
+	SKIP_NO(nbd ? NBDKIT : NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, len, SUB);
+	snprintf(plain, sizeof(plain), "%s", sv.img);
+	pack_to(&sv, sv.img, "base.snap", 0, NULL, base, sizeof(base));
+	if (nbd) {
+		snprintf(sv.img, sizeof(sv.img), "%s", base);	/* nbdkit serves it */
+		nbdkit_start(&sv, NULL, NULL);
+		snprintf(url, sizeof(url), "%s", sv.url);
+	} else {
+		/* a diff (pieces q%7==1 changed), packed, and the image it makes, for fc-vmm */
+		snprintf(diff, sizeof(diff), "%s/diff.img", sv.dir);
+		fd = open(diff, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+		for (size_t q = 1; q < len / SUB; q += 7) {
+			for (size_t w = 0; w < SUB / 8; w++)
+				buf[w] = ~word(q, w);
+			ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
+		}
+		close(fd);
+		pack_to(&sv, diff, "diff.snap", 0, base, dsnap, sizeof(dsnap));
+		fd = open(plain, O_RDWR | O_CLOEXEC);
+		ck_assert_int_ge(fd, 0);
+		for (size_t q = 1; q < len / SUB; q += 7) {
+			for (size_t w = 0; w < SUB / 8; w++)
+				buf[w] = ~word(q, w);
+			ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
+		}
+		close(fd);
+		nginx_start(&sv, NULL);
+		snprintf(url, sizeof(url), "http://127.0.0.1:%d/base.snap", sv.port);
+		snprintf(lurl, sizeof(lurl), "http://127.0.0.1:%d/diff.snap", sv.port);
+		((const char **)extra)[1] = lurl;
+	}
+	snprintf(sv.img, sizeof(sv.img), "%s", plain);	/* what fc-vmm compares with */
+	vm_start(&v, &sv, url, nbd ? NULL : extra, "0");
+	st = reap(v.vmm, 45);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fc-vmm status 0x%x", st);
+	ck_assert_msg(file_has(v.vmm_out, "touched=8192 ") && file_has(v.vmm_out, " bad_pages=0 "),
+		      "fc-vmm did not see every byte right");
+	st = reap(v.serve, 15);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "uffd-serve status 0x%x", st);
+	if (!nbd)
+		ck_assert_uint_gt(ranges_logged(&sv), 2);
+	server_free(&sv);
+}
+
+START_TEST(serve_compressed_http) { serve_compressed_case(false); }
+END_TEST
+START_TEST(serve_compressed_nbd) { serve_compressed_case(true); }
+END_TEST
+
+/*
+ * uffd-serve --memory URL of a compressed snapshot with a corrupt frame:
+ * the VM is killed (--on-fatal kill), never fed the frame's bytes, and
+ * uffd-serve's error names the URL and the frame.
+ */
+START_TEST(serve_compressed_corrupt)
+{
+	char snap[128], url[256], want[320], plain[128];
+	struct server sv;
+	struct vmrun v;
+	uint8_t hb[48], eb[8], bit;
+	uint64_t idx, off;
+	int st, fd;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, 32u << 20, SUB);
+	snprintf(plain, sizeof(plain), "%s", sv.img);
+	pack_to(&sv, sv.img, "snap.snap", 0, NULL, snap, sizeof(snap));
+	fd = open(snap, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread(fd, hb, sizeof(hb), 0), (ssize_t)sizeof(hb));
+	idx = get64(hb + 40);	/* libuffd-snapshot(5): the index's offset */
+	ck_assert_int_eq(pread(fd, eb, sizeof(eb), (off_t)(idx + 5 * 24)), (ssize_t)sizeof(eb));
+	off = get64(eb) + 30;	/* in frame 5's stored bytes */
+	ck_assert_int_eq(pread(fd, &bit, 1, (off_t)off), 1);
+	bit ^= 0x08;
+	ck_assert_int_eq(pwrite(fd, &bit, 1, (off_t)off), 1);
+	close(fd);
+	nginx_start(&sv, NULL);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/snap.snap", sv.port);
+	vm_start(&v, &sv, url, NULL, "0");
+	st = reap(v.vmm, 45);
+	ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "fc-vmm status 0x%x", st);
+	st = reap(v.serve, 15);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "uffd-serve status 0x%x", st);
+	snprintf(want, sizeof(want), "%s: frame 5 ", url);
+	if (!file_has(v.serve_err, want)) {
+		char text[4096] = "";
+		int efd = open(v.serve_err, O_RDONLY | O_CLOEXEC);
+		ssize_t got = efd >= 0 ? read(efd, text, sizeof(text) - 1) : -1;
+
+		if (efd >= 0)
+			close(efd);
+		text[got > 0 ? got : 0] = 0;
+		for (char *c = text; *c; c++)
+			*c = *c == '\n' ? '|' : *c;	/* one line for check */
+		ck_abort_msg("uffd-serve's error does not name %s: %s", want, text);
+	}
+	server_free(&sv);
+}
+END_TEST
+
 /* The server dies while the VM runs: the VM is killed (--on-fatal kill), never fed wrong bytes. */
 START_TEST(serve_killed)
 {
@@ -1477,6 +1600,12 @@ static Suite *suite(void)
 	tcase_add_test(tc, compressed_http_corrupt);
 	tc = CASE(serve_http, 60);
 	tcase_add_test(tc, serve_http);
+	tc = CASE(serve_compressed_http, 60);
+	tcase_add_test(tc, serve_compressed_http);
+	tc = CASE(serve_compressed_nbd, 60);
+	tcase_add_test(tc, serve_compressed_nbd);
+	tc = CASE(serve_compressed_corrupt, 60);
+	tcase_add_test(tc, serve_compressed_corrupt);
 	tc = CASE(serve_killed, 40);
 	tcase_add_test(tc, serve_killed);
 	tc = CASE(serve_down, 20);
