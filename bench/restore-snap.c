@@ -273,7 +273,9 @@ static int open_source(const struct rs_env *e, enum which w, struct uffd_source 
 	if (w != LAYERS) {
 		for (int i = 0; i < (w == SNAP_FULL ? 1 : 3); i++)
 			cache_file(e, w == SNAP_FULL ? full : chain[i]);
-		if ((err = uffd_snap_open(&s, w == SNAP_FULL ? &full : chain, w == SNAP_FULL ? 1 : 3, NULL)) ||
+		struct uffd_snap_opts so = { .size = sizeof(so), .threads = e->snap_threads };
+
+		if ((err = uffd_snap_open(&s, w == SNAP_FULL ? &full : chain, w == SNAP_FULL ? 1 : 3, &so)) ||
 		    (err = uffd_source_snap(out, s)))
 			uffd_snap_close(s);
 		return err;
