@@ -76,6 +76,7 @@ struct opts {
 	unsigned reps, threads, sample_ms;
 	const char *file, *image, *cache, *memory, *page, *only, *placement, *workset;
 	unsigned snap_threads;
+	size_t frame_size;
 	FILE *timeline, *latency;
 	bool json;
 };
@@ -465,7 +466,8 @@ static int run_state(const struct opts *o, struct rs_env *e, size_t *order, cons
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--image PATH] [--around N]\n"
-		"                    [--working-set FILE] [--snap-threads N] [--write-pct P]\n"
+		"                    [--working-set FILE] [--snap-threads N] [--frame-size B]\n"
+		"                    [--write-pct P]\n"
 		"                    [--fault-around BYTES] [--threads N] [--cache warm|cold|both]\n"
 		"                    [--memory anon|memfd|both] [--page 4k|2m|both]\n"
 		"                    [--only NAME,...] [--timeline FILE] [--latency FILE]\n"
@@ -477,6 +479,8 @@ static void usage(FILE *f)
 		"                  --mib of it, not the pattern\n"
 		"  --working-set F the pages the guest touches: 4 KiB page numbers in F, one per\n"
 		"                  line (bench/snap-image.py --workset), not a uniform quarter\n"
+		"  --frame-size B  frames of the compressed contenders' files (a power of two,\n"
+		"                  65536..4194304; default 262144)\n"
 		"  --snap-threads N  decompressing threads of the compressed contenders\n"
 		"                  (uffd_snap_opts.threads; default 0: one per CPU, at most 4)\n"
 		"  --around N      4 KiB pages per fault of libuffd_around (default 16, as the\n"
@@ -530,6 +534,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		{ "image", required_argument, NULL, 'I' },
 		{ "working-set", required_argument, NULL, 'W' },
 		{ "snap-threads", required_argument, NULL, 'S' },
+		{ "frame-size", required_argument, NULL, 'Z' },
 		{ "around", required_argument, NULL, 'a' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "write-pct", required_argument, NULL, 'w' },
@@ -560,6 +565,10 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'I': o->image = optarg; break;
 		case 'W': o->workset = optarg; break;
 		case 'S': ok = parse_size(optarg, 0, 64, &v); o->snap_threads = (unsigned)v; break;
+		case 'Z':
+			ok = parse_size(optarg, 64 << 10, 4 << 20, &v) && !(v & (v - 1));
+			o->frame_size = v;
+			break;
 		case 'a': ok = parse_size(optarg, 1, 512, &o->around); break;
 		case 't': ok = parse_size(optarg, 1, 64, &v); o->threads = (unsigned)v; break;
 		case 'w': ok = parse_size(optarg, 0, 100, &v); o->write_pct = (unsigned)v; break;
@@ -706,6 +715,7 @@ int main(int argc, char **argv)
 	e.around = o.around;
 	e.write_pct = o.write_pct;
 	e.snap_threads = o.snap_threads;
+	e.frame_size = o.frame_size;
 	e.fault_around = o.fault_around;
 	e.fault_around_set = o.fault_around_set;
 	if (o.image && (e.fd = rs_image_open(&e, o.image, o.mib)) < 0)

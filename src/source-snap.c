@@ -241,15 +241,11 @@ static int ss_read(void *impl, struct uffd_source_req *req)
 	return 0;
 }
 
-/* Restore thread: the pool's fetches started, done for every finished read. */
-static void ss_process(void *impl, const struct pollfd *fds, unsigned n)
+/* Restore thread: done for every finished read. */
+static void deliver(struct snap_source *ss)
 {
-	struct snap_source *ss = impl;
 	struct uffd_source_req *r, *next;
 
-	(void)fds;
-	(void)n;
-	start_fetches(ss);
 	pthread_mutex_lock(&ss->lock);
 	r = take_all(&ss->done);
 	pthread_mutex_unlock(&ss->lock);
@@ -257,6 +253,17 @@ static void ss_process(void *impl, const struct pollfd *fds, unsigned n)
 		next = next_of(r);
 		r->done(r, (int)(intptr_t)RES(r));
 	}
+}
+
+/* Restore thread: the pool's fetches started, its finished reads delivered. */
+static void ss_process(void *impl, const struct pollfd *fds, unsigned n)
+{
+	struct snap_source *ss = impl;
+
+	(void)fds;
+	(void)n;
+	start_fetches(ss);
+	deliver(ss);
 }
 
 /* No descriptors; a fetch a layer refused is tried again within REFUSED_NS. */
@@ -314,13 +321,7 @@ static void stop_pool(struct snap_source *ss)
 	for (unsigned i = 0; i < ss->nw; i++)
 		ss->w[i].started = false;
 	ss->running = false;
-	pthread_mutex_lock(&ss->lock);
-	r = take_all(&ss->done);
-	pthread_mutex_unlock(&ss->lock);
-	for (; r; r = next) {
-		next = next_of(r);
-		r->done(r, (int)(intptr_t)RES(r));
-	}
+	deliver(ss);
 	for (r = take_all(&ss->urgent); r; r = next) {
 		next = next_of(r);
 		r->done(r, -ECANCELED);

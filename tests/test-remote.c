@@ -970,13 +970,41 @@ END_TEST
 
 /* ---- layered over HTTP ---- */
 
-START_TEST(layered_http)
+/* Pieces q%7==1 of the image at path hold ~word (a layer above, or the image it makes); created sparse with create. */
+static void change_pieces(const char *path, size_t len, bool create)
+{
+	uint64_t buf[SUB / 8];
+	int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0644);
+
+	ck_assert_int_ge(fd, 0);
+	if (create)
+		ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+	for (size_t q = 1; q < len / SUB; q += 7) {
+		for (size_t w = 0; w < SUB / 8; w++)
+			buf[w] = ~word(q, w);
+		ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
+	}
+	close(fd);
+}
+
+/* A restore of e from src (fill, detach): every other page touched, then every page checked (diff layer above). */
+static void layered_every_byte(struct env *e, struct uffd_source *src, size_t npages)
 {
 	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH };
+
+	env_serve(e, src, &o);
+	for (size_t p = 0; p < npages; p += 2)
+		check_page(e->mem, e->ps, p, true);
+	ASSERT_OK(uffd_restore_wait(e->rs, 20000));
+	for (size_t p = 0; p < npages; p++)
+		check_page(e->mem, e->ps, p, true);
+}
+
+START_TEST(layered_http)
+{
 	struct uffd_source_file_opts fo = { .size = sizeof(fo), .flags = UFFD_SOURCE_FILE_DIFF };
 	size_t ps = harness_page_size(), npages = 1024;
 	struct uffd_source *l[2], *src;
-	uint64_t buf[SUB / 8];
 	struct server sv;
 	struct env e;
 	char diff[160];
@@ -990,24 +1018,14 @@ START_TEST(layered_http)
 	nginx_start(&sv, NULL);
 	/* A local Diff layer over the remote base: pieces q%7==1 changed, the rest holes. */
 	snprintf(diff, sizeof(diff), "%s/diff.img", sv.dir);
-	fd = open(diff, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	change_pieces(diff, npages * ps, true);
+	fd = open(diff, O_RDONLY | O_CLOEXEC);
 	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(ftruncate(fd, (off_t)(npages * ps)), 0);
-	for (size_t q = 1; q < npages * ps / SUB; q += 7) {
-		for (size_t w = 0; w < SUB / 8; w++)
-			buf[w] = ~word(q, w);
-		ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
-	}
 	l[0] = http_source(sv.url, 3, 0);
 	ASSERT_OK(uffd_source_file(&l[1], fd, &fo));
 	close(fd);
 	ASSERT_OK(uffd_source_layered(&src, l, 2, NULL));
-	env_serve(&e, src, &o);
-	for (size_t p = 0; p < npages; p += 2)
-		check_page(e.mem, ps, p, true);
-	ASSERT_OK(uffd_restore_wait(e.rs, 20000));
-	for (size_t p = 0; p < npages; p++)
-		check_page(e.mem, ps, p, true);
+	layered_every_byte(&e, src, npages);
 	ck_assert_uint_gt(rstats(l[0]).bytes, 0);
 	uffd_source_unref(l[0]);
 	uffd_source_unref(l[1]);
@@ -1107,14 +1125,11 @@ END_TEST
 /* A compressed base and a compressed diff (pieces q%7==1 changed), both from nginx: one chain. */
 START_TEST(compressed_layered_http)
 {
-	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH };
 	size_t ps = harness_page_size(), npages = 1024;
 	char base[192], dsnap[192], diff[160], url[256];
 	struct uffd_source *rem[2], *src;
-	uint64_t buf[SUB / 8];
 	struct server sv;
 	struct env e;
-	int fd;
 
 	SKIP_VALGRIND();
 	SKIP_NO(NGINX);
@@ -1122,15 +1137,7 @@ START_TEST(compressed_layered_http)
 		SKIP_NO_UFFD();
 	server_dir(&sv, npages * ps, ps);
 	snprintf(diff, sizeof(diff), "%s/diff.img", sv.dir);
-	fd = open(diff, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(ftruncate(fd, (off_t)(npages * ps)), 0);
-	for (size_t q = 1; q < npages * ps / SUB; q += 7) {
-		for (size_t w = 0; w < SUB / 8; w++)
-			buf[w] = ~word(q, w);
-		ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
-	}
-	close(fd);
+	change_pieces(diff, npages * ps, true);
 	pack_to(&sv, sv.img, "base.snap", 64 << 10, NULL, base, sizeof(base));
 	pack_to(&sv, diff, "diff.snap", 0, base, dsnap, sizeof(dsnap));
 	nginx_start(&sv, NULL);
@@ -1139,12 +1146,7 @@ START_TEST(compressed_layered_http)
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/diff.snap", sv.port);
 	rem[1] = http_source(url, 3, 0);
 	src = snap_over(rem, 2);
-	env_serve(&e, src, &o);
-	for (size_t p = 0; p < npages; p += 2)
-		check_page(e.mem, ps, p, true);
-	ASSERT_OK(uffd_restore_wait(e.rs, 20000));
-	for (size_t p = 0; p < npages; p++)
-		check_page(e.mem, ps, p, true);
+	layered_every_byte(&e, src, npages);
 	ck_assert_uint_gt(rstats(rem[0]).bytes, 0);
 	ck_assert_uint_gt(rstats(rem[1]).bytes, 0);
 	uffd_source_unref(rem[0]);
@@ -1344,10 +1346,9 @@ static void serve_compressed_case(bool nbd)
 	const char *const extra[] = { "--layer", NULL, NULL };
 	size_t len = 32u << 20;
 	char base[128], dsnap[160], diff[160], plain[128], url[256], lurl[256];
-	uint64_t buf[SUB / 8];
 	struct server sv;
 	struct vmrun v;
-	int st, fd;
+	int st;
 
 	SKIP_VALGRIND();
 	SKIP_NO(nbd ? NBDKIT : NGINX);
@@ -1362,24 +1363,9 @@ static void serve_compressed_case(bool nbd)
 	} else {
 		/* a diff (pieces q%7==1 changed), packed, and the image it makes, for fc-vmm */
 		snprintf(diff, sizeof(diff), "%s/diff.img", sv.dir);
-		fd = open(diff, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-		ck_assert_int_ge(fd, 0);
-		ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
-		for (size_t q = 1; q < len / SUB; q += 7) {
-			for (size_t w = 0; w < SUB / 8; w++)
-				buf[w] = ~word(q, w);
-			ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
-		}
-		close(fd);
+		change_pieces(diff, len, true);
 		pack_to(&sv, diff, "diff.snap", 0, base, dsnap, sizeof(dsnap));
-		fd = open(plain, O_RDWR | O_CLOEXEC);
-		ck_assert_int_ge(fd, 0);
-		for (size_t q = 1; q < len / SUB; q += 7) {
-			for (size_t w = 0; w < SUB / 8; w++)
-				buf[w] = ~word(q, w);
-			ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
-		}
-		close(fd);
+		change_pieces(plain, len, false);
 		nginx_start(&sv, NULL);
 		snprintf(url, sizeof(url), "http://127.0.0.1:%d/base.snap", sv.port);
 		snprintf(lurl, sizeof(lurl), "http://127.0.0.1:%d/diff.snap", sv.port);
