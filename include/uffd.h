@@ -1576,7 +1576,8 @@ int uffd_snap_info(const struct uffd_snap *s, unsigned layer, struct uffd_snap_i
 
 /**
  * Decompress and check every frame stored in every layer (also those a
- * newer layer hides).
+ * newer layer hides). Layers read from sources (uffd_snap_open_sources())
+ * are read frame by frame with uffd_source_read_sync().
  * @return 0; the first error of uffd_snap_read() (file and frame named).
  */
 int uffd_snap_verify(struct uffd_snap *s);
@@ -1617,7 +1618,11 @@ int uffd_snap_pack(const char *path, int fd, const struct uffd_snap_pack_opts *o
  * A page source (section 10) serving the image of @p s, all its layers
  * resolved: zero frames are ZERO extents (zero pages, no read), a frame is
  * decompressed once into the snapshot's cache and the faults on it are
- * served from there, on the fault handler's thread when it is cached. The
+ * served from there, on the fault handler's thread when it is cached.
+ * Frames are fetched and decompressed on threads of the source's own
+ * (uffd_snap_opts.threads), several at once, never on the restore thread;
+ * a snapshot opened with uffd_snap_open_sources() has its compressed
+ * frames read by its layers' sources, attached to the restore with it. The
  * block size is the frame size. On success the source owns @p s: it is
  * closed with the source's last reference (the caller may use it until it
  * drops its own). A frame that fails its checks completes its read with
