@@ -150,10 +150,11 @@ out:
 	return err;
 }
 
-/* Packs the image in fd into path, a diff of the chain parents[0..n) when n. */
-static int pack(const char *out, int fd, const char *const *parents, unsigned n)
+/* Packs the image in fd into path, a diff of the chain parents[0..n) when n (frames of frame_size; 0: the default). */
+static int pack(const char *out, int fd, const char *const *parents, unsigned n, uint64_t frame_size)
 {
-	struct uffd_snap_pack_opts po = { .size = sizeof(po), .flags = n ? UFFD_SNAP_PACK_DIFF : 0 };
+	struct uffd_snap_pack_opts po = { .size = sizeof(po), .flags = n ? UFFD_SNAP_PACK_DIFF : 0,
+					  .frame_size = frame_size };
 	struct uffd_snap *ps = NULL;
 	int err;
 
@@ -165,13 +166,13 @@ static int pack(const char *out, int fd, const char *const *parents, unsigned n)
 	return err;
 }
 
-static int pack_file(const char *out, const char *in, const char *const *parents, unsigned n)
+static int pack_file(const char *out, const char *in, const char *const *parents, unsigned n, uint64_t frame_size)
 {
 	int fd = open(in, O_RDONLY | O_CLOEXEC), err;
 
 	if (fd < 0)
 		return -1;
-	err = pack(out, fd, parents, n);
+	err = pack(out, fd, parents, n, frame_size);
 	close(fd);
 	return err;
 }
@@ -216,10 +217,10 @@ static int make_files(const struct rs_env *e, const char *name)
 	for (int i = 0; i < NFILES; i++)
 		snprintf(path[i], sizeof(path[i]), "%s/%s", dir, fname[i]);
 	made = true;
-	if (pack(path[F_FULL], e->fd, NULL, 0) || write_layers(e) ||
-	    pack_file(path[F_ZBASE], path[F_BASE], NULL, 0) ||
-	    pack_file(path[F_Z1], path[F_D1], chain, 1) ||
-	    pack_file(path[F_Z2], path[F_D2], chain, 2)) {
+	if (pack(path[F_FULL], e->fd, NULL, 0, e->frame_size) || write_layers(e) ||
+	    pack_file(path[F_ZBASE], path[F_BASE], NULL, 0, e->frame_size) ||
+	    pack_file(path[F_Z1], path[F_D1], chain, 1, e->frame_size) ||
+	    pack_file(path[F_Z2], path[F_D2], chain, 2, e->frame_size)) {
 		fprintf(stderr, "uffd-restore: %s: making the compressed and layered files: %s\n", name,
 			uffd_last_error());
 		return -1;
@@ -273,7 +274,9 @@ static int open_source(const struct rs_env *e, enum which w, struct uffd_source 
 	if (w != LAYERS) {
 		for (int i = 0; i < (w == SNAP_FULL ? 1 : 3); i++)
 			cache_file(e, w == SNAP_FULL ? full : chain[i]);
-		if ((err = uffd_snap_open(&s, w == SNAP_FULL ? &full : chain, w == SNAP_FULL ? 1 : 3, NULL)) ||
+		struct uffd_snap_opts so = { .size = sizeof(so), .threads = e->snap_threads };
+
+		if ((err = uffd_snap_open(&s, w == SNAP_FULL ? &full : chain, w == SNAP_FULL ? 1 : 3, &so)) ||
 		    (err = uffd_source_snap(out, s)))
 			uffd_snap_close(s);
 		return err;

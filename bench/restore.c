@@ -2,7 +2,8 @@
 /*
  * uffd-restore: restoring a VM snapshot (issue 15). A snapshot file of known
  * contents; a "guest" of threads touching a fixed working set (a quarter of
- * the pages, scattered, the same set every run, a new order every run) and
+ * the pages, scattered, or the pages of --working-set; the same set every
+ * run, a new order every run) and
  * checking every page it touches. Timed from the guest's start to its last
  * touch, for each contender, with the snapshot's page cache warm and cold,
  * guest memory anonymous (UFFDIO_COPY) or a memfd (UFFDIO_CONTINUE), in
@@ -10,7 +11,8 @@
  * rotating), median reported.
  *
  * usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--image PATH] [--around N]
- *                     [--threads N] [--cache warm|cold|both]
+ *                     [--working-set FILE] [--snap-threads N] [--threads N]
+ *                     [--cache warm|cold|both]
  *                     [--memory anon|memfd|both] [--page 4k|2m|both]
  *                     [--only NAME,...] [--timeline FILE] [--latency FILE]
  *                     [--sample-ms N] [--json] [--placement split|same|free]
@@ -52,12 +54,12 @@ static const struct contender {
 	{ "libuffd_fill", rs_libuffd_fill, false, "the restore engine, no trace, every page brought "
 	  "in the background (UFFD_RESTORE_FILL)" },
 	/* restore-snap.c: the compressed snapshot (libuffd-snapshot(5)) and layers */
-	{ "snap", rs_snap, true, "the engine, demand faults only, from the snapshot packed (uffd_source_snap)" },
-	{ "snap_replay", rs_snap_replay, true, "the same replaying libuffd_replay's trace" },
-	{ "snap_fill", rs_snap_fill, true, "the same with UFFD_RESTORE_FILL" },
-	{ "layers_replay", rs_layers_replay, true, "replay from a base file and 2 Firecracker Diff "
+	{ "snap", rs_snap, false, "the engine, demand faults only, from the snapshot packed (uffd_source_snap)" },
+	{ "snap_replay", rs_snap_replay, false, "the same replaying libuffd_replay's trace" },
+	{ "snap_fill", rs_snap_fill, false, "the same with UFFD_RESTORE_FILL" },
+	{ "layers_replay", rs_layers_replay, false, "replay from a base file and 2 Firecracker Diff "
 	  "files (uffd_source_layered)" },
-	{ "snap_layers_replay", rs_snap_layers_replay, true, "replay from those packed: a compressed "
+	{ "snap_layers_replay", rs_snap_layers_replay, false, "replay from those packed: a compressed "
 	  "base and 2 compressed diffs" },
 	{ "ideal", rs_ideal, false, "the whole working set copied in address-ordered runs before "
 	  "the guest starts (anon UFFDIO_COPY from a mapping of the snapshot, memfd write + "
@@ -73,7 +75,9 @@ struct opts {
 	unsigned write_pct;
 	size_t cluster;
 	unsigned reps, threads, sample_ms;
-	const char *file, *image, *cache, *memory, *page, *only, *placement;
+	const char *file, *image, *cache, *memory, *page, *only, *placement, *workset;
+	unsigned snap_threads;
+	size_t frame_size;
 	FILE *timeline, *latency;
 	bool json;
 };
@@ -129,6 +133,44 @@ static size_t *working_set(size_t npages, size_t cluster, size_t *nset)
 	free(cl);
 	*nset = npages / 4;
 	return all;
+}
+
+/*
+ * --working-set: the pages listed in path (4 KiB page numbers, one per line,
+ * e.g. bench/snap-image.py --workset: the pages a re-run of the real
+ * process changed), those within the snapshot, each once; the rest of the
+ * pages after them (not touched).
+ */
+static size_t *working_set_file(const char *path, size_t npages, size_t *nset)
+{
+	size_t *all = malloc(npages * sizeof(*all)), n = 0, v;
+	unsigned char *in = calloc(npages, 1);
+	FILE *f = fopen(path, "re");
+
+	if (!all || !in || !f) {
+		fprintf(stderr, "uffd-restore: --working-set %s: %s\n", path, strerror(errno ? errno : ENOMEM));
+		goto fail;
+	}
+	while (fscanf(f, "%zu", &v) == 1)
+		if (v < npages && !in[v]++)
+			all[n++] = v;
+	if (!n) {
+		fprintf(stderr, "uffd-restore: --working-set %s: no page within the snapshot\n", path);
+		goto fail;
+	}
+	*nset = n;
+	for (size_t i = 0; i < npages; i++)
+		if (!in[i])
+			all[n++] = i;
+	fclose(f);
+	free(in);
+	return all;
+fail:
+	if (f)
+		fclose(f);
+	free(in);
+	free(all);
+	return NULL;
 }
 
 /* The snapshot: the pattern written to a file (unlinked at once unless --file), fsync'ed. */
@@ -435,7 +477,9 @@ static int run_state(const struct opts *o, struct rs_env *e, size_t *order, cons
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: uffd-restore [--mib N] [--reps N] [--file PATH] [--image PATH] [--around N]\n"
-		"                    [--write-pct P] [--cluster N] [--fault-around BYTES] [--threads N] [--cache warm|cold|both]\n"
+		"                    [--working-set FILE] [--snap-threads N] [--frame-size B]\n"
+		"                    [--write-pct P] [--cluster N]\n"
+		"                    [--fault-around BYTES] [--threads N] [--cache warm|cold|both]\n"
 		"                    [--memory anon|memfd|both] [--page 4k|2m|both]\n"
 		"                    [--only NAME,...] [--timeline FILE] [--latency FILE]\n"
 		"                    [--sample-ms N] [--json] [--placement split|same|free]\n"
@@ -444,6 +488,12 @@ static void usage(FILE *f)
 		"  --file PATH     the snapshot file to write (default: an unlinked file in /var/tmp)\n"
 		"  --image PATH    the snapshot is this memory image (bench/snap-image.py), at most\n"
 		"                  --mib of it, not the pattern\n"
+		"  --working-set F the pages the guest touches: 4 KiB page numbers in F, one per\n"
+		"                  line (bench/snap-image.py --workset), not a uniform quarter\n"
+		"  --frame-size B  frames of the compressed contenders' files (a power of two,\n"
+		"                  65536..4194304; default 262144)\n"
+		"  --snap-threads N  decompressing threads of the compressed contenders\n"
+		"                  (uffd_snap_opts.threads; default 0: one per CPU, at most 4)\n"
 		"  --around N      4 KiB pages per fault of libuffd_around (default 16, as the\n"
 		"                  kernel's fault_around_bytes)\n"
 		"  --threads N     guest threads (default 2)\n"
@@ -495,6 +545,9 @@ static int parse(int argc, char **argv, struct opts *o)
 		{ "reps", required_argument, NULL, 'r' },
 		{ "file", required_argument, NULL, 'f' },
 		{ "image", required_argument, NULL, 'I' },
+		{ "working-set", required_argument, NULL, 'W' },
+		{ "snap-threads", required_argument, NULL, 'S' },
+		{ "frame-size", required_argument, NULL, 'Z' },
 		{ "around", required_argument, NULL, 'a' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "write-pct", required_argument, NULL, 'w' },
@@ -524,6 +577,12 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'r': ok = parse_size(optarg, 1, MAX_REPS, &v); o->reps = (unsigned)v; break;
 		case 'f': o->file = optarg; break;
 		case 'I': o->image = optarg; break;
+		case 'W': o->workset = optarg; break;
+		case 'S': ok = parse_size(optarg, 0, 64, &v); o->snap_threads = (unsigned)v; break;
+		case 'Z':
+			ok = parse_size(optarg, 64 << 10, 4 << 20, &v) && !(v & (v - 1));
+			o->frame_size = v;
+			break;
 		case 'a': ok = parse_size(optarg, 1, 512, &o->around); break;
 		case 't': ok = parse_size(optarg, 1, 64, &v); o->threads = (unsigned)v; break;
 		case 'w': ok = parse_size(optarg, 0, 100, &v); o->write_pct = (unsigned)v; break;
@@ -647,6 +706,7 @@ static void legend(const struct opts *o, size_t nset, double t0)
 		snprintf(fa, sizeof(fa), "%zu", o->fault_around);
 	for (size_t i = 0; i < NCONT; i++)
 		printf("# %-15s %s\n", contenders[i].name, contenders[i].note);
+	printf("# working set: %s\n", o->workset ? o->workset : "a uniform random quarter of the pages");
 	printf("# %zu MiB snapshot, %zu pages touched by %u threads, %u runs each, median; "
 	       "--around %zu; %u%% of them written; clusters of %zu; fault-around %s; placement %s; %.1f s\n", o->mib, nset,
 	       o->threads, o->reps, o->around, o->write_pct, o->cluster, fa, o->placement, (now_us() - t0) / 1e6);
@@ -669,11 +729,14 @@ int main(int argc, char **argv)
 	e.threads = o.threads;
 	e.around = o.around;
 	e.write_pct = o.write_pct;
+	e.snap_threads = o.snap_threads;
+	e.frame_size = o.frame_size;
 	e.fault_around = o.fault_around;
 	e.fault_around_set = o.fault_around_set;
 	if (o.image && (e.fd = rs_image_open(&e, o.image, o.mib)) < 0)
 		return 1;
-	if (!(order = working_set(e.npages, o.cluster, &e.nset)) || (!o.image && (e.fd = make_snapshot(&o, e.len)) < 0))
+	order = o.workset ? working_set_file(o.workset, e.npages, &e.nset) : working_set(e.npages, o.cluster, &e.nset);
+	if (!order || (!o.image && (e.fd = make_snapshot(&o, e.len)) < 0))
 		return 1;
 	e.order = order;
 	header(&o);

@@ -37,6 +37,8 @@ struct rs_env {
 	const char *trace;	/* the trace the replay contender loads (restore-engine.c) */
 	const char *truth;	/* --image: the image's bytes (pages checked against them); NULL: the pattern */
 	bool cold;		/* this run's cache state: the contenders' own files follow it (restore-snap.c) */
+	unsigned snap_threads;	/* uffd_snap_opts.threads of the compressed contenders; 0: the default */
+	uint64_t frame_size;	/* frames of the compressed contenders' files; 0: the default (256 KiB) */
 };
 
 /* The figures of one run, in the table's column order after the ratios. */

@@ -21,7 +21,19 @@ memory file and a later one of the same layout, for a diff. With a third
 file, that one gets what Firecracker writes for a Diff snapshot: the 4 KiB
 pages of LATER that differ from OUTPUT, holes elsewhere.
 
+With --workset WS, the child then does a re-run instead (regular
+expressions over a fourth of the sources it holds, a JSON round trip,
+decimals, a hash, a count over its code objects: work of a warm
+interpreter with what it loaded) and stops again; WS gets the 4 KiB pages
+of OUTPUT whose bytes the re-run left changed, as page numbers, one per
+line, in address order: a working set recorded from the real process, but
+only its written part, and only where the bytes differ at the end (a
+reference count raised and dropped again leaves its page unchanged; pages
+only read are missing). This kernel has neither soft-dirty bits nor idle
+page tracking to record every page touched.
+
 usage: snap-image.py OUTPUT [LATER [DIFF]]
+       snap-image.py --workset WS OUTPUT
 """
 import os
 import re
@@ -46,7 +58,15 @@ for path in sorted(glob.glob(os.path.join(lib, "**", "*.py"), recursive=True)):
     except Exception:
         pass
 os.kill(os.getpid(), signal.SIGSTOP)
-d = {i: str(i) for i in range(20000)}
+if os.environ.get("SNAP_IMAGE_RERUN"):
+    # a re-run: the warm interpreter does some work with what it holds
+    names = [re.findall(r"^def (\w+)", src, re.M) for src, code in kept[::4]]
+    blob = json.dumps({"names": names, "q": [str(decimal.Decimal(i) / 7) for i in range(500)]})
+    back = json.loads(blob)
+    digest = hashlib.sha256(blob.encode()).hexdigest()
+    sizes = collections.Counter(len(code.co_consts) for src, code in kept)
+else:
+    d = {i: str(i) for i in range(20000)}
 os.kill(os.getpid(), signal.SIGSTOP)
 """
 
@@ -115,16 +135,42 @@ def write_diff(old, new, path):
     return pages
 
 
+def changed_pages(old, new, path):
+    """The page numbers of the pages of new that differ from old, one per line."""
+    n = 0
+    with open(old, "rb") as a, open(new, "rb") as b, open(path, "w") as out:
+        for off in range(0, os.path.getsize(new), 1 << 20):
+            x, y = a.read(1 << 20), b.read(1 << 20)
+            for p in range(0, len(y), 4096):
+                if x[p:p + 4096] != y[p:p + 4096]:
+                    out.write(f"{(off + p) // 4096}\n")
+                    n += 1
+    return n
+
+
 def main():
-    if len(sys.argv) not in (2, 3, 4):
+    ws = None
+    if sys.argv[1:2] == ["--workset"] and len(sys.argv) == 4:
+        ws = sys.argv[2]
+        del sys.argv[1:3]
+    elif len(sys.argv) not in (2, 3, 4):
         sys.exit(__doc__)
-    child = subprocess.Popen([sys.executable, "-c", CHILD])
+    env = dict(os.environ, SNAP_IMAGE_RERUN="1") if ws else None
+    child = subprocess.Popen([sys.executable, "-c", CHILD], env=env)
     try:
         wait_stopped(child)
         ranges = anon_ranges(child.pid)
         total, pad = dump(child.pid, ranges, sys.argv[1])
         print(f"{sys.argv[1]}: {total} bytes of python3's anonymous memory, "
               f"{pad} bytes of padding", file=sys.stderr)
+        if ws:
+            child.send_signal(signal.SIGCONT)
+            wait_stopped(child)
+            later = ws + ".later"
+            dump(child.pid, ranges, later)
+            n = changed_pages(sys.argv[1], later, ws)
+            os.unlink(later)
+            print(f"{ws}: {n} pages of the image changed by the re-run", file=sys.stderr)
         if len(sys.argv) >= 3:
             child.send_signal(signal.SIGCONT)
             wait_stopped(child)

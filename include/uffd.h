@@ -1311,6 +1311,23 @@ int uffd_source_attach(struct uffd_source *src, struct uffd_source_env *env);
  */
 void uffd_source_notify(struct uffd_source *src);
 
+/**
+ * Read @p len bytes at @p off of @p src into @p buf now, blocking the
+ * calling thread (since 0.4): for a source that serves no restore at the
+ * moment, e.g. to look at a snapshot's header or index before any VM
+ * connects. The source is attached to a loop of the call's own (an
+ * io_uring made for it), its reads driven there as a restore thread drives
+ * them, and detached again: it can serve a restore afterwards. Not on a
+ * restore thread; not for a source attached to a restore.
+ * @p timeout_ms bounds the whole call (-1: only the source's own bounds,
+ * e.g. a remote source's tries and timeouts).
+ * @return 0 (every byte in buf); -EINVAL (NULL, empty or out of range,
+ *         timeout_ms 0 or below -1); -EBUSY (the source serves a restore);
+ *         -ETIMEDOUT; the error of a failed read of the source (-EIO);
+ *         -ENOMEM; -errno of io_uring_queue_init or eventfd.
+ */
+int uffd_source_read_sync(struct uffd_source *src, uint64_t off, void *buf, size_t len, int timeout_ms);
+
 /** Options of uffd_source_file(). */
 struct uffd_source_file_opts {
 	size_t   size;       /**< sizeof(struct uffd_source_file_opts) */
@@ -1472,6 +1489,12 @@ struct uffd_snap;
 struct uffd_snap_opts {
 	size_t size;        /**< sizeof(struct uffd_snap_opts) */
 	size_t cache_bytes; /**< bound of the decompressed-frame cache, taken at open; 0: 16 MiB; at least one frame */
+	/**
+	 * Threads of uffd_source_snap() that read and decompress frames, at
+	 * most 64; 0: one per online CPU, at most 4, and 8 when a layer is a
+	 * source (uffd_snap_open_sources(): they mostly wait for its reads).
+	 */
+	unsigned threads;
 };
 
 /**
@@ -1489,6 +1512,25 @@ struct uffd_snap_opts {
  */
 int uffd_snap_open(struct uffd_snap **out, const char *const *paths, unsigned n,
 		   const struct uffd_snap_opts *o);
+
+/**
+ * Open the snapshot whose @p n layers (base first, as uffd_snap_open())
+ * are the bytes of page sources (since 0.4): a file with uffd_source_file(),
+ * an HTTP(S) or S3 object, an NBD export, a cached remote source, a source
+ * of your own. Each layer's header and index are read here with
+ * uffd_source_read_sync() and checked as uffd_snap_open() checks a file's;
+ * the messages name the layers by uffd_source_name() (a URL). Takes a
+ * reference to each source. Under uffd_source_snap() the compressed frames
+ * are read with the layers' asynchronous reads on the restore thread (the
+ * layers are attached to the restore with the snapshot's source) and
+ * decompressed and checked on the source's threads; uffd_snap_read(),
+ * uffd_snap_verify() and uffd_snap_merge() read them with
+ * uffd_source_read_sync() (-EBUSY while the snapshot serves a restore).
+ * @return as uffd_snap_open(); -EBUSY (a layer serves a restore);
+ *         -ETIMEDOUT and read errors of a layer.
+ */
+int uffd_snap_open_sources(struct uffd_snap **out, struct uffd_source *const *layers, unsigned n,
+			   const struct uffd_snap_opts *o);
 
 /**
  * Read @p len bytes of the image at @p offset into @p buf: each frame from
@@ -1543,7 +1585,8 @@ int uffd_snap_info(const struct uffd_snap *s, unsigned layer, struct uffd_snap_i
 
 /**
  * Decompress and check every frame stored in every layer (also those a
- * newer layer hides).
+ * newer layer hides). Layers read from sources (uffd_snap_open_sources())
+ * are read frame by frame with uffd_source_read_sync().
  * @return 0; the first error of uffd_snap_read() (file and frame named).
  */
 int uffd_snap_verify(struct uffd_snap *s);
@@ -1584,7 +1627,11 @@ int uffd_snap_pack(const char *path, int fd, const struct uffd_snap_pack_opts *o
  * A page source (section 10) serving the image of @p s, all its layers
  * resolved: zero frames are ZERO extents (zero pages, no read), a frame is
  * decompressed once into the snapshot's cache and the faults on it are
- * served from there, on the fault handler's thread when it is cached. The
+ * served from there, on the fault handler's thread when it is cached.
+ * Frames are fetched and decompressed on threads of the source's own
+ * (uffd_snap_opts.threads), several at once, never on the restore thread;
+ * a snapshot opened with uffd_snap_open_sources() has its compressed
+ * frames read by its layers' sources, attached to the restore with it. The
  * block size is the frame size. On success the source owns @p s: it is
  * closed with the source's last reference (the caller may use it until it
  * drops its own). A frame that fails its checks completes its read with

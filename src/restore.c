@@ -314,6 +314,9 @@ UFFD_EXPORT int uffd_restore_wait(struct uffd_restore *rs, int timeout_ms)
 				 (unsigned long long)atomic_load(&rs->done), (unsigned long long)rs->total, timeout_ms);
 	if (err == -ESRCH)
 		return uffd__err(err, "uffd_restore_wait: the process owning the memory exited before the restore completed");
+	if (err == -EIO && uffd__env_why(&rs->env))
+		return uffd__err(err, "uffd_restore_wait: %llu reads of the source failed or came back short; the restore cannot complete; the first: %s",
+				 (unsigned long long)atomic_load(&rs->read_errors), uffd__env_why(&rs->env));
 	if (err == -EIO)
 		return uffd__err(err, "uffd_restore_wait: %llu reads of the source failed or came back short; the restore cannot complete",
 				 (unsigned long long)atomic_load(&rs->read_errors));

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -62,12 +63,29 @@ static int build_canon(struct snap_layer *l)
 	return 0;
 }
 
-/* Read and check one file's header and index. */
-static int layer_load(struct snap_layer *l, const char *path)
+/* The index's bytes from the layer's file or source: 0 or -errno (sentence set). */
+static int read_bytes(struct snap_layer *l, void *buf, size_t len, uint64_t off, const char *what)
 {
-	uint8_t hb[SNAP_HEADER_SIZE], *ib = NULL;
-	struct stat st;
 	int err;
+
+	if (l->src) {
+		if ((err = uffd_source_read_sync(l->src, off, buf, len, -1))) {
+			char why[256];
+
+			snprintf(why, sizeof(why), "%s", uffd_last_error());
+			return uffd__err(err, "%s: reading %s: %s", l->path, what, why);
+		}
+		return 0;
+	}
+	if ((err = snap__pread_all(l->fd, buf, len, off)))
+		return uffd__err(err, "%s: reading %s: %s", l->path, what, uffd__errname(err));
+	return 0;
+}
+
+/* The layer's file opened, its size in l->file_size. */
+static int layer_open_file(struct snap_layer *l, const char *path)
+{
+	struct stat st;
 
 	l->fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (l->fd < 0)
@@ -77,9 +95,19 @@ static int layer_load(struct snap_layer *l, const char *path)
 	if (!S_ISREG(st.st_mode))
 		return uffd__err(-EINVAL, "%s: not a regular file", path);
 	l->file_size = (uint64_t)st.st_size;
+	return 0;
+}
+
+/* Read and check one layer's header and index (l->fd or l->src, l->file_size set). */
+static int layer_load(struct snap_layer *l)
+{
+	const char *path = l->path;
+	uint8_t hb[SNAP_HEADER_SIZE], *ib = NULL;
+	int err;
+
 	memset(hb, 0, sizeof(hb));
-	if (l->file_size >= SNAP_HEADER_SIZE && (err = snap__pread_all(l->fd, hb, sizeof(hb), 0)))
-		return uffd__err(err, "%s: reading the header: %s", path, uffd__errname(err));
+	if (l->file_size >= SNAP_HEADER_SIZE && (err = read_bytes(l, hb, sizeof(hb), 0, "the header")))
+		return err;
 	if ((err = snap__parse_header(hb, l->file_size, path, &l->h)))
 		return err;
 	if (l->h.nframes > UINT32_MAX)
@@ -91,10 +119,8 @@ static int layer_load(struct snap_layer *l, const char *path)
 		err = uffd__err(-ENOMEM, "%s: no memory for an index of %" PRIu64 " frames", path, l->h.nframes);
 		goto out;
 	}
-	if ((err = snap__pread_all(l->fd, ib, l->h.nframes * SNAP_ENTRY_SIZE, l->h.index_offset))) {
-		err = uffd__err(err, "%s: reading the index: %s", path, uffd__errname(err));
+	if ((err = read_bytes(l, ib, l->h.nframes * SNAP_ENTRY_SIZE, l->h.index_offset, "the index")))
 		goto out;
-	}
 	if ((err = snap__parse_index(&l->h, ib, path, l->e)))
 		goto out;
 	if (build_canon(l))
@@ -147,6 +173,56 @@ static int chain_check(const struct uffd_snap *s, unsigned i)
 	return 0;
 }
 
+int snap__reader_init(const struct uffd_snap *s, struct snap_reader *r)
+{
+	size_t fs = (size_t)1 << s->shift;
+
+	r->cbuf = malloc(ZSTD_compressBound(fs));
+	r->fbuf = malloc(fs);
+	r->dctx = ZSTD_createDCtx();
+	if (!r->cbuf || !r->fbuf || !r->dctx) {
+		snap__reader_free(r);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void snap__reader_free(struct snap_reader *r)
+{
+	free(r->cbuf);
+	free(r->fbuf);
+	ZSTD_freeDCtx(r->dctx);
+	r->cbuf = r->fbuf = NULL;
+	r->dctx = NULL;
+}
+
+int snap__fetch_file(const struct snap_layer *l, uint64_t i, const struct snap_entry *e, uint8_t *dst)
+{
+	int err = snap__pread_all(l->fd, dst, e->length, e->offset);
+
+	if (err)
+		return uffd__err(err, "%s: frame %" PRIu64 ": reading %u bytes at %" PRIu64 ": %s",
+				 l->path, i, e->length, e->offset,
+				 err == -EIO ? "the file is shorter than its index says" : uffd__errname(err));
+	return 0;
+}
+
+/* The fetch of uffd_snap_read() and the like: pread(2), or a blocking read of the layer's source. */
+static int fetch_own(void *ctx, unsigned k, const struct snap_entry *e, uint8_t *dst)
+{
+	const struct snap_layer *l = &((struct uffd_snap *)ctx)->l[k];
+	uint64_t i = (uint64_t)(e - l->e);
+	char why[256];
+	int err;
+
+	if (!l->src)
+		return snap__fetch_file(l, i, e, dst);
+	if (!(err = uffd_source_read_sync(l->src, e->offset, dst, e->length, -1)))
+		return 0;
+	snprintf(why, sizeof(why), "%s", uffd_last_error());
+	return uffd__err(err, "%s: frame %" PRIu64 ": %s", l->path, i, why);
+}
+
 static int cache_init(struct uffd_snap *s, size_t bytes)
 {
 	size_t fs = (size_t)1 << s->shift;
@@ -167,20 +243,84 @@ static int cache_init(struct uffd_snap *s, size_t bytes)
 		s->mem = NULL;
 	else
 		(void)madvise(s->mem, s->mem_len, MADV_POPULATE_WRITE);
-	s->cbuf = malloc(ZSTD_compressBound(fs));
-	s->dctx = ZSTD_createDCtx();
 	for (unsigned i = 0; s->slots && i < s->n; i++) {
 		s->l[i].slot = malloc(s->l[i].h.nframes * sizeof(uint32_t));
 		if (!s->l[i].slot)
 			return -ENOMEM;
 		memset(s->l[i].slot, 0xff, s->l[i].h.nframes * sizeof(uint32_t));
 	}
-	if (!s->slots || !s->mem || !s->cbuf || !s->dctx)
+	if (!s->slots || !s->mem || snap__reader_init(s, &s->own))
 		return -ENOMEM;
+	s->own.fetch = fetch_own;
+	s->own.ctx = s;
 	for (size_t k = 0; k < s->nslots; k++) {
 		s->slots[k].layer = NO_SLOT;
 		s->slots[k].buf = s->mem + k * fs;
 	}
+	return 0;
+}
+
+/* Threads of uffd_source_snap(): asked, or one per CPU (at most 4), or 8 over sources. */
+static unsigned threads_of(unsigned asked, bool sources)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (asked)
+		return asked;
+	if (sources)
+		return 8;
+	return cpus < 1 ? 1 : cpus > 4 ? 4 : (unsigned)cpus;
+}
+
+static struct uffd_snap *snap_alloc(unsigned n)
+{
+	struct uffd_snap *s = calloc(1, sizeof(*s));
+
+	if (!s || !(s->l = calloc(n, sizeof(*s->l)))) {
+		free(s);
+		return NULL;
+	}
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->own_lock, NULL);
+	pthread_cond_init(&s->loaded, NULL);
+	for (unsigned i = 0; i < n; i++)
+		s->l[i].fd = -1;
+	s->n = n;
+	return s;
+}
+
+/* The layers loaded: the chain checked, the options applied, the cache made. */
+static int snap_finish(struct uffd_snap *s, struct uffd_snap_opts *opts, const char *call)
+{
+	bool sources = false;
+	int err;
+
+	for (unsigned i = 0; i < s->n; i++) {
+		if ((err = layer_load(&s->l[i])) || (err = chain_check(s, i)))
+			return err;
+		sources |= s->l[i].src != NULL;
+	}
+	s->size = s->l[0].h.image_size;
+	s->shift = s->l[0].h.frame_shift;
+	s->threads = threads_of(opts->threads, sources);
+	if (!opts->cache_bytes)
+		opts->cache_bytes = DEFAULT_CACHE;
+	if (opts->cache_bytes < (size_t)1 << s->shift)
+		return uffd__err(-EINVAL, "uffd_snap_opts: cache_bytes %zu is less than one frame (%zu bytes) of %s",
+				 opts->cache_bytes, (size_t)1 << s->shift, s->l[0].path);
+	if (cache_init(s, opts->cache_bytes))
+		return uffd__err(-ENOMEM, "%s: no memory for a cache of %zu bytes", call, opts->cache_bytes);
+	return 0;
+}
+
+static int opts_of(struct uffd_snap_opts *opts, const struct uffd_snap_opts *o)
+{
+	int err;
+
+	if (o && (err = uffd__opts_copy(opts, sizeof(*opts), o, o->size, "uffd_snap_opts")))
+		return err;
+	if (opts->threads > 64)
+		return uffd__err(-EINVAL, "uffd_snap_opts: threads %u is above 64", opts->threads);
 	return 0;
 }
 
@@ -199,38 +339,20 @@ UFFD_EXPORT int uffd_snap_open(struct uffd_snap **out, const char *const *paths,
 	for (unsigned i = 0; i < n; i++)
 		if (!paths[i] || !*paths[i])
 			return uffd__err(-EINVAL, "uffd_snap_open: file name %u is NULL or empty", i);
-	if (o && (err = uffd__opts_copy(&opts, sizeof(opts), o, o->size, "uffd_snap_opts")))
+	if ((err = opts_of(&opts, o)))
 		return err;
-	s = calloc(1, sizeof(*s));
-	if (!s || !(s->l = calloc(n, sizeof(*s->l)))) {
-		free(s);
+	if (!(s = snap_alloc(n)))
 		return uffd__err(-ENOMEM, "uffd_snap_open: out of memory");
-	}
-	pthread_mutex_init(&s->lock, NULL);
-	for (unsigned i = 0; i < n; i++)
-		s->l[i].fd = -1;
-	s->n = n;
 	for (unsigned i = 0; i < n; i++) {
 		if (!(s->l[i].path = strdup(paths[i]))) {
 			err = uffd__err(-ENOMEM, "uffd_snap_open: out of memory");
 			goto fail;
 		}
-		if ((err = layer_load(&s->l[i], paths[i])) || (err = chain_check(s, i)))
+		if ((err = layer_open_file(&s->l[i], paths[i])))
 			goto fail;
 	}
-	s->size = s->l[0].h.image_size;
-	s->shift = s->l[0].h.frame_shift;
-	if (!opts.cache_bytes)
-		opts.cache_bytes = DEFAULT_CACHE;
-	if (opts.cache_bytes < (size_t)1 << s->shift) {
-		err = uffd__err(-EINVAL, "uffd_snap_opts: cache_bytes %zu is less than one frame (%zu bytes) of %s",
-				opts.cache_bytes, (size_t)1 << s->shift, paths[0]);
+	if ((err = snap_finish(s, &opts, "uffd_snap_open")))
 		goto fail;
-	}
-	if (cache_init(s, opts.cache_bytes)) {
-		err = uffd__err(-ENOMEM, "uffd_snap_open: no memory for a cache of %zu bytes", opts.cache_bytes);
-		goto fail;
-	}
 	*out = s;
 	return 0;
 fail:
@@ -238,6 +360,43 @@ fail:
 	return err;
 }
 UFFD_EXPORT_OWN(snap_open);
+
+UFFD_EXPORT int uffd_snap_open_sources(struct uffd_snap **out, struct uffd_source *const *layers, unsigned n,
+				       const struct uffd_snap_opts *o)
+{
+	struct uffd_snap_opts opts = { .size = sizeof(opts) };
+	struct uffd_snap *s;
+	int err;
+
+	if (!out)
+		return uffd__err(-EINVAL, "uffd_snap_open_sources: out is NULL");
+	*out = NULL;
+	if (!layers || !n)
+		return uffd__err(-EINVAL, "uffd_snap_open_sources: pass at least one source");
+	for (unsigned i = 0; i < n; i++)
+		if (!layers[i])
+			return uffd__err(-EINVAL, "uffd_snap_open_sources: source %u is NULL", i);
+	if ((err = opts_of(&opts, o)))
+		return err;
+	if (!(s = snap_alloc(n)))
+		return uffd__err(-ENOMEM, "uffd_snap_open_sources: out of memory");
+	for (unsigned i = 0; i < n; i++) {
+		s->l[i].src = uffd_source_ref(layers[i]);
+		s->l[i].file_size = uffd_source_length(layers[i]);
+		if (!(s->l[i].path = strdup(uffd_source_name(layers[i])))) {
+			err = uffd__err(-ENOMEM, "uffd_snap_open_sources: out of memory");
+			goto fail;
+		}
+	}
+	if ((err = snap_finish(s, &opts, "uffd_snap_open_sources")))
+		goto fail;
+	*out = s;
+	return 0;
+fail:
+	uffd_snap_close(s);
+	return err;
+}
+UFFD_EXPORT_OWN(snap_open_sources);
 
 /* The layer whose entry serves frame i, and that entry; NULL for zeros. */
 static const struct snap_entry *resolve(const struct uffd_snap *s, uint64_t i, unsigned *layer)
@@ -254,23 +413,23 @@ static const struct snap_entry *resolve(const struct uffd_snap *s, uint64_t i, u
 }
 
 /*
- * Decompress (or copy) and check frame i of layer k from its stored bytes
- * @p stored (e->length of them) into dst (its whole length). Apart from
- * where the stored bytes come from (load_frame(): the layer's file), so
- * that they may come from elsewhere: a compressed layer read through
- * another page source is the same decoding of other bytes.
+ * Fetch (r->fetch: a file's pread, a source's read) and decode frame i of
+ * layer k into dst (its whole length): decompressed (or copied) and
+ * checked against its CRC32C. 0 or -errno; -EBADMSG names the file or
+ * source, and the frame. No lock held: r is the caller's thread's.
  */
-int snap__decode_frame(struct uffd_snap *s, unsigned k, uint64_t i, const uint8_t *stored, uint8_t *dst)
+static int load_frame(const struct uffd_snap *s, struct snap_reader *r, unsigned k, uint64_t i, uint8_t *dst)
 {
 	const struct snap_layer *l = &s->l[k];
 	const struct snap_entry *e = &l->e[i];
 	size_t flen = (size_t)snap__frame_len(&l->h, i), got;
+	uint8_t *stored = e->kind == SNAP_RAW ? dst : r->cbuf;	/* raw bytes: read in place */
+	int err;
 
-	if (e->kind == SNAP_RAW) {
-		if (stored != dst)
-			memcpy(dst, stored, flen);
-	} else {
-		got = ZSTD_decompressDCtx(s->dctx, dst, flen, stored, e->length);
+	if ((err = r->fetch(r->ctx, k, e, stored)))
+		return err;
+	if (e->kind != SNAP_RAW) {
+		got = ZSTD_decompressDCtx(r->dctx, dst, flen, stored, e->length);
 		if (ZSTD_isError(got) || got != flen)
 			return uffd__err(-EBADMSG, "%s: frame %" PRIu64 " (bytes %" PRIu64 "..%" PRIu64 " of the image) does not decompress to its %zu bytes (%s): the file is corrupt",
 					 l->path, i, i << s->shift, (i << s->shift) + flen - 1, flen,
@@ -279,70 +438,91 @@ int snap__decode_frame(struct uffd_snap *s, unsigned k, uint64_t i, const uint8_
 	if (uffd__crc32c(dst, flen) != e->crc)
 		return uffd__err(-EBADMSG, "%s: frame %" PRIu64 " (bytes %" PRIu64 "..%" PRIu64 " of the image) fails its checksum: the file is corrupt",
 				 l->path, i, i << s->shift, (i << s->shift) + flen - 1);
-	s->misses++;
 	return 0;
 }
 
-/* Read frame i of layer k from its file, then decode it into dst (its whole length). */
-static int load_frame(struct uffd_snap *s, unsigned k, uint64_t i, uint8_t *dst)
+/* A slot to load a frame into (CLOCK, passing slots being loaded), or NO_SLOT when all are. Under s->lock. */
+static uint32_t claim_slot(struct uffd_snap *s)
 {
-	const struct snap_layer *l = &s->l[k];
-	const struct snap_entry *e = &l->e[i];
-	uint8_t *stored = e->kind == SNAP_RAW ? dst : s->cbuf;	/* raw bytes: read in place */
-	int err = snap__pread_all(l->fd, stored, e->length, e->offset);
+	for (size_t tries = 0; tries < 2 * s->nslots; tries++) {
+		struct snap_slot *v = &s->slots[s->hand];
+		uint32_t victim = (uint32_t)s->hand;
 
-	if (err)
-		return uffd__err(err, "%s: frame %" PRIu64 ": reading %u bytes at %" PRIu64 ": %s",
-				 l->path, i, e->length, e->offset,
-				 err == -EIO ? "the file is shorter than its index says" : uffd__errname(err));
-	return snap__decode_frame(s, k, i, stored, dst);
+		s->hand = (s->hand + 1) % s->nslots;
+		if (v->loading)
+			continue;
+		if (v->ref) {
+			v->ref = false;
+			continue;
+		}
+		if (v->layer != NO_SLOT)
+			s->l[v->layer].slot[v->frame] = NO_SLOT;
+		v->layer = NO_SLOT;
+		return victim;
+	}
+	return NO_SLOT;
 }
 
-/* Frame i of layer k in the cache (CLOCK replacement), loaded if absent. */
-static int cached_frame(struct uffd_snap *s, unsigned k, uint64_t i, const uint8_t **out)
+/*
+ * n bytes at in of frame i (layer k serves it; n < its length) into p
+ * through the cache: a cached frame copied, one being loaded waited for,
+ * else loaded into a claimed slot with s->lock dropped. Under s->lock.
+ */
+static int read_cached(struct uffd_snap *s, struct snap_reader *r, unsigned k, uint64_t i, size_t in,
+		       uint8_t *p, size_t n)
 {
 	struct snap_layer *l = &s->l[k];
-	uint32_t c = l->canon[i], victim;
+	uint32_t c = l->canon[i], slot;
 	struct snap_slot *v;
 	int err;
 
-	if (l->slot[c] != NO_SLOT) {
-		s->slots[l->slot[c]].ref = true;
+	while ((slot = l->slot[c]) != NO_SLOT && s->slots[slot].loading)
+		pthread_cond_wait(&s->loaded, &s->lock);
+	if (slot != NO_SLOT) {
+		s->slots[slot].ref = true;
 		s->hits++;
-		*out = s->slots[l->slot[c]].buf;
+		memcpy(p, s->slots[slot].buf + in, n);
 		return 0;
 	}
-	for (;;) {
-		v = &s->slots[s->hand];
-		victim = (uint32_t)s->hand;
-		s->hand = (s->hand + 1) % s->nslots;
-		if (!v->ref)
-			break;
-		v->ref = false;
-	}
-	if (v->layer != NO_SLOT)
-		s->l[v->layer].slot[v->frame] = NO_SLOT;
-	v->layer = NO_SLOT;
-	if ((err = load_frame(s, k, c, v->buf)))
+	s->misses++;
+	if ((slot = claim_slot(s)) == NO_SLOT) {	/* every slot is being loaded: the reader's own buffer */
+		pthread_mutex_unlock(&s->lock);
+		err = load_frame(s, r, k, c, r->fbuf);
+		pthread_mutex_lock(&s->lock);
+		if (!err)
+			memcpy(p, r->fbuf + in, n);
 		return err;
-	v->layer = k;
-	v->frame = c;
-	v->ref = true;
-	l->slot[c] = victim;
-	*out = v->buf;
-	return 0;
+	}
+	v = &s->slots[slot];
+	*v = (struct snap_slot){ .layer = k, .frame = c, .loading = true, .buf = v->buf };
+	l->slot[c] = slot;
+	pthread_mutex_unlock(&s->lock);
+	err = load_frame(s, r, k, c, v->buf);
+	pthread_mutex_lock(&s->lock);
+	v->loading = false;
+	if (err) {
+		v->layer = NO_SLOT;
+		l->slot[c] = NO_SLOT;
+	} else {
+		v->ref = true;
+		memcpy(p, v->buf + in, n);
+	}
+	pthread_cond_broadcast(&s->loaded);
+	return err;
 }
 
-static int read_locked(struct uffd_snap *s, uint64_t off, uint8_t *p, size_t len)
+int snap__read_with(struct uffd_snap *s, struct snap_reader *r, uint64_t off, void *buf, size_t len)
 {
-	while (len) {
+	uint8_t *p = buf;
+	int err = 0;
+
+	pthread_mutex_lock(&s->lock);
+	while (len && !err) {
 		uint64_t i = off >> s->shift, in = off - (i << s->shift);
 		size_t flen = (size_t)snap__frame_len(&s->l[0].h, i);
 		size_t n = flen - in < len ? (size_t)(flen - in) : len;
 		const struct snap_entry *e;
-		const uint8_t *f;
 		unsigned k = 0;
-		int err;
 
 		e = resolve(s, i, &k);
 		if (!e) {
@@ -350,18 +530,19 @@ static int read_locked(struct uffd_snap *s, uint64_t off, uint8_t *p, size_t len
 		} else if (n == flen && s->l[k].slot[s->l[k].canon[i]] == NO_SLOT) {
 			/* a whole frame not cached: straight into the caller's buffer,
 			 * leaving the cache to the frames read piecemeal */
-			if ((err = load_frame(s, k, i, p)))
-				return err;
+			s->misses++;
+			pthread_mutex_unlock(&s->lock);
+			err = load_frame(s, r, k, i, p);
+			pthread_mutex_lock(&s->lock);
 		} else {
-			if ((err = cached_frame(s, k, i, &f)))
-				return err;
-			memcpy(p, f + in, n);
+			err = read_cached(s, r, k, i, (size_t)in, p, n);
 		}
 		p += n;
 		off += n;
 		len -= n;
 	}
-	return 0;
+	pthread_mutex_unlock(&s->lock);
+	return err;
 }
 
 int snap__read_nowait(struct uffd_snap *s, uint64_t off, void *buf, size_t len)
@@ -370,7 +551,7 @@ int snap__read_nowait(struct uffd_snap *s, uint64_t off, void *buf, size_t len)
 	int err = 0;
 
 	if (pthread_mutex_trylock(&s->lock))
-		return -EAGAIN;	/* a read is decompressing: never wait for it */
+		return -EAGAIN;	/* another thread is at the cache: never wait for it */
 	while (len && !err) {
 		uint64_t i = off >> s->shift, in = off - (i << s->shift);
 		size_t flen = (size_t)snap__frame_len(&s->l[0].h, i);
@@ -382,7 +563,7 @@ int snap__read_nowait(struct uffd_snap *s, uint64_t off, void *buf, size_t len)
 		e = resolve(s, i, &k);
 		if (!e) {
 			memset(p, 0, n);
-		} else if ((slot = s->l[k].slot[s->l[k].canon[i]]) != NO_SLOT) {
+		} else if ((slot = s->l[k].slot[s->l[k].canon[i]]) != NO_SLOT && !s->slots[slot].loading) {
 			s->slots[slot].ref = true;
 			s->hits++;
 			memcpy(p, s->slots[slot].buf + in, n);
@@ -401,9 +582,9 @@ int snap__read(struct uffd_snap *s, uint64_t off, void *buf, size_t len)
 {
 	int err;
 
-	pthread_mutex_lock(&s->lock);
-	err = read_locked(s, off, buf, len);
-	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&s->own_lock);
+	err = snap__read_with(s, &s->own, off, buf, len);
+	pthread_mutex_unlock(&s->own_lock);
 	return err;
 }
 
@@ -496,13 +677,13 @@ UFFD_EXPORT int uffd_snap_verify(struct uffd_snap *s)
 	fs = (size_t)1 << s->shift;
 	if (!(buf = malloc(fs)))
 		return uffd__err(-ENOMEM, "uffd_snap_verify: out of memory");
-	pthread_mutex_lock(&s->lock);
+	pthread_mutex_lock(&s->own_lock);
 	for (unsigned k = 0; !err && k < s->n; k++)
 		for (uint64_t i = 0; !err && i < s->l[k].h.nframes; i++)
 			if (s->l[k].canon[i] == i &&
 			    (s->l[k].e[i].kind == SNAP_ZSTD || s->l[k].e[i].kind == SNAP_RAW))
-				err = load_frame(s, k, i, buf);
-	pthread_mutex_unlock(&s->lock);
+				err = load_frame(s, &s->own, k, i, buf);
+	pthread_mutex_unlock(&s->own_lock);
 	free(buf);
 	return err;
 }
@@ -515,6 +696,7 @@ UFFD_EXPORT void uffd_snap_close(struct uffd_snap *s)
 	for (unsigned i = 0; i < s->n; i++) {
 		if (s->l[i].fd >= 0)
 			close(s->l[i].fd);
+		uffd_source_unref(s->l[i].src);
 		free(s->l[i].path);
 		free(s->l[i].e);
 		free(s->l[i].canon);
@@ -524,9 +706,10 @@ UFFD_EXPORT void uffd_snap_close(struct uffd_snap *s)
 	free(s->slots);
 	if (s->mem)
 		munmap(s->mem, s->mem_len);
-	free(s->cbuf);
-	ZSTD_freeDCtx(s->dctx);
+	snap__reader_free(&s->own);
 	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->own_lock);
+	pthread_cond_destroy(&s->loaded);
 	free(s);
 }
 UFFD_EXPORT_OWN(snap_close);

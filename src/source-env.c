@@ -10,6 +10,7 @@
  * source is attached, before the restore thread runs.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -249,4 +250,19 @@ void uffd__env_detach(struct uffd_source_env *env)
 		if (s->ops.detach)
 			s->ops.detach(s->impl);
 	}
+}
+
+void uffd__source_fail(struct uffd_source *src, const char *why)
+{
+	struct uffd_source_env *env = atomic_load(&src->env);
+
+	if (!env || atomic_exchange(&env->why_claimed, true))
+		return;
+	snprintf(env->why, sizeof(env->why), "%s", why);
+	atomic_store(&env->why_set, true);
+}
+
+const char *uffd__env_why(struct uffd_source_env *env)
+{
+	return atomic_load(&env->why_set) ? env->why : NULL;
 }

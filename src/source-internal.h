@@ -3,7 +3,8 @@
  * Page sources (uffd.h section 10): the source object (source.c), the
  * environment a source runs in on a restore thread (source-env.c: the
  * attached sources, their descriptors polled in the restore's io_uring,
- * process calls), and the built-in sources (source-file.c,
+ * process calls), a blocking read on an environment of its own
+ * (source-sync.c), and the built-in sources (source-file.c,
  * source-layered.c). Calls go one way: the restore files -> source-file.c,
  * source-layered.c -> source.c -> source-env.c.
  */
@@ -84,6 +85,9 @@ struct uffd_source_env {
 	unsigned ring_inflight;	/* SQEs of sources not completed yet */
 	atomic_bool notified;
 	bool detached;
+	/* why the first read that failed failed, as its source said (uffd__source_fail) */
+	atomic_bool why_claimed, why_set;
+	char why[512];
 };
 
 /* ---- source.c ---- */
@@ -118,6 +122,14 @@ void uffd__env_process(struct uffd_source_env *env);
 void uffd__env_detach(struct uffd_source_env *env);
 /* Frees what env_add allocated (not env itself); clears the sources' attachment. */
 void uffd__env_free(struct uffd_source_env *env);
+/*
+ * A source's sentence for a read it fails (file or URL, and what): kept by
+ * the restore it serves, the first one only, for uffd_restore_wait()'s
+ * error. Any thread, while attached.
+ */
+void uffd__source_fail(struct uffd_source *src, const char *why);
+/* That sentence, or NULL. */
+const char *uffd__env_why(struct uffd_source_env *env);
 /* Nanoseconds on the monotonic clock. */
 uint64_t uffd__env_now(void);
 

@@ -8,31 +8,39 @@
  * read at all. The snapshot's layers are resolved inside it (its own
  * parent references), so the whole chain is one source.
  *
- * Reads run on a thread of the source's own (started at attach, stopped at
- * detach): pread(2) of the compressed frame and its decompression never
- * stall the restore thread, and run next to it. Reads shorter than a frame
- * (the engine's demand reads are one page; its prefetch and fill reads are
- * whole frames) go first, each queue in the order it came: a fault does not
- * wait behind the prefetch reads the engine keeps in flight.
- * A finished read is handed back through uffd_source_notify(); process
- * calls its done on the restore thread. The queues are the requests
- * themselves (priv[0] links them): nothing is allocated per read.
+ * Reads run on a pool of threads of the source's own (uffd_snap_opts.threads,
+ * started at attach, stopped at detach): fetching a compressed frame and
+ * decompressing it never stall the restore thread, and frames are
+ * decompressed on several CPUs at once. Reads shorter than a frame (the
+ * engine's demand reads) go first, each queue in the order it came: a
+ * fault does not wait behind the prefetch reads the engine keeps in
+ * flight. A finished read is handed back through uffd_source_notify();
+ * process calls its done on the restore thread. The queues are the
+ * requests themselves (priv[0] links them): nothing is allocated per read.
  *
- * Today the stored bytes come from the layers' files (snap.c, pread(2) on
- * the worker). Over another page source (a layer fetched over HTTP) the
- * stored bytes of a frame would be read with that source's asynchronous
- * reads on the restore thread, attached here, and handed to the worker for
- * snap__decode_frame(), which takes the stored bytes from wherever they came.
+ * Where a frame's stored bytes come from: a layer's file, read with
+ * pread(2) on the pool thread; or a layer that is a page source
+ * (uffd_snap_open_sources(): HTTP, NBD, a cache), attached to the restore
+ * with this source and read with its asynchronous reads on the restore
+ * thread. A pool thread that needs such bytes queues a fetch, notifies,
+ * and waits for it; process starts it with uffd_source_read() and its done
+ * wakes the thread. The restore thread never waits for a pool thread.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdlib.h>
 
 #include "internal.h"
 #include "snap-internal.h"
+#include "source-internal.h"
 
 UFFD_OWN(source_new);
 UFFD_OWN(source_notify);
+UFFD_OWN(source_read);
+UFFD_OWN(source_attach);
+
+#define REFUSED_NS 1000000	/* a fetch a layer refused (-EAGAIN): again after this at the latest */
 
 /* A request's link and result, in its priv words. */
 #define RES(r) ((r)->priv[1])
@@ -51,15 +59,32 @@ struct queue {
 	struct uffd_source_req *head, *tail;
 };
 
+struct snap_source;
+
+/* One pool thread. */
+struct worker {
+	struct snap_source *ss;
+	pthread_t thread;
+	bool started;
+	struct snap_reader r;
+	pthread_cond_t fetched;		/* its fetch is done (under ss->lock) */
+	struct uffd_source_req fetch;	/* the stored bytes it waits for, from a layer's source */
+	bool fetch_done;
+	int fetch_res;
+};
+
 struct snap_source {
 	struct uffd_snap *s;
 	struct uffd_source *src;	/* for notify; no reference (it owns us) */
-	pthread_mutex_t lock;		/* the queues and stop; the restore thread and the worker only */
-	pthread_cond_t cond;
+	pthread_mutex_t lock;		/* the queues, fetches and stop; the restore thread and the pool */
+	pthread_cond_t cond;		/* work for the pool */
 	struct queue urgent, todo, done;	/* shorter than a frame, the others, finished */
+	struct queue fetches;		/* workers' fetches not started yet (restore thread starts them) */
+	bool refused;			/* a layer refused a fetch: process again soon */
 	size_t frame;
 	bool running, stop;
-	pthread_t worker;
+	unsigned nw;
+	struct worker *w;
 };
 
 static void push(struct queue *q, struct uffd_source_req *r)
@@ -70,6 +95,14 @@ static void push(struct queue *q, struct uffd_source_req *r)
 	else
 		q->head = r;
 	q->tail = r;
+}
+
+static void push_front(struct queue *q, struct uffd_source_req *r)
+{
+	set_next(r, q->head);
+	q->head = r;
+	if (!q->tail)
+		q->tail = r;
 }
 
 static struct uffd_source_req *take_all(struct queue *q)
@@ -89,9 +122,87 @@ static struct uffd_source_req *take_one(struct queue *q)
 	return r;
 }
 
+/* ---- fetches from a layer's source: a pool thread asks, the restore thread reads ---- */
+
+/* Restore thread: a layer's read of a worker's stored bytes ended. */
+static void fetch_done(struct uffd_source_req *req, int res)
+{
+	struct worker *w = req->ctx;
+
+	pthread_mutex_lock(&w->ss->lock);
+	w->fetch_done = true;
+	w->fetch_res = res;
+	pthread_cond_signal(&w->fetched);
+	pthread_mutex_unlock(&w->ss->lock);
+}
+
+/* Pool thread: e->length stored bytes of layer k into dst, read by the restore thread. */
+static int fetch(void *ctx, unsigned k, const struct snap_entry *e, uint8_t *dst)
+{
+	struct worker *w = ctx;
+	struct snap_source *ss = w->ss;
+	const struct snap_layer *l = &ss->s->l[k];
+	uint64_t i = (uint64_t)(e - l->e);
+	int res;
+
+	if (!l->src)
+		return snap__fetch_file(l, i, e, dst);
+	pthread_mutex_lock(&ss->lock);
+	if (ss->stop) {
+		pthread_mutex_unlock(&ss->lock);
+		return uffd__err(-ECANCELED, "%s: frame %" PRIu64 ": the restore ended", l->path, i);
+	}
+	w->fetch = (struct uffd_source_req){ .off = e->offset, .len = e->length, .buf = dst,
+					     .done = fetch_done, .ctx = w, .priv = { [3] = k } };
+	w->fetch_done = false;
+	push(&ss->fetches, &w->fetch);
+	pthread_mutex_unlock(&ss->lock);
+	uffd_source_notify(ss->src);
+	pthread_mutex_lock(&ss->lock);
+	while (!w->fetch_done)
+		pthread_cond_wait(&w->fetched, &ss->lock);
+	res = w->fetch_res;
+	pthread_mutex_unlock(&ss->lock);
+	if (res)
+		return uffd__err(res, "%s: frame %" PRIu64 ": reading its %u stored bytes at %" PRIu64 " failed: %s",
+				 l->path, i, e->length, e->offset, uffd__errname(res));
+	return 0;
+}
+
+/* Restore thread: the fetches the pool asked for, started; false when a layer refused one. */
+static bool start_fetches(struct snap_source *ss)
+{
+	struct uffd_source_req *f;
+	bool ok = true;
+	int err;
+
+	pthread_mutex_lock(&ss->lock);
+	while ((f = take_one(&ss->fetches))) {
+		pthread_mutex_unlock(&ss->lock);
+		err = uffd_source_read(ss->s->l[f->priv[3]].src, f);
+		pthread_mutex_lock(&ss->lock);
+		if (err == -EAGAIN) {	/* the layer is at its limit: again after a completion */
+			push_front(&ss->fetches, f);
+			ok = false;
+			break;
+		}
+		if (err) {
+			((struct worker *)f->ctx)->fetch_done = true;
+			((struct worker *)f->ctx)->fetch_res = err;
+			pthread_cond_signal(&((struct worker *)f->ctx)->fetched);
+		}
+	}
+	ss->refused = !ok;
+	pthread_mutex_unlock(&ss->lock);
+	return ok;
+}
+
+/* ---- the pool ---- */
+
 static void *worker_main(void *arg)
 {
-	struct snap_source *ss = arg;
+	struct worker *w = arg;
+	struct snap_source *ss = w->ss;
 
 	pthread_mutex_lock(&ss->lock);
 	while (!ss->stop) {
@@ -102,8 +213,13 @@ static void *worker_main(void *arg)
 			continue;
 		}
 		pthread_mutex_unlock(&ss->lock);
-		/* the sentence (file, frame) stays with this thread: -EIO is all done gets */
-		RES(r) = (uintptr_t)(snap__read(ss->s, r->off, r->buf, r->len) ? -EIO : 0);
+		/* the sentence (file or URL, frame) goes to the restore with the error */
+		if (snap__read_with(ss->s, &w->r, r->off, r->buf, r->len)) {
+			uffd__source_fail(ss->src, uffd_last_error());
+			RES(r) = (uintptr_t)-EIO;
+		} else {
+			RES(r) = 0;
+		}
 		pthread_mutex_lock(&ss->lock);
 		push(&ss->done, r);
 		uffd_source_notify(ss->src);
@@ -126,13 +242,10 @@ static int ss_read(void *impl, struct uffd_source_req *req)
 }
 
 /* Restore thread: done for every finished read. */
-static void ss_process(void *impl, const struct pollfd *fds, unsigned n)
+static void deliver(struct snap_source *ss)
 {
-	struct snap_source *ss = impl;
 	struct uffd_source_req *r, *next;
 
-	(void)fds;
-	(void)n;
 	pthread_mutex_lock(&ss->lock);
 	r = take_all(&ss->done);
 	pthread_mutex_unlock(&ss->lock);
@@ -140,6 +253,30 @@ static void ss_process(void *impl, const struct pollfd *fds, unsigned n)
 		next = next_of(r);
 		r->done(r, (int)(intptr_t)RES(r));
 	}
+}
+
+/* Restore thread: the pool's fetches started, its finished reads delivered. */
+static void ss_process(void *impl, const struct pollfd *fds, unsigned n)
+{
+	struct snap_source *ss = impl;
+
+	(void)fds;
+	(void)n;
+	start_fetches(ss);
+	deliver(ss);
+}
+
+/* No descriptors; a fetch a layer refused is tried again within REFUSED_NS. */
+static int ss_poll(void *impl, struct pollfd *fds, unsigned max, int64_t *timeout_ns)
+{
+	struct snap_source *ss = impl;
+
+	(void)fds;
+	(void)max;
+	pthread_mutex_lock(&ss->lock);
+	*timeout_ns = ss->refused ? REFUSED_NS : -1;
+	pthread_mutex_unlock(&ss->lock);
+	return 0;
 }
 
 static int ss_read_nowait(void *impl, uint64_t off, size_t len, void *buf)
@@ -160,37 +297,31 @@ static int ss_extent(void *impl, uint64_t off, uint64_t len, uint64_t *run)
 	return zero ? UFFD_EXTENT_ZERO : UFFD_EXTENT_DATA;
 }
 
-static int ss_attach(void *impl, struct uffd_source_env *env)
-{
-	struct snap_source *ss = impl;
-	int err;
-
-	(void)env;
-	if (ss->running)
-		return 0;
-	ss->stop = false;
-	if ((err = pthread_create(&ss->worker, NULL, worker_main, ss)))
-		return uffd__err(-err, "%s: cannot start the thread that decompresses its frames: %s",
-				 ss->s->l[ss->s->n - 1].path, uffd__errname(err));
-	ss->running = true;
-	return 0;
-}
-
 /* Reads not started are cancelled, finished ones delivered; none after. */
-static void ss_detach(void *impl)
+static void stop_pool(struct snap_source *ss)
 {
-	struct snap_source *ss = impl;
 	struct uffd_source_req *r, *next;
 
-	if (!ss->running)
-		return;
 	pthread_mutex_lock(&ss->lock);
 	ss->stop = true;
-	pthread_cond_signal(&ss->cond);
+	/* fetches never started: their threads wake with an error */
+	for (r = take_all(&ss->fetches); r; r = next) {
+		struct worker *w = r->ctx;
+
+		next = next_of(r);
+		w->fetch_done = true;
+		w->fetch_res = -ECANCELED;
+		pthread_cond_signal(&w->fetched);
+	}
+	pthread_cond_broadcast(&ss->cond);
 	pthread_mutex_unlock(&ss->lock);
-	pthread_join(ss->worker, NULL);
+	for (unsigned i = 0; i < ss->nw; i++)
+		if (ss->w[i].started)
+			pthread_join(ss->w[i].thread, NULL);
+	for (unsigned i = 0; i < ss->nw; i++)
+		ss->w[i].started = false;
 	ss->running = false;
-	ss_process(ss, NULL, 0);
+	deliver(ss);
 	for (r = take_all(&ss->urgent); r; r = next) {
 		next = next_of(r);
 		r->done(r, -ECANCELED);
@@ -201,14 +332,77 @@ static void ss_detach(void *impl)
 	}
 }
 
+static int ss_attach(void *impl, struct uffd_source_env *env)
+{
+	struct snap_source *ss = impl;
+	const char *name = ss->s->l[ss->s->n - 1].path;
+	int err;
+
+	if (ss->running)
+		return 0;
+	/* the layers read from sources join the restore first: they are detached before us */
+	for (unsigned k = 0; k < ss->s->n; k++)
+		if (ss->s->l[k].src && (err = uffd_source_attach(ss->s->l[k].src, env)))
+			return err;
+	ss->stop = false;
+	ss->refused = false;
+	ss->running = true;
+	for (unsigned i = 0; i < ss->nw; i++) {
+		if ((err = pthread_create(&ss->w[i].thread, NULL, worker_main, &ss->w[i]))) {
+			stop_pool(ss);
+			return uffd__err(-err, "%s: cannot start a thread that decompresses its frames: %s",
+					 name, uffd__errname(err));
+		}
+		ss->w[i].started = true;
+	}
+	return 0;
+}
+
+static void ss_detach(void *impl)
+{
+	struct snap_source *ss = impl;
+
+	if (ss->running)
+		stop_pool(ss);
+}
+
+static void free_pool(struct snap_source *ss)
+{
+	for (unsigned i = 0; ss->w && i < ss->nw; i++) {
+		snap__reader_free(&ss->w[i].r);
+		pthread_cond_destroy(&ss->w[i].fetched);
+	}
+	free(ss->w);
+	pthread_mutex_destroy(&ss->lock);
+	pthread_cond_destroy(&ss->cond);
+	free(ss);
+}
+
 static void ss_destroy(void *impl)
 {
 	struct snap_source *ss = impl;
 
 	uffd_snap_close(ss->s);
-	pthread_mutex_destroy(&ss->lock);
-	pthread_cond_destroy(&ss->cond);
-	free(ss);
+	free_pool(ss);
+}
+
+/* The pool's threads' buffers and decompression contexts, taken now, not on the restore thread. */
+static int make_pool(struct snap_source *ss)
+{
+	ss->nw = ss->s->threads;
+	if (!(ss->w = calloc(ss->nw, sizeof(*ss->w))))
+		return -ENOMEM;
+	for (unsigned i = 0; i < ss->nw; i++) {
+		struct worker *w = &ss->w[i];
+
+		w->ss = ss;
+		pthread_cond_init(&w->fetched, NULL);
+		if (snap__reader_init(ss->s, &w->r))
+			return -ENOMEM;
+		w->r.fetch = fetch;
+		w->r.ctx = w;
+	}
+	return 0;
 }
 
 UFFD_EXPORT int uffd_source_snap(struct uffd_source **out, struct uffd_snap *s)
@@ -220,6 +414,7 @@ UFFD_EXPORT int uffd_source_snap(struct uffd_source **out, struct uffd_snap *s)
 		.extent = ss_extent,
 		.attach = ss_attach,
 		.detach = ss_detach,
+		.poll = ss_poll,
 		.process = ss_process,
 		.destroy = ss_destroy,
 	};
@@ -236,13 +431,15 @@ UFFD_EXPORT int uffd_source_snap(struct uffd_source **out, struct uffd_snap *s)
 	ss->frame = (size_t)1 << s->shift;
 	pthread_mutex_init(&ss->lock, NULL);
 	pthread_cond_init(&ss->cond, NULL);
+	if (make_pool(ss)) {
+		free_pool(ss);
+		return uffd__err(-ENOMEM, "uffd_source_snap: out of memory for %u decompressing threads", s->threads);
+	}
 	info.name = s->l[s->n - 1].path;
 	info.length = s->size;
 	info.block_size = (size_t)1 << s->shift;
 	if ((err = uffd_source_new(&ss->src, &ops, ss, &info))) {
-		pthread_mutex_destroy(&ss->lock);
-		pthread_cond_destroy(&ss->cond);
-		free(ss);
+		free_pool(ss);
 		return err;
 	}
 	*out = ss->src;

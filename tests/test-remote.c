@@ -9,7 +9,8 @@
  * with 4 KiB and 2 MiB pages; a server down at start, killed mid-restore,
  * failing some reads or all of them; demand faults during a fill from a
  * slow server; the chunk cache shared by a second restore; a layered
- * snapshot whose base is over HTTP. Each case skips, saying why, where its
+ * snapshot whose base is over HTTP; compressed snapshots (a base, a
+ * chain, a corrupt frame) read through HTTP and NBD. Each case skips, saying why, where its
  * server is not installed.
  */
 #include <errno.h>
@@ -971,15 +972,43 @@ START_TEST(cache_shared)
 }
 END_TEST
 
-/* ---- layered over HTTP; compressed over HTTP ---- */
+/* ---- layered over HTTP ---- */
+
+/* Pieces q%7==1 of the image at path hold ~word (a layer above, or the image it makes); created sparse with create. */
+static void change_pieces(const char *path, size_t len, bool create)
+{
+	uint64_t buf[SUB / 8];
+	int fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT | O_TRUNC : 0), 0644);
+
+	ck_assert_int_ge(fd, 0);
+	if (create)
+		ck_assert_int_eq(ftruncate(fd, (off_t)len), 0);
+	for (size_t q = 1; q < len / SUB; q += 7) {
+		for (size_t w = 0; w < SUB / 8; w++)
+			buf[w] = ~word(q, w);
+		ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
+	}
+	close(fd);
+}
+
+/* A restore of e from src (fill, detach): every other page touched, then every page checked (diff layer above). */
+static void layered_every_byte(struct env *e, struct uffd_source *src, size_t npages)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH };
+
+	env_serve(e, src, &o);
+	for (size_t p = 0; p < npages; p += 2)
+		check_page(e->mem, e->ps, p, true);
+	ASSERT_OK(uffd_restore_wait(e->rs, 20000));
+	for (size_t p = 0; p < npages; p++)
+		check_page(e->mem, e->ps, p, true);
+}
 
 START_TEST(layered_http)
 {
-	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH };
 	struct uffd_source_file_opts fo = { .size = sizeof(fo), .flags = UFFD_SOURCE_FILE_DIFF };
 	size_t ps = harness_page_size(), npages = 1024;
 	struct uffd_source *l[2], *src;
-	uint64_t buf[SUB / 8];
 	struct server sv;
 	struct env e;
 	char diff[160];
@@ -993,24 +1022,14 @@ START_TEST(layered_http)
 	nginx_start(&sv, NULL);
 	/* A local Diff layer over the remote base: pieces q%7==1 changed, the rest holes. */
 	snprintf(diff, sizeof(diff), "%s/diff.img", sv.dir);
-	fd = open(diff, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	change_pieces(diff, npages * ps, true);
+	fd = open(diff, O_RDONLY | O_CLOEXEC);
 	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(ftruncate(fd, (off_t)(npages * ps)), 0);
-	for (size_t q = 1; q < npages * ps / SUB; q += 7) {
-		for (size_t w = 0; w < SUB / 8; w++)
-			buf[w] = ~word(q, w);
-		ck_assert_int_eq(pwrite(fd, buf, SUB, (off_t)(q * SUB)), (ssize_t)SUB);
-	}
 	l[0] = http_source(sv.url, 3, 0);
 	ASSERT_OK(uffd_source_file(&l[1], fd, &fo));
 	close(fd);
 	ASSERT_OK(uffd_source_layered(&src, l, 2, NULL));
-	env_serve(&e, src, &o);
-	for (size_t p = 0; p < npages; p += 2)
-		check_page(e.mem, ps, p, true);
-	ASSERT_OK(uffd_restore_wait(e.rs, 20000));
-	for (size_t p = 0; p < npages; p++)
-		check_page(e.mem, ps, p, true);
+	layered_every_byte(&e, src, npages);
 	ck_assert_uint_gt(rstats(l[0]).bytes, 0);
 	uffd_source_unref(l[0]);
 	uffd_source_unref(l[1]);
@@ -1020,9 +1039,195 @@ START_TEST(layered_http)
 }
 END_TEST
 
-START_TEST(compressed_http)
+/* ---- compressed snapshots over a remote source (uffd_snap_open_sources) ---- */
+
+/* sv->img packed into sv->dir/name (frames of frame bytes; with parent, a diff from the Diff file img). */
+static void pack_to(const struct server *sv, const char *img, const char *name, size_t frame, const char *parent,
+		    char *out, size_t outlen)
 {
-	SKIP_TEST("uffd_source_snap() reads snapshot files only; a compressed snapshot over HTTP needs it to take an inner source");
+	struct uffd_snap_pack_opts po = { .size = sizeof(po), .frame_size = frame };
+	struct uffd_snap *ps = NULL;
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+
+	ck_assert_int_ge(fd, 0);
+	snprintf(out, outlen, "%s/%s", sv->dir, name);
+	if (parent) {
+		ASSERT_OK(uffd_snap_open(&ps, &parent, 1, NULL));
+		po.parent = ps;
+		po.flags = UFFD_SNAP_PACK_DIFF;
+	}
+	ASSERT_OK(uffd_snap_pack(out, fd, &po));
+	uffd_snap_close(ps);
+	close(fd);
+	ck_assert_int_eq(chmod(out, 0644), 0);
+}
+
+/* The compressed snapshot of n layers, each read from a remote source (kept in rem[] for their counters). */
+static struct uffd_source *snap_over(struct uffd_source *const *rem, unsigned n)
+{
+	struct uffd_source *src;
+	struct uffd_snap *s;
+
+	ASSERT_OK(uffd_snap_open_sources(&s, rem, n, NULL));
+	ASSERT_OK(uffd_source_snap(&src, s));
+	return src;
+}
+
+/*
+ * A compressed snapshot served by nginx or nbdkit, read through the remote
+ * source: its header and index at open (uffd_source_read_sync), its frames
+ * during the restore; every byte checked, with 4 KiB and 2 MiB pages.
+ */
+static void compressed_case(bool nbd, bool hugepages)
+{
+	const char *why = "";
+	size_t ps = hugepages ? harness_hugepages(10, &why) : harness_page_size();
+	size_t npages = hugepages ? 10 : 2048;
+	struct uffd_source_remote_stats r;
+	struct uffd_source *rem, *src;
+	struct server sv;
+	char snap[128];
+	struct env e;
+
+	SKIP_VALGRIND();
+	SKIP_NO(nbd ? NBDKIT : NGINX);
+	if (!ps)
+		SKIP_TEST("no huge pages: %s", why);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	pack_to(&sv, sv.img, "snap.snap", 64 << 10, NULL, snap, sizeof(snap));
+	snprintf(sv.img, sizeof(sv.img), "%s", snap);	/* what the servers serve */
+	if (nbd)
+		nbdkit_start(&sv, NULL, NULL);
+	else
+		nginx_start(&sv, NULL);
+	if (!nbd)
+		snprintf(sv.url, sizeof(sv.url), "http://127.0.0.1:%d/snap.snap", sv.port);
+	rem = nbd ? nbd_source(sv.url, 3) : http_source(sv.url, 3, 0);
+	src = snap_over(&rem, 1);
+	ck_assert_uint_eq(uffd_source_length(src), npages * ps);
+	ck_assert_uint_eq(uffd_source_block_size(src), 64 << 10);
+	every_byte(&e, src);
+	r = rstats(rem);
+	ck_assert_uint_eq(r.errors, 0);
+	ck_assert_uint_gt(r.requests, 0);
+	ck_assert_uint_le(r.bytes, (uint64_t)npages * ps);	/* compressed: fewer bytes than the image */
+	uffd_source_unref(rem);
+	uffd_source_unref(src);
+	env_free(&e);
+	server_free(&sv);
+}
+
+START_TEST(compressed_http) { compressed_case(false, false); }
+END_TEST
+START_TEST(compressed_http_2m) { compressed_case(false, true); }
+END_TEST
+START_TEST(compressed_nbd) { compressed_case(true, false); }
+END_TEST
+
+/* A compressed base and a compressed diff (pieces q%7==1 changed), both from nginx: one chain. */
+START_TEST(compressed_layered_http)
+{
+	size_t ps = harness_page_size(), npages = 1024;
+	char base[192], dsnap[192], diff[160], url[256];
+	struct uffd_source *rem[2], *src;
+	struct server sv;
+	struct env e;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	snprintf(diff, sizeof(diff), "%s/diff.img", sv.dir);
+	change_pieces(diff, npages * ps, true);
+	pack_to(&sv, sv.img, "base.snap", 64 << 10, NULL, base, sizeof(base));
+	pack_to(&sv, diff, "diff.snap", 0, base, dsnap, sizeof(dsnap));
+	nginx_start(&sv, NULL);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/base.snap", sv.port);
+	rem[0] = http_source(url, 3, 0);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/diff.snap", sv.port);
+	rem[1] = http_source(url, 3, 0);
+	src = snap_over(rem, 2);
+	layered_every_byte(&e, src, npages);
+	ck_assert_uint_gt(rstats(rem[0]).bytes, 0);
+	ck_assert_uint_gt(rstats(rem[1]).bytes, 0);
+	uffd_source_unref(rem[0]);
+	uffd_source_unref(rem[1]);
+	uffd_source_unref(src);
+	env_free(&e);
+	server_free(&sv);
+}
+END_TEST
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/*
+ * A frame corrupted in the file nginx serves (one bit of its stored
+ * bytes): found when it is decompressed; the restore fails with -EIO and
+ * a sentence naming the URL and the frame; no page of that frame is
+ * mapped, and every page mapped holds the image's bytes.
+ */
+START_TEST(compressed_http_corrupt)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL };
+	size_t ps = harness_page_size(), npages = 2048, frame = 256 << 10, fpages = frame / ps;
+	struct uffd_source *rem, *src;
+	char snap[192], want[320];
+	struct server sv;
+	struct stat st;
+	uint8_t *f;
+	uint64_t idx, off;
+	struct env e;
+	int fd;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	pack_to(&sv, sv.img, "snap.snap", frame, NULL, snap, sizeof(snap));
+	fd = open(snap, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fstat(fd, &st), 0);
+	f = malloc((size_t)st.st_size);
+	ck_assert_int_eq(pread(fd, f, (size_t)st.st_size, 0), st.st_size);
+	idx = get64(f + 40);	/* libuffd-snapshot(5): the index's offset */
+	off = get64(f + idx + 2 * 24);	/* frame 2's stored bytes */
+	f[off + 30] ^= 0x08;
+	ck_assert_int_eq(pwrite(fd, f + off + 30, 1, (off_t)(off + 30)), 1);
+	free(f);
+	close(fd);
+	nginx_start(&sv, NULL);
+	snprintf(sv.url, sizeof(sv.url), "http://127.0.0.1:%d/snap.snap", sv.port);
+	rem = http_source(sv.url, 3, 0);
+	src = snap_over(&rem, 1);	/* header and index are right: it opens */
+	env_serve(&e, src, &o);
+	ck_assert_int_eq(uffd_restore_wait(e.rs, 20000), -EIO);
+	snprintf(want, sizeof(want), "%s: frame 2 ", sv.url);
+	ck_assert_msg(strstr(uffd_last_error(), want), "the error does not name the URL and frame: %s",
+		      uffd_last_error());
+	ck_assert_uint_gt(stats_of(e.rs).read_errors, 0);
+	for (size_t p = 0; p < npages; p++) {
+		bool mapped = harness_pagemap(e.mem + p * ps) >> 63;
+
+		if (p / fpages == 2)
+			ck_assert_msg(!mapped, "page %zu of the corrupt frame is mapped", p);
+		else if (mapped)
+			check_page(e.mem, ps, p, false);
+	}
+	uffd_source_unref(rem);
+	uffd_source_unref(src);
+	env_free(&e);
+	server_free(&sv);
 }
 END_TEST
 
@@ -1280,6 +1485,113 @@ START_TEST(serve_metrics)
 }
 END_TEST
 
+/*
+ * uffd-serve --memory URL of a compressed snapshot (told by its first
+ * bytes), from nginx with a compressed diff as --layer URL, or from
+ * nbdkit: every page of the VM right.
+ */
+static void serve_compressed_case(bool nbd)
+{
+	const char *const extra[] = { "--layer", NULL, NULL };
+	size_t len = 32u << 20;
+	char base[128], dsnap[160], diff[160], plain[128], url[256], lurl[256];
+	struct server sv;
+	struct vmrun v;
+	int st;
+
+	SKIP_VALGRIND();
+	SKIP_NO(nbd ? NBDKIT : NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, len, SUB);
+	snprintf(plain, sizeof(plain), "%s", sv.img);
+	pack_to(&sv, sv.img, "base.snap", 0, NULL, base, sizeof(base));
+	if (nbd) {
+		snprintf(sv.img, sizeof(sv.img), "%s", base);	/* nbdkit serves it */
+		nbdkit_start(&sv, NULL, NULL);
+		snprintf(url, sizeof(url), "%s", sv.url);
+	} else {
+		/* a diff (pieces q%7==1 changed), packed, and the image it makes, for fc-vmm */
+		snprintf(diff, sizeof(diff), "%s/diff.img", sv.dir);
+		change_pieces(diff, len, true);
+		pack_to(&sv, diff, "diff.snap", 0, base, dsnap, sizeof(dsnap));
+		change_pieces(plain, len, false);
+		nginx_start(&sv, NULL);
+		snprintf(url, sizeof(url), "http://127.0.0.1:%d/base.snap", sv.port);
+		snprintf(lurl, sizeof(lurl), "http://127.0.0.1:%d/diff.snap", sv.port);
+		((const char **)extra)[1] = lurl;
+	}
+	snprintf(sv.img, sizeof(sv.img), "%s", plain);	/* what fc-vmm compares with */
+	vm_start(&v, &sv, url, nbd ? NULL : extra, "0");
+	st = reap(v.vmm, 45);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fc-vmm status 0x%x", st);
+	ck_assert_msg(file_has(v.vmm_out, "touched=8192 ") && file_has(v.vmm_out, " bad_pages=0 "),
+		      "fc-vmm did not see every byte right");
+	st = reap(v.serve, 15);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "uffd-serve status 0x%x", st);
+	if (!nbd)
+		ck_assert_uint_gt(ranges_logged(&sv), 2);
+	server_free(&sv);
+}
+
+START_TEST(serve_compressed_http) { serve_compressed_case(false); }
+END_TEST
+START_TEST(serve_compressed_nbd) { serve_compressed_case(true); }
+END_TEST
+
+/*
+ * uffd-serve --memory URL of a compressed snapshot with a corrupt frame:
+ * the VM is killed (--on-fatal kill), never fed the frame's bytes, and
+ * uffd-serve's error names the URL and the frame.
+ */
+START_TEST(serve_compressed_corrupt)
+{
+	char snap[128], url[256], want[320], plain[128];
+	struct server sv;
+	struct vmrun v;
+	uint8_t hb[48], eb[8], bit;
+	uint64_t idx, off;
+	int st, fd;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, 32u << 20, SUB);
+	snprintf(plain, sizeof(plain), "%s", sv.img);
+	pack_to(&sv, sv.img, "snap.snap", 0, NULL, snap, sizeof(snap));
+	fd = open(snap, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(pread(fd, hb, sizeof(hb), 0), (ssize_t)sizeof(hb));
+	idx = get64(hb + 40);	/* libuffd-snapshot(5): the index's offset */
+	ck_assert_int_eq(pread(fd, eb, sizeof(eb), (off_t)(idx + 5 * 24)), (ssize_t)sizeof(eb));
+	off = get64(eb) + 30;	/* in frame 5's stored bytes */
+	ck_assert_int_eq(pread(fd, &bit, 1, (off_t)off), 1);
+	bit ^= 0x08;
+	ck_assert_int_eq(pwrite(fd, &bit, 1, (off_t)off), 1);
+	close(fd);
+	nginx_start(&sv, NULL);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d/snap.snap", sv.port);
+	vm_start(&v, &sv, url, NULL, "0");
+	st = reap(v.vmm, 45);
+	ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "fc-vmm status 0x%x", st);
+	st = reap(v.serve, 15);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "uffd-serve status 0x%x", st);
+	snprintf(want, sizeof(want), "%s: frame 5 ", url);
+	if (!file_has(v.serve_err, want)) {
+		char text[4096] = "";
+		int efd = open(v.serve_err, O_RDONLY | O_CLOEXEC);
+		ssize_t got = efd >= 0 ? read(efd, text, sizeof(text) - 1) : -1;
+
+		if (efd >= 0)
+			close(efd);
+		text[got > 0 ? got : 0] = 0;
+		for (char *c = text; *c; c++)
+			*c = *c == '\n' ? '|' : *c;	/* one line for check */
+		ck_abort_msg("uffd-serve's error does not name %s: %s", want, text);
+	}
+	server_free(&sv);
+}
+END_TEST
+
 /* The server dies while the VM runs: the VM is killed (--on-fatal kill), never fed wrong bytes. */
 START_TEST(serve_killed)
 {
@@ -1411,12 +1723,26 @@ static Suite *suite(void)
 	tcase_add_test(tc, cache_shared);
 	tc = CASE(layered_http, 60);
 	tcase_add_test(tc, layered_http);
-	tc = CASE(compressed_http, 10);
+	tc = CASE(compressed_http, 30);
 	tcase_add_test(tc, compressed_http);
+	tc = CASE(compressed_http_2m, 30);
+	tcase_add_test(tc, compressed_http_2m);
+	tc = CASE(compressed_nbd, 30);
+	tcase_add_test(tc, compressed_nbd);
+	tc = CASE(compressed_layered_http, 30);
+	tcase_add_test(tc, compressed_layered_http);
+	tc = CASE(compressed_http_corrupt, 30);
+	tcase_add_test(tc, compressed_http_corrupt);
 	tc = CASE(serve_http, 60);
 	tcase_add_test(tc, serve_http);
 	tc = CASE(serve_metrics, 60);
 	tcase_add_test(tc, serve_metrics);
+	tc = CASE(serve_compressed_http, 60);
+	tcase_add_test(tc, serve_compressed_http);
+	tc = CASE(serve_compressed_nbd, 60);
+	tcase_add_test(tc, serve_compressed_nbd);
+	tc = CASE(serve_compressed_corrupt, 60);
+	tcase_add_test(tc, serve_compressed_corrupt);
 	tc = CASE(serve_killed, 40);
 	tcase_add_test(tc, serve_killed);
 	tc = CASE(serve_down, 20);

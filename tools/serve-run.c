@@ -95,8 +95,12 @@ static void on_error(void *ctx, const struct uffd_fault *f, int err, const char 
 		serve_log(LOG_ERR, "serving%s: %s", f ? "" : " (watch)", sentence);
 	failed(sv);
 	/* A page the snapshot cannot give: its fault will never be resolved. Decide now, not at the tick. */
-	if (err == -EIO)
+	if (err == -EIO) {
+		/* the restore says why its read failed (a corrupt frame: the file or URL, the frame) */
+		if (sv->rs && uffd_restore_wait(sv->rs, 0) == -EIO && n < ERRORS_SHOWN)
+			serve_log(LOG_ERR, "a page of the snapshot cannot be read: %s", uffd_last_error());
 		signal_end(sv, END_ERROR);
+	}
 }
 
 static int lib_fail(const char *what, int err)

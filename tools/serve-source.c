@@ -12,7 +12,11 @@
  *                  one chain (uffd_snap_open()), a diff right after its
  *                  parent: uffd_source_snap()
  *   remote         a URL (http://, https://, s3://, nbd://, nbd+unix://,
- *                  nbds://): serve_remote_layer() of serve-remote.c
+ *                  nbds://): serve_remote_layer() of serve-remote.c; its
+ *                  first bytes read through it (uffd_source_read_sync()):
+ *                  a compressed snapshot there is read through that
+ *                  source (uffd_snap_open_sources()), in a chain with the
+ *                  compressed files, local or remote, around it
  * Each kind has one opener; open_source() dispatches on the kind and
  * stacks what they give with uffd_source_layered(), newest last.
  */
@@ -59,16 +63,34 @@ static int open_snapshot(const char *what, const char *path, uint64_t *size)
 
 /*
  * What the file at path is, by its first bytes: 0 with *k set, or
- * EXIT_SETUP after one line (missing, not a file, empty, unreadable).
+ * EXIT_SETUP after one line (missing, not a file, empty, unreadable). A
+ * URL's first bytes are read through its source, opened here and kept in
+ * *remote when it holds a compressed snapshot (its layers are read through
+ * it) or is the snapshot itself (--memory); a plain remote layer is opened
+ * again as a Diff layer later.
  */
-static int kind_of(const char *what, const char *path, enum kind *k)
+static int kind_of(const struct serve_opts *o, const char *what, const char *path, bool first, enum kind *k,
+		   struct uffd_source **remote)
 {
 	char head[sizeof(snap_magic)] = { 0 };
+	struct uffd_source *src;
 	uint64_t size;
 	int fd;
 
-	if (serve_is_url(path)) {	/* asked when its source is made */
-		*k = KIND_REMOTE;
+	*remote = NULL;
+	if (serve_is_url(path)) {
+		if (!(src = serve_remote_layer(o, what, path, false, &size)))
+			return EXIT_SETUP;
+		if (size >= sizeof(head) && uffd_source_read_sync(src, 0, head, sizeof(head), -1)) {
+			serve_fail(EXIT_SETUP, "cannot read the first bytes of the %s %s: %s", what, path, uffd_last_error());
+			uffd_source_unref(src);
+			return EXIT_SETUP;
+		}
+		*k = !memcmp(head, snap_magic, sizeof(head)) ? KIND_COMPRESSED : KIND_REMOTE;
+		if (*k == KIND_COMPRESSED || first)
+			*remote = src;
+		else
+			uffd_source_unref(src);
 		return 0;
 	}
 	if ((fd = open_snapshot(what, path, &size)) < 0)
@@ -97,23 +119,67 @@ static struct uffd_source *file_layer(const char *what, const char *path, bool d
 }
 
 /*
- * The source of the n compressed files paths[0..n): one chain, base first,
- * each diff right after its parent. The first is --memory (first) or a
- * diff's parent given as --layer; a diff right after a plain file has no
- * parent here and is refused. Headers, indexes and the chain are checked
- * here (uffd_snap_open()); with verify, every frame too. NULL after one line.
+ * The compressed snapshot of the n files or URLs paths[0..n): local files
+ * with uffd_snap_open(); when one is a URL (its source in remote[]), every
+ * layer as a page source (a local one as a file source) with
+ * uffd_snap_open_sources(). Takes remote[]'s references. NULL after one line.
  */
-static struct uffd_source *compressed_layer(const char *const *paths, unsigned n, bool first, bool verify)
+static struct uffd_snap *open_chain(const char *const *paths, struct uffd_source *const *remote, unsigned n)
+{
+	struct uffd_source *l[MAX_FILES] = { NULL };
+	struct uffd_snap *s = NULL;
+	bool any = false;
+	unsigned i;
+	int err;
+
+	for (i = 0; i < n; i++)
+		any |= remote[i] != NULL;
+	if (!any) {
+		if (uffd_snap_open(&s, paths, n, NULL))
+			serve_fail(EXIT_SETUP, "cannot use the compressed snapshot: %s", uffd_last_error());
+		return s;
+	}
+	for (i = 0; i < n; i++) {
+		struct uffd_source_file_opts fo = { .size = sizeof(fo), .name = paths[i] };
+		uint64_t size;
+		int fd;
+
+		if ((l[i] = remote[i]))
+			continue;
+		if ((fd = open_snapshot("layer", paths[i], &size)) < 0)
+			goto out;
+		err = uffd_source_file(&l[i], fd, &fo);
+		close(fd);
+		if (err) {
+			serve_fail(EXIT_SETUP, "cannot read the layer %s: %s", paths[i], uffd_last_error());
+			goto out;
+		}
+	}
+	if (uffd_snap_open_sources(&s, l, n, NULL))
+		serve_fail(EXIT_SETUP, "cannot use the compressed snapshot: %s", uffd_last_error());
+out:
+	for (unsigned j = 0; j < n; j++)
+		uffd_source_unref(l[j] ? l[j] : remote[j]);
+	return s;
+}
+
+/*
+ * The source of the n compressed snapshots paths[0..n) (files or URLs):
+ * one chain, base first, each diff right after its parent. The first is
+ * --memory (first) or a diff's parent given as --layer; a diff right after
+ * a plain file has no parent here and is refused. Headers, indexes and the
+ * chain are checked here; with verify, every frame too. NULL after one line.
+ */
+static struct uffd_source *compressed_layer(const char *const *paths, struct uffd_source *const *remote, unsigned n,
+					    bool first, bool verify)
 {
 	struct uffd_snap_info info = { .size = sizeof(info) };
 	struct uffd_source *src = NULL;
-	struct uffd_snap *s = NULL;
+	struct uffd_snap *s = open_chain(paths, remote, n);
 	static const uint8_t none[16];
 
-	if (uffd_snap_open(&s, paths, n, NULL)) {
-		serve_fail(EXIT_SETUP, "cannot use the compressed snapshot: %s", uffd_last_error());
+	if (!s)
 		return NULL;
-	}
 	if (!first && !uffd_snap_info(s, 0, &info) && !memcmp(info.parent_id, none, sizeof(none))) {
 		serve_fail(EXIT_SETUP, "the layer %s is a compressed snapshot of its own, not a diff: give it as --memory, or pack a diff with uffd-snap pack --parent",
 			   paths[0]);
@@ -140,19 +206,19 @@ out:
  */
 struct uffd_source *open_source(const struct serve_opts *o, uint64_t *size)
 {
-	struct uffd_source *l[MAX_FILES] = { NULL }, *src = NULL;
+	struct uffd_source *l[MAX_FILES] = { NULL }, *rem[MAX_FILES] = { NULL }, *src = NULL;
 	const char *path[MAX_FILES];
 	enum kind k[MAX_FILES];
-	size_t nfiles = 1 + o->nlayers, n = 0;
+	size_t nfiles = 1 + o->nlayers, n = 0, i, j;
 	uint64_t sz;
 
 	path[0] = o->memory;
-	for (size_t i = 0; i < o->nlayers; i++)
+	for (i = 0; i < o->nlayers; i++)
 		path[i + 1] = o->layers[i];
-	for (size_t i = 0; i < nfiles; i++)
-		if (kind_of(i ? "layer" : "snapshot", path[i], &k[i]))
-			return NULL;
-	for (size_t i = 0, j; i < nfiles; i = j, n++) {
+	for (i = 0; i < nfiles; i++)
+		if (kind_of(o, i ? "layer" : "snapshot", path[i], i == 0, &k[i], &rem[i]))
+			goto out;
+	for (i = 0; i < nfiles; i = j, n++) {
 		const char *what = i ? "layer" : "snapshot";
 
 		j = i + 1;
@@ -160,13 +226,15 @@ struct uffd_source *open_source(const struct serve_opts *o, uint64_t *size)
 		case KIND_FILE:
 			l[n] = file_layer(what, path[i], i > 0);
 			break;
-		case KIND_REMOTE:
-			l[n] = serve_remote_layer(o, what, path[i], i > 0, &sz);
+		case KIND_REMOTE:	/* --memory's source is kept; a layer's is opened as a Diff layer */
+			l[n] = rem[i] ? rem[i] : serve_remote_layer(o, what, path[i], true, &sz);
+			rem[i] = NULL;
 			break;
 		case KIND_COMPRESSED:
 			while (j < nfiles && k[j] == KIND_COMPRESSED)
 				j++;	/* its diffs: one chain */
-			l[n] = compressed_layer(path + i, (unsigned)(j - i), i == 0, o->verify);
+			l[n] = compressed_layer(path + i, rem + i, (unsigned)(j - i), i == 0, o->verify);
+			memset(rem + i, 0, (j - i) * sizeof(*rem));	/* taken */
 			break;
 		}
 		if (!l[n])
@@ -181,12 +249,17 @@ struct uffd_source *open_source(const struct serve_opts *o, uint64_t *size)
 			goto out;
 		}
 	}
-	if (n == 1)
-		return l[0];
+	if (n == 1) {
+		src = l[0];
+		l[0] = NULL;
+		goto out;
+	}
 	if (uffd_source_layered(&src, l, (unsigned)n, NULL))
 		serve_fail(EXIT_SETUP, "cannot layer the snapshot files: %s", uffd_last_error());
 out:
-	for (size_t i = 0; i < n; i++)
+	for (i = 0; i < n; i++)
 		uffd_source_unref(l[i]);
+	for (i = 0; i < nfiles; i++)
+		uffd_source_unref(rem[i]);
 	return src;
 }
