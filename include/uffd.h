@@ -1018,10 +1018,12 @@ int uffd_restore_region_state(struct uffd_restore *rs, struct uffd_region *r,
  * region and calls on_complete, as if it had been made with
  * UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH. Then the served process no longer
  * needs the handler. It returns at once; wait with uffd_restore_wait().
+ * A restore that had completed before without UFFD_RESTORE_DETACH (every
+ * page present, its on_complete called already) is detached by the call
+ * itself before it returns, and on_complete is not called again:
+ * uffd_restore_wait() returns 0 at once.
  * Any thread, after uffd_restore_start() (since 0.4).
- * @return 0; -EINVAL (NULL, not started); -EALREADY (every page was present
- *         before, without UFFD_RESTORE_DETACH: the regions stay registered,
- *         nothing is missing: unregister them); -ESRCH / -EIO (the restore
+ * @return 0; -EINVAL (NULL, not started); -ESRCH / -EIO (the restore
  *         ended first: the owner exited / a page could not be read).
  */
 int uffd_restore_finish(struct uffd_restore *rs);
