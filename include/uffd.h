@@ -1402,7 +1402,7 @@ struct uffd_fc_handshake {
 struct uffd_fc_opts {
 	size_t   size;        /**< sizeof(struct uffd_fc_opts) */
 	int      timeout_ms;  /**< for the whole message; 0: 5000; -1: none */
-	int      cancel_fd;   /**< an fd whose readability ends the wait (a signalfd); 0 or -1: none */
+	int      cancel_fd;   /**< an fd whose readability ends the wait (a signalfd) when no byte waits to be read; 0 or -1: none */
 	uint64_t file_size;   /**< 0, or the snapshot's size: every region must lie in it */
 	unsigned max_regions; /**< 0: 4096 */
 	unsigned flags;       /**< UFFD_FC_* */
@@ -1427,7 +1427,8 @@ struct uffd_fc_opts {
  * decide what becomes of the VM (its pidfd); else *out is NULL.
  * Free it with uffd_fc_handshake_free().
  * @return 0; -EINVAL (bad arguments); -ETIMEDOUT (no whole message in
- *         time); -ECANCELED (@p o->cancel_fd became readable);
+ *         time); -ECANCELED (@p o->cancel_fd became readable, and what
+ *         the VM sent so far was read);
  *         -ECONNRESET (the peer closed before its message ended);
  *         -EPROTO (the message is not a valid handshake: the sentence says
  *         what); -ERANGE (a region lies outside the file: the snapshot is
