@@ -10,7 +10,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +26,6 @@
 #include <uffd.h>
 
 #include "harness.h"
-
-extern char **environ;
 
 #define MIB (1ull << 20)
 #define SNAP_MIB 8		/* two regions of 4 MiB */
@@ -74,8 +71,7 @@ static bool env_setup(struct env *e, unsigned mib)
 	*e = (struct env){ .serve = getenv("UFFD_SERVE"), .vmm = getenv("FC_VMM") };
 	if (!e->serve || !e->vmm)
 		return false;
-	snprintf(e->dir, sizeof(e->dir), "/tmp/uffd-serve-test-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(e->dir));
+	harness_scratch_dir(e->dir, sizeof(e->dir), "uffd-serve-test");
 	path_in(e, e->sock, sizeof(e->sock), "sock");
 	path_in(e, e->snap, sizeof(e->snap), "snap");
 	path_in(e, e->trace, sizeof(e->trace), "trace");
@@ -86,10 +82,7 @@ static bool env_setup(struct env *e, unsigned mib)
 
 static void env_cleanup(struct env *e)
 {
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", e->dir);
-	ck_assert_int_eq(system(cmd), 0);
+	harness_scratch_remove(e->dir);
 }
 
 #define SETUP(e, mib)                                                               \
@@ -101,36 +94,23 @@ static void env_cleanup(struct env *e)
 /* Starts argv (NULL-terminated) with stdout and stderr into files named after tag. */
 static void spawn(const struct env *e, struct proc *p, const char *tag, char *const argv[])
 {
-	posix_spawn_file_actions_t fa;
-
 	snprintf(p->out, sizeof(p->out), "%s/%s.out", e->dir, tag);
 	snprintf(p->err, sizeof(p->err), "%s/%s.err", e->dir, tag);
-	ck_assert_int_eq(posix_spawn_file_actions_init(&fa), 0);
-	posix_spawn_file_actions_addopen(&fa, 1, p->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	posix_spawn_file_actions_addopen(&fa, 2, p->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	ck_assert_int_eq(posix_spawn(&p->pid, argv[0], &fa, NULL, argv, environ), 0);
-	posix_spawn_file_actions_destroy(&fa);
+	p->pid = harness_spawn(e->dir, tag, argv);
 }
 
 /* Waits up to seconds for p; kills it and fails when it does not end. Returns its exit status. */
 static int finish(struct proc *p, double seconds, const char *what)
 {
-	double end = harness_now() + seconds;
+	if (!harness_wait(p->pid, seconds, &p->status)) {
+		char cmd[sizeof(p->err) + 32];
 
-	while (waitpid(p->pid, &p->status, WNOHANG) == 0) {
-		if (harness_now() > end) {
-			char cmd[sizeof(p->err) + 32];
-
-			kill(p->pid, SIGKILL);
-			waitpid(p->pid, &p->status, 0);
-			/* What it said, for whoever reads the failure (the folder goes with the test). */
-			snprintf(cmd, sizeof(cmd), "tail -n 40 '%s' >&2", p->err);
-			if (system(cmd)) {
-				/* nothing to show */
-			}
-			ck_abort_msg("%s did not end within %.0f s", what, seconds);
+		/* What it said, for whoever reads the failure (the folder goes with the test). */
+		snprintf(cmd, sizeof(cmd), "tail -n 40 '%s' >&2", p->err);
+		if (system(cmd)) {
+			/* nothing to show */
 		}
-		usleep(2000);
+		ck_abort_msg("%s did not end within %.0f s", what, seconds);
 	}
 	ck_assert_msg(WIFEXITED(p->status), "%s died of signal %d", what, WTERMSIG(p->status));
 	return WEXITSTATUS(p->status);
@@ -139,16 +119,7 @@ static int finish(struct proc *p, double seconds, const char *what)
 /* Waits up to seconds for p to end, however it ends: its waitpid status; fails when it does not end. */
 static int reap_within(struct proc *p, double seconds, const char *what)
 {
-	double end = harness_now() + seconds;
-
-	while (waitpid(p->pid, &p->status, WNOHANG) == 0) {
-		if (harness_now() > end) {
-			kill(p->pid, SIGKILL);
-			waitpid(p->pid, &p->status, 0);
-			ck_abort_msg("%s did not end within %.1f s", what, seconds);
-		}
-		usleep(1000);
-	}
+	ck_assert_msg(harness_wait(p->pid, seconds, &p->status), "%s did not end within %.1f s", what, seconds);
 	return p->status;
 }
 
