@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,20 +16,8 @@
 
 #include <linux/userfaultfd.h>
 
+#include "common.h"
 #include "fc-send.h"
-
-static _Noreturn void fail(const char *prog, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static _Noreturn void fail(const char *prog, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
 
 static int open_uffd(const char *prog)
 {
@@ -39,9 +26,9 @@ static int open_uffd(const char *prog)
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 
 	if (fd < 0)
-		fail(prog, 3, "userfaultfd: %s (run as root, or set vm.unprivileged_userfaultfd=1)", strerror(errno));
+		ex_die(prog, 3, "userfaultfd: %s (run as root, or set vm.unprivileged_userfaultfd=1)", strerror(errno));
 	if (ioctl(fd, UFFDIO_API, &api))
-		fail(prog, 3, "UFFDIO_API with EVENT_REMOVE: %s", strerror(errno));
+		ex_die(prog, 3, "UFFDIO_API with EVENT_REMOVE: %s", strerror(errno));
 	return fd;
 }
 
@@ -50,7 +37,7 @@ static int connect_to(const char *prog, const char *path)
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 
 	if (strlen(path) >= sizeof(a.sun_path))
-		fail(prog, 2, "socket path too long");
+		ex_die(prog, 2, "socket path too long");
 	strcpy(a.sun_path, path);
 	/* The handler may not listen yet: try for 10 s. */
 	for (int i = 0; i < 2000; i++) {
@@ -63,7 +50,7 @@ static int connect_to(const char *prog, const char *path)
 			break;
 		usleep(5000);
 	}
-	fail(prog, 3, "cannot connect to %s: %s", path, strerror(errno));
+	ex_die(prog, 3, "cannot connect to %s: %s", path, strerror(errno));
 }
 
 /* The JSON serde_json writes for Vec<GuestRegionUffdMapping>: compact, fields in declaration order. */
@@ -104,13 +91,13 @@ int fc_send_hand_over(const char *prog, const char *path, const struct fc_send_r
 	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
 
 	if (!n || n > FC_SEND_MAX_REGIONS)
-		fail(prog, 3, "%u regions: Firecracker's table here has 1 to %d", n, FC_SEND_MAX_REGIONS);
+		ex_die(prog, 3, "%u regions: Firecracker's table here has 1 to %d", n, FC_SEND_MAX_REGIONS);
 	for (unsigned i = 0; i < n; i++) {
 		struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING,
 					       .range = { (uintptr_t)r[i].base, r[i].size } };
 
 		if (ioctl(uffd, UFFDIO_REGISTER, &reg))
-			fail(prog, 3, "UFFDIO_REGISTER region %u: %s", i, strerror(errno));
+			ex_die(prog, 3, "UFFDIO_REGISTER region %u: %s", i, strerror(errno));
 	}
 	iov.iov_len = table_json(r, n, form, json, sizeof(json));
 	c->cmsg_level = SOL_SOCKET;
@@ -118,6 +105,6 @@ int fc_send_hand_over(const char *prog, const char *path, const struct fc_send_r
 	c->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(c), &uffd, sizeof(int));
 	if (sendmsg(sock, &mh, MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
-		fail(prog, 3, "sending the userfaultfd: %s", strerror(errno));
+		ex_die(prog, 3, "sending the userfaultfd: %s", strerror(errno));
 	return sock;	/* the uffd stays open too, as in Firecracker */
 }

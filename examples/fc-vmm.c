@@ -20,8 +20,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,27 +66,7 @@ struct vm {
 	pthread_cond_t marked;
 };
 
-static _Noreturn void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static _Noreturn void die(int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs(PROG ": ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
-
-static void on_alarm(int sig)
-{
-	static const char m[] = PROG ": deadline reached: a fault was never served\n";
-
-	(void)sig;
-	(void)!write(2, m, sizeof(m) - 1);
-	_exit(3);
-}
+#define die(...) ex_die(PROG, __VA_ARGS__)
 
 /* ---- the snapshot ---- */
 
@@ -387,8 +365,7 @@ int main(int argc, char **argv)
 	/* A private file mapping reads the file again after MADV_DONTNEED: no balloon there. */
 	if (v.balloon_off + v.balloon_len > v.r[0].size || v.o.kernel)
 		v.o.balloon = false;
-	signal(SIGALRM, on_alarm);
-	alarm(v.o.deadline_s);
+	ex_deadline(PROG, v.o.deadline_s);
 	if (!v.o.kernel)
 		sock = hand_over(&v);
 	printf("FCVMM resumed\n");
