@@ -260,6 +260,14 @@ static bool finished(struct serve *sv)
 	return uffd_restore_wait(sv->rs, 0) == 0;
 }
 
+/* The VM exited: the loop said so, or its pidfd is readable and the loop has not read it yet. */
+static bool vm_gone(struct serve *sv)
+{
+	struct pollfd p = { .fd = sv->h->pidfd, .events = POLLIN };
+
+	return atomic_load(&sv->end) == END_VM_EXIT + 1 || (p.fd >= 0 && poll(&p, 1, 0) == 1);
+}
+
 /* Every tick: the end of the record window, and a restore that cannot complete. */
 static int tick(struct serve *sv)
 {
@@ -337,7 +345,7 @@ static int drain(struct serve *sv, int sigfd, enum serve_end *end)
 
 		/* Looked at, not only waited for: a restore complete before the drain has no on_complete to come. */
 		if (finished(sv)) {
-			*end = END_DETACHED;
+			*end = vm_gone(sv) ? END_VM_EXIT : END_DETACHED;	/* an exit the signal overtook */
 			return EXIT_OK;
 		}
 		n = left > 0 ? poll(p, 2, (int)(left < TICK_MS ? left : TICK_MS)) : 0;
