@@ -391,15 +391,40 @@ END_TEST
  * millisecond, and the VM is killed 100 ms after it resumed. Returns
  * the serve's --json summary, once the serve ended with 0.
  */
+static char *http_get(int fd);
+static int connect_unix(const char *path);
+static long long series_kind(const char *body, const char *name, pid_t pid, const char *kind);
+
+/* Scrapes the endpoint at msock until the serve has served a fault of vm, up to seconds. */
+static void await_fault(const char *msock, pid_t vm, double seconds)
+{
+	double end = harness_now() + seconds;
+
+	for (;;) {
+		char *body = http_get(connect_unix(msock));
+		bool served = series_kind(body, "uffd_serve_faults_total", vm, "missing") > 0;
+
+		free(body);
+		if (served)
+			return;
+		ck_assert_msg(harness_now() < end, "no fault of VM pid %d served within %.0f s", (int)vm, seconds);
+		usleep(10000);
+	}
+}
+
 static char *interrupted(struct env *e)
 {
 	struct proc sv, vm;
+	char msock[128], addr[160];
 
+	path_in(e, msock, sizeof(msock), "metrics.sock");
+	snprintf(addr, sizeof(addr), "unix:%s", msock);
 	spawn(e, &sv, "serve", (char *[]){ (char *)e->serve, "--socket", e->sock, "--memory", e->snap,
-					   "--json", NULL });
+					   "--json", "--metrics", addr, NULL });
 	spawn(e, &vm, "vmm", (char *[]){ (char *)e->vmm, "--socket", e->sock, "--memory", e->snap,
 					 "--pace-us", "1000", "--deadline", "40", NULL });
 	await_text(vm.out, "FCVMM resumed", 10);
+	await_fault(msock, vm.pid, 10);	/* on a slow machine 100 ms may not see one */
 	usleep(100000);
 	kill(vm.pid, SIGKILL);
 	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
@@ -1406,15 +1431,23 @@ START_TEST(test_metrics)
 }
 END_TEST
 
-/* The number after "name{vm=\"pid\"} " in a scrape; -1 when the series is absent. */
-static long long series(const char *body, const char *name, pid_t pid)
+/* The number after "name{vm=\"pid\"[,kind=\"kind\"]} " in a scrape; -1 when the series is absent. */
+static long long series_kind(const char *body, const char *name, pid_t pid, const char *kind)
 {
-	char want[128];
+	char want[160];
 	const char *p;
 
-	snprintf(want, sizeof(want), "%s{vm=\"%d\"} ", name, (int)pid);
+	if (kind)
+		snprintf(want, sizeof(want), "%s{vm=\"%d\",kind=\"%s\"} ", name, (int)pid, kind);
+	else
+		snprintf(want, sizeof(want), "%s{vm=\"%d\"} ", name, (int)pid);
 	p = strstr(body, want);
 	return p ? strtoll(p + strlen(want), NULL, 10) : -1;
+}
+
+static long long series(const char *body, const char *name, pid_t pid)
+{
+	return series_kind(body, name, pid, NULL);
 }
 
 /* Scrapes the endpoint at msock until every page of each VM is present, up to seconds. */
