@@ -1513,6 +1513,47 @@ START_TEST(test_drain_complete)
 }
 END_TEST
 
+static pid_t worker_pid(const char *errfile, int n, double seconds);
+
+/*
+ * SIGTERM after the VM exited, before the serve saw the exit: the process
+ * serving it (the serve; --multi: the worker) is stopped (SIGSTOP) once
+ * every page is present, the VM is killed and reaped, then the serve gets
+ * SIGTERM and the stopped process SIGCONT, and finds the signal and the
+ * exit at once. The drain finds the restore complete, and the summary says
+ * vm-exit, not a detach of a VM that was gone. _i: 0 one VM, 1 --multi.
+ */
+START_TEST(test_drain_vm_gone)
+{
+	char msock[128], addr[160], *json;
+	struct env e;
+	struct proc sv, vm;
+	pid_t server;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, msock, sizeof(msock), "metrics.sock");
+	snprintf(addr, sizeof(addr), "unix:%s", msock);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--json",
+					    "--metrics", addr, _i ? "--multi" : NULL, NULL });
+	await_text(sv.err, "listening on", 5);
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--after-handler",
+					  "--deadline", "40", NULL });
+	await_complete(msock, &vm, 1, 10);
+	server = _i ? worker_pid(sv.err, 0, 5) : sv.pid;
+	ck_assert_int_eq(kill(server, SIGSTOP), 0);
+	ck_assert_int_eq(kill(vm.pid, SIGKILL), 0);
+	reap_within(&vm, 5, "fc-vmm");
+	ck_assert_int_eq(kill(sv.pid, SIGTERM), 0);
+	usleep(100000);	/* --multi: passed on to the supervisor, then to the stopped worker */
+	ck_assert_int_eq(kill(server, SIGCONT), 0);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	ck_assert_msg(strstr(json, "\"end\":\"vm-exit\""), "%s", json);
+	free(json);
+	env_cleanup(&e);
+}
+END_TEST
+
 /*
  * SIGTERM with a VM's connection and message queued, unread: the serve is
  * stopped (SIGSTOP) while the VM connects and sends its userfaultfd, then
@@ -2701,6 +2742,8 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_metrics, 0, 2);
 	tc = CASE(drain_complete, 40);
 	tcase_add_loop_test(tc, test_drain_complete, 0, 2);
+	tc = CASE(drain_vm_gone, 40);
+	tcase_add_loop_test(tc, test_drain_vm_gone, 0, 2);
 	tc = CASE(stop_queued, 40);
 	tcase_add_loop_test(tc, test_stop_queued, 0, 2);
 	tc = CASE(sigterm_sweep, 90);
