@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,4 +154,32 @@ void ex_summary(const char *example, bool ok, const char *what, const char *figu
 {
 	printf("SUMMARY\t%s\t%s\t%s\t%s\n", example, what, figure, ok ? "yes" : "no");
 	fflush(stdout);
+}
+
+_Noreturn void ex_die(const char *prog, int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", prog);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(code);
+}
+
+static char deadline_msg[128];	/* written by the handler: made before the alarm is set */
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	(void)!write(2, deadline_msg, strlen(deadline_msg));
+	_exit(3);
+}
+
+void ex_deadline(const char *prog, unsigned seconds)
+{
+	snprintf(deadline_msg, sizeof(deadline_msg), "%s: deadline reached: a fault was never served\n", prog);
+	signal(SIGALRM, on_alarm);
+	alarm(seconds);
 }

@@ -66,6 +66,16 @@ int ex_recv_all(int fd, void *buf, size_t len);
 /* Print "prog: what: strerror (libuffd's last error)" and return 1. */
 int ex_fail(const char *prog, const char *what, int err);
 
+/* Print "prog: message" and exit with code. */
+_Noreturn void ex_die(const char *prog, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/*
+ * For a program whose faults a handler serves (fc-vmm, kvm-vmm): after
+ * seconds (0: never) it prints "prog: deadline reached: a fault was never
+ * served" and exits with 3, rather than hang on a fault nobody resolves.
+ */
+void ex_deadline(const char *prog, unsigned seconds);
+
 /*
  * The line --summary prints, read by demo.sh:
  * SUMMARY<TAB>example<TAB>what it did<TAB>key figure<TAB>yes|no

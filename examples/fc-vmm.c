@@ -24,40 +24,31 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <linux/userfaultfd.h>
-
 #include "common.h"
+#include "fc-send.h"
 
 #define PROG "fc-vmm"
 #define UNIT 4096u		/* what the guest touches and checks */
 #define HUGE (2ull << 20)
 #define GAP HUGE		/* between regions, as between Firecracker's memory slots */
-#define MAX_REGIONS 8
+#define MAX_REGIONS FC_SEND_MAX_REGIONS
 #define MAX_THREADS 16
-
-enum json_form { JSON_CURRENT, JSON_OLD, JSON_BOTH };
 
 struct opts {
 	const char *socket, *memory;
 	unsigned regions, threads, pct, write_pct, pace_us, deadline_s;
 	uint64_t seed;
 	bool huge, kernel, balloon, after_handler, summary;
-	enum json_form json;
+	enum fc_send_json json;
 };
 
 struct region {
@@ -79,27 +70,7 @@ struct vm {
 	pthread_cond_t marked;
 };
 
-static _Noreturn void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static _Noreturn void die(int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs(PROG ": ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
-
-static void on_alarm(int sig)
-{
-	static const char m[] = PROG ": deadline reached: a fault was never served\n";
-
-	(void)sig;
-	(void)!write(2, m, sizeof(m) - 1);
-	_exit(3);
-}
+#define die(...) ex_die(PROG, __VA_ARGS__)
 
 /* ---- the snapshot ---- */
 
@@ -176,94 +147,17 @@ static unsigned char *guest_addr(const struct vm *v, uint64_t gpa)
 	return (unsigned char *)g->base + (gpa - g->offset);
 }
 
-/* ---- the handshake, as Firecracker sends it ---- */
-
-static int open_uffd(void)
-{
-	/* Firecracker asks for EVENT_REMOVE only, for its balloon. */
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_EVENT_REMOVE };
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-
-	if (fd < 0)
-		die(3, "userfaultfd: %s (run as root, or set vm.unprivileged_userfaultfd=1)", strerror(errno));
-	if (ioctl(fd, UFFDIO_API, &api))
-		die(3, "UFFDIO_API with EVENT_REMOVE: %s", strerror(errno));
-	return fd;
-}
-
-static int connect_to(const char *path)
-{
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-
-	if (strlen(path) >= sizeof(a.sun_path))
-		die(2, "socket path too long");
-	strcpy(a.sun_path, path);
-	/* The handler may not listen yet: try for 10 s. */
-	for (int i = 0; i < 2000; i++) {
-		int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-		if (s < 0 || !connect(s, (struct sockaddr *)&a, sizeof(a)))
-			return s < 0 ? -errno : s;
-		close(s);
-		if (errno != ENOENT && errno != ECONNREFUSED)
-			break;
-		usleep(5000);
-	}
-	die(3, "cannot connect to %s: %s", path, strerror(errno));
-}
-
-/* The JSON serde_json writes for Vec<GuestRegionUffdMapping>: compact, fields in declaration order. */
-static size_t table_json(const struct vm *v, char *buf, size_t cap)
-{
-	size_t n = 0;
-
-	n += (size_t)snprintf(buf + n, cap - n, "[");
-	for (unsigned i = 0; i < v->o.regions; i++) {
-		const struct region *g = &v->r[i];
-		unsigned long long ps = v->ps;
-
-		n += (size_t)snprintf(buf + n, cap - n,
-				      "%s{\"base_host_virt_addr\":%llu,\"size\":%llu,\"offset\":%llu", i ? "," : "",
-				      (unsigned long long)(uintptr_t)g->base, (unsigned long long)g->size,
-				      (unsigned long long)g->offset);
-		if (v->o.json != JSON_OLD)
-			n += (size_t)snprintf(buf + n, cap - n, ",\"page_size\":%llu", ps);
-		if (v->o.json != JSON_CURRENT)
-			n += (size_t)snprintf(buf + n, cap - n, ",\"page_size_kib\":%llu", ps);
-		n += (size_t)snprintf(buf + n, cap - n, "}");
-	}
-	n += (size_t)snprintf(buf + n, cap - n, "]");
-	return n;
-}
+/* ---- the handshake, as Firecracker sends it (fc-send.c) ---- */
 
 /* Registers every region and sends the fd and the table in one message; the socket stays open. */
 static int hand_over(const struct vm *v)
 {
-	int uffd = open_uffd(), sock = connect_to(v->o.socket);
-	char json[256 * MAX_REGIONS];
-	union {
-		char b[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} ctl = { 0 };
-	struct iovec iov = { .iov_base = json, .iov_len = table_json(v, json, sizeof(json)) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
-			     .msg_controllen = sizeof(ctl.b) };
-	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+	struct fc_send_region r[MAX_REGIONS];
 
-	for (unsigned i = 0; i < v->o.regions; i++) {
-		struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING,
-					       .range = { (uintptr_t)v->r[i].base, v->r[i].size } };
-
-		if (ioctl(uffd, UFFDIO_REGISTER, &reg))
-			die(3, "UFFDIO_REGISTER region %u: %s", i, strerror(errno));
-	}
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &uffd, sizeof(int));
-	if (sendmsg(sock, &mh, MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
-		die(3, "sending the userfaultfd: %s", strerror(errno));
-	return sock;	/* the uffd stays open too, as in Firecracker */
+	for (unsigned i = 0; i < v->o.regions; i++)
+		r[i] = (struct fc_send_region){ .base = v->r[i].base, .size = v->r[i].size,
+						.offset = v->r[i].offset, .page_size = v->ps };
+	return fc_send_hand_over(PROG, v->o.socket, r, v->o.regions, v->o.json);
 }
 
 /* ---- the guest ---- */
@@ -470,9 +364,9 @@ static void parse(int argc, char **argv, struct opts *o, const char **make, unsi
 		else if (!strcmp(argv[i], "--summary"))
 			o->summary = true;
 		else if (!strcmp(argv[i], "--old-json"))
-			o->json = JSON_OLD;
+			o->json = FC_SEND_JSON_OLD;
 		else if (!strcmp(argv[i], "--both-json"))
-			o->json = JSON_BOTH;
+			o->json = FC_SEND_JSON_BOTH;
 		else
 			usage();
 	}
@@ -504,8 +398,7 @@ int main(int argc, char **argv)
 	/* A private file mapping reads the file again after MADV_DONTNEED: no balloon there. */
 	if (v.balloon_off + v.balloon_len > v.r[0].size || v.o.kernel)
 		v.o.balloon = false;
-	signal(SIGALRM, on_alarm);
-	alarm(v.o.deadline_s);
+	ex_deadline(PROG, v.o.deadline_s);
 	if (!v.o.kernel)
 		sock = hand_over(&v);
 	printf("FCVMM resumed\n");

@@ -36,24 +36,19 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <linux/kvm.h>
-#include <linux/userfaultfd.h>
 
 #include "common.h"
+#include "fc-send.h"
 
 #define PROG "kvm-vmm"
 #define UNIT 4096ull		/* what the guest touches and the host checks */
@@ -124,27 +119,7 @@ struct vm {
 	uint64_t balloon_ns;
 };
 
-static _Noreturn void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static _Noreturn void die(int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs(PROG ": ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
-
-static void on_alarm(int sig)
-{
-	static const char m[] = PROG ": deadline reached: a fault was never served\n";
-
-	(void)sig;
-	(void)!write(2, m, sizeof(m) - 1);
-	_exit(3);
-}
+#define die(...) ex_die(PROG, __VA_ARGS__)
 
 /* ---- the snapshot ---- */
 
@@ -483,71 +458,14 @@ static void *balloon_thread(void *arg)
 	return NULL;
 }
 
-/* ---- the handshake, as Firecracker sends it ---- */
-
-static int open_uffd(void)
-{
-	/* Firecracker asks for EVENT_REMOVE only, for its balloon. */
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_EVENT_REMOVE };
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-
-	if (fd < 0)
-		die(3, "userfaultfd: %s (run as root, or set vm.unprivileged_userfaultfd=1)", strerror(errno));
-	if (ioctl(fd, UFFDIO_API, &api))
-		die(3, "UFFDIO_API with EVENT_REMOVE: %s", strerror(errno));
-	return fd;
-}
-
-static int connect_to(const char *path)
-{
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-
-	if (strlen(path) >= sizeof(a.sun_path))
-		die(2, "socket path too long");
-	strcpy(a.sun_path, path);
-	/* The handler may not listen yet: try for 10 s. */
-	for (int i = 0; i < 2000; i++) {
-		int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-		if (s < 0 || !connect(s, (struct sockaddr *)&a, sizeof(a)))
-			return s < 0 ? -errno : s;
-		close(s);
-		if (errno != ENOENT && errno != ECONNREFUSED)
-			break;
-		usleep(5000);
-	}
-	die(3, "cannot connect to %s: %s", path, strerror(errno));
-}
+/* ---- the handshake, as Firecracker sends it (fc-send.c) ---- */
 
 /* Registers guest memory and sends the fd and the one-region table in one message; the socket stays open. */
 static int hand_over(const struct vm *v)
 {
-	int uffd = open_uffd(), sock = connect_to(v->o.socket);
-	char json[256];
-	union {
-		char b[CMSG_SPACE(sizeof(int))];
-		struct cmsghdr align;
-	} ctl = { 0 };
-	struct iovec iov = { .iov_base = json };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
-			     .msg_controllen = sizeof(ctl.b) };
-	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING,
-				       .range = { (uintptr_t)v->mem, v->len } };
+	const struct fc_send_region r = { .base = v->mem, .size = v->len, .offset = 0, .page_size = v->ps };
 
-	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
-		die(3, "UFFDIO_REGISTER: %s", strerror(errno));
-	iov.iov_len = (size_t)snprintf(json, sizeof(json),
-				       "[{\"base_host_virt_addr\":%llu,\"size\":%llu,\"offset\":0,\"page_size\":%llu}]",
-				       (unsigned long long)(uintptr_t)v->mem, (unsigned long long)v->len,
-				       (unsigned long long)v->ps);
-	c->cmsg_level = SOL_SOCKET;
-	c->cmsg_type = SCM_RIGHTS;
-	c->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(c), &uffd, sizeof(int));
-	if (sendmsg(sock, &mh, MSG_NOSIGNAL) != (ssize_t)iov.iov_len)
-		die(3, "sending the userfaultfd: %s", strerror(errno));
-	return sock;	/* the uffd stays open too, as in Firecracker */
+	return fc_send_hand_over(PROG, v->o.socket, &r, 1, FC_SEND_JSON_CURRENT);
 }
 
 /* ---- the checks ---- */
@@ -748,8 +666,7 @@ int main(int argc, char **argv)
 	open_kvm(&v);
 	for (unsigned i = 0; i < v.o.vcpus; i++)
 		create_vcpu(&v, i);
-	signal(SIGALRM, on_alarm);
-	alarm(v.o.deadline_s);
+	ex_deadline(PROG, v.o.deadline_s);
 	if (!v.o.kernel)
 		sock = hand_over(&v);
 	printf("KVMVMM running\n");

@@ -1018,10 +1018,12 @@ int uffd_restore_region_state(struct uffd_restore *rs, struct uffd_region *r,
  * region and calls on_complete, as if it had been made with
  * UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH. Then the served process no longer
  * needs the handler. It returns at once; wait with uffd_restore_wait().
+ * A restore that had completed before without UFFD_RESTORE_DETACH (every
+ * page present, its on_complete called already) is detached by the call
+ * itself before it returns, and on_complete is not called again:
+ * uffd_restore_wait() returns 0 at once.
  * Any thread, after uffd_restore_start() (since 0.4).
- * @return 0; -EINVAL (NULL, not started); -EALREADY (every page was present
- *         before, without UFFD_RESTORE_DETACH: the regions stay registered,
- *         nothing is missing: unregister them); -ESRCH / -EIO (the restore
+ * @return 0; -EINVAL (NULL, not started); -ESRCH / -EIO (the restore
  *         ended first: the owner exited / a page could not be read).
  */
 int uffd_restore_finish(struct uffd_restore *rs);
@@ -1426,7 +1428,7 @@ struct uffd_fc_handshake {
 struct uffd_fc_opts {
 	size_t   size;        /**< sizeof(struct uffd_fc_opts) */
 	int      timeout_ms;  /**< for the whole message; 0: 5000; -1: none */
-	int      cancel_fd;   /**< an fd whose readability ends the wait (a signalfd); 0 or -1: none */
+	int      cancel_fd;   /**< an fd whose readability ends the wait (a signalfd) when no byte waits to be read; 0 or -1: none */
 	uint64_t file_size;   /**< 0, or the snapshot's size: every region must lie in it */
 	unsigned max_regions; /**< 0: 4096 */
 	unsigned flags;       /**< UFFD_FC_* */
@@ -1451,7 +1453,8 @@ struct uffd_fc_opts {
  * decide what becomes of the VM (its pidfd); else *out is NULL.
  * Free it with uffd_fc_handshake_free().
  * @return 0; -EINVAL (bad arguments); -ETIMEDOUT (no whole message in
- *         time); -ECANCELED (@p o->cancel_fd became readable);
+ *         time); -ECANCELED (@p o->cancel_fd became readable, and what
+ *         the VM sent so far was read);
  *         -ECONNRESET (the peer closed before its message ended);
  *         -EPROTO (the message is not a valid handshake: the sentence says
  *         what); -ERANGE (a region lies outside the file: the snapshot is

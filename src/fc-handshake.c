@@ -48,7 +48,12 @@ static int64_t now_ms(void)
 
 /* ---- the message ---- */
 
-/* Until conn is readable: 0; -ETIMEDOUT at deadline (-1: none); -ECANCELED when cancel_fd is. */
+/*
+ * Until conn is readable: 0; -ETIMEDOUT at deadline (-1: none); -ECANCELED
+ * when cancel_fd is and conn is not. Bytes already there are read first: a
+ * VM that sent its userfaultfd waits for whoever reads it, and a cancel that
+ * left it unread in the socket would hang that VM unseen.
+ */
 static int wait_readable(int conn, int cancel_fd, int64_t deadline)
 {
 	struct pollfd p[2] = { { .fd = conn, .events = POLLIN }, { .fd = cancel_fd, .events = POLLIN } };
@@ -62,10 +67,10 @@ static int wait_readable(int conn, int cancel_fd, int64_t deadline)
 		n = poll(p, cancel_fd >= 0 ? 2 : 1, left > INT32_MAX ? INT32_MAX : (int)left);
 		if (n < 0 && errno != EINTR)
 			return -errno;
-		if (n > 0 && cancel_fd >= 0 && p[1].revents)
-			return -ECANCELED;
-		if (n > 0)
+		if (n > 0 && p[0].revents)
 			return 0;
+		if (n > 0)
+			return -ECANCELED;
 	}
 }
 

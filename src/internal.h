@@ -327,6 +327,23 @@ int uffd__regions_moved(struct uffd *u, uintptr_t from, uintptr_t to, size_t len
  */
 int uffd__foreign_check(const struct uffd_foreign_opts *o, const char *what);
 
+/* ---- pagebits.c: a bit per page of a region, in atomic words ---- */
+
+/*
+ * For pagestate.c and wpstate.c. Lock-free and async-signal-safe but for
+ * the allocation; mo is the memory order of each access.
+ */
+/* Zeroed bits for pages pages (free() them); NULL when out of memory. */
+atomic_ulong *uffd__pagebits_new(size_t pages);
+/* Pages [*first, *last] touched by [off, off+len) clamped to r; false if none. */
+bool uffd__pagebits_span(const struct uffd_region *r, uint64_t off, uint64_t len, size_t *first, size_t *last);
+/* Sets (or clears) bits [first, last], a word at a time. */
+void uffd__pagebits_apply(atomic_ulong *w, size_t first, size_t last, bool set, memory_order mo);
+/* Clears the bit of page and says whether it was set. */
+bool uffd__pagebits_take(atomic_ulong *w, size_t page, memory_order mo);
+/* How many pages from first (at most through last) share first's bit; the bit in *set. w NULL: all clear. */
+size_t uffd__pagebits_run(atomic_ulong *w, size_t first, size_t last, memory_order mo, bool *set);
+
 /* ---- pagestate.c: a region's page source and removed pages ---- */
 
 /*

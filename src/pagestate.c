@@ -15,8 +15,6 @@
 
 #include "internal.h"
 
-#define WORD_BITS (8 * sizeof(unsigned long))
-
 static atomic_ulong *bitmap(const struct uffd_region *r)
 {
 	return __atomic_load_n(&r->removed, __ATOMIC_ACQUIRE);
@@ -27,50 +25,13 @@ const void *uffd__region_source(const struct uffd_region *r)
 	return __atomic_load_n(&r->src, __ATOMIC_ACQUIRE);
 }
 
-/* Pages [*first, *last] touched by [off, off+len) clamped to r; false if none. */
-static bool page_span(const struct uffd_region *r, uint64_t off, uint64_t len,
-		      size_t *first, size_t *last)
-{
-	uint64_t end;
-
-	if (!len || off >= r->length)
-		return false;
-	end = len > r->length - off ? r->length : off + len;
-	*first = (size_t)(off / r->page_size);
-	*last = (size_t)((end - 1) / r->page_size);
-	return true;
-}
-
-/* Bits [lo, hi] of one word. */
-static unsigned long word_mask(size_t lo, size_t hi)
-{
-	unsigned long upto = hi + 1 == WORD_BITS ? ~0ul : (1ul << (hi + 1)) - 1;
-
-	return upto & ~((1ul << lo) - 1);
-}
-
-/* Sets or clears bits [first, last], a word at a time. */
-static void apply(atomic_ulong *w, size_t first, size_t last, bool set)
-{
-	for (size_t i = first / WORD_BITS; i <= last / WORD_BITS; i++) {
-		size_t lo = i == first / WORD_BITS ? first % WORD_BITS : 0;
-		size_t hi = i == last / WORD_BITS ? last % WORD_BITS : WORD_BITS - 1;
-		unsigned long m = word_mask(lo, hi);
-
-		if (set)
-			atomic_fetch_or_explicit(&w[i], m, memory_order_release);
-		else
-			atomic_fetch_and_explicit(&w[i], ~m, memory_order_release);
-	}
-}
-
 void uffd__region_mark_removed(struct uffd_region *r, uint64_t off, uint64_t len)
 {
 	atomic_ulong *w = bitmap(r);
 	size_t first, last;
 
-	if (w && page_span(r, off, len, &first, &last))
-		apply(w, first, last, true);
+	if (w && uffd__pagebits_span(r, off, len, &first, &last))
+		uffd__pagebits_apply(w, first, last, true, memory_order_release);
 }
 
 void uffd__region_clear_removed(struct uffd_region *r, uint64_t off, uint64_t len)
@@ -78,45 +39,28 @@ void uffd__region_clear_removed(struct uffd_region *r, uint64_t off, uint64_t le
 	atomic_ulong *w = bitmap(r);
 	size_t first, last;
 
-	if (w && page_span(r, off, len, &first, &last))
-		apply(w, first, last, false);
+	if (w && uffd__pagebits_span(r, off, len, &first, &last))
+		uffd__pagebits_apply(w, first, last, false, memory_order_release);
 }
 
 bool uffd__region_take_removed(struct uffd_region *r, uint64_t off)
 {
 	atomic_ulong *w = bitmap(r);
-	size_t page;
-	unsigned long m;
 
 	if (!w || off >= r->length)
 		return false;
-	page = (size_t)(off / r->page_size);
-	m = 1ul << (page % WORD_BITS);
-	return atomic_fetch_and_explicit(&w[page / WORD_BITS], ~m, memory_order_acq_rel) & m;
-}
-
-static bool page_removed(atomic_ulong *w, size_t page)
-{
-	return atomic_load_explicit(&w[page / WORD_BITS], memory_order_acquire) &
-	       (1ul << (page % WORD_BITS));
+	return uffd__pagebits_take(w, (size_t)(off / r->page_size), memory_order_acq_rel);
 }
 
 uint64_t uffd__region_removed_run(const struct uffd_region *r, uint64_t off,
 				  uint64_t len, bool *removed)
 {
-	atomic_ulong *w = bitmap(r);
-	size_t first, last, page;
-	bool state;
+	size_t first, last;
 
 	*removed = false;
-	if (!page_span(r, off, len, &first, &last))
+	if (!uffd__pagebits_span(r, off, len, &first, &last))
 		return 0;
-	state = w && page_removed(w, first);
-	for (page = first + 1; page <= last; page++)
-		if ((w && page_removed(w, page)) != state)
-			break;
-	*removed = state;
-	return (uint64_t)(page - first) * r->page_size;
+	return (uint64_t)uffd__pagebits_run(bitmap(r), first, last, memory_order_acquire, removed) * r->page_size;
 }
 
 void uffd__region_pagestate_free(struct uffd_region *r)
@@ -128,12 +72,11 @@ void uffd__region_pagestate_free(struct uffd_region *r)
 static int bitmap_alloc(struct uffd_region *r)
 {
 	size_t pages = r->length / r->page_size;
-	size_t words = (pages + WORD_BITS - 1) / WORD_BITS;
 	atomic_ulong *w, *none = NULL;
 
 	if (bitmap(r))
 		return 0;
-	w = calloc(words, sizeof(*w));	/* zeroed words are valid atomics */
+	w = uffd__pagebits_new(pages);
 	if (!w)
 		return uffd__err(-ENOMEM, "uffd_region_set_source: out of memory for the removed-page bitmap of %zu pages",
 				 pages);

@@ -53,8 +53,6 @@
 
 #include "internal.h"
 
-#define WORD_BITS (8 * sizeof(unsigned long))
-
 static atomic_ulong *bitmap(const struct uffd_region *r)
 {
 	return __atomic_load_n(&r->wp, __ATOMIC_ACQUIRE);
@@ -77,7 +75,7 @@ int uffd__region_wp_alloc(struct uffd_region *r)
 
 	if (!keeps_record(r))
 		return 0;
-	w = calloc((pages + WORD_BITS - 1) / WORD_BITS, sizeof(*w));	/* zeroed words are valid atomics */
+	w = uffd__pagebits_new(pages);
 	if (!w)
 		return uffd__err(-ENOMEM, "%s: out of memory for the write-protection record of %zu pages",
 				 "uffd_region_create", pages);
@@ -90,28 +88,6 @@ void uffd__region_wp_free(struct uffd_region *r)
 	free(__atomic_exchange_n(&r->wp, NULL, __ATOMIC_ACQ_REL));
 }
 
-/* Pages [*first, *last] touched by [off, off+len) clamped to r; false if none. */
-static bool page_span(const struct uffd_region *r, uint64_t off, uint64_t len,
-		      size_t *first, size_t *last)
-{
-	uint64_t end;
-
-	if (!len || off >= r->length)
-		return false;
-	end = len > r->length - off ? r->length : off + len;
-	*first = (size_t)(off / r->page_size);
-	*last = (size_t)((end - 1) / r->page_size);
-	return true;
-}
-
-/* Bits [lo, hi] of one word. */
-static unsigned long word_mask(size_t lo, size_t hi)
-{
-	unsigned long upto = hi + 1 == WORD_BITS ? ~0ul : (1ul << (hi + 1)) - 1;
-
-	return upto & ~((1ul << lo) - 1);
-}
-
 /*
  * Sequentially consistent: a protecting call's bits are set before its
  * ioctl, and a resolution's second look after its own ioctl must see them
@@ -122,44 +98,23 @@ void uffd__region_wp_set(const struct uffd_region *r, uint64_t off, uint64_t len
 	atomic_ulong *w = bitmap(r);
 	size_t first, last;
 
-	if (!w || !page_span(r, off, len, &first, &last))
-		return;
-	for (size_t i = first / WORD_BITS; i <= last / WORD_BITS; i++) {
-		size_t lo = i == first / WORD_BITS ? first % WORD_BITS : 0;
-		size_t hi = i == last / WORD_BITS ? last % WORD_BITS : WORD_BITS - 1;
-		unsigned long m = word_mask(lo, hi);
-
-		if (protect)
-			atomic_fetch_or(&w[i], m);
-		else
-			atomic_fetch_and(&w[i], ~m);
-	}
-}
-
-static bool page_wp(atomic_ulong *w, size_t page)
-{
-	return atomic_load(&w[page / WORD_BITS]) & (1ul << (page % WORD_BITS));
+	if (w && uffd__pagebits_span(r, off, len, &first, &last))
+		uffd__pagebits_apply(w, first, last, protect, memory_order_seq_cst);
 }
 
 uint64_t uffd__region_wp_run(const struct uffd_region *r, uint64_t off, uint64_t len, bool *wp)
 {
 	atomic_ulong *w = bitmap(r);
-	size_t first, last, page;
-	bool state;
+	size_t first, last;
 
 	*wp = false;
-	if (!page_span(r, off, len, &first, &last))
+	if (!uffd__pagebits_span(r, off, len, &first, &last))
 		return 0;
 	if (!w) {	/* no record: one run, protected when that is the safe side */
 		*wp = uffd__region_wp_always(r);
 		return (uint64_t)(last + 1 - first) * r->page_size;
 	}
-	state = page_wp(w, first);
-	for (page = first + 1; page <= last; page++)
-		if (page_wp(w, page) != state)
-			break;
-	*wp = state;
-	return (uint64_t)(page - first) * r->page_size;
+	return (uint64_t)uffd__pagebits_run(w, first, last, memory_order_seq_cst, wp) * r->page_size;
 }
 
 bool uffd__region_wp_always(const struct uffd_region *r)

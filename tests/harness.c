@@ -3,11 +3,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -423,4 +426,51 @@ int harness_count_fds(void)
 			n++;
 	closedir(d);
 	return n - 1; /* the directory's own fd */
+}
+
+void harness_scratch_dir(char *dir, size_t len, const char *prefix)
+{
+	ck_assert_int_lt(snprintf(dir, len, "/tmp/%s-XXXXXX", prefix), (int)len);
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+void harness_scratch_remove(const char *dir)
+{
+	char cmd[320];
+
+	ck_assert_int_lt(snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir), (int)sizeof(cmd));
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+extern char **environ;
+
+pid_t harness_spawn(const char *dir, const char *tag, char *const argv[])
+{
+	posix_spawn_file_actions_t fa;
+	char out[256], err[256];
+	pid_t pid;
+
+	snprintf(out, sizeof(out), "%s/%s.out", dir, tag);
+	snprintf(err, sizeof(err), "%s/%s.err", dir, tag);
+	ck_assert_int_eq(posix_spawn_file_actions_init(&fa), 0);
+	posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	posix_spawn_file_actions_addopen(&fa, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ck_assert_int_eq(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	return pid;
+}
+
+bool harness_wait(pid_t pid, double seconds, int *status)
+{
+	double end = harness_now() + seconds;
+
+	while (waitpid(pid, status, WNOHANG) == 0) {
+		if (harness_now() > end) {
+			kill(pid, SIGKILL);
+			waitpid(pid, status, 0);
+			return false;
+		}
+		usleep(1000);
+	}
+	return true;
 }

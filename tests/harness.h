@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Record why this test cannot run here, and leave it. */
 #define SKIP_TEST(...)                           \
@@ -102,5 +103,18 @@ int harness_count_fds(void);
 
 /* The number at the start of a file such as a sysctl, or -1. */
 long harness_read_long(const char *path);
+
+/*
+ * Programs a test runs (uffd-serve, fc-vmm, kvm-vmm), each under a
+ * deadline, their output in files of a scratch directory.
+ */
+/* A new directory /tmp/PREFIX-XXXXXX, its path in dir; the test fails when it cannot be made. */
+void harness_scratch_dir(char *dir, size_t len, const char *prefix);
+/* The directory and everything in it removed; the test fails when it cannot be. */
+void harness_scratch_remove(const char *dir);
+/* argv (NULL-terminated) started with stdout into DIR/TAG.out and stderr into DIR/TAG.err: its pid. */
+pid_t harness_spawn(const char *dir, const char *tag, char *const argv[]);
+/* Waits up to seconds for pid: true with its waitpid() status; false once it was killed (SIGKILL) and reaped. */
+bool harness_wait(pid_t pid, double seconds, int *status);
 
 #endif

@@ -16,7 +16,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,8 +32,6 @@
 #include <uffd.h>
 
 #include "harness.h"
-
-extern char **environ;
 
 #define SNAP_MIB 16
 #define STACK_PAGES 128		/* kvm-vmm's vCPU stacks (0x80000-0xfffff): never read by its host check */
@@ -85,8 +82,7 @@ static bool env_setup(struct env *e)
 	*e = (struct env){ .vmm = getenv("KVM_VMM"), .serve = getenv("UFFD_SERVE") };
 	if (!e->vmm)
 		return false;
-	snprintf(e->dir, sizeof(e->dir), "/tmp/uffd-kvm-test-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(e->dir));
+	harness_scratch_dir(e->dir, sizeof(e->dir), "uffd-kvm-test");
 	snprintf(e->sock, sizeof(e->sock), "%s/sock", e->dir);
 	snprintf(e->snap, sizeof(e->snap), "%s/snap", e->dir);
 	snprintf(e->trace, sizeof(e->trace), "%s/trace", e->dir);
@@ -95,42 +91,21 @@ static bool env_setup(struct env *e)
 
 static void env_cleanup(const struct env *e)
 {
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", e->dir);
-	ck_assert_int_eq(system(cmd), 0);
+	harness_scratch_remove(e->dir);
 }
 
 static pid_t spawn(const struct env *e, const char *tag, char *const argv[])
 {
-	posix_spawn_file_actions_t fa;
-	char out[128], err[128];
-	pid_t pid;
-
-	snprintf(out, sizeof(out), "%s/%s.out", e->dir, tag);
-	snprintf(err, sizeof(err), "%s/%s.err", e->dir, tag);
-	ck_assert_int_eq(posix_spawn_file_actions_init(&fa), 0);
-	posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	posix_spawn_file_actions_addopen(&fa, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	ck_assert_int_eq(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0);
-	posix_spawn_file_actions_destroy(&fa);
-	return pid;
+	return harness_spawn(e->dir, tag, argv);
 }
 
 /* Waits up to seconds for pid: its exit status (128 + signal), or -1 after killing it. */
 static int reap(pid_t pid, double seconds)
 {
-	double end = harness_now() + seconds;
 	int st;
 
-	while (waitpid(pid, &st, WNOHANG) == 0) {
-		if (harness_now() > end) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &st, 0);
-			return -1;
-		}
-		usleep(1000);
-	}
+	if (!harness_wait(pid, seconds, &st))
+		return -1;
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 

@@ -10,7 +10,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,8 +26,6 @@
 #include <uffd.h>
 
 #include "harness.h"
-
-extern char **environ;
 
 #define MIB (1ull << 20)
 #define SNAP_MIB 8		/* two regions of 4 MiB */
@@ -74,8 +71,7 @@ static bool env_setup(struct env *e, unsigned mib)
 	*e = (struct env){ .serve = getenv("UFFD_SERVE"), .vmm = getenv("FC_VMM") };
 	if (!e->serve || !e->vmm)
 		return false;
-	snprintf(e->dir, sizeof(e->dir), "/tmp/uffd-serve-test-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(e->dir));
+	harness_scratch_dir(e->dir, sizeof(e->dir), "uffd-serve-test");
 	path_in(e, e->sock, sizeof(e->sock), "sock");
 	path_in(e, e->snap, sizeof(e->snap), "snap");
 	path_in(e, e->trace, sizeof(e->trace), "trace");
@@ -86,10 +82,7 @@ static bool env_setup(struct env *e, unsigned mib)
 
 static void env_cleanup(struct env *e)
 {
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", e->dir);
-	ck_assert_int_eq(system(cmd), 0);
+	harness_scratch_remove(e->dir);
 }
 
 #define SETUP(e, mib)                                                               \
@@ -101,36 +94,23 @@ static void env_cleanup(struct env *e)
 /* Starts argv (NULL-terminated) with stdout and stderr into files named after tag. */
 static void spawn(const struct env *e, struct proc *p, const char *tag, char *const argv[])
 {
-	posix_spawn_file_actions_t fa;
-
 	snprintf(p->out, sizeof(p->out), "%s/%s.out", e->dir, tag);
 	snprintf(p->err, sizeof(p->err), "%s/%s.err", e->dir, tag);
-	ck_assert_int_eq(posix_spawn_file_actions_init(&fa), 0);
-	posix_spawn_file_actions_addopen(&fa, 1, p->out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	posix_spawn_file_actions_addopen(&fa, 2, p->err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	ck_assert_int_eq(posix_spawn(&p->pid, argv[0], &fa, NULL, argv, environ), 0);
-	posix_spawn_file_actions_destroy(&fa);
+	p->pid = harness_spawn(e->dir, tag, argv);
 }
 
 /* Waits up to seconds for p; kills it and fails when it does not end. Returns its exit status. */
 static int finish(struct proc *p, double seconds, const char *what)
 {
-	double end = harness_now() + seconds;
+	if (!harness_wait(p->pid, seconds, &p->status)) {
+		char cmd[sizeof(p->err) + 32];
 
-	while (waitpid(p->pid, &p->status, WNOHANG) == 0) {
-		if (harness_now() > end) {
-			char cmd[sizeof(p->err) + 32];
-
-			kill(p->pid, SIGKILL);
-			waitpid(p->pid, &p->status, 0);
-			/* What it said, for whoever reads the failure (the folder goes with the test). */
-			snprintf(cmd, sizeof(cmd), "tail -n 40 '%s' >&2", p->err);
-			if (system(cmd)) {
-				/* nothing to show */
-			}
-			ck_abort_msg("%s did not end within %.0f s", what, seconds);
+		/* What it said, for whoever reads the failure (the folder goes with the test). */
+		snprintf(cmd, sizeof(cmd), "tail -n 40 '%s' >&2", p->err);
+		if (system(cmd)) {
+			/* nothing to show */
 		}
-		usleep(2000);
+		ck_abort_msg("%s did not end within %.0f s", what, seconds);
 	}
 	ck_assert_msg(WIFEXITED(p->status), "%s died of signal %d", what, WTERMSIG(p->status));
 	return WEXITSTATUS(p->status);
@@ -139,16 +119,7 @@ static int finish(struct proc *p, double seconds, const char *what)
 /* Waits up to seconds for p to end, however it ends: its waitpid status; fails when it does not end. */
 static int reap_within(struct proc *p, double seconds, const char *what)
 {
-	double end = harness_now() + seconds;
-
-	while (waitpid(p->pid, &p->status, WNOHANG) == 0) {
-		if (harness_now() > end) {
-			kill(p->pid, SIGKILL);
-			waitpid(p->pid, &p->status, 0);
-			ck_abort_msg("%s did not end within %.1f s", what, seconds);
-		}
-		usleep(1000);
-	}
+	ck_assert_msg(harness_wait(p->pid, seconds, &p->status), "%s did not end within %.1f s", what, seconds);
 	return p->status;
 }
 
@@ -448,15 +419,40 @@ END_TEST
  * millisecond, and the VM is killed 100 ms after it resumed. Returns
  * the serve's --json summary, once the serve ended with 0.
  */
+static char *http_get(int fd);
+static int connect_unix(const char *path);
+static long long series_kind(const char *body, const char *name, pid_t pid, const char *kind);
+
+/* Scrapes the endpoint at msock until the serve has served a fault of vm, up to seconds. */
+static void await_fault(const char *msock, pid_t vm, double seconds)
+{
+	double end = harness_now() + seconds;
+
+	for (;;) {
+		char *body = http_get(connect_unix(msock));
+		bool served = series_kind(body, "uffd_serve_faults_total", vm, "missing") > 0;
+
+		free(body);
+		if (served)
+			return;
+		ck_assert_msg(harness_now() < end, "no fault of VM pid %d served within %.0f s", (int)vm, seconds);
+		usleep(10000);
+	}
+}
+
 static char *interrupted(struct env *e)
 {
 	struct proc sv, vm;
+	char msock[128], addr[160];
 
+	path_in(e, msock, sizeof(msock), "metrics.sock");
+	snprintf(addr, sizeof(addr), "unix:%s", msock);
 	spawn(e, &sv, "serve", (char *[]){ (char *)e->serve, "--socket", e->sock, "--memory", e->snap,
-					   "--json", NULL });
+					   "--json", "--metrics", addr, NULL });
 	spawn(e, &vm, "vmm", (char *[]){ (char *)e->vmm, "--socket", e->sock, "--memory", e->snap,
 					 "--pace-us", "1000", "--deadline", "40", NULL });
 	await_text(vm.out, "FCVMM resumed", 10);
+	await_fault(msock, vm.pid, 10);	/* on a slow machine 100 ms may not see one */
 	usleep(100000);
 	kill(vm.pid, SIGKILL);
 	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
@@ -1463,6 +1459,222 @@ START_TEST(test_metrics)
 }
 END_TEST
 
+/* The number after "name{vm=\"pid\"[,kind=\"kind\"]} " in a scrape; -1 when the series is absent. */
+static long long series_kind(const char *body, const char *name, pid_t pid, const char *kind)
+{
+	char want[160];
+	const char *p;
+
+	if (kind)
+		snprintf(want, sizeof(want), "%s{vm=\"%d\",kind=\"%s\"} ", name, (int)pid, kind);
+	else
+		snprintf(want, sizeof(want), "%s{vm=\"%d\"} ", name, (int)pid);
+	p = strstr(body, want);
+	return p ? strtoll(p + strlen(want), NULL, 10) : -1;
+}
+
+static long long series(const char *body, const char *name, pid_t pid)
+{
+	return series_kind(body, name, pid, NULL);
+}
+
+/* Scrapes the endpoint at msock until every page of each VM is present, up to seconds. */
+static void await_complete(const char *msock, const struct proc *vm, int n, double seconds)
+{
+	double end = harness_now() + seconds;
+
+	for (;;) {
+		char *body = http_get(connect_unix(msock));
+		int done = 0;
+
+		for (int i = 0; i < n; i++)
+			done += series(body, "uffd_serve_pages_present", vm[i].pid) ==
+				series(body, "uffd_serve_pages", vm[i].pid) &&
+				series(body, "uffd_serve_pages", vm[i].pid) > 0;
+		if (done == n) {
+			free(body);
+			return;
+		}
+		ck_assert_msg(harness_now() < end, "%d of %d VMs complete after %.0f s:\n%.3000s", done, n, seconds,
+			      body);
+		free(body);
+		usleep(20000);
+	}
+}
+
+/*
+ * SIGTERM after every page of the VMs came in by demand faults alone (the
+ * restore completed, its on_complete came before the drain, the regions
+ * still registered): the drain detaches at once and the serve ends, within
+ * 5 s where --drain-timeout is 30 s. _i: 0 one VM, 1 --multi (supervised)
+ * with two. Once, in a full CI run, serve/metrics met this: its paced VMs
+ * had touched every page (promtool had taken its time) before the SIGTERM.
+ */
+START_TEST(test_drain_complete)
+{
+	int nvm = _i ? 2 : 1;
+	char msock[128], addr[160], *json, *line;
+	struct env e;
+	struct proc sv, vm[2];
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, msock, sizeof(msock), "metrics.sock");
+	snprintf(addr, sizeof(addr), "unix:%s", msock);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--json",
+					    "--metrics", addr, _i ? "--multi" : NULL, NULL });
+	await_text(sv.err, "listening on", 5);
+	for (int i = 0; i < nvm; i++)	/* not paced: every page is touched at once; the VM waits for the serve to go */
+		spawn(&e, &vm[i], i ? "vmm1" : "vmm0", (char *[]){ (char *)e.vmm, "--socket", e.sock,
+			"--memory", e.snap, "--after-handler", "--deadline", "40", NULL });
+	await_complete(msock, vm, nvm, 10);
+	kill(sv.pid, SIGTERM);
+	ck_assert_int_eq(finish(&sv, 5, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	line = json;
+	for (int i = 0; i < nvm; i++, line = strchr(line, '\n') + 1) {
+		ck_assert_msg(strstr(line, "\"end\":\"detached\""), "%s", json);
+		ck_assert_uint_eq(num(line, "\"present\""), SNAP_MIB * MIB / 4096);
+	}
+	free(json);
+	assert_vms_whole(vm, nvm);
+	env_cleanup(&e);
+}
+END_TEST
+
+static pid_t worker_pid(const char *errfile, int n, double seconds);
+
+/*
+ * SIGTERM after the VM exited, before the serve saw the exit: the process
+ * serving it (the serve; --multi: the worker) is stopped (SIGSTOP) once
+ * every page is present, the VM is killed and reaped, then the serve gets
+ * SIGTERM and the stopped process SIGCONT, and finds the signal and the
+ * exit at once. The drain finds the restore complete, and the summary says
+ * vm-exit, not a detach of a VM that was gone. _i: 0 one VM, 1 --multi.
+ */
+START_TEST(test_drain_vm_gone)
+{
+	char msock[128], addr[160], *json;
+	struct env e;
+	struct proc sv, vm;
+	pid_t server;
+
+	SETUP(&e, SNAP_MIB);
+	path_in(&e, msock, sizeof(msock), "metrics.sock");
+	snprintf(addr, sizeof(addr), "unix:%s", msock);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--json",
+					    "--metrics", addr, _i ? "--multi" : NULL, NULL });
+	await_text(sv.err, "listening on", 5);
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--after-handler",
+					  "--deadline", "40", NULL });
+	await_complete(msock, &vm, 1, 10);
+	server = _i ? worker_pid(sv.err, 0, 5) : sv.pid;
+	ck_assert_int_eq(kill(server, SIGSTOP), 0);
+	ck_assert_int_eq(kill(vm.pid, SIGKILL), 0);
+	reap_within(&vm, 5, "fc-vmm");
+	ck_assert_int_eq(kill(sv.pid, SIGTERM), 0);
+	usleep(100000);	/* --multi: passed on to the supervisor, then to the stopped worker */
+	ck_assert_int_eq(kill(server, SIGCONT), 0);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	json = slurp(sv.out);
+	ck_assert_msg(strstr(json, "\"end\":\"vm-exit\""), "%s", json);
+	free(json);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * SIGTERM with a VM's connection and message queued, unread: the serve is
+ * stopped (SIGSTOP) while the VM connects and sends its userfaultfd, then
+ * gets SIGTERM and SIGCONT, and finds both at once. It takes the VM and
+ * drains it; the VM runs on whole. _i: 0 one VM, 1 --multi (the child that
+ * takes the connection gets the SIGTERM as it starts, its message unread).
+ * Before, the signal won: the connection (one VM) or the message (--multi)
+ * was dropped with the VM's userfaultfd, and the VM hung on its faults.
+ */
+START_TEST(test_stop_queued)
+{
+	struct env e;
+	struct proc sv, vm;
+
+	SETUP(&e, SNAP_MIB);
+	spawn(&e, &sv, "serve", (char *[]){ (char *)e.serve, "--socket", e.sock, "--memory", e.snap, "--json",
+					    _i ? "--multi" : NULL, NULL });
+	await_text(sv.err, "listening on", 5);
+	ck_assert_int_eq(kill(sv.pid, SIGSTOP), 0);
+	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap,
+					  "--after-handler", "--deadline", "15", NULL });
+	await_text(vm.out, "FCVMM resumed", 10);	/* its message is in the socket: it waits */
+	ck_assert_int_eq(kill(sv.pid, SIGTERM), 0);
+	ck_assert_int_eq(kill(sv.pid, SIGCONT), 0);
+	ck_assert_int_eq(finish(&sv, 10, "uffd-serve"), 0);
+	await_text(sv.out, "\"end\":\"detached\"", 1);
+	assert_vms_whole(&vm, 1);
+	env_cleanup(&e);
+}
+END_TEST
+
+/*
+ * One point of the sweep: a VM spawned, SIGTERM delay_us later. The serve
+ * ends with 0 within 10 s; a VM that handed over its userfaultfd ("FCVMM
+ * resumed") ends on its own with every byte right; one that did not is
+ * still trying to connect (it is stopped here) or was refused.
+ */
+static void sigterm_at(const struct env *e, bool multi, unsigned delay_us)
+{
+	struct proc sv, vm;
+	char *out;
+	bool handed;
+	int rc;
+
+	unlink(e->sock);
+	spawn(e, &sv, "serve", (char *[]){ (char *)e->serve, "--socket", (char *)e->sock, "--memory",
+					   (char *)e->snap, "--fault-around", "0", multi ? "--multi" : NULL, NULL });
+	await_text(sv.err, "listening on", 5);
+	spawn(e, &vm, "vmm", (char *[]){ (char *)e->vmm, "--socket", (char *)e->sock, "--memory", (char *)e->snap,
+					 "--after-handler", "--deadline", "20", NULL });
+	usleep(delay_us);
+	kill(sv.pid, SIGTERM);
+	rc = finish(&sv, 10, "uffd-serve");
+	usleep(200000);	/* a VM that connected sends at once: its line is out by now */
+	out = slurp(vm.out);
+	handed = strstr(out, "FCVMM resumed");
+	free(out);
+	ck_assert_msg(rc == 0, "SIGTERM %u us after the VM's start: uffd-serve exit status %d", delay_us, rc);
+	if (!handed) {
+		kill(vm.pid, SIGKILL);
+		reap_within(&vm, 5, "fc-vmm");
+		return;
+	}
+	ck_assert_msg(reap_within(&vm, 10, "fc-vmm") == 0, "SIGTERM %u us after the VM's start: fc-vmm status 0x%x",
+		      delay_us, vm.status);
+	out = slurp(vm.out);
+	ck_assert_uint_eq(num(out, "bad_pages"), 0);
+	ck_assert_uint_eq(num(out, "after_handler_bad"), 0);
+	free(out);
+}
+
+/*
+ * SIGTERM at many points of a VM's start: before it connects, while it
+ * connects and sends its message, while the serve (the --multi child, its
+ * supervisor, the worker) takes the handshake and sets up, while it serves,
+ * and after every page came in. Whatever the point, the serve ends within
+ * 10 s with status 0, and a VM that handed over its userfaultfd is never
+ * left hung: drained, it runs on with every byte right. _i: 0 one VM, 1
+ * --multi (supervised).
+ */
+START_TEST(test_sigterm_sweep)
+{
+	static const unsigned at_us[] = { 0, 500, 1000, 2000, 3000, 5000, 7000, 10000, 15000, 25000, 40000,
+					  60000, 100000, 150000, 250000 };
+	struct env e;
+
+	SETUP(&e, SNAP_MIB);
+	for (size_t k = 0; k < sizeof(at_us) / sizeof(at_us[0]); k++)
+		sigterm_at(&e, _i, at_us[k]);
+	env_cleanup(&e);
+}
+END_TEST
+
 /* ---- systemd: socket activation, readiness, a config file ---- */
 
 /* The next datagram on the notify socket within seconds, NUL-terminated into buf; false on timeout. */
@@ -1596,7 +1808,8 @@ static int pair_send(struct uffd *u, const char *json, int *other)
 /*
  * uffd_fc_handshake_recv() directly: a message in two parts with an ignored
  * member of nested type and the old page_size_kib; a member twice (-EPROTO,
- * and the handshake still returned, for the VM's fate); a cancel (-ECANCELED);
+ * and the handshake still returned, for the VM's fate); a cancel (-ECANCELED)
+ * after a part, and a whole message read although the cancel came first;
  * the regions checked against this process's own mappings.
  */
 START_TEST(test_fc_library)
@@ -1645,6 +1858,16 @@ START_TEST(test_fc_library)
 	fo.cancel_fd = ev = eventfd(1, EFD_CLOEXEC);
 	ASSERT_ERR(uffd_fc_handshake_recv(conn, &fo, &h), -ECANCELED, "cancelled");
 	ck_assert_ptr_null(h);
+	close(conn);
+	close(other);
+
+	/* A whole message there before the cancel: read, not left in the socket with the VM's uffd. */
+	conn = pair_send(u, "[{\"base_host_virt_addr\":1048576,\"size\":4096,\"offset\":0,\"page_size\":4096}]",
+			 &other);
+	ASSERT_OK(uffd_fc_handshake_recv(conn, &fo, &h));
+	ck_assert_int_ge(h->uffd, 0);
+	ck_assert_uint_eq(h->nregions, 1);
+	uffd_fc_handshake_free(h);
 	close(ev);
 	close(conn);
 	close(other);
@@ -1678,6 +1901,7 @@ START_TEST(test_custom_handler)
 	struct env e;
 	struct proc hd, vm;
 	char *out, *err;
+	int rc;
 
 	if (_i) {
 		size_t hps = harness_hugepages(SNAP_MIB / 2, &why);
@@ -1693,7 +1917,18 @@ START_TEST(test_custom_handler)
 	spawn(&e, &hd, "handler", (char *[]){ (char *)handler, "--socket", e.sock, "--memory", e.snap, NULL });
 	spawn(&e, &vm, "vmm", (char *[]){ (char *)e.vmm, "--socket", e.sock, "--memory", e.snap, "--touch-pct", "100",
 					  "--balloon", "--deadline", "40", _i ? "--huge" : NULL, NULL });
-	ck_assert_int_eq(finish(&vm, 40, "fc-vmm"), 0);
+	rc = finish(&vm, 40, "fc-vmm");
+	err = slurp(vm.err);
+	/* Other processes on the machine may take the huge pages reserved before fc-vmm maps them. */
+	if (_i && rc == 3 && strstr(err, "hugetlb")) {
+		free(err);
+		kill(hd.pid, SIGKILL);	/* it waits for a VM that never came */
+		reap_within(&hd, 5, "fc-handler");
+		env_cleanup(&e);
+		SKIP_TEST("the huge pages reserved were taken by another process before fc-vmm mapped them");
+	}
+	ck_assert_msg(rc == 0, "fc-vmm exit %d: %s", rc, err);
+	free(err);
 	ck_assert_int_eq(finish(&hd, 10, "fc-handler"), 0);
 	out = slurp(vm.out);
 	err = slurp(hd.err);
@@ -2535,6 +2770,14 @@ static Suite *serve_suite(void)
 	tcase_add_loop_test(tc, test_record_checks, 0, 3);
 	tc = CASE(metrics, 40);
 	tcase_add_loop_test(tc, test_metrics, 0, 2);
+	tc = CASE(drain_complete, 40);
+	tcase_add_loop_test(tc, test_drain_complete, 0, 2);
+	tc = CASE(drain_vm_gone, 40);
+	tcase_add_loop_test(tc, test_drain_vm_gone, 0, 2);
+	tc = CASE(stop_queued, 40);
+	tcase_add_loop_test(tc, test_stop_queued, 0, 2);
+	tc = CASE(sigterm_sweep, 90);
+	tcase_add_loop_test(tc, test_sigterm_sweep, 0, 2);
 	tc = CASE(socket_activation, 40);
 	tcase_add_test(tc, test_socket_activation);
 	tc = CASE(config_bad, 20);

@@ -66,7 +66,12 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Waits until fd is readable: 0; -ETIMEDOUT at deadline_ms (0: none); -EINTR when sigfd is. */
+/*
+ * Waits until fd is readable: 0; -ETIMEDOUT at deadline_ms (0: none); -EINTR
+ * when sigfd is and fd is not. A connection already queued is taken first:
+ * its VM may have sent its userfaultfd, and a listener closed with it
+ * unaccepted would leave that VM hung (a SIGTERM drains it instead).
+ */
 static int wait_readable(int fd, int sigfd, int64_t deadline_ms)
 {
 	struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = sigfd, .events = POLLIN } };
@@ -80,10 +85,10 @@ static int wait_readable(int fd, int sigfd, int64_t deadline_ms)
 		n = poll(p, sigfd >= 0 ? 2 : 1, left > INT32_MAX ? INT32_MAX : (int)left);
 		if (n < 0 && errno != EINTR)
 			return -errno;
-		if (n > 0 && p[1].revents)
-			return -EINTR;
-		if (n > 0)
+		if (n > 0 && p[0].revents)
 			return 0;
+		if (n > 0)
+			return -EINTR;
 	}
 }
 

@@ -37,7 +37,7 @@ struct serve {
 	atomic_int end;		/* enum serve_end + 1 of the first callback; 0: none */
 	atomic_uint errors;	/* on_error reports */
 	_Atomic uint64_t failed_ns;	/* when the first failure was seen; 0: none */
-	atomic_bool draining;	/* SIGTERM came: finishing the restore, then detaching */
+	atomic_bool finishing;	/* uffd_restore_finish() called (drain, or --fill after --record): it detaches */
 	uint64_t t0, first_fault_ns;
 	bool trace_saved, record_failed;
 	struct slot *slot;	/* --metrics */
@@ -73,13 +73,18 @@ static void on_owner_exit(void *ctx, struct uffd *u)
 	signal_end(ctx, END_VM_EXIT);
 }
 
-/* Every page present: with --fill or in a drain the regions are unregistered by now. */
+/*
+ * Every page present. The regions are unregistered by now when the restore
+ * was made to detach (--fill without --record) or was asked to finish
+ * before; a completion by demand faults alone leaves them registered and
+ * the serve goes on. A finish asked after this call is seen by finished().
+ */
 static void on_complete(void *ctx, struct uffd_restore *rs)
 {
 	struct serve *sv = ctx;
 
 	(void)rs;
-	if (sv->o->fill || atomic_load(&sv->draining))
+	if ((sv->o->fill && !sv->o->record) || atomic_load(&sv->finishing))
 		signal_end(ctx, END_DETACHED);
 }
 
@@ -241,16 +246,30 @@ static void publish(struct serve *sv)
 	metrics_update(sv->slot, &s, atomic_load(&sv->end) == END_DETACHED + 1);
 }
 
-/* Without UFFD_RESTORE_DETACH a restore that completed keeps the regions registered: let go of them here. */
-static int unregister_all(struct serve *sv)
+/*
+ * uffd_restore_finish(): 0 when it was taken. A restore that had completed
+ * before (every page by demand: on_complete came and went without ending
+ * the serve) is detached by the call itself, before it returns; one that
+ * completes later detaches, then calls on_complete, which sees finishing.
+ */
+static int finish(struct serve *sv)
 {
-	for (size_t i = 0; i < sv->nr; i++) {
-		int err = uffd_unregister(sv->u, uffd_region_base(sv->r[i]), uffd_region_length(sv->r[i]));
+	atomic_store(&sv->finishing, true);
+	return uffd_restore_finish(sv->rs);
+}
 
-		if (err && err != -ENOENT)
-			return lib_fail("unregistering a region of the VM", err);
-	}
-	return 0;
+/* After finish(): every page is present and the regions are unregistered. */
+static bool finished(struct serve *sv)
+{
+	return uffd_restore_wait(sv->rs, 0) == 0;
+}
+
+/* The VM exited: the loop said so, or its pidfd is readable and the loop has not read it yet. */
+static bool vm_gone(struct serve *sv)
+{
+	struct pollfd p = { .fd = sv->h->pidfd, .events = POLLIN };
+
+	return atomic_load(&sv->end) == END_VM_EXIT + 1 || (p.fd >= 0 && poll(&p, 1, 0) == 1);
 }
 
 /* Every tick: the end of the record window, and a restore that cannot complete. */
@@ -271,8 +290,8 @@ static int tick(struct serve *sv)
 	if (sv->first_fault_ns && now_ns() - sv->first_fault_ns > (sv->o->record_ms + TICK_MS) * 1000000ull) {
 		sv->record_failed = save_trace(sv) != 0;
 		/* The recording is over: now the fill (every page, then detach). */
-		if (sv->o->fill && uffd_restore_finish(sv->rs) == -EALREADY)
-			signal_end(sv, unregister_all(sv) ? END_ERROR : END_DETACHED);
+		if (sv->o->fill && !finish(sv) && finished(sv))
+			signal_end(sv, END_DETACHED);
 	}
 	return 0;
 }
@@ -323,16 +342,17 @@ static int drain(struct serve *sv, int sigfd, enum serve_end *end)
 
 	serve_log(LOG_INFO, "draining VM pid %d: bringing in every page, then detaching (--drain-timeout %u ms)",
 		(int)sv->h->pid, sv->o->drain_ms);
-	atomic_store(&sv->draining, true);
-	err = sv->o->drain_ms ? uffd_restore_finish(sv->rs) : -ETIMEDOUT;
-	if (err == -EALREADY) {	/* every page came in before, and nothing detached */
-		*end = END_DETACHED;
-		return unregister_all(sv);
-	}
+	err = sv->o->drain_ms ? finish(sv) : -ETIMEDOUT;
 	while (!err) {
 		int64_t left = deadline - mono_ms();
-		int n = left > 0 ? poll(p, 2, (int)(left < TICK_MS ? left : TICK_MS)) : 0;
+		int n;
 
+		/* Looked at, not only waited for: a restore complete before the drain has no on_complete to come. */
+		if (finished(sv)) {
+			*end = vm_gone(sv) ? END_VM_EXIT : END_DETACHED;	/* an exit the signal overtook */
+			return EXIT_OK;
+		}
+		n = left > 0 ? poll(p, 2, (int)(left < TICK_MS ? left : TICK_MS)) : 0;
 		if (n > 0 && p[0].revents) {
 			*end = (enum serve_end)(atomic_load(&sv->end) - 1);
 			if (*end != END_ERROR)

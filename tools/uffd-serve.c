@@ -146,12 +146,36 @@ static int open_listener(struct serve_opts *o)
 	return lsock;
 }
 
-/* No VM connects from now on; systemd's socket stays where it is, for the next start. */
+static bool path_gone;	/* stop_connecting() removed the socket's path */
+
+/*
+ * No VM can connect from now on: the socket's path goes first, so that the
+ * connections queued until then can all be taken (queued_conn) before the
+ * listener is closed: a VM whose connection is queued has sent its
+ * userfaultfd, and a close would drop it and leave that VM hung. systemd's
+ * socket stays where it is, with what is queued in it, for the next start.
+ */
+static void stop_connecting(const struct serve_opts *o)
+{
+	if (!o->activated && !path_gone)
+		unlink(o->socket);
+	path_gone = true;
+}
+
+/* A connection queued on lsock, without waiting: its fd, or -1 (none; systemd's socket keeps its own). */
+static int queued_conn(const struct serve_opts *o, int lsock)
+{
+	struct pollfd p = { .fd = lsock, .events = POLLIN };
+
+	if (o->activated || poll(&p, 1, 0) != 1)
+		return -1;
+	return accept4(lsock, NULL, NULL, SOCK_CLOEXEC);
+}
+
 static void drop_listener(const struct serve_opts *o, int lsock)
 {
+	stop_connecting(o);
 	close(lsock);
-	if (!o->activated)
-		unlink(o->socket);
 }
 
 /* Every child that ended, without waiting. */
@@ -237,6 +261,36 @@ static bool stop_signal(int sigfd, pid_t *kids, size_t *n)
 	return stop;
 }
 
+static pid_t kids[MAX_CHILDREN];
+static uid_t uids[MAX_CHILDREN];	/* of each child's peer; reaped() keeps them in step */
+
+/* --multi: a child serves the VM on conn (taken) unless its peer is refused. */
+static void take_vm(const struct serve_opts *o, int lsock, int conn, struct uffd_source *src, uint64_t size,
+		    int sigfd, size_t *n)
+{
+	struct ucred cr;
+	pid_t pid;
+
+	if (!auth_peer(o, conn, &cr) || over_limit(o, uids, *n, &cr)) {
+		close(conn);	/* refused before a byte of its message was read */
+		return;
+	}
+	if (*n == MAX_CHILDREN || (pid = fork()) < 0) {
+		serve_fail(0, "cannot serve one more VM: %s", *n == MAX_CHILDREN ? "too many" : strerror(errno));
+		close(conn);
+		return;
+	}
+	if (!pid) {
+		close(lsock);
+		metrics_child(o->metrics);
+		_exit(serve_conn(o, conn, src, size, sigfd));	/* the child's copy of the source */
+	}
+	uids[*n] = cr.uid;
+	kids[(*n)++] = pid;
+	close(conn);
+	sd_state("STATUS=serving %zu VMs", *n);
+}
+
 /*
  * --multi: accept until a signal, a child per VM; then stop accepting and
  * drain every child (a VM is never abandoned). The fork happens in this
@@ -244,9 +298,8 @@ static bool stop_signal(int sigfd, pid_t *kids, size_t *n)
  */
 static int serve_multi(const struct serve_opts *o, int lsock, struct uffd_source *src, uint64_t size, int sigfd)
 {
-	static pid_t kids[MAX_CHILDREN];
-	static uid_t uids[MAX_CHILDREN];	/* of each child's peer; reaped() keeps them in step */
 	size_t n = 0;
+	int conn;
 
 	kid_uids = uids;
 	kid_metrics = o->metrics;
@@ -255,34 +308,16 @@ static int serve_multi(const struct serve_opts *o, int lsock, struct uffd_source
 	for (size_t i = 0; i < n; i++)
 		uids[i] = (uid_t)-1;	/* nobody's: counted against no peer */
 	for (;;) {
-		int conn = wait_conn(o, lsock, sigfd, 0) ? -EXIT_SETUP : fc_accept(lsock, sigfd, 0);
-		struct ucred cr;
-		pid_t pid;
-
+		conn = wait_conn(o, lsock, sigfd, 0) ? -EXIT_SETUP : fc_accept(lsock, sigfd, 0);
 		if (conn == -SERVE_STOPPED && stop_signal(sigfd, kids, &n))
 			break;
-		if (conn < 0)
-			continue;
-		if (!auth_peer(o, conn, &cr) || over_limit(o, uids, n, &cr)) {
-			close(conn);	/* refused before a byte of its message was read */
-			continue;
-		}
-		if (n == MAX_CHILDREN || (pid = fork()) < 0) {
-			serve_fail(0, "cannot serve one more VM: %s", n == MAX_CHILDREN ? "too many" : strerror(errno));
-			close(conn);
-			continue;
-		}
-		if (!pid) {
-			close(lsock);
-			metrics_child(o->metrics);
-			_exit(serve_conn(o, conn, src, size, sigfd));	/* the child's copy of the source */
-		}
-		uids[n] = cr.uid;
-		kids[n++] = pid;
-		close(conn);
-		sd_state("STATUS=serving %zu VMs", n);
+		if (conn >= 0)
+			take_vm(o, lsock, conn, src, size, sigfd, &n);
 	}
-	drop_listener(o, lsock);	/* no VM connects from now on */
+	stop_connecting(o);
+	while ((conn = queued_conn(o, lsock)) >= 0)	/* connected before: drained with the others */
+		take_vm(o, lsock, conn, src, size, sigfd, &n);
+	drop_listener(o, lsock);
 	sd_state("STOPPING=1\nSTATUS=draining %zu VMs", n);
 	if (n)
 		serve_log(LOG_INFO, "draining %zu VMs (--drain-timeout %u ms each)", n, o->drain_ms);
@@ -351,6 +386,14 @@ int main(int argc, char **argv)
 		rc = serve_multi(&o, lsock, src, size, sigfd);
 	} else {
 		conn = accept_allowed(&o, lsock, sigfd);
+		if (conn == -SERVE_STOPPED) {	/* a VM connected before the signal: it is served, and drained */
+			struct ucred cr;
+
+			stop_connecting(&o);
+			while ((conn = queued_conn(&o, lsock)) >= 0 && !auth_peer(&o, conn, &cr))
+				close(conn);
+			conn = conn >= 0 ? conn : -SERVE_STOPPED;
+		}
 		drop_listener(&o, lsock);	/* one VM: nobody else may connect */
 		sd_state("STATUS=serving one VM");
 		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, src, size, sigfd);
