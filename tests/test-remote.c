@@ -470,6 +470,41 @@ static void reuse_case(bool nbd)
 }
 
 START_TEST(http_reuse) { reuse_case(false); }
+
+/*
+ * The HTTP source's connections are its own: a restore over several kept-
+ * alive connections leaves them open while the source lives, and destroying
+ * the source closes every one (/proc/self/fd back to its count before).
+ */
+START_TEST(http_fds)
+{
+	size_t ps = harness_page_size(), npages = 2048;
+	struct uffd_source *src;
+	struct server sv;
+	struct env e;
+	int fds, during;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	nginx_start(&sv, NULL);
+	fds = harness_count_fds();
+	src = http_source(sv.url, 3, 256u << 10);	/* 32 chunks: every connection used */
+	every_byte(&e, src);
+	uffd_restore_free(e.rs);
+	e.rs = NULL;
+	during = harness_count_fds();
+	uffd_source_unref(src);
+	fprintf(stderr, "http: %d descriptors before the source, %d after its restore, %d after its destroy\n", fds,
+		during, harness_count_fds());
+	ck_assert_int_gt(during, fds);	/* the kept-alive connections: what the check below is about */
+	ck_assert_int_eq(harness_count_fds(), fds);
+	env_free(&e);
+	server_free(&sv);
+}
+END_TEST
 END_TEST
 START_TEST(nbd_reuse) { reuse_case(true); }
 END_TEST
@@ -1280,6 +1315,39 @@ START_TEST(serve_metrics)
 }
 END_TEST
 
+/*
+ * uffd-serve's summary counts no descriptor of the snapshot's HTTP source
+ * as leaked: the kept-alive connections of the fill are the source's, and
+ * closed with it; nothing else the serve opened is left open.
+ */
+START_TEST(serve_fds)
+{
+	const char *const extra[] = { "--fill", "--json", NULL };
+	char out[200];
+	struct server sv;
+	struct vmrun v;
+	int st;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, 32u << 20, SUB);
+	nginx_start(&sv, NULL);
+	snprintf(out, sizeof(out), "%s/serve.out", sv.dir);
+	vm_start(&v, &sv, sv.url, extra, "0");
+	st = reap(v.vmm, 45);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fc-vmm status 0x%x", st);
+	ck_assert_msg(file_has(v.vmm_out, " bad_pages=0 "), "fc-vmm did not see every byte right");
+	st = reap(v.serve, 15);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "uffd-serve status 0x%x", st);
+	fprintf(stderr, "serve over http: %lld requests, %lld descriptors leaked\n", json_num(out, "requests"),
+		json_num(out, "fds_leaked"));
+	ck_assert_int_gt(json_num(out, "requests"), 1);
+	ck_assert_int_eq(json_num(out, "fds_leaked"), 0);
+	server_free(&sv);
+}
+END_TEST
+
 /* The server dies while the VM runs: the VM is killed (--on-fatal kill), never fed wrong bytes. */
 START_TEST(serve_killed)
 {
@@ -1385,6 +1453,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, nbd_2m);
 	tc = CASE(http_reuse, 30);
 	tcase_add_test(tc, http_reuse);
+	tc = CASE(http_fds, 30);
+	tcase_add_test(tc, http_fds);
 	tc = CASE(nbd_reuse, 30);
 	tcase_add_test(tc, nbd_reuse);
 	tc = CASE(server_down, 30);
@@ -1417,6 +1487,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, serve_http);
 	tc = CASE(serve_metrics, 60);
 	tcase_add_test(tc, serve_metrics);
+	tc = CASE(serve_fds, 60);
+	tcase_add_test(tc, serve_fds);
 	tc = CASE(serve_killed, 40);
 	tcase_add_test(tc, serve_killed);
 	tc = CASE(serve_down, 20);
