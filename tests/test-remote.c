@@ -472,6 +472,65 @@ static void reuse_case(bool nbd)
 START_TEST(http_reuse) { reuse_case(false); }
 
 /*
+ * A sparse replay over HTTP fetches no large gap: with a 4 MiB chunk read
+ * whole at a time, two traced pages 3 MiB apart in one chunk are two range
+ * GETs (the first page with the chunk's start, the second with the chunk's
+ * last MiB), not one GET of the chunk. Counted by the source and by nginx.
+ */
+START_TEST(http_replay_gap)
+{
+	struct uffd_restore_opts rec = { .size = sizeof(rec), .flags = UFFD_RESTORE_RECORD };
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	size_t ps = harness_page_size(), npages = (8u << 20) / ps, far = (3u << 20) / ps + 1;
+	size_t want = 2 + ((4u << 20) / ps - far);
+	char trace[160];
+	struct uffd_source_remote_stats r;
+	struct uffd_source *src;
+	struct server sv;
+	unsigned logged;
+	struct env e;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	nginx_start(&sv, NULL);
+	snprintf(trace, sizeof(trace), "%s/trace", sv.dir);
+	src = http_source(sv.url, 3, 0);	/* the default chunk: 4 MiB */
+	env_serve(&e, src, &rec);
+	check_page(e.mem, ps, 1, false);
+	check_page(e.mem, ps, far, false);
+	ASSERT_OK(uffd_restore_save_trace(e.rs, trace));
+	env_free(&e);
+	uffd_source_unref(src);
+
+	ck_assert(env_anon(&e, npages * ps, ps, 0));
+	src = http_source(sv.url, 3, 0);
+	logged = ranges_logged(&sv);
+	ASSERT_OK(uffd_restore_new(&e.rs, &o));
+	ASSERT_OK(uffd_restore_add_region_source(e.rs, e.r, src, 0));
+	ASSERT_OK(uffd_restore_load_trace(e.rs, trace));
+	ASSERT_OK(uffd_restore_start(e.rs, e.l));
+	for (double end = harness_now() + 10; stats_of(e.rs).pages_prefetched < want; usleep(2000))
+		ck_assert_msg(harness_now() < end, "the replay did not bring its pages in");
+	usleep(100000);	/* a read of more would have completed by now */
+	ck_assert_uint_eq(stats_of(e.rs).pages_prefetched, want);
+	check_page(e.mem, ps, 1, false);
+	check_page(e.mem, ps, far, false);
+	r = rstats(src);
+	env_free(&e);
+	fprintf(stderr, "sparse replay over http: %llu range GETs, %llu bytes\n", (unsigned long long)r.requests,
+		(unsigned long long)r.bytes);
+	ck_assert_uint_eq(r.bytes, want * ps);
+	ck_assert_uint_eq(r.requests, 2);
+	ck_assert_uint_eq(ranges_logged(&sv), logged + 2);
+	uffd_source_unref(src);
+	server_free(&sv);
+}
+END_TEST
+
+/*
  * The HTTP source's connections are its own: a restore over several kept-
  * alive connections leaves them open while the source lives, and destroying
  * the source closes every one (/proc/self/fd back to its count before).
@@ -1453,6 +1512,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, nbd_2m);
 	tc = CASE(http_reuse, 30);
 	tcase_add_test(tc, http_reuse);
+	tc = CASE(http_replay_gap, 30);
+	tcase_add_test(tc, http_replay_gap);
 	tc = CASE(http_fds, 30);
 	tcase_add_test(tc, http_fds);
 	tc = CASE(nbd_reuse, 30);
