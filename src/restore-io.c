@@ -43,6 +43,13 @@
 #define FETCH_MAX 4
 #define DENSE_PCT 75			/* a replay block this dense in the trace is read whole */
 #define REPLAY_BLOCK (64u << 10)		/* bytes of a block-wise replay's blocks (bench/RESULTS.md, issue 24) */
+/*
+ * Untraced bytes a replay's block read covers at most between two traced
+ * pages (or a block's edge): a larger gap splits the read. About a round
+ * trip's worth of a remote link (1 ms x 1.6 GiB/s, curl through the 1 ms
+ * relay of bench/remote-bench.sh): fetching less costs less than a request.
+ */
+#define REPLAY_GAP (1u << 20)
 
 /* ---- demand queue (any loop thread -> the restore thread) ---- */
 
@@ -234,12 +241,12 @@ static void submit_demand(struct uffd_restore *rs)
  * block every one. Runs also end where the source's blocks do.
  */
 static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t page, size_t n, bool traced,
-			 size_t blk)
+			 size_t blk, size_t end)
 {
 	size_t max = rs->slot_len / g->ps, block = uffd_source_block_size(g->src);
 	bool align = block > g->ps && block <= rs->slot_len;	/* runs end where the source's blocks do */
 
-	while (n < max && page + n < g->npages &&
+	while (n < max && page + n < end &&
 	       !(align && (g->offset + (page + n) * g->ps) % block == 0) &&
 	       !(blk && (g->offset + (page + n) * g->ps) % blk == 0) &&
 	       (!traced || trace__has(&rs->replay, g->idx, page + n)) &&
@@ -274,10 +281,33 @@ static size_t replay_block(struct uffd_restore *rs, struct rs_region *g, size_t 
 	return n * 100 >= b * DENSE_PCT ? rs->replay_block : 0;
 }
 
-/* Claims the absent pages before page back to its block's start (blk bytes); the first page of the run. */
-static size_t widen_to_block(struct uffd_restore *rs, struct rs_region *g, size_t page, size_t blk)
+/*
+ * The pages [*lo, *hi) of page's block (blk bytes) a replay's read covers:
+ * the traced pages around page with no gap of more than REPLAY_GAP between
+ * two of them, and the block's edges when as near. A sparse trace in a
+ * large block (a remote source's chunk) is not read whole.
+ */
+static void replay_span(struct uffd_restore *rs, struct rs_region *g, size_t page, size_t blk, size_t *lo,
+			size_t *hi)
 {
-	while (blk && page > 0 && (g->offset + page * g->ps) % blk &&
+	size_t gap = REPLAY_GAP / g->ps, into = (g->offset + page * g->ps) % blk / g->ps;
+	size_t b0 = into > page ? 0 : page - into, b1 = page - into + blk / g->ps, t = page, p;
+
+	b1 = b1 < g->npages ? b1 : g->npages;
+	for (p = page; p > b0 && t - p <= gap;)	/* back: p - 1 is at most gap pages before t */
+		if (trace__has(&rs->replay, g->idx, --p))
+			t = p;
+	*lo = t - b0 <= gap ? b0 : t;
+	for (t = page, p = page + 1; p < b1 && p - t - 1 <= gap; p++)
+		if (trace__has(&rs->replay, g->idx, p))
+			t = p;
+	*hi = b1 - t - 1 <= gap ? b1 : t + 1;
+}
+
+/* Claims the absent pages before page back to its block's start (blk bytes), not before lo; the first page of the run. */
+static size_t widen_to_block(struct uffd_restore *rs, struct rs_region *g, size_t page, size_t blk, size_t lo)
+{
+	while (blk && page > lo && (g->offset + page * g->ps) % blk &&
 	       rs__page_cas(rs, g, page - 1, PG_ABSENT, PG_INFLIGHT))
 		page--;
 	return page;
@@ -342,7 +372,7 @@ static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 	bool fill = (rs->o.flags & UFFD_RESTORE_FILL) || atomic_load(&rs->finishing);
 	struct rs_region *g;
 	struct rs_read *s;
-	size_t page, blk;
+	size_t page, blk, lo, hi;
 	uint64_t t0 = rs__now_ns();
 
 	while (rs->fetching < FETCH_MAX && (s = free_slot(rs, false))) {
@@ -361,9 +391,13 @@ static void submit_prefetch(struct uffd_restore *rs, uint64_t *wait_ns)
 		else
 			return;
 		blk = s->why == RD_PREFETCH ? replay_block(rs, g, page) : 0;
+		lo = 0;
+		hi = g->npages;
+		if (blk > REPLAY_GAP)
+			replay_span(rs, g, page, blk, &lo, &hi);
 		s->g = g;
-		s->first = widen_to_block(rs, g, page, blk);
-		s->n = extend_run(rs, g, s->first, page - s->first + 1, s->why == RD_PREFETCH && !blk, blk);
+		s->first = widen_to_block(rs, g, page, blk, lo);
+		s->n = extend_run(rs, g, s->first, page - s->first + 1, s->why == RD_PREFETCH && !blk, blk, hi);
 		if (s->why == RD_FILL)
 			fill_charge(rs, now, s->n * g->ps);
 		submit_read(rs, s);

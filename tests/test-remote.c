@@ -471,6 +471,100 @@ static void reuse_case(bool nbd)
 }
 
 START_TEST(http_reuse) { reuse_case(false); }
+
+/*
+ * A sparse replay over HTTP fetches no large gap: with a 4 MiB chunk read
+ * whole at a time, two traced pages 3 MiB apart in one chunk are two range
+ * GETs (the first page with the chunk's start, the second with the chunk's
+ * last MiB), not one GET of the chunk. Counted by the source and by nginx.
+ */
+START_TEST(http_replay_gap)
+{
+	struct uffd_restore_opts rec = { .size = sizeof(rec), .flags = UFFD_RESTORE_RECORD };
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	size_t ps = harness_page_size(), npages = (8u << 20) / ps, far = (3u << 20) / ps + 1;
+	size_t want = 2 + ((4u << 20) / ps - far);
+	char trace[160];
+	struct uffd_source_remote_stats r;
+	struct uffd_source *src;
+	struct server sv;
+	unsigned logged;
+	struct env e;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	nginx_start(&sv, NULL);
+	snprintf(trace, sizeof(trace), "%s/trace", sv.dir);
+	src = http_source(sv.url, 3, 0);	/* the default chunk: 4 MiB */
+	env_serve(&e, src, &rec);
+	check_page(e.mem, ps, 1, false);
+	check_page(e.mem, ps, far, false);
+	ASSERT_OK(uffd_restore_save_trace(e.rs, trace));
+	env_free(&e);
+	uffd_source_unref(src);
+
+	ck_assert(env_anon(&e, npages * ps, ps, 0));
+	src = http_source(sv.url, 3, 0);
+	logged = ranges_logged(&sv);
+	ASSERT_OK(uffd_restore_new(&e.rs, &o));
+	ASSERT_OK(uffd_restore_add_region_source(e.rs, e.r, src, 0));
+	ASSERT_OK(uffd_restore_load_trace(e.rs, trace));
+	ASSERT_OK(uffd_restore_start(e.rs, e.l));
+	for (double end = harness_now() + 10; stats_of(e.rs).pages_prefetched < want; usleep(2000))
+		ck_assert_msg(harness_now() < end, "the replay did not bring its pages in");
+	usleep(100000);	/* a read of more would have completed by now */
+	ck_assert_uint_eq(stats_of(e.rs).pages_prefetched, want);
+	check_page(e.mem, ps, 1, false);
+	check_page(e.mem, ps, far, false);
+	r = rstats(src);
+	env_free(&e);
+	fprintf(stderr, "sparse replay over http: %llu range GETs, %llu bytes\n", (unsigned long long)r.requests,
+		(unsigned long long)r.bytes);
+	ck_assert_uint_eq(r.bytes, want * ps);
+	ck_assert_uint_eq(r.requests, 2);
+	ck_assert_uint_eq(ranges_logged(&sv), logged + 2);
+	uffd_source_unref(src);
+	server_free(&sv);
+}
+END_TEST
+
+/*
+ * The HTTP source's connections are its own: a restore over several kept-
+ * alive connections leaves them open while the source lives, and destroying
+ * the source closes every one (/proc/self/fd back to its count before).
+ */
+START_TEST(http_fds)
+{
+	size_t ps = harness_page_size(), npages = 2048;
+	struct uffd_source *src;
+	struct server sv;
+	struct env e;
+	int fds, during;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	nginx_start(&sv, NULL);
+	fds = harness_count_fds();
+	src = http_source(sv.url, 3, 256u << 10);	/* 32 chunks: every connection used */
+	every_byte(&e, src);
+	uffd_restore_free(e.rs);
+	e.rs = NULL;
+	during = harness_count_fds();
+	uffd_source_unref(src);
+	fprintf(stderr, "http: %d descriptors before the source, %d after its restore, %d after its destroy\n", fds,
+		during, harness_count_fds());
+	ck_assert_int_gt(during, fds);	/* the kept-alive connections: what the check below is about */
+	ck_assert_int_eq(harness_count_fds(), fds);
+	env_free(&e);
+	server_free(&sv);
+}
+END_TEST
 END_TEST
 START_TEST(nbd_reuse) { reuse_case(true); }
 END_TEST
@@ -1592,6 +1686,39 @@ START_TEST(serve_compressed_corrupt)
 }
 END_TEST
 
+/*
+ * uffd-serve's summary counts no descriptor of the snapshot's HTTP source
+ * as leaked: the kept-alive connections of the fill are the source's, and
+ * closed with it; nothing else the serve opened is left open.
+ */
+START_TEST(serve_fds)
+{
+	const char *const extra[] = { "--fill", "--json", NULL };
+	char out[200];
+	struct server sv;
+	struct vmrun v;
+	int st;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, 32u << 20, SUB);
+	nginx_start(&sv, NULL);
+	snprintf(out, sizeof(out), "%s/serve.out", sv.dir);
+	vm_start(&v, &sv, sv.url, extra, "0");
+	st = reap(v.vmm, 45);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fc-vmm status 0x%x", st);
+	ck_assert_msg(file_has(v.vmm_out, " bad_pages=0 "), "fc-vmm did not see every byte right");
+	st = reap(v.serve, 15);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "uffd-serve status 0x%x", st);
+	fprintf(stderr, "serve over http: %lld requests, %lld descriptors leaked\n", json_num(out, "requests"),
+		json_num(out, "fds_leaked"));
+	ck_assert_int_gt(json_num(out, "requests"), 1);
+	ck_assert_int_eq(json_num(out, "fds_leaked"), 0);
+	server_free(&sv);
+}
+END_TEST
+
 /* The server dies while the VM runs: the VM is killed (--on-fatal kill), never fed wrong bytes. */
 START_TEST(serve_killed)
 {
@@ -1697,6 +1824,10 @@ static Suite *suite(void)
 	tcase_add_test(tc, nbd_2m);
 	tc = CASE(http_reuse, 30);
 	tcase_add_test(tc, http_reuse);
+	tc = CASE(http_replay_gap, 30);
+	tcase_add_test(tc, http_replay_gap);
+	tc = CASE(http_fds, 30);
+	tcase_add_test(tc, http_fds);
 	tc = CASE(nbd_reuse, 30);
 	tcase_add_test(tc, nbd_reuse);
 	tc = CASE(server_down, 30);
@@ -1743,6 +1874,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, serve_compressed_nbd);
 	tc = CASE(serve_compressed_corrupt, 60);
 	tcase_add_test(tc, serve_compressed_corrupt);
+	tc = CASE(serve_fds, 60);
+	tcase_add_test(tc, serve_fds);
 	tc = CASE(serve_killed, 40);
 	tcase_add_test(tc, serve_killed);
 	tc = CASE(serve_down, 20);

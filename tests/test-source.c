@@ -727,6 +727,71 @@ static void depth_case(unsigned depth)
 START_TEST(read_depth_blocks) { depth_case(_i ? 0 : 3); }
 END_TEST
 
+/*
+ * A replay of a source read a block (4 MiB) at a time reads no large gap
+ * of untraced pages: two traced pages 3 MiB apart in one block are two
+ * reads (the first page with the block's start before it, the second with
+ * the block's last MiB after it), not one of the whole block; a block
+ * whose traced pages are 512 KiB apart is still read whole, in one read.
+ */
+START_TEST(replay_gap)
+{
+	struct uffd_restore_opts rec = { .size = sizeof(rec), .flags = UFFD_RESTORE_RECORD };
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	size_t ps = harness_page_size(), block = 4u << 20, bpages = block / ps, npages = 2 * bpages;
+	size_t far = (3u << 20) / ps + 1, want = 2 + (bpages - far) + bpages;
+	struct uffd_source_info info = { .size = sizeof(info), .name = "deep", .length = npages * ps,
+					 .block_size = block, .read_depth = 4 };
+	char dir[] = "/var/tmp/uffd-source-XXXXXX", trace[64];
+	struct uffd_restore_stats s;
+	struct uffd_source *src;
+	struct gen *g;
+	struct env e;
+
+	SKIP_VALGRIND();
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(trace, sizeof(trace), "%s/trace", dir);
+	src = gen_source(npages * ps, 10, 50, &g);
+	env_serve(&e, src, &rec);
+	check_gen(e.mem, ps, 1);
+	check_gen(e.mem, ps, far);
+	for (size_t p = bpages; p < npages; p += bpages / 8)
+		check_gen(e.mem, ps, p);
+	ASSERT_OK(uffd_restore_save_trace(e.rs, trace));
+	env_free(&e);
+	uffd_source_unref(src);
+
+	ck_assert(env_anon(&e, npages * ps, ps, 0));
+	ck_assert_ptr_nonnull(g = calloc(1, sizeof(*g)));
+	g->rng = 88172645463325252ull;
+	g->min_us = 1000;
+	g->max_us = 3000;
+	g->block = block;
+	ASSERT_OK(uffd_source_new(&src, &gen_ops, g, &info));
+	ASSERT_OK(uffd_restore_new(&e.rs, &o));
+	ASSERT_OK(uffd_restore_add_region_source(e.rs, e.r, src, 0));
+	ASSERT_OK(uffd_restore_load_trace(e.rs, trace));
+	ASSERT_OK(uffd_restore_start(e.rs, e.l));
+	for (double end = harness_now() + 10; stats_of(e.rs).pages_prefetched < want; usleep(2000))
+		ck_assert_msg(harness_now() < end, "the replay did not bring its pages in");
+	usleep(100000);	/* a read of more would have completed by now */
+	s = stats_of(e.rs);
+	env_free(&e);
+	fprintf(stderr, "sparse replay of a 4 MiB block: %llu reads, %llu bytes (%zu..%zu a read)\n",
+		(unsigned long long)g->reads, (unsigned long long)s.bytes_read, g->min_len, g->max_len);
+	ck_assert_uint_eq(s.pages_prefetched, want);
+	ck_assert_uint_eq(s.bytes_read, want * ps);
+	ck_assert_uint_eq(g->reads, 3);
+	ck_assert_uint_eq(g->min_len, 2 * ps);
+	ck_assert_uint_eq(g->max_len, block);
+	uffd_source_unref(src);
+	unlink(trace);
+	rmdir(dir);
+}
+END_TEST
+
 /* Reads complete 1..5 ms late, out of order: every byte still right, the fill completes. */
 START_TEST(late_every_byte)
 {
@@ -1282,6 +1347,8 @@ static Suite *suite(void)
 	tcase_add_loop_test(tc, read_depth_blocks, 0, 2);
 	tc = CASE(late_demand_first, 30);
 	tcase_add_test(tc, late_demand_first);
+	tc = CASE(replay_gap, 30);
+	tcase_add_test(tc, replay_gap);
 	tc = CASE(late_demand_during_replay, 30);
 	tcase_add_test(tc, late_demand_during_replay);
 	tc = CASE(partial_early, 30);

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,18 +24,62 @@
 
 #define MAX_CHILDREN 1024
 
-/* Open descriptors of this process. */
-static int count_fds(void)
+/* The open descriptors of this process, each by number and file. */
+struct fd_list {
+	size_t n;
+	struct fd_id { int fd; dev_t dev; ino_t ino; } *e;
+};
+
+/* Lists the open descriptors into l (freed by the caller): false when /proc cannot say. */
+static bool list_fds(struct fd_list *l)
 {
 	DIR *d = opendir("/proc/self/fd");
 	struct dirent *e;
-	int n = -1;	/* the directory's own */
+	size_t cap = 0;
 
+	l->n = 0;
+	l->e = NULL;
 	if (!d)
-		return -1;
-	while ((e = readdir(d)))
-		n += e->d_name[0] != '.';
+		return false;
+	while ((e = readdir(d))) {
+		int fd = atoi(e->d_name);
+		struct stat st;
+
+		if (e->d_name[0] == '.' || fd == dirfd(d) || fstat(fd, &st))
+			continue;
+		if (l->n == cap) {
+			struct fd_id *m = realloc(l->e, (cap = cap ? 2 * cap : 64) * sizeof(*m));
+
+			if (!m)
+				break;
+			l->e = m;
+		}
+		l->e[l->n++] = (struct fd_id){ fd, st.st_dev, st.st_ino };
+	}
 	closedir(d);
+	return true;
+}
+
+/*
+ * Descriptors open now that were not in before: a file the serve opened
+ * and left open. A count difference would not do: the snapshot's sources
+ * close their own descriptors (files, connections) when released.
+ */
+static int new_fds(const struct fd_list *before)
+{
+	struct fd_list now;
+	int n = 0;
+
+	if (!list_fds(&now))
+		return -1;
+	for (size_t i = 0; i < now.n; i++) {
+		size_t j = 0;
+
+		while (j < before->n && memcmp(&before->e[j], &now.e[i], sizeof(now.e[i])))
+			j++;
+		n += j == before->n;
+	}
+	free(now.e);
 	return n;
 }
 
@@ -55,12 +100,19 @@ static int signals_fd(void)
 	return fd;
 }
 
-/* One VM on connection conn, from its message to the summary. */
-static int serve_conn(const struct serve_opts *o, int conn, struct uffd_source *src, uint64_t size, int sigfd)
+/*
+ * One VM on connection conn, from its message to the summary. The sources
+ * serve no other VM: released (*src NULL) before the summary's count of
+ * descriptors left open, so that what they keep while they live (an HTTP
+ * source's kept-alive connections) is not counted as leaked.
+ */
+static int serve_conn(const struct serve_opts *o, int conn, struct uffd_source **src, uint64_t size, int sigfd)
 {
 	struct serve_summary s;
 	struct fc_handshake h;
-	int before = count_fds(), rc;
+	struct fd_list before;
+	bool listed = list_fds(&before);
+	int rc;
 
 	/* An idle connection holds a process: the message comes soon after connecting, or never. */
 	int msg_ms = o->timeout_ms && o->timeout_ms < o->handshake_ms ? o->timeout_ms : o->handshake_ms;
@@ -75,13 +127,18 @@ static int serve_conn(const struct serve_opts *o, int conn, struct uffd_source *
 		rc = serve_fatal(o, &h, sigfd, rc, "the VM's handshake cannot be served", 0);
 	if (rc || !h.vm_waits) {
 		fc_handshake_free(&h);
+		free(before.e);
 		return rc;
 	}
 	serve_log(LOG_INFO, "serving VM pid %d: %zu regions from %s%s", (int)h.pid, h.n, o->memory,
 		  o->nlayers ? " and its layers" : "");
-	rc = o->supervise ? supervise_vm(o, &h, src, sigfd, conn, &s) : serve_vm(o, &h, src, sigfd, conn, &s);
+	rc = o->supervise ? supervise_vm(o, &h, *src, sigfd, conn, &s) : serve_vm(o, &h, *src, sigfd, conn, &s);
 	fc_handshake_free(&h);
-	s.fds_leaked = count_fds() - before;
+	uffd_source_unref(*src);
+	*src = NULL;
+	serve_remote_release();
+	s.fds_leaked = listed ? new_fds(&before) : -1;
+	free(before.e);
 	if (o->stats || o->json)
 		stats_print(&s, o->json);
 	return rc;
@@ -283,7 +340,7 @@ static void take_vm(const struct serve_opts *o, int lsock, int conn, struct uffd
 	if (!pid) {
 		close(lsock);
 		metrics_child(o->metrics);
-		_exit(serve_conn(o, conn, src, size, sigfd));	/* the child's copy of the source */
+		_exit(serve_conn(o, conn, &src, size, sigfd));	/* the child's copy of the source */
 	}
 	uids[*n] = cr.uid;
 	kids[(*n)++] = pid;
@@ -396,7 +453,7 @@ int main(int argc, char **argv)
 		}
 		drop_listener(&o, lsock);	/* one VM: nobody else may connect */
 		sd_state("STATUS=serving one VM");
-		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, src, size, sigfd);
+		rc = conn == -SERVE_STOPPED ? EXIT_OK : conn < 0 ? -conn : serve_conn(&o, conn, &src, size, sigfd);
 		if (conn >= 0)
 			close(conn);
 	}
