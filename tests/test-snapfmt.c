@@ -906,6 +906,9 @@ struct served {
 	size_t len, ps;
 };
 
+/* Why serve_open returned false, for the skip. */
+static const char *serve_why;
+
 static bool serve_open(struct served *v, size_t len, size_t ps)
 {
 	struct uffd_opts uo = { .size = sizeof(uo), .want_features = UFFD_FEATURES_DEFAULT |
@@ -915,10 +918,12 @@ static bool serve_open(struct served *v, size_t len, size_t ps)
 
 	memset(v, 0, sizeof(*v));
 	err = uffd_open(&v->u, &uo);
+	serve_why = "userfaultfd is not available to this process";
 	if (err == -EPERM || err == -EACCES)
 		return false;
 	ASSERT_OK(err);
 	if (ps > harness_page_size() && !(uffd_features(v->u) & UFFD_FEATURE_MISSING_HUGETLBFS)) {
+		serve_why = "userfaultfd has no MISSING mode on hugetlbfs here";
 		uffd_close(v->u);
 		return false;
 	}
@@ -926,6 +931,11 @@ static bool serve_open(struct served *v, size_t len, size_t ps)
 	v->ps = ps;
 	v->mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
 		      MAP_PRIVATE | MAP_ANONYMOUS | (ps > harness_page_size() ? MAP_HUGETLB : 0), -1, 0);
+	if (v->mem == MAP_FAILED && errno == ENOMEM && ps > harness_page_size()) {
+		serve_why = "the huge pages reserved for this test were taken by another process";
+		uffd_close(v->u);
+		return false;
+	}
 	ck_assert_ptr_ne(v->mem, MAP_FAILED);
 	ASSERT_OK(uffd_register(v->u, v->mem, len, UFFDIO_REGISTER_MODE_MISSING, NULL));
 	fo.owner_addr = (uintptr_t)v->mem;
@@ -1037,7 +1047,7 @@ static void restore_case(size_t ps)
 		data_frames += !(f == 4 || f == 5 || f == 12);
 
 	if (!serve_open(&v, len, ps))
-		SKIP_TEST("userfaultfd (or MISSING on hugetlbfs) is not available to this process");
+		SKIP_TEST("%s", serve_why);
 	src = serve_snap(&v, chain, 2, &o, NULL, &s);
 	for (size_t k = 0; k < npages; k++) {
 		size_t p = (k * 7) % npages;	/* 7 and npages are coprime */
@@ -1114,7 +1124,7 @@ START_TEST(record_replay_layered)
 	}
 
 	if (!serve_open(&v, len, ps))
-		SKIP_TEST("userfaultfd is not available to this process");
+		SKIP_TEST("%s", serve_why);
 	src = serve_snap(&v, chain, 3, &rec, NULL, NULL);
 	for (size_t p = 5; p < len / ps; p += 11, set++)
 		ck_assert(!memcmp(v.mem + p * ps, img + p * ps, ps));
@@ -1168,7 +1178,7 @@ START_TEST(replay_frame_once)
 	img = make_image(len);
 	pack_buf(chain[0], img, len, &po);
 	if (!serve_open(&v, len, ps))
-		SKIP_TEST("userfaultfd is not available to this process");
+		SKIP_TEST("%s", serve_why);
 	src = serve_snap(&v, chain, 1, &rec, NULL, NULL);
 	/* 8 passes over the frames, one page of each frame per pass */
 	for (size_t k = 0; k < 8; k++)
@@ -1233,7 +1243,7 @@ START_TEST(restore_bad_frame)
 	write_file(p, f, flen);
 	free(f);
 	if (!serve_open(&v, len, ps))
-		SKIP_TEST("userfaultfd is not available to this process");
+		SKIP_TEST("%s", serve_why);
 	src = serve_snap(&v, &p, 1, &o, NULL, NULL);
 	ck_assert_int_eq(uffd_restore_wait(v.rs, 20000), -EIO);
 	/* the fill goes on past the bad frame; frames end out of order on the source's threads */
@@ -1284,7 +1294,7 @@ START_TEST(restore_demand_first)
 	}
 	pack_buf(p, img, len, &po);
 	if (!serve_open(&v, len, ps))
-		SKIP_TEST("userfaultfd is not available to this process");
+		SKIP_TEST("%s", serve_why);
 	src = serve_snap(&v, &p, 1, &o, NULL, NULL);
 	ck_assert(!memcmp(v.mem + len - ps, img + len - ps, ps));
 	st = stats_of(v.rs);
@@ -1354,7 +1364,7 @@ START_TEST(over_sources)
 	ASSERT_OK(uffd_source_snap(&src, s));
 	ck_assert_str_eq(uffd_source_name(src), chain[1]);
 	if (!serve_open(&v, len, ps))
-		SKIP_TEST("userfaultfd is not available to this process");
+		SKIP_TEST("%s", serve_why);
 	ASSERT_OK(uffd_restore_new(&v.rs, &o));
 	ASSERT_OK(uffd_restore_add_region_source(v.rs, v.r, src, 0));
 	ASSERT_OK(uffd_restore_start(v.rs, v.l));
@@ -1429,7 +1439,7 @@ START_TEST(pool_frame_once)
 	stored = info_of(s, 0).frames_data - info_of(s, 0).frames_dedup;	/* identical frames share one */
 	ASSERT_OK(uffd_source_snap(&src, s));
 	if (!serve_open(&v, len, ps))
-		SKIP_TEST("userfaultfd is not available to this process");
+		SKIP_TEST("%s", serve_why);
 	ASSERT_OK(uffd_restore_new(&v.rs, &o));
 	ASSERT_OK(uffd_restore_add_region_source(v.rs, v.r, src, 0));
 	ASSERT_OK(uffd_restore_start(v.rs, v.l));

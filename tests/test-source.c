@@ -760,8 +760,7 @@ START_TEST(replay_gap)
 	for (size_t p = bpages; p < npages; p += bpages / 8)
 		check_gen(e.mem, ps, p);
 	ASSERT_OK(uffd_restore_save_trace(e.rs, trace));
-	env_free(&e);
-	uffd_source_unref(src);
+	env_free(&e);	/* and the source with it: env_serve gave the restore its reference */
 
 	ck_assert(env_anon(&e, npages * ps, ps, 0));
 	ck_assert_ptr_nonnull(g = calloc(1, sizeof(*g)));

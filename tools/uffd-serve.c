@@ -77,7 +77,16 @@ static int new_fds(const struct fd_list *before)
 
 		while (j < before->n && memcmp(&before->e[j], &now.e[i], sizeof(now.e[i])))
 			j++;
-		n += j == before->n;
+		if (j == before->n) {
+			char link[64], target[256] = "?";
+			ssize_t len;
+
+			snprintf(link, sizeof(link), "/proc/self/fd/%d", now.e[i].fd);
+			if ((len = readlink(link, target, sizeof(target) - 1)) > 0)
+				target[len] = 0;
+			serve_log(LOG_WARNING, "descriptor %d was left open: %s", now.e[i].fd, target);
+			n++;
+		}
 	}
 	free(now.e);
 	return n;
