@@ -662,9 +662,9 @@ END_TEST
 /*
  * uffd-serve --replay-block 32K on a trace of the guest's pages only (30%
  * of them, scattered): each traced page brings its aligned 8 pages, so the
- * replay brings in far more pages than the trace names (about 94% of the
- * memory against 30%), every byte still right; the default replay brings
- * the traced pages only.
+ * replay brings in more pages than the trace names (up to 94% of the
+ * memory against 30%, less where the vCPUs fault first), every byte still
+ * right; the default replay brings the traced pages only.
  */
 START_TEST(test_replay_block)
 {
@@ -689,7 +689,8 @@ START_TEST(test_replay_block)
 	p.replay_block = "32K";
 	ck_assert(restore(&e, SERVE, &p, &blk));
 	assert_clean(&blk, SERVE, "vm-exit");
-	ck_assert_msg(blk.prefetched > rec.recorded * 2, "--replay-block 32K brought %llu pages, the trace names %llu",
+	/* More than the trace names, not the 94% the blocks cover: faults the vCPUs take first are demand's. */
+	ck_assert_msg(blk.prefetched > rec.recorded, "--replay-block 32K brought %llu pages, the trace names %llu",
 		      (unsigned long long)blk.prefetched, (unsigned long long)rec.recorded);
 out:
 	env_cleanup(&e);
