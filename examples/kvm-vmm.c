@@ -26,7 +26,10 @@
  *
  * --kernel maps the snapshot MAP_PRIVATE instead (no handler: Firecracker's
  * File backend, the kernel's paging; no balloon, a private file mapping
- * reads the file again). --make-snapshot writes a snapshot.
+ * reads the file again); --present with it copies every page in before
+ * the vCPUs start (the bound: no page absent, every one writable).
+ * --make-snapshot writes a snapshot. Besides KVM's exits, the line gives
+ * its MMU's page faults (pf) and the 4 KiB mappings it made (mapped_4k).
  *
  * Prints one "KVMVMM key=value..." line; exit 0 when every byte was right,
  * 1 on a wrong byte (or a guest that crashed), 2 usage, 3 setup, 77 when
@@ -86,7 +89,7 @@ struct opts {
 	const char *socket, *memory;
 	unsigned vcpus, touch, write, balloon_at, deadline_s;
 	uint64_t seed, give_back;
-	bool huge, kernel, after_handler, touched_only;
+	bool huge, kernel, after_handler, touched_only, present;
 };
 
 struct vcpu {
@@ -354,12 +357,12 @@ static void create_vcpu(struct vm *v, unsigned i)
 	kvm_ioctl(c->fd, KVM_SET_REGS, &r, "KVM_SET_REGS");
 }
 
-/* One counter of the vCPU's binary statistics (Linux 5.14), or 0. */
-static uint64_t vcpu_stat(const struct vcpu *c, const char *name)
+/* One counter of a vCPU's or a VM's binary statistics (Linux 5.14; kvm_fd: its fd), or 0. */
+static uint64_t kvm_stat(int kvm_fd, const char *name)
 {
 	struct kvm_stats_header h;
 	uint64_t val = 0;
-	int fd = ioctl(c->fd, KVM_GET_STATS_FD, NULL);
+	int fd = ioctl(kvm_fd, KVM_GET_STATS_FD, NULL);
 	size_t dsz;
 	char *d = NULL;
 
@@ -567,7 +570,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: " PROG " --memory SNAPSHOT (--socket PATH | --kernel) [--huge] [--vcpus N]\n"
 		"              [--touch-pct P] [--write-pct P] [--give-back N] [--balloon-at P] [--seed S]\n"
-		"              [--after-handler] [--check-touched] [--deadline S]\n"
+		"              [--after-handler] [--check-touched] [--deadline S] [--present]\n"
 		"       " PROG " --make-snapshot FILE --mib N [--seed S]\n"
 		"  --huge         2 MiB hugetlb guest memory (default 4 KiB anonymous)\n"
 		"  --vcpus N      vCPUs (default 2), each walking its share of the data pages\n"
@@ -578,7 +581,9 @@ static void usage(void)
 		"  --seed S       which pages (default 1); with --make-snapshot, the data pattern\n"
 		"  --after-handler  wait for the handler to close the socket before the check\n"
 		"  --check-touched  check only the pages the guest touched or gave back, not every\n"
-		"                 page (a handler recording a trace then sees the guest's pages only)\n");
+		"                 page (a handler recording a trace then sees the guest's pages only)\n"
+		"  --present      with --kernel: every page copied in (written once) before the\n"
+		"                 vCPUs start, the bound of any restore: no page is absent\n");
 	exit(2);
 }
 
@@ -614,6 +619,8 @@ static void parse(int argc, char **argv, struct opts *o, const char **make, unsi
 			o->huge = true;
 		else if (!strcmp(argv[i], "--kernel"))
 			o->kernel = true;
+		else if (!strcmp(argv[i], "--present"))
+			o->present = true;
 		else if (!strcmp(argv[i], "--check-touched"))
 			o->touched_only = true;
 		else if (!strcmp(argv[i], "--after-handler"))
@@ -622,7 +629,7 @@ static void parse(int argc, char **argv, struct opts *o, const char **make, unsi
 			usage();
 	}
 	if (*make ? !*mib : !o->memory || !o->socket == !o->kernel ||
-	    (o->kernel && (o->huge || o->after_handler || o->give_back)))
+	    (o->kernel && (o->huge || o->after_handler || o->give_back)) || (o->present && !o->kernel))
 		usage();
 }
 
@@ -651,7 +658,7 @@ int main(int argc, char **argv)
 {
 	struct vm v = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
 	struct verdict r = { 0 };
-	uint64_t ns, touched = 0, written = 0, bad_words = 0, exits = 0, user_exits = 0, bad;
+	uint64_t ns, touched = 0, written = 0, bad_words = 0, exits = 0, user_exits = 0, pf = 0, bad;
 	const char *make = NULL, *crash = NULL;
 	unsigned mib = 0;
 	int sock = -1;
@@ -669,6 +676,8 @@ int main(int argc, char **argv)
 	ex_deadline(PROG, v.o.deadline_s);
 	if (!v.o.kernel)
 		sock = hand_over(&v);
+	for (uint64_t o = 0; v.o.present && o < v.len; o += UNIT)	/* a private copy of every page */
+		*(volatile char *)(v.mem + o) = *(volatile char *)(v.mem + o);
 	printf("KVMVMM running\n");
 	fflush(stdout);
 	ns = run_guest(&v);
@@ -679,7 +688,8 @@ int main(int argc, char **argv)
 		written += c->written;
 		bad_words += c->bad_words;
 		user_exits += c->user_exits;
-		exits += vcpu_stat(c, "exits");
+		exits += kvm_stat(c->fd, "exits");
+		pf += kvm_stat(c->fd, "pf_taken");
 		crash = crash ? crash : c->crash;
 	}
 	if (v.o.after_handler)
@@ -687,12 +697,13 @@ int main(int argc, char **argv)
 	check_all(&v, &r);
 	bad = r.wrong_read + r.wrong_written + r.wrong_zero + r.wrong_system;
 	printf("KVMVMM mode=%s page=%s mib=%llu vcpus=%u pages=%llu touched=%llu written=%llu given_back=%llu "
-	       "run_us=%.0f balloon_us=%.0f exits=%llu user_exits=%llu guest_bad_words=%llu bad_pages=%llu "
+	       "run_us=%.0f balloon_us=%.0f exits=%llu user_exits=%llu pf=%llu mapped_4k=%llu guest_bad_words=%llu bad_pages=%llu "
 	       "wrong_read=%llu wrong_written=%llu wrong_zero=%llu wrong_system=%llu crashed=%s\n",
 	       v.o.kernel ? "kernel" : "uffd", v.o.huge ? "2m" : "4k", (unsigned long long)(v.len >> 20),
 	       v.o.vcpus, (unsigned long long)(v.len / UNIT), (unsigned long long)touched,
 	       (unsigned long long)written, (unsigned long long)v.o.give_back, (double)ns / 1e3,
 	       (double)v.balloon_ns / 1e3, (unsigned long long)exits, (unsigned long long)user_exits,
+	       (unsigned long long)pf, (unsigned long long)kvm_stat(v.vmfd, "pages_4k"),
 	       (unsigned long long)bad_words, (unsigned long long)bad, (unsigned long long)r.wrong_read,
 	       (unsigned long long)r.wrong_written, (unsigned long long)r.wrong_zero,
 	       (unsigned long long)r.wrong_system, crash ? "yes" : "no");

@@ -914,6 +914,18 @@ struct uffd_restore_opts {
 	 * must name every page touched.
 	 */
 	size_t   fault_around;
+	/**
+	 * Since 0.4: whole-block replay. The replay of a traced page brings
+	 * in, with it, the absent pages of its aligned block of this many
+	 * bytes (a power of two up to max_read and 1 MiB; blocks no larger
+	 * than the page size bring the traced pages only), in one read and one
+	 * resolution. 0: a block of 64 KiB only where the trace names at least
+	 * 75% of its pages, elsewhere the traced pages only. A KVM guest
+	 * whose MMU maps a fault's neighbours only when the host has them
+	 * (shadow paging: 8 pages, 32 KiB) takes one exit per traced page
+	 * unless the replay brings those neighbours too (bench/RESULTS.md).
+	 */
+	size_t   replay_block;
 };
 /** After the trace, bring in every other page, at fill_rate. */
 #define UFFD_RESTORE_FILL   (1u << 0)

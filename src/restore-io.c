@@ -265,7 +265,8 @@ static size_t extend_run(struct uffd_restore *rs, struct rs_region *g, size_t pa
  * not once per trace run in it. Block-wise replay: where the trace is
  * dense (at least DENSE_PCT of the pages of the aligned replay block are
  * in it), the block is read and resolved whole, its few untraced pages
- * with it: one read and one ioctl instead of one per trace run.
+ * with it: one read and one ioctl instead of one per trace run. With
+ * the option replay_block, every traced page's block is read whole.
  */
 static size_t replay_block(struct uffd_restore *rs, struct rs_region *g, size_t page)
 {
@@ -273,6 +274,8 @@ static size_t replay_block(struct uffd_restore *rs, struct rs_region *g, size_t 
 
 	if (block > g->ps && block <= rs->slot_len)
 		return block;
+	if (rs->o.replay_block)		/* whole blocks asked for, dense or not */
+		return rs->o.replay_block > g->ps && rs->o.replay_block <= rs->slot_len ? rs->o.replay_block : 0;
 	if (b < 2 || rs->replay_block > rs->slot_len)
 		return 0;
 	lo = page - (g->offset / g->ps + page) % b;

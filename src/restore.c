@@ -39,6 +39,10 @@ static int check_opts(struct uffd_restore_opts *o)
 	if (o->fault_around > AROUND_MAX || (o->fault_around & (o->fault_around - 1)))
 		return uffd__err(-EINVAL, "uffd_restore_new: fault_around %zu is not a power of two up to 1 MiB (0: the default)",
 				 o->fault_around);
+	if (o->replay_block > AROUND_MAX || (o->replay_block & (o->replay_block - 1)) ||
+	    (o->max_read && o->replay_block > o->max_read) || (!o->max_read && o->replay_block > DEFAULT_MAX_READ))
+		return uffd__err(-EINVAL, "uffd_restore_new: replay_block %zu is not a power of two up to max_read "
+				 "and 1 MiB (0: the default)", o->replay_block);
 	if (!o->fault_around)
 		o->fault_around = DEFAULT_AROUND;
 	if (o->flags & UFFD_RESTORE_NO_AROUND)

@@ -1603,6 +1603,70 @@ START_TEST(blockwise_replay)
 }
 END_TEST
 
+/*
+ * replay_block 32 KiB: a trace naming one page in each of three 8-page
+ * blocks (and two in one of them) brings the three blocks whole, before
+ * anything touches them: 24 pages, and no fault on any of them after. The
+ * default replay brings the 4 traced pages only.
+ */
+static struct uffd_restore_stats wb_run(const char *load, size_t block, uint64_t want)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_NO_AROUND,
+				       .replay_block = block };
+	struct uffd_restore_stats s;
+	struct env e;
+
+	ck_assert(env_anon(&e, 64, harness_page_size(), false));
+	env_restore(&e, &o);
+	ASSERT_OK(uffd_restore_load_trace(e.rs, load));
+	env_start(&e);
+	ck_assert_msg(wait_for(e.rs, present_at_least, want, 5), "the replay did not finish");
+	usleep(20000);	/* a replay bringing more than it should would be seen below */
+	ck_assert_uint_eq(stats_of(e.rs).pages_prefetched, want);
+	for (size_t p = 16; p < 40; p++)
+		check_page(e.mem, e.ps, p, false);
+	s = stats_of(e.rs);
+	env_free(&e);
+	return s;
+}
+
+START_TEST(whole_block_replay)
+{
+	const size_t set[] = { 37, 18, 30, 19 };	/* blocks 32-39, 16-23, 24-31 */
+	struct uffd_restore_stats s;
+	struct uffd_restore_opts o = { .size = sizeof(o) };
+	struct uffd_restore *rs;
+	struct uffd *probe;
+	struct snap tmp;
+	char path[160];
+
+	SKIP_VALGRIND();
+
+	o.replay_block = 3 * 4096;
+	ASSERT_ERR(uffd_restore_new(&rs, &o), -EINVAL, "power of two");
+	o.replay_block = 512u << 10;	/* above max_read's default, 256 KiB */
+	ASSERT_ERR(uffd_restore_new(&rs, &o), -EINVAL, "max_read");
+	o.max_read = 1u << 20;
+	ASSERT_OK(uffd_restore_new(&rs, &o));
+	uffd_restore_free(rs);
+	if (!(probe = open_uffd()))
+		SKIP_NO_UFFD();
+	uffd_close(probe);
+	if (harness_page_size() != 4096)
+		SKIP_TEST("the blocks below are counted in 4 KiB pages");
+	snap_make(&tmp, 1, harness_page_size(), false);
+	snap_path(&tmp, "wb.trace", path, sizeof(path));
+	s = bw_run(path, NULL, set, 4);
+	ck_assert_uint_eq(s.pages_recorded, 4);
+	s = wb_run(path, 32u << 10, 24);
+	ck_assert_uint_eq(s.faults[UFFD_FAULT_MISSING], 0);
+	ck_assert_uint_eq(s.read_errors, 0);
+	s = wb_run(path, 0, 4);	/* the default: sparse, the traced pages only */
+	ck_assert_uint_eq(s.faults[UFFD_FAULT_MISSING], 24 - 4);
+	snap_free(&tmp);
+}
+END_TEST
+
 /* ---- demand first ---- */
 
 /*
@@ -1837,6 +1901,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, mapped_source_truncated_cold);
 	tc = CASE(blockwise_replay, 20);
 	tcase_add_test(tc, blockwise_replay);
+	tc = CASE(whole_block_replay, 20);
+	tcase_add_test(tc, whole_block_replay);
 	tc = CASE(demand_first_during_fill_anon, 30);
 	tcase_add_test(tc, demand_first_during_fill_anon);
 	tc = CASE(demand_first_during_fill_memfd, 30);

@@ -41,6 +41,11 @@ static void usage(FILE *f)
 		"      --fault-around BYTES  a demand fault brings in the absent pages of its\n"
 		"                        aligned window of BYTES (a power of two up to 1M, suffix\n"
 		"                        K or M; default 64K; 0: the faulting page only)\n"
+		"      --replay-block BYTES  the replay of a traced page brings in the absent pages\n"
+		"                        of its aligned block of BYTES (a power of two up to 256K;\n"
+		"                        default: a 64K block where the trace is dense, else the\n"
+		"                        traced pages only); 32K lets KVM's shadow MMU map 8 pages\n"
+		"                        per exit\n"
 		"      --spin-us US      a loop thread polls US microseconds before it sleeps\n"
 		"                        (default 0; spinning saves the wake-up of an idle CPU)\n"
 		"  -S, --stats           print a summary when the serve ends\n"
@@ -154,7 +159,7 @@ static void add_path(const char ***v, size_t *n, const char *path)
 
 void serve_args(int argc, char **argv, struct serve_opts *o)
 {
-	enum { OPT_RECORD_MS = 256, OPT_FAULT_AROUND, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
+	enum { OPT_RECORD_MS = 256, OPT_FAULT_AROUND, OPT_REPLAY_BLOCK, OPT_SPIN_US, OPT_ON_FATAL, OPT_DRAIN_TIMEOUT, OPT_SOCKET_OWNER,
 	       OPT_SOCKET_MODE, OPT_ALLOW_UID, OPT_ALLOW_GID, OPT_MAX_PER_PEER, OPT_HANDSHAKE_TIMEOUT,
 	       OPT_METRICS, OPT_VERIFY, OPT_SUPERVISE, OPT_NO_SUPERVISE, OPT_CACHE_DIR, OPT_CACHE_SIZE,
 	       OPT_HEADER, OPT_S3_ENDPOINT, OPT_REMOTE_TIMEOUT, OPT_REMOTE_TRIES };
@@ -170,6 +175,7 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 		{ "threads", required_argument, NULL, 't' },
 		{ "spin-us", required_argument, NULL, OPT_SPIN_US },
 		{ "fault-around", required_argument, NULL, OPT_FAULT_AROUND },
+		{ "replay-block", required_argument, NULL, OPT_REPLAY_BLOCK },
 		{ "stats", no_argument, NULL, 'S' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "multi", no_argument, NULL, 'M' },
@@ -225,6 +231,11 @@ void serve_args(int argc, char **argv, struct serve_opts *o)
 			if (o->fault_around & (o->fault_around - 1))
 				bad("--fault-around %s is not a power of two (0: none)", optarg);
 			o->fault_around_set = true;
+			break;
+		case OPT_REPLAY_BLOCK:
+			o->replay_block = (size_t)number("--replay-block", optarg, 4096, 256u << 10, true);
+			if (o->replay_block & (o->replay_block - 1))
+				bad("--replay-block %s is not a power of two", optarg);
 			break;
 		case OPT_SPIN_US: o->spin_us = (unsigned)number("--spin-us", optarg, 0, 1000000, false); break;
 		case 'S': o->stats = true; break;

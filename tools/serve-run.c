@@ -155,7 +155,7 @@ static int setup_restore(struct serve *sv)
 		.flags = (o->fill && !o->record ? UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH : 0) |
 			 (o->record ? UFFD_RESTORE_RECORD : 0) |
 			 (o->fault_around_set && !o->fault_around ? UFFD_RESTORE_NO_AROUND : 0),
-		.fault_around = o->fault_around,
+		.fault_around = o->fault_around, .replay_block = o->replay_block,
 		.on_complete = on_complete, .ctx = sv,
 	};
 	int err = uffd_restore_new(&sv->rs, &ro);

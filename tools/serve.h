@@ -57,6 +57,7 @@ struct serve_opts {
 	unsigned spin_us;	/* a loop thread polls this long before sleeping */
 	size_t fault_around;	/* --fault-around: bytes of a demand fault's window */
 	bool fault_around_set;	/* else the library's default; set and 0: none */
+	size_t replay_block;	/* --replay-block: bytes of a traced page's block; 0: the library's default */
 	bool stats, json, multi;
 	int timeout_ms;		/* for the connection and for the message; 0: none */
 	enum fatal_policy on_fatal;
