@@ -11,7 +11,10 @@
  * fetches a chunk is decided by an open-file-description lock on its
  * state byte (F_OFD_SETLK): the holder fetches, the others wait for the
  * byte to turn 1 (checked every 2 ms), or fetch it again themselves when
- * the holder died (its lock is gone and the byte still 0).
+ * the holder died (its lock is gone and the byte still 0). An OFD lock
+ * belongs to the open file description, which fork shares: a copy of the
+ * source in a forked child opens the state file again at attach, so that
+ * its locks are its own and exclude the parent's and its siblings'.
  *
  * In this process, a chunk is fetched once into one of FETCHES buffers
  * (allocated at attach) however many reads wait on it; each waiter gets
@@ -66,6 +69,8 @@ struct fetch {
 struct csrc {
 	struct uffd_source *inner;
 	int dfd, sfd;
+	char *spath;		/* the state file */
+	pid_t pid;		/* the process whose open file description sfd is */
 	unsigned char *state;	/* the state file's chunk bytes, mapped shared */
 	size_t map_len;
 	size_t chunk;
@@ -350,9 +355,30 @@ static void c_advise(void *impl, uint64_t off, uint64_t len)
 	uffd_source_advise(((struct csrc *)impl)->inner, off, len);
 }
 
+/* In a process other than the one that opened sfd (a fork): sfd, same number, on a description of its own. */
+static int own_locks(struct csrc *c)
+{
+	int fd, err = 0;
+
+	if (c->pid == getpid())
+		return 0;
+	if ((fd = open(c->spath, O_RDWR | O_CLOEXEC)) < 0)
+		return uffd__err(-errno, "uffd_source_cache: %s: %s", c->spath, uffd__errname(-errno));
+	if (dup3(fd, c->sfd, O_CLOEXEC) < 0)
+		err = uffd__err(-errno, "uffd_source_cache: %s: dup3: %s", c->spath, uffd__errname(-errno));
+	else
+		c->pid = getpid();
+	close(fd);
+	return err;
+}
+
 static int c_attach(void *impl, struct uffd_source_env *env)
 {
 	struct csrc *c = impl;
+	int err;
+
+	if ((err = own_locks(c)))
+		return err;
 
 	if (!c->bufs) {
 		void *p = mmap(NULL, FETCHES * c->chunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -410,6 +436,7 @@ static void c_free(struct csrc *c)
 	if (c->sfd >= 0)
 		close(c->sfd);
 	uffd_source_unref(c->inner);
+	free(c->spath);
 	free(c);
 }
 
@@ -477,6 +504,9 @@ static int open_files(struct csrc *c, const char *dir, const char *key)
 	snprintf(path, sizeof(path), "%s/%016" PRIx64 ".state", dir, h);
 	if ((c->sfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0)
 		return uffd__err(-errno, "uffd_source_cache: %s: %s", path, uffd__errname(-errno));
+	c->pid = getpid();
+	if (!(c->spath = strdup(path)))
+		return uffd__err(-ENOMEM, "uffd_source_cache: out of memory");
 	if (flock(c->sfd, LOCK_EX))
 		return uffd__err(-errno, "uffd_source_cache: %s: flock: %s", path, uffd__errname(-errno));
 	if (fstat(c->sfd, &st)) {

@@ -19,6 +19,13 @@
  * yet in, after a jittered backoff, up to the tries; then its reads
  * complete with -EIO. Anything but 206 with the Content-Range asked is
  * never written to a buffer.
+ *
+ * A connection is used only by the process that made it: curl opens and
+ * closes every socket through on_open/on_close, which keep the list. A
+ * source copied by fork finds, at its first call in the new process,
+ * connections kept alive that the other process may be using: it lets go
+ * of them without a byte written (disown), and its transfers start again
+ * from the bytes they had, on handles and connections of its own.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -27,6 +34,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <curl/curl.h>
 
 #include "source-remote.h"
@@ -74,6 +83,9 @@ struct hsrc {
 	struct xfer *x;
 	struct hsock socks[MAX_SOCKS];
 	unsigned nsocks;
+	pid_t pid;			/* the process that made m, the easy handles and their sockets */
+	int *fds;			/* every socket curl opened through on_open and has not closed */
+	unsigned nfds, capfds;
 	int64_t timer_ns;		/* curl wants a call at this time; -1: no */
 	struct uffd_source_req *dq, *dq_tail, *pq, *pq_tail;	/* demand, prefetch queues */
 	struct remote_ctr c;
@@ -142,6 +154,41 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
 	h->socks[i].fd = fd;
 	h->socks[i].events = (short)((what & CURL_POLL_IN ? POLLIN : 0) | (what & CURL_POLL_OUT ? POLLOUT : 0));
 	return 0;
+}
+
+/* Every socket of h's transfers and probe, so a fork's child can let go of them (disown). */
+static curl_socket_t on_open(void *userp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+	struct hsrc *h = userp;
+	int fd;
+
+	(void)purpose;
+	if (h->nfds == h->capfds) {
+		unsigned cap = h->capfds ? h->capfds * 2 : 16;
+		int *v = realloc(h->fds, cap * sizeof(*v));
+
+		if (!v)
+			return CURL_SOCKET_BAD;	/* curl fails the connection: a try */
+		h->fds = v;
+		h->capfds = cap;
+	}
+	fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+	if (fd < 0)
+		return CURL_SOCKET_BAD;
+	h->fds[h->nfds++] = fd;
+	return fd;
+}
+
+static int on_close(void *userp, curl_socket_t fd)
+{
+	struct hsrc *h = userp;
+
+	for (unsigned i = 0; i < h->nfds; i++)
+		if (h->fds[i] == fd) {
+			h->fds[i] = h->fds[--h->nfds];
+			return close(fd);
+		}
+	return 0;	/* closed already when disowned: the number may be another file's now */
 }
 
 static int on_timer(CURLM *m, long ms, void *userp)
@@ -386,6 +433,115 @@ static void reap(struct hsrc *h)
 	}
 }
 
+/* ---- handles, and letting go of another process's connections ---- */
+
+static CURLcode setup(struct hsrc *h, CURL *e);
+
+/* The easy handles (leaving any in m first) and the multi handle. */
+static void free_handles(struct hsrc *h)
+{
+	for (unsigned i = 0; h->x && i < h->nxfer; i++) {
+		if (h->x[i].active && h->m)
+			curl_multi_remove_handle(h->m, h->x[i].e);
+		h->x[i].active = false;
+		curl_easy_cleanup(h->x[i].e);
+		h->x[i].e = NULL;
+	}
+	if (h->m)
+		curl_multi_cleanup(h->m);
+	h->m = NULL;
+	h->nsocks = 0;
+	h->timer_ns = -1;
+}
+
+/* The multi handle and one easy handle per transfer (h->x allocated). */
+static int make_handles(struct hsrc *h)
+{
+	h->pid = getpid();
+	if (!(h->m = curl_multi_init()))
+		return -ENOMEM;
+	if (curl_multi_setopt(h->m, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
+	    curl_multi_setopt(h->m, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
+	    curl_multi_setopt(h->m, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
+	    curl_multi_setopt(h->m, CURLMOPT_TIMERDATA, h) != CURLM_OK ||
+	    curl_multi_setopt(h->m, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK ||
+	    curl_multi_setopt(h->m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)h->nxfer) != CURLM_OK)
+		return -ENOMEM;
+	for (unsigned i = 0; i < h->nxfer; i++) {
+		struct xfer *x = &h->x[i];
+
+		if (!(x->e = curl_easy_init()) || setup(h, x->e) != CURLE_OK ||
+		    curl_easy_setopt(x->e, CURLOPT_PRIVATE, x) != CURLE_OK ||
+		    curl_easy_setopt(x->e, CURLOPT_WRITEFUNCTION, on_data) != CURLE_OK ||
+		    curl_easy_setopt(x->e, CURLOPT_WRITEDATA, x) != CURLE_OK ||
+		    curl_easy_setopt(x->e, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK ||
+		    curl_easy_setopt(x->e, CURLOPT_HEADERDATA, x) != CURLE_OK ||
+		    curl_easy_setopt(x->e, CURLOPT_ERRORBUFFER, x->errbuf) != CURLE_OK)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/*
+ * In a process that did not make h's handles (a fork): every socket curl
+ * has becomes /dev/null, then the handles are cleaned up, so nothing curl
+ * writes or closes meanwhile (a TLS close_notify, an HTTP/2 GOAWAY or
+ * RST_STREAM) reaches the other process's connections. Should /dev/null not
+ * open, the sockets are closed and the old handles left as they are (never
+ * touched again). A transfer under way starts again from the bytes it had,
+ * no try spent; own() makes the new handles.
+ */
+static void disown(struct hsrc *h)
+{
+	bool nul = true;
+
+	if (h->pid == getpid() || !h->x)
+		return;	/* made here, or nothing made yet */
+	for (unsigned i = 0; i < h->nfds && nul; i++)
+		nul = uffd__remote_disown_fd(h->fds[i]) == 0;
+	if (!nul) {
+		for (unsigned i = 0; i < h->nfds; i++)
+			close(h->fds[i]);
+		h->nfds = 0;
+		for (unsigned i = 0; i < h->nxfer; i++)
+			h->x[i].e = NULL;
+		h->m = NULL;
+	}
+	free_handles(h);	/* closes the /dev/null copies through on_close */
+	for (unsigned i = 0; i < h->nxfer; i++) {
+		struct xfer *x = &h->x[i];
+
+		if (x->used && x->retry_ns < 0) {
+			x->retry_ns = (int64_t)uffd__env_now();
+			if (x->tries)
+				x->tries--;
+		}
+	}
+	h->pid = getpid();
+}
+
+/* Whether h has handles of this process; if they cannot be made, every read fails (-ENOMEM). */
+static bool own(struct hsrc *h)
+{
+	disown(h);
+	if (h->m)
+		return true;
+	if (!make_handles(h))
+		return true;
+	free_handles(h);
+	uffd__err(-ENOMEM, "uffd_source_http: out of memory");
+	for (unsigned i = 0; i < h->nxfer; i++) {
+		if (h->x[i].used)
+			fail_list(h, h->x[i].head, -ENOMEM, true);
+		h->x[i].used = false;
+		h->x[i].head = h->x[i].tail = NULL;
+	}
+	fail_list(h, h->dq, -ENOMEM, true);
+	fail_list(h, h->pq, -ENOMEM, true);
+	h->dq = h->dq_tail = h->pq = h->pq_tail = NULL;
+	return false;
+}
+
 /* ---- the source's ops ---- */
 
 static int h_read(void *impl, struct uffd_source_req *req)
@@ -402,8 +558,14 @@ static int h_read(void *impl, struct uffd_source_req *req)
 static int h_poll(void *impl, struct pollfd *fds, unsigned max, int64_t *timeout_ns)
 {
 	struct hsrc *h = impl;
-	int64_t due = h->timer_ns, now = (int64_t)uffd__env_now();
+	int64_t due, now = (int64_t)uffd__env_now();
 	unsigned n = 0;
+
+	if (!own(h)) {
+		*timeout_ns = -1;
+		return 0;
+	}
+	due = h->timer_ns;
 
 	for (unsigned i = 0; i < h->nxfer; i++)
 		if (h->x[i].used && !h->x[i].active && (due < 0 || h->x[i].retry_ns < due))
@@ -424,6 +586,8 @@ static void h_process(void *impl, const struct pollfd *fds, unsigned n)
 	int64_t now = (int64_t)uffd__env_now();
 	int running;
 
+	if (!own(h))
+		return;
 	for (unsigned i = 0; i < n; i++) {
 		int ev = (fds[i].revents & (POLLIN | POLLHUP) ? CURL_CSELECT_IN : 0) |
 			 (fds[i].revents & POLLOUT ? CURL_CSELECT_OUT : 0) |
@@ -454,6 +618,8 @@ static void h_detach(void *impl)
 {
 	struct hsrc *h = impl;
 
+	disown(h);
+
 	for (unsigned i = 0; i < h->nxfer; i++) {
 		struct xfer *x = &h->x[i];
 
@@ -471,12 +637,10 @@ static void h_detach(void *impl)
 
 static void h_free(struct hsrc *h)
 {
-	if (h->x)
-		for (unsigned i = 0; i < h->nxfer; i++)
-			curl_easy_cleanup(h->x[i].e);
-	if (h->m)
-		curl_multi_cleanup(h->m);
+	disown(h);
+	free_handles(h);
 	curl_slist_free_all(h->hdrs);
+	free(h->fds);
 	free(h->x);
 	free(h->url);
 	free(h->name);
@@ -536,6 +700,10 @@ static CURLcode setup(struct hsrc *h, CURL *e)
 	/* curl reads at most this per socket event: each event is a turn of the restore thread's loop */
 	SET(CURLOPT_BUFFERSIZE, 512L << 10);
 	SET(CURLOPT_ACCEPT_ENCODING, NULL);	/* bytes as stored: a range of an encoded body is not the range asked */
+	SET(CURLOPT_OPENSOCKETFUNCTION, on_open);
+	SET(CURLOPT_OPENSOCKETDATA, h);
+	SET(CURLOPT_CLOSESOCKETFUNCTION, on_close);
+	SET(CURLOPT_CLOSESOCKETDATA, h);
 	if (h->hdrs)
 		SET(CURLOPT_HTTPHEADER, h->hdrs);
 	if (h->sigv4) {
@@ -735,33 +903,16 @@ static int build(struct hsrc *h, const char *url, const struct uffd_source_http_
 	return probe(h);
 }
 
-/* The multi handle and one easy handle per transfer, made once. */
+/* The transfers, their easy handles and the multi handle, made once (again after a fork: own()). */
 static int handles(struct hsrc *h)
 {
-	if (!(h->m = curl_multi_init()) || !(h->x = calloc(h->nxfer, sizeof(*h->x))))
-		return -ENOMEM;
-	if (curl_multi_setopt(h->m, CURLMOPT_SOCKETFUNCTION, on_socket) != CURLM_OK ||
-	    curl_multi_setopt(h->m, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
-	    curl_multi_setopt(h->m, CURLMOPT_TIMERFUNCTION, on_timer) != CURLM_OK ||
-	    curl_multi_setopt(h->m, CURLMOPT_TIMERDATA, h) != CURLM_OK ||
-	    curl_multi_setopt(h->m, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX) != CURLM_OK ||
-	    curl_multi_setopt(h->m, CURLMOPT_MAX_HOST_CONNECTIONS, (long)h->nxfer) != CURLM_OK)
+	if (!(h->x = calloc(h->nxfer, sizeof(*h->x))))
 		return -ENOMEM;
 	for (unsigned i = 0; i < h->nxfer; i++) {
-		struct xfer *x = &h->x[i];
-
-		x->h = h;
-		x->retry_ns = -1;
-		if (!(x->e = curl_easy_init()) || setup(h, x->e) != CURLE_OK ||
-		    curl_easy_setopt(x->e, CURLOPT_PRIVATE, x) != CURLE_OK ||
-		    curl_easy_setopt(x->e, CURLOPT_WRITEFUNCTION, on_data) != CURLE_OK ||
-		    curl_easy_setopt(x->e, CURLOPT_WRITEDATA, x) != CURLE_OK ||
-		    curl_easy_setopt(x->e, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK ||
-		    curl_easy_setopt(x->e, CURLOPT_HEADERDATA, x) != CURLE_OK ||
-		    curl_easy_setopt(x->e, CURLOPT_ERRORBUFFER, x->errbuf) != CURLE_OK)
-			return -ENOMEM;
+		h->x[i].h = h;
+		h->x[i].retry_ns = -1;
 	}
-	return 0;
+	return make_handles(h);
 }
 
 UFFD_EXPORT int uffd_source_http(struct uffd_source **out, const char *url, const struct uffd_source_http_opts *opts)

@@ -17,11 +17,19 @@
  * The export's allocation is read once, at creation, with block status
  * ("base:allocation"): what the server says reads as zeros is a ZERO
  * extent, served by the restore as zero pages with no command at all.
+ *
+ * A connection is used only by the process that made it. A source copied
+ * by fork finds, at its first call in the new process, a connection (and
+ * libnbd's cookie numbers) that the other process may be using: it lets go
+ * of it without a byte written (disown), sends the commands it had again
+ * on a connection of its own, made like one after a drop but without a
+ * try spent.
  */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <libnbd.h>
 
 #include "source-remote.h"
@@ -54,6 +62,7 @@ struct zrun {
 struct nsrc {
 	char *uri, *name;
 	struct nbd_handle *h;	/* NULL: no connection */
+	pid_t pid;		/* the process that made h */
 	bool closing;		/* completions during nbd_close are not ours to act on */
 	bool diff;		/* holes are ABSENT (a Diff layer), not ZERO */
 	bool was_ready;		/* the connection got ready (else a drop spends the waiting reads' tries) */
@@ -152,6 +161,37 @@ static void drop(struct nsrc *n)
 	n->connect_at = (int64_t)(uffd__env_now() + uffd__retry_backoff_ns(&n->rt, n->conn_fails, &n->seed));
 }
 
+/*
+ * In a process that did not make h (a fork): h's socket becomes /dev/null
+ * before nbd_close, so nothing libnbd writes or closes reaches the other
+ * process's connection. Commands in flight are sent again on a connection
+ * of this process, no try spent (they were never answered here). Should
+ * /dev/null not open, the socket is closed and the handle left as it is.
+ */
+static void disown(struct nsrc *n)
+{
+	int fd;
+
+	if (!n->h || n->pid == getpid())
+		return;
+	fd = nbd_aio_get_fd(n->h);
+	if (fd < 0 || uffd__remote_disown_fd(fd) == 0) {
+		n->closing = true;
+		nbd_close(n->h);
+		n->closing = false;
+	} else {
+		close(fd);
+	}
+	n->h = NULL;
+	n->connect_at = -1;
+	for (unsigned i = 0; i < n->nslots; i++)
+		if (n->s[i].state == S_ACTIVE) {
+			n->s[i].state = S_WAIT;
+			n->s[i].at_ns = (int64_t)uffd__env_now();
+			n->s[i].tries--;
+		}
+}
+
 static bool waiting(const struct nsrc *n)
 {
 	for (unsigned i = 0; i < n->nslots; i++)
@@ -165,6 +205,7 @@ static void connect_again(struct nsrc *n)
 {
 	n->connect_at = -1;
 	n->was_ready = false;
+	n->pid = getpid();
 	if ((n->h = nbd_create()) && nbd_aio_connect_uri(n->h, n->uri) == 0)
 		return;
 	if (n->h) {
@@ -185,6 +226,7 @@ static int n_read(void *impl, struct uffd_source_req *req)
 	unsigned need = (unsigned)((req->len + MAX_CMD - 1) / MAX_CMD), got = 0;
 	int64_t now = (int64_t)uffd__env_now();
 
+	disown(n);
 	for (unsigned i = 0; i < n->nslots; i++)
 		got += n->s[i].state == S_FREE;
 	if (got < need)
@@ -208,7 +250,10 @@ static int n_poll(void *impl, struct pollfd *fds, unsigned max, int64_t *timeout
 {
 	struct nsrc *n = impl;
 	int64_t now = (int64_t)uffd__env_now(), due = -1;
-	bool ready = n->h && nbd_aio_is_ready(n->h) + nbd_aio_is_processing(n->h) > 0;
+	bool ready;
+
+	disown(n);
+	ready = n->h && nbd_aio_is_ready(n->h) + nbd_aio_is_processing(n->h) > 0;
 
 	if (!n->h && waiting(n))	/* no connection (dropped, or detached from a restore before): make one */
 		due = n->connect_at >= 0 ? n->connect_at : now;
@@ -235,6 +280,7 @@ static void n_process(void *impl, const struct pollfd *fds, unsigned nfds)
 	int64_t now = (int64_t)uffd__env_now();
 	bool ok = true;
 
+	disown(n);
 	if (n->h && nfds && fds[0].revents) {
 		unsigned dir = nbd_aio_get_direction(n->h);
 
@@ -267,6 +313,7 @@ static void n_detach(void *impl)
 {
 	struct nsrc *n = impl;
 
+	disown(n);
 	for (unsigned i = 0; i < n->nslots; i++)
 		if (n->s[i].state != S_FREE)
 			slot_end(&n->s[i], -ECANCELED);
@@ -306,6 +353,7 @@ static int n_extent(void *impl, uint64_t off, uint64_t len, uint64_t *run)
 
 static void n_free(struct nsrc *n)
 {
+	disown(n);
 	if (n->h)
 		nbd_close(n->h);
 	free(n->s);
@@ -418,6 +466,7 @@ static int connect_first(struct nsrc *n, bool status)
 {
 	int64_t size;
 
+	n->pid = getpid();
 	if (!(n->h = nbd_create()))
 		return uffd__err(-ENOMEM, "uffd_source_nbd: %s", nbd_get_error());
 	if (status && nbd_add_meta_context(n->h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0)

@@ -2,10 +2,13 @@
 /*
  * Shared by the remote sources and the chunk cache (source-remote.h): the
  * public counters call, the version used in cache keys, and the bounded,
- * jittered backoff between the tries of a request.
+ * jittered backoff between the tries of a request, and how a connection
+ * inherited across fork is let go of without a byte written on it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "source-remote.h"
 
@@ -91,3 +94,15 @@ UFFD_EXPORT int uffd_source_remote_stats(struct uffd_source *src, struct uffd_so
 	return 0;
 }
 UFFD_EXPORT_OWN(source_remote_stats);
+
+int uffd__remote_disown_fd(int fd)
+{
+	int nul = open("/dev/null", O_RDWR | O_CLOEXEC), err = 0;
+
+	if (nul < 0)
+		return -errno;
+	if (dup3(nul, fd, O_CLOEXEC) < 0)
+		err = -errno;
+	close(nul);
+	return err;
+}

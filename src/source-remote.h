@@ -44,4 +44,13 @@ const char *uffd__remote_version(struct uffd_source *src);
 /* Adds c to *st. */
 void uffd__remote_add(const struct remote_ctr *c, struct uffd_source_remote_stats *st);
 
+/*
+ * fd, a connection's socket this process inherited (a fork), made to refer
+ * to /dev/null: closing it later, and whatever a client library writes while
+ * closing (NBD_CMD_DISC, TLS close_notify, HTTP/2 GOAWAY), then reach no
+ * connection, and the process that made it keeps it as it was. 0, or -errno
+ * (fd untouched) when /dev/null cannot be opened.
+ */
+int uffd__remote_disown_fd(int fd);
+
 #endif /* LIBUFFD_SOURCE_REMOTE_H */

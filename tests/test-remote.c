@@ -384,6 +384,8 @@ static struct uffd_source *nbd_source(const char *uri, unsigned tries)
 	return s;
 }
 
+static int reap(pid_t pid, double seconds);
+
 #define SKIP_NO(prog) do { if (access(prog, X_OK)) SKIP_TEST("%s is not installed (apt install %s)", prog, strrchr(prog, '/') + 1); } while (0)
 
 /* ---- every byte ---- */
@@ -458,6 +460,96 @@ END_TEST
 START_TEST(nbd_4k) { every_byte_case(true, false); }
 END_TEST
 START_TEST(nbd_2m) { every_byte_case(true, true); }
+END_TEST
+
+/* ---- one source, used by processes forked after it was opened ---- */
+
+/*
+ * A child's restore of the whole image over src, its demand faults starting
+ * at a page of its own (so no two children ask the same offsets in the same
+ * order); every byte checked, no retry, error or timeout (r0: the counters
+ * at the fork). Runs in the child: a failed check ends it non-zero.
+ */
+static void fork_child(struct uffd_source *src, size_t npages, unsigned i, unsigned nchild,
+		       struct uffd_source_remote_stats r0)
+{
+	struct uffd_restore_opts o = { .size = sizeof(o), .flags = UFFD_RESTORE_FILL | UFFD_RESTORE_DETACH };
+	size_t ps = harness_page_size(), first = npages / nchild * i;
+	struct uffd_source_remote_stats r;
+	struct env e;
+
+	ck_assert(env_anon(&e, npages * ps, ps, 0));
+	env_serve(&e, src, &o);
+	for (size_t k = 0; k < npages; k += 5)
+		check_page(e.mem, ps, (first + k * 7) % npages, false);
+	ASSERT_OK(uffd_restore_wait(e.rs, 20000));
+	for (size_t p = 0; p < npages; p++)
+		check_page(e.mem, ps, p, false);
+	r = rstats(src);
+	ck_assert_uint_eq(r.errors, r0.errors);
+	ck_assert_uint_eq(r.retries, r0.retries);
+	ck_assert_uint_eq(r.timeouts, r0.timeouts);
+	env_free(&e);
+}
+
+/*
+ * A source opened (for HTTP, also used, its connections kept alive) in one
+ * process, then three forked children restoring over it at once: each
+ * child reads over connections of its own, never one the parent made: every
+ * byte right, no retry, each child done within 30 s. A connection shared by
+ * the children crosses replies (the same NBD cookies in every child: wrong
+ * bytes or a protocol error), or hangs.
+ */
+static void fork_case(bool nbd)
+{
+	enum { NCHILD = 3 };
+	size_t ps = harness_page_size(), npages = 4096;
+	struct uffd_source_remote_stats r0;
+	struct uffd_source *src;
+	struct server sv;
+	struct env e;
+	pid_t kid[NCHILD];
+	int st;
+
+	SKIP_VALGRIND();
+	SKIP_NO(nbd ? NBDKIT : NGINX);
+	if (!env_anon(&e, npages * ps, ps, 0))
+		SKIP_NO_UFFD();
+	server_dir(&sv, npages * ps, ps);
+	if (nbd)
+		nbdkit_start(&sv, "--filter=delay", "delay-read=2ms");
+	else
+		nginx_start(&sv, "limit_rate 32m;");
+	src = nbd ? nbd_source(sv.url, 3) : http_source(sv.url, 3, 0);
+	if (!nbd)	/* connections kept alive in this process */
+		every_byte(&e, src);
+	env_free(&e);	/* no thread left: the children start clean */
+	r0 = rstats(src);
+	for (unsigned i = 0; i < NCHILD; i++) {
+		kid[i] = fork();
+		ck_assert_int_ge(kid[i], 0);
+		if (kid[i] == 0) {
+			fork_child(src, npages, i, NCHILD, r0);
+			uffd_source_unref(src);
+			_exit(0);
+		}
+	}
+	for (unsigned i = 0; i < NCHILD; i++) {
+		st = reap(kid[i], 30);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %u status 0x%x", i, st);
+	}
+	if (!nbd) {	/* and the parent's kept connections still work */
+		ck_assert(env_anon(&e, npages * ps, ps, 0));
+		every_byte(&e, src);
+		env_free(&e);
+	}
+	uffd_source_unref(src);
+	server_free(&sv);
+}
+
+START_TEST(nbd_fork) { fork_case(true); }
+END_TEST
+START_TEST(http_fork) { fork_case(false); }
 END_TEST
 
 /* One source, two restores one after the other (the NBD connection is closed at the first's end). */
@@ -1080,6 +1172,70 @@ START_TEST(cache_shared)
 		uffd_source_unref(h[i].src);
 		env_free(&h[i].e);
 	}
+	server_free(&sv);
+}
+END_TEST
+
+/*
+ * One cache source opened in this process, then two forked children
+ * restoring through it at once: each child's chunk locks are its own (the
+ * state file opened again in the child; a description shared across fork
+ * would let both take the same lock), so the chunks are fetched once
+ * between them: every byte right in both.
+ */
+START_TEST(cache_fork)
+{
+	size_t ps = harness_page_size(), npages = 4096, chunks = npages * ps / (1 << 20);
+	struct uffd_source_cache_opts co = { .size = sizeof(co), .chunk_size = 1 << 20 };
+	struct uffd_source_remote_stats r[2], r0;
+	struct uffd_source *http, *src;
+	struct server sv;
+	char dir[160];
+	pid_t kid[2];
+	int pfd[2], st;
+
+	SKIP_VALGRIND();
+	SKIP_NO(NGINX);
+	server_dir(&sv, npages * ps, ps);
+	nginx_start(&sv, "limit_rate 16m;");	/* the two restores overlap for the whole fill */
+	snprintf(dir, sizeof(dir), "%s/cache", sv.dir);
+	co.dir = dir;
+	http = http_source(sv.url, 3, 0);
+	ASSERT_OK(uffd_source_cache(&src, http, &co));
+	uffd_source_unref(http);
+	r0 = rstats(src);
+	ck_assert_int_eq(pipe2(pfd, O_CLOEXEC), 0);
+	for (int i = 0; i < 2; i++) {
+		kid[i] = fork();
+		ck_assert_int_ge(kid[i], 0);
+		if (kid[i] == 0) {
+			struct half h = { .src = src };
+			struct uffd_source_remote_stats got;
+
+			close(pfd[0]);
+			ck_assert(env_anon(&h.e, npages * ps, ps, 0));
+			run_half(&h);
+			for (size_t p = 0; p < npages; p++)
+				check_page(h.e.mem, ps, p, false);
+			got = rstats(src);
+			ck_assert_int_eq(write(pfd[1], &got, sizeof(got)), (ssize_t)sizeof(got));
+			env_free(&h.e);
+			_exit(0);
+		}
+	}
+	close(pfd[1]);
+	for (int i = 0; i < 2; i++) {
+		st = reap(kid[i], 40);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d status 0x%x", i, st);
+	}
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(read(pfd[0], &r[i], sizeof(r[i])), (ssize_t)sizeof(r[i]));
+	close(pfd[0]);
+	fprintf(stderr, "two forked restores on one cache source: %llu + %llu chunks fetched (%zu in all)\n",
+		(unsigned long long)(r[0].cache_fills - r0.cache_fills), (unsigned long long)(r[1].cache_fills - r0.cache_fills),
+		chunks);
+	ck_assert_uint_eq(r[0].cache_fills + r[1].cache_fills - 2 * r0.cache_fills, chunks);
+	uffd_source_unref(src);
 	server_free(&sv);
 }
 END_TEST
@@ -1746,6 +1902,75 @@ START_TEST(serve_fds)
 }
 END_TEST
 
+/* How many times text is in the file at path. */
+static unsigned count_in(const char *path, const char *text)
+{
+	char buf[65536] = "";
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+	unsigned c = 0;
+
+	if (fd >= 0)
+		close(fd);
+	for (const char *p = n > 0 ? strstr(buf, text) : NULL; p; p = strstr(p + 1, text))
+		c++;
+	return c;
+}
+
+/*
+ * uffd-serve --multi over a remote source: three VMs at once, each served by
+ * a child of the process that opened the source, their restores overlapping
+ * (a slowed server). Each child reads over connections of its own: every byte
+ * right in every VM, each VM done within 30 s. A connection made before the
+ * fork and used by several children hangs, breaks, or hands one child's reply
+ * to another's request (the same NBD cookies in every child).
+ */
+static void serve_multi_case(bool nbd)
+{
+	enum { NVM = 3 };
+	char sock[128], out[160], err[160], vout[NVM][160], verr[160];
+	struct server sv;
+	pid_t serve, vmm[NVM];
+	int st;
+
+	SKIP_VALGRIND();
+	SKIP_NO(nbd ? NBDKIT : NGINX);
+	SKIP_NO_SERVE();
+	server_dir(&sv, 32u << 20, SUB);
+	if (nbd)
+		nbdkit_start(&sv, "--filter=delay", "delay-read=3ms");
+	else
+		nginx_start(&sv, "limit_rate 8m;");
+	snprintf(sock, sizeof(sock), "%s/vm.sock", sv.dir);
+	snprintf(out, sizeof(out), "%s/serve.out", sv.dir);
+	snprintf(err, sizeof(err), "%s/serve.err", sv.dir);
+	serve = spawn_to((char *[]){ getenv("UFFD_SERVE"), "--socket", sock, "--memory", sv.url, "--multi", "--json", NULL },
+			 out, err);
+	for (int i = 0; i < NVM; i++) {
+		snprintf(vout[i], sizeof(vout[i]), "%s/vmm%d.out", sv.dir, i);
+		snprintf(verr, sizeof(verr), "%s/vmm%d.err", sv.dir, i);
+		vmm[i] = spawn_to((char *[]){ getenv("FC_VMM"), "--socket", sock, "--memory", sv.img, "--touch-pct", "100",
+					      "--pace-us", "50", "--deadline", "40", NULL }, vout[i], verr);
+	}
+	for (int i = 0; i < NVM; i++) {
+		st = reap(vmm[i], 30);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "fc-vmm %d status 0x%x", i, st);
+		ck_assert_msg(file_has(vout[i], "touched=8192 ") && file_has(vout[i], " bad_pages=0 "),
+			      "fc-vmm %d did not see every byte right", i);
+	}
+	for (double end = harness_now() + 10; count_in(out, "\"end\":\"vm-exit\"") < NVM; usleep(5000))
+		ck_assert_msg(harness_now() < end, "uffd-serve did not write a vm-exit summary per VM");
+	kill(serve, SIGTERM);
+	st = reap(serve, 15);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "uffd-serve status 0x%x", st);
+	server_free(&sv);
+}
+
+START_TEST(serve_multi_nbd) { serve_multi_case(true); }
+END_TEST
+START_TEST(serve_multi_http) { serve_multi_case(false); }
+END_TEST
+
 /* The server dies while the VM runs: the VM is killed (--on-fatal kill), never fed wrong bytes. */
 START_TEST(serve_killed)
 {
@@ -1903,6 +2128,16 @@ static Suite *suite(void)
 	tcase_add_test(tc, serve_compressed_corrupt);
 	tc = CASE(serve_fds, 60);
 	tcase_add_test(tc, serve_fds);
+	tc = CASE(serve_multi_nbd, 60);
+	tcase_add_test(tc, serve_multi_nbd);
+	tc = CASE(serve_multi_http, 60);
+	tcase_add_test(tc, serve_multi_http);
+	tc = CASE(nbd_fork, 60);
+	tcase_add_test(tc, nbd_fork);
+	tc = CASE(http_fork, 60);
+	tcase_add_test(tc, http_fork);
+	tc = CASE(cache_fork, 60);
+	tcase_add_test(tc, cache_fork);
 	tc = CASE(serve_killed, 40);
 	tcase_add_test(tc, serve_killed);
 	tc = CASE(serve_down, 20);
