@@ -60,6 +60,12 @@ static bool list_fds(struct fd_list *l)
 	return true;
 }
 
+/* Field by field: the padding after fd holds whatever the stack held. */
+static bool same_fd(const struct fd_id *a, const struct fd_id *b)
+{
+	return a->fd == b->fd && a->dev == b->dev && a->ino == b->ino;
+}
+
 /*
  * Descriptors open now that were not in before: a file the serve opened
  * and left open. A count difference would not do: the snapshot's sources
@@ -75,7 +81,7 @@ static int new_fds(const struct fd_list *before)
 	for (size_t i = 0; i < now.n; i++) {
 		size_t j = 0;
 
-		while (j < before->n && memcmp(&before->e[j], &now.e[i], sizeof(now.e[i])))
+		while (j < before->n && !same_fd(&before->e[j], &now.e[i]))
 			j++;
 		if (j == before->n) {
 			char link[64], target[256] = "?";
