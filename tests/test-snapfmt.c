@@ -1466,7 +1466,7 @@ START_TEST(sources_args)
 	const char *p = path("a.snap");
 	struct uffd_source *src, *none = NULL;
 	struct uffd_snap *s = (struct uffd_snap *)1;
-	uint8_t *img = make_image(MIB), buf[16];
+	uint8_t *img = make_image(MIB), buf[16] = { 0 };	/* valgrind does not see io_uring's writes */
 
 	write_file(path("plain"), img, MIB);
 	pack_buf(p, img, MIB, NULL);

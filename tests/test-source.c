@@ -688,11 +688,11 @@ static void depth_case(unsigned depth)
 					 .block_size = block, .read_depth = depth };
 	struct uffd_restore_stats s;
 	struct uffd_source *src;
-	struct gen *g = calloc(1, sizeof(*g));
+	struct gen *g;
 	struct env e;
 
 	SKIP_VALGRIND();
-	ck_assert_ptr_nonnull(g);
+	ck_assert_ptr_nonnull(g = calloc(1, sizeof(*g)));
 	if (!env_anon(&e, npages * ps, ps, 0)) {
 		free(g);
 		SKIP_NO_UFFD();
